@@ -1,0 +1,151 @@
+"""A study compiled into a plan: content-addressed tasks with dependencies.
+
+Task kinds, and what each one's hash covers (besides ``TASK_FORMAT``):
+- ``train``: dataset, model, training, the cell's seed -> trained parameters, split, losses;
+- ``curvature``: train -> eigendecomposition of the objective's Hessian (shared by every damping value);
+- ``hessian``: curvature, ``hessian:`` -> top and minimum eigenvalues, trace;
+- ``estimate``: train (+ curvature), the estimator's fields (not its label), test_points, measure -> scores;
+- ``ground_truth``: train, ``ground_truth`` (with ``removals.by`` replaced by that estimate's hash),
+  test_points, training -> actual effects;
+- ``metrics``: estimate, ground_truth, metrics -> correlations.
+Two cells that train the same model share one ``train`` task; changing one estimator's damping changes
+only that estimator's ``estimate`` and ``metrics`` tasks (and a ground truth whose removals it ranks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from inflang.spec import estimator_label
+from inflang.hashing import canonical_hash
+from inflang.validate import Cell, LoadedStudy
+
+TASK_FORMAT = 1
+KINDS = ("train", "curvature", "hessian", "estimate", "ground_truth", "metrics")
+CURVATURE_ESTIMATORS = {"exact"}
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str
+    hash: str
+    inputs: dict[str, Any]
+    deps: tuple[str, ...]
+    cost_steps: int = 0  # model-steps of training this task performs (its share of the run's cost)
+    models: int = 0  # models it trains
+
+
+@dataclass
+class CellTasks:
+    """The tasks one cell reads its results from; estimator tasks keyed by the estimator's label."""
+
+    cell: Cell
+    train: str
+    curvature: str | None
+    hessian: str | None
+    estimates: dict[str, str] = field(default_factory=dict)
+    ground_truth: str | None = None
+    metrics: dict[str, str] = field(default_factory=dict)
+
+    def all(self) -> list[tuple[str, str | None, str]]:
+        """(kind, estimator label or None, task hash) for every task of the cell."""
+        out: list[tuple[str, str | None, str]] = [("train", None, self.train)]
+        if self.curvature:
+            out.append(("curvature", None, self.curvature))
+        if self.hessian:
+            out.append(("hessian", None, self.hessian))
+        out += [("estimate", label, h) for label, h in self.estimates.items()]
+        if self.ground_truth:
+            out.append(("ground_truth", None, self.ground_truth))
+        out += [("metrics", label, h) for label, h in self.metrics.items()]
+        return out
+
+
+@dataclass
+class Plan:
+    study: LoadedStudy
+    tasks: dict[str, Task]  # in dependency order
+    cells: list[CellTasks]
+
+    def by_kind(self) -> dict[str, list[Task]]:
+        out: dict[str, list[Task]] = {k: [] for k in KINDS}
+        for task in self.tasks.values():
+            out[task.kind].append(task)
+        return out
+
+
+def _dump(model: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    data: dict[str, Any] = model.model_dump(mode="json")
+    for key in drop:
+        data.pop(key, None)
+    return data
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.tasks: dict[str, Task] = {}
+
+    def add(self, kind: str, inputs: dict[str, Any], deps: tuple[str, ...], cost: int = 0, models: int = 0) -> str:
+        body = {"kind": kind, "format": TASK_FORMAT, **inputs}
+        digest = canonical_hash(body, 20)
+        if digest not in self.tasks:
+            self.tasks[digest] = Task(kind, digest, body, deps, cost, models)
+        return digest
+
+
+def removal_count(cell: Cell) -> int:
+    """How many distinct points the ground truth retrains without (an upper bound for top_k)."""
+    study = cell.study
+    n_train, n_test = study.dataset.split_sizes()
+    rem = study.ground_truth.removals
+    if rem.select == "all":
+        return n_train
+    if rem.select == "random":
+        return min(rem.k, n_train)
+    points = len(study.test_points.indices or []) or min(study.test_points.count, n_test)
+    return min(n_train, rem.k * points)
+
+
+def compile_study(loaded: LoadedStudy) -> Plan:
+    """Every cell's tasks, deduplicated by hash, in an order where dependencies come first."""
+    b = _Builder()
+    cells: list[CellTasks] = []
+    for cell in loaded.cells:
+        s = cell.study
+        n_train, _ = s.dataset.split_sizes()
+        train_steps = s.training.total_steps(n_train)
+        train = b.add("train", {"dataset": _dump(s.dataset), "model": _dump(s.model),
+                                "training": _dump(s.training), "seed": cell.seed}, (), train_steps, 1)
+        needs_curvature = s.hessian is not None or any(e.name in CURVATURE_ESTIMATORS for e in s.estimators)
+        curvature = b.add("curvature", {"train": train}, (train,)) if needs_curvature else None
+        hessian = None
+        if s.hessian is not None:
+            assert curvature is not None
+            hessian = b.add("hessian", {"curvature": curvature, "hessian": _dump(s.hessian)}, (curvature,))
+        ct = CellTasks(cell=cell, train=train, curvature=curvature, hessian=hessian)
+        gt = s.ground_truth
+        for est in s.estimators:
+            deps = (train, curvature) if est.name in CURVATURE_ESTIMATORS and curvature else (train,)
+            ct.estimates[estimator_label(est)] = b.add(
+                "estimate", {"train": train, "curvature": curvature if curvature in deps else None,
+                             "estimator": _dump(est, ("label",)), "test_points": _dump(s.test_points),
+                             "measure": gt.measure}, deps)
+        gt_inputs = _dump(gt)
+        gt_deps: tuple[str, ...] = (train,)
+        if gt.removals.select == "top_k" and gt.removals.by is not None:
+            ranked_by = ct.estimates[gt.removals.by]
+            gt_inputs["removals"]["by"] = ranked_by
+            gt_deps = (train, ranked_by)
+        models = (removal_count(cell) + 1) * gt.repeats
+        retrain_steps = gt.retrain_steps(train_steps)
+        ct.ground_truth = b.add("ground_truth", {"train": train, "ground_truth": gt_inputs,
+                                                 "test_points": _dump(s.test_points)},
+                                gt_deps, retrain_steps * models, models)
+        for label, estimate in ct.estimates.items():
+            ct.metrics[label] = b.add("metrics", {"estimate": estimate, "ground_truth": ct.ground_truth,
+                                                  "metrics": list(s.metrics)}, (estimate, ct.ground_truth))
+        cells.append(ct)
+    order = {k: i for i, k in enumerate(KINDS)}
+    ordered = dict(sorted(b.tasks.items(), key=lambda kv: order[kv[1].kind]))
+    return Plan(study=loaded, tasks=ordered, cells=cells)

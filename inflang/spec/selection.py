@@ -1,0 +1,37 @@
+"""``test_points:``, ``metrics:`` and ``hessian:`` -- what is evaluated and how it is scored."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from inflang.spec.base import Spec
+
+MetricName = Literal["pearson", "spearman", "kendall", "sign_agreement"]
+
+
+class TestPointSpec(Spec):
+    """Which test points influence is computed for (ranked by the trained model's test loss)."""
+
+    __test__ = False  # not a pytest class
+
+    select: Literal["highest_loss", "median_loss", "random", "misclassified", "indices"] = Field(
+        "highest_loss", description="highest_loss | median_loss | random | misclassified | indices")
+    count: int = Field(5, ge=1, description="how many test points")
+    indices: list[int] | None = Field(None, description="with select: indices -- dataset row ids of test points")
+
+    @model_validator(mode="after")
+    def _indices_iff_select(self) -> TestPointSpec:
+        if self.select == "indices" and not self.indices:
+            raise ValueError("select: indices needs a non-empty 'indices' list")
+        if self.select != "indices" and self.indices is not None:
+            raise ValueError("'indices' is only used with select: indices")
+        return self
+
+
+class HessianSpec(Spec):
+    """Diagnostics of the trained model's curvature (exact spectrum of the training objective's Hessian)."""
+
+    top_eigenvalues: int = Field(5, ge=1, le=1000, description="how many of the largest eigenvalues to store")
+    max_params: int = Field(5000, ge=1, description="refuse models with more parameters (the Hessian is P x P)")

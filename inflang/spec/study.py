@@ -1,0 +1,116 @@
+"""The whole study file: one pydantic model whose sections live in sibling modules."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from inflang.spec.base import Spec
+from inflang.spec.dataset import DatasetSpec
+from inflang.spec.estimators import EstimatorSpec, estimator_label
+from inflang.spec.model import ModelSpec
+from inflang.spec.protocols import GroundTruthSpec, LooProtocol
+from inflang.spec.selection import HessianSpec, MetricName, TestPointSpec
+from inflang.spec.training import TrainingSpec
+
+SweepGrid = dict[str, list[Any]]
+
+
+class Study(Spec):
+    study: str = Field(description="the study's name, [a-z0-9][a-z0-9_-]*; results are keyed by it")
+    description: str = Field("", description="one line saying what the study asks")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="master seed; every random choice derives from it")
+    dataset: DatasetSpec
+    model: ModelSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)  # type: ignore[arg-type]
+    estimators: list[EstimatorSpec] = Field(min_length=1, description="influence estimators, by name")
+    test_points: TestPointSpec = Field(default_factory=TestPointSpec)  # type: ignore[arg-type]
+    ground_truth: GroundTruthSpec = Field(
+        default_factory=lambda: LooProtocol(protocol="loo"), description="how actual effects are measured")
+    metrics: list[MetricName] = Field(default_factory=lambda: ["pearson", "spearman"], min_length=1)
+    hessian: HessianSpec | None = Field(None, description="optional curvature diagnostics")
+    repeats: int = Field(1, ge=1, le=1000, description="independent seeds of every cell")
+    sweep: SweepGrid | list[SweepGrid] | None = Field(
+        None, description="dotted paths to lists of values (cartesian product), or a list of such maps (union)")
+
+    @field_validator("study")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,99}", value):
+            raise ValueError(f"'{value}' is not a study name: use lowercase letters, digits, '-' and '_' "
+                             "(starting with a letter or digit, at most 100 characters)")
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_metrics(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("metrics are listed more than once")
+        return value
+
+
+def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:
+    """Checks across sections that a single field cannot make: (path, message, hint) for each problem."""
+    problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
+    labels = [estimator_label(e) for e in study.estimators]
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            problems.append((("estimators", i), f"a second estimator is labelled '{label}'",
+                             "give each estimator a distinct 'label:'"))
+    n_train, n_test = study.dataset.split_sizes()
+    info = study.dataset.info()
+    if n_test < 1 or n_train < info.classes:
+        problems.append((("dataset", "test_size"),
+                         f"leaves {n_train} training and {n_test} test points out of {info.rows}", None))
+    if study.dataset.test_size is not None and isinstance(study.dataset.test_size, int) and n_test < info.classes:
+        problems.append((("dataset", "test_size"),
+                         f"a stratified split needs at least {info.classes} test points", None))
+    tr = study.training
+    if tr.optimizer == "lbfgs" and tr.batch_size is not None:
+        problems.append((("training", "batch_size"), "lbfgs trains full batch; set batch_size: null", None))
+    if tr.momentum and tr.optimizer != "sgd":
+        problems.append((("training", "momentum"), f"momentum applies to sgd, not {tr.optimizer}", None))
+    tp = study.test_points
+    if tp.select != "indices" and tp.count > n_test:
+        problems.append((("test_points", "count"), f"{tp.count} test points asked, the split has {n_test}", None))
+    if tp.indices:
+        for j, idx in enumerate(tp.indices):
+            if not 0 <= idx < info.rows:
+                problems.append((("test_points", "indices", j),
+                                 f"row id {idx} is outside the dataset (0..{info.rows - 1})", None))
+    gt = study.ground_truth
+    rem = gt.removals
+    if rem.select == "top_k":
+        if rem.by is None:
+            problems.append((("ground_truth", "removals", "by"),
+                             "select: top_k needs 'by:', the estimator whose ranking picks the points",
+                             f"one of: {', '.join(labels)}"))
+        elif rem.by not in labels:
+            problems.append((("ground_truth", "removals", "by"),
+                             f"no estimator labelled '{rem.by}' in this study", f"one of: {', '.join(labels)}"))
+    elif rem.by is not None:
+        problems.append((("ground_truth", "removals", "by"), "'by' is only used with select: top_k", None))
+    if rem.select in ("top_k", "random") and rem.k > n_train:
+        problems.append((("ground_truth", "removals", "k"),
+                         f"k = {rem.k} is larger than the training set ({n_train} points)", None))
+    if gt.optimizer is None and tr.optimizer == "lbfgs":
+        problems.append((("ground_truth", "optimizer"),
+                         "training uses lbfgs, which has no batched retraining rule",
+                         "set ground_truth.optimizer: sgd or adam (and ground_truth.lr)"))
+    if gt.start == "scratch" and (gt.optimizer not in (None, tr.optimizer) or gt.lr not in (None, tr.lr)):
+        problems.append((("ground_truth", "start"),
+                         "start: scratch repeats the original training; it takes no optimizer or lr override", None))
+    for i, est in enumerate(study.estimators):
+        n_params = study.model.n_params(info.features, info.classes)
+        if n_params > est.max_params:
+            problems.append((("estimators", i),
+                             f"the model has {n_params} parameters, more than max_params = {est.max_params}",
+                             "the exact Hessian is P x P; use a smaller model or raise max_params"))
+    if study.hessian is not None:
+        n_params = study.model.n_params(info.features, info.classes)
+        if n_params > study.hessian.max_params:
+            problems.append((("hessian",), f"the model has {n_params} parameters, more than "
+                             f"max_params = {study.hessian.max_params}", None))
+    return problems

@@ -1,0 +1,31 @@
+"""``training:`` -- how the base model is trained.
+
+The objective is L(theta) = (1/n) sum_j w_j loss_j(theta) + weight_decay/2 ||theta||^2 over all
+parameters, with n the full training-set size and every w_j = 1 for the base model (LANGUAGE.md).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from inflang.spec.base import Spec
+
+
+class TrainingSpec(Spec):
+    optimizer: Literal["sgd", "adam", "lbfgs"] = Field("adam", description="sgd | adam | lbfgs")
+    lr: float = Field(0.01, gt=0, description="learning rate (for lbfgs: the step length scale)")
+    epochs: int = Field(1000, ge=1, le=10_000_000, description="passes over the training set")
+    batch_size: int | None = Field(None, ge=1, description="null = full batch")
+    weight_decay: float = Field(0.001, ge=0, description="objective adds weight_decay/2 * ||theta||^2")
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
+    dtype: Literal["float32", "float64"] = Field("float64", description="float32 | float64")
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        if self.optimizer == "lbfgs" or self.batch_size is None or self.batch_size >= n_train:
+            return 1
+        return -(-n_train // self.batch_size)
+
+    def total_steps(self, n_train: int) -> int:
+        return self.epochs * self.steps_per_epoch(n_train)

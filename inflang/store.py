@@ -1,0 +1,247 @@
+"""The result database (DuckDB): schema, transactional writes per task, read-only queries.
+
+Task outputs live in tables keyed by the task's hash (``train_results``, ``estimate_rows``, ...), so a task
+shared by several cells or studies is stored once. The tables of LANGUAGE.md (``models``, ``influence``,
+``metrics``, ``splits``) are views joining those outputs to cells through ``cell_tasks``. A task's rows and
+its ``tasks`` entry (status 'done') are written in one transaction: a crash leaves no half-written task.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from inflang import __version__
+from inflang.errors import UsageError
+
+SCHEMA_VERSION = 1
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS studies (
+    study VARCHAR PRIMARY KEY, spec_hash VARCHAR, spec_yaml VARCHAR, source_path VARCHAR,
+    created_at TIMESTAMP, updated_at TIMESTAMP, inflang_version VARCHAR);
+CREATE TABLE IF NOT EXISTS cells (
+    study VARCHAR, cell_id VARCHAR, "repeat" INTEGER, seed BIGINT, params JSON, status VARCHAR, error VARCHAR,
+    PRIMARY KEY (study, cell_id));
+CREATE TABLE IF NOT EXISTS cell_tasks (
+    study VARCHAR, cell_id VARCHAR, kind VARCHAR, estimator VARCHAR, task_hash VARCHAR);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_hash VARCHAR PRIMARY KEY, kind VARCHAR, inputs JSON, status VARCHAR, error VARCHAR,
+    seconds DOUBLE, artifact_sha256 VARCHAR, finished_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS train_results (
+    task_hash VARCHAR PRIMARY KEY, n_params INTEGER, n_train INTEGER, n_test INTEGER, train_loss DOUBLE,
+    test_loss DOUBLE, test_accuracy DOUBLE, train_seconds DOUBLE, steps BIGINT);
+CREATE TABLE IF NOT EXISTS split_rows (task_hash VARCHAR, "index" INTEGER, role VARCHAR);
+CREATE TABLE IF NOT EXISTS curvature_results (
+    task_hash VARCHAR PRIMARY KEY, n_params INTEGER, max_eigenvalue DOUBLE, min_eigenvalue DOUBLE,
+    n_negative INTEGER, trace DOUBLE);
+CREATE TABLE IF NOT EXISTS hessian_results (
+    task_hash VARCHAR PRIMARY KEY, top_eigenvalues DOUBLE[], min_eigenvalue DOUBLE, trace DOUBLE,
+    n_negative INTEGER);
+CREATE TABLE IF NOT EXISTS estimate_rows (task_hash VARCHAR, test_index INTEGER, train_index INTEGER,
+    estimate DOUBLE);
+CREATE TABLE IF NOT EXISTS actual_rows (task_hash VARCHAR, test_index INTEGER, train_index INTEGER,
+    actual DOUBLE);
+CREATE TABLE IF NOT EXISTS metric_rows (task_hash VARCHAR, test_index INTEGER, metric VARCHAR, value DOUBLE,
+    n_pairs INTEGER);
+"""
+
+VIEWS = """
+CREATE OR REPLACE VIEW models AS
+SELECT c.study, c.cell_id, r.n_params, r.train_loss, r.test_loss, r.test_accuracy, r.train_seconds,
+       h.top_eigenvalues AS hessian_top_eigenvalues, h.min_eigenvalue AS hessian_min_eigenvalue,
+       h.trace AS hessian_trace, r.n_train, r.n_test, r.steps, c.task_hash AS train_task
+FROM cell_tasks c JOIN train_results r ON r.task_hash = c.task_hash AND c.kind = 'train'
+LEFT JOIN cell_tasks ch ON ch.study = c.study AND ch.cell_id = c.cell_id AND ch.kind = 'hessian'
+LEFT JOIN hessian_results h ON h.task_hash = ch.task_hash;
+
+CREATE OR REPLACE VIEW splits AS
+SELECT c.study, c.cell_id, s."index", s.role
+FROM cell_tasks c JOIN split_rows s ON s.task_hash = c.task_hash AND c.kind = 'train';
+
+CREATE OR REPLACE VIEW influence AS
+SELECT ce.study, ce.cell_id, ce.estimator, e.test_index, e.train_index, e.estimate, a.actual
+FROM cell_tasks ce JOIN estimate_rows e ON e.task_hash = ce.task_hash AND ce.kind = 'estimate'
+LEFT JOIN cell_tasks cg ON cg.study = ce.study AND cg.cell_id = ce.cell_id AND cg.kind = 'ground_truth'
+LEFT JOIN actual_rows a ON a.task_hash = cg.task_hash AND a.test_index = e.test_index
+                       AND a.train_index = e.train_index;
+
+CREATE OR REPLACE VIEW metrics AS
+SELECT c.study, c.cell_id, c.estimator, m.test_index, m.metric, m.value, m.n_pairs
+FROM cell_tasks c JOIN metric_rows m ON m.task_hash = c.task_hash AND c.kind = 'metrics';
+"""
+
+# Outputs of a task: table name -> column name -> values (one list per column, equal lengths).
+Rows = Mapping[str, Mapping[str, Sequence[Any]]]
+
+OUTPUT_TABLES = ("train_results", "split_rows", "curvature_results", "hessian_results", "estimate_rows",
+                 "actual_rows", "metric_rows")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def check_db_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{p}: is a directory; --db takes a database file path (e.g. {p / 'inflang.duckdb'})")
+    return p
+
+
+class Store:
+    """One DuckDB database. Open with ``read_only=True`` for queries and plans."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        self.path = check_db_path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise UsageError(f"{self.path}: no such database; run a study first (inflang run STUDY.yaml)")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            text = str(exc)
+            if "lock" in text.lower():
+                raise UsageError(f"{self.path}: the database is in use by another inflang process; "
+                                 "wait for it to finish and try again") from None
+            raise UsageError(f"{self.path}: cannot open the database ({text.splitlines()[0]})") from None
+        except duckdb.Error as exc:
+            raise UsageError(f"{self.path}: not a DuckDB database ({str(exc).splitlines()[0]})") from None
+        if not read_only:
+            self.con.execute(TABLES)
+            self.con.execute(VIEWS)
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+
+    @property
+    def artifacts(self) -> Path:
+        """Where task artifacts live: ``.inflang/`` beside the database."""
+        return self.path.parent / ".inflang"
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def has_schema(self) -> bool:
+        found = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'tasks'").fetchone()
+        return bool(found and found[0])
+
+    def task_status(self, hashes: Sequence[str]) -> dict[str, tuple[str, str | None, str | None]]:
+        """hash -> (status, error, artifact sha256) for the given tasks that have a record."""
+        if not hashes or not self.has_schema():
+            return {}
+        rows = self.con.execute(
+            "SELECT task_hash, status, error, artifact_sha256 FROM tasks WHERE task_hash IN "
+            "(SELECT unnest(?::VARCHAR[]))", [list(hashes)]).fetchall()
+        return {h: (s, e, a) for h, s, e, a in rows}
+
+    def record_study(self, study: str, spec_hash: str, spec_yaml: str, source: str,
+                     cells: Sequence[tuple[str, int, int, dict[str, Any]]],
+                     cell_tasks: Sequence[tuple[str, str, str | None, str]]) -> None:
+        """Register a study, its cells (status 'pending' unless known) and their task links, atomically."""
+        now = _now()
+        with self.transaction() as con:
+            existing = con.execute("SELECT created_at FROM studies WHERE study = ?", [study]).fetchone()
+            created = existing[0] if existing else now
+            con.execute("INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [study, spec_hash, spec_yaml, source, created, now, __version__])
+            old = dict(con.execute("SELECT cell_id, status FROM cells WHERE study = ?", [study]).fetchall())
+            con.execute("DELETE FROM cells WHERE study = ?", [study])
+            con.execute("DELETE FROM cell_tasks WHERE study = ?", [study])
+            for cell_id, repeat, seed, params in cells:
+                con.execute("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                            [study, cell_id, repeat, seed, json.dumps(params, sort_keys=True),
+                             old.get(cell_id, "pending")])
+            if cell_tasks:
+                con.executemany("INSERT INTO cell_tasks VALUES (?, ?, ?, ?, ?)",
+                                [(study, c, k, e, h) for c, k, e, h in cell_tasks])
+
+    def set_cell_status(self, study: str, statuses: Mapping[str, tuple[str, str | None]]) -> None:
+        with self.transaction() as con:
+            con.executemany("UPDATE cells SET status = ?, error = ? WHERE study = ? AND cell_id = ?",
+                            [(s, e, study, c) for c, (s, e) in statuses.items()])
+
+    def write_task(self, task_hash: str, kind: str, inputs: dict[str, Any], rows: Rows, seconds: float,
+                   artifact_sha256: str | None) -> None:
+        """A finished task's rows and its 'done' record, in one transaction (replacing any earlier attempt)."""
+        with self.transaction() as con:
+            for table in OUTPUT_TABLES:
+                con.execute(f"DELETE FROM {table} WHERE task_hash = ?", [task_hash])
+            for table, columns in rows.items():
+                if table not in OUTPUT_TABLES:
+                    raise ValueError(f"unknown output table {table}")
+                names = list(columns)
+                values = [list(columns[c]) for c in names]
+                quoted = ", ".join(f'"{c}"' for c in names)
+                selects = ", ".join(f"unnest(?) AS \"{c}\"" for c in names)
+                con.execute(f"INSERT INTO {table} (task_hash, {quoted}) SELECT ?, {selects}",
+                            [task_hash, *values])
+            con.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, 'done', NULL, ?, ?, ?)",
+                        [task_hash, kind, json.dumps(inputs, sort_keys=True), seconds, artifact_sha256, _now()])
+
+    def fail_task(self, task_hash: str, kind: str, inputs: dict[str, Any], error: str, seconds: float) -> None:
+        with self.transaction() as con:
+            for table in OUTPUT_TABLES:
+                con.execute(f"DELETE FROM {table} WHERE task_hash = ?", [task_hash])
+            con.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, 'failed', ?, ?, NULL, ?)",
+                        [task_hash, kind, json.dumps(inputs, sort_keys=True), error, seconds, _now()])
+
+
+_WRITE_WORDS = re.compile(
+    r"\b(insert|update|delete|drop|create|alter|attach|detach|copy|install|load|pragma|set|export|import|"
+    r"checkpoint|vacuum|call|truncate|begin|commit|rollback|use)\b", re.IGNORECASE)
+
+
+def _strip_literals(sql: str) -> str:
+    sql = re.sub(r"'(?:[^']|'')*'", "''", sql)
+    sql = re.sub(r'"(?:[^"]|"")*"', '""', sql)
+    sql = re.sub(r"--[^\n]*", " ", sql)
+    return re.sub(r"/\*.*?\*/", " ", sql, flags=re.DOTALL)
+
+
+def run_query(path: str | Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read-only SELECT (or WITH/DESCRIBE/SHOW/EXPLAIN/SUMMARIZE) on the database."""
+    bare = _strip_literals(sql).strip().rstrip(";").strip()
+    if not bare:
+        raise UsageError("the query is empty")
+    if ";" in bare:
+        raise UsageError("one statement at a time, please")
+    first = bare.split(None, 1)[0].lower()
+    if first not in ("select", "with", "from", "describe", "show", "explain", "summarize", "values", "table"):
+        raise UsageError(f"only read-only queries are allowed (SELECT, WITH, DESCRIBE, ...), not {first.upper()}")
+    word = _WRITE_WORDS.search(bare)
+    if word:
+        raise UsageError(f"only read-only queries are allowed; '{word.group(0).upper()}' is refused")
+    with Store(path, read_only=True) as store:
+        store.con.execute("SET enable_external_access = false")
+        try:
+            cursor = store.con.execute(sql)
+        except duckdb.Error as exc:
+            raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+        columns = [d[0] for d in cursor.description or []]
+        return columns, cursor.fetchall()

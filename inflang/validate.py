@@ -1,0 +1,239 @@
+"""Document -> validated Study and its cells, with every error placed at a line and column.
+
+pydantic reports a location like ('model', 'mlp', 'width'); the union tag ('mlp') is not in the file,
+so locations are walked against the data to find the node a user wrote.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from inflang.errors import Problem, StudyError, did_you_mean
+from inflang.hashing import canonical_hash, derive_seed
+from inflang.load import Document, PathKey, load
+from inflang.spec import Study, semantic_problems
+from inflang.sweep import Params, SweepEntry, apply, expand, split_path
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the sweep times one repeat: a fully validated study with no sweep left."""
+
+    cell_id: str
+    repeat: int
+    seed: int
+    params: Params
+    study: Study
+
+
+@dataclass
+class LoadedStudy:
+    """A study file loaded, validated and expanded into cells."""
+
+    path: str
+    document: Document
+    study: Study
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def spec_yaml(self) -> str:
+        return self.document.text
+
+    @property
+    def spec_hash(self) -> str:
+        return canonical_hash(self.document.data)
+
+
+# --- pydantic errors -> positioned problems ---------------------------------------------------------
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types an annotation can hold (Optional, unions and Annotated unwrapped)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        out: list[Any] = []
+        for arg in typing.get_args(annotation):
+            out.extend(_unwrap(arg))
+        return out
+    return [annotation]
+
+
+def _tag_of(model: type[BaseModel]) -> set[str]:
+    tags: set[str] = set()
+    for name in ("name", "arch", "protocol"):
+        info = model.model_fields.get(name)
+        if info is not None and typing.get_origin(info.annotation) is typing.Literal:
+            tags.update(str(a) for a in typing.get_args(info.annotation))
+    return tags
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec model class that the location (as pydantic reports it) points into."""
+    candidates: list[Any] = [Study]
+    for part in loc:
+        models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if isinstance(part, str) and len(models) > 1 and any(part in _tag_of(m) for m in models):
+            candidates = [m for m in models if part in _tag_of(m)]
+            continue
+        nxt: list[Any] = []
+        for c in candidates:
+            if isinstance(c, type) and issubclass(c, BaseModel) and part in c.model_fields:
+                nxt.extend(_unwrap(c.model_fields[part].annotation))
+            elif typing.get_origin(c) in (list, tuple) and isinstance(part, int):
+                nxt.extend(_unwrap(typing.get_args(c)[0]))
+        if not nxt:
+            return None
+        candidates = nxt
+    for c in candidates:
+        for inner in [c, *[a for a in typing.get_args(c)]]:
+            for t in _unwrap(inner):
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    return t
+    return None
+
+
+def _data_path(data: Any, loc: tuple[Any, ...], keep_last: bool) -> PathKey:
+    """Keep the parts of a pydantic location that exist in the data (drops union tags)."""
+    out: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        elif keep_last and i == len(loc) - 1:
+            out.append(part)
+    return tuple(out)
+
+
+def _quoted(text: str) -> list[str]:
+    return re.findall(r"'([^']*)'", text)
+
+
+def _problem(doc_data: dict[str, Any], error: Any, locate: Any) -> Problem:
+    kind = error["type"]
+    loc = tuple(error["loc"])
+    ctx = error.get("ctx") or {}
+    given = error.get("input")
+    hint: str | None = None
+    if kind == "extra_forbidden":
+        path = _data_path(doc_data, loc, keep_last=True)
+        key = loc[-1]
+        model = _model_at(loc[:-1])
+        allowed = sorted(model.model_fields) if model else []
+        message = f"unknown key '{key}'"
+        hint = did_you_mean(str(key), allowed) or (f"allowed keys: {', '.join(allowed)}" if allowed else None)
+        return Problem(locate(path, False), _dotted(path), message, hint)
+    if kind == "missing":
+        path = _data_path(doc_data, loc, keep_last=True)
+        return Problem(locate(path[:-1], False), _dotted(path), "is required")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        disc = _quoted(str(ctx.get("discriminator", "")))
+        disc_key = disc[0] if disc else "name"
+        base = _data_path(doc_data, loc, keep_last=False)
+        path = base + (disc_key,)
+        tags = _quoted(str(ctx.get("expected_tags", "")))
+        if kind == "union_tag_not_found":
+            return Problem(locate(base, False), _dotted(path), f"is required (one of: {', '.join(tags)})")
+        tag = ctx.get("tag")
+        hint = did_you_mean(str(tag), tags)
+        return Problem(locate(path, True), _dotted(path),
+                       f"unknown {disc_key} '{tag}'; expected one of: {', '.join(tags)}", hint)
+    path = _data_path(doc_data, loc, keep_last=False)
+    message = str(error["msg"])
+    if kind == "literal_error":
+        options = _quoted(str(ctx.get("expected", "")))
+        message = f"'{given}' is not one of: {', '.join(options)}"
+        hint = did_you_mean(str(given), options)
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    return Problem(locate(path, True), _dotted(path), message, hint)
+
+
+def _dotted(path: PathKey) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _validate(data: dict[str, Any], doc: Document, locate: Any) -> Study:
+    try:
+        study = Study.model_validate(data)
+    except ValidationError as exc:
+        problems: list[Problem] = []
+        seen: set[str] = set()
+        for error in exc.errors():
+            problem = _problem(data, error, locate)
+            if problem.path not in seen:  # int | float unions report once per member
+                seen.add(problem.path)
+                problems.append(problem)
+        raise StudyError(problems) from None
+    semantic = semantic_problems(study)
+    if semantic:
+        raise StudyError(Problem(locate(path, True), _dotted(path), msg, hint) for path, msg, hint in semantic)
+    return study
+
+
+def _cell_locator(doc: Document, entries: list[SweepEntry]) -> Any:
+    """Positions for a cell: a path set by the sweep points at the sweep value that set it."""
+
+    def locate(path: PathKey, value: bool) -> Any:
+        for entry in entries:
+            swept = split_path(entry.path)
+            if tuple(path[: len(swept)]) == swept or tuple(swept[: len(path)]) == tuple(path) and path:
+                return doc.position(entry.source, value=True)
+        return doc.position(path, value)
+
+    return locate
+
+
+def validate_document(doc: Document) -> LoadedStudy:
+    """Validate the study as written, then every cell of its sweep times its repeats."""
+    base_data = dict(doc.data)
+    study = _validate(base_data, doc, lambda path, value: doc.position(path, value))
+    cells: list[Cell] = []
+    problems: list[Problem] = []
+    reported: set[tuple[Any, str, str]] = set()
+    for params, entries in expand(doc):
+        try:
+            data = apply(doc.data, params)
+        except KeyError:
+            entry = entries[0]
+            for e in entries:
+                try:
+                    apply(doc.data, {e.path: e.value})
+                except KeyError:
+                    entry = e
+                    break
+            problems.append(Problem(doc.position(entry.source[:-1]), _dotted(entry.source[:-1]),
+                                    f"'{entry.path}' does not name a field of the study"))
+            continue
+        try:
+            cell_study = _validate(data, doc, _cell_locator(doc, entries))
+        except StudyError as exc:
+            label = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            for p in exc.problems:
+                if (p.position, p.path, p.message) not in reported:
+                    reported.add((p.position, p.path, p.message))
+                    problems.append(Problem(p.position, p.path, f"{p.message} (in the sweep cell {label})", p.hint))
+            continue
+        for repeat in range(study.repeats):
+            seed = derive_seed(cell_study.seed, "repeat", repeat)
+            cell_id = canonical_hash({"study": study.study, "params": params, "repeat": repeat}, 12)
+            cells.append(Cell(cell_id=cell_id, repeat=repeat, seed=seed, params=params, study=cell_study))
+    if problems:
+        raise StudyError(problems)
+    return LoadedStudy(path=doc.file, document=doc, study=study, cells=cells)
+
+
+def load_study(path: str | Path) -> LoadedStudy:
+    """Load, validate and expand a study file; raises StudyError with every problem placed."""
+    return validate_document(load(path))

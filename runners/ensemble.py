@@ -1,0 +1,160 @@
+"""The batched retraining engine: many models of one architecture trained at once.
+
+Model m minimises L_m(theta_m) = (1/|B|) sum_{j in B} w_mj loss_j(theta_m) + weight_decay/2 ||theta_m||^2
+(B = all n points for full batch). A removal is w_mj = 0 with the denominator unchanged (LANGUAGE.md).
+Parameters are stacked along a leading model axis; the forward pass is ``vmap`` over ``functional_call``;
+one backward pass of sum_m L_m gives every model's own gradient (the models share nothing). The updates
+replicate ``torch.optim.SGD`` (momentum, no dampening) and ``torch.optim.Adam`` (defaults) operation by
+operation, so one model here follows the same trajectory as a sequential optimizer loop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from runners.errors import DivergenceError, TaskFailure
+from runners.objective import per_example_loss
+from runners.train import batch_order
+
+Stacked = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    """The optimizer that retraining replays: sgd (with momentum) or adam (torch defaults)."""
+
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+def stack(params: dict[str, Tensor], copies: int) -> Stacked:
+    """``copies`` identical models stacked along a new leading axis."""
+    return {k: v.detach().unsqueeze(0).expand(copies, *v.shape).clone() for k, v in params.items()}
+
+
+def unsupported_layers(module: nn.Module) -> list[str]:
+    """Layers whose state the engine cannot batch (buffers such as BatchNorm's running statistics)."""
+    return [name or type(m).__name__ for name, m in module.named_modules() if list(m.buffers(recurse=False))]
+
+
+class _Optimizer:
+    def __init__(self, rule: UpdateRule, params: list[Tensor]) -> None:
+        self.rule = rule
+        self.t = 0
+        self.state: list[list[Tensor]] = [[] for _ in params]
+
+    @torch.no_grad()
+    def step(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        r = self.rule
+        self.t += 1
+        for p, g, state in zip(params, grads, self.state, strict=True):
+            if r.optimizer == "sgd":
+                if r.momentum:
+                    if not state:
+                        state.append(g.clone())
+                    else:
+                        state[0].mul_(r.momentum).add_(g)
+                    g = state[0]
+                p.add_(g, alpha=-r.lr)
+            else:
+                if not state:
+                    state.extend([torch.zeros_like(p), torch.zeros_like(p)])
+                m, v = state
+                beta1, beta2 = r.betas
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                step_size = r.lr / (1 - beta1**self.t)
+                denom = (v.sqrt() / math.sqrt(1 - beta2**self.t)).add_(r.eps)
+                p.addcdiv_(m, denom, value=-step_size)
+
+
+def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, y: Tensor, weights: Tensor, rule: UpdateRule,
+                   steps: int, batch_size: int | None, order_seeds: list[int],
+                   on_step: Callable[[int], None] | None = None) -> Stacked:
+    """Train M models together from ``start`` ([M, ...] per parameter) with example weights [M, n].
+
+    ``order_seeds`` gives each model's minibatch order (models sharing a seed see identical batches).
+    Returns the final stacked parameters; raises DivergenceError if any model's loss is not finite.
+    """
+    bad = unsupported_layers(module)
+    if bad:
+        raise TaskFailure(f"the retraining engine cannot batch layers with buffers: {', '.join(bad)}")
+    n = x.shape[0]
+    count = weights.shape[0]
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in start.items()}
+    plist = list(params.values())
+    opt = _Optimizer(rule, plist)
+    forward = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, 0))
+    shared = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, None))
+    distinct = sorted(set(order_seeds))
+    orders: list[Iterator[Tensor | None]] = [batch_order(n, batch_size, steps, s) for s in distinct]
+    which = torch.tensor([distinct.index(s) for s in order_seeds])
+    rows = torch.arange(count)
+    for step in range(steps):
+        idx_each = [next(o) for o in orders]
+        if idx_each[0] is None:
+            logits = shared(params, x)
+            losses = per_example_loss(logits, y.expand(count, n)) * weights
+            denom = n
+        elif len(distinct) == 1:
+            idx = idx_each[0]
+            logits = shared(params, x[idx])
+            losses = per_example_loss(logits, y[idx].expand(count, len(idx))) * weights[:, idx]
+            denom = len(idx)
+        else:
+            idx = torch.stack([i for i in idx_each if i is not None])[which]  # [M, b]
+            logits = forward(params, x[idx])
+            losses = per_example_loss(logits, y[idx]) * weights[rows.unsqueeze(1), idx]
+            denom = idx.shape[1]
+        data = losses.sum(dim=1) / denom
+        reg = sum((p * p).flatten(1).sum(1) for p in plist)
+        per_model = data + 0.5 * rule.weight_decay * reg
+        grads = torch.autograd.grad(per_model.sum(), plist)
+        if step % 100 == 0 or step == steps - 1:
+            finite = torch.isfinite(per_model.detach())
+            if not bool(finite.all()):
+                raise DivergenceError(
+                    f"retraining diverged at step {step} for {int((~finite).sum())} of {count} models; "
+                    f"lower the retraining lr (now {rule.lr})")
+        opt.step(plist, list(grads))
+        if on_step is not None:
+            on_step(step)
+    return {k: v.detach() for k, v in params.items()}
+
+
+def per_model_bytes(module: nn.Module, batch: int, dtype: torch.dtype) -> int:
+    """Memory one ensemble member needs: parameters, gradient and two optimizer states, plus activations
+    (outputs of every layer for ``batch`` inputs, kept for backward, times three for temporaries)."""
+    n_params = sum(p.numel() for p in module.parameters())
+    outputs = 0
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            outputs += m.out_features * 2  # pre- and post-activation
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return itemsize * (4 * n_params + 3 * batch * max(outputs, 1))
+
+
+def default_budget() -> int:
+    """A quarter of the memory available now (bytes)."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        available = 4 << 30
+    return max(available // 4, 64 << 20)
+
+
+def chunk_size(module: nn.Module, batch: int, dtype: torch.dtype, budget: int | None, cap: int = 1024) -> int:
+    """How many models to train at once within ``budget`` bytes (at least 1, at most ``cap``)."""
+    budget = default_budget() if budget is None else budget
+    return int(max(1, min(cap, budget // per_model_bytes(module, batch, dtype))))

@@ -1,0 +1,69 @@
+"""The training objective and measured quantities, as pure functions of logits and parameters.
+
+Objective (LANGUAGE.md): L(theta) = (1/n) sum_j w_j loss_j(theta) + weight_decay/2 ||theta||^2, with n the
+full training-set size; on a minibatch B the data term is (1/|B|) sum_{j in B} w_j loss_j.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+
+def per_example_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy of each example (nats); logits [..., C], y [...] -> [...]."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+
+
+def margin(logits: Tensor, y: Tensor) -> Tensor:
+    """True-class logit minus the largest other logit; positive when correctly classified."""
+    true = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    others = logits.scatter(-1, y.unsqueeze(-1), float("-inf"))
+    return true - others.max(dim=-1).values
+
+
+MEASURES = {"test_loss": per_example_loss, "margin": margin}
+
+
+def squared_norm(params: Iterable[Tensor]) -> Tensor:
+    return sum((p * p).sum() for p in params)  # type: ignore[return-value]
+
+
+def objective(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor, weight_decay: float,
+              weights: Tensor | None = None, denominator: int | None = None) -> Tensor:
+    """L(theta) on (x, y): weighted mean loss over ``denominator`` (default len(x)) + weight_decay/2 ||theta||^2."""
+    losses = per_example_loss(functional_call(module, params, (x,)), y)
+    if weights is not None:
+        losses = losses * weights
+    data = losses.sum() / (denominator or x.shape[0])
+    return data + 0.5 * weight_decay * squared_norm(params.values())
+
+
+class FlatModel:
+    """A module's parameters as one flat vector theta, and the model as a function of theta."""
+
+    def __init__(self, module: nn.Module, params: dict[str, Tensor]) -> None:
+        self.module = module
+        self.names = list(params)
+        self.shapes = [params[k].shape for k in self.names]
+        self.sizes = [params[k].numel() for k in self.names]
+        self.theta = torch.cat([params[k].detach().reshape(-1) for k in self.names])
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        parts = torch.split(theta, self.sizes)
+        return {k: p.reshape(s) for k, p, s in zip(self.names, parts, self.shapes, strict=True)}
+
+    def logits(self, theta: Tensor, x: Tensor) -> Tensor:
+        return functional_call(self.module, self.unflatten(theta), (x,))
+
+    def objective(self, theta: Tensor, x: Tensor, y: Tensor, weight_decay: float) -> Tensor:
+        return per_example_loss(self.logits(theta, x), y).mean() + 0.5 * weight_decay * (theta * theta).sum()
+
+
+def cross_entropy_mean(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits, y)

@@ -1,0 +1,237 @@
+"""What each task kind computes: a task's inputs and its dependencies' artifacts -> arrays and rows.
+
+Workers run these functions; they do no I/O of their own (the executor loads and saves artifacts and
+hands rows to the store), so a task runs the same on the local executor or elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import TypeAdapter
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from inflang.hashing import derive_seed
+from inflang.spec import (
+    DatasetSpec,
+    EstimatorSpec,
+    GroundTruthSpec,
+    HessianSpec,
+    ModelSpec,
+    TestPointSpec,
+    TrainingSpec,
+)
+from runners import data as datasets
+from runners import models
+from runners.curvature import Spectrum, objective_hessian, spectrum
+from runners.errors import TaskFailure
+from runners.estimators import ESTIMATORS
+from runners.metrics import score
+from runners.objective import per_example_loss
+from runners.protocols import PROTOCOLS
+from runners.protocols.loo import RetrainSetup
+from runners.selection import select_removals, select_test_points
+from runners.train import train
+
+Arrays = dict[str, Tensor]
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Output:
+    arrays: Arrays
+    rows: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Dep:
+    """A finished dependency: its task inputs and its artifact."""
+
+    inputs: dict[str, Any]
+    arrays: Arrays
+
+
+@dataclass
+class Context:
+    """Per-run settings the plan does not fix (they never change a result, only how it is computed)."""
+
+    memory_budget: int | None = None
+    progress: Progress | None = None
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """Everything a train task's inputs define: specs, data split and the (untrained) module."""
+
+    dataset: DatasetSpec
+    model: Any
+    training: TrainingSpec
+    seed: int
+    data: datasets.Prepared
+    module: nn.Module
+
+
+@functools.lru_cache(maxsize=8)
+def _raw(dataset_json: str) -> datasets.RawData:
+    return datasets.load_raw(DatasetSpec.model_validate_json(dataset_json))
+
+
+def setup_from(train_inputs: dict[str, Any]) -> TrainSetup:
+    dataset = DatasetSpec.model_validate(train_inputs["dataset"])
+    model = TypeAdapter(ModelSpec).validate_python(train_inputs["model"])
+    training = TrainingSpec.model_validate(train_inputs["training"])
+    seed = int(train_inputs["seed"])
+    dtype = _DTYPES[training.dtype]
+    data = datasets.prepare(dataset, _raw(dataset.model_dump_json()), derive_seed(seed, "split"), dtype)
+    module = models.build(model, data.features, data.classes, derive_seed(seed, "init"), dtype)
+    return TrainSetup(dataset, model, training, seed, data, module)
+
+
+def _params(arrays: Arrays, prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def _test_losses(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    with torch.no_grad():
+        logits = functional_call(module, params, (x,))
+    return per_example_loss(logits, y), logits.argmax(-1) == y
+
+
+def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
+    s = setup_from(inputs)
+    d = s.data
+    result = train(s.module, d.x_train, d.y_train, s.training, derive_seed(s.seed, "order"))
+    with torch.no_grad():
+        train_loss = float(per_example_loss(s.module(d.x_train), d.y_train).mean())
+        test_losses, correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
+    arrays = {f"param.{k}": v for k, v in result.params.items()}
+    arrays.update({f"init.{k}": v for k, v in result.init.items()})
+    n_params = sum(v.numel() for v in result.params.values())
+    ids = [int(i) for i in d.train_ids] + [int(i) for i in d.test_ids]
+    roles = ["train"] * len(d.train_ids) + ["test"] * len(d.test_ids)
+    return Output(arrays, {
+        "train_results": {"n_params": [n_params], "n_train": [d.n_train], "n_test": [len(d.test_ids)],
+                          "train_loss": [train_loss], "test_loss": [float(test_losses.mean())],
+                          "test_accuracy": [float(correct.double().mean())], "train_seconds": [result.seconds],
+                          "steps": [result.steps]},
+        "split_rows": {"index": ids, "role": roles},
+    })
+
+
+def run_curvature(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
+    trained = deps[inputs["train"]]
+    s = setup_from(trained.inputs)
+    params = _params(trained.arrays, "param.")
+    H = objective_hessian(s.module, params, s.data.x_train, s.data.y_train, s.training.weight_decay)
+    spec = spectrum(H)
+    values = spec.values
+    return Output({"values": values, "vectors": spec.vectors}, {"curvature_results": {
+        "n_params": [int(values.numel())], "max_eigenvalue": [float(values[-1])],
+        "min_eigenvalue": [float(values[0])], "n_negative": [int((values < 0).sum())],
+        "trace": [float(values.sum())]}})
+
+
+def run_hessian(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
+    spec = HessianSpec.model_validate(inputs["hessian"])
+    values = deps[inputs["curvature"]].arrays["values"]
+    top = values.flip(0)[: spec.top_eigenvalues]
+    return Output({"top": top}, {"hessian_results": {
+        "top_eigenvalues": [[float(v) for v in top]], "min_eigenvalue": [float(values[0])],
+        "trace": [float(values.sum())], "n_negative": [int((values < 0).sum())]}})
+
+
+def _test_selection(s: TrainSetup, params: dict[str, Tensor], spec: TestPointSpec) -> np.ndarray:
+    losses, correct = _test_losses(s.module, params, s.data.x_test, s.data.y_test)
+    return select_test_points(spec, losses, correct, s.data.test_ids, derive_seed(s.seed, "test_points"))
+
+
+def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
+    trained = deps[inputs["train"]]
+    s = setup_from(trained.inputs)
+    params = _params(trained.arrays, "param.")
+    spec = TypeAdapter(EstimatorSpec).validate_python(inputs["estimator"])
+    tests = _test_selection(s, params, TestPointSpec.model_validate(inputs["test_points"]))
+    curvature = deps[inputs["curvature"]].arrays if inputs.get("curvature") else None
+    spectrum_ = Spectrum(curvature["values"], curvature["vectors"]) if curvature else None
+    d = s.data
+    idx = torch.as_tensor(tests, dtype=torch.long)
+    scores = ESTIMATORS[spec.name](spec, s.module, params, d.x_train, d.y_train, d.x_test[idx], d.y_test[idx],
+                                   inputs["measure"], spectrum_).to(torch.float64)
+    if not bool(torch.isfinite(scores).all()):
+        raise TaskFailure(f"estimator '{spec.name}' produced non-finite scores; raise its damping")
+    test_ids = d.test_ids[tests]
+    T, n = scores.shape
+    return Output({"scores": scores, "tests": idx, "test_ids": torch.as_tensor(test_ids)}, {"estimate_rows": {
+        "test_index": np.repeat(test_ids, n).tolist(), "train_index": np.tile(d.train_ids, T).tolist(),
+        "estimate": scores.reshape(-1).tolist()}})
+
+
+def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
+    trained = deps[inputs["train"]]
+    s = setup_from(trained.inputs)
+    params = _params(trained.arrays, "param.")
+    gt_inputs = dict(inputs["ground_truth"])
+    by = gt_inputs["removals"].get("by")
+    ranking = deps[by].arrays["scores"] if by else None
+    if by:
+        gt_inputs["removals"] = {**gt_inputs["removals"], "by": "estimate"}
+    spec = TypeAdapter(GroundTruthSpec).validate_python(gt_inputs)
+    tests = _test_selection(s, params, TestPointSpec.model_validate(inputs["test_points"]))
+    d = s.data
+    removals = select_removals(spec.removals, d.n_train, len(tests), ranking, derive_seed(s.seed, "removals"))
+    order = derive_seed(s.seed, "order")
+    setup = RetrainSetup(trained=params, init=_params(trained.arrays, "init."), order_seed=order,
+                         repeat_seeds=[order] + [derive_seed(s.seed, "order", r) for r in range(1, spec.repeats)])
+    idx = torch.as_tensor(tests, dtype=torch.long)
+    actual = PROTOCOLS[spec.protocol](spec, s.training, s.module, setup, d.x_train, d.y_train, d.x_test[idx],
+                                      d.y_test[idx], removals, ctx.memory_budget, ctx.progress)
+    if not bool(torch.isfinite(actual[~torch.isnan(actual)]).all()):
+        raise TaskFailure("ground truth produced infinite values; lower the retraining lr")
+    rows_t, rows_i, values = [], [], []
+    test_ids = d.test_ids[tests]
+    for t, chosen in enumerate(removals):
+        for i in chosen:
+            rows_t.append(int(test_ids[t]))
+            rows_i.append(int(d.train_ids[i]))
+            values.append(float(actual[t, int(i)]))
+    return Output({"actual": actual, "tests": idx},
+                  {"actual_rows": {"test_index": rows_t, "train_index": rows_i, "actual": values}})
+
+
+def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
+    est = deps[inputs["estimate"]].arrays
+    gt = deps[inputs["ground_truth"]].arrays
+    if not torch.equal(est["tests"], gt["tests"]):
+        raise TaskFailure("estimate and ground truth selected different test points")
+    rows = score(est["scores"].numpy(), gt["actual"].numpy(), list(inputs["metrics"]))
+    ids = est["test_ids"].tolist()
+    return Output({}, {"metric_rows": {
+        "test_index": [None if t is None else ids[t] for t, *_ in rows],
+        "metric": [m for _, m, _, _ in rows], "value": [v for _, _, v, _ in rows],
+        "n_pairs": [k for *_, k in rows]}})
+
+
+RUNNERS: dict[str, Callable[[dict[str, Any], dict[str, Dep], Context], Output]] = {
+    "train": run_train,
+    "curvature": run_curvature,
+    "hessian": run_hessian,
+    "estimate": run_estimate,
+    "ground_truth": run_ground_truth,
+    "metrics": run_metrics,
+}
+
+
+def run_task(kind: str, inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> tuple[Output, float]:
+    start = time.perf_counter()
+    out = RUNNERS[kind](inputs, deps, ctx)
+    return out, time.perf_counter() - start
