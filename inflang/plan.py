@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from inflang.spec import estimator_label
 from inflang.hashing import canonical_hash
+from inflang.spec import estimator_label
 from inflang.validate import Cell, LoadedStudy
 
 TASK_FORMAT = 1

@@ -36,7 +36,7 @@ def grids(doc: Document) -> list[list[list[SweepEntry]]]:
     sweep = doc.data.get("sweep")
     if sweep is None:
         return []
-    raw = [(sweep, ("sweep",))] if isinstance(sweep, dict) else None
+    raw: list[tuple[Any, PathKey]] | None = [(sweep, ("sweep",))] if isinstance(sweep, dict) else None
     if isinstance(sweep, list):
         raw = [(g, ("sweep", i)) for i, g in enumerate(sweep)]
     if raw is None:

@@ -105,10 +105,9 @@ def _data_path(data: Any, loc: tuple[Any, ...], keep_last: bool) -> PathKey:
     out: list[str | int] = []
     node = data
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        exists = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node))
+        if exists:
             out.append(part)
             node = node[part]
         elif keep_last and i == len(loc) - 1:

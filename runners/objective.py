@@ -6,7 +6,7 @@ full training-set size; on a minibatch B the data term is (1/|B|) sum_{j in B} w
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +34,10 @@ def squared_norm(params: Iterable[Tensor]) -> Tensor:
     return sum((p * p).sum() for p in params)  # type: ignore[return-value]
 
 
-def objective(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor, weight_decay: float,
+def objective(module: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, weight_decay: float,
               weights: Tensor | None = None, denominator: int | None = None) -> Tensor:
     """L(theta) on (x, y): weighted mean loss over ``denominator`` (default len(x)) + weight_decay/2 ||theta||^2."""
-    losses = per_example_loss(functional_call(module, params, (x,)), y)
+    losses = per_example_loss(functional_call(module, dict(params), (x,)), y)
     if weights is not None:
         losses = losses * weights
     data = losses.sum() / (denominator or x.shape[0])

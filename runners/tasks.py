@@ -24,6 +24,8 @@ from inflang.spec import (
     EstimatorSpec,
     GroundTruthSpec,
     HessianSpec,
+    LogregModel,
+    MlpModel,
     ModelSpec,
     TestPointSpec,
     TrainingSpec,
@@ -74,7 +76,7 @@ class TrainSetup:
     """Everything a train task's inputs define: specs, data split and the (untrained) module."""
 
     dataset: DatasetSpec
-    model: Any
+    model: LogregModel | MlpModel
     training: TrainingSpec
     seed: int
     data: datasets.Prepared
@@ -88,7 +90,7 @@ def _raw(dataset_json: str) -> datasets.RawData:
 
 def setup_from(train_inputs: dict[str, Any]) -> TrainSetup:
     dataset = DatasetSpec.model_validate(train_inputs["dataset"])
-    model = TypeAdapter(ModelSpec).validate_python(train_inputs["model"])
+    model: LogregModel | MlpModel = TypeAdapter(ModelSpec).validate_python(train_inputs["model"])
     training = TrainingSpec.model_validate(train_inputs["training"])
     seed = int(train_inputs["seed"])
     dtype = _DTYPES[training.dtype]

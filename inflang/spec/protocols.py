@@ -33,7 +33,7 @@ class LooProtocol(Spec):
     optimizer: Literal["sgd", "adam"] | None = Field(
         None, description="retraining update rule; null = the training optimizer")
     lr: float | None = Field(None, gt=0, description="retraining learning rate; null = the training lr")
-    removals: RemovalSpec = Field(default_factory=RemovalSpec)  # type: ignore[arg-type]
+    removals: RemovalSpec = Field(default_factory=RemovalSpec)
     repeats: int = Field(1, ge=1, le=1000, description="retraining seeds per removal (batch order); mean is stored")
     batch: Literal["auto"] | Annotated[int, Field(ge=2)] = Field(
         "auto", description="models retrained at once (control included); auto = as many as the memory budget allows")

@@ -24,12 +24,13 @@ class Study(Spec):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="master seed; every random choice derives from it")
     dataset: DatasetSpec
     model: ModelSpec
-    training: TrainingSpec = Field(default_factory=TrainingSpec)  # type: ignore[arg-type]
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
     estimators: list[EstimatorSpec] = Field(min_length=1, description="influence estimators, by name")
-    test_points: TestPointSpec = Field(default_factory=TestPointSpec)  # type: ignore[arg-type]
+    test_points: TestPointSpec = Field(default_factory=TestPointSpec)
     ground_truth: GroundTruthSpec = Field(
         default_factory=lambda: LooProtocol(protocol="loo"), description="how actual effects are measured")
-    metrics: list[MetricName] = Field(default_factory=lambda: ["pearson", "spearman"], min_length=1)
+    metrics: list[MetricName] = Field(default_factory=lambda: ["pearson", "spearman"],  # type: ignore[arg-type]
+                                      min_length=1, description="pearson | spearman | kendall | sign_agreement")
     hessian: HessianSpec | None = Field(None, description="optional curvature diagnostics")
     repeats: int = Field(1, ge=1, le=1000, description="independent seeds of every cell")
     sweep: SweepGrid | list[SweepGrid] | None = Field(
@@ -96,8 +97,8 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
         problems.append((("ground_truth", "removals", "k"),
                          f"k = {rem.k} is larger than the training set ({n_train} points)", None))
     if gt.optimizer is None and tr.optimizer == "lbfgs":
-        problems.append((("ground_truth", "optimizer"),
-                         "training uses lbfgs, which has no batched retraining rule",
+        problems.append((("training", "optimizer"),
+                         "lbfgs has no batched retraining rule, so ground truth needs its own optimizer",
                          "set ground_truth.optimizer: sgd or adam (and ground_truth.lr)"))
     if gt.start == "scratch" and (gt.optimizer not in (None, tr.optimizer) or gt.lr not in (None, tr.lr)):
         problems.append((("ground_truth", "start"),

@@ -131,7 +131,7 @@ def execute(plan: Plan, store: Store, *, memory_budget: int | None = None, threa
         events.task_finished(task, "done")
     for cell in plan.cells:
         errors = []
-        for kind, label, h in cell.all():
+        for _kind, _label, h in cell.all():
             root = blocked.get(h, h)
             if root in summary.failed:
                 failed_kind = plan.tasks[root].kind

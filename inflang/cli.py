@@ -1,0 +1,317 @@
+"""The ``inflang`` command line: validate, plan, run, query, report, schema."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inflang import __version__
+from inflang.errors import StudyError, UsageError
+from inflang.plan import KINDS, Plan, compile_study
+from inflang.store import Store, run_query
+from inflang.validate import LoadedStudy, load_study
+
+app = typer.Typer(
+    name="inflang",
+    help="Declarative studies of how far influence estimates can be trusted: write a study in YAML, "
+    "check it, see its plan, run it, and query the results in SQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+DB_HELP = "DuckDB result database; artifacts live in .inflang/ beside it."
+STUDY_ARG = typer.Argument(..., help="Path to the study YAML file.", show_default=False)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _load(path: str) -> LoadedStudy:
+    try:
+        return load_study(path)
+    except StudyError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _params_label(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "-"
+
+
+@app.command()
+def validate(study: str = STUDY_ARG) -> None:
+    """Check a study file and print the cells it would run. Nothing is written."""
+    loaded = _load(study)
+    plan = compile_study(loaded)
+    table = Table(title=f"study '{loaded.study.study}': {len(loaded.cells)} cells")
+    for col in ("cell", "repeat", "seed", "swept values"):
+        table.add_column(col)
+    for cell in loaded.cells:
+        table.add_row(cell.cell_id, str(cell.repeat), str(cell.seed), _params_label(cell.params))
+    out.print(table)
+    out.print(f"[green]valid[/green]: {len(loaded.cells)} cells, {len(plan.tasks)} tasks")
+
+
+def _task_states(plan: Plan, db: str) -> dict[str, str]:
+    path = Path(db)
+    if path.is_dir():
+        raise _fail(f"{db}: is a directory; --db takes a database file path")
+    if not path.exists():
+        return {}
+    try:
+        with Store(path, read_only=True) as store:
+            return {h: s for h, (s, _, _) in store.task_status(list(plan.tasks)).items()}
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
+
+
+@app.command()
+def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=DB_HELP)) -> None:
+    """Show the tasks a study compiles into: which are cached, which would run, and their cost."""
+    loaded = _load(study)
+    compiled = compile_study(loaded)
+    states = _task_states(compiled, db)
+    table = Table(title=f"plan for '{loaded.study.study}' ({len(loaded.cells)} cells)")
+    for col in ("task kind", "tasks", "cached", "failed", "to run", "models trained", "training steps"):
+        table.add_column(col, justify="right" if col != "task kind" else "left")
+    total_steps = 0
+    for kind, tasks in compiled.by_kind().items():
+        if not tasks:
+            continue
+        cached = sum(states.get(t.hash) == "done" for t in tasks)
+        failed = sum(states.get(t.hash) == "failed" for t in tasks)
+        todo = [t for t in tasks if states.get(t.hash) != "done"]
+        steps = sum(t.cost_steps for t in todo)
+        total_steps += steps
+        models = sum(t.models for t in todo)
+        table.add_row(kind, str(len(tasks)), str(cached), str(failed), str(len(todo)),
+                      f"{models:,}" if models else "-", f"{steps:,}" if steps else "-")
+    out.print(table)
+    out.print(f"to run: {total_steps:,} model-steps of training (each model-step is one optimizer step of "
+              "one model; retraining runs them as batched ensembles)")
+
+
+class _RichEvents:
+    """Progress bars per task kind plus a bar of models retrained."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=False)
+        self.bars: dict[str, Any] = {}
+        self.models_bar: Any = None
+
+    def start(self, plan: Plan, pending: list[Any]) -> None:
+        counts = {k: 0 for k in KINDS}
+        models = 0
+        for t in pending:
+            counts[t.kind] += 1
+            models += t.models if t.kind == "ground_truth" else 0
+        for kind in KINDS:
+            if counts[kind]:
+                self.bars[kind] = self.progress.add_task(kind, total=counts[kind])
+        if models:
+            self.models_bar = self.progress.add_task("models retrained", total=models)
+        self.progress.start()
+
+    def task_started(self, task: Any) -> None: ...
+
+    def task_finished(self, task: Any, status: str) -> None:
+        if task.kind in self.bars:
+            self.progress.advance(self.bars[task.kind])
+
+    def models_retrained(self, count: int) -> None:
+        if self.models_bar is not None:
+            self.progress.advance(self.models_bar, count)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _parse_bytes(text: str | None) -> int | None:
+    if text is None:
+        return None
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    s = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if s and s[-1] in units:
+            return int(float(s[:-1]) * units[s[-1]])
+        return int(float(s))
+    except ValueError:
+        raise _fail(f"error: --memory-budget: '{text}' is not a size (e.g. 512MB, 4GB)") from None
+
+
+def _summary(db: str | Path, study: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    sql = f"""
+        SELECT c.cell_id, c.params, c.status, m.estimator,
+               avg(m.value) FILTER (WHERE m.metric = 'spearman' AND m.test_index IS NOT NULL) AS spearman,
+               avg(m.value) FILTER (WHERE m.metric = 'pearson' AND m.test_index IS NOT NULL) AS pearson,
+               c.error
+        FROM cells c LEFT JOIN metrics m ON m.study = c.study AND m.cell_id = c.cell_id
+        WHERE c.study = '{study}'
+        GROUP BY ALL ORDER BY c.params, c.cell_id, m.estimator"""
+    return run_query(db, sql)
+
+
+def _summary_table(db: str | Path, study: str) -> Table:
+    _, rows = _summary(db, study)
+    table = Table(title=f"'{study}': mean over test points")
+    for col in ("cell", "swept values", "estimator", "spearman", "pearson", "status"):
+        table.add_column(col, justify="right" if col in ("spearman", "pearson") else "left")
+    def fmt(v: float | None) -> str:
+        return "-" if v is None or math.isnan(v) else f"{v:.3f}"
+
+    for cell_id, params, status, estimator, spearman, pearson, error in rows:
+        label = _params_label(json.loads(params)) if params else "-"
+        shown = status if status != "failed" else f"failed: {error}"
+        table.add_row(cell_id, label, estimator or "-", fmt(spearman), fmt(pearson), shown)
+    return table
+
+
+@app.command()
+def run(
+    study: str = STUDY_ARG,
+    db: str = typer.Option("inflang.duckdb", help=DB_HELP),
+    memory_budget: str = typer.Option(None, "--memory-budget",
+                                      help="Memory for one retraining chunk, e.g. 2GB (default: a quarter of "
+                                      "the free RAM).", show_default=False),
+    threads: int = typer.Option(1, min=1, help="torch threads (small models run fastest on 1)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run tasks that failed before again."),
+) -> None:
+    """Run a study: train, estimate, retrain for ground truth, score; results go to the database.
+
+    Finished tasks are reused, so an interrupted run resumes where it stopped and a finished study
+    computes nothing when run again.
+    """
+    loaded = _load(study)
+    compiled = compile_study(loaded)
+    budget = _parse_bytes(memory_budget)
+    try:
+        store = Store(db)
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
+    from runners.executors import execute
+
+    events = _RichEvents(err)
+    try:
+        summary = execute(compiled, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
+                          events=events)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        events.stop()
+        store.close()
+        raise _fail(f"\ninterrupted: finished tasks are saved in {db}; run the same command again to resume",
+                    130) from None
+    events.stop()
+    store.close()
+    out.print(_summary_table(db, loaded.study.study))
+    failed_cells = [c for c, (s, _) in summary.cell_status.items() if s == "failed"]
+    out.print(f"ran {summary.ran} tasks, reused {summary.cached}; {len(failed_cells)} of "
+              f"{len(summary.cell_status)} cells failed" + (" (see the status column; rerun failed tasks with "
+                                                            "--retry-failed)" if failed_cells else ""))
+    if failed_cells:
+        raise typer.Exit(1)
+
+
+@app.command()
+def query(
+    sql: str = typer.Argument(..., help="One read-only SQL statement, e.g. \"SELECT * FROM metrics\".",
+                              show_default=False),
+    db: str = typer.Option("inflang.duckdb", help=DB_HELP),
+    format: str = typer.Option("table", "--format", help="table | csv | json"),
+) -> None:
+    """Query the results with SQL (the database is opened read-only).
+
+    Tables and views: studies, cells, models, splits, influence, metrics (see docs/language.md).
+    """
+    if format not in ("table", "csv", "json"):
+        raise _fail(f"error: --format: '{format}' is not one of table, csv, json")
+    try:
+        columns, rows = run_query(db, sql)
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
+    if format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        sys.stdout.write(buffer.getvalue())
+    elif format == "json":
+        sys.stdout.write(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str) + "\n")
+    else:
+        table = Table(*columns)
+        for r in rows:
+            table.add_row(*("NULL" if v is None else str(v) for v in r))
+        out.print(table)
+
+
+@app.command()
+def report(
+    study: str = typer.Argument(..., help="The study's name (its 'study:' key).", show_default=False),
+    db: str = typer.Option("inflang.duckdb", help=DB_HELP),
+    out_dir: str = typer.Option(None, "--out", help="Also write summary.csv and influence.csv here."),
+) -> None:
+    """Summarise one study: per cell and estimator, the mean correlations and the model's curvature."""
+    try:
+        _, found = run_query(db, f"SELECT count(*) FROM studies WHERE study = '{study.replace(chr(39), '')}'")
+        if not found[0][0]:
+            _, names = run_query(db, "SELECT study FROM studies ORDER BY study")
+            known = ", ".join(n for (n,) in names) or "none"
+            raise UsageError(f"no study '{study}' in {db} (studies there: {known})")
+        out.print(_summary_table(db, study))
+        cols, rows = run_query(db, f"""
+            SELECT c.cell_id, c.params, m.test_accuracy, m.hessian_top_eigenvalues[1] AS top_eigenvalue,
+                   m.hessian_min_eigenvalue AS min_eigenvalue
+            FROM cells c JOIN models m USING (study, cell_id) WHERE c.study = '{study}' ORDER BY c.params""")
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
+    table = Table(*cols, title="trained models")
+    for r in rows:
+        table.add_row(*("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
+    out.print(table)
+    if out_dir:
+        target = Path(out_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        for name, sql in (("summary.csv", None), ("influence.csv",
+                          f"SELECT * FROM influence WHERE study = '{study}' ORDER BY ALL")):
+            columns, data = _summary(db, study) if sql is None else run_query(db, sql)
+            with open(target / name, "w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(columns)
+                writer.writerows(data)
+        out.print(f"wrote {target / 'summary.csv'} and {target / 'influence.csv'}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of a study file (for editor autocompletion and validation)."""
+    from inflang.spec import Study
+
+    sys.stdout.write(json.dumps(Study.model_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def version() -> None:
+    """Print the inflang version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

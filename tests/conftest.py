@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+TINY = """\
+study: tiny
+seed: 3
+dataset:
+  name: iris
+  test_size: 30
+model:
+  arch: logreg
+training:
+  optimizer: sgd
+  lr: 0.5
+  epochs: 200
+  weight_decay: 0.01
+  dtype: float64
+estimators:
+  - name: exact
+    damping: 0.0
+test_points:
+  select: highest_loss
+  count: 2
+ground_truth:
+  protocol: loo
+  start: optimum
+  steps: 100
+  removals:
+    select: random
+    k: 12
+metrics: [pearson, spearman]
+"""
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write a YAML file (dedented) into the test's temp directory and return its path."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def tiny_study(write: Callable[[str, str], Path]) -> Path:
+    return write("tiny.yaml", TINY)

@@ -1,0 +1,67 @@
+"""Sweep expansion: products, unions, and errors that point at the sweep value that made a bad cell."""
+
+from __future__ import annotations
+
+import pytest
+
+from inflang.errors import StudyError
+from inflang.validate import load_study
+
+BASE = """\
+study: s
+dataset: {name: iris}
+model: {arch: mlp, depth: 1, width: 4}
+estimators: [{name: exact}]
+"""
+
+
+def test_grid_is_a_cartesian_product(write):
+    path = write("s.yaml", BASE + "sweep:\n  model.depth: [1, 2, 3]\n  training.weight_decay: [0.0, 0.01]\n")
+    loaded = load_study(path)
+    combos = {(c.params["model.depth"], c.params["training.weight_decay"]) for c in loaded.cells}
+    assert combos == {(d, w) for d in (1, 2, 3) for w in (0.0, 0.01)}
+    assert {c.study.model.depth for c in loaded.cells} == {1, 2, 3}
+
+
+def test_list_of_grids_is_a_union_without_duplicates(write):
+    path = write("s.yaml", BASE + "sweep:\n  - {model.depth: [1, 2]}\n  - {model.depth: [2, 3], model.width: [4]}\n")
+    cells = load_study(path).cells
+    assert [c.params for c in cells] == [{"model.depth": 1}, {"model.depth": 2},
+                                         {"model.depth": 2, "model.width": 4}, {"model.depth": 3, "model.width": 4}]
+
+
+def test_repeats_multiply_cells_with_distinct_seeds(write):
+    loaded = load_study(write("s.yaml", BASE + "repeats: 3\nsweep:\n  model.depth: [1, 2]\n"))
+    assert len(loaded.cells) == 6
+    assert len({c.cell_id for c in loaded.cells}) == 6
+    assert len({c.seed for c in loaded.cells}) == 3
+
+
+def test_sweeping_list_items_by_index(write):
+    loaded = load_study(write("s.yaml", BASE + "sweep:\n  estimators.0.damping: [0.1, 0.01]\n"))
+    assert [c.study.estimators[0].damping for c in loaded.cells] == [0.1, 0.01]
+
+
+def test_invalid_cell_points_at_the_sweep_value(write):
+    path = write("s.yaml", BASE + "sweep:\n  model.width: [4, 0]\n")
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    (problem,) = info.value.problems
+    assert (problem.position.line, problem.position.col) == (6, 20)
+    assert problem.path == "model.width" and "model.width=0" in problem.message
+
+
+def test_sweep_path_that_does_not_exist(write):
+    path = write("s.yaml", BASE + "sweep:\n  model.dpeth: [1, 2]\n")
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    problem = info.value.problems[0]
+    assert "unknown key 'dpeth'" in problem.message and problem.hint == "did you mean 'depth'?"
+    assert problem.position.line == 6
+
+
+@pytest.mark.parametrize("sweep", ["sweep: {}\n", "sweep:\n  model.depth: []\n", "sweep: []\n",
+                                   "sweep:\n  model.depth: 3\n"])
+def test_empty_or_malformed_sweeps(write, sweep):
+    with pytest.raises(StudyError):
+        load_study(write("s.yaml", BASE + sweep))
