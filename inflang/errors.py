@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -29,11 +30,17 @@ class Problem:
     hint: str | None = None
 
     def format(self) -> str:
-        where = f"{self.position}: {self.path}: " if self.path else f"{self.position}: "
-        text = where + self.message
+        """``FILE:LINE:COL: path: message`` on one line (control characters escaped), then the hint."""
+        where = f"{self.position}: {_printable(self.path)}: " if self.path else f"{self.position}: "
+        text = where + _printable(self.message)
         if self.hint:
-            text += f"\n  hint: {self.hint}"
+            text += f"\n  hint: {_printable(self.hint)}"
         return text
+
+
+def _printable(text: str) -> str:
+    """Escape control characters (a user's value may hold a newline) so a problem stays on one line."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c)[0] == "C" else c for c in text)
 
 
 class StudyError(Exception):

@@ -141,10 +141,19 @@ def parse(text: str, file: str) -> Document:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = (exc.problem or exc.context or "invalid YAML").strip()
-        hint = "indent with spaces, not tabs" if "\\t" in message or "tab" in message.lower() else None
+        hint = None
+        if "\\t" in message or "tab" in message.lower():
+            hint = "indent with spaces, not tabs"
+        elif "mapping values are not allowed" in message or "expected <block end>" in message:
+            hint = "check the indentation: keys of one map start in the same column, and 'key: value' needs a space"
         raise StudyError.at(Position(file, line, col), "", f"invalid YAML: {message}", hint) from None
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        raise StudyError.at(Position(file, line, col), "",
+                            f"invalid YAML: control character #x{exc.character:04x} is not allowed") from None
     except yaml.YAMLError as exc:
-        raise StudyError.at(Position(file, 1, 1), "", f"invalid YAML: {exc}") from None
+        raise StudyError.at(Position(file, 1, 1), "", f"invalid YAML: {str(exc).splitlines()[0]}") from None
     if root is None:
         raise StudyError.at(Position(file, 1, 1), "", "the file is empty",
                             "a study needs at least 'study:', 'dataset:' and 'model:'")

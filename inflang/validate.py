@@ -75,12 +75,12 @@ def _tag_of(model: type[BaseModel]) -> set[str]:
     return tags
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The spec model class that the location (as pydantic reports it) points into."""
+def _models_at(loc: tuple[Any, ...]) -> list[type[BaseModel]]:
+    """The spec model classes (every union member) that a pydantic location points into."""
     candidates: list[Any] = [Study]
     for part in loc:
         models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if isinstance(part, str) and len(models) > 1 and any(part in _tag_of(m) for m in models):
+        if isinstance(part, str) and models and any(part in _tag_of(m) for m in models):
             candidates = [m for m in models if part in _tag_of(m)]
             continue
         nxt: list[Any] = []
@@ -90,14 +90,27 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             elif typing.get_origin(c) in (list, tuple) and isinstance(part, int):
                 nxt.extend(_unwrap(typing.get_args(c)[0]))
         if not nxt:
-            return None
+            return []
         candidates = nxt
+    found: list[type[BaseModel]] = []
     for c in candidates:
-        for inner in [c, *[a for a in typing.get_args(c)]]:
-            for t in _unwrap(inner):
-                if isinstance(t, type) and issubclass(t, BaseModel):
-                    return t
-    return None
+        for inner in [c, *typing.get_args(c)]:
+            found += [t for t in _unwrap(inner) if isinstance(t, type) and issubclass(t, BaseModel)]
+    return found
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    models = _models_at(loc)
+    return models[0] if models else None
+
+
+def _tags_at(loc: tuple[Any, ...], key: str) -> list[str]:
+    """The values a discriminator ``key`` may take at ``loc`` (from the union members' Literal types)."""
+    found: list[str] = []
+    for model in _models_at(loc):
+        if key in model.model_fields:
+            found += [str(a) for a in typing.get_args(model.model_fields[key].annotation)]
+    return sorted(set(found), key=found.index)
 
 
 def _data_path(data: Any, loc: tuple[Any, ...], keep_last: bool) -> PathKey:
@@ -141,7 +154,7 @@ def _problem(doc_data: dict[str, Any], error: Any, locate: Any) -> Problem:
         disc_key = disc[0] if disc else "name"
         base = _data_path(doc_data, loc, keep_last=False)
         path = base + (disc_key,)
-        tags = _quoted(str(ctx.get("expected_tags", "")))
+        tags = _quoted(str(ctx.get("expected_tags", ""))) or _tags_at(loc, disc_key)
         if kind == "union_tag_not_found":
             return Problem(locate(base, False), _dotted(path), f"is required (one of: {', '.join(tags)})")
         tag = ctx.get("tag")
@@ -187,8 +200,9 @@ def _cell_locator(doc: Document, entries: list[SweepEntry]) -> Any:
     def locate(path: PathKey, value: bool) -> Any:
         for entry in entries:
             swept = split_path(entry.path)
-            if tuple(path[: len(swept)]) == swept or tuple(swept[: len(path)]) == tuple(path) and path:
-                return doc.position(entry.source, value=True)
+            if tuple(path[: len(swept)]) == swept or (tuple(swept[: len(path)]) == tuple(path) and path):
+                # a bad value points at the sweep value; a bad key at the sweep key that named it
+                return doc.position(entry.source, value=True) if value else doc.position(entry.source[:-1])
         return doc.position(path, value)
 
     return locate
@@ -196,12 +210,13 @@ def _cell_locator(doc: Document, entries: list[SweepEntry]) -> Any:
 
 def validate_document(doc: Document) -> LoadedStudy:
     """Validate the study as written, then every cell of its sweep times its repeats."""
-    base_data = dict(doc.data)
+    expanded = expand(doc)  # the sweep's own structure first; each cell is validated below
+    base_data = {k: v for k, v in doc.data.items() if k != "sweep"}
     study = _validate(base_data, doc, lambda path, value: doc.position(path, value))
     cells: list[Cell] = []
     problems: list[Problem] = []
     reported: set[tuple[Any, str, str]] = set()
-    for params, entries in expand(doc):
+    for params, entries in expanded:
         try:
             data = apply(doc.data, params)
         except KeyError:

@@ -10,6 +10,7 @@ operation, so one model here follows the same trajectory as a sequential optimiz
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -48,35 +49,54 @@ def unsupported_layers(module: nn.Module) -> list[str]:
     return [name or type(m).__name__ for name, m in module.named_modules() if list(m.buffers(recurse=False))]
 
 
+class _Layout:
+    """Where each parameter lives in one flat [M, P] buffer (model m's parameters are row m)."""
+
+    def __init__(self, stacked: Stacked) -> None:
+        self.names = list(stacked)
+        self.shapes = [tuple(stacked[k].shape[1:]) for k in self.names]
+        sizes = [int(torch.Size(s).numel()) for s in self.shapes]
+        self.bounds = list(zip([0, *itertools.accumulate(sizes)][:-1], itertools.accumulate(sizes), strict=True))
+
+    def flatten(self, stacked: Stacked) -> Tensor:
+        return torch.cat([stacked[k].reshape(stacked[k].shape[0], -1) for k in self.names], dim=1)
+
+    def views(self, flat: Tensor) -> Stacked:
+        count = flat.shape[0]
+        return {k: flat[:, a:b].view(count, *shape)
+                for k, shape, (a, b) in zip(self.names, self.shapes, self.bounds, strict=True)}
+
+
 class _Optimizer:
-    def __init__(self, rule: UpdateRule, params: list[Tensor]) -> None:
+    """SGD (momentum, no dampening) and Adam (torch defaults), as torch.optim computes them, on [M, P]."""
+
+    def __init__(self, rule: UpdateRule) -> None:
         self.rule = rule
         self.t = 0
-        self.state: list[list[Tensor]] = [[] for _ in params]
+        self.state: list[Tensor] = []
 
     @torch.no_grad()
-    def step(self, params: list[Tensor], grads: list[Tensor]) -> None:
+    def step(self, p: Tensor, g: Tensor) -> None:
         r = self.rule
         self.t += 1
-        for p, g, state in zip(params, grads, self.state, strict=True):
-            if r.optimizer == "sgd":
-                if r.momentum:
-                    if not state:
-                        state.append(g.clone())
-                    else:
-                        state[0].mul_(r.momentum).add_(g)
-                    g = state[0]
-                p.add_(g, alpha=-r.lr)
-            else:
-                if not state:
-                    state.extend([torch.zeros_like(p), torch.zeros_like(p)])
-                m, v = state
-                beta1, beta2 = r.betas
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                step_size = r.lr / (1 - beta1**self.t)
-                denom = (v.sqrt() / math.sqrt(1 - beta2**self.t)).add_(r.eps)
-                p.addcdiv_(m, denom, value=-step_size)
+        if r.optimizer == "sgd":
+            if r.momentum:
+                if not self.state:
+                    self.state.append(g.clone())
+                else:
+                    self.state[0].mul_(r.momentum).add_(g)
+                g = self.state[0]
+            p.add_(g, alpha=-r.lr)
+            return
+        if not self.state:
+            self.state.extend([torch.zeros_like(p), torch.zeros_like(p)])
+        m, v = self.state
+        beta1, beta2 = r.betas
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        step_size = r.lr / (1 - beta1**self.t)
+        denom = (v.sqrt() / math.sqrt(1 - beta2**self.t)).add_(r.eps)
+        p.addcdiv_(m, denom, value=-step_size)
 
 
 def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, y: Tensor, weights: Tensor, rule: UpdateRule,
@@ -85,6 +105,8 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, y: Tensor, weig
     """Train M models together from ``start`` ([M, ...] per parameter) with example weights [M, n].
 
     ``order_seeds`` gives each model's minibatch order (models sharing a seed see identical batches).
+    All parameters live in one [M, P] buffer, so an optimizer step is a handful of tensor operations; the
+    weight-decay gradient weight_decay * theta is added analytically rather than through autograd.
     Returns the final stacked parameters; raises DivergenceError if any model's loss is not finite.
     """
     bad = unsupported_layers(module)
@@ -92,45 +114,47 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, y: Tensor, weig
         raise TaskFailure(f"the retraining engine cannot batch layers with buffers: {', '.join(bad)}")
     n = x.shape[0]
     count = weights.shape[0]
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in start.items()}
-    plist = list(params.values())
-    opt = _Optimizer(rule, plist)
+    layout = _Layout(start)
+    flat = layout.flatten(start).detach().clone()
+    opt = _Optimizer(rule)
     forward = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, 0))
     shared = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, None))
     distinct = sorted(set(order_seeds))
     orders: list[Iterator[Tensor | None]] = [batch_order(n, batch_size, steps, s) for s in distinct]
     which = torch.tensor([distinct.index(s) for s in order_seeds])
     rows = torch.arange(count)
+    y_all = y.expand(count, n)
     for step in range(steps):
+        leaf = flat.detach().requires_grad_(True)
+        params = layout.views(leaf)
         idx_each = [next(o) for o in orders]
         if idx_each[0] is None:
-            logits = shared(params, x)
-            losses = per_example_loss(logits, y.expand(count, n)) * weights
+            losses = per_example_loss(shared(params, x), y_all) * weights
             denom = n
         elif len(distinct) == 1:
             idx = idx_each[0]
-            logits = shared(params, x[idx])
-            losses = per_example_loss(logits, y[idx].expand(count, len(idx))) * weights[:, idx]
+            losses = per_example_loss(shared(params, x[idx]), y[idx].expand(count, len(idx))) * weights[:, idx]
             denom = len(idx)
         else:
             idx = torch.stack([i for i in idx_each if i is not None])[which]  # [M, b]
-            logits = forward(params, x[idx])
-            losses = per_example_loss(logits, y[idx]) * weights[rows.unsqueeze(1), idx]
+            losses = per_example_loss(forward(params, x[idx]), y[idx]) * weights[rows.unsqueeze(1), idx]
             denom = idx.shape[1]
         data = losses.sum(dim=1) / denom
-        reg = sum((p * p).flatten(1).sum(1) for p in plist)
-        per_model = data + 0.5 * rule.weight_decay * reg
-        grads = torch.autograd.grad(per_model.sum(), plist)
+        (grad,) = torch.autograd.grad(data.sum(), leaf)
+        if rule.weight_decay:
+            grad.add_(flat, alpha=rule.weight_decay)
         if step % 100 == 0 or step == steps - 1:
-            finite = torch.isfinite(per_model.detach())
+            finite = torch.isfinite(data.detach())
             if not bool(finite.all()):
                 raise DivergenceError(
                     f"retraining diverged at step {step} for {int((~finite).sum())} of {count} models; "
                     f"lower the retraining lr (now {rule.lr})")
-        opt.step(plist, list(grads))
+        opt.step(flat, grad)
         if on_step is not None:
             on_step(step)
-    return {k: v.detach() for k, v in params.items()}
+    if not bool(torch.isfinite(flat).all()):
+        raise DivergenceError(f"retraining produced non-finite parameters; lower the retraining lr (now {rule.lr})")
+    return {k: v.clone() for k, v in layout.views(flat).items()}
 
 
 def per_model_bytes(module: nn.Module, batch: int, dtype: torch.dtype) -> int:

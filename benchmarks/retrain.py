@@ -1,0 +1,197 @@
+"""Ground-truth retraining: a sequential torch.optim loop (as peers retrain) against inflang's batched engine.
+
+Run: python benchmarks/retrain.py [--json PATH] [--quick] [--full-sequential]
+
+Every number is measured in this one run, side by side, on the same data, model, optimizer and steps.
+The sequential loop's cost is exactly linear in the number of models (each model is its own loop), so by
+default it is timed on a sample of the removals and scaled; --full-sequential times all of them.
+Achieved GFLOP/s counts the linear layers' multiply-adds (forward 2*b*in*out per layer and model, backward
+twice that) against the machine's matmul peak measured here, in the same dtype and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from inflang.spec import DatasetSpec, MlpModel
+from runners.data import load_raw, prepare
+from runners.ensemble import UpdateRule, stack, train_ensemble
+from runners.models import build
+from runners.train import batch_order
+
+
+@dataclass
+class Case:
+    name: str
+    dataset: str
+    depth: int
+    width: int
+    removals: int
+    steps: int
+    batch_size: int | None
+    optimizer: str = "adam"
+    lr: float = 0.01
+    subsample: int | None = None
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> float:
+    """GFLOP/s of a square matmul in this dtype and thread setting."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def linear_flops(module: nn.Module, batch: int) -> int:
+    """Multiply-add FLOPs of one training step of one model: forward 2*b*in*out, backward 4*b*in*out."""
+    return sum(6 * batch * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def setup(case: Case, dtype: torch.dtype) -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    spec = DatasetSpec(name=case.dataset, test_size=0.2, subsample=case.subsample)  # type: ignore[arg-type]
+    data = prepare(spec, load_raw(spec), 0, dtype)
+    model = MlpModel(arch="mlp", depth=case.depth, width=case.width, activation="tanh")
+    module = build(model, data.features, data.classes, 0, dtype)
+    start = {k: v.detach().clone() for k, v in module.named_parameters()}
+    return module, start, data.x_train, data.y_train
+
+
+def sequential(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+               models: int) -> float:
+    """Seconds to retrain ``models`` models one after another with nn.Module + torch.optim, written the way
+    peers write it: module(x), F.cross_entropy(reduction='none') weighted, an explicit L2 term."""
+    import copy
+
+    import torch.nn.functional as F
+
+    n = x.shape[0]
+    began = time.perf_counter()
+    for m in range(models):
+        model = copy.deepcopy(module)
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p.copy_(start[k])
+        plist = list(model.parameters())
+        w = torch.ones(n, dtype=x.dtype)
+        w[m % n] = 0.0
+        opt = (torch.optim.Adam(model.parameters(), lr=case.lr) if case.optimizer == "adam"
+               else torch.optim.SGD(model.parameters(), lr=case.lr))
+        for idx in batch_order(n, case.batch_size, case.steps, 0):
+            xb, yb, wb = (x, y, w) if idx is None else (x[idx], y[idx], w[idx])
+            opt.zero_grad()
+            loss = (F.cross_entropy(model(xb), yb, reduction="none") * wb).sum() / len(yb)
+            (loss + 0.0005 * sum((p * p).sum() for p in plist)).backward()
+            opt.step()
+    return time.perf_counter() - began
+
+
+def batched(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+            removals: int) -> float:
+    """Seconds for the engine to retrain ``removals`` removals plus the control, in one ensemble."""
+    n = x.shape[0]
+    weights = torch.ones(removals + 1, n, dtype=x.dtype)
+    rows = torch.arange(1, removals + 1)
+    weights[rows, (rows - 1) % n] = 0.0
+    rule = UpdateRule(optimizer=case.optimizer, lr=case.lr, weight_decay=0.001)
+    began = time.perf_counter()
+    train_ensemble(module, stack(start, removals + 1), x, y, weights, rule, case.steps, case.batch_size,
+                   [0] * (removals + 1))
+    return time.perf_counter() - began
+
+
+def measure(case: Case, dtype: torch.dtype, threads: int, sample: int | None) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    module, start, x, y = setup(case, dtype)
+    batch = case.batch_size or x.shape[0]
+    models = case.removals + 1
+    timed = models if sample is None else min(models, sample)
+    warm = Case(**{**case.__dict__, "steps": min(case.steps, 20)})
+    sequential(warm, module, start, x, y, 2)  # first calls pay one-off dispatch and allocation costs
+    batched(warm, module, start, x, y, 4)
+    seq = sequential(case, module, start, x, y, timed) * models / timed
+    eng = batched(case, module, start, x, y, case.removals)
+    flops = linear_flops(module, batch) * case.steps * models
+    peak = matmul_peak(dtype)
+    return {
+        "case": case.name, "dtype": str(dtype).removeprefix("torch."), "threads": threads,
+        "models": models, "steps": case.steps, "batch": batch, "n_train": int(x.shape[0]),
+        "sequential_s": round(seq, 3), "sequential_models_timed": timed, "engine_s": round(eng, 3),
+        "speedup": round(seq / eng, 2), "engine_models_per_s": round(models / eng, 2),
+        "engine_gflops": round(flops / eng / 1e9, 2), "peak_matmul_gflops": round(peak, 2),
+        "flop_floor_s": round(flops / peak / 1e9, 3), "engine_over_floor": round(eng / (flops / peak / 1e9), 2),
+    }
+
+
+def scaling(case: Case, dtype: torch.dtype, threads: int, removals: list[int], subsamples: list[int]) -> list[dict]:
+    torch.set_num_threads(threads)
+    out = []
+    for r in removals:
+        c = Case(**{**case.__dict__, "removals": r})
+        module, start, x, y = setup(c, dtype)
+        out.append({"axis": "removals", "removals": r, "n_train": int(x.shape[0]),
+                    "engine_s": round(batched(c, module, start, x, y, r), 3)})
+    for s in subsamples:
+        c = Case(**{**case.__dict__, "subsample": s})
+        module, start, x, y = setup(c, dtype)
+        out.append({"axis": "n_train", "removals": c.removals, "n_train": int(x.shape[0]),
+                    "engine_s": round(batched(c, module, start, x, y, c.removals), 3)})
+    return out
+
+
+def table(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
+    lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
+    lines += ["  ".join(str(r[k]).rjust(w) for k, w in zip(keys, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke test, not the benchmark)")
+    parser.add_argument("--full-sequential", action="store_true", help="time every sequential model")
+    args = parser.parse_args(argv)
+    div = 10 if args.quick else 1
+    cases = [
+        Case("iris-mlp-2x16 full batch", "iris", 2, 16, 120, 1000 // div, None),
+        Case("digits-mlp-2x32 minibatch 64", "digits", 2, 32, 200, 500 // div, 64),
+    ]
+    sample = None if args.full_sequential else 12
+    results: list[dict[str, Any]] = []
+    for case in cases:
+        for dtype in (torch.float32, torch.float64):
+            for threads in (1, 2):
+                results.append(measure(case, dtype, threads, sample))
+                print(f"measured {case.name} {dtype} threads={threads}", flush=True)
+    keys = ["case", "dtype", "threads", "models", "steps", "sequential_s", "engine_s", "speedup",
+            "engine_models_per_s", "engine_gflops", "peak_matmul_gflops", "engine_over_floor"]
+    print()
+    print(table(results, keys))
+    grow = scaling(cases[0], torch.float32, 1, [30, 120, 480], [])
+    grow += scaling(cases[1], torch.float32, 1, [], [200, 400, 800])
+    print()
+    print(table(grow, ["axis", "removals", "n_train", "engine_s"]))
+    report = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                          "torch": torch.__version__}, "results": results, "scaling": grow,
+              "sequential_sampled": sample is not None}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
