@@ -23,7 +23,6 @@ from inflang.validate import Cell, LoadedStudy
 
 TASK_FORMAT = 1
 KINDS = ("train", "curvature", "hessian", "estimate", "ground_truth", "metrics")
-CURVATURE_ESTIMATORS = {"exact"}
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         train_steps = s.training.total_steps(n_train)
         train = b.add("train", {"dataset": _dump(s.dataset), "model": _dump(s.model),
                                 "training": _dump(s.training), "seed": cell.seed}, (), train_steps, 1)
-        needs_curvature = s.hessian is not None or any(e.name in CURVATURE_ESTIMATORS for e in s.estimators)
+        needs_curvature = s.hessian is not None or any(e.uses_curvature for e in s.estimators)
         curvature = b.add("curvature", {"train": train}, (train,)) if needs_curvature else None
         hessian = None
         if s.hessian is not None:
@@ -126,7 +125,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         ct = CellTasks(cell=cell, train=train, curvature=curvature, hessian=hessian)
         gt = s.ground_truth
         for est in s.estimators:
-            deps = (train, curvature) if est.name in CURVATURE_ESTIMATORS and curvature else (train,)
+            deps = (train, curvature) if est.uses_curvature and curvature else (train,)
             ct.estimates[estimator_label(est)] = b.add(
                 "estimate", {"train": train, "curvature": curvature if curvature in deps else None,
                              "estimator": _dump(est, ("label",)), "test_points": _dump(s.test_points),

@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from inflang.hashing import derive_seed
 from inflang.spec import (
+    AnyEstimator,
     DatasetSpec,
     EstimatorSpec,
     GroundTruthSpec,
@@ -34,7 +35,7 @@ from runners import data as datasets
 from runners import models
 from runners.curvature import Spectrum, objective_hessian, spectrum
 from runners.errors import TaskFailure
-from runners.estimators import ESTIMATORS
+from runners.estimators import ESTIMATORS, EstimatorInputs
 from runners.metrics import score
 from runners.objective import per_example_loss
 from runners.protocols import PROTOCOLS
@@ -161,14 +162,17 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
     trained = deps[inputs["train"]]
     s = setup_from(trained.inputs)
     params = _params(trained.arrays, "param.")
-    spec = TypeAdapter(EstimatorSpec).validate_python(inputs["estimator"])
+    spec: AnyEstimator = TypeAdapter(EstimatorSpec).validate_python(inputs["estimator"])
     tests = _test_selection(s, params, TestPointSpec.model_validate(inputs["test_points"]))
     curvature = deps[inputs["curvature"]].arrays if inputs.get("curvature") else None
     spectrum_ = Spectrum(curvature["values"], curvature["vectors"]) if curvature else None
     d = s.data
     idx = torch.as_tensor(tests, dtype=torch.long)
-    scores = ESTIMATORS[spec.name](spec, s.module, params, d.x_train, d.y_train, d.x_test[idx], d.y_test[idx],
-                                   inputs["measure"], spectrum_).to(torch.float64)
+    estimator_inputs = EstimatorInputs(
+        module=s.module, params=params, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test[idx],
+        y_test=d.y_test[idx], measure=inputs["measure"], weight_decay=s.training.weight_decay,
+        seed=derive_seed(s.seed, "estimator", inputs["estimator"]), spectrum=spectrum_)
+    scores = ESTIMATORS[spec.name](spec, estimator_inputs).to(torch.float64)
     if not bool(torch.isfinite(scores).all()):
         raise TaskFailure(f"estimator '{spec.name}' produced non-finite scores; raise its damping")
     test_ids = d.test_ids[tests]

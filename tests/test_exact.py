@@ -7,6 +7,7 @@ import torch
 
 from inflang.spec import ExactEstimator, LogregModel, TrainingSpec
 from runners.curvature import objective_hessian, spectrum
+from runners.estimators.common import EstimatorInputs
 from runners.estimators.exact import exact_scores, inverse_eigenvalues
 from runners.models import build
 from runners.train import train
@@ -49,8 +50,9 @@ def test_exact_matches_numpy_closed_form():
     H = objective_hessian(module, trained.params, X, Y, wd)
     for damping in (0.0, 0.01):
         spec = ExactEstimator(name="exact", damping=damping)
-        ours = exact_scores(spec, module, trained.params, X, Y, torch.tensor(xt), torch.tensor(yt), "test_loss",
-                            spectrum(H)).numpy()
+        inputs = EstimatorInputs(module, trained.params, X, Y, torch.tensor(xt), torch.tensor(yt), "test_loss", wd,
+                                 0, spectrum(H))
+        ours = exact_scores(spec, inputs).numpy()
         W = trained.params["0.weight"].numpy()
         b = trained.params["0.bias"].numpy()
         reference = numpy_influence(W, b, x, y, xt, yt, wd, damping)

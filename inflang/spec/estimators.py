@@ -1,36 +1,107 @@
 """``estimators:`` -- influence estimators, discriminated by ``name``.
 
 Sign and scale (LANGUAGE.md): an estimate is the predicted change in the measured quantity when a
-training point is removed, estimate(z_i, z_test) = (1/n) g_test^T (H + damping I)^-1 g_i.
+training point is removed, estimate(z_i, z_test) = (1/n) g_test^T (H + damping I)^-1 g_i, where H is the
+Hessian of the training objective. Estimators that only rank (gradient similarity) store their raw score.
 A new estimator is one model here (added to ``EstimatorSpec``) plus one module in ``runners/estimators``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from inflang.spec.base import Spec
 
 
-class ExactEstimator(Spec):
+class EstimatorBase(Spec):
+    label: str | None = Field(None, description="name in result tables; defaults to the estimator name")
+
+    uses_curvature: ClassVar[bool] = False  # needs the eigendecomposition of H (a shared task)
+    dense_hessian: ClassVar[bool] = False  # forms a P x P matrix (refused above max_params)
+    ranks_only: ClassVar[bool] = False  # a raw score, not a predicted change
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name  # type: ignore[attr-defined]
+
+
+class ExactEstimator(EstimatorBase):
     """Explicit Hessian H of the training objective at the trained parameters, inverted by eigendecomposition."""
 
     name: Literal["exact"]
-    label: str | None = Field(None, description="name in result tables; defaults to the estimator name")
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     negative: Literal["error", "abs", "clip"] = Field(
         "error",
         description="eigenvalues of H + lambda I that are <= 0: error (fail the cell), "
-        "abs (use |eigenvalue|), clip (drop those directions)",
+        "abs (use |eigenvalue| + lambda), clip (drop those directions)",
     )
     max_params: int = Field(5000, ge=1, description="refuse models with more parameters (the Hessian is P x P)")
 
+    uses_curvature: ClassVar[bool] = True
+    dense_hessian: ClassVar[bool] = True
 
-EstimatorSpec = Annotated[ExactEstimator, Field(discriminator="name")]
-ESTIMATOR_NAMES: tuple[str, ...] = ("exact",)
+
+class CgEstimator(EstimatorBase):
+    """Conjugate gradient on Hessian-vector products: solves (H + damping I) x = g_test per test point."""
+
+    name: Literal["cg"]
+    damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
+    max_iter: int = Field(1000, ge=1, description="CG iterations at most")
+    tol: float = Field(1e-10, gt=0, lt=1, description="stop when ||residual|| <= tol * ||g_test||")
 
 
-def estimator_label(spec: ExactEstimator) -> str:
-    return spec.label or spec.name
+class LissaEstimator(EstimatorBase):
+    """LiSSA (Agarwal et al. 2017; Koh & Liang 2017): h_j = v + (1 - damping/scale) h_{j-1} - H_B h_{j-1}/scale,
+    (H + damping I)^-1 v ~ h_J / scale, with H_B the Hessian on a minibatch B; averaged over ``repeats``.
+
+    Koh & Liang's damping d and scale s correspond to damping = s * d here.
+    """
+
+    name: Literal["lissa"]
+    damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
+    scale: float = Field(10.0, gt=0, description="s; must exceed the largest eigenvalue of H + lambda I")
+    recursion_depth: int = Field(5000, ge=1, description="J, iterations per repeat")
+    repeats: int = Field(1, ge=1, description="independent recursions averaged")
+    batch_size: int | None = Field(None, ge=1, description="minibatch for each Hessian-vector product; null = full")
+
+
+class ArnoldiEstimator(EstimatorBase):
+    """Arnoldi (Schioppa et al. 2022): the top_k eigenpairs (u_k, e_k) of H from an arnoldi_dim Krylov space;
+    estimate = (1/n) sum_k (g_test . u_k)(g_i . u_k) / (e_k + damping)."""
+
+    name: Literal["arnoldi"]
+    damping: float = Field(0.001, ge=0, description="added to every kept eigenvalue")
+    arnoldi_dim: int = Field(200, ge=1, description="Krylov iterations (capped at the parameter count)")
+    top_k: int = Field(50, ge=1, description="eigenpairs kept, by largest |eigenvalue|")
+
+    @model_validator(mode="after")
+    def _k_within_dim(self) -> ArnoldiEstimator:
+        if self.top_k > self.arnoldi_dim:
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed arnoldi_dim ({self.arnoldi_dim})")
+        return self
+
+
+class GradDotEstimator(EstimatorBase):
+    """(1/n) g_test . g_i: the influence function with H replaced by the identity (ranks only)."""
+
+    name: Literal["grad_dot"]
+    ranks_only: ClassVar[bool] = True
+
+
+class GradCosEstimator(EstimatorBase):
+    """Cosine similarity of g_test and g_i (ranks only)."""
+
+    name: Literal["grad_cos"]
+    ranks_only: ClassVar[bool] = True
+
+
+AnyEstimator = (ExactEstimator | CgEstimator | LissaEstimator | ArnoldiEstimator | GradDotEstimator
+                | GradCosEstimator)
+EstimatorSpec = Annotated[AnyEstimator, Field(discriminator="name")]
+ESTIMATOR_NAMES: tuple[str, ...] = ("exact", "cg", "lissa", "arnoldi", "grad_dot", "grad_cos")
+
+
+def estimator_label(spec: AnyEstimator) -> str:
+    return spec.display

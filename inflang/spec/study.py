@@ -9,7 +9,13 @@ from pydantic import Field, field_validator
 
 from inflang.spec.base import Spec
 from inflang.spec.dataset import DatasetSpec
-from inflang.spec.estimators import EstimatorSpec, estimator_label
+from inflang.spec.estimators import (
+    ArnoldiEstimator,
+    EstimatorSpec,
+    ExactEstimator,
+    LissaEstimator,
+    estimator_label,
+)
 from inflang.spec.model import ModelSpec
 from inflang.spec.protocols import GroundTruthSpec, LooProtocol
 from inflang.spec.selection import HessianSpec, MetricName, TestPointSpec
@@ -103,15 +109,20 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
     if gt.start == "scratch" and (gt.optimizer not in (None, tr.optimizer) or gt.lr not in (None, tr.lr)):
         problems.append((("ground_truth", "start"),
                          "start: scratch repeats the original training; it takes no optimizer or lr override", None))
+    n_params = study.model.n_params(info.features, info.classes)
     for i, est in enumerate(study.estimators):
-        n_params = study.model.n_params(info.features, info.classes)
-        if n_params > est.max_params:
+        if isinstance(est, ExactEstimator) and n_params > est.max_params:
             problems.append((("estimators", i),
                              f"the model has {n_params} parameters, more than max_params = {est.max_params}",
-                             "the exact Hessian is P x P; use a smaller model or raise max_params"))
-    if study.hessian is not None:
-        n_params = study.model.n_params(info.features, info.classes)
-        if n_params > study.hessian.max_params:
-            problems.append((("hessian",), f"the model has {n_params} parameters, more than "
-                             f"max_params = {study.hessian.max_params}", None))
+                             "the exact Hessian is P x P; use cg, lissa or arnoldi, a smaller model, "
+                             "or raise max_params"))
+        if isinstance(est, ArnoldiEstimator) and est.top_k > n_params:
+            problems.append((("estimators", i, "top_k"),
+                             f"top_k = {est.top_k} is more than the model's {n_params} parameters", None))
+        if isinstance(est, LissaEstimator) and est.batch_size is not None and est.batch_size > n_train:
+            problems.append((("estimators", i, "batch_size"),
+                             f"batch_size {est.batch_size} is larger than the training set ({n_train} points)", None))
+    if study.hessian is not None and n_params > study.hessian.max_params:
+        problems.append((("hessian",), f"the model has {n_params} parameters, more than "
+                         f"max_params = {study.hessian.max_params}", None))
     return problems

@@ -1,8 +1,9 @@
 """Influence estimators: a registry from ``name`` to the function that computes scores.
 
-Every estimator returns scores [T, n_train]: the predicted change in the measured quantity of each selected
-test point when each training point is removed (LANGUAGE.md sign and scale).
-A new estimator is one module here plus one entry in ``ESTIMATORS``.
+Every estimator maps (its spec, EstimatorInputs) to scores [T, n_train]: the predicted change in the
+measured quantity of each selected test point when each training point is removed (LANGUAGE.md sign and
+scale), or a raw score for estimators that only rank. A new estimator is one module here plus one entry
+in ``ESTIMATORS`` (and its spec in ``inflang/spec/estimators.py``).
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ from typing import Any
 
 from torch import Tensor
 
+from runners.estimators.arnoldi import arnoldi_scores
+from runners.estimators.cg import cg_scores
+from runners.estimators.common import EstimatorInputs
 from runners.estimators.exact import exact_scores
+from runners.estimators.lissa import lissa_scores
+from runners.estimators.similarity import grad_cos_scores, grad_dot_scores
 
-Estimator = Callable[..., Tensor]
-
-ESTIMATORS: dict[str, Estimator] = {
+ESTIMATORS: dict[str, Callable[[Any, EstimatorInputs], Tensor]] = {
     "exact": exact_scores,
+    "cg": cg_scores,
+    "lissa": lissa_scores,
+    "arnoldi": arnoldi_scores,
+    "grad_dot": grad_dot_scores,
+    "grad_cos": grad_cos_scores,
 }
 
-# which estimators need the eigendecomposition of the objective's Hessian (a shared `curvature` task)
-NEEDS_CURVATURE: dict[str, bool] = {"exact": True}
-
-
-def get(name: str) -> Estimator:
-    return ESTIMATORS[name]
-
-
-__all__ = ["ESTIMATORS", "NEEDS_CURVATURE", "get", "Any"]
+__all__ = ["ESTIMATORS", "EstimatorInputs"]

@@ -9,13 +9,11 @@ Removing z_i moves the optimum by about +(1/n) H^-1 g_i, so this is the predicte
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-from torch.func import grad, vmap
+from torch import Tensor
 
 from inflang.spec import ExactEstimator
-from runners.curvature import Spectrum
 from runners.errors import TaskFailure
-from runners.objective import MEASURES, FlatModel, per_example_loss
+from runners.estimators.common import EstimatorInputs
 
 
 def inverse_eigenvalues(values: Tensor, damping: float, policy: str) -> Tensor:
@@ -36,23 +34,10 @@ def inverse_eigenvalues(values: Tensor, damping: float, policy: str) -> Tensor:
     return 1.0 / shifted
 
 
-def gradients(flat: FlatModel, x: Tensor, y: Tensor, measure: str = "loss") -> Tensor:
-    """Per-example gradients [N, P] of the loss (or of a measured quantity) at flat.theta."""
-    fn = per_example_loss if measure == "loss" else MEASURES[measure]
-
-    def one(theta: Tensor, xi: Tensor, yi: Tensor) -> Tensor:
-        return fn(flat.logits(theta, xi.unsqueeze(0)), yi.unsqueeze(0)).squeeze(0)
-
-    return vmap(grad(one), in_dims=(None, 0, 0))(flat.theta, x, y)
-
-
-def exact_scores(spec: ExactEstimator, module: nn.Module, params: dict[str, Tensor], x_train: Tensor,
-                 y_train: Tensor, x_test: Tensor, y_test: Tensor, measure: str, spectrum: Spectrum) -> Tensor:
+def exact_scores(spec: ExactEstimator, inputs: EstimatorInputs) -> Tensor:
     """Scores [T, n]: (1/n) G_test V diag(1/(e + damping)) V^T G_train^T, in float64."""
-    flat = FlatModel(module, params)
-    g_train = gradients(flat, x_train, y_train).to(torch.float64)
-    g_test = gradients(flat, x_test, y_test, measure).to(torch.float64)
-    inv = inverse_eigenvalues(spectrum.values, spec.damping, spec.negative)
-    V = spectrum.vectors
-    left = (g_test @ V) * inv
-    return (left @ (V.T @ g_train.T)) / x_train.shape[0]
+    assert inputs.spectrum is not None, "exact needs the curvature task's eigendecomposition"
+    inv = inverse_eigenvalues(inputs.spectrum.values, spec.damping, spec.negative)
+    V = inputs.spectrum.vectors
+    left = (inputs.test_gradients() @ V) * inv
+    return (left @ (V.T @ inputs.train_gradients().T)) / inputs.n

@@ -1,0 +1,54 @@
+"""Arnoldi influence (Schioppa, Zablotskaia, Vilar & Sokolov 2022, "Scaling up influence functions").
+
+The Arnoldi iteration on Hessian-vector products builds an orthonormal basis Q of the Krylov space
+span{q, Hq, ..., H^(d-1) q} (full reorthogonalisation) and the projected matrix T = Q^T H Q. The top_k
+eigenpairs (e_k, w_k) of T by |e_k| give approximate eigenvectors u_k = Q w_k of H, and
+    estimate(z_i, z_test) = (1/n) sum_k (g_test . u_k) (g_i . u_k) / (e_k + damping),
+dot products of gradients projected on the top_k directions. With d = top_k = P this is ``exact``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from inflang.spec import ArnoldiEstimator
+from runners.errors import TaskFailure
+from runners.estimators.common import EstimatorInputs
+
+
+def arnoldi_basis(inputs: EstimatorInputs, dim: int) -> tuple[Tensor, Tensor]:
+    """(Q [P, d'], T [d', d']) with d' <= dim (fewer if the Krylov space is exhausted)."""
+    P = int(inputs.flat.theta.numel())
+    dim = min(dim, P)
+    generator = torch.Generator().manual_seed(inputs.seed)
+    q = torch.randn(P, generator=generator, dtype=torch.float64)
+    basis = [q / q.norm()]
+    H = torch.zeros(dim + 1, dim, dtype=torch.float64)
+    for k in range(dim):
+        w = inputs.hvp(basis[k][None].to(inputs.flat.theta.dtype))[0].to(torch.float64)
+        Q = torch.stack(basis, dim=1)
+        for _ in range(2):  # full reorthogonalisation, twice for stability
+            coeff = Q.T @ w
+            w = w - Q @ coeff
+            H[: k + 1, k] += coeff
+        norm = w.norm()
+        H[k + 1, k] = norm
+        if k + 1 == dim or norm <= 1e-10 * H[: k + 1, k].abs().max().clamp_min(1e-300):
+            return Q, H[: k + 1, : k + 1]
+        basis.append(w / norm)
+    Q = torch.stack(basis[:dim], dim=1)
+    return Q, H[:dim, :dim]
+
+
+def arnoldi_scores(spec: ArnoldiEstimator, inputs: EstimatorInputs) -> Tensor:
+    Q, T = arnoldi_basis(inputs, spec.arnoldi_dim)
+    values, vectors = torch.linalg.eigh(0.5 * (T + T.T))
+    keep = torch.argsort(values.abs(), descending=True)[: spec.top_k]
+    e, U = values[keep], Q @ vectors[:, keep]
+    shifted = e + spec.damping
+    if bool((shifted <= 0).any()):
+        raise TaskFailure(f"arnoldi: a kept eigenvalue of H + damping I is <= 0 (smallest {float(e.min()):.3g}); "
+                          "raise damping or lower top_k")
+    left = (inputs.test_gradients() @ U) / shifted
+    return (left @ (U.T @ inputs.train_gradients().T)) / inputs.n

@@ -1,0 +1,77 @@
+"""What every estimator receives, and the derivatives they share (per-example gradients, HVPs).
+
+All quantities are for the training objective L(theta) = (1/n) sum_j loss_j + weight_decay/2 ||theta||^2
+at the trained parameters; gradients are per example, flattened over all parameters (P entries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad, vmap
+
+from runners.curvature import Spectrum
+from runners.objective import MEASURES, FlatModel, per_example_loss
+
+
+@dataclass
+class EstimatorInputs:
+    module: nn.Module
+    params: dict[str, Tensor]
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor  # the selected test points only
+    y_test: Tensor
+    measure: str  # test_loss | margin: what g_test is the gradient of
+    weight_decay: float
+    seed: int
+    spectrum: Spectrum | None = None
+    _cache: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def flat(self) -> FlatModel:
+        return FlatModel(self.module, self.params)
+
+    @property
+    def n(self) -> int:
+        return int(self.x_train.shape[0])
+
+    def train_gradients(self) -> Tensor:
+        """[n, P] gradients of each training example's loss (float64)."""
+        if "train" not in self._cache:
+            self._cache["train"] = gradients(self.flat, self.x_train, self.y_train).to(torch.float64)
+        return self._cache["train"]
+
+    def test_gradients(self) -> Tensor:
+        """[T, P] gradients of the measured quantity at each selected test point (float64)."""
+        if "test" not in self._cache:
+            self._cache["test"] = gradients(self.flat, self.x_test, self.y_test, self.measure).to(torch.float64)
+        return self._cache["test"]
+
+    def hvp(self, vectors: Tensor, batch: Tensor | None = None) -> Tensor:
+        """(H_B) v for each row of ``vectors`` [K, P]; H_B on the minibatch ``batch`` (all points if None)."""
+        return hessian_vector_products(self.flat, self.x_train, self.y_train, self.weight_decay, vectors, batch)
+
+
+def gradients(flat: FlatModel, x: Tensor, y: Tensor, measure: str = "loss") -> Tensor:
+    """Per-example gradients [N, P] of the loss (or of a measured quantity) at flat.theta."""
+    fn = per_example_loss if measure == "loss" else MEASURES[measure]
+
+    def one(theta: Tensor, xi: Tensor, yi: Tensor) -> Tensor:
+        return fn(flat.logits(theta, xi.unsqueeze(0)), yi.unsqueeze(0)).squeeze(0)
+
+    return vmap(grad(one), in_dims=(None, 0, 0))(flat.theta, x, y)
+
+
+def hessian_vector_products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay: float, vectors: Tensor,
+                            batch: Tensor | None = None) -> Tensor:
+    """Rows H v_k of the objective's Hessian (on ``batch``, or all points) times each row of ``vectors``."""
+    theta = flat.theta.detach().requires_grad_(True)
+    xb, yb = (x, y) if batch is None else (x[batch], y[batch])
+    loss = flat.objective(theta, xb, yb, weight_decay)
+    (g,) = torch.autograd.grad(loss, theta, create_graph=True)
+    v = vectors.to(theta.dtype)
+    (hv,) = torch.autograd.grad(g, theta, grad_outputs=v, is_grads_batched=True)
+    return hv.to(vectors.dtype)

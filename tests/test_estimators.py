@@ -1,0 +1,113 @@
+"""Every estimator against `exact` (same damping) and against independent computations written here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from inflang.spec import (
+    ArnoldiEstimator,
+    CgEstimator,
+    ExactEstimator,
+    GradCosEstimator,
+    GradDotEstimator,
+    LissaEstimator,
+    MlpModel,
+    TrainingSpec,
+)
+from runners.curvature import objective_hessian, spectrum
+from runners.errors import TaskFailure
+from runners.estimators import ESTIMATORS, EstimatorInputs
+from runners.models import build
+from runners.objective import per_example_loss
+from runners.train import train
+
+
+@pytest.fixture(scope="module")
+def problem():
+    torch.manual_seed(0)
+    x = torch.randn(40, 3, dtype=torch.float64)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    module = build(MlpModel(arch="mlp", depth=1, width=4, activation="tanh"), 3, 3, seed=0, dtype=torch.float64)
+    wd = 0.01
+    trained = train(module, x, y, TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=300, weight_decay=wd), 0)
+    H = objective_hessian(module, trained.params, x, y, wd)
+    spec = spectrum(H)
+    damping = max(0.05, -float(spec.values.min()) + 0.05)
+    x_test, y_test = torch.randn(3, 3, dtype=torch.float64), torch.tensor([0, 1, 2])
+    inputs = EstimatorInputs(module, trained.params, x, y, x_test, y_test, "test_loss", wd, 0, spec)
+    return inputs, damping, H
+
+
+def scores(spec, inputs):
+    return ESTIMATORS[spec.name](spec, inputs)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_hvp_matches_the_explicit_hessian(problem):
+    inputs, _, H = problem
+    v = torch.randn(5, H.shape[0], dtype=torch.float64)
+    assert rel(inputs.hvp(v), v @ H) < 1e-10
+
+
+def test_cg_matches_exact(problem):
+    inputs, damping, _ = problem
+    exact = scores(ExactEstimator(name="exact", damping=damping), inputs)
+    cg = scores(CgEstimator(name="cg", damping=damping, tol=1e-12, max_iter=500), inputs)
+    assert rel(cg, exact) < 1e-4
+
+
+def test_lissa_matches_exact(problem):
+    inputs, damping, H = problem
+    top = float(torch.linalg.eigvalsh(H).max())
+    exact = scores(ExactEstimator(name="exact", damping=damping), inputs)
+    spec = LissaEstimator(name="lissa", damping=damping, scale=1.2 * (top + damping), recursion_depth=3000)
+    assert rel(scores(spec, inputs), exact) < 1e-4
+
+
+def test_lissa_divergence_is_reported(problem):
+    inputs, damping, H = problem
+    spec = LissaEstimator(name="lissa", damping=damping, scale=0.05, recursion_depth=500)
+    with pytest.raises(TaskFailure, match="lissa diverged .* raise scale"):
+        scores(spec, inputs)
+
+
+def test_arnoldi_with_every_direction_matches_exact(problem):
+    inputs, damping, H = problem
+    P = H.shape[0]
+    exact = scores(ExactEstimator(name="exact", damping=damping), inputs)
+    arnoldi = scores(ArnoldiEstimator(name="arnoldi", damping=damping, arnoldi_dim=P, top_k=P), inputs)
+    assert rel(arnoldi, exact) < 1e-6
+
+
+def test_gradient_similarity_against_per_example_autograd(problem):
+    inputs, _, _ = problem
+    module, params = inputs.module, inputs.params
+
+    def grad_of(x, y):
+        model_params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        loss = per_example_loss(torch.func.functional_call(module, model_params, (x[None],)), y[None]).sum()
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model_params.values()))]).numpy()
+
+    g_train = np.stack([grad_of(inputs.x_train[i], inputs.y_train[i]) for i in range(inputs.n)])
+    g_test = np.stack([grad_of(inputs.x_test[t], inputs.y_test[t]) for t in range(3)])
+    dot = scores(GradDotEstimator(name="grad_dot"), inputs).numpy()
+    assert np.allclose(dot, g_test @ g_train.T / inputs.n, rtol=1e-10, atol=1e-14)
+    cos = scores(GradCosEstimator(name="grad_cos"), inputs).numpy()
+    expected = (g_test @ g_train.T) / np.outer(np.linalg.norm(g_test, axis=1), np.linalg.norm(g_train, axis=1))
+    assert np.allclose(cos, expected, rtol=1e-10)
+
+
+def test_cg_refuses_an_indefinite_system():
+    from runners.estimators.cg import conjugate_gradient
+
+    A = torch.diag(torch.tensor([2.0, -1.0, 3.0], dtype=torch.float64))
+    b = torch.ones(2, 3, dtype=torch.float64)
+    with pytest.raises(TaskFailure, match="raise the estimator's damping"):
+        conjugate_gradient(lambda v: v @ A, b, 50, 1e-12)
+    x, residual, _ = conjugate_gradient(lambda v: v @ (A + 2 * torch.eye(3, dtype=torch.float64)), b, 50, 1e-12)
+    assert torch.allclose(x, b / torch.tensor([4.0, 1.0, 5.0], dtype=torch.float64)) and residual.max() < 1e-12
