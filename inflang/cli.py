@@ -78,15 +78,20 @@ def _task_states(plan: Plan, db: str) -> dict[str, str]:
         raise _fail(f"error: {exc}") from None
 
 
+MEMORY_HELP = "Memory for one retraining chunk, e.g. 2GB (default: a quarter of the free RAM)."
+
+
 @app.command()
-def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=DB_HELP)) -> None:
+def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=DB_HELP),
+         memory_budget: str = typer.Option(None, "--memory-budget", help=MEMORY_HELP, show_default=False)) -> None:
     """Show the tasks a study compiles into: which are cached, which would run, and their cost."""
     loaded = _load(study)
     compiled = compile_study(loaded)
+    budget = _parse_bytes(memory_budget)
     states = _task_states(compiled, db)
     table = Table(title=f"plan for '{loaded.study.study}' ({len(loaded.cells)} cells)")
-    for col in ("task kind", "tasks", "cached", "failed", "to run", "models trained", "training steps"):
-        table.add_column(col, justify="right" if col != "task kind" else "left")
+    for col in ("task", "count", "cached", "failed", "to run", "models", "chunks", "steps"):
+        table.add_column(col, justify="right" if col != "task" else "left", no_wrap=True)
     total_steps = 0
     for kind, tasks in compiled.by_kind().items():
         if not tasks:
@@ -97,11 +102,13 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
         steps = sum(t.cost_steps for t in todo)
         total_steps += steps
         models = sum(t.models for t in todo)
+        chunks = sum(t.chunks(budget) for t in todo)
         table.add_row(kind, str(len(tasks)), str(cached), str(failed), str(len(todo)),
-                      f"{models:,}" if models else "-", f"{steps:,}" if steps else "-")
+                      f"{models:,}" if models else "-", f"{chunks:,}" if chunks else "-",
+                      f"{steps:,}" if steps else "-")
     out.print(table)
-    out.print(f"to run: {total_steps:,} model-steps of training (each model-step is one optimizer step of "
-              "one model; retraining runs them as batched ensembles)")
+    out.print(f"to run: {total_steps:,} model-steps of training (one optimizer step of one model each); "
+              "retraining runs its models as batched ensembles, in the chunks shown")
 
 
 class _RichEvents:
@@ -186,9 +193,7 @@ def _summary_table(db: str | Path, study: str) -> Table:
 def run(
     study: str = STUDY_ARG,
     db: str = typer.Option("inflang.duckdb", help=DB_HELP),
-    memory_budget: str = typer.Option(None, "--memory-budget",
-                                      help="Memory for one retraining chunk, e.g. 2GB (default: a quarter of "
-                                      "the free RAM).", show_default=False),
+    memory_budget: str = typer.Option(None, "--memory-budget", help=MEMORY_HELP, show_default=False),
     threads: int = typer.Option(1, min=1, help="torch threads (small models run fastest on 1)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run tasks that failed before again."),
 ) -> None:

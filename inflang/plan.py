@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from inflang.cost import ITEMSIZE, member_bytes, models_per_chunk
 from inflang.hashing import canonical_hash
 from inflang.spec import estimator_label
 from inflang.validate import Cell, LoadedStudy
@@ -33,6 +34,17 @@ class Task:
     deps: tuple[str, ...]
     cost_steps: int = 0  # model-steps of training this task performs (its share of the run's cost)
     models: int = 0  # models it trains
+    member_bytes: int = 0  # memory of one ensemble member (retraining tasks)
+    chunk: int | None = None  # models per ensemble chunk fixed by the study (ground_truth.batch)
+    repeats: int = 1
+
+    def chunks(self, budget: int | None = None) -> int:
+        """How many ensembles this task trains (each chunk also carries one control model)."""
+        if not self.models or not self.member_bytes:
+            return 0
+        size = self.chunk or models_per_chunk(self.member_bytes, budget)
+        per_repeat = self.models // self.repeats - 1
+        return self.repeats * max(1, -(-per_repeat // max(1, size - 1)))
 
 
 @dataclass
@@ -85,11 +97,12 @@ class _Builder:
     def __init__(self) -> None:
         self.tasks: dict[str, Task] = {}
 
-    def add(self, kind: str, inputs: dict[str, Any], deps: tuple[str, ...], cost: int = 0, models: int = 0) -> str:
+    def add(self, kind: str, inputs: dict[str, Any], deps: tuple[str, ...], cost: int = 0, models: int = 0,
+            **extra: Any) -> str:
         body = {"kind": kind, "format": TASK_FORMAT, **inputs}
         digest = canonical_hash(body, 20)
         if digest not in self.tasks:
-            self.tasks[digest] = Task(kind, digest, body, deps, cost, models)
+            self.tasks[digest] = Task(kind, digest, body, deps, cost, models, **extra)
         return digest
 
 
@@ -138,9 +151,14 @@ def compile_study(loaded: LoadedStudy) -> Plan:
             gt_deps = (train, ranked_by)
         models = (removal_count(cell) + 1) * gt.repeats
         retrain_steps = gt.retrain_steps(train_steps)
+        info = s.dataset.info()
+        member = member_bytes(s.model.n_params(info.features, info.classes),
+                              s.model.activations_per_example(info.features, info.classes),
+                              s.training.batch_size or n_train, ITEMSIZE[s.training.dtype])
         ct.ground_truth = b.add("ground_truth", {"train": train, "ground_truth": gt_inputs,
                                                  "test_points": _dump(s.test_points)},
-                                gt_deps, retrain_steps * models, models)
+                                gt_deps, retrain_steps * models, models, member_bytes=member,
+                                chunk=gt.batch if isinstance(gt.batch, int) else None, repeats=gt.repeats)
         for label, estimate in ct.estimates.items():
             ct.metrics[label] = b.add("metrics", {"estimate": estimate, "ground_truth": ct.ground_truth,
                                                   "metrics": list(s.metrics)}, (estimate, ct.ground_truth))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from inflang.cost import member_bytes, models_per_chunk
 from runners.errors import DivergenceError, TaskFailure
 from runners.objective import per_example_loss
 from runners.train import batch_order
@@ -157,28 +157,14 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, y: Tensor, weig
     return {k: v.clone() for k, v in layout.views(flat).items()}
 
 
-def per_model_bytes(module: nn.Module, batch: int, dtype: torch.dtype) -> int:
-    """Memory one ensemble member needs: parameters, gradient and two optimizer states, plus activations
-    (outputs of every layer for ``batch`` inputs, kept for backward, times three for temporaries)."""
-    n_params = sum(p.numel() for p in module.parameters())
-    outputs = 0
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            outputs += m.out_features * 2  # pre- and post-activation
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return itemsize * (4 * n_params + 3 * batch * max(outputs, 1))
-
-
-def default_budget() -> int:
-    """A quarter of the memory available now (bytes)."""
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        available = 4 << 30
-    return max(available // 4, 64 << 20)
+def activations_per_example(module: nn.Module) -> int:
+    """Layer outputs kept per example: pre- and post-activation of every Linear layer."""
+    return sum(2 * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
 def chunk_size(module: nn.Module, batch: int, dtype: torch.dtype, budget: int | None, cap: int = 1024) -> int:
-    """How many models to train at once within ``budget`` bytes (at least 1, at most ``cap``)."""
-    budget = default_budget() if budget is None else budget
-    return int(max(1, min(cap, budget // per_model_bytes(module, batch, dtype))))
+    """How many models to train at once within ``budget`` bytes (see ``inflang.cost``)."""
+    n_params = sum(p.numel() for p in module.parameters())
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    member = member_bytes(n_params, activations_per_example(module), batch, itemsize)
+    return models_per_chunk(member, budget, cap)

@@ -71,7 +71,7 @@ def test_changed_damping_reruns_only_that_estimator(finished: Path, tiny_study: 
     assert result.exit_code == 0
     assert "ran 2 tasks, reused 3" in result.output
     plan = invoke("plan", str(tiny_study), "--db", str(finished))
-    assert plan.exit_code == 0 and "0 model-steps" in plan.output
+    assert plan.exit_code == 0 and "to run: 0 model-steps" in plan.output
 
 
 def test_resume_after_losing_an_artifact(finished: Path, tiny_study: Path):
@@ -153,3 +153,22 @@ def test_validate_plan_schema_report(tiny_study: Path, finished: Path, tmp_path:
 def test_database_path_that_is_a_directory(tiny_study: Path, tmp_path: Path):
     result = invoke("run", str(tiny_study), "--db", str(tmp_path))
     assert result.exit_code == 2 and "is a directory" in result.output
+
+
+def test_plan_chunks_match_the_run(tiny_study: Path, tmp_path: Path, monkeypatch):
+    """`inflang plan --memory-budget` predicts the number of ensembles `run` trains under that budget."""
+    import runners.protocols.loo as loo
+    from inflang.plan import compile_study
+    from inflang.validate import load_study
+
+    calls = []
+    real = loo.train_ensemble
+    monkeypatch.setattr(loo, "train_ensemble", lambda *a, **k: calls.append(1) or real(*a, **k))
+    budget = 40_000
+    (gt,) = [t for t in compile_study(load_study(tiny_study)).tasks.values() if t.kind == "ground_truth"]
+    result = invoke("run", str(tiny_study), "--db", str(tmp_path / "c.duckdb"), "--memory-budget", str(budget))
+    assert result.exit_code == 0
+    assert gt.chunks(budget) == len(calls) > 1
+    shown = invoke("plan", str(tiny_study), "--memory-budget", str(budget))
+    (row,) = [line for line in shown.output.splitlines() if "ground_truth" in line]
+    assert [c.strip() for c in row.split("│")][7] == str(len(calls))

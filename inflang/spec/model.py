@@ -22,6 +22,10 @@ class LogregModel(Spec):
     def n_params(self, features: int, classes: int) -> int:
         return features * classes + classes
 
+    def activations_per_example(self, features: int, classes: int) -> int:
+        """Layer outputs kept for backward per example (pre- and post-activation)."""
+        return 2 * classes
+
 
 class MlpModel(Spec):
     """Fully connected network: ``depth`` hidden layers of ``width`` units, then a linear output layer."""
@@ -34,6 +38,10 @@ class MlpModel(Spec):
     def n_params(self, features: int, classes: int) -> int:
         sizes = [features] + [self.width] * self.depth + [classes]
         return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+    def activations_per_example(self, features: int, classes: int) -> int:
+        """Layer outputs kept for backward per example (pre- and post-activation)."""
+        return 2 * (self.depth * self.width + classes)
 
 
 ModelSpec = Annotated[LogregModel | MlpModel, Field(discriminator="arch")]

@@ -1,0 +1,30 @@
+"""Memory and chunking arithmetic for batched retraining, shared by the plan (no torch) and the engine.
+
+One ensemble member holds its parameters, their gradient and two optimizer states (4 P numbers), plus
+the outputs of every layer for each example of a batch, kept for the backward pass (times three for
+temporaries). Models retrained at once = budget // bytes per member, at least 1, at most ``cap``.
+"""
+
+from __future__ import annotations
+
+import os
+
+ITEMSIZE = {"float32": 4, "float64": 8}
+
+
+def member_bytes(n_params: int, activations_per_example: int, batch: int, itemsize: int) -> int:
+    return itemsize * (4 * n_params + 3 * batch * max(activations_per_example, 1))
+
+
+def default_budget() -> int:
+    """A quarter of the memory available now (bytes); 4 GiB if the system does not say."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        available = 16 << 30
+    return max(available // 4, 64 << 20)
+
+
+def models_per_chunk(member: int, budget: int | None, cap: int = 1024) -> int:
+    budget = default_budget() if budget is None else budget
+    return int(max(1, min(cap, budget // member)))
