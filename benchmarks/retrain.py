@@ -24,7 +24,7 @@ from torch import nn
 
 from inflang.spec import DatasetSpec, MlpModel
 from runners.data import load_raw, prepare
-from runners.ensemble import UpdateRule, stack, train_ensemble
+from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
 from runners.models import build
 from runners.train import batch_order
 
@@ -107,8 +107,8 @@ def batched(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x: to
     weights[rows, (rows - 1) % n] = 0.0
     rule = UpdateRule(optimizer=case.optimizer, lr=case.lr, weight_decay=0.001)
     began = time.perf_counter()
-    train_ensemble(module, stack(start, removals + 1), x, y, weights, rule, case.steps, case.batch_size,
-                   [0] * (removals + 1))
+    train_ensemble(module, stack(start, removals + 1), x, rule, case.steps, case.batch_size, [0] * (removals + 1),
+                   weighted_cross_entropy(y, weights))
     return time.perf_counter() - began
 
 

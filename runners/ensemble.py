@@ -99,50 +99,79 @@ class _Optimizer:
         p.addcdiv_(m, denom, value=-step_size)
 
 
-def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, y: Tensor, weights: Tensor, rule: UpdateRule,
-                   steps: int, batch_size: int | None, order_seeds: list[int],
-                   on_step: Callable[[int], None] | None = None) -> Stacked:
-    """Train M models together from ``start`` ([M, ...] per parameter) with example weights [M, n].
+Batch = Tensor | None  # None: every point; [b]: one batch shared by all models; [M, b]: a batch per model
+DataTerm = Callable[[Tensor, Batch, Stacked], Tensor]  # (logits [M, b, C], batch, params) -> per-model [M]
 
+
+def weighted_cross_entropy(y: Tensor, weights: Tensor) -> DataTerm:
+    """The data term of LANGUAGE.md: (1/|B|) sum_{j in B} w_mj loss_j for model m (B = all n points)."""
+    n = y.shape[0]
+    count = weights.shape[0]
+    rows = torch.arange(count).unsqueeze(1)
+
+    def term(logits: Tensor, batch: Batch, params: Stacked) -> Tensor:
+        if batch is None:
+            yb, wb, denom = y.expand(count, n), weights, n
+        elif batch.dim() == 1:
+            yb, wb, denom = y[batch].expand(count, len(batch)), weights[:, batch], len(batch)
+        else:
+            yb, wb, denom = y[batch], weights[rows, batch], batch.shape[1]
+        return (per_example_loss(logits, yb) * wb).sum(dim=1) / denom
+
+    return term
+
+
+def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bool = False) -> Tensor:
+    """Logits [M, b, C] of every model: on shared inputs x [b, d], or with ``per_model`` on x [M, b, d]."""
+    call = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, 0 if per_model else None),
+                randomness="different")
+    return call(params, x)
+
+
+def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRule, steps: int,
+                   batch_size: int | None, order_seeds: list[int], data_term: DataTerm,
+                   anchor: Stacked | None = None, proximity: float = 0.0,
+                   on_step: Callable[[int], None] | None = None) -> Stacked:
+    """Train M models together from ``start`` ([M, ...] per parameter) on the inputs x [n, d].
+
+    Model m minimises data_term(...)[m] + weight_decay/2 ||theta_m||^2 + proximity/2 ||theta_m - anchor_m||^2.
     ``order_seeds`` gives each model's minibatch order (models sharing a seed see identical batches).
     All parameters live in one [M, P] buffer, so an optimizer step is a handful of tensor operations; the
-    weight-decay gradient weight_decay * theta is added analytically rather than through autograd.
+    gradients of the two quadratic terms are added analytically rather than through autograd.
     Returns the final stacked parameters; raises DivergenceError if any model's loss is not finite.
     """
     bad = unsupported_layers(module)
     if bad:
         raise TaskFailure(f"the retraining engine cannot batch layers with buffers: {', '.join(bad)}")
     n = x.shape[0]
-    count = weights.shape[0]
     layout = _Layout(start)
     flat = layout.flatten(start).detach().clone()
+    count = flat.shape[0]
+    centre = layout.flatten(anchor).detach() if anchor is not None and proximity else None
     opt = _Optimizer(rule)
-    forward = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, 0))
-    shared = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, None))
     distinct = sorted(set(order_seeds))
     orders: list[Iterator[Tensor | None]] = [batch_order(n, batch_size, steps, s) for s in distinct]
     which = torch.tensor([distinct.index(s) for s in order_seeds])
-    rows = torch.arange(count)
-    y_all = y.expand(count, n)
     for step in range(steps):
         leaf = flat.detach().requires_grad_(True)
         params = layout.views(leaf)
         idx_each = [next(o) for o in orders]
+        batch: Batch
         if idx_each[0] is None:
-            losses = per_example_loss(shared(params, x), y_all) * weights
-            denom = n
+            batch = None
+            logits = ensemble_logits(module, params, x)
         elif len(distinct) == 1:
-            idx = idx_each[0]
-            losses = per_example_loss(shared(params, x[idx]), y[idx].expand(count, len(idx))) * weights[:, idx]
-            denom = len(idx)
+            batch = idx_each[0]
+            logits = ensemble_logits(module, params, x[batch])
         else:
-            idx = torch.stack([i for i in idx_each if i is not None])[which]  # [M, b]
-            losses = per_example_loss(forward(params, x[idx]), y[idx]) * weights[rows.unsqueeze(1), idx]
-            denom = idx.shape[1]
-        data = losses.sum(dim=1) / denom
+            batch = torch.stack([i for i in idx_each if i is not None])[which]  # [M, b]
+            logits = ensemble_logits(module, params, x[batch], per_model=True)
+        data = data_term(logits, batch, params)
         (grad,) = torch.autograd.grad(data.sum(), leaf)
         if rule.weight_decay:
             grad.add_(flat, alpha=rule.weight_decay)
+        if centre is not None:
+            grad.add_(flat - centre, alpha=proximity)
         if step % 100 == 0 or step == steps - 1:
             finite = torch.isfinite(data.detach())
             if not bool(finite.all()):

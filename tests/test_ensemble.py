@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from runners.ensemble import UpdateRule, chunk_size, stack, train_ensemble
+from runners.ensemble import UpdateRule, chunk_size, stack, train_ensemble, weighted_cross_entropy
 from runners.objective import objective
 from runners.train import batch_order
 
@@ -51,7 +51,8 @@ def test_batched_equals_sequential(optimizer, momentum, batch_size):
     weights = torch.ones(4, 40, dtype=torch.float64)
     weights[1, 0] = weights[2, 7] = weights[3, 39] = 0.0
     rule = UpdateRule(optimizer=optimizer, lr=0.05, weight_decay=0.01, momentum=momentum)
-    batched = train_ensemble(module, stack(start, 4), x, y, weights, rule, 30, batch_size, [11] * 4)
+    batched = train_ensemble(module, stack(start, 4), x, rule, 30, batch_size, [11] * 4,
+                             weighted_cross_entropy(y, weights))
     reference = sequential(module, start, x, y, weights, rule, 30, batch_size, 11)
     for m, ref in enumerate(reference):
         for k, v in ref.items():
@@ -66,7 +67,7 @@ def test_models_with_their_own_batch_order():
     start = {k: v.detach().clone() for k, v in module.named_parameters()}
     rule = UpdateRule(optimizer="sgd", lr=0.1, weight_decay=0.0)
     weights = torch.ones(2, 30, dtype=torch.float64)
-    batched = train_ensemble(module, stack(start, 2), x, y, weights, rule, 10, 8, [1, 2])
+    batched = train_ensemble(module, stack(start, 2), x, rule, 10, 8, [1, 2], weighted_cross_entropy(y, weights))
     for m, seed in enumerate([1, 2]):
         (ref,) = sequential(module, start, x, y, weights[m:m + 1], rule, 10, 8, seed)
         assert (batched["0.weight"][m] - ref["0.weight"]).abs().max() < 1e-12

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from inflang.spec import LooProtocol, TrainingSpec
-from runners.ensemble import UpdateRule, chunk_size, stack, train_ensemble
+from runners.ensemble import UpdateRule, chunk_size, stack, train_ensemble, weighted_cross_entropy
 from runners.objective import MEASURES
 
 
@@ -60,8 +60,8 @@ def leave_one_out(spec: LooProtocol, training: TrainingSpec, module: nn.Module, 
             chunk = union[lo:lo + per_chunk]
             weights = torch.ones(len(chunk) + 1, n, dtype=x_train.dtype)
             weights[torch.arange(1, len(chunk) + 1), torch.as_tensor(chunk, dtype=torch.long)] = 0.0
-            final = train_ensemble(module, stack(start, len(chunk) + 1), x_train, y_train, weights, rule, steps,
-                                   training.batch_size, [seed] * (len(chunk) + 1))
+            final = train_ensemble(module, stack(start, len(chunk) + 1), x_train, rule, steps, training.batch_size,
+                                   [seed] * (len(chunk) + 1), weighted_cross_entropy(y_train, weights))
             with torch.no_grad():
                 measured = measure_fn(evaluate(final), y_test.expand(len(chunk) + 1, T)).to(torch.float64)
             total[lo:lo + len(chunk)] += measured[1:] - measured[0]
