@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from inflang.spec import DatasetSpec, MlpModel
+from runners.batches import batch_order
 from runners.data import load_raw, prepare
 from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
 from runners.models import build
-from runners.train import batch_order
 
 
 @dataclass

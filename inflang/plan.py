@@ -19,7 +19,7 @@ from typing import Any
 
 from inflang.cost import ITEMSIZE, member_bytes, models_per_chunk
 from inflang.hashing import canonical_hash
-from inflang.spec import estimator_label
+from inflang.spec import GroupProtocol, LdsProtocol, estimator_label, ranking_estimator
 from inflang.validate import Cell, LoadedStudy
 
 TASK_FORMAT = 1
@@ -53,7 +53,7 @@ class CellTasks:
 
     cell: Cell
     train: str
-    curvature: str | None
+    curvature: dict[str, str]  # curvature kind (hessian, ggn) -> task
     hessian: str | None
     estimates: dict[str, str] = field(default_factory=dict)
     ground_truth: str | None = None
@@ -62,8 +62,7 @@ class CellTasks:
     def all(self) -> list[tuple[str, str | None, str]]:
         """(kind, estimator label or None, task hash) for every task of the cell."""
         out: list[tuple[str, str | None, str]] = [("train", None, self.train)]
-        if self.curvature:
-            out.append(("curvature", None, self.curvature))
+        out += [("curvature", None, h) for h in self.curvature.values()]
         if self.hessian:
             out.append(("hessian", None, self.hessian))
         out += [("estimate", label, h) for label, h in self.estimates.items()]
@@ -107,10 +106,15 @@ class _Builder:
 
 
 def removal_count(cell: Cell) -> int:
-    """How many distinct points the ground truth retrains without (an upper bound for top_k)."""
+    """How many models (besides the control) the ground truth retrains per repeat (an upper bound for top_k)."""
     study = cell.study
     n_train, n_test = study.dataset.split_sizes()
-    rem = study.ground_truth.removals
+    gt = study.ground_truth
+    if isinstance(gt, GroupProtocol):
+        return gt.groups.count
+    if isinstance(gt, LdsProtocol):
+        return gt.subsets
+    rem = gt.removals
     if rem.select == "all":
         return n_train
     if rem.select == "random":
@@ -129,25 +133,26 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         train_steps = s.training.total_steps(n_train)
         train = b.add("train", {"dataset": _dump(s.dataset), "model": _dump(s.model),
                                 "training": _dump(s.training), "seed": cell.seed}, (), train_steps, 1)
-        needs_curvature = s.hessian is not None or any(e.uses_curvature for e in s.estimators)
-        curvature = b.add("curvature", {"train": train}, (train,)) if needs_curvature else None
+        kinds = {e.curvature_kind for e in s.estimators if e.curvature_kind} | ({"hessian"} if s.hessian else set())
+        curvature = {k: b.add("curvature", {"train": train, "curvature": k}, (train,)) for k in sorted(kinds)}
         hessian = None
         if s.hessian is not None:
-            assert curvature is not None
-            hessian = b.add("hessian", {"curvature": curvature, "hessian": _dump(s.hessian)}, (curvature,))
+            hessian = b.add("hessian", {"curvature": curvature["hessian"], "hessian": _dump(s.hessian)},
+                            (curvature["hessian"],))
         ct = CellTasks(cell=cell, train=train, curvature=curvature, hessian=hessian)
         gt = s.ground_truth
         for est in s.estimators:
-            deps = (train, curvature) if est.uses_curvature and curvature else (train,)
+            reads = curvature[est.curvature_kind] if est.curvature_kind else None
             ct.estimates[estimator_label(est)] = b.add(
-                "estimate", {"train": train, "curvature": curvature if curvature in deps else None,
-                             "estimator": _dump(est, ("label",)), "test_points": _dump(s.test_points),
-                             "measure": gt.measure}, deps)
+                "estimate", {"train": train, "curvature": reads, "estimator": _dump(est, ("label",)),
+                             "test_points": _dump(s.test_points), "measure": gt.measure},
+                (train, reads) if reads else (train,))
         gt_inputs = _dump(gt)
         gt_deps: tuple[str, ...] = (train,)
-        if gt.removals.select == "top_k" and gt.removals.by is not None:
-            ranked_by = ct.estimates[gt.removals.by]
-            gt_inputs["removals"]["by"] = ranked_by
+        ranking = ranking_estimator(gt)
+        if ranking is not None and ranking[2] is not None:
+            ranked_by = ct.estimates[ranking[2]]
+            gt_inputs[ranking[0][1]]["by"] = ranked_by
             gt_deps = (train, ranked_by)
         models = (removal_count(cell) + 1) * gt.repeats
         retrain_steps = gt.retrain_steps(train_steps)
@@ -161,7 +166,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
                                 chunk=gt.batch if isinstance(gt.batch, int) else None, repeats=gt.repeats)
         for label, estimate in ct.estimates.items():
             ct.metrics[label] = b.add("metrics", {"estimate": estimate, "ground_truth": ct.ground_truth,
-                                                  "metrics": list(s.metrics)}, (estimate, ct.ground_truth))
+                                                  "metrics": _dump(s.metrics)}, (estimate, ct.ground_truth))
         cells.append(ct)
     order = {k: i for i, k in enumerate(KINDS)}
     ordered = dict(sorted(b.tasks.items(), key=lambda kv: order[kv[1].kind]))

@@ -21,7 +21,7 @@ import duckdb
 from inflang import __version__
 from inflang.errors import UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -51,7 +51,16 @@ CREATE TABLE IF NOT EXISTS estimate_rows (task_hash VARCHAR, test_index INTEGER,
 CREATE TABLE IF NOT EXISTS actual_rows (task_hash VARCHAR, test_index INTEGER, train_index INTEGER,
     actual DOUBLE);
 CREATE TABLE IF NOT EXISTS metric_rows (task_hash VARCHAR, test_index INTEGER, metric VARCHAR, value DOUBLE,
-    n_pairs INTEGER);
+    n_pairs INTEGER, ci_low DOUBLE, ci_high DOUBLE);
+CREATE TABLE IF NOT EXISTS group_members (task_hash VARCHAR, group_index INTEGER, train_index INTEGER);
+CREATE TABLE IF NOT EXISTS group_actual (task_hash VARCHAR, test_index INTEGER, group_index INTEGER,
+    actual DOUBLE);
+"""
+
+# Columns added after a table first shipped; each statement is idempotent.
+MIGRATIONS = """
+ALTER TABLE metric_rows ADD COLUMN IF NOT EXISTS ci_low DOUBLE;
+ALTER TABLE metric_rows ADD COLUMN IF NOT EXISTS ci_high DOUBLE;
 """
 
 VIEWS = """
@@ -75,15 +84,26 @@ LEFT JOIN actual_rows a ON a.task_hash = cg.task_hash AND a.test_index = e.test_
                        AND a.train_index = e.train_index;
 
 CREATE OR REPLACE VIEW metrics AS
-SELECT c.study, c.cell_id, c.estimator, m.test_index, m.metric, m.value, m.n_pairs
-FROM cell_tasks c JOIN metric_rows m ON m.task_hash = c.task_hash AND c.kind = 'metrics';
+SELECT c.study, c.cell_id, c.estimator, m.test_index, m.metric, m.value, m.n_pairs, m.ci_low, m.ci_high
+FROM cell_tasks c JOIN metric_rows m ON m.task_hash = c.task_hash AND c.kind IN ('metrics', 'ground_truth');
+
+CREATE OR REPLACE VIEW group_influence AS
+SELECT ce.study, ce.cell_id, ce.estimator, ga.test_index, ga.group_index, count(*) AS size,
+       sum(e.estimate) AS estimate, any_value(ga.actual) AS actual
+FROM cell_tasks cg
+JOIN group_actual ga ON ga.task_hash = cg.task_hash AND cg.kind = 'ground_truth'
+JOIN group_members gm ON gm.task_hash = ga.task_hash AND gm.group_index = ga.group_index
+JOIN cell_tasks ce ON ce.study = cg.study AND ce.cell_id = cg.cell_id AND ce.kind = 'estimate'
+JOIN estimate_rows e ON e.task_hash = ce.task_hash AND e.test_index = ga.test_index
+                    AND e.train_index = gm.train_index
+GROUP BY ALL;
 """
 
 # Outputs of a task: table name -> column name -> values (one list per column, equal lengths).
 Rows = Mapping[str, Mapping[str, Sequence[Any]]]
 
 OUTPUT_TABLES = ("train_results", "split_rows", "curvature_results", "hessian_results", "estimate_rows",
-                 "actual_rows", "metric_rows")
+                 "actual_rows", "metric_rows", "group_members", "group_actual")
 
 
 def _now() -> datetime:
@@ -119,6 +139,7 @@ class Store:
             raise UsageError(f"{self.path}: not a DuckDB database ({str(exc).splitlines()[0]})") from None
         if not read_only:
             self.con.execute(TABLES)
+            self.con.execute(MIGRATIONS)
             self.con.execute(VIEWS)
             self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 

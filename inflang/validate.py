@@ -169,6 +169,8 @@ def _problem(doc_data: dict[str, Any], error: Any, locate: Any) -> Problem:
         hint = did_you_mean(str(given), options)
     elif kind == "value_error":
         message = message.removeprefix("Value error, ")
+    elif kind in ("model_type", "dict_type", "model_attributes_type"):
+        message = f"must be a map of keys, got {type(given).__name__} {given!r}"
     return Problem(locate(path, True), _dotted(path), message, hint)
 
 

@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from inflang.cost import member_bytes, models_per_chunk
+from runners.batches import batch_order
 from runners.errors import DivergenceError, TaskFailure
 from runners.objective import per_example_loss
-from runners.train import batch_order
 
 Stacked = dict[str, Tensor]
 
@@ -131,7 +131,7 @@ def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bo
 def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRule, steps: int,
                    batch_size: int | None, order_seeds: list[int], data_term: DataTerm,
                    anchor: Stacked | None = None, proximity: float = 0.0,
-                   on_step: Callable[[int], None] | None = None) -> Stacked:
+                   on_step: Callable[[int], None] | None = None, lr_name: str = "the retraining lr") -> Stacked:
     """Train M models together from ``start`` ([M, ...] per parameter) on the inputs x [n, d].
 
     Model m minimises data_term(...)[m] + weight_decay/2 ||theta_m||^2 + proximity/2 ||theta_m - anchor_m||^2.
@@ -175,14 +175,14 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
         if step % 100 == 0 or step == steps - 1:
             finite = torch.isfinite(data.detach())
             if not bool(finite.all()):
-                raise DivergenceError(
-                    f"retraining diverged at step {step} for {int((~finite).sum())} of {count} models; "
-                    f"lower the retraining lr (now {rule.lr})")
+                models = f" for {int((~finite).sum())} of {count} models" if count > 1 else ""
+                raise DivergenceError(f"diverged at step {step}{models} (loss not finite); lower {lr_name} "
+                                      f"(now {rule.lr:g})")
         opt.step(flat, grad)
         if on_step is not None:
             on_step(step)
     if not bool(torch.isfinite(flat).all()):
-        raise DivergenceError(f"retraining produced non-finite parameters; lower the retraining lr (now {rule.lr})")
+        raise DivergenceError(f"parameters became non-finite; lower {lr_name} (now {rule.lr:g})")
     return {k: v.clone() for k, v in layout.views(flat).items()}
 
 

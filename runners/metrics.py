@@ -1,23 +1,46 @@
-"""Agreement between estimated and actual effects: per test point and pooled over all test points.
+"""Agreement between estimated and actual effects, per test point and aggregated, and the noise ceiling.
 
-pearson, spearman, kendall: scipy.stats correlations over the pairs with a finite actual value;
-sign_agreement: the fraction of those pairs where sign(estimate) == sign(actual). A metric is NaN when
-fewer than 3 pairs exist or either side is constant.
+For each test point, over the items (training points or groups) with a finite actual value:
+- pearson, spearman, kendall: scipy.stats correlations;
+- sign_agreement: the fraction of items where sign(estimate) == sign(actual);
+- top_k_overlap: |top-k by |estimate| & top-k by |actual|| / k (precision at k), k = min(top_k, items).
+A metric is NaN with fewer than 3 items or a constant side. The aggregate (test_index NULL) is the mean over
+test points (NaNs skipped); with ``bootstrap: B`` its 95% interval is the 2.5th and 97.5th percentiles of B
+means recomputed after resampling items with replacement within each test point.
+
+Noise ceiling (repeats R >= 2): per test point, the correlation between the mean actual over the even and
+over the odd repeats (split halves), corrected to the full R with Spearman-Brown, 2 r / (1 + r).
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 
-def _one(name: str, est: np.ndarray, act: np.ndarray) -> float:
+@dataclass(frozen=True)
+class MetricRow:
+    test: int | None  # position of the test point, None for the aggregate
+    metric: str
+    value: float
+    n_pairs: int
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+def metric(name: str, est: np.ndarray, act: np.ndarray, top_k: int = 10) -> float:
     if len(est) < 3:
         return float("nan")
     if name == "sign_agreement":
         return float(np.mean(np.sign(est) == np.sign(act)))
+    if name == "top_k_overlap":
+        k = min(top_k, len(est))
+        top_est = set(np.argsort(-np.abs(est), kind="stable")[:k].tolist())
+        top_act = set(np.argsort(-np.abs(act), kind="stable")[:k].tolist())
+        return len(top_est & top_act) / k
     if np.ptp(est) == 0 or np.ptp(act) == 0:
         return float("nan")
     with warnings.catch_warnings():
@@ -31,13 +54,57 @@ def _one(name: str, est: np.ndarray, act: np.ndarray) -> float:
     raise KeyError(name)
 
 
-def score(estimates: np.ndarray, actual: np.ndarray, names: list[str]) -> list[tuple[int | None, str, float, int]]:
-    """Rows (test point position or None for pooled, metric, value, pairs) for [T, n] matrices."""
-    rows: list[tuple[int | None, str, float, int]] = []
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def score(estimates: np.ndarray, actual: np.ndarray, names: list[str], top_k: int = 10, bootstrap: int = 0,
+          seed: int = 0) -> list[MetricRow]:
+    """Rows per test point and aggregated, for [T, K] estimates and actual values (NaN = not evaluated)."""
     mask = np.isfinite(actual)
-    for t in range(estimates.shape[0]):
-        e, a = estimates[t][mask[t]], actual[t][mask[t]]
-        rows.extend((t, name, _one(name, e, a), int(len(e))) for name in names)
-    e, a = estimates[mask], actual[mask]
-    rows.extend((None, name, _one(name, e, a), int(len(e))) for name in names)
+    pairs = [(estimates[t][mask[t]], actual[t][mask[t]]) for t in range(estimates.shape[0])]
+    rows: list[MetricRow] = []
+    rng = np.random.default_rng(seed)
+    for name in names:
+        per_point = [metric(name, e, a, top_k) for e, a in pairs]
+        rows += [MetricRow(t, name, v, len(pairs[t][0])) for t, v in enumerate(per_point)]
+        low = high = None
+        if bootstrap:
+            means = []
+            for _ in range(bootstrap):
+                resampled = []
+                for e, a in pairs:
+                    pick = rng.integers(0, len(e), len(e)) if len(e) else np.array([], dtype=int)
+                    resampled.append(metric(name, e[pick], a[pick], top_k))
+                means.append(_mean(resampled))
+            finite = np.array([m for m in means if np.isfinite(m)])
+            if len(finite):
+                low, high = float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))
+        rows.append(MetricRow(None, name, _mean(per_point), int(sum(len(e) for e, _ in pairs)), low, high))
+    return rows
+
+
+def noise_ceiling(per_repeat: np.ndarray) -> list[MetricRow]:
+    """Split-half noise ceilings from [R, T, K] repeated measurements (R >= 2), Spearman and Pearson."""
+    R, T, _ = per_repeat.shape
+    if R < 2:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = np.nanmean(per_repeat[0::2], axis=0)
+        second = np.nanmean(per_repeat[1::2], axis=0)
+    rows: list[MetricRow] = []
+    for kind in ("spearman", "pearson"):
+        values = []
+        for t in range(T):
+            ok = np.isfinite(first[t]) & np.isfinite(second[t])
+            if ok.sum() < 3 or np.ptp(first[t][ok]) == 0 or np.ptp(second[t][ok]) == 0:
+                r = float("nan") if ok.sum() < 3 else (1.0 if np.allclose(first[t][ok], second[t][ok]) else 0.0)
+            else:
+                r = metric(kind, first[t][ok], second[t][ok])
+            ceiling = 2 * r / (1 + r) if np.isfinite(r) and r > -1 else float("nan")
+            values.append(ceiling)
+            rows.append(MetricRow(t, f"noise_ceiling_{kind}", ceiling, int(ok.sum())))
+        rows.append(MetricRow(None, f"noise_ceiling_{kind}", _mean(values), int(np.isfinite(first).sum())))
     return rows

@@ -21,11 +21,13 @@ from torch.func import functional_call
 from inflang.hashing import derive_seed
 from inflang.spec import (
     AnyEstimator,
+    AnyProtocol,
     DatasetSpec,
     EstimatorSpec,
     GroundTruthSpec,
     HessianSpec,
     LogregModel,
+    MetricsSpec,
     MlpModel,
     ModelSpec,
     TestPointSpec,
@@ -33,14 +35,13 @@ from inflang.spec import (
 )
 from runners import data as datasets
 from runners import models
-from runners.curvature import Spectrum, objective_hessian, spectrum
+from runners.curvature import CURVATURES, Spectrum, spectrum
 from runners.errors import TaskFailure
 from runners.estimators import ESTIMATORS, EstimatorInputs
-from runners.metrics import score
+from runners.metrics import MetricRow, noise_ceiling, score
 from runners.objective import per_example_loss
-from runners.protocols import PROTOCOLS
-from runners.protocols.loo import RetrainSetup
-from runners.selection import select_removals, select_test_points
+from runners.protocols import PROTOCOLS, Problem, RetrainSetup
+from runners.selection import select_test_points
 from runners.train import train
 
 Arrays = dict[str, Tensor]
@@ -135,7 +136,7 @@ def run_curvature(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) ->
     trained = deps[inputs["train"]]
     s = setup_from(trained.inputs)
     params = _params(trained.arrays, "param.")
-    H = objective_hessian(s.module, params, s.data.x_train, s.data.y_train, s.training.weight_decay)
+    H = CURVATURES[inputs["curvature"]](s.module, params, s.data.x_train, s.data.y_train, s.training.weight_decay)
     spec = spectrum(H)
     values = spec.values
     return Output({"values": values, "vectors": spec.vectors}, {"curvature_results": {
@@ -187,31 +188,54 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     s = setup_from(trained.inputs)
     params = _params(trained.arrays, "param.")
     gt_inputs = dict(inputs["ground_truth"])
-    by = gt_inputs["removals"].get("by")
+    section = next((k for k in ("removals", "groups") if isinstance(gt_inputs.get(k), dict)), None)
+    by = gt_inputs[section].get("by") if section else None
     ranking = deps[by].arrays["scores"] if by else None
-    if by:
-        gt_inputs["removals"] = {**gt_inputs["removals"], "by": "estimate"}
-    spec = TypeAdapter(GroundTruthSpec).validate_python(gt_inputs)
+    if by and section:
+        gt_inputs[section] = {**gt_inputs[section], "by": "estimate"}
+    spec: AnyProtocol = TypeAdapter(GroundTruthSpec).validate_python(gt_inputs)
     tests = _test_selection(s, params, TestPointSpec.model_validate(inputs["test_points"]))
     d = s.data
-    removals = select_removals(spec.removals, d.n_train, len(tests), ranking, derive_seed(s.seed, "removals"))
     order = derive_seed(s.seed, "order")
-    setup = RetrainSetup(trained=params, init=_params(trained.arrays, "init."), order_seed=order,
-                         repeat_seeds=[order] + [derive_seed(s.seed, "order", r) for r in range(1, spec.repeats)])
+    inits = [_params(trained.arrays, "init.")]
+    for r in range(1, spec.repeats):  # scratch repeats also start from a fresh initialisation
+        fresh = models.build(s.model, d.features, d.classes, derive_seed(s.seed, "init", r), d.x_train.dtype)
+        inits.append({k: v.detach().clone() for k, v in fresh.named_parameters()})
+    setup = RetrainSetup(trained=params, inits=inits,
+                         order_seeds=[order] + [derive_seed(s.seed, "order", r) for r in range(1, spec.repeats)])
     idx = torch.as_tensor(tests, dtype=torch.long)
-    actual = PROTOCOLS[spec.protocol](spec, s.training, s.module, setup, d.x_train, d.y_train, d.x_test[idx],
-                                      d.y_test[idx], removals, ctx.memory_budget, ctx.progress)
-    if not bool(torch.isfinite(actual[~torch.isnan(actual)]).all()):
+    problem = Problem(s.module, setup, s.training, d.x_train, d.y_train, d.x_test[idx], d.y_test[idx],
+                      ctx.memory_budget, ctx.progress)
+    result = PROTOCOLS[spec.protocol](spec, problem, ranking, derive_seed(s.seed, "removals"))
+    actual = result.actual
+    evaluated = actual[~torch.isnan(actual)]
+    if not bool(torch.isfinite(evaluated).all()):
         raise TaskFailure("ground truth produced infinite values; lower the retraining lr")
-    rows_t, rows_i, values = [], [], []
     test_ids = d.test_ids[tests]
-    for t, chosen in enumerate(removals):
-        for i in chosen:
-            rows_t.append(int(test_ids[t]))
-            rows_i.append(int(d.train_ids[i]))
-            values.append(float(actual[t, int(i)]))
-    return Output({"actual": actual, "tests": idx},
-                  {"actual_rows": {"test_index": rows_t, "train_index": rows_i, "actual": values}})
+    arrays: Arrays = {"actual": actual, "tests": idx}
+    rows: dict[str, dict[str, list[Any]]] = {}
+    t_pos, k_pos = torch.nonzero(~torch.isnan(actual), as_tuple=True)
+    values = actual[t_pos, k_pos].tolist()
+    if result.members is None:
+        rows["actual_rows"] = {"test_index": test_ids[t_pos.numpy()].tolist(),
+                               "train_index": d.train_ids[k_pos.numpy()].tolist(), "actual": values}
+    else:
+        arrays["members"] = result.members
+        g_pos, i_pos = torch.nonzero(result.members, as_tuple=True)
+        rows["group_members"] = {"group_index": g_pos.tolist(), "train_index": d.train_ids[i_pos.numpy()].tolist()}
+        rows["group_actual"] = {"test_index": test_ids[t_pos.numpy()].tolist(), "group_index": k_pos.tolist(),
+                                "actual": values}
+    ceiling = noise_ceiling(result.per_repeat.numpy())
+    if ceiling:
+        rows["metric_rows"] = _metric_columns(ceiling, test_ids.tolist())
+    return Output(arrays, rows)
+
+
+def _metric_columns(rows: list[MetricRow], test_ids: list[int]) -> dict[str, list[Any]]:
+    return {"test_index": [None if r.test is None else test_ids[r.test] for r in rows],
+            "metric": [r.metric for r in rows], "value": [r.value for r in rows],
+            "n_pairs": [r.n_pairs for r in rows], "ci_low": [r.ci_low for r in rows],
+            "ci_high": [r.ci_high for r in rows]}
 
 
 def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
@@ -219,12 +243,13 @@ def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
     gt = deps[inputs["ground_truth"]].arrays
     if not torch.equal(est["tests"], gt["tests"]):
         raise TaskFailure("estimate and ground truth selected different test points")
-    rows = score(est["scores"].numpy(), gt["actual"].numpy(), list(inputs["metrics"]))
-    ids = est["test_ids"].tolist()
-    return Output({}, {"metric_rows": {
-        "test_index": [None if t is None else ids[t] for t, *_ in rows],
-        "metric": [m for _, m, _, _ in rows], "value": [v for _, _, v, _ in rows],
-        "n_pairs": [k for *_, k in rows]}})
+    spec = MetricsSpec.model_validate(inputs["metrics"])
+    scores = est["scores"]
+    if "members" in gt:  # groups: the estimate of a group is the sum of its members' estimates
+        scores = scores @ gt["members"].to(scores.dtype).T
+    rows = score(scores.numpy(), gt["actual"].numpy(), list(spec.names), spec.top_k, spec.bootstrap,
+                 derive_seed(inputs["estimate"], "bootstrap"))
+    return Output({}, {"metric_rows": _metric_columns(rows, est["test_ids"].tolist())})
 
 
 RUNNERS: dict[str, Callable[[dict[str, Any], dict[str, Dep], Context], Output]] = {

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from inflang.spec import TrainingSpec
+from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
 from runners.errors import DivergenceError
 from runners.objective import objective
 
@@ -27,23 +27,6 @@ class Trained:
     seconds: float
 
 
-def batch_order(n: int, batch_size: int | None, steps: int, seed: int) -> Iterator[Tensor | None]:
-    """Minibatch indices for ``steps`` steps (a fresh seeded permutation each epoch); None = full batch."""
-    if batch_size is None or batch_size >= n:
-        for _ in range(steps):
-            yield None
-        return
-    generator = torch.Generator().manual_seed(seed)
-    done = 0
-    while done < steps:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            if done == steps:
-                return
-            yield perm[start:start + batch_size]
-            done += 1
-
-
 def _check(loss: Tensor, step: int, spec: TrainingSpec) -> None:
     value = float(loss.detach())
     if not math.isfinite(value):
@@ -53,7 +36,12 @@ def _check(loss: Tensor, step: int, spec: TrainingSpec) -> None:
 
 
 def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_seed: int) -> Trained:
-    """Train ``module`` in place on (x, y); returns its final and initial parameters."""
+    """Train ``module`` in place on (x, y); returns its final and initial parameters.
+
+    sgd and adam run on the batched engine with one model (it replays torch.optim's update rules, tested),
+    so that scratch retraining with nothing removed reproduces the base model bit for bit; lbfgs uses
+    torch.optim.LBFGS with a strong-Wolfe line search.
+    """
     init = {k: v.detach().clone() for k, v in module.named_parameters()}
     params = list(module.parameters())
     named = dict(module.named_parameters())
@@ -75,18 +63,18 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
         _check(lbfgs.step(closure), 0, spec)
         _check(objective(module, named, x, y, spec.weight_decay), spec.epochs, spec)
     else:
-        if spec.optimizer == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum)
-        else:
-            opt = torch.optim.Adam(params, lr=spec.lr)
-        for step, idx in enumerate(batch_order(n, spec.batch_size, steps, order_seed)):
-            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
-            opt.zero_grad()
-            loss = objective(module, named, xb, yb, spec.weight_decay)
-            loss.backward()
-            if step % 100 == 0 or step == steps - 1:
-                _check(loss, step, spec)
-            opt.step()
+        # the batched engine with one model: the same update rule, bit for bit, that retraining replays
+        rule = UpdateRule(optimizer=spec.optimizer, lr=spec.lr, weight_decay=spec.weight_decay,
+                          momentum=spec.momentum)
+        try:
+            final = train_ensemble(module, stack(init, 1), x, rule, steps, spec.batch_size, [order_seed],
+                                   weighted_cross_entropy(y, torch.ones(1, n, dtype=x.dtype)),
+                                   lr_name="training.lr")
+        except DivergenceError as exc:
+            raise DivergenceError(f"training {exc}") from None
+        with torch.no_grad():
+            for k, p in module.named_parameters():
+                p.copy_(final[k][0])
     final = {k: v.detach().clone() for k, v in module.named_parameters()}
     if not all(torch.isfinite(v).all() for v in final.values()):
         raise DivergenceError(f"training produced non-finite parameters; lower training.lr (now {spec.lr})")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from runners.batches import batch_order
 from runners.ensemble import UpdateRule, chunk_size, stack, train_ensemble, weighted_cross_entropy
 from runners.objective import objective
-from runners.train import batch_order
 
 
 def sequential(module: nn.Module, start: dict, x, y, weights, rule: UpdateRule, steps, batch_size, seed):

@@ -7,7 +7,8 @@ import torch
 
 from inflang.spec import LogregModel, LooProtocol, RemovalSpec, TrainingSpec
 from runners.models import build
-from runners.protocols.loo import RetrainSetup, leave_one_out
+from runners.protocols.common import Problem, RetrainSetup
+from runners.protocols.loo import leave_one_out
 from runners.train import train
 
 
@@ -40,9 +41,10 @@ def test_loo_from_optimum_matches_independent_refit():
     training = TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=300, weight_decay=wd)
     trained = train(module, X, Y, training, 0)
     spec = LooProtocol(protocol="loo", optimizer="sgd", lr=2.0, steps=3000, removals=RemovalSpec(select="all"))
-    setup = RetrainSetup(trained=trained.params, init=trained.init, order_seed=0, repeat_seeds=[0])
+    setup = RetrainSetup(trained=trained.params, inits=[trained.init], order_seeds=[0])
     removals = [np.array([0, 5, 17])] * 3
-    actual = leave_one_out(spec, training, module, setup, X, Y, XT, YT, removals, memory_budget=1 << 20).numpy()
+    problem = Problem(module, setup, training, X, Y, XT, YT, memory_budget=1 << 20)
+    actual = leave_one_out(spec, problem, removals).actual.numpy()
 
     def test_losses(W, b):
         z = xt @ W.T + b

@@ -18,9 +18,14 @@ from inflang.spec.base import Spec
 class EstimatorBase(Spec):
     label: str | None = Field(None, description="name in result tables; defaults to the estimator name")
 
-    uses_curvature: ClassVar[bool] = False  # needs the eigendecomposition of H (a shared task)
+    uses_curvature: ClassVar[bool] = False  # needs an eigendecomposition of the curvature (a shared task)
     dense_hessian: ClassVar[bool] = False  # forms a P x P matrix (refused above max_params)
     ranks_only: ClassVar[bool] = False  # a raw score, not a predicted change
+
+    @property
+    def curvature_kind(self) -> str | None:
+        """Which curvature's eigendecomposition this estimator reads, if any."""
+        return str(getattr(self, "curvature", "hessian")) if self.uses_curvature else None
 
     @property
     def display(self) -> str:
@@ -32,6 +37,9 @@ class ExactEstimator(EstimatorBase):
 
     name: Literal["exact"]
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
+    curvature: Literal["hessian", "ggn"] = Field(
+        "hessian", description="hessian: the objective's Hessian; ggn: its Gauss-Newton matrix "
+        "(1/n) sum_i J_i^T H_out,i J_i + weight_decay I, positive semi-definite")
     negative: Literal["error", "abs", "clip"] = Field(
         "error",
         description="eigenvalues of H + lambda I that are <= 0: error (fail the cell), "

@@ -1,44 +1,71 @@
 """``ground_truth:`` -- how the actual effect of a removal is measured, discriminated by ``protocol``.
 
-actual = measure(retrained without the point) - measure(the same retraining with nothing removed):
+actual = measure(retrained without the point or group) - measure(the same retraining with nothing removed):
 the control run rides in the same batch, so drift from non-convergence cancels (LANGUAGE.md).
+A new protocol is one model here (added to ``GroundTruthSpec``) plus one module in ``runners/protocols``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from inflang.spec.base import Spec
 
+Measure = Literal["test_loss", "margin"]
+
 
 class RemovalSpec(Spec):
     """Which training points are removed (each one retrained without)."""
 
-    select: Literal["all", "top_k", "random"] = Field("all", description="all | top_k | random")
-    k: int = Field(40, ge=1, description="how many points for top_k (per test point) and random")
-    by: str | None = Field(None, description="top_k: the label of the estimator whose ranking picks the points")
-    rank_by: Literal["abs", "signed"] = Field("abs", description="top_k ranks by |estimate| or by estimate")
+    select: Literal["all", "top_k", "random", "percentile"] = Field(
+        "all", description="all | top_k | random | percentile")
+    k: int = Field(40, ge=1, description="points per test point for top_k and percentile; in all for random")
+    by: str | None = Field(None, description="top_k, percentile: the label of the estimator whose ranking is used")
+    rank_by: Literal["abs", "signed"] = Field("abs", description="rank by |estimate| or by estimate")
+    percentile: float = Field(30.0, ge=0, le=100, description="percentile: the k points around this percentile")
+
+    @property
+    def ranked(self) -> bool:
+        return self.select in ("top_k", "percentile")
 
 
-class LooProtocol(Spec):
+class Retraining(Spec):
+    """How models are retrained: the fields every retraining protocol shares."""
+
+    steps: int | None = Field(None, ge=1, description="retraining steps; default the original number of steps")
+    optimizer: Literal["sgd", "adam"] | None = Field(
+        None, description="retraining update rule; null = the training optimizer")
+    lr: float | None = Field(None, gt=0, description="retraining learning rate; null = the training lr")
+    repeats: int = Field(1, ge=1, le=1000, description="retraining seeds per removal; the mean is stored, and "
+                         ">= 2 also stores the split-half noise ceiling")
+    batch: Literal["auto"] | Annotated[int, Field(ge=2)] = Field(
+        "auto", description="models retrained at once (control included); auto = as many as the memory budget allows")
+    measure: Measure = Field(
+        "test_loss", description="test_loss | margin (true-class logit minus the largest other logit)")
+
+    grouped: ClassVar[bool] = False  # results per group of training points rather than per point
+
+    @property
+    def start_from(self) -> str:
+        """'optimum' (warm start from the trained model) or 'scratch' (the original initialisation)."""
+        return str(getattr(self, "start", "optimum"))
+
+    def retrain_steps(self, original_steps: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return original_steps
+
+
+class LooProtocol(Retraining):
     """Leave-one-out: retrain with one training point's weight set to 0 (n unchanged)."""
 
     protocol: Literal["loo"]
     start: Literal["optimum", "scratch"] = Field(
         "optimum", description="optimum = warm start from the trained model; scratch = same init and batch order")
-    steps: int | None = Field(None, ge=1, description="retraining steps; default the original number of steps")
     fraction: float | None = Field(None, gt=0, le=10, description="retraining steps as a fraction of the original")
-    optimizer: Literal["sgd", "adam"] | None = Field(
-        None, description="retraining update rule; null = the training optimizer")
-    lr: float | None = Field(None, gt=0, description="retraining learning rate; null = the training lr")
     removals: RemovalSpec = Field(default_factory=RemovalSpec)
-    repeats: int = Field(1, ge=1, le=1000, description="retraining seeds per removal (batch order); mean is stored")
-    batch: Literal["auto"] | Annotated[int, Field(ge=2)] = Field(
-        "auto", description="models retrained at once (control included); auto = as many as the memory budget allows")
-    measure: Literal["test_loss", "margin"] = Field(
-        "test_loss", description="test_loss | margin (true-class logit minus the largest other logit)")
 
     @model_validator(mode="after")
     def _steps_or_fraction(self) -> LooProtocol:
@@ -47,11 +74,61 @@ class LooProtocol(Spec):
         return self
 
     def retrain_steps(self, original_steps: int) -> int:
-        if self.steps is not None:
-            return self.steps
         if self.fraction is not None:
             return max(1, int(round(self.fraction * original_steps)))
-        return original_steps
+        return super().retrain_steps(original_steps)
 
 
-GroundTruthSpec = Annotated[LooProtocol, Field(discriminator="protocol")]
+class PbrfProtocol(Retraining):
+    """The proximal Bregman response function (Bae, Ng, Lo, Ghassemi & Grosse 2022), from theta_s:
+
+    minimise (1/N) sum_i D(h(theta, x_i), h(theta_s, x_i)) + (weight_decay/2) ||theta - theta_s||^2
+             - (1/N) loss(z_m, theta) + (damping/2) ||theta - theta_s||^2,
+    D the Bregman divergence of the cross-entropy in logit space. To first order the response is
+    +(1/N) (G + (weight_decay + damping) I)^-1 g_m, G the Gauss-Newton matrix: exact influence with
+    ``curvature: ggn`` and the same damping.
+    """
+
+    protocol: Literal["pbrf"]
+    damping: float = Field(0.001, ge=0, description="proximity to theta_s (the lambda of Bae et al.)")
+    removals: RemovalSpec = Field(default_factory=RemovalSpec)
+
+
+class GroupSpec(Spec):
+    """Which groups of training points are removed together."""
+
+    count: int = Field(20, ge=1, description="how many groups")
+    size: int = Field(10, ge=1, description="points per group")
+    select: Literal["random", "top_k", "by_class"] = Field(
+        "random", description="random points | the next `size` points of an estimator's ranking | one class each")
+    by: str | None = Field(None, description="top_k: the label of the estimator whose ranking is used")
+    rank_by: Literal["abs", "signed"] = Field("abs", description="top_k ranks by mean |estimate| or mean estimate")
+
+
+class GroupProtocol(Retraining):
+    """Group removal (Koh, Ang, Teo & Liang 2019): retrain without each group; estimate = sum of the members'."""
+
+    protocol: Literal["group"]
+    start: Literal["optimum", "scratch"] = Field("optimum", description="optimum (warm start) or scratch")
+    groups: GroupSpec = Field(default_factory=GroupSpec)
+
+    grouped: ClassVar[bool] = True
+
+
+class LdsProtocol(Retraining):
+    """The linear datamodeling score (Park et al. 2023): train on `subsets` random subsets, each keeping a
+    `fraction` of the training set; per test point, Spearman between the measured change and the summed
+    estimates of the removed points (equivalently, of the kept points with the opposite sign)."""
+
+    protocol: Literal["lds"]
+    start: Literal["optimum", "scratch"] = Field("scratch", description="scratch (as Park et al.) or optimum")
+    subsets: int = Field(50, ge=3, description="random subsets M")
+    fraction: float = Field(0.5, gt=0, lt=1, description="alpha: the fraction of the training set each keeps")
+    nan: Literal["drop", "fail"] = Field(
+        "drop", description="subsets whose measurement is not finite: drop them (counted in n_pairs) or fail")
+
+    grouped: ClassVar[bool] = True
+
+
+AnyProtocol = LooProtocol | PbrfProtocol | GroupProtocol | LdsProtocol
+GroundTruthSpec = Annotated[AnyProtocol, Field(discriminator="protocol")]

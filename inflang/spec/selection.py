@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from inflang.spec.base import Spec
 
-MetricName = Literal["pearson", "spearman", "kendall", "sign_agreement"]
+MetricName = Literal["pearson", "spearman", "kendall", "sign_agreement", "top_k_overlap"]
 
 
 class TestPointSpec(Spec):
@@ -35,3 +35,30 @@ class HessianSpec(Spec):
 
     top_eigenvalues: int = Field(5, ge=1, le=1000, description="how many of the largest eigenvalues to store")
     max_params: int = Field(5000, ge=1, description="refuse models with more parameters (the Hessian is P x P)")
+
+
+class MetricsSpec(Spec):
+    """Which agreement metrics are computed; a plain list is shorthand for ``names``."""
+
+    names: list[MetricName] = Field(default_factory=lambda: ["pearson", "spearman"],  # type: ignore[arg-type]
+                                    min_length=1,
+                                    description="pearson | spearman | kendall | sign_agreement | top_k_overlap")
+    top_k: int = Field(10, ge=1, description="k of top_k_overlap (precision at k of the top-|estimate| items)")
+    bootstrap: int = Field(0, ge=0, le=100_000, description="resamples for a 95% interval on each aggregate; 0 = off")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_shorthand(cls, value: object) -> object:
+        if isinstance(value, list):
+            return {"names": value}
+        if not isinstance(value, dict):
+            raise ValueError("must be a list of metric names, e.g. [pearson, spearman], "
+                             "or a map {names: [...], top_k: k, bootstrap: B}")
+        return value
+
+    @field_validator("names")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("metrics are listed more than once")
+        return value

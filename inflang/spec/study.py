@@ -17,8 +17,15 @@ from inflang.spec.estimators import (
     estimator_label,
 )
 from inflang.spec.model import ModelSpec
-from inflang.spec.protocols import GroundTruthSpec, LooProtocol
-from inflang.spec.selection import HessianSpec, MetricName, TestPointSpec
+from inflang.spec.protocols import (
+    AnyProtocol,
+    GroundTruthSpec,
+    GroupProtocol,
+    LdsProtocol,
+    LooProtocol,
+    PbrfProtocol,
+)
+from inflang.spec.selection import HessianSpec, MetricsSpec, TestPointSpec
 from inflang.spec.training import TrainingSpec
 
 SweepGrid = dict[str, list[Any]]
@@ -35,8 +42,8 @@ class Study(Spec):
     test_points: TestPointSpec = Field(default_factory=TestPointSpec)
     ground_truth: GroundTruthSpec = Field(
         default_factory=lambda: LooProtocol(protocol="loo"), description="how actual effects are measured")
-    metrics: list[MetricName] = Field(default_factory=lambda: ["pearson", "spearman"],  # type: ignore[arg-type]
-                                      min_length=1, description="pearson | spearman | kendall | sign_agreement")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec,
+                                 description="a list of metric names, or {names: [...], top_k: k, bootstrap: B}")
     hessian: HessianSpec | None = Field(None, description="optional curvature diagnostics")
     repeats: int = Field(1, ge=1, le=1000, description="independent seeds of every cell")
     sweep: SweepGrid | list[SweepGrid] | None = Field(
@@ -50,12 +57,15 @@ class Study(Spec):
                              "(starting with a letter or digit, at most 100 characters)")
         return value
 
-    @field_validator("metrics")
-    @classmethod
-    def _unique_metrics(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("metrics are listed more than once")
-        return value
+
+
+def ranking_estimator(gt: AnyProtocol) -> tuple[tuple[str, ...], str, str | None] | None:
+    """(where in the file, select, by) when the ground truth's choice of points follows an estimator."""
+    if isinstance(gt, LooProtocol | PbrfProtocol) and gt.removals.ranked:
+        return ("ground_truth", "removals"), gt.removals.select, gt.removals.by
+    if isinstance(gt, GroupProtocol) and gt.groups.select == "top_k":
+        return ("ground_truth", "groups"), "top_k", gt.groups.by
+    return None
 
 
 def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:
@@ -88,25 +98,47 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
                 problems.append((("test_points", "indices", j),
                                  f"row id {idx} is outside the dataset (0..{info.rows - 1})", None))
     gt = study.ground_truth
-    rem = gt.removals
-    if rem.select == "top_k":
-        if rem.by is None:
-            problems.append((("ground_truth", "removals", "by"),
-                             "select: top_k needs 'by:', the estimator whose ranking picks the points",
+    ranked_by = ranking_estimator(gt)
+    if ranked_by is not None:
+        where, select, by = ranked_by
+        if by is None:
+            problems.append((where + ("by",), f"select: {select} needs 'by:', the estimator whose ranking is used",
                              f"one of: {', '.join(labels)}"))
-        elif rem.by not in labels:
+        elif by not in labels:
+            problems.append((where + ("by",), f"no estimator labelled '{by}' in this study",
+                             f"one of: {', '.join(labels)}"))
+    if isinstance(gt, LooProtocol | PbrfProtocol):
+        rem = gt.removals
+        if not rem.ranked and rem.by is not None:
             problems.append((("ground_truth", "removals", "by"),
-                             f"no estimator labelled '{rem.by}' in this study", f"one of: {', '.join(labels)}"))
-    elif rem.by is not None:
-        problems.append((("ground_truth", "removals", "by"), "'by' is only used with select: top_k", None))
-    if rem.select in ("top_k", "random") and rem.k > n_train:
-        problems.append((("ground_truth", "removals", "k"),
-                         f"k = {rem.k} is larger than the training set ({n_train} points)", None))
+                             "'by' is only used with select: top_k or percentile", None))
+        if rem.select != "all" and rem.k > n_train:
+            problems.append((("ground_truth", "removals", "k"),
+                             f"k = {rem.k} is larger than the training set ({n_train} points)", None))
+    if isinstance(gt, GroupProtocol):
+        g = gt.groups
+        if g.select != "top_k" and g.by is not None:
+            problems.append((("ground_truth", "groups", "by"), "'by' is only used with select: top_k", None))
+        if g.size >= n_train:
+            problems.append((("ground_truth", "groups", "size"),
+                             f"a group of {g.size} leaves nothing of the {n_train} training points", None))
+        elif g.select == "top_k" and g.count * g.size > n_train:
+            problems.append((("ground_truth", "groups", "count"),
+                             f"{g.count} groups of {g.size} ranked points need {g.count * g.size} training points; "
+                             f"the split has {n_train}", None))
+        elif g.select == "by_class" and g.size > n_train // info.classes // 2:
+            problems.append((("ground_truth", "groups", "size"),
+                             f"groups of one class hold at most about {n_train // info.classes // 2} points here "
+                             f"(half of a class)", None))
+    if isinstance(gt, LdsProtocol) and int(gt.fraction * n_train) < info.classes:
+        problems.append((("ground_truth", "fraction"),
+                         f"subsets of {int(gt.fraction * n_train)} points are too small for {info.classes} classes",
+                         None))
     if gt.optimizer is None and tr.optimizer == "lbfgs":
         problems.append((("training", "optimizer"),
                          "lbfgs has no batched retraining rule, so ground truth needs its own optimizer",
                          "set ground_truth.optimizer: sgd or adam (and ground_truth.lr)"))
-    if gt.start == "scratch" and (gt.optimizer not in (None, tr.optimizer) or gt.lr not in (None, tr.lr)):
+    if gt.start_from == "scratch" and (gt.optimizer not in (None, tr.optimizer) or gt.lr not in (None, tr.lr)):
         problems.append((("ground_truth", "start"),
                          "start: scratch repeats the original training; it takes no optimizer or lr override", None))
     n_params = study.model.n_params(info.features, info.classes)

@@ -1,0 +1,41 @@
+"""The linear datamodeling score (Park, Georgiev, Ilyas, Leclerc & Madry 2023, TRAK).
+
+Train on M random subsets S_j, each keeping a fraction alpha of the training set; the measured change is
+measure(theta_{S_j}) - measure(theta_control). The prediction for S_j is the sum of the estimates of the points
+it leaves out, sum_{i not in S_j} estimate_i (LANGUAGE.md's sign: each estimate is the change on removal);
+Spearman over subsets per test point is the LDS (rank-equivalent to Park et al.'s sum over kept points).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from inflang.spec import LdsProtocol
+from runners.errors import TaskFailure
+from runners.protocols.common import GroundTruth, Problem, retrain_weighted
+
+
+def choose_subsets(spec: LdsProtocol, n: int, seed: int) -> torch.Tensor:
+    """removed [M, n]: True for the points subset j leaves out (each keeps round(alpha * n) points)."""
+    rng = np.random.default_rng(seed)
+    keep = int(round(spec.fraction * n))
+    removed = torch.ones(spec.subsets, n, dtype=torch.bool)
+    for j in range(spec.subsets):
+        removed[j, rng.choice(n, size=keep, replace=False)] = False
+    return removed
+
+
+def run(spec: LdsProtocol, p: Problem, scores: torch.Tensor | None, seed: int) -> GroundTruth:
+    return datamodel_score(spec, p, choose_subsets(spec, p.n, seed))
+
+
+def datamodel_score(spec: LdsProtocol, p: Problem, removed: torch.Tensor) -> GroundTruth:
+    per_item = retrain_weighted(spec, p, (~removed).to(torch.float64)).transpose(1, 2)  # [R, T, M]
+    finite = torch.isfinite(per_item).all(dim=(0, 1))
+    if not bool(finite.all()):
+        if spec.nan == "fail":
+            raise TaskFailure(f"lds: {int((~finite).sum())} of {spec.subsets} subsets gave a non-finite measurement; "
+                              "lower the retraining lr, or set nan: drop to leave them out")
+        per_item[:, :, ~finite] = float("nan")
+    return GroundTruth(per_repeat=per_item, members=removed, dropped=int((~finite).sum()))

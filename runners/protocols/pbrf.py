@@ -1,0 +1,94 @@
+"""The proximal Bregman response function (Bae, Ng, Lo, Ghassemi & Grosse 2022, "If influence functions
+are the answer, then what is the question?"), batched over removals on the retraining engine.
+
+From the trained parameters theta_s, model m (removing training point z_m) minimises
+
+    (1/N) sum_i D(h(theta, x_i), h(theta_s, x_i)) - (1/N) loss(z_m, theta)
+        + ((weight_decay + damping)/2) ||theta - theta_s||^2,
+
+with h the logits and D the Bregman divergence of the cross-entropy in logit space,
+D(z, z_s) = logsumexp(z) - logsumexp(z_s) - softmax(z_s) . (z - z_s) (independent of the label).
+The regulariser enters through its own Bregman divergence, (weight_decay/2)||theta - theta_s||^2, so that
+theta_s is a stationary point with nothing removed. The first-order response is
+theta - theta_s = (1/N) (G + (weight_decay + damping) I)^-1 g_m, G the Gauss-Newton matrix of the data term:
+exact influence with ``curvature: ggn`` and the same damping. actual = measure(theta) - measure(theta_s),
+minibatches (if any) applying to the Bregman term; the removed point's term is evaluated every step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from inflang.spec import PbrfProtocol
+from runners.ensemble import Batch, DataTerm, Stacked, ensemble_logits, stack, train_ensemble
+from runners.objective import per_example_loss
+from runners.protocols.common import (
+    GroundTruth,
+    Problem,
+    chunks,
+    measure_ensemble,
+    retraining,
+    update_rule,
+)
+from runners.protocols.loo import pointwise
+from runners.selection import select_removals
+
+
+def bregman(z: Tensor, z_s: Tensor) -> Tensor:
+    """D(z, z_s) of the cross-entropy in logit space, over the last axis."""
+    return torch.logsumexp(z, -1) - torch.logsumexp(z_s, -1) - (torch.softmax(z_s, -1) * (z - z_s)).sum(-1)
+
+
+def pbrf_term(p: Problem, z_s: Tensor, removed: Tensor, active: Tensor) -> DataTerm:
+    """The data part of the PBRF objective for models whose removed point is ``removed`` [M] (active [M]
+    is 0 for the control)."""
+    x_removed = p.x_train[removed].unsqueeze(1)  # [M, 1, d]
+    y_removed = p.y_train[removed].unsqueeze(1)
+    N = p.n
+    count = removed.shape[0]
+
+    def term(logits: Tensor, batch: Batch, params: Stacked) -> Tensor:
+        if batch is None:
+            anchor, denom = z_s.expand(count, -1, -1), N
+        elif batch.dim() == 1:
+            anchor, denom = z_s[batch].expand(count, -1, -1), len(batch)
+        else:
+            anchor, denom = z_s[batch], batch.shape[1]
+        divergence = bregman(logits, anchor).sum(1) / denom
+        own = per_example_loss(ensemble_logits(p.module, params, x_removed, per_model=True), y_removed)[:, 0]
+        return divergence - active * own / N
+
+    return term
+
+
+def run(spec: PbrfProtocol, p: Problem, scores: Tensor | None, seed: int) -> GroundTruth:
+    return proximal_bregman(spec, p, select_removals(spec.removals, p.n, p.x_test.shape[0], scores, seed))
+
+
+def proximal_bregman(spec: PbrfProtocol, p: Problem, removals: list[np.ndarray]) -> GroundTruth:
+    items = np.unique(np.concatenate(removals)) if removals else np.array([], dtype=np.int64)
+    rule = update_rule(spec, p.training)
+    rule = type(rule)(optimizer=rule.optimizer, lr=rule.lr, weight_decay=0.0, momentum=rule.momentum)
+    steps = spec.retrain_steps(p.training.total_steps(p.n))
+    theta_s = p.setup.trained
+    with torch.no_grad():
+        z_s = ensemble_logits(p.module, stack(theta_s, 1), p.x_train)[0]
+    out = torch.zeros(len(p.setup.order_seeds), len(items), p.x_test.shape[0], dtype=torch.float64)
+    proximity = p.training.weight_decay + spec.damping
+    for r, seed in enumerate(p.setup.order_seeds):
+        for lo, hi in chunks(spec, p, len(items)):
+            removed = torch.as_tensor(np.concatenate([[0], items[lo:hi]]), dtype=torch.long)
+            active = torch.ones(hi - lo + 1, dtype=p.x_train.dtype)
+            active[0] = 0.0  # the control: nothing removed, so it stays at theta_s
+            count = hi - lo + 1
+            with retraining():
+                final = train_ensemble(p.module, stack(theta_s, count), p.x_train, rule, steps,
+                                       p.training.batch_size, [seed] * count, pbrf_term(p, z_s, removed, active),
+                                       anchor=stack(theta_s, count), proximity=proximity)
+            measured = measure_ensemble(p.module, final, p.x_test, p.y_test, spec.measure)
+            out[r, lo:hi] = measured[1:] - measured[0]
+            if p.progress is not None:
+                p.progress(count)
+    return GroundTruth(per_repeat=pointwise(out, items, removals, p.n))

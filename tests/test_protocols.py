@@ -1,0 +1,199 @@
+"""Each ground-truth protocol on a tiny problem whose answer is known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from inflang.cli import app
+from inflang.spec import LogregModel, LooProtocol, MlpModel, RemovalSpec, TrainingSpec
+from runners.metrics import score
+from runners.models import build
+from runners.protocols.common import Problem, RetrainSetup
+from runners.protocols.loo import leave_one_out
+from runners.train import train
+
+runner = CliRunner()
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def run(write, tmp_path: Path, text: str) -> Path:
+    db = tmp_path / "p.duckdb"
+    result = runner.invoke(app, ["run", str(write("p.yaml", text)), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def test_scratch_with_nothing_removed_reproduces_the_base_model_bit_for_bit():
+    torch.manual_seed(0)
+    x, y = torch.randn(50, 3, dtype=torch.float64), torch.randint(0, 3, (50,))
+    spec = TrainingSpec(optimizer="adam", lr=0.05, epochs=30, batch_size=16, weight_decay=0.01)
+    module = build(MlpModel(arch="mlp", depth=1, width=5), 3, 3, seed=1, dtype=torch.float64)
+    trained = train(module, x, y, spec, order_seed=7)
+    from runners.ensemble import stack, train_ensemble, weighted_cross_entropy
+    from runners.protocols.common import update_rule
+
+    gt = LooProtocol(protocol="loo", start="scratch")
+    again = train_ensemble(module, stack(trained.init, 3), x, update_rule(gt, spec), spec.total_steps(50), 16,
+                           [7] * 3, weighted_cross_entropy(y, torch.ones(3, 50, dtype=torch.float64)))
+    for k, v in trained.params.items():
+        assert torch.equal(again[k][0], v) and torch.equal(again[k][2], v)
+
+
+def test_scratch_loo_control_cancels(write, tmp_path: Path):
+    """Scratch retraining end to end: actual values are finite and the ground truth matches LOO from scratch."""
+    db = run(write, tmp_path, """\
+        study: s
+        dataset: {name: iris, test_size: 30}
+        model: {arch: logreg}
+        training: {optimizer: sgd, lr: 0.5, epochs: 300, weight_decay: 0.05}
+        estimators: [{name: exact, damping: 0.0}]
+        test_points: {count: 2}
+        ground_truth: {protocol: loo, start: scratch, removals: {select: random, k: 10}}
+        """)
+    ((spearman,),) = rows(db, "SELECT value FROM metrics WHERE test_index IS NULL AND metric = 'spearman'")
+    assert spearman > 0.9
+
+
+def test_noise_ceiling_one_when_deterministic_lower_with_noise(write, tmp_path: Path):
+    base = """\
+        study: n
+        dataset: {name: iris, test_size: 30}
+        model: {arch: logreg}
+        training: {optimizer: sgd, lr: 0.5, epochs: 100, weight_decay: 0.05%s}
+        estimators: [{name: exact, damping: 0.0}]
+        test_points: {count: 2}
+        ground_truth: {protocol: loo, steps: %d, repeats: 4, removals: {select: random, k: 12}}
+        """
+    deterministic = run(write, tmp_path, base % ("", 100))
+    ((value,),) = rows(deterministic, "SELECT value FROM metrics WHERE metric = 'noise_ceiling_spearman' "
+                                      "AND test_index IS NULL AND estimator IS NULL")
+    assert value == pytest.approx(1.0)
+    noisy = run(write, tmp_path / "b", base % (", batch_size: 8", 5))
+    ((value,),) = rows(noisy, "SELECT value FROM metrics WHERE metric = 'noise_ceiling_spearman' "
+                              "AND test_index IS NULL")
+    assert value < 0.9
+
+
+def test_lds_recovers_an_exactly_additive_datamodel():
+    """When the measured change is exactly the sum of per-point effects, the LDS is 1."""
+    rng = np.random.default_rng(0)
+    tau = rng.normal(size=(2, 30))
+    removed = rng.random((40, 30)) < 0.5
+    actual = tau @ removed.T.astype(float)  # [T, M]
+    estimates = tau @ removed.T.astype(float)
+    rows_ = score(estimates, actual, ["spearman"])
+    assert all(r.value == pytest.approx(1.0) for r in rows_)
+
+
+def test_lds_end_to_end_on_a_strongly_convex_model(write, tmp_path: Path):
+    db = run(write, tmp_path, """\
+        study: l
+        dataset: {name: iris, test_size: 30}
+        model: {arch: logreg}
+        training: {optimizer: sgd, lr: 0.5, epochs: 300, weight_decay: 0.5}
+        estimators: [{name: exact, damping: 0.0}, {name: grad_cos}]
+        test_points: {count: 2}
+        ground_truth: {protocol: lds, start: optimum, subsets: 20, fraction: 0.9, steps: 300}
+        """)
+    lds = dict(rows(db, "SELECT estimator, value FROM metrics WHERE metric = 'spearman' AND test_index IS NULL"))
+    assert lds["exact"] > 0.9
+    members = rows(db, "SELECT count(*) FROM group_members")[0][0]
+    assert members == 20 * 12  # each subset leaves out 10% of 120 points
+    (checked,) = rows(db, "SELECT count(*) FROM group_influence WHERE estimator = 'exact'")
+    assert checked[0] == 2 * 20
+
+
+def test_group_of_one_point_equals_leave_one_out(write, tmp_path: Path):
+    common = """\
+        study: g
+        dataset: {name: iris, test_size: 30}
+        model: {arch: logreg}
+        training: {optimizer: sgd, lr: 0.5, epochs: 200, weight_decay: 0.05}
+        estimators: [{name: exact, damping: 0.0}]
+        test_points: {count: 2}
+        """
+    db_g = run(write, tmp_path, common + "ground_truth: {protocol: group, steps: 50, "
+                                         "groups: {count: 120, size: 1, select: random}}\n")
+    db_l = run(write, tmp_path / "l", common + "ground_truth: {protocol: loo, steps: 50}\n")
+    group = rows(db_g, "SELECT test_index, m.train_index, actual, estimate FROM group_influence "
+                       "JOIN group_members m USING (group_index) ORDER BY ALL")
+    loo = rows(db_l, "SELECT test_index, train_index, actual, estimate FROM influence ORDER BY ALL")
+    assert len(group) == len(loo) == 240
+    for (t1, i1, a1, e1), (t2, i2, a2, e2) in zip(group, loo, strict=True):
+        assert (t1, i1) == (t2, i2) and a1 == pytest.approx(a2, abs=1e-12) and e1 == pytest.approx(e2)
+
+
+def test_groups_by_class_and_ranked(write, tmp_path: Path):
+    db = run(write, tmp_path, """\
+        study: gc
+        dataset: {name: iris, test_size: 30}
+        model: {arch: logreg}
+        training: {optimizer: sgd, lr: 0.5, epochs: 200, weight_decay: 0.05}
+        estimators: [{name: exact, damping: 0.0}]
+        test_points: {count: 2}
+        ground_truth: {protocol: group, steps: 50, groups: {count: 6, size: 5, select: by_class}}
+        """)
+    # iris rows 0-49 are class 0, 50-99 class 1, 100-149 class 2
+    classes = rows(db, "SELECT group_index, count(DISTINCT train_index // 50), count(*) FROM group_members "
+                       "GROUP BY 1 ORDER BY 1")
+    assert [(c, k) for _, c, k in classes] == [(1, 5)] * 6
+
+
+def test_pbrf_agrees_with_ggn_influence_to_first_order(write, tmp_path: Path):
+    db = run(write, tmp_path, """\
+        study: b
+        dataset: {name: iris, test_size: 30}
+        model: {arch: logreg}
+        training: {optimizer: lbfgs, lr: 1.0, epochs: 300, weight_decay: 0.01}
+        estimators: [{name: exact, curvature: ggn, damping: 0.3}]
+        test_points: {count: 2}
+        ground_truth: {protocol: pbrf, damping: 0.3, optimizer: sgd, lr: 1.0, steps: 300,
+                       removals: {select: random, k: 15}}
+        """)
+    pairs = np.array(rows(db, "SELECT estimate, actual FROM influence WHERE actual IS NOT NULL"))
+    assert len(pairs) == 30
+    relative = np.abs(pairs[:, 0] - pairs[:, 1]).max() / np.abs(pairs[:, 1]).max()
+    assert relative < 0.05
+
+
+def test_loo_against_exact_solution_with_repeats_and_percentile(write, tmp_path: Path):
+    db = run(write, tmp_path, """\
+        study: q
+        dataset: {name: iris, test_size: 30}
+        model: {arch: logreg}
+        training: {optimizer: sgd, lr: 0.5, epochs: 100, weight_decay: 0.05}
+        estimators: [{name: exact, damping: 0.0}]
+        test_points: {count: 2}
+        ground_truth: {protocol: loo, steps: 20, removals: {select: percentile, percentile: 30, k: 7, by: exact}}
+        metrics: {names: [spearman, top_k_overlap], top_k: 3, bootstrap: 50}
+        """)
+    per_point = rows(db, "SELECT test_index, count(*) FROM influence WHERE actual IS NOT NULL GROUP BY 1")
+    assert [c for _, c in per_point] == [7, 7]
+    ((low, high),) = rows(db, "SELECT ci_low, ci_high FROM metrics WHERE test_index IS NULL AND metric = 'spearman'")
+    assert low <= high
+
+
+def test_loo_problem_api_with_two_repeats():
+    torch.manual_seed(3)
+    x, y = torch.randn(30, 2, dtype=torch.float64), torch.randint(0, 2, (30,))
+    module = build(LogregModel(arch="logreg"), 2, 2, seed=0, dtype=torch.float64)
+    training = TrainingSpec(optimizer="sgd", lr=0.5, epochs=50, batch_size=10, weight_decay=0.1)
+    trained = train(module, x, y, training, 0)
+    setup = RetrainSetup(trained.params, [trained.init, trained.init], [0, 1])
+    spec = LooProtocol(protocol="loo", steps=5, repeats=2, removals=RemovalSpec(select="all"))
+    result = leave_one_out(spec, Problem(module, setup, training, x, y, x[:2], y[:2]), [np.arange(30)] * 2)
+    assert result.per_repeat.shape == (2, 2, 30)
+    assert not torch.equal(result.per_repeat[0], result.per_repeat[1])  # different batch orders
