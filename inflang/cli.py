@@ -48,7 +48,10 @@ def _load(path: str) -> LoadedStudy:
 
 
 def _params_label(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items()) or "-"
+    """Swept values by the last part of their path (the whole path where two would read alike)."""
+    short = [k.rsplit(".", 1)[-1] for k in params]
+    names = [s if short.count(s) == 1 else k for s, k in zip(short, params, strict=True)]
+    return ", ".join(f"{n}={v}" for n, v in zip(names, params.values(), strict=True)) or "-"
 
 
 @app.command()
@@ -164,11 +167,16 @@ def _parse_bytes(text: str | None) -> int | None:
 
 def _summary(db: str | Path, study: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     sql = f"""
+        WITH ceiling AS (
+            SELECT study, cell_id, avg(value) AS ceiling FROM metrics
+            WHERE metric = 'noise_ceiling_spearman' AND test_index IS NOT NULL GROUP BY ALL)
         SELECT c.cell_id, c.params, c.status, m.estimator,
                avg(m.value) FILTER (WHERE m.metric = 'spearman' AND m.test_index IS NOT NULL) AS spearman,
                avg(m.value) FILTER (WHERE m.metric = 'pearson' AND m.test_index IS NOT NULL) AS pearson,
-               c.error
-        FROM cells c LEFT JOIN metrics m ON m.study = c.study AND m.cell_id = c.cell_id
+               any_value(ceiling.ceiling) AS ceiling, c.error
+        FROM cells c
+        LEFT JOIN metrics m ON m.study = c.study AND m.cell_id = c.cell_id AND m.estimator IS NOT NULL
+        LEFT JOIN ceiling ON ceiling.study = c.study AND ceiling.cell_id = c.cell_id
         WHERE c.study = '{study}'
         GROUP BY ALL ORDER BY c.params, c.cell_id, m.estimator"""
     return run_query(db, sql)
@@ -177,15 +185,19 @@ def _summary(db: str | Path, study: str) -> tuple[list[str], list[tuple[Any, ...
 def _summary_table(db: str | Path, study: str) -> Table:
     _, rows = _summary(db, study)
     table = Table(title=f"'{study}': mean over test points")
-    for col in ("cell", "swept values", "estimator", "spearman", "pearson", "status"):
-        table.add_column(col, justify="right" if col in ("spearman", "pearson") else "left")
+    with_ceiling = any(r[6] is not None for r in rows)
+    columns = ["cell", "swept values", "estimator", "spearman", "pearson"]
+    columns += ["ceiling", "status"] if with_ceiling else ["status"]
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("spearman", "pearson", "ceiling") else "left")
     def fmt(v: float | None) -> str:
         return "-" if v is None or math.isnan(v) else f"{v:.3f}"
 
-    for cell_id, params, status, estimator, spearman, pearson, error in rows:
+    for cell_id, params, status, estimator, spearman, pearson, ceiling, error in rows:
         label = _params_label(json.loads(params)) if params else "-"
         shown = status if status != "failed" else f"failed: {error}"
-        table.add_row(cell_id, label, estimator or "-", fmt(spearman), fmt(pearson), shown)
+        values = [cell_id, label, estimator or "-", fmt(spearman), fmt(pearson)]
+        table.add_row(*values, *([fmt(ceiling)] if with_ceiling else []), shown)
     return table
 
 
