@@ -49,7 +49,7 @@ def unsupported_layers(module: nn.Module) -> list[str]:
     return [name or type(m).__name__ for name, m in module.named_modules() if list(m.buffers(recurse=False))]
 
 
-class _Layout:
+class Layout:
     """Where each parameter lives in one flat [M, P] buffer (model m's parameters are row m)."""
 
     def __init__(self, stacked: Stacked) -> None:
@@ -144,7 +144,7 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
     if bad:
         raise TaskFailure(f"the retraining engine cannot batch layers with buffers: {', '.join(bad)}")
     n = x.shape[0]
-    layout = _Layout(start)
+    layout = Layout(start)
     flat = layout.flatten(start).detach().clone()
     count = flat.shape[0]
     centre = layout.flatten(anchor).detach() if anchor is not None and proximity else None

@@ -225,6 +225,10 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
         rows["group_members"] = {"group_index": g_pos.tolist(), "train_index": d.train_ids[i_pos.numpy()].tolist()}
         rows["group_actual"] = {"test_index": test_ids[t_pos.numpy()].tolist(), "group_index": k_pos.tolist(),
                                 "actual": values}
+    if result.solver is not None:
+        item, norms, its = result.solver
+        rows["solver_rows"] = {"train_index": [None if i < 0 else int(d.train_ids[i]) for i in item],
+                               "grad_norm": norms, "iterations": its}
     ceiling = noise_ceiling(result.per_repeat.numpy())
     if ceiling:
         rows["metric_rows"] = _metric_columns(ceiling, test_ids.tolist())

@@ -66,11 +66,27 @@ class LooProtocol(Retraining):
         "optimum", description="optimum = warm start from the trained model; scratch = same init and batch order")
     fraction: float | None = Field(None, gt=0, le=10, description="retraining steps as a fraction of the original")
     removals: RemovalSpec = Field(default_factory=RemovalSpec)
+    solver: Literal["gradient", "newton"] = Field(
+        "gradient", description="gradient: the retraining steps configured here; newton: solve every refit from "
+        "the optimum to |grad| <= tol (small models)")
+    tol: float | None = Field(None, gt=0, description="newton: gradient-norm tolerance (default 1e-10 in float64, "
+                              "1e-5 in float32)")
+    max_iter: int = Field(100, ge=1, description="newton: iterations at most")
+    damping: float = Field(0.0, ge=0, description="newton: Levenberg-Marquardt damping of the chord matrix "
+                           "H + damping I (needed when H is indefinite); the solution does not depend on it")
 
     @model_validator(mode="after")
     def _steps_or_fraction(self) -> LooProtocol:
         if self.steps is not None and self.fraction is not None:
             raise ValueError("give either 'steps' or 'fraction', not both")
+        if self.solver == "gradient":
+            if self.damping:
+                raise ValueError("'damping' is only used with solver: newton")
+        else:
+            if self.start != "optimum":
+                raise ValueError("solver: newton refits from the optimum; use start: optimum")
+            if self.repeats != 1:
+                raise ValueError("solver: newton is deterministic; use repeats: 1")
         return self
 
     def retrain_steps(self, original_steps: int) -> int:

@@ -134,7 +134,8 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
         problems.append((("ground_truth", "fraction"),
                          f"subsets of {int(gt.fraction * n_train)} points are too small for {info.classes} classes",
                          None))
-    if gt.optimizer is None and tr.optimizer == "lbfgs":
+    newton = isinstance(gt, LooProtocol) and gt.solver == "newton"
+    if gt.optimizer is None and tr.optimizer == "lbfgs" and not newton:
         problems.append((("training", "optimizer"),
                          "lbfgs has no batched retraining rule, so ground truth needs its own optimizer",
                          "set ground_truth.optimizer: sgd or adam (and ground_truth.lr)"))

@@ -66,6 +66,8 @@ class GroundTruth:
     per_repeat: Tensor
     members: Tensor | None = None
     dropped: int = 0  # items whose measurement was not finite and were dropped (lds, nan: drop)
+    # converged solvers: per model (item position, -1 for the control), final gradient norm, iterations
+    solver: tuple[list[int], list[float], list[int]] | None = None
 
     @property
     def actual(self) -> Tensor:

@@ -11,8 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from inflang.cost import default_budget
 from inflang.spec import LooProtocol
-from runners.protocols.common import GroundTruth, Problem, retrain_weighted
+from runners.curvature import objective_hessian
+from runners.ensemble import Layout, stack
+from runners.newton import newton_refit
+from runners.protocols.common import GroundTruth, Problem, measure_ensemble, retrain_weighted
 from runners.selection import select_removals
 
 
@@ -36,4 +40,26 @@ def leave_one_out(spec: LooProtocol, p: Problem, removals: list[np.ndarray]) -> 
     items = np.unique(np.concatenate(removals)) if removals else np.array([], dtype=np.int64)
     weights = torch.ones(len(items), p.n)
     weights[torch.arange(len(items)), torch.as_tensor(items, dtype=torch.long)] = 0.0
+    if spec.solver == "newton":
+        return converged(spec, p, items, removals, weights)
     return GroundTruth(per_repeat=pointwise(retrain_weighted(spec, p, weights), items, removals, p.n))
+
+
+def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[np.ndarray],
+              weights: torch.Tensor) -> GroundTruth:
+    """Every removal (and the control) refitted from the optimum to |grad| <= tol by batched Newton."""
+    dtype = p.x_train.dtype
+    tol = spec.tol if spec.tol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
+    H0 = objective_hessian(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay)
+    P = H0.shape[0]
+    budget = p.memory_budget if p.memory_budget is not None else default_budget()
+    all_weights = torch.cat([torch.ones(1, p.n), weights]).to(dtype)
+    refit = newton_refit(p.module, p.setup.trained, p.x_train, p.y_train, all_weights, p.training.weight_decay,
+                         H0, tol, spec.max_iter, spec.damping, hessian_chunk=max(1, budget // (32 * P * P)))
+    params = Layout(stack(p.setup.trained, 1)).views(refit.theta)
+    measured = measure_ensemble(p.module, params, p.x_test, p.y_test, spec.measure)
+    if p.progress is not None:
+        p.progress(len(items) + 1)
+    per_item = (measured[1:] - measured[0]).unsqueeze(0)  # [1, K, T]
+    solver = ([-1] + [int(i) for i in items], refit.grad_norm.tolist(), refit.iterations.tolist())
+    return GroundTruth(per_repeat=pointwise(per_item, items, removals, p.n), solver=solver)

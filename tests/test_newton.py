@@ -1,0 +1,94 @@
+"""The converged (Newton) ground truth: exact refits, gradient norms, and clear failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from inflang.cli import app
+from inflang.spec import LogregModel, LooProtocol, MlpModel, RemovalSpec, TrainingSpec
+from runners.curvature import objective_hessian
+from runners.errors import TaskFailure
+from runners.models import build
+from runners.newton import newton_refit
+from runners.protocols.common import Problem, RetrainSetup
+from runners.protocols.loo import leave_one_out
+from runners.train import train
+from tests.reference import refit
+
+runner = CliRunner()
+
+
+def test_newton_matches_an_independent_refit_on_logistic_regression():
+    rng = np.random.default_rng(4)
+    n, d, C, wd = 40, 3, 3, 0.05
+    x, y = rng.normal(size=(n, d)), rng.integers(0, C, size=n)
+    X, Y = torch.tensor(x), torch.tensor(y)
+    module = build(LogregModel(arch="logreg"), d, C, seed=0, dtype=torch.float64)
+    training = TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=200, weight_decay=wd)
+    trained = train(module, X, Y, training, 0)
+    weights = torch.ones(4, n, dtype=torch.float64)
+    for m, i in enumerate([0, 7, 39]):
+        weights[m + 1, i] = 0.0
+    H0 = objective_hessian(module, trained.params, X, Y, wd)
+    result = newton_refit(module, trained.params, X, Y, weights, wd, H0, tol=1e-12, max_iter=100, damping=0.0)
+    assert (result.grad_norm <= 1e-12).all()
+    theta0 = np.concatenate([trained.params["0.weight"].numpy().ravel(), trained.params["0.bias"].numpy()])
+    for m in range(4):
+        W, b = refit(x, y, weights[m].numpy(), wd, C, theta0)
+        expected = np.concatenate([W.ravel(), b])
+        assert np.abs(result.theta[m].numpy() - expected).max() < 1e-10
+
+
+def test_every_mlp_refit_reaches_the_tolerance():
+    torch.manual_seed(0)
+    x = torch.randn(40, 3, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    module = build(MlpModel(arch="mlp", depth=1, width=4, activation="tanh"), 3, 3, seed=0, dtype=torch.float64)
+    training = TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=500, weight_decay=0.01)
+    trained = train(module, x, y, training, 0)
+    spec = LooProtocol(protocol="loo", solver="newton", tol=1e-10, damping=0.05,
+                       removals=RemovalSpec(select="all"))
+    setup = RetrainSetup(trained.params, [trained.init], [0])
+    result = leave_one_out(spec, Problem(module, setup, training, x, y, x[:3], y[:3]), [np.arange(40)] * 3)
+    positions, norms, iterations = result.solver
+    assert len(norms) == 41 and positions[0] == -1
+    assert max(norms) <= 1e-10
+    assert torch.isfinite(result.actual).all()
+
+
+def test_indefinite_hessian_without_damping_is_a_clear_error():
+    torch.manual_seed(1)
+    x, y = torch.randn(30, 2, dtype=torch.float64), torch.randint(0, 2, (30,))
+    module = build(MlpModel(arch="mlp", depth=2, width=6, activation="tanh"), 2, 2, seed=0, dtype=torch.float64)
+    params = {k: v.detach() for k, v in module.named_parameters()}  # untrained: a saddle-rich region
+    H0 = objective_hessian(module, params, x, y, 0.0)
+    assert float(torch.linalg.eigvalsh(H0).min()) < 0
+    with pytest.raises(TaskFailure, match="set ground_truth.damping above"):
+        newton_refit(module, params, x, y, torch.ones(2, 30, dtype=torch.float64), 0.0, H0, 1e-10, 10, 0.0)
+
+
+def test_newton_study_end_to_end(write, tmp_path: Path):
+    study = write("n.yaml", """\
+        study: newton
+        dataset: {name: iris, test_size: 30}
+        model: {arch: logreg}
+        training: {optimizer: lbfgs, lr: 1.0, epochs: 300, weight_decay: 0.01}
+        estimators: [{name: exact, damping: 0.0}]
+        test_points: {count: 3}
+        ground_truth: {protocol: loo, solver: newton}
+        """)
+    db = tmp_path / "n.duckdb"
+    result = runner.invoke(app, ["run", str(study), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(db), read_only=True)
+    count, worst = con.execute("SELECT count(*), max(grad_norm) FROM refits").fetchone()
+    assert count == 121 and worst <= 1e-10
+    spearman = con.execute("SELECT value FROM metrics WHERE metric = 'spearman' AND test_index IS NULL").fetchone()
+    assert spearman[0] > 0.99
+    con.close()
