@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from inflang.spec import DatasetSpec, MlpModel
+from inflang.spec import DatasetSpec, LogregModel, MlpModel, TrainingSpec
 from runners.batches import batch_order
 from runners.data import load_raw, prepare
 from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
@@ -151,6 +151,96 @@ def scaling(case: Case, dtype: torch.dtype, threads: int, removals: list[int], s
     return out
 
 
+def _newton_worker(case: dict[str, Any], method: str, sample: int, queue: Any) -> None:
+    """In a fresh process (so its peak memory is its own): time converged LOO refits for one model."""
+    import resource
+
+    from runners.curvature import objective_hessian
+    from runners.newton import newton_refit
+    from runners.objective import objective as objective_fn
+
+    torch.set_num_threads(1)
+    dtype = torch.float64
+    spec = DatasetSpec(name="iris", test_size=30)  # type: ignore[arg-type]
+    data = prepare(spec, load_raw(spec), 0, dtype)
+    x, y = data.x_train, data.y_train
+    if case["depth"] == 0:
+        model: Any = LogregModel(arch="logreg")
+    else:
+        model = MlpModel(arch="mlp", depth=case["depth"], width=case["width"], activation="tanh")
+    module = build(model, data.features, data.classes, 0, dtype)
+    wd = 0.01
+    train_fn = __import__("runners.train", fromlist=["train"]).train
+    trained = train_fn(module, x, y, TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=2000, weight_decay=wd), 0)
+    n = x.shape[0]
+    models = n + 1
+    began = time.perf_counter()
+    if method == "newton":
+        weights = torch.ones(models, n, dtype=dtype)
+        weights[torch.arange(1, models), torch.arange(n)] = 0.0
+        H0 = objective_hessian(module, trained.params, x, y, wd)
+        refit = newton_refit(module, trained.params, x, y, weights, wd, H0, 1e-10, 200, case["damping"])
+        timed, worst = models, float(refit.grad_norm.max())
+    else:
+        import copy
+
+        timed, worst = min(sample, models), 0.0
+        for m in range(timed):
+            net = copy.deepcopy(module)
+            with torch.no_grad():
+                for k, p in net.named_parameters():
+                    p.copy_(trained.params[k])
+            named = dict(net.named_parameters())
+            w = torch.ones(n, dtype=dtype)
+            if m:
+                w[m - 1] = 0.0
+            opt = torch.optim.LBFGS(list(net.parameters()), lr=1.0, max_iter=5000, tolerance_grad=1e-10,
+                                    tolerance_change=0.0, history_size=50, line_search_fn="strong_wolfe")
+
+            def closure() -> torch.Tensor:
+                opt.zero_grad()
+                loss = objective_fn(net, named, x, y, wd, w, n)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            opt.zero_grad()
+            objective_fn(net, named, x, y, wd, w, n).backward()
+            worst = max(worst, float(torch.cat([p.grad.reshape(-1) for p in net.parameters()]).norm()))
+    seconds = (time.perf_counter() - began) * models / timed
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({"seconds": seconds, "peak_mb": peak_mb, "timed": timed, "worst_grad": worst,
+               "n_params": sum(p.numel() for p in module.parameters())})
+
+
+def newton_cases(sample: int) -> list[dict[str, Any]]:
+    """Converged LOO (|grad| <= 1e-10, float64, Iris, 121 models): batched Newton vs a sequential L-BFGS loop."""
+    import multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    out = []
+    for case in ({"name": "logreg", "depth": 0, "width": 0, "damping": 0.0},
+                 {"name": "mlp 4-5-3", "depth": 1, "width": 5, "damping": 0.0},
+                 {"name": "mlp 4-16-16-3", "depth": 2, "width": 16, "damping": 0.0}):
+        measured = {}
+        for method in ("lbfgs", "newton"):
+            queue = context.Queue()
+            proc = context.Process(target=_newton_worker, args=(case, method, sample, queue))
+            proc.start()
+            measured[method] = queue.get()
+            proc.join()
+        out.append({"case": case["name"], "n_params": measured["newton"]["n_params"], "models": 121,
+                    "lbfgs_s": round(measured["lbfgs"]["seconds"], 3),
+                    "lbfgs_models_timed": measured["lbfgs"]["timed"],
+                    "lbfgs_worst_grad": f"{measured['lbfgs']['worst_grad']:.1e}",
+                    "newton_s": round(measured["newton"]["seconds"], 3),
+                    "newton_worst_grad": f"{measured['newton']['worst_grad']:.1e}",
+                    "speedup": round(measured["lbfgs"]["seconds"] / measured["newton"]["seconds"], 1),
+                    "lbfgs_peak_mb": round(measured["lbfgs"]["peak_mb"]),
+                    "newton_peak_mb": round(measured["newton"]["peak_mb"])})
+    return out
+
+
 def table(rows: list[dict[str, Any]], keys: list[str]) -> str:
     widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
     lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
@@ -163,7 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke test, not the benchmark)")
     parser.add_argument("--full-sequential", action="store_true", help="time every sequential model")
+    parser.add_argument("--only-newton", action="store_true", help="only the converged-refit comparison")
     args = parser.parse_args(argv)
+    sample = None if args.full_sequential else 12
+    if args.only_newton:
+        rows = newton_cases(sample or 121)
+        print(table(rows, list(rows[0])))
+        return
     div = 10 if args.quick else 1
     cases = [
         Case("iris-mlp-2x16 full batch", "iris", 2, 16, 120, 1000 // div, None),
@@ -184,8 +280,11 @@ def main(argv: list[str] | None = None) -> None:
     grow += scaling(cases[1], torch.float32, 1, [], [200, 400, 800])
     print()
     print(table(grow, ["axis", "removals", "n_train", "engine_s"]))
+    newton = newton_cases(sample or 121)
+    print()
+    print(table(newton, list(newton[0])))
     report = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                          "torch": torch.__version__}, "results": results, "scaling": grow,
+                          "torch": torch.__version__}, "results": results, "scaling": grow, "newton": newton,
               "sequential_sampled": sample is not None}
     if args.json:
         with open(args.json, "w") as fh:

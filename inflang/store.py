@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS actual_rows (task_hash VARCHAR, test_index INTEGER, t
     actual DOUBLE);
 CREATE TABLE IF NOT EXISTS metric_rows (task_hash VARCHAR, test_index INTEGER, metric VARCHAR, value DOUBLE,
     n_pairs INTEGER, ci_low DOUBLE, ci_high DOUBLE);
+CREATE TABLE IF NOT EXISTS response_rows (task_hash VARCHAR, test_index INTEGER, train_index INTEGER,
+    response VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS solver_rows (task_hash VARCHAR, train_index INTEGER, grad_norm DOUBLE,
     iterations INTEGER);
 CREATE TABLE IF NOT EXISTS group_members (task_hash VARCHAR, group_index INTEGER, train_index INTEGER);
@@ -89,6 +91,10 @@ CREATE OR REPLACE VIEW metrics AS
 SELECT c.study, c.cell_id, c.estimator, m.test_index, m.metric, m.value, m.n_pairs, m.ci_low, m.ci_high
 FROM cell_tasks c JOIN metric_rows m ON m.task_hash = c.task_hash AND c.kind IN ('metrics', 'ground_truth');
 
+CREATE OR REPLACE VIEW responses AS
+SELECT c.study, c.cell_id, r.test_index, r.train_index, r.response, r.value
+FROM cell_tasks c JOIN response_rows r ON r.task_hash = c.task_hash AND c.kind = 'ground_truth';
+
 CREATE OR REPLACE VIEW refits AS
 SELECT c.study, c.cell_id, s.train_index, s.grad_norm, s.iterations
 FROM cell_tasks c JOIN solver_rows s ON s.task_hash = c.task_hash AND c.kind = 'ground_truth';
@@ -109,7 +115,8 @@ GROUP BY ALL;
 Rows = Mapping[str, Mapping[str, Sequence[Any]]]
 
 OUTPUT_TABLES = ("train_results", "split_rows", "curvature_results", "hessian_results", "estimate_rows",
-                 "actual_rows", "metric_rows", "group_members", "group_actual", "solver_rows")
+                 "actual_rows", "metric_rows", "group_members", "group_actual", "solver_rows",
+                 "response_rows")
 
 
 def _now() -> datetime:

@@ -108,3 +108,24 @@ def noise_ceiling(per_repeat: np.ndarray) -> list[MetricRow]:
             rows.append(MetricRow(t, f"noise_ceiling_{kind}", ceiling, int(ok.sum())))
         rows.append(MetricRow(None, f"noise_ceiling_{kind}", _mean(values), int(np.isfinite(first).sum())))
     return rows
+
+
+def gap_rows(a: np.ndarray, b: np.ndarray, prefix: str) -> list[MetricRow]:
+    """How response a [T, K] relates to response b on the pairs both have: {prefix}_spearman, _pearson,
+    _mean_gap (mean of a - b: signed, so the terms of a decomposition add up) and _mean_abs_gap."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    rows: list[MetricRow] = []
+    for name in ("spearman", "pearson", "mean_gap", "mean_abs_gap"):
+        values = []
+        for t in range(a.shape[0]):
+            x, y = a[t][ok[t]], b[t][ok[t]]
+            if name == "mean_gap":
+                v = float(np.mean(x - y)) if len(x) else float("nan")
+            elif name == "mean_abs_gap":
+                v = float(np.mean(np.abs(x - y))) if len(x) else float("nan")
+            else:
+                v = metric(name, x, y)
+            values.append(v)
+            rows.append(MetricRow(t, f"{prefix}_{name}", v, int(ok[t].sum())))
+        rows.append(MetricRow(None, f"{prefix}_{name}", _mean(values), int(ok.sum())))
+    return rows

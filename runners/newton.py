@@ -1,8 +1,8 @@
 """Converged refits for small models: batched chord-Newton with Levenberg-Marquardt fallback.
 
 Every model m solves grad L_m(theta) = 0 for L_m(theta) = (1/n) sum_j w_mj loss_j(theta) + wd/2 ||theta||^2,
-starting from the trained theta_0. The chord step reuses one factorisation of the base Hessian,
-    theta <- theta - (H_0 + damping I)^-1 grad L_m(theta),
+starting from the trained theta_0. The chord step reuses one factorisation of the base Hessian (damped only if it is not positive definite),
+    theta <- theta - (H_0 [+ damping I])^-1 grad L_m(theta),
 for all models at once (one Cholesky solve with M right-hand sides), with step halving until L_m decreases.
 A model whose gradient norm fails to halve in an iteration gets a true Newton step on its own Hessian
 next, (H_m + mu_m I)^-1 grad L_m, with mu_m raised tenfold whenever the factorisation or the decrease fails
@@ -11,14 +11,16 @@ next, (H_m + mu_m I)^-1 grad L_m, with mu_m raised tenfold whenever the factoris
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, hessian, vmap
+from torch.func import hessian, vmap
 
 from runners.errors import TaskFailure
-from runners.objective import per_example_loss
+from runners.objective import FlatModel, per_example_loss
 
 
 @dataclass
@@ -28,47 +30,94 @@ class Refit:
     iterations: Tensor  # [M] iterations each model needed
 
 
-class _Objective:
-    """L_m for many models at once, as a function of flat parameters [M, P]."""
+class Objective(Protocol):
+    """Per-model objectives L_m as functions of flat parameters; ``rows`` says which models."""
 
-    def __init__(self, module: nn.Module, names: list[str], shapes: list[torch.Size], x: Tensor, y: Tensor,
-                 weights: Tensor, weight_decay: float) -> None:
-        self.module, self.names, self.shapes = module, names, shapes
-        self.sizes = [int(torch.Size(s).numel()) for s in shapes]
-        self.x, self.y, self.weights, self.wd = x, y, weights, weight_decay
-        self.n = x.shape[0]
+    def values_and_grads(self, theta: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]: ...
 
-    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
-        parts = torch.split(theta, self.sizes, dim=-1)
-        return {k: p.reshape(*theta.shape[:-1], *s) for k, p, s in zip(self.names, parts, self.shapes, strict=True)}
+    def hessians(self, theta: Tensor, rows: Tensor) -> Tensor: ...
+
+
+def many_logits(flat: FlatModel, theta: Tensor, x: Tensor, per_model: bool = False) -> Tensor:
+    """Logits [M, b, C] of models theta [M, P] on shared inputs x [b, d] (or per model, x [M, b, d])."""
+    return vmap(flat.logits, in_dims=(0, 0 if per_model else None))(theta, x)
+
+
+def _batched_grads(values_of: Callable[[Tensor], Tensor], theta: Tensor) -> tuple[Tensor, Tensor]:
+    theta = theta.detach().requires_grad_(True)
+    values = values_of(theta)
+    (grads,) = torch.autograd.grad(values.sum(), theta)
+    return values.detach(), grads
+
+
+class WeightedLoss:
+    """L_m(theta) = (1/n) sum_j w_mj loss_j(theta) + wd/2 ||theta||^2 (the objective of LANGUAGE.md)."""
+
+    def __init__(self, flat: FlatModel, x: Tensor, y: Tensor, weights: Tensor, weight_decay: float) -> None:
+        self.flat, self.x, self.y, self.weights, self.wd = flat, x, y, weights, weight_decay
 
     def single(self, theta: Tensor, w: Tensor) -> Tensor:
-        logits = functional_call(self.module, self.unflatten(theta), (self.x,))
-        return (per_example_loss(logits, self.y) * w).sum() / self.n + 0.5 * self.wd * (theta * theta).sum()
+        losses = per_example_loss(self.flat.logits(theta, self.x), self.y)
+        return (losses * w).sum() / self.x.shape[0] + 0.5 * self.wd * (theta * theta).sum()
 
     def values_and_grads(self, theta: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        theta = theta.detach().requires_grad_(True)
-        params = self.unflatten(theta)
-        logits = vmap(lambda p: functional_call(self.module, p, (self.x,)))(params)
-        data = (per_example_loss(logits, self.y.expand(len(rows), -1)) * self.weights[rows]).sum(1) / self.n
-        values = data + 0.5 * self.wd * (theta * theta).sum(1)
-        (grads,) = torch.autograd.grad(values.sum(), theta)
-        return values.detach(), grads
+        def values(th: Tensor) -> Tensor:
+            losses = per_example_loss(many_logits(self.flat, th, self.x), self.y.expand(len(rows), -1))
+            return (losses * self.weights[rows]).sum(1) / self.x.shape[0] + 0.5 * self.wd * (th * th).sum(1)
+
+        return _batched_grads(values, theta)
 
     def hessians(self, theta: Tensor, rows: Tensor) -> Tensor:
         return vmap(hessian(self.single))(theta.detach(), self.weights[rows])
 
 
+class ProximalBregman:
+    """The PBRF objective of ``runners.protocols.pbrf`` for model m removing point removed[m] (active[m] = 0
+    for the control): (1/N) sum_i D(h_i(theta), h_i(theta_s)) - active_m (1/N) loss(z_m, theta)
+    + (proximity/2) ||theta - theta_s||^2."""
+
+    def __init__(self, flat: FlatModel, x: Tensor, y: Tensor, removed: Tensor, active: Tensor,
+                 proximity: float) -> None:
+        self.flat, self.x, self.y, self.removed, self.active, self.prox = flat, x, y, removed, active, proximity
+        with torch.no_grad():
+            self.z_s = flat.logits(flat.theta, x)
+
+    def single(self, theta: Tensor, xm: Tensor, ym: Tensor, am: Tensor) -> Tensor:
+        from runners.protocols.pbrf import bregman
+
+        n = self.x.shape[0]
+        divergence = bregman(self.flat.logits(theta, self.x), self.z_s).sum() / n
+        own = per_example_loss(self.flat.logits(theta, xm.unsqueeze(0)), ym.unsqueeze(0)).sum()
+        shift = theta - self.flat.theta
+        return divergence - am * own / n + 0.5 * self.prox * (shift * shift).sum()
+
+    def values_and_grads(self, theta: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        idx = self.removed[rows]
+        return _batched_grads(lambda th: vmap(self.single)(th, self.x[idx], self.y[idx], self.active[rows]), theta)
+
+    def hessians(self, theta: Tensor, rows: Tensor) -> Tensor:
+        idx = self.removed[rows]
+        return vmap(hessian(self.single))(theta.detach(), self.x[idx], self.y[idx], self.active[rows])
+
+
 def newton_refit(module: nn.Module, start: dict[str, Tensor], x: Tensor, y: Tensor, weights: Tensor,
                  weight_decay: float, base_hessian: Tensor, tol: float, max_iter: int, damping: float,
                  hessian_chunk: int = 64) -> Refit:
-    """Solve every model's stationarity condition from ``start``; raises TaskFailure if any does not converge."""
-    names = list(start)
-    objective = _Objective(module, names, [start[k].shape for k in names], x, y, weights, weight_decay)
-    theta0 = torch.cat([start[k].reshape(-1) for k in names])
-    M, P = weights.shape[0], theta0.numel()
-    H0 = base_hessian.to(theta0.dtype) + damping * torch.eye(P, dtype=theta0.dtype)
+    """Every weighted refit from ``start`` to |grad| <= tol; raises TaskFailure if any does not converge."""
+    flat = FlatModel(module, start)
+    return newton_solve(WeightedLoss(flat, x, y, weights, weight_decay), flat.theta, weights.shape[0],
+                        base_hessian, tol, max_iter, damping, hessian_chunk)
+
+
+def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Tensor, tol: float, max_iter: int,
+                 damping: float, hessian_chunk: int = 64) -> Refit:
+    """Solve grad L_m = 0 for m < M from theta0, chord matrix base_hessian + damping I (see the module doc)."""
+    P = theta0.numel()
+    H0 = base_hessian.to(theta0.dtype)
     chol, info = torch.linalg.cholesky_ex(H0)
+    if int(info) != 0 and damping > 0:  # damping only where needed: it slows the chord's convergence
+        H0 = H0 + damping * torch.eye(P, dtype=theta0.dtype)
+        chol, info = torch.linalg.cholesky_ex(H0)
     if int(info) != 0:
         smallest = float(torch.linalg.eigvalsh(base_hessian.to(torch.float64)).min())
         raise TaskFailure(f"newton: the Hessian at the optimum is not positive definite (smallest eigenvalue "
@@ -79,7 +128,11 @@ def newton_refit(module: nn.Module, start: dict[str, Tensor], x: Tensor, y: Tens
     norms = grads.norm(dim=1)
     iterations = torch.zeros(M, dtype=torch.long)
     exact_next = torch.zeros(M, dtype=torch.bool)
-    mu = torch.full((M,), max(damping, 1e-12), dtype=theta.dtype)
+    # Levenberg-Marquardt damping of the exact steps: starts at the chord's damping, falls tenfold after each
+    # accepted step down to a negligible floor (so the exact steps converge quadratically), rises tenfold
+    # after a rejected step or a failed factorisation
+    floor = 1e-12 * float(H0.diagonal().abs().max())
+    mu = torch.full((M,), max(damping, floor), dtype=theta.dtype)
     for it in range(1, max_iter + 1):
         active = norms > tol
         if not bool(active.any()):
@@ -116,7 +169,7 @@ def newton_refit(module: nn.Module, start: dict[str, Tensor], x: Tensor, y: Tens
         norms = grads.norm(dim=1)
         exact_next[rows] = norms[rows] > 0.5 * old_norms
         mu[rows[worse]] *= 10
-        mu[rows[accepted]] = torch.clamp(mu[rows[accepted]] / 10, min=max(damping, 1e-12))
+        mu[rows[accepted]] = torch.clamp(mu[rows[accepted]] / 10, min=floor)
     if not bool((norms <= tol).all()):
         worst = int(torch.argmax(norms))
         raise TaskFailure(f"newton: {int((norms > tol).sum())} of {M} models did not reach |grad| <= {tol:g} in "

@@ -60,8 +60,9 @@ class FlatModel:
         self.theta = torch.cat([params[k].detach().reshape(-1) for k in self.names])
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
-        parts = torch.split(theta, self.sizes)
-        return {k: p.reshape(s) for k, p, s in zip(self.names, parts, self.shapes, strict=True)}
+        """Parameters by name from theta [..., P] (leading axes, e.g. models, are kept)."""
+        parts = torch.split(theta, self.sizes, dim=-1)
+        return {k: p.reshape(*theta.shape[:-1], *s) for k, p, s in zip(self.names, parts, self.shapes, strict=True)}
 
     def logits(self, theta: Tensor, x: Tensor) -> Tensor:
         return functional_call(self.module, self.unflatten(theta), (x,))

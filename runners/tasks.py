@@ -38,7 +38,7 @@ from runners import models
 from runners.curvature import CURVATURES, Spectrum, spectrum
 from runners.errors import TaskFailure
 from runners.estimators import ESTIMATORS, EstimatorInputs
-from runners.metrics import MetricRow, noise_ceiling, score
+from runners.metrics import MetricRow, gap_rows, noise_ceiling, score
 from runners.objective import per_example_loss
 from runners.protocols import PROTOCOLS, Problem, RetrainSetup
 from runners.selection import select_test_points
@@ -229,9 +229,22 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
         item, norms, its = result.solver
         rows["solver_rows"] = {"train_index": [None if i < 0 else int(d.train_ids[i]) for i in item],
                                "grad_norm": norms, "iterations": its}
-    ceiling = noise_ceiling(result.per_repeat.numpy())
-    if ceiling:
-        rows["metric_rows"] = _metric_columns(ceiling, test_ids.tolist())
+    derived = noise_ceiling(result.per_repeat.numpy())
+    if result.responses is not None:
+        loo, pbrf = result.responses["converged_loo"], result.responses["pbrf"]
+        arrays.update({f"response.{k}": v for k, v in result.responses.items()})
+        derived += gap_rows(pbrf.numpy(), loo.numpy(), "pbrf_vs_converged_loo")
+        derived += gap_rows(loo.numpy(), actual.numpy(), "converged_loo_vs_retrained")
+        kept = {"test_index": [], "train_index": [], "response": [], "value": []}  # type: dict[str, list[Any]]
+        for name, values_ in (("retrained", actual), ("converged_loo", loo), ("pbrf", pbrf)):
+            tt, ii = torch.nonzero(~torch.isnan(values_), as_tuple=True)
+            kept["test_index"] += test_ids[tt.numpy()].tolist()
+            kept["train_index"] += d.train_ids[ii.numpy()].tolist()
+            kept["response"] += [name] * len(tt)
+            kept["value"] += values_[tt, ii].tolist()
+        rows["response_rows"] = kept
+    if derived:
+        rows["metric_rows"] = _metric_columns(derived, test_ids.tolist())
     return Output(arrays, rows)
 
 
@@ -253,6 +266,10 @@ def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
         scores = scores @ gt["members"].to(scores.dtype).T
     rows = score(scores.numpy(), gt["actual"].numpy(), list(spec.names), spec.top_k, spec.bootstrap,
                  derive_seed(inputs["estimate"], "bootstrap"))
+    if "response.pbrf" in gt:  # the decomposition's first term, and the whole gap it splits
+        evaluated = np.where(np.isnan(gt["actual"].numpy()), np.nan, scores.numpy())
+        rows += gap_rows(evaluated, gt["response.pbrf"].numpy(), "influence_vs_pbrf")
+        rows += gap_rows(evaluated, gt["actual"].numpy(), "influence_vs_retrained")
     return Output({}, {"metric_rows": _metric_columns(rows, est["test_ids"].tolist())})
 
 

@@ -92,3 +92,30 @@ def test_newton_study_end_to_end(write, tmp_path: Path):
     spearman = con.execute("SELECT value FROM metrics WHERE metric = 'spearman' AND test_index IS NULL").fetchone()
     assert spearman[0] > 0.99
     con.close()
+
+
+def test_decomposition_terms_add_up(write, tmp_path: Path):
+    study = write("d.yaml", """\
+        study: decomposition
+        dataset: {name: iris, test_size: 30}
+        model: {arch: mlp, depth: 1, width: 3, activation: tanh}
+        training: {optimizer: adam, lr: 0.02, epochs: 800, weight_decay: 0.01}
+        estimators: [{name: exact, curvature: ggn, damping: 0.01}]
+        test_points: {count: 2}
+        ground_truth: {protocol: loo, steps: 100, removals: {select: random, k: 8}, decompose: true,
+                       pbrf_damping: 0.01, damping: 0.01}
+        """)
+    db = tmp_path / "d.duckdb"
+    result = runner.invoke(app, ["run", str(study), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(db), read_only=True)
+    gaps = dict(con.execute("SELECT metric, value FROM metrics WHERE test_index IS NULL AND metric LIKE '%mean_gap'"
+                            " AND metric NOT LIKE '%abs%'").fetchall())
+    total = gaps["influence_vs_pbrf_mean_gap"] + gaps["pbrf_vs_converged_loo_mean_gap"] \
+        + gaps["converged_loo_vs_retrained_mean_gap"]
+    assert total == pytest.approx(gaps["influence_vs_retrained_mean_gap"], abs=1e-12)
+    responses = dict(con.execute("SELECT response, count(*) FROM responses GROUP BY 1").fetchall())
+    assert responses == {"retrained": 16, "converged_loo": 16, "pbrf": 16}
+    (worst,) = con.execute("SELECT max(grad_norm) FROM refits").fetchone()
+    assert worst <= 1e-10
+    con.close()

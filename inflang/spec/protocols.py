@@ -72,21 +72,28 @@ class LooProtocol(Retraining):
     tol: float | None = Field(None, gt=0, description="newton: gradient-norm tolerance (default 1e-10 in float64, "
                               "1e-5 in float32)")
     max_iter: int = Field(100, ge=1, description="newton: iterations at most")
-    damping: float = Field(0.0, ge=0, description="newton: Levenberg-Marquardt damping of the chord matrix "
-                           "H + damping I (needed when H is indefinite); the solution does not depend on it")
+    damping: float = Field(0.0, ge=0, description="newton: damping of the chord matrix H + damping I, used only "
+                           "when H is not positive definite; the solution does not depend on it")
+    decompose: bool = Field(False, description="also solve the converged LOO and the PBRF for every removal, and "
+                            "split the gap between influence and this retraining into terms (Bae et al. 2022)")
+    pbrf_damping: float = Field(0.001, ge=0, description="decompose: the PBRF's proximity damping (match the "
+                                "estimators' damping)")
 
     @model_validator(mode="after")
     def _steps_or_fraction(self) -> LooProtocol:
         if self.steps is not None and self.fraction is not None:
             raise ValueError("give either 'steps' or 'fraction', not both")
         if self.solver == "gradient":
-            if self.damping:
-                raise ValueError("'damping' is only used with solver: newton")
+            if self.damping and not self.decompose:
+                raise ValueError("'damping' is only used with solver: newton or decompose: true")
         else:
             if self.start != "optimum":
                 raise ValueError("solver: newton refits from the optimum; use start: optimum")
             if self.repeats != 1:
                 raise ValueError("solver: newton is deterministic; use repeats: 1")
+            if self.decompose:
+                raise ValueError("decompose compares the configured retraining with converged refits; "
+                                 "use solver: gradient with it")
         return self
 
     def retrain_steps(self, original_steps: int) -> int:

@@ -68,6 +68,8 @@ class GroundTruth:
     dropped: int = 0  # items whose measurement was not finite and were dropped (lds, nan: drop)
     # converged solvers: per model (item position, -1 for the control), final gradient norm, iterations
     solver: tuple[list[int], list[float], list[int]] | None = None
+    # decomposition: other responses to the same removals, [T, K] each (converged_loo, pbrf)
+    responses: dict[str, Tensor] | None = None
 
     @property
     def actual(self) -> Tensor:

@@ -13,9 +13,10 @@ import torch
 
 from inflang.cost import default_budget
 from inflang.spec import LooProtocol
-from runners.curvature import objective_hessian
+from runners.curvature import objective_ggn, objective_hessian
 from runners.ensemble import Layout, stack
-from runners.newton import newton_refit
+from runners.newton import ProximalBregman, newton_refit, newton_solve
+from runners.objective import FlatModel
 from runners.protocols.common import GroundTruth, Problem, measure_ensemble, retrain_weighted
 from runners.selection import select_removals
 
@@ -42,18 +43,44 @@ def leave_one_out(spec: LooProtocol, p: Problem, removals: list[np.ndarray]) -> 
     weights[torch.arange(len(items)), torch.as_tensor(items, dtype=torch.long)] = 0.0
     if spec.solver == "newton":
         return converged(spec, p, items, removals, weights)
-    return GroundTruth(per_repeat=pointwise(retrain_weighted(spec, p, weights), items, removals, p.n))
+    result = GroundTruth(per_repeat=pointwise(retrain_weighted(spec, p, weights), items, removals, p.n))
+    if spec.decompose:
+        loo = converged(spec, p, items, removals, weights)
+        result.solver = loo.solver
+        result.responses = {"converged_loo": loo.actual, "pbrf": pbrf_newton(spec, p, items, removals)}
+    return result
+
+
+def _tolerance(spec: LooProtocol, dtype: torch.dtype) -> float:
+    return spec.tol if spec.tol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
+
+
+def pbrf_newton(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[np.ndarray]) -> torch.Tensor:
+    """[T, n] PBRF responses (damping spec.pbrf_damping) for the removals, solved to |grad| <= tol."""
+    flat = FlatModel(p.module, p.setup.trained)
+    removed = torch.as_tensor(np.concatenate([[0], items]), dtype=torch.long)
+    active = torch.ones(len(removed), dtype=p.x_train.dtype)
+    active[0] = 0.0
+    proximity = p.training.weight_decay + spec.pbrf_damping
+    objective = ProximalBregman(flat, p.x_train, p.y_train, removed, active, proximity)
+    chord = objective_ggn(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay)
+    chord = chord + spec.pbrf_damping * torch.eye(chord.shape[0], dtype=chord.dtype)
+    solved = newton_solve(objective, flat.theta, len(removed), chord, _tolerance(spec, p.x_train.dtype),
+                          spec.max_iter, 0.0)
+    params = Layout(stack(p.setup.trained, 1)).views(solved.theta)
+    measured = measure_ensemble(p.module, params, p.x_test, p.y_test, spec.measure)
+    per_item = (measured[1:] - measured[0]).unsqueeze(0)
+    return pointwise(per_item, items, removals, p.n)[0]
 
 
 def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[np.ndarray],
               weights: torch.Tensor) -> GroundTruth:
     """Every removal (and the control) refitted from the optimum to |grad| <= tol by batched Newton."""
-    dtype = p.x_train.dtype
-    tol = spec.tol if spec.tol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
+    tol = _tolerance(spec, p.x_train.dtype)
     H0 = objective_hessian(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay)
     P = H0.shape[0]
     budget = p.memory_budget if p.memory_budget is not None else default_budget()
-    all_weights = torch.cat([torch.ones(1, p.n), weights]).to(dtype)
+    all_weights = torch.cat([torch.ones(1, p.n), weights]).to(p.x_train.dtype)
     refit = newton_refit(p.module, p.setup.trained, p.x_train, p.y_train, all_weights, p.training.weight_decay,
                          H0, tol, spec.max_iter, spec.damping, hessian_chunk=max(1, budget // (32 * P * P)))
     params = Layout(stack(p.setup.trained, 1)).views(refit.theta)
