@@ -1,7 +1,8 @@
 """Converged refits for small models: batched chord-Newton with Levenberg-Marquardt fallback.
 
 Every model m solves grad L_m(theta) = 0 for L_m(theta) = (1/n) sum_j w_mj loss_j(theta) + wd/2 ||theta||^2,
-starting from the trained theta_0. The chord step reuses one factorisation of the base Hessian (damped only if it is not positive definite),
+starting from the trained theta_0. The chord step reuses one factorisation of the base Hessian (damped only
+if it is not positive definite),
     theta <- theta - (H_0 [+ damping I])^-1 grad L_m(theta),
 for all models at once (one Cholesky solve with M right-hand sides), with step halving until L_m decreases.
 A model whose gradient norm fails to halve in an iteration gets a true Newton step on its own Hessian
