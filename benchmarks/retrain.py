@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from inflang.spec import DatasetSpec, LogregModel, MlpModel, TrainingSpec
+from inflang.spec import BundledDataset, LogregModel, MlpModel, TrainingSpec
 from runners.batches import batch_order
 from runners.data import load_raw, prepare
 from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
@@ -61,10 +61,10 @@ def linear_flops(module: nn.Module, batch: int) -> int:
 
 
 def setup(case: Case, dtype: torch.dtype) -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    spec = DatasetSpec(name=case.dataset, test_size=0.2, subsample=case.subsample)
+    spec = BundledDataset(name=case.dataset, test_size=0.2, subsample=case.subsample)
     data = prepare(spec, load_raw(spec), 0, dtype)
     model = MlpModel(arch="mlp", depth=case.depth, width=case.width, activation="tanh")
-    module = build(model, data.features, data.classes, 0, dtype)
+    module = build(model, data.input_shape, data.classes, 0, dtype)
     start = {k: v.detach().clone() for k, v in module.named_parameters()}
     return module, start, data.x_train, data.y_train
 
@@ -161,14 +161,14 @@ def _newton_worker(case: dict[str, Any], method: str, sample: int, queue: Any) -
 
     torch.set_num_threads(1)
     dtype = torch.float64
-    spec = DatasetSpec(name="iris", test_size=30)
+    spec = BundledDataset(name="iris", test_size=30)
     data = prepare(spec, load_raw(spec), 0, dtype)
     x, y = data.x_train, data.y_train
     if case["depth"] == 0:
         model: Any = LogregModel(arch="logreg")
     else:
         model = MlpModel(arch="mlp", depth=case["depth"], width=case["width"], activation="tanh")
-    module = build(model, data.features, data.classes, 0, dtype)
+    module = build(model, data.input_shape, data.classes, 0, dtype)
     wd = 0.01
     train_fn = __import__("runners.train", fromlist=["train"]).train
     trained = train_fn(module, x, y, TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=2000, weight_decay=wd), 0)

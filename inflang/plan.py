@@ -157,8 +157,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         models = (removal_count(cell) + 1) * gt.repeats
         retrain_steps = gt.retrain_steps(train_steps)
         info = s.dataset.info()
-        member = member_bytes(s.model.n_params(info.features, info.classes),
-                              s.model.activations_per_example(info.features, info.classes),
+        member = member_bytes(s.model.n_params(info), s.model.activations_per_example(info),
                               s.training.batch_size or n_train, ITEMSIZE[s.training.dtype])
         ct.ground_truth = b.add("ground_truth", {"train": train, "ground_truth": gt_inputs,
                                                  "test_points": _dump(s.test_points)},

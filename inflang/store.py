@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS train_results (
     task_hash VARCHAR PRIMARY KEY, n_params INTEGER, n_train INTEGER, n_test INTEGER, train_loss DOUBLE,
     test_loss DOUBLE, test_accuracy DOUBLE, train_seconds DOUBLE, steps BIGINT);
-CREATE TABLE IF NOT EXISTS split_rows (task_hash VARCHAR, "index" INTEGER, role VARCHAR);
+CREATE TABLE IF NOT EXISTS split_rows (task_hash VARCHAR, "index" INTEGER, role VARCHAR,
+    label_flipped BOOLEAN);
 CREATE TABLE IF NOT EXISTS curvature_results (
     task_hash VARCHAR PRIMARY KEY, n_params INTEGER, max_eigenvalue DOUBLE, min_eigenvalue DOUBLE,
     n_negative INTEGER, trace DOUBLE);
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS group_actual (task_hash VARCHAR, test_index INTEGER, 
 MIGRATIONS = """
 ALTER TABLE metric_rows ADD COLUMN IF NOT EXISTS ci_low DOUBLE;
 ALTER TABLE metric_rows ADD COLUMN IF NOT EXISTS ci_high DOUBLE;
+ALTER TABLE split_rows ADD COLUMN IF NOT EXISTS label_flipped BOOLEAN;
 """
 
 VIEWS = """
@@ -77,7 +79,7 @@ LEFT JOIN cell_tasks ch ON ch.study = c.study AND ch.cell_id = c.cell_id AND ch.
 LEFT JOIN hessian_results h ON h.task_hash = ch.task_hash;
 
 CREATE OR REPLACE VIEW splits AS
-SELECT c.study, c.cell_id, s."index", s.role
+SELECT c.study, c.cell_id, s."index", s.role, coalesce(s.label_flipped, false) AS label_flipped
 FROM cell_tasks c JOIN split_rows s ON s.task_hash = c.task_hash AND c.kind = 'train';
 
 CREATE OR REPLACE VIEW influence AS

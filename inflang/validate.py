@@ -18,7 +18,8 @@ from pydantic import BaseModel, ValidationError
 from inflang.errors import Problem, StudyError, did_you_mean
 from inflang.hashing import canonical_hash, derive_seed
 from inflang.load import Document, PathKey, load
-from inflang.spec import Study, semantic_problems
+from inflang.spec import FileDataset, Study, semantic_problems
+from inflang.spec.dataset import expected_files
 from inflang.sweep import Params, SweepEntry, apply, expand, split_path
 
 
@@ -210,6 +211,23 @@ def _cell_locator(doc: Document, entries: list[SweepEntry]) -> Any:
     return locate
 
 
+def _with_data_files(study: Study, doc: Document) -> Study:
+    """Resolve a file dataset's ``root`` against the study file's folder and check its files are there."""
+    if not isinstance(study.dataset, FileDataset):
+        return study
+    root = Path(study.dataset.root)
+    if not root.is_absolute():
+        root = (Path(doc.file).parent / root).resolve()
+    files, source = expected_files(study.dataset.name)
+    missing = [f for f in files if not any((root / c).is_file() for c in (f, f + ".gz", Path(f).name))]
+    if missing:
+        raise StudyError.at(doc.position(("dataset", "root"), value=True), "dataset.root",
+                            f"{study.dataset.name} files not found in {root}: missing {', '.join(missing)}",
+                            f"obtain them from {source}; nothing is downloaded")
+    dataset = study.dataset.model_copy(update={"root": str(root)})
+    return study.model_copy(update={"dataset": dataset})
+
+
 def validate_document(doc: Document) -> LoadedStudy:
     """Validate the study as written, then every cell of its sweep times its repeats."""
     expanded = expand(doc)  # the sweep's own structure first; each cell is validated below
@@ -233,13 +251,14 @@ def validate_document(doc: Document) -> LoadedStudy:
                                     f"'{entry.path}' does not name a field of the study"))
             continue
         try:
-            cell_study = _validate(data, doc, _cell_locator(doc, entries))
+            cell_study = _with_data_files(_validate(data, doc, _cell_locator(doc, entries)), doc)
         except StudyError as exc:
             label = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            suffix = f" (in the sweep cell {label})" if label else ""
             for p in exc.problems:
                 if (p.position, p.path, p.message) not in reported:
                     reported.add((p.position, p.path, p.message))
-                    problems.append(Problem(p.position, p.path, f"{p.message} (in the sweep cell {label})", p.hint))
+                    problems.append(Problem(p.position, p.path, p.message + suffix, p.hint))
             continue
         for repeat in range(study.repeats):
             seed = derive_seed(cell_study.seed, "repeat", repeat)

@@ -143,12 +143,24 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
     bad = unsupported_layers(module)
     if bad:
         raise TaskFailure(f"the retraining engine cannot batch layers with buffers: {', '.join(bad)}")
-    n = x.shape[0]
     layout = Layout(start)
     flat = layout.flatten(start).detach().clone()
-    count = flat.shape[0]
     centre = layout.flatten(anchor).detach() if anchor is not None and proximity else None
     opt = _Optimizer(rule)
+    was_training = module.training
+    module.train()  # dropout on (a fresh mask per model and step); switched back below
+    try:
+        return _train(module, layout, flat, x, rule, steps, batch_size, order_seeds, data_term, centre, proximity,
+                      opt, on_step, lr_name)
+    finally:
+        module.train(was_training)
+
+
+def _train(module: nn.Module, layout: Layout, flat: Tensor, x: Tensor, rule: UpdateRule, steps: int,
+           batch_size: int | None, order_seeds: list[int], data_term: DataTerm, centre: Tensor | None,
+           proximity: float, opt: _Optimizer, on_step: Callable[[int], None] | None, lr_name: str) -> Stacked:
+    n = x.shape[0]
+    count = flat.shape[0]
     distinct = sorted(set(order_seeds))
     orders: list[Iterator[Tensor | None]] = [batch_order(n, batch_size, steps, s) for s in distinct]
     which = torch.tensor([distinct.index(s) for s in order_seeds])
@@ -186,14 +198,31 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
     return {k: v.clone() for k, v in layout.views(flat).items()}
 
 
-def activations_per_example(module: nn.Module) -> int:
-    """Layer outputs kept per example: pre- and post-activation of every Linear layer."""
-    return sum(2 * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+def activations_per_example(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Layer outputs kept per example: pre- and post-activation of every Linear and Conv2d layer (the count
+    inflang's model specs state analytically)."""
+    count = 0
+
+    def hook(layer: nn.Module, args: object, output: Tensor) -> None:
+        nonlocal count
+        count += 2 * output[0].numel()
+
+    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        with torch.no_grad():
+            dtype = next(module.parameters()).dtype
+            module(torch.zeros(1, *input_shape, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    return count
 
 
-def chunk_size(module: nn.Module, batch: int, dtype: torch.dtype, budget: int | None, cap: int = 1024) -> int:
+def chunk_size(module: nn.Module, input_shape: tuple[int, ...], batch: int, dtype: torch.dtype, budget: int | None,
+               cap: int = 1024) -> int:
     """How many models to train at once within ``budget`` bytes (see ``inflang.cost``)."""
     n_params = sum(p.numel() for p in module.parameters())
     itemsize = torch.empty((), dtype=dtype).element_size()
-    member = member_bytes(n_params, activations_per_example(module), batch, itemsize)
+    member = member_bytes(n_params, activations_per_example(module, input_shape), batch, itemsize)
     return models_per_chunk(member, budget, cap)

@@ -20,15 +20,15 @@ from torch.func import functional_call
 
 from inflang.hashing import derive_seed
 from inflang.spec import (
+    AnyDataset,
     AnyEstimator,
+    AnyModel,
     AnyProtocol,
     DatasetSpec,
     EstimatorSpec,
     GroundTruthSpec,
     HessianSpec,
-    LogregModel,
     MetricsSpec,
-    MlpModel,
     ModelSpec,
     TestPointSpec,
     TrainingSpec,
@@ -77,8 +77,8 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class TrainSetup:
     """Everything a train task's inputs define: specs, data split and the (untrained) module."""
 
-    dataset: DatasetSpec
-    model: LogregModel | MlpModel
+    dataset: AnyDataset
+    model: AnyModel
     training: TrainingSpec
     seed: int
     data: datasets.Prepared
@@ -87,17 +87,17 @@ class TrainSetup:
 
 @functools.lru_cache(maxsize=8)
 def _raw(dataset_json: str) -> datasets.RawData:
-    return datasets.load_raw(DatasetSpec.model_validate_json(dataset_json))
+    return datasets.load_raw(TypeAdapter(DatasetSpec).validate_json(dataset_json))
 
 
 def setup_from(train_inputs: dict[str, Any]) -> TrainSetup:
-    dataset = DatasetSpec.model_validate(train_inputs["dataset"])
-    model: LogregModel | MlpModel = TypeAdapter(ModelSpec).validate_python(train_inputs["model"])
+    dataset: AnyDataset = TypeAdapter(DatasetSpec).validate_python(train_inputs["dataset"])
+    model: AnyModel = TypeAdapter(ModelSpec).validate_python(train_inputs["model"])
     training = TrainingSpec.model_validate(train_inputs["training"])
     seed = int(train_inputs["seed"])
     dtype = _DTYPES[training.dtype]
     data = datasets.prepare(dataset, _raw(dataset.model_dump_json()), derive_seed(seed, "split"), dtype)
-    module = models.build(model, data.features, data.classes, derive_seed(seed, "init"), dtype)
+    module = models.build(model, data.input_shape, data.classes, derive_seed(seed, "init"), dtype)
     return TrainSetup(dataset, model, training, seed, data, module)
 
 
@@ -128,7 +128,8 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
                           "train_loss": [train_loss], "test_loss": [float(test_losses.mean())],
                           "test_accuracy": [float(correct.double().mean())], "train_seconds": [result.seconds],
                           "steps": [result.steps]},
-        "split_rows": {"index": ids, "role": roles},
+        "split_rows": {"index": ids, "role": roles,
+                       "label_flipped": [bool(f) for f in d.flipped] + [False] * len(d.test_ids)},
     })
 
 
@@ -199,7 +200,7 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     order = derive_seed(s.seed, "order")
     inits = [_params(trained.arrays, "init.")]
     for r in range(1, spec.repeats):  # scratch repeats also start from a fresh initialisation
-        fresh = models.build(s.model, d.features, d.classes, derive_seed(s.seed, "init", r), d.x_train.dtype)
+        fresh = models.build(s.model, d.input_shape, d.classes, derive_seed(s.seed, "init", r), d.x_train.dtype)
         inits.append({k: v.detach().clone() for k, v in fresh.named_parameters()})
     setup = RetrainSetup(trained=params, inits=inits,
                          order_seeds=[order] + [derive_seed(s.seed, "order", r) for r in range(1, spec.repeats)])

@@ -75,7 +75,7 @@ def test_models_with_their_own_batch_order():
 
 def test_chunk_size_respects_the_budget():
     module = nn.Sequential(nn.Linear(64, 100), nn.Tanh(), nn.Linear(100, 10))
-    small = chunk_size(module, 128, torch.float32, budget=1 << 20)
-    large = chunk_size(module, 128, torch.float32, budget=1 << 30)
+    small = chunk_size(module, (64,), 128, torch.float32, budget=1 << 20)
+    large = chunk_size(module, (64,), 128, torch.float32, budget=1 << 30)
     assert 1 <= small < large
-    assert chunk_size(module, 128, torch.float32, budget=1) == 1
+    assert chunk_size(module, (64,), 128, torch.float32, budget=1) == 1

@@ -1,6 +1,14 @@
 """Pydantic models of a study file, one module per section."""
 
-from inflang.spec.dataset import BUNDLED, BundledDataset, DatasetInfo, DatasetSpec
+from inflang.spec.dataset import (
+    BUNDLED,
+    AnyDataset,
+    BundledDataset,
+    DatasetInfo,
+    DatasetSpec,
+    FileDataset,
+    SyntheticDataset,
+)
 from inflang.spec.estimators import (
     ESTIMATOR_NAMES,
     AnyEstimator,
@@ -13,7 +21,7 @@ from inflang.spec.estimators import (
     LissaEstimator,
     estimator_label,
 )
-from inflang.spec.model import LogregModel, MlpModel, ModelSpec
+from inflang.spec.model import IMAGE_ARCHS, AnyModel, CnnModel, LenetModel, LogregModel, MlpModel, ModelSpec
 from inflang.spec.protocols import (
     AnyProtocol,
     GroundTruthSpec,
@@ -29,10 +37,11 @@ from inflang.spec.study import Study, ranking_estimator, semantic_problems
 from inflang.spec.training import TrainingSpec
 
 __all__ = [
-    "AnyEstimator", "ArnoldiEstimator", "CgEstimator", "GradCosEstimator", "GradDotEstimator", "LissaEstimator",
-    "BUNDLED", "BundledDataset", "DatasetInfo", "DatasetSpec", "ESTIMATOR_NAMES", "EstimatorSpec",
-    "ExactEstimator", "GroundTruthSpec", "HessianSpec", "LogregModel", "LooProtocol", "MetricName", "MetricsSpec",
-    "MlpModel", "ModelSpec", "RemovalSpec", "Study", "TestPointSpec", "TrainingSpec", "estimator_label",
-    "semantic_problems", "AnyProtocol", "GroupProtocol", "GroupSpec", "LdsProtocol", "PbrfProtocol",
-    "ranking_estimator",
+    "AnyDataset", "AnyEstimator", "AnyModel", "AnyProtocol", "ArnoldiEstimator", "BUNDLED", "BundledDataset",
+    "CgEstimator", "CnnModel", "DatasetInfo", "DatasetSpec", "ESTIMATOR_NAMES", "EstimatorSpec",
+    "ExactEstimator", "FileDataset", "GradCosEstimator", "GradDotEstimator", "GroundTruthSpec",
+    "GroupProtocol", "GroupSpec", "HessianSpec", "IMAGE_ARCHS", "LdsProtocol", "LenetModel", "LissaEstimator",
+    "LogregModel", "LooProtocol", "MetricName", "MetricsSpec", "MlpModel", "ModelSpec", "PbrfProtocol",
+    "RemovalSpec", "Study", "SyntheticDataset", "TestPointSpec", "TrainingSpec", "estimator_label",
+    "ranking_estimator", "semantic_problems",
 ]

@@ -1,10 +1,13 @@
-"""``dataset:`` -- which data, how it is split and scaled.
+"""``dataset:`` -- which data, how it is split and scaled, discriminated by ``name``.
 
-A new dataset family is one model here (discriminated by ``name``) plus one loader in ``runners/data``.
+A new dataset family is one model here (added to ``DatasetSpec``) plus one loader in ``runners/data``.
+Row ids are positions in the dataset as its loader returns it, before any split: for file datasets with
+an official split, the training files' rows come first and the test files' rows after them.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -20,27 +23,35 @@ class DatasetInfo:
     rows: int
     features: int
     classes: int
+    test_rows: int | None = None  # rows of the official test split, if the dataset has one
+    shape: tuple[int, ...] | None = None  # image shape (channels, height, width) for image datasets
 
 
 BUNDLED: dict[str, DatasetInfo] = {
     "iris": DatasetInfo(rows=150, features=4, classes=3),
-    "digits": DatasetInfo(rows=1797, features=64, classes=10),
+    "digits": DatasetInfo(rows=1797, features=64, classes=10, shape=(1, 8, 8)),
     "breast_cancer": DatasetInfo(rows=569, features=30, classes=2),
     "wine": DatasetInfo(rows=178, features=13, classes=3),
 }
 
+FILES: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(rows=70000, features=784, classes=10, test_rows=10000, shape=(1, 28, 28)),
+    "fashion_mnist": DatasetInfo(rows=70000, features=784, classes=10, test_rows=10000, shape=(1, 28, 28)),
+    "small_mnist": DatasetInfo(rows=15500, features=784, classes=10, test_rows=10000, shape=(1, 28, 28)),
+    "cifar10": DatasetInfo(rows=60000, features=3072, classes=10, test_rows=10000, shape=(3, 32, 32)),
+    "cifar100": DatasetInfo(rows=60000, features=3072, classes=100, test_rows=10000, shape=(3, 32, 32)),
+}
 
-class BundledDataset(Spec):
-    """A classification dataset shipped with scikit-learn (no download)."""
 
-    name: Literal["iris", "digits", "breast_cancer", "wine"] = Field(
-        description="iris | digits | breast_cancer | wine (scikit-learn's bundled copies)")
+class DatasetBase(Spec):
     test_size: int | float = Field(
-        0.2, description="test points: an int (count) or a float in (0, 1) (fraction); stratified split")
+        0.2, description="test points: an int (count) or a float in (0, 1) (fraction); stratified. For datasets "
+        "with an official test split, how many of its points to keep")
     subsample: Annotated[int, Field(gt=0)] | None = Field(
         None, description="keep this many training points (seeded, stratified); null keeps all")
-    standardize: bool = Field(True, description="z-score features with training-set statistics")
-    root: str | None = Field(None, description="unused by bundled datasets; for file-based datasets")
+    standardize: bool = Field(True, description="z-score features (images: channels) with training statistics")
+    label_noise: float = Field(0.0, ge=0, lt=1, description="flip this fraction of training labels (seeded) to "
+                               "another class; the flipped rows are recorded in the splits table")
 
     @field_validator("test_size", mode="before")
     @classmethod
@@ -51,17 +62,88 @@ class BundledDataset(Spec):
             raise ValueError(f"must be a count (an int >= 1) or a fraction in (0, 1), got {value!r}")
         return value
 
+    @abstractmethod
     def info(self) -> DatasetInfo:
-        return BUNDLED[self.name]
+        """Sizes known before loading."""
 
     def split_sizes(self) -> tuple[int, int]:
         """(n_train, n_test) after the split and subsampling, as the loader will produce them."""
-        rows = self.info().rows
-        n_test = self.test_size if isinstance(self.test_size, int) else int(round(self.test_size * rows))
-        n_train = rows - n_test
+        info = self.info()
+        pool = info.test_rows if info.test_rows is not None else info.rows
+        n_test = self.test_size if isinstance(self.test_size, int) else int(round(self.test_size * pool))
+        n_test = min(n_test, pool)
+        n_train = info.rows - (info.test_rows if info.test_rows is not None else n_test)
         if self.subsample is not None:
             n_train = min(n_train, self.subsample)
         return n_train, n_test
 
 
-DatasetSpec = BundledDataset
+class BundledDataset(DatasetBase):
+    """A classification dataset shipped with scikit-learn (no download)."""
+
+    name: Literal["iris", "digits", "breast_cancer", "wine"] = Field(
+        description="iris | digits | breast_cancer | wine (scikit-learn's bundled copies)")
+    root: str | None = Field(None, description="unused by bundled datasets")
+
+    def info(self) -> DatasetInfo:
+        return BUNDLED[self.name]
+
+
+class SyntheticDataset(DatasetBase):
+    """Seeded generated classification data (scikit-learn's generators)."""
+
+    name: Literal["synthetic"]
+    kind: Literal["blobs", "moons", "linear"] = Field(
+        "blobs", description="blobs (Gaussian clusters) | moons (two interleaved half circles) | linear "
+        "(linearly separable classes)")
+    samples: int = Field(200, ge=4, le=1_000_000, description="rows generated")
+    features: int = Field(2, ge=2, le=10_000, description="features (moons: 2)")
+    classes: int = Field(2, ge=2, le=100, description="classes (moons: 2)")
+    noise: float = Field(0.1, ge=0, description="blobs: cluster spread; moons: Gaussian noise; linear: label flips")
+
+    def info(self) -> DatasetInfo:
+        features = 2 if self.kind == "moons" else self.features
+        classes = 2 if self.kind == "moons" else self.classes
+        return DatasetInfo(rows=self.samples, features=features, classes=classes)
+
+
+class FileDataset(DatasetBase):
+    """Standard files read from ``root`` (nothing is downloaded): MNIST-style IDX files (gzipped or not) or
+    the CIFAR python pickle batches. small_mnist is Koh & Liang's: 5,000 of the 60,000 training images held
+    out, a seeded 10% of the other 55,000 kept, and the full 10,000-image test set."""
+
+    name: Literal["mnist", "fashion_mnist", "small_mnist", "cifar10", "cifar100"]
+    root: str = Field(description="directory holding the dataset's files (relative to the study file)")
+    test_size: int | float = Field(
+        1.0, description="how many (int) or what fraction (float) of the official test split to keep")
+
+    @field_validator("test_size", mode="before")
+    @classmethod
+    def _count_or_fraction(cls, value: object) -> object:
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or (
+            isinstance(value, float) and 0 < value <= 1)
+        if not ok:
+            raise ValueError(f"must be a count (an int >= 1) or a fraction in (0, 1], got {value!r}")
+        return value
+
+    def info(self) -> DatasetInfo:
+        return FILES[self.name]
+
+
+def expected_files(name: str) -> tuple[list[str], str]:
+    """The files a file dataset reads under ``root`` (IDX files may also end in .gz), and where to get them."""
+    if name in ("mnist", "fashion_mnist", "small_mnist"):
+        files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"]
+        source = ("https://github.com/zalandoresearch/fashion-mnist" if name == "fashion_mnist"
+                  else "http://yann.lecun.com/exdb/mnist/ or any MNIST mirror")
+        return files, source
+    if name == "cifar10":
+        return ([f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)] + ["cifar-10-batches-py/test_batch"],
+                "https://www.cs.toronto.edu/~kriz/cifar.html (the python version)")
+    return (["cifar-100-python/train", "cifar-100-python/test"],
+            "https://www.cs.toronto.edu/~kriz/cifar.html (the python version)")
+
+
+AnyDataset = BundledDataset | SyntheticDataset | FileDataset
+DatasetSpec = Annotated[AnyDataset, Field(discriminator="name")]

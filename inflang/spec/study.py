@@ -16,7 +16,7 @@ from inflang.spec.estimators import (
     LissaEstimator,
     estimator_label,
 )
-from inflang.spec.model import ModelSpec
+from inflang.spec.model import IMAGE_ARCHS, MlpModel, ModelSpec
 from inflang.spec.protocols import (
     AnyProtocol,
     GroundTruthSpec,
@@ -85,6 +85,12 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
         problems.append((("dataset", "test_size"),
                          f"a stratified split needs at least {info.classes} test points", None))
     tr = study.training
+    if study.model.arch in IMAGE_ARCHS and info.shape is None:
+        problems.append((("model", "arch"), f"{study.model.arch} needs an image dataset, and {study.dataset.name} "
+                         "is a table", "use digits, mnist, fashion_mnist, small_mnist, cifar10 or cifar100"))
+    if tr.optimizer == "lbfgs" and isinstance(study.model, MlpModel) and study.model.dropout:
+        problems.append((("model", "dropout"), "lbfgs needs a deterministic objective; dropout makes it random",
+                         "use sgd or adam with dropout"))
     if tr.optimizer == "lbfgs" and tr.batch_size is not None:
         problems.append((("training", "batch_size"), "lbfgs trains full batch; set batch_size: null", None))
     if tr.momentum and tr.optimizer != "sgd":
@@ -142,7 +148,7 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
     if gt.start_from == "scratch" and (gt.optimizer not in (None, tr.optimizer) or gt.lr not in (None, tr.lr)):
         problems.append((("ground_truth", "start"),
                          "start: scratch repeats the original training; it takes no optimizer or lr override", None))
-    n_params = study.model.n_params(info.features, info.classes)
+    n_params = study.model.n_params(info)
     for i, est in enumerate(study.estimators):
         if isinstance(est, ExactEstimator) and n_params > est.max_params:
             problems.append((("estimators", i),

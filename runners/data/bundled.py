@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn import datasets
 
-from inflang.spec import DatasetSpec
+from inflang.spec import BundledDataset
 from runners.data.split import RawData
 
 _FUNCTIONS = {
@@ -16,8 +16,10 @@ _FUNCTIONS = {
 }
 
 
-def load_bundled(spec: DatasetSpec) -> RawData:
+def load_bundled(spec: BundledDataset) -> RawData:
     bunch = _FUNCTIONS[spec.name]()
     x = np.asarray(bunch.data, dtype=np.float64)
     y = np.asarray(bunch.target, dtype=np.int64)
+    if spec.name == "digits":
+        x = x.reshape(-1, 1, 8, 8)  # an image: CNNs see 1 x 8 x 8; MLPs flatten it
     return RawData(x=x, y=y, classes=int(y.max()) + 1)

@@ -1,4 +1,4 @@
-"""Seeded stratified train/test split, optional subsampling and standardisation."""
+"""Seeded stratified train/test split, subsampling, label noise and standardisation."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from inflang.spec import DatasetSpec
+from inflang.spec import AnyDataset
 
 
 @dataclass(frozen=True)
 class RawData:
-    """Every row of a dataset; a row's id is its position here."""
+    """Every row of a dataset; a row's id is its position here. ``fixed_test`` lists the rows of an official
+    test split, if the dataset has one."""
 
-    x: np.ndarray
+    x: np.ndarray  # [rows, features] or images [rows, channels, height, width]
     y: np.ndarray
     classes: int
+    fixed_test: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -31,40 +33,76 @@ class Prepared:
     train_ids: np.ndarray
     test_ids: np.ndarray
     classes: int
+    flipped: np.ndarray  # [n_train] bool: the training label was flipped by label_noise
 
     @property
     def n_train(self) -> int:
         return int(self.x_train.shape[0])
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
     def features(self) -> int:
-        return int(self.x_train.shape[1])
+        return int(np.prod(self.input_shape))
 
 
-def split_ids(spec: DatasetSpec, raw: RawData, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _stratified(ids: np.ndarray, size: int | float, labels: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded stratified subset of ``ids`` (stratification dropped where a class is too small for it)."""
+    if isinstance(size, float) and size >= 1.0 or isinstance(size, int) and size >= len(ids):
+        return ids
+    try:
+        chosen, _ = train_test_split(ids, train_size=size, stratify=labels, random_state=seed)
+    except ValueError:
+        chosen, _ = train_test_split(ids, train_size=size, random_state=seed)
+    return np.asarray(chosen)
+
+
+def split_ids(spec: AnyDataset, raw: RawData, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Row ids of the training and test points (sorted), stratified by label and seeded."""
     ids = np.arange(len(raw.y))
-    train, test = train_test_split(ids, test_size=spec.test_size, stratify=raw.y, random_state=seed)
+    if raw.fixed_test is not None:
+        test = _stratified(raw.fixed_test, spec.test_size, raw.y[raw.fixed_test], seed)
+        train = np.setdiff1d(ids, raw.fixed_test)
+    else:
+        train, test = train_test_split(ids, test_size=spec.test_size, stratify=raw.y, random_state=seed)
     if spec.subsample is not None and spec.subsample < len(train):
-        train, _ = train_test_split(train, train_size=spec.subsample, stratify=raw.y[train],
-                                    random_state=seed + 1)
+        train = _stratified(np.asarray(train), spec.subsample, raw.y[train], seed + 1)
     return np.sort(train), np.sort(test)
 
 
-def prepare(spec: DatasetSpec, raw: RawData, seed: int, dtype: torch.dtype) -> Prepared:
+def flip_labels(y: np.ndarray, fraction: float, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels with round(fraction * n) of them moved to a different class (uniformly), and which moved."""
+    rng = np.random.default_rng(seed)
+    flipped = np.zeros(len(y), dtype=bool)
+    count = int(round(fraction * len(y)))
+    if count == 0:
+        return y, flipped
+    rows = rng.choice(len(y), size=count, replace=False)
+    noisy = y.copy()
+    noisy[rows] = (y[rows] + rng.integers(1, classes, size=count)) % classes
+    flipped[rows] = True
+    return noisy, flipped
+
+
+def prepare(spec: AnyDataset, raw: RawData, seed: int, dtype: torch.dtype) -> Prepared:
     train, test = split_ids(spec, raw, seed)
     x_train, x_test = raw.x[train], raw.x[test]
     if spec.standardize:
-        mean = x_train.mean(axis=0)
-        std = x_train.std(axis=0)
+        axes = (0, 2, 3) if raw.x.ndim == 4 else (0,)  # images: per channel; tables: per feature
+        mean = x_train.mean(axis=axes, keepdims=True)
+        std = x_train.std(axis=axes, keepdims=True)
         std[std == 0] = 1.0
         x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    y_train, flipped = flip_labels(raw.y[train], spec.label_noise, raw.classes, seed + 2)
     return Prepared(
         x_train=torch.as_tensor(x_train, dtype=dtype),
-        y_train=torch.as_tensor(raw.y[train]),
+        y_train=torch.as_tensor(y_train),
         x_test=torch.as_tensor(x_test, dtype=dtype),
         y_test=torch.as_tensor(raw.y[test]),
         train_ids=train,
         test_ids=test,
         classes=raw.classes,
+        flipped=flipped,
     )

@@ -1,6 +1,7 @@
 """Architectures: a registry from ``model.arch`` to a builder of an ``nn.Module``.
 
-A new architecture is one module here plus one entry in ``BUILDERS``.
+A new architecture is one module here plus one entry in ``BUILDERS`` (and its spec in inflang/spec/model.py).
+Modules are returned in eval mode; training switches dropout on for its own steps only.
 """
 
 from __future__ import annotations
@@ -11,17 +12,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from runners.models.cnn import build_cnn, build_lenet
 from runners.models.mlp import build_logreg, build_mlp
 
-BUILDERS: dict[str, Callable[[Any, int, int], nn.Module]] = {
+BUILDERS: dict[str, Callable[[Any, tuple[int, ...], int], nn.Module]] = {
     "logreg": build_logreg,
     "mlp": build_mlp,
+    "cnn": build_cnn,
+    "lenet": build_lenet,
 }
 
 
-def build(spec: Any, features: int, classes: int, seed: int, dtype: torch.dtype) -> nn.Module:
-    """The architecture with its default initialisation drawn from ``seed`` (global RNG untouched)."""
+def build(spec: Any, shape: tuple[int, ...] | int, classes: int, seed: int, dtype: torch.dtype) -> nn.Module:
+    """The architecture for inputs of ``shape`` with its default initialisation drawn from ``seed``
+    (the global RNG is left untouched)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = BUILDERS[spec.arch](spec, features, classes)
-    return module.to(dtype)
+        module = BUILDERS[spec.arch](spec, shape, classes)
+    return module.to(dtype).eval()

@@ -1,6 +1,9 @@
-"""Fully connected models: logistic regression (no hidden layer) and the MLP of Basu et al. 2021 (Sec. 5.1)."""
+"""Fully connected models: logistic regression (no hidden layer) and the MLP of Basu et al. 2021 (Sec. 5.1).
+Images are flattened first."""
 
 from __future__ import annotations
+
+import math
 
 from torch import nn
 
@@ -15,15 +18,21 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_logreg(spec: LogregModel, features: int, classes: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(features, classes))
+def _inputs(shape: tuple[int, ...]) -> tuple[list[nn.Module], int]:
+    return ([nn.Flatten()] if len(shape) > 1 else []), math.prod(shape)
 
 
-def build_mlp(spec: MlpModel, features: int, classes: int) -> nn.Module:
-    layers: list[nn.Module] = []
-    width_in = features
+def build_logreg(spec: LogregModel, shape: tuple[int, ...], classes: int) -> nn.Module:
+    flatten, features = _inputs(shape)
+    return nn.Sequential(*flatten, nn.Linear(features, classes))
+
+
+def build_mlp(spec: MlpModel, shape: tuple[int, ...], classes: int) -> nn.Module:
+    layers, width_in = _inputs(shape)
     for _ in range(spec.depth):
         layers += [nn.Linear(width_in, spec.width), ACTIVATIONS[spec.activation]()]
+        if spec.dropout:
+            layers.append(nn.Dropout(spec.dropout))
         width_in = spec.width
     layers.append(nn.Linear(width_in, classes))
     return nn.Sequential(*layers)

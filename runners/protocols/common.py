@@ -92,8 +92,8 @@ def measure_ensemble(module: nn.Module, params: dict[str, Tensor], x: Tensor, y:
 def chunks(spec: Retraining, p: Problem, items: int) -> list[tuple[int, int]]:
     """[lo, hi) item ranges per ensemble; each ensemble also trains one control model."""
     batch = p.training.batch_size or p.n
-    size = spec.batch if isinstance(spec.batch, int) else chunk_size(p.module, batch, p.x_train.dtype,
-                                                                      p.memory_budget)
+    size = spec.batch if isinstance(spec.batch, int) else chunk_size(
+        p.module, tuple(p.x_train.shape[1:]), batch, p.x_train.dtype, p.memory_budget)
     per_chunk = max(1, size - 1)
     return [(lo, min(items, lo + per_chunk)) for lo in range(0, max(items, 1), per_chunk)]
 

@@ -1,0 +1,156 @@
+"""Datasets in their real formats (written here, tiny), label noise, and the image architectures."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+from pydantic import TypeAdapter
+from typer.testing import CliRunner
+
+from inflang.cli import app
+from inflang.spec import CnnModel, DatasetSpec, FileDataset, LenetModel, MlpModel, SyntheticDataset
+from inflang.spec.dataset import DatasetInfo
+from runners.data import load_raw, prepare
+from runners.data.split import flip_labels
+from runners.ensemble import UpdateRule, activations_per_example, stack, train_ensemble, weighted_cross_entropy
+from runners.errors import TaskFailure
+from runners.models import build
+
+runner = CliRunner()
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+def make_mnist(root: Path, n_train: int = 60, n_test: int = 20, gz: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, size=(n_train + n_test, 28, 28))
+    labels = np.arange(n_train + n_test) % 10
+    write_idx(root / "train-images-idx3-ubyte", images[:n_train], gz)
+    write_idx(root / "train-labels-idx1-ubyte", labels[:n_train], gz)
+    write_idx(root / "t10k-images-idx3-ubyte", images[n_train:], not gz)
+    write_idx(root / "t10k-labels-idx1-ubyte", labels[n_train:], not gz)
+    return images, labels
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx_files_read_back(tmp_path: Path, gz: bool):
+    images, labels = make_mnist(tmp_path, gz=gz)
+    raw = load_raw(FileDataset(name="mnist", root=str(tmp_path)))
+    assert raw.x.shape == (80, 1, 28, 28) and raw.classes == 10
+    assert np.allclose(raw.x[:, 0] * 255, images) and (raw.y == labels).all()
+    assert (raw.fixed_test == np.arange(60, 80)).all()
+    spec = FileDataset(name="fashion_mnist", root=str(tmp_path), test_size=10)
+    data = prepare(spec, raw, seed=0, dtype=torch.float32)
+    assert data.n_train == 60 and len(data.test_ids) == 10 and (data.test_ids >= 60).all()
+
+
+def test_small_mnist_keeps_a_tenth_after_the_holdout(tmp_path: Path):
+    make_mnist(tmp_path, n_train=5200, n_test=10)
+    raw = load_raw(FileDataset(name="small_mnist", root=str(tmp_path)))
+    assert len(raw.y) == 20 + 10  # 10% of the 200 images beyond the 5,000 held out, then the test set
+
+
+def test_cifar_batches_read_back(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    written = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+        labels = list(rng.integers(0, 10, size=4))
+        written.append((data, labels))
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": data, b"labels": labels}, fh)
+    raw = load_raw(FileDataset(name="cifar10", root=str(tmp_path)))
+    assert raw.x.shape == (24, 3, 32, 32) and (raw.fixed_test == np.arange(20, 24)).all()
+    assert np.allclose(raw.x[0] * 255, written[0][0][0].reshape(3, 32, 32))
+    assert list(raw.y[-4:]) == written[-1][1]
+
+
+def test_cifar_refuses_other_pickled_objects(tmp_path: Path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test"):
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [0], b"x": Path(".")}, fh)
+    with pytest.raises(TaskFailure, match="refusing to unpickle"):
+        load_raw(FileDataset(name="cifar100", root=str(tmp_path)))
+
+
+def test_missing_files_say_what_and_where(tmp_path: Path):
+    with pytest.raises(TaskFailure, match="expected train-images-idx3-ubyte.*obtain them from"):
+        load_raw(FileDataset(name="mnist", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize("kind", ["blobs", "moons", "linear"])
+def test_synthetic_generators_are_seeded(kind: str):
+    spec = SyntheticDataset(name="synthetic", kind=kind, samples=90, features=3, classes=3)
+    a, b = load_raw(spec), load_raw(spec)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
+    assert a.x.shape[0] == 90 and a.x.shape[1] == spec.info().features and a.classes == spec.info().classes
+
+
+def test_label_noise_flips_the_asked_fraction_to_other_classes():
+    y = np.arange(100) % 4
+    noisy, flipped = flip_labels(y, 0.2, 4, seed=3)
+    assert flipped.sum() == 20 and (noisy[flipped] != y[flipped]).all() and (noisy[~flipped] == y[~flipped]).all()
+
+
+@pytest.mark.parametrize("model", [
+    CnnModel(arch="cnn", depth=2, channels=4), LenetModel(arch="lenet"),
+    MlpModel(arch="mlp", depth=1, width=7)])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
+def test_image_models_match_their_specs_and_retrain_batched(model, shape):
+    info = DatasetInfo(rows=10, features=int(np.prod(shape)), classes=10, shape=shape)
+    module = build(model, shape, 10, seed=0, dtype=torch.float64)
+    assert sum(p.numel() for p in module.parameters()) == model.n_params(info)
+    assert activations_per_example(module, shape) == model.activations_per_example(info)
+    x = torch.randn(6, *shape, dtype=torch.float64)
+    y = torch.arange(6) % 10
+    assert module(x).shape == (6, 10)
+    start = {k: v.detach() for k, v in module.named_parameters()}
+    rule = UpdateRule(optimizer="sgd", lr=0.1, weight_decay=0.0)
+    out = train_ensemble(module, stack(start, 3), x, rule, 1, None, [0] * 3,
+                         weighted_cross_entropy(y, torch.ones(3, 6, dtype=torch.float64)))
+    assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_mnist_study_end_to_end_with_root_relative_to_the_study(tmp_path: Path):
+    make_mnist(tmp_path / "data" / "mnist", n_train=60, n_test=20)
+    study = tmp_path / "s.yaml"
+    study.write_text("""\
+study: tiny-mnist
+dataset: {name: mnist, root: data/mnist, test_size: 10, label_noise: 0.1}
+model: {arch: cnn, depth: 2, channels: 2}
+training: {optimizer: adam, lr: 0.01, epochs: 20}
+estimators: [{name: exact, damping: 0.1, negative: abs}, {name: grad_dot}]
+test_points: {count: 2}
+ground_truth: {protocol: loo, steps: 5, removals: {select: random, k: 4}}
+""")
+    db = tmp_path / "m.duckdb"
+    result = runner.invoke(app, ["run", str(study), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM influence WHERE actual IS NOT NULL").fetchone()[0] == 2 * 4 * 2
+    assert con.execute("SELECT count(*) FROM splits WHERE label_flipped").fetchone()[0] == 6
+    con.close()
+
+
+def test_dataset_spec_union():
+    spec = TypeAdapter(DatasetSpec).validate_python({"name": "synthetic", "kind": "moons"})
+    assert spec.info().features == 2
