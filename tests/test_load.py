@@ -39,7 +39,7 @@ def test_valid_study_loads_with_defaults(write):
     [
         (BASE.replace("depth: 2", "dept: 2"), ":6:3: model.dept: unknown key 'dept'\n  hint: did you mean 'depth'?"),
         (BASE.replace("name: iris", "name: irsi"), ":3:9: dataset.name: unknown name 'irsi'; expected one of"),
-        (BASE.replace("arch: mlp", "arch: mpl"), ":5:9: model.arch: unknown arch 'mpl'; expected one of: logreg, mlp, cnn"),
+        (BASE.replace("arch: mlp", "arch: mpl"), ":5:9: model.arch: unknown arch 'mpl'; expected one of: logreg, mlp"),
         (BASE.replace("- name: exact", "- name: exakt"), ":8:11: estimators.0.name: unknown name 'exakt'"),
         (BASE.replace("depth: 2", "depth: -1"), ":6:10: model.depth: Input should be greater than or equal to 1"),
         (BASE.replace("depth: 2", "depth: two"), ":6:10: model.depth: Input should be a valid integer"),
