@@ -17,7 +17,7 @@ from rich.table import Table
 from inflang import __version__
 from inflang.errors import StudyError, UsageError
 from inflang.plan import KINDS, Plan, compile_study
-from inflang.store import Store, run_query
+from inflang.store import Store, run_query, write_parquet
 from inflang.validate import LoadedStudy, load_study
 
 app = typer.Typer(
@@ -245,34 +245,134 @@ def run(
 
 @app.command()
 def query(
-    sql: str = typer.Argument(..., help="One read-only SQL statement, e.g. \"SELECT * FROM metrics\".",
+    sql: str = typer.Argument(None, help="One read-only SQL statement, e.g. \"SELECT * FROM metrics\".",
                               show_default=False),
     db: str = typer.Option("inflang.duckdb", help=DB_HELP),
-    format: str = typer.Option("table", "--format", help="table | csv | json"),
+    format: str = typer.Option("table", "--format", help="table | csv | json | parquet (parquet needs --out)"),
+    out_file: str = typer.Option(None, "--out", help="Write the result to this file instead of the terminal."),
+    examples: bool = typer.Option(False, "--examples", help="Print ten useful queries and exit."),
 ) -> None:
     """Query the results with SQL (the database is opened read-only).
 
-    Tables and views: studies, cells, models, splits, influence, metrics (see docs/language.md).
+    Tables and views: studies, cells, runs, models, splits, influence, influence_pairs, metrics,
+    cell_results, group_influence, responses, refits (see docs/language.md).
     """
-    if format not in ("table", "csv", "json"):
-        raise _fail(f"error: --format: '{format}' is not one of table, csv, json")
+    if examples:
+        from inflang.examples import text as example_queries
+
+        sys.stdout.write(example_queries())
+        return
+    if sql is None:
+        raise _fail("error: give a SQL statement (or --examples for some to start from)")
+    if format not in ("table", "csv", "json", "parquet"):
+        raise _fail(f"error: --format: '{format}' is not one of table, csv, json, parquet")
+    if format == "parquet" and not out_file:
+        raise _fail("error: --format parquet writes a file; add --out FILE")
+    if out_file and Path(out_file).is_dir():
+        raise _fail(f"error: --out: {out_file} is a directory")
     try:
         columns, rows = run_query(db, sql)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
-    if format == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-        sys.stdout.write(buffer.getvalue())
-    elif format == "json":
-        sys.stdout.write(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str) + "\n")
-    else:
+    if format == "parquet":
+        write_parquet(db, sql, out_file)
+        err.print(f"wrote {len(rows)} rows to {out_file}")
+        return
+    if format == "table" and not out_file:
         table = Table(*columns)
         for r in rows:
             table.add_row(*("NULL" if v is None else str(v) for v in r))
         out.print(table)
+        return
+    rendered = as_json(columns, rows) if format == "json" else as_csv(columns, rows)
+    if out_file:
+        Path(out_file).write_text(rendered)
+        err.print(f"wrote {len(rows)} rows to {out_file}")
+    else:
+        sys.stdout.write(rendered)
+
+
+def as_csv(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def as_json(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
+    return json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str) + "\n"
+
+
+@app.command()
+def init(
+    name: str = typer.Argument(..., help="The new study's name, e.g. my-study.", show_default=False),
+    out_dir: str = typer.Option(".", "--out", help="Folder to write NAME.yaml into."),
+) -> None:
+    """Write a commented starter study, NAME.yaml, ready to run and edit."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,99}", name):
+        raise _fail(f"error: '{name}' is not a study name: use lowercase letters, digits, '-' and '_'")
+    target = Path(out_dir) / f"{name}.yaml"
+    if target.exists():
+        raise _fail(f"error: {target} exists; pick another name or remove it")
+    from inflang.starter import starter
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(starter(name))
+    out.print(f"wrote {target}; check it with: inflang validate {target}")
+
+
+@app.command(name="ls")
+def list_studies(db: str = typer.Option("inflang.duckdb", help=DB_HELP)) -> None:
+    """List the studies in a database with their cells and when they last ran."""
+    try:
+        columns, rows = run_query(db, """
+            SELECT s.study, count(c.cell_id) AS cells,
+                   count(c.cell_id) FILTER (WHERE c.status = 'done') AS done,
+                   count(c.cell_id) FILTER (WHERE c.status = 'failed') AS failed,
+                   count(c.cell_id) FILTER (WHERE c.status = 'pending') AS pending,
+                   strftime(max(r.ended_at), '%Y-%m-%d %H:%M') AS last_run, any_value(s.description) AS description
+            FROM studies s LEFT JOIN cells c USING (study) LEFT JOIN runs r USING (study)
+            GROUP BY s.study ORDER BY s.study""")
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
+    table = Table(*columns)
+    for r in rows:
+        table.add_row(*("-" if v is None else str(v) for v in r))
+    out.print(table)
+
+
+@app.command()
+def compare(
+    studies: list[str] = typer.Argument(..., help="Two or more study names.", show_default=False),
+    db: str = typer.Option("inflang.duckdb", help=DB_HELP),
+    metric: str = typer.Option("spearman", help="Which metric to put side by side."),
+) -> None:
+    """Put the aggregated metric of several studies side by side, matching cells by their swept values."""
+    if len(studies) < 2:
+        raise _fail("error: compare needs at least two studies")
+    names = ", ".join("'" + s.replace("'", "") + "'" for s in studies)
+    metric = metric.replace("'", "")
+    try:
+        _, rows = run_query(db, f"""
+            SELECT study, params, estimator, avg(value) AS value FROM cell_results
+            WHERE study IN ({names}) AND metric = '{metric}' GROUP BY ALL""")
+        _, known = run_query(db, f"SELECT study FROM studies WHERE study IN ({names})")
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
+    missing = sorted(set(studies) - {k for (k,) in known})
+    if missing:
+        raise _fail(f"error: no study {', '.join(missing)} in {db}")
+    grid: dict[tuple[str, str], dict[str, float]] = {}
+    for study, params, estimator, value in rows:
+        grid.setdefault((params or "{}", estimator or "-"), {})[study] = value
+    table = Table("swept values", "estimator", *studies, title=f"mean {metric} over test points")
+    for (params, estimator), values in sorted(grid.items()):
+        shown = [f"{values[s]:.3f}" if s in values and values[s] is not None else "-" for s in studies]
+        table.add_row(_params_label(json.loads(params)), estimator, *shown)
+    out.print(table)
 
 
 @app.command()

@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS studies (
 CREATE TABLE IF NOT EXISTS cells (
     study VARCHAR, cell_id VARCHAR, "repeat" INTEGER, seed BIGINT, params JSON, status VARCHAR, error VARCHAR,
     PRIMARY KEY (study, cell_id));
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, study VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP, executor VARCHAR,
+    device VARCHAR, host VARCHAR, inflang_version VARCHAR, git_commit VARCHAR, status VARCHAR,
+    tasks_run INTEGER, tasks_reused INTEGER, tasks_failed INTEGER);
 CREATE TABLE IF NOT EXISTS cell_tasks (
     study VARCHAR, cell_id VARCHAR, kind VARCHAR, estimator VARCHAR, task_hash VARCHAR);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -101,6 +105,10 @@ CREATE OR REPLACE VIEW refits AS
 SELECT c.study, c.cell_id, s.train_index, s.grad_norm, s.iterations
 FROM cell_tasks c JOIN solver_rows s ON s.task_hash = c.task_hash AND c.kind = 'ground_truth';
 
+CREATE OR REPLACE VIEW influence_pairs AS
+SELECT i.*, s.label_flipped
+FROM influence i JOIN splits s ON s.study = i.study AND s.cell_id = i.cell_id AND s."index" = i.train_index;
+
 CREATE OR REPLACE VIEW group_influence AS
 SELECT ce.study, ce.cell_id, ce.estimator, ga.test_index, ga.group_index, count(*) AS size,
        sum(e.estimate) AS estimate, any_value(ga.actual) AS actual
@@ -119,6 +127,10 @@ Rows = Mapping[str, Mapping[str, Sequence[Any]]]
 OUTPUT_TABLES = ("train_results", "split_rows", "curvature_results", "hessian_results", "estimate_rows",
                  "actual_rows", "metric_rows", "group_members", "group_actual", "solver_rows",
                  "response_rows")
+
+
+def _sql_key(key: str) -> str:
+    return key.replace('"', "").replace("'", "")
 
 
 def _now() -> datetime:
@@ -156,6 +168,7 @@ class Store:
             self.con.execute(TABLES)
             self.con.execute(MIGRATIONS)
             self.con.execute(VIEWS)
+            self.refresh_cell_results()
             self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
     @property
@@ -216,6 +229,36 @@ class Store:
             if cell_tasks:
                 con.executemany("INSERT INTO cell_tasks VALUES (?, ?, ?, ?, ?)",
                                 [(study, c, k, e, h) for c, k, e, h in cell_tasks])
+            self.refresh_cell_results()
+
+    def refresh_cell_results(self) -> None:
+        """(Re)create the cell_results view: aggregated metrics per cell and estimator, with every swept
+        path of every study as a column of its own (NULL where a study does not sweep it)."""
+        keys: dict[str, bool] = {}
+        for (params,) in self.con.execute("SELECT DISTINCT params FROM cells").fetchall():
+            for key, value in json.loads(params or "{}").items():
+                numeric = isinstance(value, int | float) and not isinstance(value, bool)
+                keys[key] = keys.get(key, True) and numeric
+        columns = "".join(
+            f", {'TRY_CAST(' if numeric else ''}json_extract_string(c.params, '$.\"{_sql_key(k)}\"')"
+            f"{' AS DOUBLE)' if numeric else ''} AS \"{_sql_key(k)}\"" for k, numeric in sorted(keys.items()))
+        self.con.execute(f"""
+            CREATE OR REPLACE VIEW cell_results AS
+            SELECT c.study, c.cell_id, c."repeat", c.status, m.estimator, m.metric, m.value, m.ci_low, m.ci_high,
+                   m.n_pairs, c.params{columns}
+            FROM cells c JOIN metrics m ON m.study = c.study AND m.cell_id = c.cell_id AND m.test_index IS NULL""")
+
+    def start_run(self, run_id: str, study: str, executor: str, device: str, git_commit: str | None) -> None:
+        import socket
+
+        with self.transaction() as con:
+            con.execute("INSERT INTO runs VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL)",
+                        [run_id, study, _now(), executor, device, socket.gethostname(), __version__, git_commit])
+
+    def end_run(self, run_id: str, status: str, ran: int, reused: int, failed: int) -> None:
+        with self.transaction() as con:
+            con.execute("UPDATE runs SET ended_at = ?, status = ?, tasks_run = ?, tasks_reused = ?, "
+                        "tasks_failed = ? WHERE run_id = ?", [_now(), status, ran, reused, failed, run_id])
 
     def set_cell_status(self, study: str, statuses: Mapping[str, tuple[str, str | None]]) -> None:
         with self.transaction() as con:
@@ -258,6 +301,19 @@ def _strip_literals(sql: str) -> str:
     sql = re.sub(r'"(?:[^"]|"")*"', '""', sql)
     sql = re.sub(r"--[^\n]*", " ", sql)
     return re.sub(r"/\*.*?\*/", " ", sql, flags=re.DOTALL)
+
+
+def write_parquet(path: str | Path, sql: str, target: str | Path) -> None:
+    """Run a read-only query (checked as ``run_query`` checks it) and write its result as a Parquet file."""
+    run_query(path, sql)  # the same checks; raises UsageError
+    with Store(path, read_only=True) as store:
+        store.con.execute("SET enable_external_access = false")
+        result = store.con.execute(sql).fetchnumpy()  # noqa: F841 -- read by name below
+    writer = duckdb.connect()
+    try:
+        writer.execute(f"COPY (SELECT * FROM result) TO '{str(target).replace(chr(39), '')}' (FORMAT parquet)")
+    finally:
+        writer.close()
 
 
 def run_query(path: str | Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inflang.errors import Problem, StudyError
-from inflang.load import Document, PathKey
+from inflang.reader import Document, PathKey
 
 Params = dict[str, Any]
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from inflang.errors import Problem, StudyError, did_you_mean
 from inflang.hashing import canonical_hash, derive_seed
-from inflang.load import Document, PathKey, load
+from inflang.reader import Document, PathKey, load
 from inflang.spec import FileDataset, Study, semantic_problems
 from inflang.spec.dataset import expected_files
 from inflang.sweep import Params, SweepEntry, apply, expand, split_path

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from inflang.errors import StudyError
 from inflang.plan import compile_study
 from inflang.validate import load_study
 
@@ -14,7 +15,12 @@ STUDIES = sorted((Path(__file__).parent.parent / "studies").rglob("*.yaml"))
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
 def test_study_validates(path: Path):
-    plan = compile_study(load_study(path))
+    try:
+        plan = compile_study(load_study(path))
+    except StudyError as exc:
+        if all("files not found" in p.message for p in exc.problems):
+            pytest.skip(f"{path.name} reads dataset files that are not on this machine")
+        raise
     assert plan.tasks
 
 

@@ -8,9 +8,12 @@ other task goes on. Failed tasks are retried only with ``retry_failed``.
 
 from __future__ import annotations
 
+import subprocess
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -81,6 +84,30 @@ def execute(plan: Plan, store: Store, *, memory_budget: int | None = None, threa
     """Run every task of ``plan`` that is not already done; returns what ran, what was cached, what failed."""
     events = events or Events()
     torch.set_num_threads(threads)
+    loaded = plan.study
+    run_id = uuid.uuid4().hex[:12]
+    store.start_run(run_id, loaded.study.study, "local", "cpu", git_commit(Path(loaded.path).parent))
+    try:
+        summary = _execute(plan, store, memory_budget, retry_failed, events)
+    except BaseException:
+        store.end_run(run_id, "interrupted", 0, 0, 0)
+        raise
+    failed = sum(1 for s, _ in summary.cell_status.values() if s == "failed")
+    store.end_run(run_id, "failed" if failed else "done", summary.ran, summary.cached, len(summary.failed))
+    return summary
+
+
+def git_commit(folder: Path) -> str | None:
+    """The commit of the git repository holding the study file, if there is one."""
+    try:
+        found = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                               timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() or None if found.returncode == 0 else None
+
+
+def _execute(plan: Plan, store: Store, memory_budget: int | None, retry_failed: bool, events: Events) -> RunSummary:
     loaded = plan.study
     store.record_study(
         loaded.study.study, loaded.spec_hash, loaded.spec_yaml, loaded.path,

@@ -1,4 +1,4 @@
-"""YAML -> plain dict with the position of every node.
+"""YAML -> plain dict with the position of every node (named reader, not load: ``inflang.load`` is the API).
 
 Only the YAML core schema is accepted (maps, lists, strings, numbers, booleans, null): Python object tags
 and other unknown tags are refused, duplicate keys are errors, aliases are bounded, and ``extends:``
