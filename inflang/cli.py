@@ -379,9 +379,11 @@ def compare(
 def report(
     study: str = typer.Argument(..., help="The study's name (its 'study:' key).", show_default=False),
     db: str = typer.Option("inflang.duckdb", help=DB_HELP),
-    out_dir: str = typer.Option(None, "--out", help="Also write summary.csv and influence.csv here."),
+    out_dir: str = typer.Option(None, "--out", help="Also write report.html (figures), summary.csv and "
+                                "influence.csv here."),
 ) -> None:
-    """Summarise one study: per cell and estimator, the mean correlations and the model's curvature."""
+    """Summarise one study: per cell and estimator, the mean correlations and the model's curvature;
+    with --out, an HTML report with the paper's figures (needs matplotlib: pip install 'inflang[plot]')."""
     try:
         _, found = run_query(db, f"SELECT count(*) FROM studies WHERE study = '{study.replace(chr(39), '')}'")
         if not found[0][0]:
@@ -410,6 +412,14 @@ def report(
                 writer.writerow(columns)
                 writer.writerows(data)
         out.print(f"wrote {target / 'summary.csv'} and {target / 'influence.csv'}")
+        from inflang.report import build
+
+        try:
+            built = build(Path(db), study, target)
+        except UsageError as exc:
+            err.print(f"note: {exc}", markup=False)
+            return
+        out.print(f"wrote {built.html_path} with {len(built.figures)} figures")
 
 
 @app.command()

@@ -9,7 +9,8 @@ EXAMPLES: list[tuple[str, str]] = [
      "SELECT study, estimator, params, metric, round(value, 3) AS value, ci_low, ci_high FROM cell_results "
      "WHERE metric IN ('spearman', 'pearson') ORDER BY study, params, estimator, metric"),
     ("The paper's depth table: correlation and top Hessian eigenvalue by depth",
-     "SELECT c.\"model.depth\" AS depth, c.\"training.weight_decay\" AS weight_decay, c.estimator, "
+     "SELECT json_extract(c.params, '$.\"model.depth\"') AS depth, "
+     "json_extract(c.params, '$.\"training.weight_decay\"') AS weight_decay, c.estimator, "
      "round(c.value, 3) AS spearman, round(m.hessian_top_eigenvalues[1], 2) AS top_eigenvalue "
      "FROM cell_results c JOIN models m USING (study, cell_id) WHERE c.study = 'paper-iris-depth' "
      "AND c.metric = 'spearman' ORDER BY ALL"),

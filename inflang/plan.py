@@ -22,7 +22,7 @@ from inflang.hashing import canonical_hash
 from inflang.spec import GroupProtocol, LdsProtocol, estimator_label, ranking_estimator
 from inflang.validate import Cell, LoadedStudy
 
-TASK_FORMAT = 1
+TASK_FORMAT = 2
 KINDS = ("train", "curvature", "hessian", "estimate", "ground_truth", "metrics")
 
 

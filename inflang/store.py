@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS train_results (
     task_hash VARCHAR PRIMARY KEY, n_params INTEGER, n_train INTEGER, n_test INTEGER, train_loss DOUBLE,
     test_loss DOUBLE, test_accuracy DOUBLE, train_seconds DOUBLE, steps BIGINT);
 CREATE TABLE IF NOT EXISTS split_rows (task_hash VARCHAR, "index" INTEGER, role VARCHAR,
-    label_flipped BOOLEAN);
+    label_flipped BOOLEAN, loss DOUBLE, correct BOOLEAN);
 CREATE TABLE IF NOT EXISTS curvature_results (
     task_hash VARCHAR PRIMARY KEY, n_params INTEGER, max_eigenvalue DOUBLE, min_eigenvalue DOUBLE,
     n_negative INTEGER, trace DOUBLE);
@@ -68,9 +68,12 @@ CREATE TABLE IF NOT EXISTS group_actual (task_hash VARCHAR, test_index INTEGER, 
 
 # Columns added after a table first shipped; each statement is idempotent.
 MIGRATIONS = """
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS description VARCHAR;
 ALTER TABLE metric_rows ADD COLUMN IF NOT EXISTS ci_low DOUBLE;
 ALTER TABLE metric_rows ADD COLUMN IF NOT EXISTS ci_high DOUBLE;
 ALTER TABLE split_rows ADD COLUMN IF NOT EXISTS label_flipped BOOLEAN;
+ALTER TABLE split_rows ADD COLUMN IF NOT EXISTS loss DOUBLE;
+ALTER TABLE split_rows ADD COLUMN IF NOT EXISTS correct BOOLEAN;
 """
 
 VIEWS = """
@@ -83,7 +86,8 @@ LEFT JOIN cell_tasks ch ON ch.study = c.study AND ch.cell_id = c.cell_id AND ch.
 LEFT JOIN hessian_results h ON h.task_hash = ch.task_hash;
 
 CREATE OR REPLACE VIEW splits AS
-SELECT c.study, c.cell_id, s."index", s.role, coalesce(s.label_flipped, false) AS label_flipped
+SELECT c.study, c.cell_id, s."index", s.role, coalesce(s.label_flipped, false) AS label_flipped, s.loss,
+       s.correct
 FROM cell_tasks c JOIN split_rows s ON s.task_hash = c.task_hash AND c.kind = 'train';
 
 CREATE OR REPLACE VIEW influence AS
@@ -211,14 +215,15 @@ class Store:
 
     def record_study(self, study: str, spec_hash: str, spec_yaml: str, source: str,
                      cells: Sequence[tuple[str, int, int, dict[str, Any]]],
-                     cell_tasks: Sequence[tuple[str, str, str | None, str]]) -> None:
+                     cell_tasks: Sequence[tuple[str, str, str | None, str]], description: str = "") -> None:
         """Register a study, its cells (status 'pending' unless known) and their task links, atomically."""
         now = _now()
         with self.transaction() as con:
             existing = con.execute("SELECT created_at FROM studies WHERE study = ?", [study]).fetchone()
             created = existing[0] if existing else now
-            con.execute("INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [study, spec_hash, spec_yaml, source, created, now, __version__])
+            con.execute("INSERT OR REPLACE INTO studies (study, spec_hash, spec_yaml, source_path, created_at, "
+                        "updated_at, inflang_version, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [study, spec_hash, spec_yaml, source, created, now, __version__, description])
             old = dict(con.execute("SELECT cell_id, status FROM cells WHERE study = ?", [study]).fetchall())
             con.execute("DELETE FROM cells WHERE study = ?", [study])
             con.execute("DELETE FROM cell_tasks WHERE study = ?", [study])

@@ -116,7 +116,7 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
     d = s.data
     result = train(s.module, d.x_train, d.y_train, s.training, derive_seed(s.seed, "order"))
     with torch.no_grad():
-        train_loss = float(per_example_loss(s.module(d.x_train), d.y_train).mean())
+        train_losses, train_correct = _test_losses(s.module, result.params, d.x_train, d.y_train)
         test_losses, correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
     arrays = {f"param.{k}": v for k, v in result.params.items()}
     arrays.update({f"init.{k}": v for k, v in result.init.items()})
@@ -125,11 +125,13 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
     roles = ["train"] * len(d.train_ids) + ["test"] * len(d.test_ids)
     return Output(arrays, {
         "train_results": {"n_params": [n_params], "n_train": [d.n_train], "n_test": [len(d.test_ids)],
-                          "train_loss": [train_loss], "test_loss": [float(test_losses.mean())],
+                          "train_loss": [float(train_losses.mean())], "test_loss": [float(test_losses.mean())],
                           "test_accuracy": [float(correct.double().mean())], "train_seconds": [result.seconds],
                           "steps": [result.steps]},
         "split_rows": {"index": ids, "role": roles,
-                       "label_flipped": [bool(f) for f in d.flipped] + [False] * len(d.test_ids)},
+                       "label_flipped": [bool(f) for f in d.flipped] + [False] * len(d.test_ids),
+                       "loss": train_losses.tolist() + test_losses.tolist(),
+                       "correct": train_correct.tolist() + correct.tolist()},
     })
 
 

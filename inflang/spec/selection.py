@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -62,3 +62,13 @@ class MetricsSpec(Spec):
         if len(set(value)) != len(value):
             raise ValueError("metrics are listed more than once")
         return value
+
+
+# The editor schema accepts both spellings of ``metrics:`` (the list shorthand is converted on validation).
+METRICS_JSON_SCHEMA: dict[str, object] = {
+    "anyOf": [
+        {"type": "array", "items": {"enum": list(get_args(MetricName))}, "minItems": 1, "uniqueItems": True},
+        MetricsSpec.model_json_schema(),
+    ],
+    "description": "a list of metric names, or {names: [...], top_k: k, bootstrap: B}",
+}

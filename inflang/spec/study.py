@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, WithJsonSchema, field_validator
 
 from inflang.spec.base import Spec
 from inflang.spec.dataset import DatasetSpec
@@ -25,7 +25,7 @@ from inflang.spec.protocols import (
     LooProtocol,
     PbrfProtocol,
 )
-from inflang.spec.selection import HessianSpec, MetricsSpec, TestPointSpec
+from inflang.spec.selection import METRICS_JSON_SCHEMA, HessianSpec, MetricsSpec, TestPointSpec
 from inflang.spec.training import TrainingSpec
 
 SweepGrid = dict[str, list[Any]]
@@ -42,8 +42,8 @@ class Study(Spec):
     test_points: TestPointSpec = Field(default_factory=TestPointSpec)
     ground_truth: GroundTruthSpec = Field(
         default_factory=lambda: LooProtocol(protocol="loo"), description="how actual effects are measured")
-    metrics: MetricsSpec = Field(default_factory=MetricsSpec,
-                                 description="a list of metric names, or {names: [...], top_k: k, bootstrap: B}")
+    metrics: Annotated[MetricsSpec, WithJsonSchema(METRICS_JSON_SCHEMA)] = Field(
+        default_factory=MetricsSpec, description="a list of metric names, or {names: [...], top_k: k, bootstrap: B}")
     hessian: HessianSpec | None = Field(None, description="optional curvature diagnostics")
     repeats: int = Field(1, ge=1, le=1000, description="independent seeds of every cell")
     sweep: SweepGrid | list[SweepGrid] | None = Field(

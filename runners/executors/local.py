@@ -112,7 +112,8 @@ def _execute(plan: Plan, store: Store, memory_budget: int | None, retry_failed: 
     store.record_study(
         loaded.study.study, loaded.spec_hash, loaded.spec_yaml, loaded.path,
         [(c.cell.cell_id, c.cell.repeat, c.cell.seed, c.cell.params) for c in plan.cells],
-        [(c.cell.cell_id, kind, label, h) for c in plan.cells for kind, label, h in c.all()])
+        [(c.cell.cell_id, kind, label, h) for c in plan.cells for kind, label, h in c.all()],
+        loaded.study.description)
     ctx = Context(memory_budget=memory_budget, progress=events.models_retrained)
     runner = _Runner(plan, store, ctx, events)
     summary = RunSummary()

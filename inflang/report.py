@@ -1,0 +1,167 @@
+"""`inflang report STUDY --out DIR`: a self-contained HTML report with the paper's figures.
+
+Figures (PNG files under DIR/figures, also embedded in DIR/report.html):
+1. estimated vs actual change per estimator, for the hardest (highest-loss) and the median-loss test point
+   of each cell, with the identity line (Basu et al. 2021, Fig. 1);
+2. Spearman and Pearson (mean over test points, bootstrap interval when computed) against each swept
+   numeric axis, with the ground truth's noise ceiling as a band when it was measured;
+3. the Hessian's top eigenvalue against each swept numeric axis (when `hessian:` was asked for);
+and a table of failed cells. matplotlib is an optional extra (`pip install 'inflang[plot]'`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inflang.errors import UsageError
+from inflang.store import run_query
+
+
+@dataclass
+class Report:
+    html_path: Path
+    figures: list[Path] = field(default_factory=list)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("the HTML report needs matplotlib: pip install 'inflang[plot]' (or pip install "
+                         "matplotlib); the terminal summary above needs nothing more") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _q(db: Path, sql: str) -> list[dict[str, Any]]:
+    columns, rows = run_query(db, sql)
+    return [dict(zip(columns, r, strict=True)) for r in rows]
+
+
+def _label(params: str | None) -> str:
+    values = json.loads(params or "{}")
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items()) or "base"
+
+
+def _numeric_axes(cells: list[dict[str, Any]]) -> list[str]:
+    axes: dict[str, set[Any]] = {}
+    for c in cells:
+        for k, v in json.loads(c["params"] or "{}").items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                axes.setdefault(k, set()).add(v)
+    return [k for k, values in axes.items() if len(values) > 1]
+
+
+def build(db: Path, study: str, out_dir: Path) -> Report:
+    plt = _pyplot()
+    name = study.replace("'", "")
+    figures_dir = out_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    cells = _q(db, f"SELECT cell_id, params, status, error FROM cells WHERE study = '{name}' ORDER BY params")
+    report = Report(out_dir / "report.html")
+    sections: list[str] = []
+
+    def save(fig: Any, stem: str, caption: str) -> None:
+        path = figures_dir / f"{stem}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        report.figures.append(path)
+        data = base64.b64encode(path.read_bytes()).decode()
+        sections.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
+                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    # 1. scatter per cell: hardest and median-loss test points
+    points = _q(db, f"""
+        WITH chosen AS (
+            SELECT DISTINCT i.cell_id, i.test_index, s.loss FROM influence i
+            JOIN splits s ON s.study = i.study AND s.cell_id = i.cell_id AND s."index" = i.test_index
+            WHERE i.study = '{name}' AND i.actual IS NOT NULL),
+        ranked AS (
+            SELECT cell_id, test_index, row_number() OVER (PARTITION BY cell_id ORDER BY loss DESC) AS r,
+                   count(*) OVER (PARTITION BY cell_id) AS n FROM chosen)
+        SELECT cell_id, test_index, CASE WHEN r = 1 THEN 'hardest' ELSE 'median-loss' END AS which FROM ranked
+        WHERE r = 1 OR (n > 1 AND r = n // 2 + 1) ORDER BY cell_id, r""")
+    pairs = _q(db, f"SELECT cell_id, estimator, test_index, estimate, actual FROM influence "
+                   f"WHERE study = '{name}' AND actual IS NOT NULL")
+    for cell in cells[:12]:
+        chosen = [p for p in points if p["cell_id"] == cell["cell_id"]]
+        estimators = sorted({p["estimator"] for p in pairs if p["cell_id"] == cell["cell_id"]})
+        if not chosen or not estimators:
+            continue
+        fig, axes = plt.subplots(len(chosen), len(estimators), figsize=(3.2 * len(estimators), 3 * len(chosen)),
+                                 squeeze=False)
+        for row, point in enumerate(chosen):
+            for col, est in enumerate(estimators):
+                ax = axes[row][col]
+                xy = [(p["estimate"], p["actual"]) for p in pairs if p["cell_id"] == cell["cell_id"]
+                      and p["estimator"] == est and p["test_index"] == point["test_index"]]
+                if not xy:
+                    continue
+                xs, ys = zip(*xy, strict=True)
+                ax.scatter(xs, ys, s=10, alpha=0.7)
+                lo, hi = min(min(xs), min(ys)), max(max(xs), max(ys))
+                ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+                ax.set_title(f"{est}, {point['which']} test point {point['test_index']}", fontsize=9)
+                ax.set_xlabel("estimated change")
+                ax.set_ylabel("actual change")
+        fig.suptitle(f"cell {cell['cell_id']}: {_label(cell['params'])}", fontsize=10)
+        save(fig, f"scatter-{cell['cell_id']}", f"Estimated vs actual change, {_label(cell['params'])}")
+
+    # 2. and 3. against each swept numeric axis
+    results = _q(db, f"SELECT cell_id, params, estimator, metric, value, ci_low, ci_high FROM cell_results "
+                     f"WHERE study = '{name}'")
+    models = {m["cell_id"]: m for m in _q(db, f"SELECT cell_id, hessian_top_eigenvalues[1] AS top FROM models "
+                                              f"WHERE study = '{name}'")}
+    for axis in _numeric_axes(cells):
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for metric, style in (("spearman", "-o"), ("pearson", "--s")):
+            for est in sorted({r["estimator"] for r in results if r["estimator"]}):
+                rows = sorted(((json.loads(r["params"])[axis], r) for r in results
+                               if r["estimator"] == est and r["metric"] == metric
+                               and axis in json.loads(r["params"] or "{}")), key=lambda t: t[0])
+                if not rows:
+                    continue
+                axis_values = [x for x, _ in rows]
+                ax.plot(axis_values, [r["value"] for _, r in rows], style, label=f"{est} {metric}", ms=4)
+                if all(r["ci_low"] is not None for _, r in rows):
+                    ax.fill_between(axis_values, [r["ci_low"] for _, r in rows], [r["ci_high"] for _, r in rows],
+                                    alpha=0.15)
+        ceiling = sorted((json.loads(r["params"])[axis], r["value"]) for r in results
+                         if r["metric"] == "noise_ceiling_spearman" and axis in json.loads(r["params"] or "{}"))
+        if ceiling:
+            ax.fill_between([x for x, _ in ceiling], [v for _, v in ceiling], 1.0, color="grey", alpha=0.2,
+                            label="above the noise ceiling")
+        ax.set_xlabel(axis)
+        ax.set_ylabel("correlation (mean over test points)")
+        ax.legend(fontsize=7)
+        save(fig, f"correlation-{axis}", f"Correlation against {axis}")
+        tops = sorted((json.loads(c["params"])[axis], models[c["cell_id"]]["top"]) for c in cells
+                      if c["cell_id"] in models and models[c["cell_id"]]["top"] is not None
+                      and axis in json.loads(c["params"] or "{}"))
+        if tops:
+            fig, ax = plt.subplots(figsize=(5.5, 3.6))
+            ax.plot([x for x, _ in tops], [v for _, v in tops], "o")
+            ax.set_xlabel(axis)
+            ax.set_ylabel("top Hessian eigenvalue")
+            save(fig, f"eigenvalue-{axis}", f"Top Hessian eigenvalue against {axis}")
+
+    failed = [c for c in cells if c["status"] == "failed"]
+    rows_html = "".join(f"<tr><td>{c['cell_id']}</td><td>{html.escape(_label(c['params']))}</td>"
+                        f"<td>{html.escape(str(c['error']))}</td></tr>" for c in failed)
+    failures = (f"<table><tr><th>cell</th><th>swept values</th><th>error</th></tr>{rows_html}</table>"
+                if failed else "<p>No cell failed.</p>")
+    report.html_path.write_text(
+        f"<!doctype html><meta charset='utf-8'><title>inflang report: {html.escape(study)}</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}figure{margin:1em 0}"
+        "img{max-width:100%}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
+        f"<h1>{html.escape(study)}</h1><p>{len(cells)} cells, {len(failed)} failed; {len(report.figures)} "
+        f"figures.</p>{''.join(sections)}<h2>Failed cells</h2>{failures}")
+    return report
