@@ -423,6 +423,28 @@ def report(
 
 
 @app.command()
+def gc(
+    db: str = typer.Option("inflang.duckdb", help=DB_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
+) -> None:
+    """Remove artifacts in .inflang/ that no study in the database references (and unfinished temp files)."""
+    try:
+        _, rows = run_query(db, "SELECT DISTINCT task_hash FROM cell_tasks")
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
+    referenced = {h for (h,) in rows}
+    root = Path(db).parent / ".inflang" / "artifacts"
+    doomed = [p for p in root.rglob("*") if p.is_file() and (p.name.startswith(".tmp-")
+                                                             or p.stem not in referenced)]
+    size = sum(p.stat().st_size for p in doomed)
+    if not dry_run:
+        for p in doomed:
+            p.unlink()
+    verb = "would remove" if dry_run else "removed"
+    out.print(f"{verb} {len(doomed)} files ({size / 1e6:.1f} MB); {len(referenced)} tasks are referenced")
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of a study file (for editor autocompletion and validation)."""
     from inflang.spec import Study

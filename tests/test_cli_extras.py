@@ -141,3 +141,21 @@ def test_studies_match_the_emitted_schema(path: Path):
     if "extends" in path.read_text():
         pytest.skip("a partial study that extends another")
     jsonschema.validate(data, schema)
+
+
+def test_gc_removes_only_unreferenced_artifacts(tiny_study: Path, tmp_path: Path):
+    db = tmp_path / "g.duckdb"
+    assert runner.invoke(app, ["run", str(tiny_study), "--db", str(db)]).exit_code == 0
+    folder = tmp_path / ".inflang" / "artifacts"
+    kept = sorted(p.name for p in folder.rglob("*.pt"))
+    stray = folder / "ab" / "ab0000000000000000000.pt"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"old")
+    (folder / "ab" / ".tmp-crash.pt").write_bytes(b"half")
+    dry = runner.invoke(app, ["gc", "--db", str(db), "--dry-run"])
+    assert "would remove 2 files" in dry.output and stray.exists()
+    result = runner.invoke(app, ["gc", "--db", str(db)])
+    assert result.exit_code == 0 and "removed 2 files" in result.output
+    assert sorted(p.name for p in folder.rglob("*.pt")) == kept
+    rerun = runner.invoke(app, ["run", str(tiny_study), "--db", str(db)])
+    assert "ran 0 tasks" in rerun.output

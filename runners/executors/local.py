@@ -76,7 +76,10 @@ class _Runner:
         sha = artifacts.save(self.store.artifacts, task.hash, out.arrays) if out.arrays else None
         self.store.write_task(task.hash, task.kind, task.inputs, out.rows, seconds, sha)
         self.status[task.hash] = ("done", None, sha)
-        return out.arrays
+        # downstream tasks read the saved copy, exactly as a resumed run would (BLAS results can depend on
+        # how a tensor sits in memory, and an interrupted run must end with the same bits)
+        reloaded = artifacts.load(self.store.artifacts, task.hash, sha) if out.arrays else None
+        return reloaded if reloaded is not None else out.arrays
 
 
 def execute(plan: Plan, store: Store, *, memory_budget: int | None = None, threads: int = 1,
