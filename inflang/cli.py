@@ -206,7 +206,12 @@ def run(
     study: str = STUDY_ARG,
     db: str = typer.Option("inflang.duckdb", help=DB_HELP),
     memory_budget: str = typer.Option(None, "--memory-budget", help=MEMORY_HELP, show_default=False),
-    threads: int = typer.Option(1, min=1, help="torch threads (small models run fastest on 1)."),
+    threads: int = typer.Option(1, min=1, help="torch threads in all (small models run fastest on 1 per "
+                                "process; with --workers they are shared among the workers)."),
+    workers: int = typer.Option(1, min=1, help="Run independent tasks in this many processes."),
+    executor: str = typer.Option("local", help="local | ray"),
+    address: str = typer.Option(None, help="Ray cluster address (ray start --head; 'auto'); default: a local "
+                                "Ray started for this run.", show_default=False),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run tasks that failed before again."),
 ) -> None:
     """Run a study: train, estimate, retrain for ground truth, score; results go to the database.
@@ -214,6 +219,13 @@ def run(
     Finished tasks are reused, so an interrupted run resumes where it stopped and a finished study
     computes nothing when run again.
     """
+    if executor not in ("local", "ray"):
+        raise _fail(f"error: --executor: '{executor}' is not one of local, ray")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise _fail("error: --executor ray needs Ray: pip install 'inflang[ray]'") from None
     loaded = _load(study)
     compiled = compile_study(loaded)
     budget = _parse_bytes(memory_budget)
@@ -226,7 +238,8 @@ def run(
     events = _RichEvents(err)
     try:
         summary = execute(compiled, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
-                          events=events)  # type: ignore[arg-type]
+                          events=events, workers=workers, executor=executor,  # type: ignore[arg-type]
+                          address=address)
     except KeyboardInterrupt:
         events.stop()
         store.close()

@@ -91,3 +91,14 @@ def test_a_second_run_on_the_same_database_is_refused_clearly(tmp_path: Path):
     assert "in use by another inflang process" in text and "Traceback" not in text
     assert first.wait(timeout=300) == 0
     assert snapshot(tmp_path / "r.duckdb")["cells"][0][1] == "done"
+
+
+def test_workers_give_the_same_database_as_one_process(tmp_path: Path, reference):
+    (tmp_path / "s.yaml").write_text(STUDY)
+    proc = inflang("run", "s.yaml", "--db", "r.duckdb", "--workers", "2", "--threads", "2", cwd=tmp_path)
+    output = proc.stdout.read() if proc.stdout else ""
+    assert proc.wait(timeout=300) == 0, output
+    assert snapshot(tmp_path / "r.duckdb") == reference
+    con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)
+    assert con.execute("SELECT executor FROM runs").fetchone()[0] == "local x2"
+    con.close()

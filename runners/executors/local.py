@@ -14,13 +14,14 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from inflang.plan import Plan, Task
 from inflang.store import Store
 from runners import artifacts
-from runners.tasks import Context, Dep, run_task
+from runners.tasks import Context, Dep, Output, run_task
 
 
 class Events:
@@ -45,11 +46,12 @@ class RunSummary:
 
 
 class _Runner:
-    def __init__(self, plan: Plan, store: Store, ctx: Context, events: Events) -> None:
+    """Artifacts of finished tasks: in memory, on disk, or recomputed; the driver's side of every task."""
+
+    def __init__(self, plan: Plan, store: Store, ctx: Context) -> None:
         self.plan = plan
         self.store = store
         self.ctx = ctx
-        self.events = events
         self.status = store.task_status(list(plan.tasks))
         self.cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
 
@@ -61,40 +63,96 @@ class _Runner:
         sha = self.status.get(task_hash, ("", None, None))[2]
         loaded = artifacts.load(self.store.artifacts, task_hash, sha)
         if loaded is None:
-            loaded = self.compute(self.plan.tasks[task_hash])
+            task = self.plan.tasks[task_hash]
+            out, seconds = run_task(task.kind, task.inputs, self.deps(task), self.ctx)
+            loaded = self.finish(task, out, seconds)
         self._remember(task_hash, loaded)
         return loaded
+
+    def deps(self, task: Task) -> dict[str, Dep]:
+        return {h: Dep(self.plan.tasks[h].inputs, self.arrays(h)) for h in task.deps}
 
     def _remember(self, task_hash: str, arrays: dict[str, torch.Tensor]) -> None:
         self.cache[task_hash] = arrays
         while len(self.cache) > 32:
             self.cache.popitem(last=False)
 
-    def compute(self, task: Task) -> dict[str, torch.Tensor]:
-        deps = {h: Dep(self.plan.tasks[h].inputs, self.arrays(h)) for h in task.deps}
-        out, seconds = run_task(task.kind, task.inputs, deps, self.ctx)
+    def finish(self, task: Task, out: Output, seconds: float) -> dict[str, torch.Tensor]:
+        """Save a finished task's artifact, then its rows and 'done' record in one transaction."""
         sha = artifacts.save(self.store.artifacts, task.hash, out.arrays) if out.arrays else None
         self.store.write_task(task.hash, task.kind, task.inputs, out.rows, seconds, sha)
         self.status[task.hash] = ("done", None, sha)
         # downstream tasks read the saved copy, exactly as a resumed run would (BLAS results can depend on
         # how a tensor sits in memory, and an interrupted run must end with the same bits)
         reloaded = artifacts.load(self.store.artifacts, task.hash, sha) if out.arrays else None
-        return reloaded if reloaded is not None else out.arrays
+        result = reloaded if reloaded is not None else out.arrays
+        self._remember(task.hash, result)
+        return result
+
+
+Finished = tuple[Task, Output | None, BaseException | None, float]
+
+
+class InProcess:
+    """Runs each task as it is submitted, in this process (the default executor)."""
+
+    capacity = 1
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.done: list[Finished] = []
+
+    def submit(self, task: Task, deps: dict[str, Dep]) -> None:
+        start = time.perf_counter()
+        try:
+            out, seconds = run_task(task.kind, task.inputs, deps, self.ctx)
+            self.done.append((task, out, None, seconds))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # any failure of one task: recorded by the scheduler
+            self.done.append((task, None, exc, time.perf_counter() - start))
+
+    def wait(self) -> list[Finished]:
+        done, self.done = self.done, []
+        return done
+
+    def close(self) -> None: ...
 
 
 def execute(plan: Plan, store: Store, *, memory_budget: int | None = None, threads: int = 1,
-            retry_failed: bool = False, events: Events | None = None) -> RunSummary:
-    """Run every task of ``plan`` that is not already done; returns what ran, what was cached, what failed."""
+            retry_failed: bool = False, events: Events | None = None, workers: int = 1,
+            executor: str = "local", address: str | None = None) -> RunSummary:
+    """Run every task of ``plan`` that is not already done; returns what ran, what was cached, what failed.
+
+    ``workers`` > 1 runs independent tasks in that many processes (``threads`` torch threads in all,
+    shared among them); ``executor="ray"`` submits them to a Ray cluster (``address``, or a local one).
+    Only this process writes the database and the artifacts.
+    """
     events = events or Events()
     torch.set_num_threads(threads)
     loaded = plan.study
     run_id = uuid.uuid4().hex[:12]
-    store.start_run(run_id, loaded.study.study, "local", "cpu", git_commit(Path(loaded.path).parent))
+    ctx = Context(memory_budget=memory_budget, progress=events.models_retrained)
+    backend: Any
+    if executor == "ray":
+        from runners.executors.ray import RayBackend
+
+        backend = RayBackend(address, workers, memory_budget)
+    elif workers > 1:
+        from runners.executors.pool import ProcessPool
+
+        backend = ProcessPool(workers, threads, memory_budget)
+    else:
+        backend = InProcess(ctx)
+    store.start_run(run_id, loaded.study.study, executor if executor == "ray" else f"local x{workers}", "cpu",
+                    git_commit(Path(loaded.path).parent))
     try:
-        summary = _execute(plan, store, memory_budget, retry_failed, events)
+        summary = _schedule(plan, store, backend, _Runner(plan, store, ctx), retry_failed, events)
     except BaseException:
         store.end_run(run_id, "interrupted", 0, 0, 0)
         raise
+    finally:
+        backend.close()
     failed = sum(1 for s, _ in summary.cell_status.values() if s == "failed")
     store.end_run(run_id, "failed" if failed else "done", summary.ran, summary.cached, len(summary.failed))
     return summary
@@ -110,63 +168,88 @@ def git_commit(folder: Path) -> str | None:
     return found.stdout.strip() or None if found.returncode == 0 else None
 
 
-def _execute(plan: Plan, store: Store, memory_budget: int | None, retry_failed: bool, events: Events) -> RunSummary:
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _schedule(plan: Plan, store: Store, backend: Any, runner: _Runner, retry_failed: bool,
+              events: Events) -> RunSummary:
+    """Submit each task once its dependencies are done, in plan order, as the backend has room."""
     loaded = plan.study
     store.record_study(
         loaded.study.study, loaded.spec_hash, loaded.spec_yaml, loaded.path,
         [(c.cell.cell_id, c.cell.repeat, c.cell.seed, c.cell.params) for c in plan.cells],
         [(c.cell.cell_id, kind, label, h) for c in plan.cells for kind, label, h in c.all()],
         loaded.study.description)
-    ctx = Context(memory_budget=memory_budget, progress=events.models_retrained)
-    runner = _Runner(plan, store, ctx, events)
     summary = RunSummary()
-    blocked: dict[str, str] = {}  # hash -> root failure hash
+    blocked: dict[str, str] = {}  # hash -> the failed task it depends on
 
     def pending(task: Task) -> bool:
         state = runner.status.get(task.hash)
         return state is None or (state[0] == "failed" and retry_failed)
 
-    todo = [t for t in plan.tasks.values() if pending(t)]
-    events.start(plan, todo)
+    waiting = [t for t in plan.tasks.values() if pending(t)]
     for task in plan.tasks.values():
-        state = runner.status.get(task.hash)
-        cause = next((blocked.get(d, d) for d in task.deps if d in blocked or d in summary.failed), None)
-        if cause is None:
-            cause = next((d for d in task.deps if runner.status.get(d, ("",))[0] == "failed"), None)
-        if cause is not None:
-            blocked[task.hash] = blocked.get(cause, cause)
-            summary.skipped[task.hash] = blocked[task.hash]
-            if task in todo:
-                events.task_finished(task, "skipped")
-            continue
         if not pending(task):
-            if state is not None and state[0] == "failed":
+            state = runner.status[task.hash]
+            if state[0] == "failed":
                 summary.failed[task.hash] = state[1] or "failed"
             else:
                 summary.cached += 1
+    events.start(plan, waiting)
+    running = 0
+
+    def failure_cause(task: Task) -> str | None:
+        for d in task.deps:
+            if d in blocked:
+                return blocked[d]
+            if d in summary.failed:
+                return d
+        return None
+
+    def record_failure(task: Task, exc: BaseException, seconds: float) -> None:
+        message = _message(exc)
+        store.fail_task(task.hash, task.kind, task.inputs, message, seconds)
+        runner.status[task.hash] = ("failed", message, None)
+        summary.failed[task.hash] = message
+        events.task_finished(task, "failed")
+
+    while waiting or running:
+        for task in list(waiting):
+            cause = failure_cause(task)
+            if cause is not None:
+                blocked[task.hash] = cause
+                summary.skipped[task.hash] = cause
+                waiting.remove(task)
+                events.task_finished(task, "skipped")
+            elif running < backend.capacity and all(runner.status.get(d, ("",))[0] == "done" for d in task.deps):
+                waiting.remove(task)
+                events.task_started(task)
+                try:
+                    deps = runner.deps(task)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # a dependency's artifact could not be rebuilt
+                    record_failure(task, exc, 0.0)
+                    continue
+                backend.submit(task, deps)
+                running += 1
+        if not running:
             continue
-        events.task_started(task)
-        start = time.perf_counter()
-        try:
-            runner._remember(task.hash, runner.compute(task))
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # any failure of one task: record it and go on with the others
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            store.fail_task(task.hash, task.kind, task.inputs, message, time.perf_counter() - start)
-            runner.status[task.hash] = ("failed", message, None)
-            summary.failed[task.hash] = message
-            events.task_finished(task, "failed")
-            continue
-        summary.ran += 1
-        events.task_finished(task, "done")
+        for task, out, error, seconds in backend.wait():
+            running -= 1
+            if error is not None or out is None:
+                record_failure(task, error or RuntimeError("no result"), seconds)
+                continue
+            runner.finish(task, out, seconds)
+            if not isinstance(backend, InProcess) and task.kind == "ground_truth":
+                events.models_retrained(task.models)
+            summary.ran += 1
+            events.task_finished(task, "done")
     for cell in plan.cells:
-        errors = []
-        for _kind, _label, h in cell.all():
-            root = blocked.get(h, h)
-            if root in summary.failed:
-                failed_kind = plan.tasks[root].kind
-                errors.append(f"{failed_kind} failed: {summary.failed[root]}")
+        errors = [f"{plan.tasks[blocked.get(h, h)].kind} failed: {summary.failed[blocked.get(h, h)]}"
+                  for _kind, _label, h in cell.all() if blocked.get(h, h) in summary.failed]
         summary.cell_status[cell.cell.cell_id] = ("failed", errors[0]) if errors else ("done", None)
     store.set_cell_status(loaded.study.study, summary.cell_status)
     return summary
