@@ -1,0 +1,61 @@
+"""Ray as the distributed engine: each task is a Ray task (1 CPU); the driver streams results back and
+alone writes the database and the artifacts.
+
+Point it at a cluster with ``--address`` (``ray start --head`` on one machine, ``ray start --address=HEAD``
+on the others, then ``--address auto`` on the head); without an address a local Ray is started for the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inflang.plan import Task
+from runners.executors.pool import run_in_worker
+from runners.tasks import Dep, Output
+
+
+def _one_thread(kind: str, inputs: dict[str, Any], deps: dict[str, Dep],
+                memory_budget: int | None) -> tuple[Output, float]:
+    import torch
+
+    torch.set_num_threads(1)
+    return run_in_worker(kind, inputs, deps, memory_budget)
+
+
+class RayBackend:
+    def __init__(self, address: str | None, workers: int, memory_budget: int | None) -> None:
+        import ray
+
+        self.ray = ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address is None:
+                options["num_cpus"] = max(1, workers)
+            ray.init(address=address, **options)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.capacity = max(1, cpus)
+        self.budget = memory_budget
+        self.remote = ray.remote(num_cpus=1)(_one_thread)
+        self.refs: dict[Any, Task] = {}
+
+    def submit(self, task: Task, deps: dict[str, Dep]) -> None:
+        self.refs[self.remote.remote(task.kind, task.inputs, deps, self.budget)] = task
+
+    def wait(self) -> list[tuple[Task, Output | None, BaseException | None, float]]:
+        ready, _ = self.ray.wait(list(self.refs), num_returns=1)
+        finished: list[tuple[Task, Output | None, BaseException | None, float]] = []
+        for ref in ready:
+            task = self.refs.pop(ref)
+            try:
+                out, seconds = self.ray.get(ref)
+                finished.append((task, out, None, seconds))
+            except self.ray.exceptions.RayTaskError as exc:
+                finished.append((task, None, getattr(exc, "cause", None) or exc, 0.0))
+        return finished
+
+    def close(self) -> None:
+        for ref in self.refs:
+            self.ray.cancel(ref)
+        if self.started:
+            self.ray.shutdown()
