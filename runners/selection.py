@@ -13,6 +13,10 @@ from runners.errors import TaskFailure
 def select_test_points(spec: TestPointSpec, losses: Tensor, correct: Tensor, test_ids: np.ndarray,
                        seed: int) -> np.ndarray:
     """Positions (into the test split) of the selected test points, from the trained model's test losses."""
+    return np.ascontiguousarray(_select(spec, losses, correct, test_ids, seed), dtype=np.int64)
+
+
+def _select(spec: TestPointSpec, losses: Tensor, correct: Tensor, test_ids: np.ndarray, seed: int) -> np.ndarray:
     loss = losses.detach().to(torch.float64).numpy()
     order = np.argsort(-loss, kind="stable")  # highest loss first
     count = min(spec.count, len(loss))
@@ -50,4 +54,13 @@ def select_removals(spec: RemovalSpec, n_train: int, n_test_points: int, scores:
     assert scores is not None
     ranked = scores.abs() if spec.rank_by == "abs" else scores
     k = min(spec.k, n_train)
-    return [np.sort(torch.topk(ranked[t], k).indices.numpy()) for t in range(n_test_points)]
+    if spec.select == "top_k":
+        return [np.sort(torch.topk(ranked[t], k).indices.numpy()) for t in range(n_test_points)]
+    # percentile: the k points whose rank (ascending) is closest to the percentile-th percentile
+    out = []
+    for t in range(n_test_points):
+        order = torch.argsort(ranked[t], stable=True).numpy()
+        centre = int(round(spec.percentile / 100 * (n_train - 1)))
+        start = max(0, min(n_train - k, centre - k // 2))
+        out.append(np.sort(order[start:start + k]))
+    return out

@@ -197,3 +197,34 @@ def test_loo_problem_api_with_two_repeats():
     result = leave_one_out(spec, Problem(module, setup, training, x, y, x[:2], y[:2]), [np.arange(30)] * 2)
     assert result.per_repeat.shape == (2, 2, 30)
     assert not torch.equal(result.per_repeat[0], result.per_repeat[1])  # different batch orders
+
+
+@pytest.mark.parametrize("select", ["highest_loss", "median_loss", "random", "misclassified"])
+def test_every_test_point_selection_runs(write, tmp_path: Path, select: str):
+    db = run(write, tmp_path, f"""\
+        study: t
+        dataset: {{name: iris, test_size: 30}}
+        model: {{arch: mlp, depth: 1, width: 3}}
+        training: {{optimizer: adam, lr: 0.05, epochs: 30}}
+        estimators: [{{name: grad_dot}}]
+        test_points: {{select: {select}, count: 3}}
+        ground_truth: {{protocol: loo, steps: 3, removals: {{select: random, k: 5}}}}
+        """)
+    (count,) = rows(db, "SELECT count(DISTINCT test_index) FROM influence")[0]
+    assert 1 <= count <= 3
+
+
+def test_removal_selections_pick_the_right_points():
+    from inflang.spec import RemovalSpec
+    from runners.selection import select_removals
+
+    scores = torch.tensor([[5.0, -9.0, 1.0, 3.0, -2.0, 0.5, 7.0, -4.0, 6.0, 8.0, 0.0]], dtype=torch.float64)
+    top = select_removals(RemovalSpec(select="top_k", k=3, by="e"), 11, 1, scores, 0)[0]
+    assert sorted(top) == [1, 6, 9]  # |-9|, |8|, |7|
+    signed = select_removals(RemovalSpec(select="top_k", k=3, by="e", rank_by="signed"), 11, 1, scores, 0)[0]
+    assert sorted(signed) == [6, 8, 9]
+    # |scores| ascending: 0, 0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9 -> the 30th percentile is rank 3 (|-2|)
+    around = select_removals(RemovalSpec(select="percentile", k=3, by="e", percentile=30), 11, 1, scores, 0)[0]
+    assert sorted(around) == sorted([2, 4, 3])  # ranks 2..4: 1, -2, 3
+    every = select_removals(RemovalSpec(select="all"), 11, 2, None, 0)
+    assert len(every) == 2 and list(every[0]) == list(range(11))
