@@ -153,6 +153,32 @@ def build(db: Path, study: str, out_dir: Path) -> Report:
             ax.set_ylabel("top Hessian eigenvalue")
             save(fig, f"eigenvalue-{axis}", f"Top Hessian eigenvalue against {axis}")
 
+    # 4. the error decomposition (ground_truth.decompose), stacked per cell
+    terms = [("influence_vs_pbrf_mean_gap", "influence - PBRF"),
+             ("pbrf_vs_converged_loo_mean_gap", "PBRF - converged LOO"),
+             ("converged_loo_vs_retrained_mean_gap", "converged LOO - retrained")]
+    gaps = [r for r in results if r["metric"] in {t for t, _ in terms} | {"influence_vs_retrained_mean_gap"}]
+    if gaps:
+        estimator = sorted({r["estimator"] for r in gaps if r["estimator"]})[0]
+        labels = [_label(c["params"]) for c in cells]
+        value = {(r["cell_id"], r["metric"]): r["value"] for r in gaps if r["estimator"] in (None, estimator)}
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(cells)), 3.8))
+        positive = [0.0] * len(cells)
+        negative = [0.0] * len(cells)
+        for metric, name in terms:
+            heights = [value.get((c["cell_id"], metric)) or 0.0 for c in cells]
+            bottoms = [p if h >= 0 else q for h, p, q in zip(heights, positive, negative, strict=True)]
+            ax.bar(labels, heights, bottom=bottoms, label=name)
+            positive = [p + max(h, 0.0) for p, h in zip(positive, heights, strict=True)]
+            negative = [q + min(h, 0.0) for q, h in zip(negative, heights, strict=True)]
+        totals = [value.get((c["cell_id"], "influence_vs_retrained_mean_gap")) for c in cells]
+        ax.plot(labels, [t if t is not None else float("nan") for t in totals], "k_", ms=30, mew=2,
+                label="influence - retrained (the sum)")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylabel(f"mean gap in the measure ({estimator})")
+        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+        save(fig, "decomposition", f"Where the gap between {estimator} and retraining comes from (Bae et al. 2022)")
+
     failed = [c for c in cells if c["status"] == "failed"]
     rows_html = "".join(f"<tr><td>{c['cell_id']}</td><td>{html.escape(_label(c['params']))}</td>"
                         f"<td>{html.escape(str(c['error']))}</td></tr>" for c in failed)

@@ -33,6 +33,7 @@ def margin(logits: Tensor, y: Tensor) -> Tensor:
 
 
 MEASURES = {"test_loss": per_example_loss, "margin": margin}
+PARAM_CHANGE = "param_change_norm"  # a measure of the parameters, not of test points
 
 
 def squared_norm(params: Iterable[Tensor]) -> Tensor:

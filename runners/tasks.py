@@ -39,7 +39,7 @@ from runners.curvature import CURVATURES, Spectrum, spectrum
 from runners.errors import TaskFailure
 from runners.estimators import ESTIMATORS, EstimatorInputs
 from runners.metrics import MetricRow, gap_rows, noise_ceiling, score
-from runners.objective import per_example_loss
+from runners.objective import PARAM_CHANGE, per_example_loss
 from runners.protocols import PROTOCOLS, Problem, RetrainSetup
 from runners.selection import select_test_points
 from runners.train import train
@@ -157,9 +157,16 @@ def run_hessian(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
         "trace": [float(values.sum())], "n_negative": [int((values < 0).sum())]}})
 
 
-def _test_selection(s: TrainSetup, params: dict[str, Tensor], spec: TestPointSpec) -> np.ndarray:
+def _test_selection(s: TrainSetup, params: dict[str, Tensor], inputs: dict[str, Any],
+                    measure: str) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in the test split, dataset row ids) of the selected test points; param_change_norm
+    measures no test point, and its single row carries the row id -1 (its position is a placeholder)."""
+    if measure == PARAM_CHANGE:
+        return np.array([0]), np.array([-1])
     losses, correct = _test_losses(s.module, params, s.data.x_test, s.data.y_test)
-    return select_test_points(spec, losses, correct, s.data.test_ids, derive_seed(s.seed, "test_points"))
+    spec = TestPointSpec.model_validate(inputs["test_points"])
+    positions = select_test_points(spec, losses, correct, s.data.test_ids, derive_seed(s.seed, "test_points"))
+    return positions, s.data.test_ids[positions]
 
 
 def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
@@ -167,7 +174,7 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
     s = setup_from(trained.inputs)
     params = _params(trained.arrays, "param.")
     spec: AnyEstimator = TypeAdapter(EstimatorSpec).validate_python(inputs["estimator"])
-    tests = _test_selection(s, params, TestPointSpec.model_validate(inputs["test_points"]))
+    tests, test_ids = _test_selection(s, params, inputs, inputs["measure"])
     curvature = deps[inputs["curvature"]].arrays if inputs.get("curvature") else None
     spectrum_ = Spectrum(curvature["values"], curvature["vectors"]) if curvature else None
     d = s.data
@@ -179,7 +186,6 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
     scores = ESTIMATORS[spec.name](spec, estimator_inputs).to(torch.float64)
     if not bool(torch.isfinite(scores).all()):
         raise TaskFailure(f"estimator '{spec.name}' produced non-finite scores; raise its damping")
-    test_ids = d.test_ids[tests]
     T, n = scores.shape
     return Output({"scores": scores, "tests": idx, "test_ids": torch.as_tensor(test_ids)}, {"estimate_rows": {
         "test_index": np.repeat(test_ids, n).tolist(), "train_index": np.tile(d.train_ids, T).tolist(),
@@ -197,7 +203,7 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     if by and section:
         gt_inputs[section] = {**gt_inputs[section], "by": "estimate"}
     spec: AnyProtocol = TypeAdapter(GroundTruthSpec).validate_python(gt_inputs)
-    tests = _test_selection(s, params, TestPointSpec.model_validate(inputs["test_points"]))
+    tests, test_ids = _test_selection(s, params, inputs, spec.measure)
     d = s.data
     order = derive_seed(s.seed, "order")
     inits = [_params(trained.arrays, "init.")]
@@ -214,7 +220,6 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     evaluated = actual[~torch.isnan(actual)]
     if not bool(torch.isfinite(evaluated).all()):
         raise TaskFailure("ground truth produced infinite values; lower the retraining lr")
-    test_ids = d.test_ids[tests]
     arrays: Arrays = {"actual": actual, "tests": idx}
     rows: dict[str, dict[str, list[Any]]] = {}
     t_pos, k_pos = torch.nonzero(~torch.isnan(actual), as_tuple=True)

@@ -119,3 +119,5 @@ def test_decomposition_terms_add_up(write, tmp_path: Path):
     (worst,) = con.execute("SELECT max(grad_norm) FROM refits").fetchone()
     assert worst <= 1e-10
     con.close()
+    report = runner.invoke(app, ["report", "decomposition", "--db", str(db), "--out", str(tmp_path / "rep")])
+    assert report.exit_code == 0 and (tmp_path / "rep" / "figures" / "decomposition.png").exists()

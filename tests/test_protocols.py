@@ -228,3 +228,42 @@ def test_removal_selections_pick_the_right_points():
     assert sorted(around) == sorted([2, 4, 3])  # ranks 2..4: 1, -2, 3
     every = select_removals(RemovalSpec(select="all"), 11, 2, None, 0)
     assert len(every) == 2 and list(every[0]) == list(range(11))
+
+
+def test_parameter_change_norm_against_converged_refits(write, tmp_path: Path):
+    """The paper's parameter-change comparison: predicted (1/n)||H^-1 g_i|| vs ||theta_-i - theta||."""
+    db = run(write, tmp_path, """\
+        study: pc
+        dataset: {name: iris, test_size: 30}
+        model: {arch: logreg}
+        training: {optimizer: lbfgs, lr: 1.0, epochs: 300, weight_decay: 0.01}
+        estimators: [{name: exact, damping: 0.0}, {name: cg, damping: 0.0, tol: 1.0e-12}]
+        ground_truth: {protocol: loo, solver: newton, measure: param_change_norm,
+                       removals: {select: random, k: 30}}
+        """)
+    pairs = rows(db, "SELECT estimator, test_index, estimate, actual FROM influence WHERE actual IS NOT NULL")
+    assert {t for _, t, _, _ in pairs} == {-1} and len(pairs) == 60
+    exact = np.array([(e, a) for name, _, e, a in pairs if name == "exact"])
+    assert (exact > 0).all()
+    relative = np.abs(exact[:, 0] - exact[:, 1]) / exact[:, 1]
+    assert np.median(relative) < 0.05 and relative.max() < 0.2  # first order: the largest removals deviate most
+    spearman = dict(rows(db, "SELECT estimator, value FROM metrics WHERE metric = 'spearman' AND test_index IS NULL"))
+    assert spearman["exact"] > 0.95 and spearman["cg"] == pytest.approx(spearman["exact"], abs=1e-6)
+
+
+def test_parameter_change_norm_refuses_ranking_estimators(write):
+    from inflang.errors import StudyError
+    from inflang.validate import load_study
+
+    path = write("bad.yaml", """\
+        study: pc
+        dataset: {name: iris}
+        model: {arch: logreg}
+        estimators: [{name: grad_dot}]
+        ground_truth: {protocol: group, measure: param_change_norm}
+        """)
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    messages = [p.message for p in info.value.problems]
+    assert any("compares single removals" in m for m in messages)
+    assert any("grad_dot predicts no parameter change" in m for m in messages)

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from inflang.spec.base import Spec
 
-Measure = Literal["test_loss", "margin"]
+Measure = Literal["test_loss", "margin", "param_change_norm"]
 
 
 class RemovalSpec(Spec):
@@ -43,7 +43,8 @@ class Retraining(Spec):
     batch: Literal["auto"] | Annotated[int, Field(ge=2)] = Field(
         "auto", description="models retrained at once (control included); auto = as many as the memory budget allows")
     measure: Measure = Field(
-        "test_loss", description="test_loss | margin (true-class logit minus the largest other logit)")
+        "test_loss", description="test_loss | margin (true-class logit minus the largest other logit) | "
+        "param_change_norm (||theta_removed - theta_control||, no test points; loo and pbrf)")
 
     grouped: ClassVar[bool] = False  # results per group of training points rather than per point
 

@@ -140,6 +140,15 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
         problems.append((("ground_truth", "fraction"),
                          f"subsets of {int(gt.fraction * n_train)} points are too small for {info.classes} classes",
                          None))
+    if gt.measure == "param_change_norm":
+        if gt.grouped:
+            problems.append((("ground_truth", "measure"), "param_change_norm compares single removals; use it "
+                             "with protocol: loo or pbrf", None))
+        for i, est in enumerate(study.estimators):
+            if est.name not in ("exact", "cg", "lissa", "arnoldi"):
+                problems.append((("estimators", i, "name"), f"{est.name} predicts no parameter change, so it "
+                                 "has no estimate for measure: param_change_norm",
+                                 "use exact, cg, lissa or arnoldi with it"))
     newton = isinstance(gt, LooProtocol) and gt.solver == "newton"
     if gt.optimizer is None and tr.optimizer == "lbfgs" and not newton:
         problems.append((("training", "optimizer"),

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from inflang.spec import ArnoldiEstimator
 from runners.errors import TaskFailure
-from runners.estimators.common import EstimatorInputs
+from runners.estimators.common import EstimatorInputs, inverse_scores
 
 
 def arnoldi_basis(inputs: EstimatorInputs, dim: int) -> tuple[Tensor, Tensor]:
@@ -50,5 +50,4 @@ def arnoldi_scores(spec: ArnoldiEstimator, inputs: EstimatorInputs) -> Tensor:
     if bool((shifted <= 0).any()):
         raise TaskFailure(f"arnoldi: a kept eigenvalue of H + damping I is <= 0 (smallest {float(e.min()):.3g}); "
                           "raise damping or lower top_k")
-    left = (inputs.test_gradients() @ U) / shifted
-    return (left @ (U.T @ inputs.train_gradients().T)) / inputs.n
+    return inverse_scores(inputs, lambda X: ((X @ U) / shifted) @ U.T)

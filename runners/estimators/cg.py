@@ -11,7 +11,7 @@ from torch import Tensor
 
 from inflang.spec import CgEstimator
 from runners.errors import TaskFailure
-from runners.estimators.common import EstimatorInputs
+from runners.estimators.common import EstimatorInputs, inverse_scores
 
 
 def conjugate_gradient(apply: object, b: Tensor, max_iter: int, tol: float) -> tuple[Tensor, Tensor, int]:
@@ -47,10 +47,12 @@ def conjugate_gradient(apply: object, b: Tensor, max_iter: int, tol: float) -> t
 
 
 def cg_scores(spec: CgEstimator, inputs: EstimatorInputs) -> Tensor:
-    g_test = inputs.test_gradients()
-    x, residual, _ = conjugate_gradient(lambda v: inputs.hvp(v) + spec.damping * v, g_test, spec.max_iter, spec.tol)
-    worst = float(residual.max())
-    if not worst <= spec.tol:
-        raise TaskFailure(f"cg did not converge in {spec.max_iter} iterations (relative residual {worst:.2e} > "
-                          f"tol {spec.tol:g}); raise max_iter or damping")
-    return (x @ inputs.train_gradients().T) / inputs.n
+    def solve(b: Tensor) -> Tensor:
+        x, residual, _ = conjugate_gradient(lambda v: inputs.hvp(v) + spec.damping * v, b, spec.max_iter, spec.tol)
+        worst = float(residual.max())
+        if not worst <= spec.tol:
+            raise TaskFailure(f"cg did not converge in {spec.max_iter} iterations (relative residual {worst:.2e} "
+                              f"> tol {spec.tol:g}); raise max_iter or damping")
+        return x
+
+    return inverse_scores(inputs, solve)

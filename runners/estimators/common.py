@@ -6,6 +6,7 @@ at the trained parameters; gradients are per example, flattened over all paramet
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from runners.curvature import Spectrum
-from runners.objective import MEASURES, FlatModel, per_example_loss
+from runners.objective import MEASURES, PARAM_CHANGE, FlatModel, per_example_loss
 
 
 @dataclass
@@ -53,6 +54,15 @@ class EstimatorInputs:
     def hvp(self, vectors: Tensor, batch: Tensor | None = None) -> Tensor:
         """(H_B) v for each row of ``vectors`` [K, P]; H_B on the minibatch ``batch`` (all points if None)."""
         return hessian_vector_products(self.flat, self.x_train, self.y_train, self.weight_decay, vectors, batch)
+
+
+def inverse_scores(inputs: EstimatorInputs, apply_inverse: Callable[[Tensor], Tensor]) -> Tensor:
+    """Scores [T, n] from an estimator's (H + damping I)^-1 applied to rows of a matrix:
+    (1/n) g_test^T M g_i for a measured quantity at test points, or, for ``param_change_norm``, the predicted
+    size of the parameter change, (1/n) ||M g_i||, as a single row (Basu et al. 2021, Sec. 5.1)."""
+    if inputs.measure == PARAM_CHANGE:
+        return (apply_inverse(inputs.train_gradients()).norm(dim=1) / inputs.n).unsqueeze(0)
+    return (apply_inverse(inputs.test_gradients()) @ inputs.train_gradients().T) / inputs.n
 
 
 def gradients(flat: FlatModel, x: Tensor, y: Tensor, measure: str = "loss") -> Tensor:

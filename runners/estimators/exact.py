@@ -13,7 +13,7 @@ from torch import Tensor
 
 from inflang.spec import ExactEstimator
 from runners.errors import TaskFailure
-from runners.estimators.common import EstimatorInputs
+from runners.estimators.common import EstimatorInputs, inverse_scores
 
 
 def inverse_eigenvalues(values: Tensor, damping: float, policy: str) -> Tensor:
@@ -39,5 +39,4 @@ def exact_scores(spec: ExactEstimator, inputs: EstimatorInputs) -> Tensor:
     assert inputs.spectrum is not None, "exact needs the curvature task's eigendecomposition"
     inv = inverse_eigenvalues(inputs.spectrum.values, spec.damping, spec.negative)
     V = inputs.spectrum.vectors
-    left = (inputs.test_gradients() @ V) * inv
-    return (left @ (V.T @ inputs.train_gradients().T)) / inputs.n
+    return inverse_scores(inputs, lambda X: ((X @ V) * inv) @ V.T)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from inflang.spec import LissaEstimator
 from runners.errors import TaskFailure
-from runners.estimators.common import EstimatorInputs
+from runners.estimators.common import EstimatorInputs, inverse_scores
 
 
 def lissa_inverse(inputs: EstimatorInputs, spec: LissaEstimator, v: Tensor) -> Tensor:
@@ -42,4 +42,4 @@ def lissa_inverse(inputs: EstimatorInputs, spec: LissaEstimator, v: Tensor) -> T
 
 
 def lissa_scores(spec: LissaEstimator, inputs: EstimatorInputs) -> Tensor:
-    return (lissa_inverse(inputs, spec, inputs.test_gradients()) @ inputs.train_gradients().T) / inputs.n
+    return inverse_scores(inputs, lambda v: lissa_inverse(inputs, spec, v))

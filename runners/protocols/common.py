@@ -26,7 +26,7 @@ from runners.ensemble import (
     weighted_cross_entropy,
 )
 from runners.errors import DivergenceError
-from runners.objective import MEASURES
+from runners.objective import MEASURES, PARAM_CHANGE
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,11 @@ def update_rule(spec: Retraining, training: TrainingSpec) -> UpdateRule:
 
 
 def measure_ensemble(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor, measure: str) -> Tensor:
-    """[M, T] measured quantity of every model at every test point (float64)."""
+    """[M, T] measured quantity of every model at every test point (float64); for ``param_change_norm``,
+    [M, 1] distances ||theta_m - theta_0|| from the first model (the control)."""
+    if measure == PARAM_CHANGE:
+        flat = torch.cat([v.reshape(v.shape[0], -1) for v in params.values()], dim=1).to(torch.float64)
+        return (flat - flat[0]).norm(dim=1, keepdim=True)
     with torch.no_grad():
         logits = ensemble_logits(module, params, x)
         return MEASURES[measure](logits, y.expand(logits.shape[0], -1)).to(torch.float64)
