@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from inflang.spec import BundledDataset, LogregModel, MlpModel, TrainingSpec
+from inflang.spec import BundledDataset, CnnModel, LogregModel, MlpModel, TrainingSpec
 from runners.batches import batch_order
 from runners.data import load_raw, prepare
 from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
@@ -41,6 +41,7 @@ class Case:
     optimizer: str = "adam"
     lr: float = 0.01
     subsample: int | None = None
+    arch: str = "mlp"  # mlp, or cnn (depth blocks of `width` channels)
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> float:
@@ -55,15 +56,32 @@ def matmul_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> floa
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def linear_flops(module: nn.Module, batch: int) -> int:
-    """Multiply-add FLOPs of one training step of one model: forward 2*b*in*out, backward 4*b*in*out."""
-    return sum(6 * batch * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+def linear_flops(module: nn.Module, batch: int, input_shape: tuple[int, ...]) -> int:
+    """Multiply-add FLOPs of one training step of one model: forward 2 * (multiply-adds of every Linear and
+    Conv2d layer), backward twice that."""
+    total = 0
+
+    def hook(layer: nn.Module, args: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Linear):
+            total += layer.in_features * layer.out_features
+        elif isinstance(layer, nn.Conv2d):
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            total += output[0].numel() * layer.in_channels * k // layer.groups
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    with torch.no_grad():
+        module(torch.zeros(1, *input_shape, dtype=next(module.parameters()).dtype))
+    for h in handles:
+        h.remove()
+    return 6 * batch * total
 
 
 def setup(case: Case, dtype: torch.dtype) -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     spec = BundledDataset(name=case.dataset, test_size=0.2, subsample=case.subsample)
     data = prepare(spec, load_raw(spec), 0, dtype)
-    model = MlpModel(arch="mlp", depth=case.depth, width=case.width, activation="tanh")
+    model: Any = (CnnModel(arch="cnn", depth=case.depth, channels=case.width) if case.arch == "cnn"
+                  else MlpModel(arch="mlp", depth=case.depth, width=case.width, activation="tanh"))
     module = build(model, data.input_shape, data.classes, 0, dtype)
     start = {k: v.detach().clone() for k, v in module.named_parameters()}
     return module, start, data.x_train, data.y_train
@@ -123,7 +141,7 @@ def measure(case: Case, dtype: torch.dtype, threads: int, sample: int | None) ->
     batched(warm, module, start, x, y, 4)
     seq = sequential(case, module, start, x, y, timed) * models / timed
     eng = batched(case, module, start, x, y, case.removals)
-    flops = linear_flops(module, batch) * case.steps * models
+    flops = linear_flops(module, batch, tuple(x.shape[1:])) * case.steps * models
     peak = matmul_peak(dtype)
     return {
         "case": case.name, "dtype": str(dtype).removeprefix("torch."), "threads": threads,
@@ -260,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke test, not the benchmark)")
     parser.add_argument("--full-sequential", action="store_true", help="time every sequential model")
     parser.add_argument("--only-newton", action="store_true", help="only the converged-refit comparison")
+    parser.add_argument("--only", help="only the cases whose name contains this (and no scaling or Newton runs)")
     args = parser.parse_args(argv)
     sample = None if args.full_sequential else 12
     if args.only_newton:
@@ -270,7 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     cases = [
         Case("iris-mlp-2x16 full batch", "iris", 2, 16, 120, 1000 // div, None),
         Case("digits-mlp-2x32 minibatch 64", "digits", 2, 32, 200, 500 // div, 64),
+        Case("digits-cnn-2x8 minibatch 64", "digits", 2, 8, 200, 500 // div, 64, arch="cnn"),
     ]
+    if args.only:
+        cases = [c for c in cases if args.only in c.name]
     sample = None if args.full_sequential else 12
     results: list[dict[str, Any]] = []
     for case in cases:
@@ -282,6 +304,11 @@ def main(argv: list[str] | None = None) -> None:
             "engine_models_per_s", "engine_gflops", "peak_matmul_gflops", "engine_over_floor"]
     print()
     print(table(results, keys))
+    if args.only:
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"results": results}, fh, indent=2)
+        return
     grow = scaling(cases[0], torch.float32, 1, [30, 120, 480], [])
     grow += scaling(cases[1], torch.float32, 1, [], [200, 400, 800])
     print()

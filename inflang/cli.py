@@ -86,12 +86,20 @@ MEMORY_HELP = "Memory for one retraining chunk, e.g. 2GB (default: a quarter of 
 
 @app.command()
 def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=DB_HELP),
-         memory_budget: str = typer.Option(None, "--memory-budget", help=MEMORY_HELP, show_default=False)) -> None:
+         memory_budget: str = typer.Option(None, "--memory-budget", help=MEMORY_HELP, show_default=False),
+         tasks: bool = typer.Option(False, "--tasks", help="List every task with its hash and state.")) -> None:
     """Show the tasks a study compiles into: which are cached, which would run, and their cost."""
     loaded = _load(study)
     compiled = compile_study(loaded)
     budget = _parse_bytes(memory_budget)
     states = _task_states(compiled, db)
+    if tasks:
+        listing = Table("task", "kind", "state", "depends on", "models", "steps")
+        for t in compiled.tasks.values():
+            state = {"done": "cached", "failed": "failed"}.get(states.get(t.hash, ""), "pending")
+            listing.add_row(t.hash, t.kind, state, ", ".join(d[:8] for d in t.deps) or "-",
+                            str(t.models or "-"), f"{t.cost_steps:,}" if t.cost_steps else "-")
+        out.print(listing)
     table = Table(title=f"plan for '{loaded.study.study}' ({len(loaded.cells)} cells)")
     for col in ("task", "count", "cached", "failed", "to run", "models", "chunks", "steps"):
         table.add_column(col, justify="right" if col != "task" else "left", no_wrap=True)

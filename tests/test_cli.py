@@ -172,3 +172,12 @@ def test_plan_chunks_match_the_run(tiny_study: Path, tmp_path: Path, monkeypatch
     shown = invoke("plan", str(tiny_study), "--memory-budget", str(budget))
     (row,) = [line for line in shown.output.splitlines() if "ground_truth" in line]
     assert [c.strip() for c in row.split("│")][7] == str(len(calls))
+
+
+def test_plan_lists_tasks_as_cached_or_pending(tiny_study: Path, finished: Path):
+    result = invoke("plan", str(tiny_study), "--db", str(finished), "--tasks")
+    assert result.exit_code == 0
+    assert result.output.count("cached") >= 5 and "pending" not in result.output.split("┃ task")[1].split("plan")[0]
+    tiny_study.write_text(tiny_study.read_text().replace("damping: 0.0", "damping: 0.3"))
+    changed = invoke("plan", str(tiny_study), "--db", str(finished), "--tasks")
+    assert changed.output.count("pending") == 2  # the estimate and its metrics

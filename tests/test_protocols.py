@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 import torch
@@ -17,16 +16,9 @@ from runners.models import build
 from runners.protocols.common import Problem, RetrainSetup
 from runners.protocols.loo import leave_one_out
 from runners.train import train
+from tests.helpers import rows
 
 runner = CliRunner()
-
-
-def rows(db: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def run(write, tmp_path: Path, text: str) -> Path:

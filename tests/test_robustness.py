@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import pytest
 from typer.testing import CliRunner
 
@@ -13,17 +12,10 @@ from inflang.errors import StudyError
 from inflang.plan import compile_study
 from inflang.store import Store
 from inflang.validate import load_study
+from tests.helpers import rows
 
 runner = CliRunner()
 QUICKSTART = Path(__file__).parent.parent / "studies" / "quickstart.yaml"
-
-
-def rows(db: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_quickstart_is_bitwise_deterministic(write, tmp_path: Path):
