@@ -87,13 +87,13 @@ MEMORY_HELP = "Memory for one retraining chunk, e.g. 2GB (default: a quarter of 
 @app.command()
 def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=DB_HELP),
          memory_budget: str = typer.Option(None, "--memory-budget", help=MEMORY_HELP, show_default=False),
-         tasks: bool = typer.Option(False, "--tasks", help="List every task with its hash and state.")) -> None:
+         list_tasks: bool = typer.Option(False, "--tasks", help="List every task with its hash and state.")) -> None:
     """Show the tasks a study compiles into: which are cached, which would run, and their cost."""
     loaded = _load(study)
     compiled = compile_study(loaded)
     budget = _parse_bytes(memory_budget)
     states = _task_states(compiled, db)
-    if tasks:
+    if list_tasks:
         listing = Table("task", "kind", "state", "depends on", "models", "steps")
         for t in compiled.tasks.values():
             state = {"done": "cached", "failed": "failed"}.get(states.get(t.hash, ""), "pending")
