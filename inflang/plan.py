@@ -131,8 +131,11 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         s = cell.study
         n_train, _ = s.dataset.split_sizes()
         train_steps = s.training.total_steps(n_train)
-        train = b.add("train", {"dataset": _dump(s.dataset), "model": _dump(s.model),
-                                "training": _dump(s.training), "seed": cell.seed}, (), train_steps, 1)
+        train_inputs: dict[str, Any] = {"dataset": _dump(s.dataset), "model": _dump(s.model),
+                                        "training": _dump(s.training), "seed": cell.seed}
+        if s.test_points.select == "indices" and s.test_points.indices:
+            train_inputs["held_out"] = sorted(set(s.test_points.indices))  # named test points are never trained on
+        train = b.add("train", train_inputs, (), train_steps, 1)
         kinds = {e.curvature_kind for e in s.estimators if e.curvature_kind} | ({"hessian"} if s.hessian else set())
         curvature = {k: b.add("curvature", {"train": train, "curvature": k}, (train,)) for k in sorted(kinds)}
         hessian = None

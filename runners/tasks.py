@@ -96,7 +96,8 @@ def setup_from(train_inputs: dict[str, Any]) -> TrainSetup:
     training = TrainingSpec.model_validate(train_inputs["training"])
     seed = int(train_inputs["seed"])
     dtype = _DTYPES[training.dtype]
-    data = datasets.prepare(dataset, _raw(dataset.model_dump_json()), derive_seed(seed, "split"), dtype)
+    data = datasets.prepare(dataset, _raw(dataset.model_dump_json()), derive_seed(seed, "split"), dtype,
+                            tuple(train_inputs.get("held_out", ())))
     module = models.build(model, data.input_shape, data.classes, derive_seed(seed, "init"), dtype)
     return TrainSetup(dataset, model, training, seed, data, module)
 

@@ -19,7 +19,8 @@ class TestPointSpec(Spec):
     select: Literal["highest_loss", "median_loss", "random", "misclassified", "indices"] = Field(
         "highest_loss", description="highest_loss | median_loss | random | misclassified | indices")
     count: int = Field(5, ge=1, description="how many test points")
-    indices: list[int] | None = Field(None, description="with select: indices -- dataset row ids of test points")
+    indices: list[int] | None = Field(None, description="with select: indices -- dataset row ids of test points; "
+                                      "they are held out of training")
 
     @model_validator(mode="after")
     def _indices_iff_select(self) -> TestPointSpec:

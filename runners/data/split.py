@@ -59,8 +59,18 @@ def _stratified(ids: np.ndarray, size: int | float, labels: np.ndarray, seed: in
     return np.asarray(chosen)
 
 
-def split_ids(spec: AnyDataset, raw: RawData, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row ids of the training and test points (sorted), stratified by label and seeded."""
+def split_ids(spec: AnyDataset, raw: RawData, seed: int,
+              held_out: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Row ids of the training and test points (sorted), stratified by label and seeded; rows in ``held_out``
+    (test points a study names by id) are moved to the test split."""
+    train, test = _split(spec, raw, seed)
+    if held_out:
+        chosen = np.asarray(sorted(set(held_out)), dtype=np.int64)
+        train, test = np.setdiff1d(train, chosen), np.union1d(test, chosen)
+    return np.sort(train), np.sort(test)
+
+
+def _split(spec: AnyDataset, raw: RawData, seed: int) -> tuple[np.ndarray, np.ndarray]:
     ids = np.arange(len(raw.y))
     if raw.fixed_test is not None:
         test = _stratified(raw.fixed_test, spec.test_size, raw.y[raw.fixed_test], seed)
@@ -69,7 +79,7 @@ def split_ids(spec: AnyDataset, raw: RawData, seed: int) -> tuple[np.ndarray, np
         train, test = train_test_split(ids, test_size=spec.test_size, stratify=raw.y, random_state=seed)
     if spec.subsample is not None and spec.subsample < len(train):
         train = _stratified(np.asarray(train), spec.subsample, raw.y[train], seed + 1)
-    return np.sort(train), np.sort(test)
+    return np.asarray(train), np.asarray(test)
 
 
 def flip_labels(y: np.ndarray, fraction: float, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +96,9 @@ def flip_labels(y: np.ndarray, fraction: float, classes: int, seed: int) -> tupl
     return noisy, flipped
 
 
-def prepare(spec: AnyDataset, raw: RawData, seed: int, dtype: torch.dtype) -> Prepared:
-    train, test = split_ids(spec, raw, seed)
+def prepare(spec: AnyDataset, raw: RawData, seed: int, dtype: torch.dtype,
+            held_out: tuple[int, ...] = ()) -> Prepared:
+    train, test = split_ids(spec, raw, seed, held_out)
     x_train, x_test = raw.x[train], raw.x[test]
     if spec.standardize:
         axes = (0, 2, 3) if raw.x.ndim == 4 else (0,)  # images: per channel; tables: per feature
