@@ -37,6 +37,18 @@ class UpdateRule:
     momentum: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    schedule: str = "constant"  # constant | cosine | step
+    total_steps: int = 1  # cosine: T
+    step_size: int = 1  # step: steps between decays
+    gamma: float = 0.1  # step: decay factor
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based)."""
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(1, self.total_steps)))
+        if self.schedule == "step":
+            return self.lr * self.gamma ** (step // max(1, self.step_size))
+        return self.lr
 
 
 def stack(params: dict[str, Tensor], copies: int) -> Stacked:
@@ -86,7 +98,7 @@ class _Optimizer:
                 else:
                     self.state[0].mul_(r.momentum).add_(g)
                 g = self.state[0]
-            p.add_(g, alpha=-r.lr)
+            p.add_(g, alpha=-r.lr_at(self.t - 1))
             return
         if not self.state:
             self.state.extend([torch.zeros_like(p), torch.zeros_like(p)])
@@ -94,7 +106,7 @@ class _Optimizer:
         beta1, beta2 = r.betas
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        step_size = r.lr / (1 - beta1**self.t)
+        step_size = r.lr_at(self.t - 1) / (1 - beta1**self.t)
         denom = (v.sqrt() / math.sqrt(1 - beta2**self.t)).add_(r.eps)
         p.addcdiv_(m, denom, value=-step_size)
 
@@ -131,7 +143,8 @@ def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bo
 def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRule, steps: int,
                    batch_size: int | None, order_seeds: list[int], data_term: DataTerm,
                    anchor: Stacked | None = None, proximity: float = 0.0,
-                   on_step: Callable[[int], None] | None = None, lr_name: str = "the retraining lr") -> Stacked:
+                   on_step: Callable[[int, Stacked], None] | None = None,
+                   lr_name: str = "the retraining lr") -> Stacked:
     """Train M models together from ``start`` ([M, ...] per parameter) on the inputs x [n, d].
 
     Model m minimises data_term(...)[m] + weight_decay/2 ||theta_m||^2 + proximity/2 ||theta_m - anchor_m||^2.
@@ -158,7 +171,7 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
 
 def _train(module: nn.Module, layout: Layout, flat: Tensor, x: Tensor, rule: UpdateRule, steps: int,
            batch_size: int | None, order_seeds: list[int], data_term: DataTerm, centre: Tensor | None,
-           proximity: float, opt: _Optimizer, on_step: Callable[[int], None] | None, lr_name: str) -> Stacked:
+           proximity: float, opt: _Optimizer, on_step: Callable[[int, Stacked], None] | None, lr_name: str) -> Stacked:
     n = x.shape[0]
     count = flat.shape[0]
     distinct = sorted(set(order_seeds))
@@ -192,7 +205,7 @@ def _train(module: nn.Module, layout: Layout, flat: Tensor, x: Tensor, rule: Upd
                                       f"(now {rule.lr:g})")
         opt.step(flat, grad)
         if on_step is not None:
-            on_step(step)
+            on_step(step, layout.views(flat))
     if not bool(torch.isfinite(flat).all()):
         raise DivergenceError(f"parameters became non-finite; lower {lr_name} (now {rule.lr:g})")
     return {k: v.clone() for k, v in layout.views(flat).items()}

@@ -121,6 +121,10 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
         test_losses, correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
     arrays = {f"param.{k}": v for k, v in result.params.items()}
     arrays.update({f"init.{k}": v for k, v in result.init.items()})
+    for c, (_lr, snapshot) in enumerate(result.snapshots):
+        arrays.update({f"ckpt{c}.{k}": v for k, v in snapshot.items()})
+    if result.snapshots:
+        arrays["ckpt_lr"] = torch.tensor([lr for lr, _ in result.snapshots], dtype=torch.float64)
     n_params = sum(v.numel() for v in result.params.values())
     ids = [int(i) for i in d.train_ids] + [int(i) for i in d.test_ids]
     roles = ["train"] * len(d.train_ids) + ["test"] * len(d.test_ids)
@@ -170,6 +174,13 @@ def _test_selection(s: TrainSetup, params: dict[str, Tensor], inputs: dict[str, 
     return positions, s.data.test_ids[positions]
 
 
+def _checkpoints(arrays: Arrays) -> list[tuple[float, dict[str, Tensor]]]:
+    """The (learning rate, parameters) snapshots a train task kept, in training order."""
+    if "ckpt_lr" not in arrays:
+        return []
+    return [(float(lr), _params(arrays, f"ckpt{c}.")) for c, lr in enumerate(arrays["ckpt_lr"].tolist())]
+
+
 def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
     trained = deps[inputs["train"]]
     s = setup_from(trained.inputs)
@@ -183,7 +194,8 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
     estimator_inputs = EstimatorInputs(
         module=s.module, params=params, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test[idx],
         y_test=d.y_test[idx], measure=inputs["measure"], weight_decay=s.training.weight_decay,
-        seed=derive_seed(s.seed, "estimator", inputs["estimator"]), spectrum=spectrum_)
+        seed=derive_seed(s.seed, "estimator", inputs["estimator"]), spectrum=spectrum_,
+        checkpoints=_checkpoints(trained.arrays))
     scores = ESTIMATORS[spec.name](spec, estimator_inputs).to(torch.float64)
     if not bool(torch.isfinite(scores).all()):
         raise TaskFailure(f"estimator '{spec.name}' produced non-finite scores; raise its damping")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,7 @@ class Trained:
     init: dict[str, Tensor]
     steps: int
     seconds: float
+    snapshots: list[tuple[float, dict[str, Tensor]]] = field(default_factory=list)  # (lr at that step, params)
 
 
 def _check(loss: Tensor, step: int, spec: TrainingSpec) -> None:
@@ -43,6 +44,7 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
     torch.optim.LBFGS with a strong-Wolfe line search.
     """
     init = {k: v.detach().clone() for k, v in module.named_parameters()}
+    snapshots: list[tuple[float, dict[str, Tensor]]] = []
     params = list(module.parameters())
     named = dict(module.named_parameters())
     n = x.shape[0]
@@ -64,12 +66,17 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
         _check(objective(module, named, x, y, spec.weight_decay), spec.epochs, spec)
     else:
         # the batched engine with one model: the same update rule, bit for bit, that retraining replays
-        rule = UpdateRule(optimizer=spec.optimizer, lr=spec.lr, weight_decay=spec.weight_decay,
-                          momentum=spec.momentum)
+        rule = training_rule(spec, n)
+        wanted = checkpoint_steps(steps, spec.checkpoints)
+
+        def keep(step: int, params: dict[str, Tensor]) -> None:
+            if step in wanted:
+                snapshots.append((rule.lr_at(step), {k: v[0].detach().clone() for k, v in params.items()}))
+
         try:
             final = train_ensemble(module, stack(init, 1), x, rule, steps, spec.batch_size, [order_seed],
                                    weighted_cross_entropy(y, torch.ones(1, n, dtype=x.dtype)),
-                                   lr_name="training.lr")
+                                   on_step=keep if wanted else None, lr_name="training.lr")
         except DivergenceError as exc:
             raise DivergenceError(f"training {exc}") from None
         with torch.no_grad():
@@ -78,4 +85,16 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
     final = {k: v.detach().clone() for k, v in module.named_parameters()}
     if not all(torch.isfinite(v).all() for v in final.values()):
         raise DivergenceError(f"training produced non-finite parameters; lower training.lr (now {spec.lr})")
-    return Trained(params=final, init=init, steps=steps, seconds=time.perf_counter() - start)
+    return Trained(params=final, init=init, steps=steps, seconds=time.perf_counter() - start, snapshots=snapshots)
+
+
+def training_rule(spec: TrainingSpec, n_train: int) -> UpdateRule:
+    """The update rule of base training, with its learning-rate schedule."""
+    return UpdateRule(optimizer=spec.optimizer, lr=spec.lr, weight_decay=spec.weight_decay, momentum=spec.momentum,
+                      schedule=spec.schedule, total_steps=spec.total_steps(n_train),
+                      step_size=spec.step_epochs * spec.steps_per_epoch(n_train), gamma=spec.gamma)
+
+
+def checkpoint_steps(steps: int, count: int) -> set[int]:
+    """``count`` evenly spaced steps (0-based, after their update), the last one being the final step."""
+    return {max(0, round(c * steps / count) - 1) for c in range(1, count + 1)} if count else set()

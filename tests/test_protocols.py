@@ -38,7 +38,7 @@ def test_scratch_with_nothing_removed_reproduces_the_base_model_bit_for_bit():
     from runners.protocols.common import update_rule
 
     gt = LooProtocol(protocol="loo", start="scratch")
-    again = train_ensemble(module, stack(trained.init, 3), x, update_rule(gt, spec), spec.total_steps(50), 16,
+    again = train_ensemble(module, stack(trained.init, 3), x, update_rule(gt, spec, 50), spec.total_steps(50), 16,
                            [7] * 3, weighted_cross_entropy(y, torch.ones(3, 50, dtype=torch.float64)))
     for k, v in trained.params.items():
         assert torch.equal(again[k][0], v) and torch.equal(again[k][2], v)

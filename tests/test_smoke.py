@@ -45,6 +45,12 @@ VARIANTS = {
                    "training": "{optimizer: adam, lr: 0.05, epochs: 5, batch_size: 30}"},
     "dropout": {"model": "{arch: mlp, depth: 1, width: 4, dropout: 0.2}",
                 "estimators": "[{name: grad_dot}]"},
+    "tracin-schedule": {"training": "{optimizer: sgd, lr: 0.1, epochs: 30, weight_decay: 0.01, schedule: step, "
+                                    "step_epochs: 10, checkpoints: 3}",
+                        "estimators": "[{name: tracin}, {name: representer}, {name: datainf}]"},
+    "datainf-param-change": {"estimators": "[{name: datainf}]",
+                             "ground_truth": "{protocol: loo, steps: 5, measure: param_change_norm, "
+                                             "removals: {select: random, k: 6}}"},
     "all-metrics": {"metrics": "{names: [pearson, spearman, kendall, sign_agreement, top_k_overlap], top_k: 3}"},
 }
 

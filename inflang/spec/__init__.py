@@ -14,11 +14,14 @@ from inflang.spec.estimators import (
     AnyEstimator,
     ArnoldiEstimator,
     CgEstimator,
+    DataInfEstimator,
     EstimatorSpec,
     ExactEstimator,
     GradCosEstimator,
     GradDotEstimator,
     LissaEstimator,
+    RepresenterEstimator,
+    TracinEstimator,
     estimator_label,
 )
 from inflang.spec.model import IMAGE_ARCHS, AnyModel, CnnModel, LenetModel, LogregModel, MlpModel, ModelSpec
@@ -37,6 +40,7 @@ from inflang.spec.study import Study, ranking_estimator, semantic_problems
 from inflang.spec.training import TrainingSpec
 
 __all__ = [
+    "DataInfEstimator", "RepresenterEstimator", "TracinEstimator",
     "AnyDataset", "AnyEstimator", "AnyModel", "AnyProtocol", "ArnoldiEstimator", "BUNDLED", "BundledDataset",
     "CgEstimator", "CnnModel", "DatasetInfo", "DatasetSpec", "ESTIMATOR_NAMES", "EstimatorSpec",
     "ExactEstimator", "FileDataset", "GradCosEstimator", "GradDotEstimator", "GroundTruthSpec",

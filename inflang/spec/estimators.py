@@ -105,10 +105,38 @@ class GradCosEstimator(EstimatorBase):
     ranks_only: ClassVar[bool] = True
 
 
+class TracinEstimator(EstimatorBase):
+    """TracInCP (Pruthi et al. 2020): (1/n) sum_c lr_c g_test(theta_c) . g_i(theta_c) over the checkpoints that
+    ``training.checkpoints`` keeps, lr_c the learning rate at checkpoint c (ranks only)."""
+
+    name: Literal["tracin"]
+    ranks_only: ClassVar[bool] = True
+
+
+class RepresenterEstimator(EstimatorBase):
+    """Representer points (Yeh et al. 2018) on the last linear layer: alpha_i = -(1/(weight_decay n))
+    dloss_i/dlogits, and the score of training point i for a test point is alpha_i[y_test] f_i . f_test, with
+    f the last layer's inputs (ranks only; needs weight_decay > 0)."""
+
+    name: Literal["representer"]
+    ranks_only: ClassVar[bool] = True
+
+
+class DataInfEstimator(EstimatorBase):
+    """DataInf (Kwon et al. 2024): per layer l, (G_l + lambda_l I)^-1 by the closed form
+    (1/(n lambda_l)) sum_j (I - g_jl g_jl^T / (lambda_l + ||g_jl||^2)), G_l the layer's mean gradient outer
+    product; estimate = (1/n) sum_l g_test,l^T (G_l + lambda_l I)^-1 g_i,l."""
+
+    name: Literal["datainf"]
+    damping: float | None = Field(None, gt=0, description="lambda_l for every layer; default 0.1 x the mean "
+                                  "eigenvalue of G_l (its trace over its size), per layer")
+
+
 AnyEstimator = (ExactEstimator | CgEstimator | LissaEstimator | ArnoldiEstimator | GradDotEstimator
-                | GradCosEstimator)
+                | GradCosEstimator | TracinEstimator | RepresenterEstimator | DataInfEstimator)
 EstimatorSpec = Annotated[AnyEstimator, Field(discriminator="name")]
-ESTIMATOR_NAMES: tuple[str, ...] = ("exact", "cg", "lissa", "arnoldi", "grad_dot", "grad_cos")
+ESTIMATOR_NAMES: tuple[str, ...] = ("exact", "cg", "lissa", "arnoldi", "grad_dot", "grad_cos", "tracin",
+                                    "representer", "datainf")
 
 
 def estimator_label(spec: AnyEstimator) -> str:

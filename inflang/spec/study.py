@@ -145,7 +145,7 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
             problems.append((("ground_truth", "measure"), "param_change_norm compares single removals; use it "
                              "with protocol: loo or pbrf", None))
         for i, est in enumerate(study.estimators):
-            if est.name not in ("exact", "cg", "lissa", "arnoldi"):
+            if est.name not in ("exact", "cg", "lissa", "arnoldi", "datainf"):
                 problems.append((("estimators", i, "name"), f"{est.name} predicts no parameter change, so it "
                                  "has no estimate for measure: param_change_norm",
                                  "use exact, cg, lissa or arnoldi with it"))
@@ -167,6 +167,12 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
         if isinstance(est, ArnoldiEstimator) and est.top_k > n_params:
             problems.append((("estimators", i, "top_k"),
                              f"top_k = {est.top_k} is more than the model's {n_params} parameters", None))
+        if est.name == "tracin" and study.training.checkpoints < 1:
+            problems.append((("estimators", i, "name"), "tracin reads checkpoints, and training keeps none",
+                             "set training.checkpoints (e.g. 5)"))
+        if est.name == "representer" and study.training.weight_decay <= 0:
+            problems.append((("estimators", i, "name"), "representer points need weight_decay > 0",
+                             "set training.weight_decay"))
         if isinstance(est, LissaEstimator) and est.batch_size is not None and est.batch_size > n_train:
             problems.append((("estimators", i, "batch_size"),
                              f"batch_size {est.batch_size} is larger than the training set ({n_train} points)", None))

@@ -21,6 +21,13 @@ class TrainingSpec(Spec):
     weight_decay: float = Field(0.001, ge=0, description="objective adds weight_decay/2 * ||theta||^2")
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd only")
     dtype: Literal["float32", "float64"] = Field("float64", description="float32 | float64")
+    schedule: Literal["constant", "cosine", "step"] = Field(
+        "constant", description="learning rate over training: constant | cosine (lr * (1 + cos(pi t / T)) / 2) | "
+        "step (lr * gamma^floor(epoch / step_epochs))")
+    step_epochs: int = Field(30, ge=1, description="schedule: step -- epochs between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="schedule: step -- the decay factor")
+    checkpoints: int = Field(0, ge=0, le=1000, description="keep this many evenly spaced snapshots of the "
+                             "parameters during training (read by the tracin estimator)")
 
     def steps_per_epoch(self, n_train: int) -> int:
         if self.optimizer == "lbfgs" or self.batch_size is None or self.batch_size >= n_train:

@@ -16,9 +16,12 @@ from torch import Tensor
 from runners.estimators.arnoldi import arnoldi_scores
 from runners.estimators.cg import cg_scores
 from runners.estimators.common import EstimatorInputs
+from runners.estimators.datainf import datainf_scores
 from runners.estimators.exact import exact_scores
 from runners.estimators.lissa import lissa_scores
+from runners.estimators.representer import representer_scores
 from runners.estimators.similarity import grad_cos_scores, grad_dot_scores
+from runners.estimators.tracin import tracin_scores
 
 ESTIMATORS: dict[str, Callable[[Any, EstimatorInputs], Tensor]] = {
     "exact": exact_scores,
@@ -27,6 +30,9 @@ ESTIMATORS: dict[str, Callable[[Any, EstimatorInputs], Tensor]] = {
     "arnoldi": arnoldi_scores,
     "grad_dot": grad_dot_scores,
     "grad_cos": grad_cos_scores,
+    "tracin": tracin_scores,
+    "representer": representer_scores,
+    "datainf": datainf_scores,
 }
 
 __all__ = ["ESTIMATORS", "EstimatorInputs"]

@@ -29,6 +29,7 @@ class EstimatorInputs:
     weight_decay: float
     seed: int
     spectrum: Spectrum | None = None
+    checkpoints: list[tuple[float, dict[str, Tensor]]] = field(default_factory=list)  # (lr, params) in order
     _cache: dict[str, Tensor] = field(default_factory=dict)
 
     @property

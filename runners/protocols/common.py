@@ -27,6 +27,7 @@ from runners.ensemble import (
 )
 from runners.errors import DivergenceError
 from runners.objective import MEASURES, PARAM_CHANGE
+from runners.train import training_rule
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,10 @@ class GroundTruth:
         return self.per_repeat.mean(dim=0)
 
 
-def update_rule(spec: Retraining, training: TrainingSpec) -> UpdateRule:
+def update_rule(spec: Retraining, training: TrainingSpec, n_train: int = 1) -> UpdateRule:
+    """Scratch retraining replays the training rule with its schedule; warm starts use a constant rate."""
+    if spec.start_from == "scratch":
+        return training_rule(training, n_train)
     return UpdateRule(optimizer=spec.optimizer or training.optimizer, lr=spec.lr or training.lr,
                       weight_decay=training.weight_decay, momentum=training.momentum)
 
@@ -107,7 +111,7 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor) -> Tensor:
 
     The control (all weights 1) shares start and batch order with the models of its chunk.
     """
-    rule = update_rule(spec, p.training)
+    rule = update_rule(spec, p.training, p.n)
     steps = spec.retrain_steps(p.training.total_steps(p.n))
     K = weights.shape[0]
     out = torch.zeros(len(p.setup.order_seeds), K, p.x_test.shape[0], dtype=torch.float64)

@@ -1,0 +1,55 @@
+"""DataInf (Kwon, Wu, Wu & Zou 2024): a closed-form inverse per layer.
+
+For layer l with per-example gradients g_jl, G_l = (1/n) sum_j g_jl g_jl^T, and (G_l + lambda_l I)^-1 is
+replaced by the average of the inverses of its rank-one terms (Sherman-Morrison):
+    (1/(n lambda_l)) sum_j (I - g_jl g_jl^T / (lambda_l + ||g_jl||^2)).
+estimate(z_i, z_test) = (1/n) sum_l g_test,l^T [that matrix] g_i,l; a layer is a module's parameters
+(a Linear's weight and bias). Default lambda_l = 0.1 x the mean eigenvalue of G_l, i.e. trace(G_l)/P_l.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from inflang.spec import DataInfEstimator
+from runners.estimators.common import EstimatorInputs, inverse_scores
+
+
+def layer_slices(inputs: EstimatorInputs) -> list[slice]:
+    """Column ranges of the flat gradient that belong to one module each."""
+    flat = inputs.flat
+    bounds: dict[str, list[int]] = {}
+    start = 0
+    for name, size in zip(flat.names, flat.sizes, strict=True):
+        module = name.rsplit(".", 1)[0]
+        bounds.setdefault(module, [start, start])[1] = start + size
+        start += size
+    return [slice(a, b) for a, b in bounds.values()]
+
+
+def datainf_inverse(spec: DataInfEstimator, inputs: EstimatorInputs) -> Callable[[Tensor], Tensor]:
+    G = inputs.train_gradients()  # [n, P]
+    n = inputs.n
+    parts = []
+    for cols in layer_slices(inputs):
+        g = G[:, cols]
+        norms = (g * g).sum(1)
+        lam = spec.damping if spec.damping is not None else 0.1 * float(norms.mean()) / g.shape[1]
+        parts.append((cols, g, norms, max(lam, 1e-12)))
+
+    def apply(X: Tensor) -> Tensor:
+        out = torch.zeros_like(X)
+        for cols, g, norms, lam in parts:
+            x = X[:, cols]
+            coef = (x @ g.T) / (lam + norms)  # [K, n]
+            out[:, cols] = (n * x - coef @ g) / (n * lam)
+        return out
+
+    return apply
+
+
+def datainf_scores(spec: DataInfEstimator, inputs: EstimatorInputs) -> Tensor:
+    return inverse_scores(inputs, datainf_inverse(spec, inputs))

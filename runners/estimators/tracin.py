@@ -1,0 +1,29 @@
+"""TracInCP (Pruthi, Liu, Kale & Sundararajan 2020): the training run's checkpoints stand in for the path.
+
+score(z_i, z_test) = (1/n) sum_c lr_c g_test(theta_c) . g_i(theta_c), over the checkpoints that
+``training.checkpoints`` keeps (evenly spaced; the last is the trained model), lr_c the learning rate at that
+step. A positive score marks a proponent: training on z_i lowered the test loss, so removing it raises it, the
+sign of LANGUAGE.md. ``grad_dot`` is the single-checkpoint case with lr = 1. Ranks only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from inflang.spec import TracinEstimator
+from runners.errors import TaskFailure
+from runners.estimators.common import EstimatorInputs, gradients
+from runners.objective import FlatModel
+
+
+def tracin_scores(spec: TracinEstimator, inputs: EstimatorInputs) -> Tensor:
+    if not inputs.checkpoints:
+        raise TaskFailure("tracin: the trained model kept no checkpoints; set training.checkpoints")
+    total = torch.zeros(inputs.x_test.shape[0], inputs.n, dtype=torch.float64)
+    for lr, params in inputs.checkpoints:
+        flat = FlatModel(inputs.module, params)
+        g_test = gradients(flat, inputs.x_test, inputs.y_test, inputs.measure).to(torch.float64)
+        g_train = gradients(flat, inputs.x_train, inputs.y_train).to(torch.float64)
+        total += lr * (g_test @ g_train.T)
+    return total / inputs.n
