@@ -136,12 +136,16 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         if s.test_points.select == "indices" and s.test_points.indices:
             train_inputs["held_out"] = sorted(set(s.test_points.indices))  # named test points are never trained on
         train = b.add("train", train_inputs, (), train_steps, 1)
-        kinds = {e.curvature_kind for e in s.estimators if e.curvature_kind} | ({"hessian"} if s.hessian else set())
+        exact_diagnostics = s.hessian is not None and s.hessian.method == "exact"
+        kinds = {e.curvature_kind for e in s.estimators if e.curvature_kind} | ({"hessian"} if exact_diagnostics
+                                                                               else set())
         curvature = {k: b.add("curvature", {"train": train, "curvature": k}, (train,)) for k in sorted(kinds)}
         hessian = None
-        if s.hessian is not None:
+        if s.hessian is not None and exact_diagnostics:
             hessian = b.add("hessian", {"curvature": curvature["hessian"], "hessian": _dump(s.hessian)},
                             (curvature["hessian"],))
+        elif s.hessian is not None:
+            hessian = b.add("hessian", {"train": train, "hessian": _dump(s.hessian)}, (train,))
         ct = CellTasks(cell=cell, train=train, curvature=curvature, hessian=hessian)
         gt = s.ground_truth
         for est in s.estimators:

@@ -7,6 +7,7 @@ by the ``hessian:`` diagnostics.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -60,3 +61,39 @@ CURVATURES = {"hessian": objective_hessian, "ggn": objective_ggn}
 def spectrum(H: Tensor) -> Spectrum:
     values, vectors = torch.linalg.eigh(H.to(torch.float64))
     return Spectrum(values=values, vectors=vectors)
+
+
+def krylov_basis(hvp: Callable[[Tensor], Tensor], P: int, dim: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Arnoldi (for a symmetric H: Lanczos) with full reorthogonalisation from a seeded random start:
+    (Q [P, d'], T = Q^T H Q [d', d']), d' <= min(dim, P) (fewer when the Krylov space is exhausted)."""
+    dim = min(dim, P)
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(P, generator=generator, dtype=torch.float64)
+    basis = [q / q.norm()]
+    T = torch.zeros(dim + 1, dim, dtype=torch.float64)
+    for k in range(dim):
+        w = hvp(basis[k]).to(torch.float64)
+        Q = torch.stack(basis, dim=1)
+        for _ in range(2):  # twice, for stability
+            coeff = Q.T @ w
+            w = w - Q @ coeff
+            T[: k + 1, k] += coeff
+        norm = w.norm()
+        T[k + 1, k] = norm
+        if k + 1 == dim or norm <= 1e-10 * T[: k + 1, k].abs().max().clamp_min(1e-300):
+            return Q, T[: k + 1, : k + 1]
+        basis.append(w / norm)
+    return torch.stack(basis[:dim], dim=1), T[:dim, :dim]
+
+
+def lanczos_extremes(hvp: Callable[[Tensor], Tensor], P: int, iterations: int, seed: int) -> Tensor:
+    """Ritz values (ascending) of H from ``iterations`` Lanczos steps: the largest and smallest converge first."""
+    _, T = krylov_basis(hvp, P, iterations, seed)
+    return torch.linalg.eigvalsh(0.5 * (T + T.T))
+
+
+def hutchinson_trace(hvp_batch: Callable[[Tensor], Tensor], P: int, samples: int, seed: int) -> float:
+    """tr(H) ~ mean of v^T H v over Rademacher probes v (Hutchinson 1989)."""
+    generator = torch.Generator().manual_seed(seed)
+    probes = torch.randint(0, 2, (samples, P), generator=generator).to(torch.float64) * 2 - 1
+    return float((probes * hvp_batch(probes).to(torch.float64)).sum(1).mean())

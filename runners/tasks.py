@@ -35,11 +35,12 @@ from inflang.spec import (
 )
 from runners import data as datasets
 from runners import models
-from runners.curvature import CURVATURES, Spectrum, spectrum
+from runners.curvature import CURVATURES, Spectrum, hutchinson_trace, lanczos_extremes, spectrum
 from runners.errors import TaskFailure
 from runners.estimators import ESTIMATORS, EstimatorInputs
+from runners.estimators.common import hessian_vector_products
 from runners.metrics import MetricRow, gap_rows, noise_ceiling, score
-from runners.objective import PARAM_CHANGE, per_example_loss
+from runners.objective import PARAM_CHANGE, FlatModel, per_example_loss
 from runners.protocols import PROTOCOLS, Problem, RetrainSetup
 from runners.selection import select_test_points
 from runners.train import train
@@ -155,11 +156,25 @@ def run_curvature(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) ->
 
 def run_hessian(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
     spec = HessianSpec.model_validate(inputs["hessian"])
-    values = deps[inputs["curvature"]].arrays["values"]
+    if spec.method == "exact":
+        values = deps[inputs["curvature"]].arrays["values"]
+        trace, negative = float(values.sum()), int((values < 0).sum())
+    else:  # Lanczos Ritz values and a Hutchinson trace, from Hessian-vector products only
+        trained = deps[inputs["train"]]
+        s = setup_from(trained.inputs)
+        flat = FlatModel(s.module, _params(trained.arrays, "param."))
+        d, wd = s.data, s.training.weight_decay
+        P = int(flat.theta.numel())
+        seed = derive_seed(s.seed, "hessian")
+        values = lanczos_extremes(lambda v: hessian_vector_products(flat, d.x_train, d.y_train, wd, v[None])[0],
+                                  P, spec.iterations, seed)
+        trace = hutchinson_trace(lambda v: hessian_vector_products(flat, d.x_train, d.y_train, wd, v), P,
+                                 spec.trace_samples, seed + 1)
+        negative = None
     top = values.flip(0)[: spec.top_eigenvalues]
     return Output({"top": top}, {"hessian_results": {
         "top_eigenvalues": [[float(v) for v in top]], "min_eigenvalue": [float(values[0])],
-        "trace": [float(values.sum())], "n_negative": [int((values < 0).sum())]}})
+        "trace": [trace], "n_negative": [negative]}})
 
 
 def _test_selection(s: TrainSetup, params: dict[str, Tensor], inputs: dict[str, Any],

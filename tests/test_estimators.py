@@ -111,3 +111,18 @@ def test_cg_refuses_an_indefinite_system():
         conjugate_gradient(lambda v: v @ A, b, 50, 1e-12)
     x, residual, _ = conjugate_gradient(lambda v: v @ (A + 2 * torch.eye(3, dtype=torch.float64)), b, 50, 1e-12)
     assert torch.allclose(x, b / torch.tensor([4.0, 1.0, 5.0], dtype=torch.float64)) and residual.max() < 1e-12
+
+
+def test_lanczos_and_hutchinson_against_the_exact_spectrum(problem):
+    from runners.curvature import hutchinson_trace, lanczos_extremes
+
+    inputs, _, H = problem
+    exact = torch.linalg.eigvalsh(H)
+    P = H.shape[0]
+    full = lanczos_extremes(lambda v: inputs.hvp(v[None])[0], P, P, seed=0)
+    # the Krylov space may close early (repeated eigenvalues); its extremes are the spectrum's
+    assert abs(float(full[-1] - exact[-1])) < 1e-8 and abs(float(full[0] - exact[0])) < 1e-8
+    few = lanczos_extremes(lambda v: inputs.hvp(v[None])[0], P, 20, seed=0)
+    assert abs(float(few[-1]) - float(exact[-1])) / float(exact[-1]) < 1e-6  # the top one converges first
+    trace = hutchinson_trace(inputs.hvp, P, 4000, seed=1)
+    assert abs(trace - float(exact.sum())) / abs(float(exact.sum())) < 0.05

@@ -51,6 +51,7 @@ VARIANTS = {
     "datainf-param-change": {"estimators": "[{name: datainf}]",
                              "ground_truth": "{protocol: loo, steps: 5, measure: param_change_norm, "
                                              "removals: {select: random, k: 6}}"},
+    "lanczos-diagnostics": {"hessian": "{top_eigenvalues: 3, method: lanczos, iterations: 10, trace_samples: 8}"},
     "all-metrics": {"metrics": "{names: [pearson, spearman, kendall, sign_agreement, top_k_overlap], top_k: 3}"},
 }
 

@@ -32,10 +32,16 @@ class TestPointSpec(Spec):
 
 
 class HessianSpec(Spec):
-    """Diagnostics of the trained model's curvature (exact spectrum of the training objective's Hessian)."""
+    """Diagnostics of the trained model's curvature: the training objective's Hessian's largest eigenvalues,
+    its smallest, and its trace; exactly (eigendecomposition) or by Lanczos and Hutchinson for large models."""
 
     top_eigenvalues: int = Field(5, ge=1, le=1000, description="how many of the largest eigenvalues to store")
-    max_params: int = Field(5000, ge=1, description="refuse models with more parameters (the Hessian is P x P)")
+    method: Literal["exact", "lanczos"] = Field(
+        "exact", description="exact: the full spectrum (P x P); lanczos: Ritz values from Hessian-vector products "
+        "and a Hutchinson trace estimate")
+    iterations: int = Field(60, ge=2, description="lanczos: Krylov steps")
+    trace_samples: int = Field(64, ge=1, description="lanczos: Rademacher probes for the trace")
+    max_params: int = Field(5000, ge=1, description="exact: refuse models with more parameters")
 
 
 class MetricsSpec(Spec):

@@ -176,7 +176,7 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
         if isinstance(est, LissaEstimator) and est.batch_size is not None and est.batch_size > n_train:
             problems.append((("estimators", i, "batch_size"),
                              f"batch_size {est.batch_size} is larger than the training set ({n_train} points)", None))
-    if study.hessian is not None and n_params > study.hessian.max_params:
+    if study.hessian is not None and study.hessian.method == "exact" and n_params > study.hessian.max_params:
         problems.append((("hessian",), f"the model has {n_params} parameters, more than "
-                         f"max_params = {study.hessian.max_params}", None))
+                         f"max_params = {study.hessian.max_params}", "use hessian.method: lanczos"))
     return problems

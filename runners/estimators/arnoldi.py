@@ -13,36 +13,15 @@ import torch
 from torch import Tensor
 
 from inflang.spec import ArnoldiEstimator
+from runners.curvature import krylov_basis
 from runners.errors import TaskFailure
 from runners.estimators.common import EstimatorInputs, inverse_scores
 
 
-def arnoldi_basis(inputs: EstimatorInputs, dim: int) -> tuple[Tensor, Tensor]:
-    """(Q [P, d'], T [d', d']) with d' <= dim (fewer if the Krylov space is exhausted)."""
-    P = int(inputs.flat.theta.numel())
-    dim = min(dim, P)
-    generator = torch.Generator().manual_seed(inputs.seed)
-    q = torch.randn(P, generator=generator, dtype=torch.float64)
-    basis = [q / q.norm()]
-    H = torch.zeros(dim + 1, dim, dtype=torch.float64)
-    for k in range(dim):
-        w = inputs.hvp(basis[k][None].to(inputs.flat.theta.dtype))[0].to(torch.float64)
-        Q = torch.stack(basis, dim=1)
-        for _ in range(2):  # full reorthogonalisation, twice for stability
-            coeff = Q.T @ w
-            w = w - Q @ coeff
-            H[: k + 1, k] += coeff
-        norm = w.norm()
-        H[k + 1, k] = norm
-        if k + 1 == dim or norm <= 1e-10 * H[: k + 1, k].abs().max().clamp_min(1e-300):
-            return Q, H[: k + 1, : k + 1]
-        basis.append(w / norm)
-    Q = torch.stack(basis[:dim], dim=1)
-    return Q, H[:dim, :dim]
-
-
 def arnoldi_scores(spec: ArnoldiEstimator, inputs: EstimatorInputs) -> Tensor:
-    Q, T = arnoldi_basis(inputs, spec.arnoldi_dim)
+    P = int(inputs.flat.theta.numel())
+    Q, T = krylov_basis(lambda v: inputs.hvp(v[None].to(inputs.flat.theta.dtype))[0], P, spec.arnoldi_dim,
+                        inputs.seed)
     values, vectors = torch.linalg.eigh(0.5 * (T + T.T))
     keep = torch.argsort(values.abs(), descending=True)[: spec.top_k]
     e, U = values[keep], Q @ vectors[:, keep]
