@@ -189,6 +189,21 @@ def _test_selection(s: TrainSetup, params: dict[str, Tensor], inputs: dict[str, 
     return positions, s.data.test_ids[positions]
 
 
+def selected_parameters(choice: str | list[str], module: nn.Module) -> list[str] | None:
+    """Parameter names an estimator works over: None for all; the last Linear layer's; or the named ones."""
+    names = [k for k, _ in module.named_parameters()]
+    if choice == "all":
+        return None
+    if choice == "last_layer":
+        last = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)][-1]
+        return [k for k in names if k.rsplit(".", 1)[0] == last]
+    unknown = [k for k in choice if k not in names]
+    if unknown:
+        raise TaskFailure(f"estimator params: no parameter named {', '.join(unknown)}; this model has "
+                          f"{', '.join(names)}")
+    return [k for k in names if k in choice]
+
+
 def _checkpoints(arrays: Arrays) -> list[tuple[float, dict[str, Tensor]]]:
     """The (learning rate, parameters) snapshots a train task kept, in training order."""
     if "ckpt_lr" not in arrays:
@@ -210,7 +225,7 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
         module=s.module, params=params, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test[idx],
         y_test=d.y_test[idx], measure=inputs["measure"], weight_decay=s.training.weight_decay,
         seed=derive_seed(s.seed, "estimator", inputs["estimator"]), spectrum=spectrum_,
-        checkpoints=_checkpoints(trained.arrays))
+        checkpoints=_checkpoints(trained.arrays), selected=selected_parameters(spec.params, s.module))
     scores = ESTIMATORS[spec.name](spec, estimator_inputs).to(torch.float64)
     if not bool(torch.isfinite(scores).all()):
         raise TaskFailure(f"estimator '{spec.name}' produced non-finite scores; raise its damping")

@@ -126,3 +126,34 @@ def test_lanczos_and_hutchinson_against_the_exact_spectrum(problem):
     assert abs(float(few[-1]) - float(exact[-1])) / float(exact[-1]) < 1e-6  # the top one converges first
     trace = hutchinson_trace(inputs.hvp, P, 4000, seed=1)
     assert abs(trace - float(exact.sum())) / abs(float(exact.sum())) < 0.05
+
+
+def test_last_layer_estimators_agree_with_a_block_computed_by_hand(problem):
+    from dataclasses import replace
+
+    from runners.tasks import selected_parameters
+
+    inputs, damping, H = problem
+    names = selected_parameters("last_layer", inputs.module)
+    assert names == ["2.weight", "2.bias"]
+    sub = replace(inputs, selected=names, _cache={})
+    exact = scores(ExactEstimator(name="exact", damping=damping, params="last_layer"), sub)
+    # by hand: the Hessian block of the last layer, and gradients with respect to it alone
+    P_first = sum(v.numel() for k, v in inputs.params.items() if k.startswith("0."))
+    block = H[P_first:, P_first:]
+    g_train = inputs.train_gradients()[:, P_first:]
+    g_test = inputs.test_gradients()[:, P_first:]
+    expected = g_test @ torch.linalg.solve(block + damping * torch.eye(block.shape[0], dtype=block.dtype),
+                                           g_train.T) / inputs.n
+    assert rel(exact, expected) < 1e-8
+    cg = scores(CgEstimator(name="cg", damping=damping, tol=1e-12, params="last_layer"), sub)
+    assert rel(cg, expected) < 1e-6
+
+
+def test_unknown_parameter_names_are_reported():
+    from runners.tasks import selected_parameters
+
+    module = build(MlpModel(arch="mlp", depth=1, width=3), 2, 2, seed=0, dtype=torch.float64)
+    assert selected_parameters(["0.bias"], module) == ["0.bias"]
+    with pytest.raises(TaskFailure, match="no parameter named 9.weight; this model has 0.weight, 0.bias"):
+        selected_parameters(["9.weight"], module)

@@ -52,6 +52,10 @@ VARIANTS = {
                              "ground_truth": "{protocol: loo, steps: 5, measure: param_change_norm, "
                                              "removals: {select: random, k: 6}}"},
     "lanczos-diagnostics": {"hessian": "{top_eigenvalues: 3, method: lanczos, iterations: 10, trace_samples: 8}"},
+    "last-layer": {"estimators": "[{name: exact, damping: 0.01, params: last_layer}, {name: lissa, damping: 0.05, "
+                                 "scale: 20, recursion_depth: 30, params: [2.weight, 2.bias]}, {name: arnoldi, "
+                                 "arnoldi_dim: 10, top_k: 5, damping: 0.05, params: last_layer}, {name: datainf, "
+                                 "params: last_layer}, {name: grad_cos, params: last_layer}]"},
     "all-metrics": {"metrics": "{names: [pearson, spearman, kendall, sign_agreement, top_k_overlap], top_k: 3}"},
 }
 

@@ -17,6 +17,9 @@ from inflang.spec.base import Spec
 
 class EstimatorBase(Spec):
     label: str | None = Field(None, description="name in result tables; defaults to the estimator name")
+    params: Literal["all", "last_layer"] | list[str] = Field(
+        "all", description="the parameters influence is computed over: all, last_layer, or a list of parameter "
+        "names (e.g. ['2.weight', '2.bias']); curvature is then the Hessian's block for them")
 
     uses_curvature: ClassVar[bool] = False  # needs an eigendecomposition of the curvature (a shared task)
     dense_hessian: ClassVar[bool] = False  # forms a P x P matrix (refused above max_params)

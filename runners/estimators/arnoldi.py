@@ -19,7 +19,7 @@ from runners.estimators.common import EstimatorInputs, inverse_scores
 
 
 def arnoldi_scores(spec: ArnoldiEstimator, inputs: EstimatorInputs) -> Tensor:
-    P = int(inputs.flat.theta.numel())
+    P = inputs.dim
     Q, T = krylov_basis(lambda v: inputs.hvp(v[None].to(inputs.flat.theta.dtype))[0], P, spec.arnoldi_dim,
                         inputs.seed)
     values, vectors = torch.linalg.eigh(0.5 * (T + T.T))

@@ -6,6 +6,7 @@ at the trained parameters; gradients are per example, flattened over all paramet
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ class EstimatorInputs:
     seed: int
     spectrum: Spectrum | None = None
     checkpoints: list[tuple[float, dict[str, Tensor]]] = field(default_factory=list)  # (lr, params) in order
+    selected: list[str] | None = None  # parameters influence is computed over (None: all of them)
     _cache: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -40,21 +42,60 @@ class EstimatorInputs:
     def n(self) -> int:
         return int(self.x_train.shape[0])
 
+    @property
+    def columns(self) -> Tensor | None:
+        """Positions of the selected parameters in the flat vector (None: every parameter)."""
+        if self.selected is None:
+            return None
+        flat = self.flat
+        starts = dict(zip(flat.names, itertools.accumulate([0, *flat.sizes[:-1]]), strict=True))
+        sizes = dict(zip(flat.names, flat.sizes, strict=True))
+        return torch.cat([torch.arange(starts[k], starts[k] + sizes[k]) for k in self.selected])
+
+    @property
+    def dim(self) -> int:
+        """How many parameters influence is computed over."""
+        cols = self.columns
+        return int(self.flat.theta.numel()) if cols is None else int(cols.numel())
+
+    def _keep(self, g: Tensor) -> Tensor:
+        cols = self.columns
+        return g if cols is None else g[:, cols]
+
     def train_gradients(self) -> Tensor:
-        """[n, P] gradients of each training example's loss (float64)."""
+        """[n, P] gradients of each training example's loss (float64), over the selected parameters."""
         if "train" not in self._cache:
-            self._cache["train"] = gradients(self.flat, self.x_train, self.y_train).to(torch.float64)
+            self._cache["train"] = self._keep(gradients(self.flat, self.x_train, self.y_train).to(torch.float64))
         return self._cache["train"]
 
     def test_gradients(self) -> Tensor:
         """[T, P] gradients of the measured quantity at each selected test point (float64)."""
         if "test" not in self._cache:
-            self._cache["test"] = gradients(self.flat, self.x_test, self.y_test, self.measure).to(torch.float64)
+            g = gradients(self.flat, self.x_test, self.y_test, self.measure).to(torch.float64)
+            self._cache["test"] = self._keep(g)
         return self._cache["test"]
 
     def hvp(self, vectors: Tensor, batch: Tensor | None = None) -> Tensor:
-        """(H_B) v for each row of ``vectors`` [K, P]; H_B on the minibatch ``batch`` (all points if None)."""
-        return hessian_vector_products(self.flat, self.x_train, self.y_train, self.weight_decay, vectors, batch)
+        """(H_B) v for each row of ``vectors`` [K, P]; H_B on the minibatch ``batch`` (all points if None).
+        Over selected parameters this is the Hessian's block for them (the others held fixed)."""
+        cols = self.columns
+        if cols is None:
+            return hessian_vector_products(self.flat, self.x_train, self.y_train, self.weight_decay, vectors, batch)
+        full = torch.zeros(vectors.shape[0], int(self.flat.theta.numel()), dtype=vectors.dtype)
+        full[:, cols] = vectors
+        return hessian_vector_products(self.flat, self.x_train, self.y_train, self.weight_decay, full,
+                                       batch)[:, cols]
+
+    def curvature(self) -> Spectrum:
+        """The eigendecomposition of the curvature (its block for the selected parameters)."""
+        assert self.spectrum is not None, "this estimator needs the curvature task's eigendecomposition"
+        cols = self.columns
+        if cols is None:
+            return self.spectrum
+        V = self.spectrum.vectors[cols]
+        block = (V * self.spectrum.values) @ V.T
+        values, vectors = torch.linalg.eigh(0.5 * (block + block.T))
+        return Spectrum(values, vectors)
 
 
 def inverse_scores(inputs: EstimatorInputs, apply_inverse: Callable[[Tensor], Tensor]) -> Tensor:

@@ -21,9 +21,12 @@ from runners.estimators.common import EstimatorInputs, inverse_scores
 def layer_slices(inputs: EstimatorInputs) -> list[slice]:
     """Column ranges of the flat gradient that belong to one module each."""
     flat = inputs.flat
+    sizes = dict(zip(flat.names, flat.sizes, strict=True))
+    names = inputs.selected if inputs.selected is not None else flat.names
     bounds: dict[str, list[int]] = {}
     start = 0
-    for name, size in zip(flat.names, flat.sizes, strict=True):
+    for name in names:
+        size = sizes[name]
         module = name.rsplit(".", 1)[0]
         bounds.setdefault(module, [start, start])[1] = start + size
         start += size

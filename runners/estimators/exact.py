@@ -36,7 +36,7 @@ def inverse_eigenvalues(values: Tensor, damping: float, policy: str) -> Tensor:
 
 def exact_scores(spec: ExactEstimator, inputs: EstimatorInputs) -> Tensor:
     """Scores [T, n]: (1/n) G_test V diag(1/(e + damping)) V^T G_train^T, in float64."""
-    assert inputs.spectrum is not None, "exact needs the curvature task's eigendecomposition"
-    inv = inverse_eigenvalues(inputs.spectrum.values, spec.damping, spec.negative)
-    V = inputs.spectrum.vectors
+    spectrum = inputs.curvature()
+    inv = inverse_eigenvalues(spectrum.values, spec.damping, spec.negative)
+    V = spectrum.vectors
     return inverse_scores(inputs, lambda X: ((X @ V) * inv) @ V.T)
