@@ -15,7 +15,16 @@ from pydantic import TypeAdapter
 from typer.testing import CliRunner
 
 from inflang.cli import app
-from inflang.spec import CnnModel, DatasetSpec, FileDataset, LenetModel, MlpModel, SyntheticDataset
+from inflang.spec import (
+    CnnModel,
+    DatasetSpec,
+    FileDataset,
+    LenetModel,
+    MlpModel,
+    ResnetModel,
+    SyntheticDataset,
+    VggModel,
+)
 from inflang.spec.dataset import DatasetInfo
 from runners.data import load_raw, prepare
 from runners.data.split import flip_labels
@@ -113,9 +122,14 @@ def test_label_noise_flips_the_asked_fraction_to_other_classes():
 
 @pytest.mark.parametrize("model", [
     CnnModel(arch="cnn", depth=2, channels=4), LenetModel(arch="lenet"),
-    MlpModel(arch="mlp", depth=1, width=7)])
+    MlpModel(arch="mlp", depth=1, width=7), VggModel(arch="vgg", depth=11, width_multiplier=0.0625),
+    ResnetModel(arch="resnet", depth=20, width_multiplier=0.25),
+    ResnetModel(arch="resnet", depth=18, norm="none", width_multiplier=0.125),
+    ResnetModel(arch="resnet", depth=50, width_multiplier=0.0625)])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
 def test_image_models_match_their_specs_and_retrain_batched(model, shape):
+    if model.arch == "vgg" and shape[1] < 32:
+        pytest.skip("vgg needs 32x32 images")
     info = DatasetInfo(rows=10, features=int(np.prod(shape)), classes=10, shape=shape)
     module = build(model, shape, 10, seed=0, dtype=torch.float64)
     assert sum(p.numel() for p in module.parameters()) == model.n_params(info)
@@ -154,3 +168,16 @@ ground_truth: {protocol: loo, steps: 5, removals: {select: random, k: 4}}
 def test_dataset_spec_union():
     spec = TypeAdapter(DatasetSpec).validate_python({"name": "synthetic", "kind": "moons"})
     assert spec.info().features == 2
+
+
+def test_batchnorm_is_refused_before_anything_runs(write):
+    from inflang.errors import StudyError
+    from inflang.validate import load_study
+
+    path = write("bn.yaml", "study: bn\ndataset: {name: digits}\nmodel: {arch: resnet, depth: 20, norm: batch}\n"
+                            "estimators: [{name: grad_dot}]\n")
+    with pytest.raises(StudyError, match="BatchNorm keeps running statistics"):
+        load_study(path)
+    path = write("vgg.yaml", "study: v\ndataset: {name: digits}\nmodel: {arch: vgg}\nestimators: [{name: grad_dot}]\n")
+    with pytest.raises(StudyError, match="vgg halves the image five times"):
+        load_study(path)

@@ -24,7 +24,17 @@ from inflang.spec.estimators import (
     TracinEstimator,
     estimator_label,
 )
-from inflang.spec.model import IMAGE_ARCHS, AnyModel, CnnModel, LenetModel, LogregModel, MlpModel, ModelSpec
+from inflang.spec.model import (
+    IMAGE_ARCHS,
+    AnyModel,
+    CnnModel,
+    LenetModel,
+    LogregModel,
+    MlpModel,
+    ModelSpec,
+    ResnetModel,
+    VggModel,
+)
 from inflang.spec.protocols import (
     AnyProtocol,
     GroundTruthSpec,
@@ -40,6 +50,7 @@ from inflang.spec.study import Study, ranking_estimator, semantic_problems
 from inflang.spec.training import TrainingSpec
 
 __all__ = [
+    "ResnetModel", "VggModel",
     "DataInfEstimator", "RepresenterEstimator", "TracinEstimator",
     "AnyDataset", "AnyEstimator", "AnyModel", "AnyProtocol", "ArnoldiEstimator", "BUNDLED", "BundledDataset",
     "CgEstimator", "CnnModel", "DatasetInfo", "DatasetSpec", "ESTIMATOR_NAMES", "EstimatorSpec",

@@ -113,6 +113,126 @@ class LenetModel(Spec):
         return 2 * sum(conv_maps) + _dense([flat, 120, 84, info.classes])[1]
 
 
-AnyModel = LogregModel | MlpModel | CnnModel | LenetModel
+
+
+VGG_LAYERS: dict[int, list[int | str]] = {
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+def _norm_params(norm: str, channels: int) -> int:
+    return 0 if norm == "none" else 2 * channels
+
+
+class VggModel(Spec):
+    """VGG (Simonyan & Zisserman 2015) for 32x32 images: 3x3 convolutions with an activation (and
+    ``norm``), 2x2 max pooling between stages, then one linear layer on the pooled features."""
+
+    arch: Literal["vgg"]
+    depth: Literal[11, 13, 16] = Field(11, description="11 | 13 | 16")
+    width_multiplier: float = Field(1.0, gt=0, le=4, description="scales every layer's channels")
+    norm: Literal["batch", "group", "none"] = Field("none", description="batch | group (up to 8 groups) | none")
+    activation: Activation = Field("relu", description="tanh | relu | gelu | selu | sigmoid")
+
+    def channels(self) -> list[int | str]:
+        return [max(1, int(round(c * self.width_multiplier))) if isinstance(c, int) else c
+                for c in VGG_LAYERS[self.depth]]
+
+    def _walk(self, info: DatasetInfo) -> tuple[int, int, int]:
+        c_in, h, w = info.shape or (1, 1, info.features)
+        params = outputs = 0
+        for c in self.channels():
+            if c == "M":
+                h, w = h // 2, w // 2
+                continue
+            assert isinstance(c, int)
+            params += c_in * c * 9 + c + _norm_params(self.norm, c)
+            outputs += 2 * c * h * w
+            c_in = c
+        params += c_in * h * w * info.classes + info.classes
+        return params, outputs + 2 * info.classes, c_in * h * w
+
+    def n_params(self, info: DatasetInfo) -> int:
+        return self._walk(info)[0]
+
+    def activations_per_example(self, info: DatasetInfo) -> int:
+        return self._walk(info)[1]
+
+
+RESNET_STAGES: dict[int, tuple[str, list[int], list[int]]] = {
+    20: ("cifar", [3, 3, 3], [16, 32, 64]),
+    32: ("cifar", [5, 5, 5], [16, 32, 64]),
+    56: ("cifar", [9, 9, 9], [16, 32, 64]),
+    18: ("imagenet", [2, 2, 2, 2], [64, 128, 256, 512]),
+    50: ("imagenet", [3, 4, 6, 3], [64, 128, 256, 512]),
+}
+
+
+class ResnetModel(Spec):
+    """Residual networks (He et al. 2016): CIFAR-style ResNet-20/32/56 (3x3 stem, three stages of basic blocks
+    with 16/32/64 channels) and ImageNet-style ResNet-18 (basic blocks) and ResNet-50 (bottleneck blocks), with
+    ``norm`` after every convolution, 1x1 projection shortcuts where the shape changes, global average pooling
+    and a linear layer. BatchNorm keeps running statistics, which the batched retraining engine refuses;
+    ``group`` or ``none`` retrain in batches."""
+
+    arch: Literal["resnet"]
+    depth: Literal[20, 32, 56, 18, 50] = Field(20, description="20 | 32 | 56 (CIFAR-style) | 18 | 50 (ImageNet)")
+    norm: Literal["batch", "group", "none"] = Field("group", description="batch | group (up to 8 groups) | none")
+    width_multiplier: float = Field(1.0, gt=0, le=4, description="scales every stage's channels")
+
+    def stages(self) -> tuple[str, list[int], list[int]]:
+        style, blocks, widths = RESNET_STAGES[self.depth]
+        return style, blocks, [max(1, int(round(w * self.width_multiplier))) for w in widths]
+
+    def _walk(self, info: DatasetInfo) -> tuple[int, int]:
+        style, blocks, widths = self.stages()
+        c_in, h, w = info.shape or (1, 1, info.features)
+        params = outputs = 0
+
+        def conv(cin: int, cout: int, k: int, stride: int) -> None:
+            nonlocal params, outputs, h, w
+            h, w = (h + stride - 1) // stride, (w + stride - 1) // stride
+            params += cin * cout * k * k + _norm_params(self.norm, cout)  # convolutions without bias
+            outputs += 2 * cout * h * w
+
+        stem = widths[0]
+        if style == "cifar":
+            conv(c_in, stem, 3, 1)
+        else:
+            conv(c_in, stem, 7, 2)
+            h, w = (h + 1) // 2, (w + 1) // 2  # 3x3 max pooling, stride 2
+        c = stem
+        bottleneck = self.depth == 50
+        for stage, (count, width) in enumerate(zip(blocks, widths, strict=True)):
+            for b in range(count):
+                stride = 2 if stage > 0 and b == 0 else 1
+                out = width * 4 if bottleneck else width
+                h0, w0 = h, w
+                if bottleneck:
+                    conv(c, width, 1, 1)
+                    conv(width, width, 3, stride)
+                    conv(width, out, 1, 1)
+                else:
+                    conv(c, width, 3, stride)
+                    conv(width, out, 3, 1)
+                if stride != 1 or c != out:
+                    h1, w1 = h, w
+                    h, w = h0, w0
+                    conv(c, out, 1, stride)
+                    h, w = h1, w1
+                c = out
+        params += c * info.classes + info.classes
+        return params, outputs + 2 * info.classes
+
+    def n_params(self, info: DatasetInfo) -> int:
+        return self._walk(info)[0]
+
+    def activations_per_example(self, info: DatasetInfo) -> int:
+        return self._walk(info)[1]
+
+
+AnyModel = LogregModel | MlpModel | CnnModel | LenetModel | VggModel | ResnetModel
 ModelSpec = Annotated[AnyModel, Field(discriminator="arch")]
-IMAGE_ARCHS = ("cnn", "lenet")
+IMAGE_ARCHS = ("cnn", "lenet", "vgg", "resnet")

@@ -88,6 +88,12 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
     if study.model.arch in IMAGE_ARCHS and info.shape is None:
         problems.append((("model", "arch"), f"{study.model.arch} needs an image dataset, and {study.dataset.name} "
                          "is a table", "use digits, mnist, fashion_mnist, small_mnist, cifar10 or cifar100"))
+    if getattr(study.model, "norm", None) == "batch":
+        problems.append((("model", "norm"), "BatchNorm keeps running statistics, which the batched retraining "
+                         "engine cannot keep per model", "use norm: group or norm: none"))
+    if study.model.arch == "vgg" and info.shape is not None and min(info.shape[1:]) < 32:
+        problems.append((("model", "arch"), f"vgg halves the image five times and needs at least 32x32 images; "
+                         f"{study.dataset.name} has {info.shape[1]}x{info.shape[2]}", "use cnn, lenet or resnet"))
     if tr.optimizer == "lbfgs" and isinstance(study.model, MlpModel) and study.model.dropout:
         problems.append((("model", "dropout"), "lbfgs needs a deterministic objective; dropout makes it random",
                          "use sgd or adam with dropout"))

@@ -14,12 +14,15 @@ from torch import nn
 
 from runners.models.cnn import build_cnn, build_lenet
 from runners.models.mlp import build_logreg, build_mlp
+from runners.models.resnet import build_resnet, build_vgg
 
 BUILDERS: dict[str, Callable[[Any, tuple[int, ...], int], nn.Module]] = {
     "logreg": build_logreg,
     "mlp": build_mlp,
     "cnn": build_cnn,
     "lenet": build_lenet,
+    "vgg": build_vgg,
+    "resnet": build_resnet,
 }
 
 
