@@ -174,6 +174,7 @@ def _parse_bytes(text: str | None) -> int | None:
 
 
 def _summary(db: str | Path, study: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    study = study.replace("'", "''")
     sql = f"""
         WITH ceiling AS (
             SELECT study, cell_id, avg(value) AS ceiling FROM metrics
@@ -405,8 +406,12 @@ def report(
 ) -> None:
     """Summarise one study: per cell and estimator, the mean correlations and the model's curvature;
     with --out, an HTML report with the paper's figures (needs matplotlib: pip install 'inflang[plot]')."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,99}", study):
+        raise _fail(f"error: '{study}' is not a study name (lowercase letters, digits, '-' and '_')")
     try:
-        _, found = run_query(db, f"SELECT count(*) FROM studies WHERE study = '{study.replace(chr(39), '')}'")
+        _, found = run_query(db, f"SELECT count(*) FROM studies WHERE study = '{study}'")
         if not found[0][0]:
             _, names = run_query(db, "SELECT study FROM studies ORDER BY study")
             known = ", ".join(n for (n,) in names) or "none"
