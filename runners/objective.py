@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -70,7 +69,3 @@ class FlatModel:
 
     def objective(self, theta: Tensor, x: Tensor, y: Tensor, weight_decay: float) -> Tensor:
         return per_example_loss(self.logits(theta, x), y).mean() + 0.5 * weight_decay * (theta * theta).sum()
-
-
-def cross_entropy_mean(logits: Tensor, y: Tensor) -> Tensor:
-    return F.cross_entropy(logits, y)

@@ -10,7 +10,6 @@ from inflang.spec.dataset import (
     SyntheticDataset,
 )
 from inflang.spec.estimators import (
-    ESTIMATOR_NAMES,
     AnyEstimator,
     ArnoldiEstimator,
     CgEstimator,
@@ -53,7 +52,7 @@ __all__ = [
     "ResnetModel", "VggModel",
     "DataInfEstimator", "RepresenterEstimator", "TracinEstimator",
     "AnyDataset", "AnyEstimator", "AnyModel", "AnyProtocol", "ArnoldiEstimator", "BUNDLED", "BundledDataset",
-    "CgEstimator", "CnnModel", "DatasetInfo", "DatasetSpec", "ESTIMATOR_NAMES", "EstimatorSpec",
+    "CgEstimator", "CnnModel", "DatasetInfo", "DatasetSpec", "EstimatorSpec",
     "ExactEstimator", "FileDataset", "GradCosEstimator", "GradDotEstimator", "GroundTruthSpec",
     "GroupProtocol", "GroupSpec", "HessianSpec", "IMAGE_ARCHS", "LdsProtocol", "LenetModel", "LissaEstimator",
     "LogregModel", "LooProtocol", "MetricName", "MetricsSpec", "MlpModel", "ModelSpec", "PbrfProtocol",

@@ -24,6 +24,7 @@ class EstimatorBase(Spec):
     uses_curvature: ClassVar[bool] = False  # needs an eigendecomposition of the curvature (a shared task)
     dense_hessian: ClassVar[bool] = False  # forms a P x P matrix (refused above max_params)
     ranks_only: ClassVar[bool] = False  # a raw score, not a predicted change
+    predicts_parameter_change: ClassVar[bool] = False  # has an estimate for measure: param_change_norm
 
     @property
     def curvature_kind(self) -> str | None:
@@ -39,6 +40,7 @@ class ExactEstimator(EstimatorBase):
     """Explicit Hessian H of the training objective at the trained parameters, inverted by eigendecomposition."""
 
     name: Literal["exact"]
+    predicts_parameter_change: ClassVar[bool] = True
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     curvature: Literal["hessian", "ggn"] = Field(
         "hessian", description="hessian: the objective's Hessian; ggn: its Gauss-Newton matrix "
@@ -58,6 +60,7 @@ class CgEstimator(EstimatorBase):
     """Conjugate gradient on Hessian-vector products: solves (H + damping I) x = g_test per test point."""
 
     name: Literal["cg"]
+    predicts_parameter_change: ClassVar[bool] = True
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     max_iter: int = Field(1000, ge=1, description="CG iterations at most")
     tol: float = Field(1e-10, gt=0, lt=1, description="stop when ||residual|| <= tol * ||g_test||")
@@ -71,6 +74,7 @@ class LissaEstimator(EstimatorBase):
     """
 
     name: Literal["lissa"]
+    predicts_parameter_change: ClassVar[bool] = True
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     scale: float = Field(10.0, gt=0, description="s; must exceed the largest eigenvalue of H + lambda I")
     recursion_depth: int = Field(5000, ge=1, description="J, iterations per repeat")
@@ -83,6 +87,7 @@ class ArnoldiEstimator(EstimatorBase):
     estimate = (1/n) sum_k (g_test . u_k)(g_i . u_k) / (e_k + damping)."""
 
     name: Literal["arnoldi"]
+    predicts_parameter_change: ClassVar[bool] = True
     damping: float = Field(0.001, ge=0, description="added to every kept eigenvalue")
     arnoldi_dim: int = Field(200, ge=1, description="Krylov iterations (capped at the parameter count)")
     top_k: int = Field(50, ge=1, description="eigenpairs kept, by largest |eigenvalue|")
@@ -131,6 +136,7 @@ class DataInfEstimator(EstimatorBase):
     product; estimate = (1/n) sum_l g_test,l^T (G_l + lambda_l I)^-1 g_i,l."""
 
     name: Literal["datainf"]
+    predicts_parameter_change: ClassVar[bool] = True
     damping: float | None = Field(None, gt=0, description="lambda_l for every layer; default 0.1 x the mean "
                                   "eigenvalue of G_l (its trace over its size), per layer")
 
@@ -138,9 +144,6 @@ class DataInfEstimator(EstimatorBase):
 AnyEstimator = (ExactEstimator | CgEstimator | LissaEstimator | ArnoldiEstimator | GradDotEstimator
                 | GradCosEstimator | TracinEstimator | RepresenterEstimator | DataInfEstimator)
 EstimatorSpec = Annotated[AnyEstimator, Field(discriminator="name")]
-ESTIMATOR_NAMES: tuple[str, ...] = ("exact", "cg", "lissa", "arnoldi", "grad_dot", "grad_cos", "tracin",
-                                    "representer", "datainf")
-
 
 def estimator_label(spec: AnyEstimator) -> str:
     return spec.display

@@ -151,7 +151,7 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
             problems.append((("ground_truth", "measure"), "param_change_norm compares single removals; use it "
                              "with protocol: loo or pbrf", None))
         for i, est in enumerate(study.estimators):
-            if est.name not in ("exact", "cg", "lissa", "arnoldi", "datainf"):
+            if not est.predicts_parameter_change:
                 problems.append((("estimators", i, "name"), f"{est.name} predicts no parameter change, so it "
                                  "has no estimate for measure: param_change_norm",
                                  "use exact, cg, lissa or arnoldi with it"))
