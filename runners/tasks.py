@@ -250,7 +250,7 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     d = s.data
     order = derive_seed(s.seed, "order")
     inits = [_params(trained.arrays, "init.")]
-    for r in range(1, spec.repeats):  # scratch repeats also start from a fresh initialisation
+    for r in range(1, spec.repeats if spec.start_from == "scratch" else 1):  # scratch repeats: fresh inits too
         fresh = models.build(s.model, d.input_shape, d.classes, derive_seed(s.seed, "init", r), d.x_train.dtype)
         inits.append({k: v.detach().clone() for k, v in fresh.named_parameters()})
     setup = RetrainSetup(trained=params, inits=inits,
