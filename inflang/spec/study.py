@@ -97,6 +97,12 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
     if tr.optimizer == "lbfgs" and isinstance(study.model, MlpModel) and study.model.dropout:
         problems.append((("model", "dropout"), "lbfgs needs a deterministic objective; dropout makes it random",
                          "use sgd or adam with dropout"))
+    if tr.optimizer == "lbfgs" and tr.checkpoints:
+        problems.append((("training", "checkpoints"), "lbfgs takes no fixed steps to snapshot; checkpoints need "
+                         "sgd or adam", None))
+    if tr.optimizer == "lbfgs" and tr.schedule != "constant":
+        problems.append((("training", "schedule"), "lbfgs has its own step lengths; a schedule needs sgd or adam",
+                         None))
     if tr.optimizer == "lbfgs" and tr.batch_size is not None:
         problems.append((("training", "batch_size"), "lbfgs trains full batch; set batch_size: null", None))
     if tr.momentum and tr.optimizer != "sgd":
