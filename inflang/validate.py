@@ -19,7 +19,7 @@ from inflang.errors import Problem, StudyError, did_you_mean
 from inflang.hashing import canonical_hash, derive_seed
 from inflang.reader import Document, PathKey, load
 from inflang.spec import FileDataset, Study, semantic_problems
-from inflang.spec.dataset import expected_files
+from inflang.spec.dataset import ImageFolderDataset, expected_files, scan_folder
 from inflang.sweep import Params, SweepEntry, apply, expand, split_path
 
 
@@ -181,7 +181,7 @@ def _dotted(path: PathKey) -> str:
 
 def _validate(data: dict[str, Any], doc: Document, locate: Any) -> Study:
     try:
-        study = Study.model_validate(data)
+        study = _with_data_files(Study.model_validate(data), doc, locate)
     except ValidationError as exc:
         problems: list[Problem] = []
         seen: set[str] = set()
@@ -211,19 +211,27 @@ def _cell_locator(doc: Document, entries: list[SweepEntry]) -> Any:
     return locate
 
 
-def _with_data_files(study: Study, doc: Document) -> Study:
+def _with_data_files(study: Study, doc: Document, locate: Any) -> Study:
     """Resolve a file dataset's ``root`` against the study file's folder and check its files are there."""
-    if not isinstance(study.dataset, FileDataset):
+    if not isinstance(study.dataset, FileDataset | ImageFolderDataset):
         return study
     root = Path(study.dataset.root)
     if not root.is_absolute():
         root = (Path(doc.file).parent / root).resolve()
-    files, source = expected_files(study.dataset.name)
-    missing = [f for f in files if not any((root / c).is_file() for c in (f, f + ".gz", Path(f).name))]
-    if missing:
-        raise StudyError.at(doc.position(("dataset", "root"), value=True), "dataset.root",
-                            f"{study.dataset.name} files not found in {root}: missing {', '.join(missing)}",
-                            f"obtain them from {source}; nothing is downloaded")
+    where = locate(("dataset", "root"), True)
+    if isinstance(study.dataset, ImageFolderDataset):
+        layout = scan_folder(str(root))
+        if len(layout.classes) < 2 or not layout.train:
+            raise StudyError.at(where, "dataset.root", f"no class folders with images in {root}",
+                                "expected ROOT/CLASS/IMAGE (or ROOT/train/CLASS/IMAGE and ROOT/val/CLASS/IMAGE), "
+                                "with at least two classes")
+    else:
+        files, source = expected_files(study.dataset.name)
+        missing = [f for f in files if not any((root / c).is_file() for c in (f, f + ".gz", Path(f).name))]
+        if missing:
+            raise StudyError.at(where, "dataset.root",
+                                f"{study.dataset.name} files not found in {root}: missing {', '.join(missing)}",
+                                f"obtain them from {source}; nothing is downloaded")
     dataset = study.dataset.model_copy(update={"root": str(root)})
     return study.model_copy(update={"dataset": dataset})
 
@@ -251,7 +259,7 @@ def validate_document(doc: Document) -> LoadedStudy:
                                     f"'{entry.path}' does not name a field of the study"))
             continue
         try:
-            cell_study = _with_data_files(_validate(data, doc, _cell_locator(doc, entries)), doc)
+            cell_study = _validate(data, doc, _cell_locator(doc, entries))
         except StudyError as exc:
             label = ", ".join(f"{k}={v!r}" for k, v in params.items())
             suffix = f" (in the sweep cell {label})" if label else ""

@@ -181,3 +181,53 @@ def test_batchnorm_is_refused_before_anything_runs(write):
     path = write("vgg.yaml", "study: v\ndataset: {name: digits}\nmodel: {arch: vgg}\nestimators: [{name: grad_dot}]\n")
     with pytest.raises(StudyError, match="vgg halves the image five times"):
         load_study(path)
+
+
+def make_folder(root: Path, split: bool) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    parts = [root / "train", root / "val"] if split else [root]
+    for part in parts:
+        for c, name in enumerate(["cat", "dog", "fox"]):
+            (part / name).mkdir(parents=True, exist_ok=True)
+            for i in range(6 if part.name != "val" else 2):
+                pixels = (rng.integers(0, 256, size=(12, 10, 3)) // (c + 1)).astype(np.uint8)
+                Image.fromarray(pixels).save(part / name / f"{i}.png")
+    (root / ("train" if split else "") / "cat" / "notes.txt").write_text("not an image")
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_imagefolder_reads_class_folders(tmp_path: Path, split: bool):
+    from inflang.spec import ImageFolderDataset
+
+    make_folder(tmp_path, split)
+    spec = ImageFolderDataset(name="imagefolder", root=str(tmp_path), image_size=8)
+    raw = load_raw(spec)
+    assert raw.x.shape == ((18 + 6) if split else 18, 3, 8, 8) and raw.classes == 3
+    assert list(raw.y[:6]) == [0] * 6
+    assert (raw.fixed_test is not None) == split
+    info = spec.info()
+    assert info.rows == len(raw.y) and info.classes == 3 and info.shape == (3, 8, 8)
+
+
+def test_imagefolder_study_end_to_end(tmp_path: Path, write):
+    make_folder(tmp_path / "images", split=False)
+    study = tmp_path / "s.yaml"
+    study.write_text("""\
+study: folder
+dataset: {name: imagefolder, root: images, image_size: 8, test_size: 6}
+model: {arch: resnet, depth: 20, width_multiplier: 0.25}
+training: {optimizer: adam, lr: 0.01, epochs: 3}
+estimators: [{name: grad_dot, params: last_layer}]
+test_points: {count: 2}
+ground_truth: {protocol: loo, steps: 2, removals: {select: random, k: 3}}
+""")
+    result = runner.invoke(app, ["run", str(study), "--db", str(tmp_path / "f.duckdb")])
+    assert result.exit_code == 0, result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = write("bad.yaml", "study: f\ndataset: {name: imagefolder, root: empty}\nmodel: {arch: cnn}\n"
+                            "estimators: [{name: grad_dot}]\n")
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2 and "no class folders with images" in result.output

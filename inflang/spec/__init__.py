@@ -7,6 +7,7 @@ from inflang.spec.dataset import (
     DatasetInfo,
     DatasetSpec,
     FileDataset,
+    ImageFolderDataset,
     SyntheticDataset,
 )
 from inflang.spec.estimators import (
@@ -49,6 +50,7 @@ from inflang.spec.study import Study, ranking_estimator, semantic_problems
 from inflang.spec.training import TrainingSpec
 
 __all__ = [
+    "ImageFolderDataset",
     "ResnetModel", "VggModel",
     "DataInfEstimator", "RepresenterEstimator", "TracinEstimator",
     "AnyDataset", "AnyEstimator", "AnyModel", "AnyProtocol", "ArnoldiEstimator", "BUNDLED", "BundledDataset",

@@ -7,8 +7,10 @@ an official split, the training files' rows come first and the test files' rows 
 
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -145,5 +147,51 @@ def expected_files(name: str) -> tuple[list[str], str]:
             "https://www.cs.toronto.edu/~kriz/cifar.html (the python version)")
 
 
-AnyDataset = BundledDataset | SyntheticDataset | FileDataset
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm")
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """Images found under an imagefolder root: (class names, train files, test files or None)."""
+
+    classes: tuple[str, ...]
+    train: tuple[tuple[str, int], ...]  # (path, class index), sorted
+    test: tuple[tuple[str, int], ...] | None
+
+
+@functools.lru_cache(maxsize=8)
+def scan_folder(root: str) -> FolderLayout:
+    """Class-per-folder images: root/CLASS/IMAGE, or root/train/CLASS/IMAGE with root/val (or test)/CLASS/..."""
+    base = Path(root)
+
+    def images(folder: Path, classes: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+        return tuple((str(p), i) for i, c in enumerate(classes) if (folder / c).is_dir()
+                     for p in sorted((folder / c).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    split = next((base / s for s in ("val", "test") if (base / s).is_dir()), None)
+    source = base / "train" if (base / "train").is_dir() and split is not None else base
+    classes = tuple(sorted(p.name for p in source.iterdir() if p.is_dir())) if source.is_dir() else ()
+    return FolderLayout(classes, images(source, classes),
+                        images(split, classes) if source != base and split is not None else None)
+
+
+class ImageFolderDataset(DatasetBase):
+    """Images in class folders under ``root`` (ImageNet-style subsets), decoded with Pillow and resized to
+    ``image_size`` square; ``root/train`` and ``root/val`` (or ``test``) give an official split."""
+
+    name: Literal["imagefolder"]
+    root: str = Field(description="folder of class folders (or of train/ and val/ with class folders)")
+    image_size: int = Field(32, ge=4, le=1024, description="images are resized to this many pixels square")
+    channels: Literal[1, 3] = Field(3, description="3 (RGB) or 1 (grayscale)")
+
+    def info(self) -> DatasetInfo:
+        layout = scan_folder(self.root)
+        test = len(layout.test) if layout.test is not None else None
+        rows = len(layout.train) + (test or 0)
+        shape = (self.channels, self.image_size, self.image_size)
+        return DatasetInfo(rows=rows, features=self.channels * self.image_size ** 2,
+                           classes=max(1, len(layout.classes)), test_rows=test, shape=shape)
+
+
+AnyDataset = BundledDataset | SyntheticDataset | FileDataset | ImageFolderDataset
 DatasetSpec = Annotated[AnyDataset, Field(discriminator="name")]

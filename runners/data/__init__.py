@@ -11,6 +11,7 @@ from typing import Any
 from runners.data.bundled import load_bundled
 from runners.data.cifar import load_cifar
 from runners.data.idx import load_mnist
+from runners.data.imagefolder import load_imagefolder
 from runners.data.split import Prepared, RawData, prepare
 from runners.data.synthetic import load_synthetic
 
@@ -25,6 +26,7 @@ LOADERS: dict[str, Callable[[Any], RawData]] = {
     "small_mnist": load_mnist,
     "cifar10": load_cifar,
     "cifar100": load_cifar,
+    "imagefolder": load_imagefolder,
 }
 
 

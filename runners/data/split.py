@@ -107,11 +107,12 @@ def prepare(spec: AnyDataset, raw: RawData, seed: int, dtype: torch.dtype,
         std[std == 0] = 1.0
         x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     y_train, flipped = flip_labels(raw.y[train], spec.label_noise, raw.classes, seed + 2)
+    # contiguous copies: a loader's strided arrays (e.g. HWC images transposed to CHW) trip vmap'd convolutions
     return Prepared(
-        x_train=torch.as_tensor(x_train, dtype=dtype),
-        y_train=torch.as_tensor(y_train),
-        x_test=torch.as_tensor(x_test, dtype=dtype),
-        y_test=torch.as_tensor(raw.y[test]),
+        x_train=torch.as_tensor(np.ascontiguousarray(x_train), dtype=dtype),
+        y_train=torch.as_tensor(np.ascontiguousarray(y_train)),
+        x_test=torch.as_tensor(np.ascontiguousarray(x_test), dtype=dtype),
+        y_test=torch.as_tensor(np.ascontiguousarray(raw.y[test])),
         train_ids=train,
         test_ids=test,
         classes=raw.classes,
