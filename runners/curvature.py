@@ -26,16 +26,17 @@ class Spectrum:
 
 
 def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor,
-                      weight_decay: float) -> Tensor:
+                      weight_decay: float, smoothing: float = 0.0) -> Tensor:
     flat = FlatModel(module, params)
-    H = hessian(lambda th: flat.objective(th, x, y, weight_decay))(flat.theta)
+    H = hessian(lambda th: flat.objective(th, x, y, weight_decay, smoothing))(flat.theta)
     return 0.5 * (H + H.T)
 
 
 def objective_ggn(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor, weight_decay: float,
-                  chunk_elements: int = 20_000_000) -> Tensor:
+                  smoothing: float = 0.0, chunk_elements: int = 20_000_000) -> Tensor:
     """G = (1/n) sum_i J_i^T (diag(p_i) - p_i p_i^T) J_i + weight_decay I, with J_i = d logits_i / d theta and
-    p_i = softmax(logits_i): the Gauss-Newton matrix of the objective (positive semi-definite; equal to the
+    p_i = softmax(logits_i) (label smoothing does not change the output Hessian, so it is not used here):
+    the Gauss-Newton matrix of the objective (positive semi-definite; equal to the
     Hessian for logistic regression)."""
     flat = FlatModel(module, params)
     theta = flat.theta.detach()

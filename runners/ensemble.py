@@ -115,7 +115,7 @@ Batch = Tensor | None  # None: every point; [b]: one batch shared by all models;
 DataTerm = Callable[[Tensor, Batch, Stacked], Tensor]  # (logits [M, b, C], batch, params) -> per-model [M]
 
 
-def weighted_cross_entropy(y: Tensor, weights: Tensor) -> DataTerm:
+def weighted_cross_entropy(y: Tensor, weights: Tensor, smoothing: float = 0.0) -> DataTerm:
     """The data term of LANGUAGE.md: (1/|B|) sum_{j in B} w_mj loss_j for model m (B = all n points)."""
     n = y.shape[0]
     count = weights.shape[0]
@@ -128,7 +128,7 @@ def weighted_cross_entropy(y: Tensor, weights: Tensor) -> DataTerm:
             yb, wb, denom = y[batch].expand(count, len(batch)), weights[:, batch], len(batch)
         else:
             yb, wb, denom = y[batch], weights[rows, batch], batch.shape[1]
-        return (per_example_loss(logits, yb) * wb).sum(dim=1) / denom
+        return (per_example_loss(logits, yb, smoothing) * wb).sum(dim=1) / denom
 
     return term
 

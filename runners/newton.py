@@ -54,16 +54,19 @@ def _batched_grads(values_of: Callable[[Tensor], Tensor], theta: Tensor) -> tupl
 class WeightedLoss:
     """L_m(theta) = (1/n) sum_j w_mj loss_j(theta) + wd/2 ||theta||^2 (the objective of LANGUAGE.md)."""
 
-    def __init__(self, flat: FlatModel, x: Tensor, y: Tensor, weights: Tensor, weight_decay: float) -> None:
+    def __init__(self, flat: FlatModel, x: Tensor, y: Tensor, weights: Tensor, weight_decay: float,
+                 smoothing: float = 0.0) -> None:
         self.flat, self.x, self.y, self.weights, self.wd = flat, x, y, weights, weight_decay
+        self.smoothing = smoothing
 
     def single(self, theta: Tensor, w: Tensor) -> Tensor:
-        losses = per_example_loss(self.flat.logits(theta, self.x), self.y)
+        losses = per_example_loss(self.flat.logits(theta, self.x), self.y, self.smoothing)
         return (losses * w).sum() / self.x.shape[0] + 0.5 * self.wd * (theta * theta).sum()
 
     def values_and_grads(self, theta: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         def values(th: Tensor) -> Tensor:
-            losses = per_example_loss(many_logits(self.flat, th, self.x), self.y.expand(len(rows), -1))
+            losses = per_example_loss(many_logits(self.flat, th, self.x), self.y.expand(len(rows), -1),
+                                      self.smoothing)
             return (losses * self.weights[rows]).sum(1) / self.x.shape[0] + 0.5 * self.wd * (th * th).sum(1)
 
         return _batched_grads(values, theta)
@@ -78,8 +81,9 @@ class ProximalBregman:
     + (proximity/2) ||theta - theta_s||^2."""
 
     def __init__(self, flat: FlatModel, x: Tensor, y: Tensor, removed: Tensor, active: Tensor,
-                 proximity: float) -> None:
+                 proximity: float, smoothing: float = 0.0) -> None:
         self.flat, self.x, self.y, self.removed, self.active, self.prox = flat, x, y, removed, active, proximity
+        self.smoothing = smoothing
         with torch.no_grad():
             self.z_s = flat.logits(flat.theta, x)
 
@@ -88,7 +92,7 @@ class ProximalBregman:
 
         n = self.x.shape[0]
         divergence = bregman(self.flat.logits(theta, self.x), self.z_s).sum() / n
-        own = per_example_loss(self.flat.logits(theta, xm.unsqueeze(0)), ym.unsqueeze(0)).sum()
+        own = per_example_loss(self.flat.logits(theta, xm.unsqueeze(0)), ym.unsqueeze(0), self.smoothing).sum()
         shift = theta - self.flat.theta
         return divergence - am * own / n + 0.5 * self.prox * (shift * shift).sum()
 
@@ -103,10 +107,10 @@ class ProximalBregman:
 
 def newton_refit(module: nn.Module, start: dict[str, Tensor], x: Tensor, y: Tensor, weights: Tensor,
                  weight_decay: float, base_hessian: Tensor, tol: float, max_iter: int, damping: float,
-                 hessian_chunk: int = 64) -> Refit:
+                 hessian_chunk: int = 64, smoothing: float = 0.0) -> Refit:
     """Every weighted refit from ``start`` to |grad| <= tol; raises TaskFailure if any does not converge."""
     flat = FlatModel(module, start)
-    return newton_solve(WeightedLoss(flat, x, y, weights, weight_decay), flat.theta, weights.shape[0],
+    return newton_solve(WeightedLoss(flat, x, y, weights, weight_decay, smoothing), flat.theta, weights.shape[0],
                         base_hessian, tol, max_iter, damping, hessian_chunk)
 
 

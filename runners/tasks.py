@@ -145,7 +145,8 @@ def run_curvature(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) ->
     trained = deps[inputs["train"]]
     s = setup_from(trained.inputs)
     params = _params(trained.arrays, "param.")
-    H = CURVATURES[inputs["curvature"]](s.module, params, s.data.x_train, s.data.y_train, s.training.weight_decay)
+    H = CURVATURES[inputs["curvature"]](s.module, params, s.data.x_train, s.data.y_train, s.training.weight_decay,
+                                        s.training.label_smoothing)
     spec = spectrum(H)
     values = spec.values
     return Output({"values": values, "vectors": spec.vectors}, {"curvature_results": {
@@ -166,10 +167,13 @@ def run_hessian(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
         d, wd = s.data, s.training.weight_decay
         P = int(flat.theta.numel())
         seed = derive_seed(s.seed, "hessian")
-        values = lanczos_extremes(lambda v: hessian_vector_products(flat, d.x_train, d.y_train, wd, v[None])[0],
-                                  P, spec.iterations, seed)
-        trace = hutchinson_trace(lambda v: hessian_vector_products(flat, d.x_train, d.y_train, wd, v), P,
-                                 spec.trace_samples, seed + 1)
+        smooth = s.training.label_smoothing
+        values = lanczos_extremes(
+            lambda v: hessian_vector_products(flat, d.x_train, d.y_train, wd, v[None], smoothing=smooth)[0],
+            P, spec.iterations, seed)
+        trace = hutchinson_trace(
+            lambda v: hessian_vector_products(flat, d.x_train, d.y_train, wd, v, smoothing=smooth), P,
+            spec.trace_samples, seed + 1)
         negative = None
     top = values.flip(0)[: spec.top_eigenvalues]
     return Output({"top": top}, {"hessian_results": {
@@ -225,7 +229,8 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
         module=s.module, params=params, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test[idx],
         y_test=d.y_test[idx], measure=inputs["measure"], weight_decay=s.training.weight_decay,
         seed=derive_seed(s.seed, "estimator", inputs["estimator"]), spectrum=spectrum_,
-        checkpoints=_checkpoints(trained.arrays), selected=selected_parameters(spec.params, s.module))
+        checkpoints=_checkpoints(trained.arrays), selected=selected_parameters(spec.params, s.module),
+        smoothing=s.training.label_smoothing)
     scores = ESTIMATORS[spec.name](spec, estimator_inputs).to(torch.float64)
     if not bool(torch.isfinite(scores).all()):
         raise TaskFailure(f"estimator '{spec.name}' produced non-finite scores; raise its damping")

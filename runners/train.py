@@ -58,12 +58,12 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
 
         def closure() -> Tensor:
             lbfgs.zero_grad()
-            loss = objective(module, named, x, y, spec.weight_decay)
+            loss = objective(module, named, x, y, spec.weight_decay, smoothing=spec.label_smoothing)
             loss.backward()
             return loss
 
         _check(lbfgs.step(closure), 0, spec)
-        _check(objective(module, named, x, y, spec.weight_decay), spec.epochs, spec)
+        _check(objective(module, named, x, y, spec.weight_decay, smoothing=spec.label_smoothing), spec.epochs, spec)
     else:
         # the batched engine with one model: the same update rule, bit for bit, that retraining replays
         rule = training_rule(spec, n)
@@ -75,7 +75,7 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
 
         try:
             final = train_ensemble(module, stack(init, 1), x, rule, steps, spec.batch_size, [order_seed],
-                                   weighted_cross_entropy(y, torch.ones(1, n, dtype=x.dtype)),
+                                   weighted_cross_entropy(y, torch.ones(1, n, dtype=x.dtype), spec.label_smoothing),
                                    on_step=keep if wanted else None, lr_name="training.lr")
         except DivergenceError as exc:
             raise DivergenceError(f"training {exc}") from None

@@ -71,3 +71,43 @@ def test_negative_eigenvalue_policies():
 
     with pytest.raises(TaskFailure, match="raise damping above 2"):
         inverse_eigenvalues(values, 0.5, "error")
+
+
+def test_label_smoothed_loss_matches_torch():
+    from runners.objective import per_example_loss
+
+    torch.manual_seed(0)
+    z = torch.randn(7, 4, dtype=torch.float64)
+    y = torch.randint(0, 4, (7,))
+    for eps in (0.0, 0.1, 0.3):
+        reference = torch.nn.functional.cross_entropy(z, y, reduction="none", label_smoothing=eps)
+        assert torch.allclose(per_example_loss(z, y, eps), reference, atol=1e-14)
+
+
+def test_exact_with_label_smoothing_matches_numpy():
+    """With smoothing e the per-example gradient is (p - q) x_aug with q = (1 - e) one_hot + e / C; the Hessian
+    is unchanged, so the closed form only swaps the targets."""
+    rng = np.random.default_rng(5)
+    n, d, C, wd, eps = 30, 2, 3, 0.05, 0.2
+    x, y = rng.normal(size=(n, d)), rng.integers(0, C, size=n)
+    xt, yt = rng.normal(size=(2, d)), rng.integers(0, C, size=2)
+    X, Y = torch.tensor(x), torch.tensor(y)
+    module = build(LogregModel(arch="logreg"), d, C, seed=0, dtype=torch.float64)
+    spec = TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=300, weight_decay=wd, label_smoothing=eps)
+    trained = train(module, X, Y, spec, 0)
+    H = objective_hessian(module, trained.params, X, Y, wd, eps)
+    inputs = EstimatorInputs(module, trained.params, X, Y, torch.tensor(xt), torch.tensor(yt), "test_loss", wd, 0,
+                             spectrum(H), smoothing=eps)
+    ours = exact_scores(ExactEstimator(name="exact", damping=0.0), inputs).numpy()
+    W, b = trained.params["0.weight"].numpy(), trained.params["0.bias"].numpy()
+    xa = np.hstack([x, np.ones((n, 1))])
+    p = softmax(x @ W.T + b)
+    q = (1 - eps) * np.eye(C)[y] + eps / C
+    Hn = sum(np.kron(np.diag(p[j]) - np.outer(p[j], p[j]), np.outer(xa[j], xa[j])) for j in range(n)) / n
+    Hn += wd * np.eye(C * (d + 1))
+    g_train = np.stack([np.kron(p[j] - q[j], xa[j]) for j in range(n)])
+    pt = softmax(xt @ W.T + b)
+    xta = np.hstack([xt, np.ones((2, 1))])
+    g_test = np.stack([np.kron(pt[j] - np.eye(C)[yt[j]], xta[j]) for j in range(2)])  # test loss stays plain
+    reference = g_test @ np.linalg.solve(Hn, g_train.T) / n
+    assert np.abs(ours - reference).max() / np.abs(reference).max() < 1e-6

@@ -56,6 +56,12 @@ VARIANTS = {
                                  "scale: 20, recursion_depth: 30, params: [2.weight, 2.bias]}, {name: arnoldi, "
                                  "arnoldi_dim: 10, top_k: 5, damping: 0.05, params: last_layer}, {name: datainf, "
                                  "params: last_layer}, {name: grad_cos, params: last_layer}]"},
+    "label-smoothing": {"training": "{optimizer: adam, lr: 0.05, epochs: 60, weight_decay: 0.01, "
+                                     "label_smoothing: 0.1}",
+                        "estimators": "[{name: exact, damping: 0.05, negative: abs}, {name: representer}, "
+                                      "{name: lissa, damping: 0.05, scale: 20, recursion_depth: 20}]",
+                        "ground_truth": "{protocol: loo, steps: 5, decompose: true, damping: 0.05, "
+                                        "removals: {select: random, k: 4}}"},
     "all-metrics": {"metrics": "{names: [pearson, spearman, kendall, sign_agreement, top_k_overlap], top_k: 3}"},
 }
 

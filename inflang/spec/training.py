@@ -26,6 +26,8 @@ class TrainingSpec(Spec):
         "step (lr * gamma^floor(epoch / step_epochs))")
     step_epochs: int = Field(30, ge=1, description="schedule: step -- epochs between decays")
     gamma: float = Field(0.1, gt=0, le=1, description="schedule: step -- the decay factor")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="train on targets (1 - e) one_hot + e / classes; "
+                                   "influence and curvature follow the smoothed loss, test losses stay plain")
     checkpoints: int = Field(0, ge=0, le=1000, description="keep this many evenly spaced snapshots of the "
                              "parameters during training (read by the tracin estimator)")
 

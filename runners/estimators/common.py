@@ -32,6 +32,7 @@ class EstimatorInputs:
     spectrum: Spectrum | None = None
     checkpoints: list[tuple[float, dict[str, Tensor]]] = field(default_factory=list)  # (lr, params) in order
     selected: list[str] | None = None  # parameters influence is computed over (None: all of them)
+    smoothing: float = 0.0  # the training loss's label smoothing
     _cache: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -65,7 +66,8 @@ class EstimatorInputs:
     def train_gradients(self) -> Tensor:
         """[n, P] gradients of each training example's loss (float64), over the selected parameters."""
         if "train" not in self._cache:
-            self._cache["train"] = self._keep(gradients(self.flat, self.x_train, self.y_train).to(torch.float64))
+            g = gradients(self.flat, self.x_train, self.y_train, smoothing=self.smoothing)
+            self._cache["train"] = self._keep(g.to(torch.float64))
         return self._cache["train"]
 
     def test_gradients(self) -> Tensor:
@@ -80,11 +82,12 @@ class EstimatorInputs:
         Over selected parameters this is the Hessian's block for them (the others held fixed)."""
         cols = self.columns
         if cols is None:
-            return hessian_vector_products(self.flat, self.x_train, self.y_train, self.weight_decay, vectors, batch)
+            return hessian_vector_products(self.flat, self.x_train, self.y_train, self.weight_decay, vectors, batch,
+                                           self.smoothing)
         full = torch.zeros(vectors.shape[0], int(self.flat.theta.numel()), dtype=vectors.dtype)
         full[:, cols] = vectors
         return hessian_vector_products(self.flat, self.x_train, self.y_train, self.weight_decay, full,
-                                       batch)[:, cols]
+                                       batch, self.smoothing)[:, cols]
 
     def curvature(self) -> Spectrum:
         """The eigendecomposition of the curvature (its block for the selected parameters)."""
@@ -107,22 +110,25 @@ def inverse_scores(inputs: EstimatorInputs, apply_inverse: Callable[[Tensor], Te
     return (apply_inverse(inputs.test_gradients()) @ inputs.train_gradients().T) / inputs.n
 
 
-def gradients(flat: FlatModel, x: Tensor, y: Tensor, measure: str = "loss") -> Tensor:
-    """Per-example gradients [N, P] of the loss (or of a measured quantity) at flat.theta."""
-    fn = per_example_loss if measure == "loss" else MEASURES[measure]
+def gradients(flat: FlatModel, x: Tensor, y: Tensor, measure: str = "loss", smoothing: float = 0.0) -> Tensor:
+    """Per-example gradients [N, P] of the training loss (label ``smoothing`` as trained) or of a measured
+    quantity at flat.theta."""
 
     def one(theta: Tensor, xi: Tensor, yi: Tensor) -> Tensor:
-        return fn(flat.logits(theta, xi.unsqueeze(0)), yi.unsqueeze(0)).squeeze(0)
+        logits = flat.logits(theta, xi.unsqueeze(0))
+        if measure == "loss":
+            return per_example_loss(logits, yi.unsqueeze(0), smoothing).squeeze(0)
+        return MEASURES[measure](logits, yi.unsqueeze(0)).squeeze(0)
 
     return vmap(grad(one), in_dims=(None, 0, 0))(flat.theta, x, y)
 
 
 def hessian_vector_products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay: float, vectors: Tensor,
-                            batch: Tensor | None = None) -> Tensor:
+                            batch: Tensor | None = None, smoothing: float = 0.0) -> Tensor:
     """Rows H v_k of the objective's Hessian (on ``batch``, or all points) times each row of ``vectors``."""
     theta = flat.theta.detach().requires_grad_(True)
     xb, yb = (x, y) if batch is None else (x[batch], y[batch])
-    loss = flat.objective(theta, xb, yb, weight_decay)
+    loss = flat.objective(theta, xb, yb, weight_decay, smoothing)
     (g,) = torch.autograd.grad(loss, theta, create_graph=True)
     v = vectors.to(theta.dtype)
     (hv,) = torch.autograd.grad(g, theta, grad_outputs=v, is_grads_batched=True)

@@ -44,7 +44,8 @@ def representer_scores(spec: RepresenterEstimator, inputs: EstimatorInputs) -> T
         with torch.no_grad():
             for k, p in module.named_parameters():
                 p.copy_(saved[k])
-    dloss = torch.softmax(z_train, dim=1)
-    dloss[torch.arange(inputs.n), inputs.y_train] -= 1.0
+    classes = z_train.shape[1]
+    dloss = torch.softmax(z_train, dim=1) - inputs.smoothing / classes  # minus the (smoothed) target
+    dloss[torch.arange(inputs.n), inputs.y_train] -= 1.0 - inputs.smoothing
     alpha = -dloss / (inputs.weight_decay * inputs.n)  # [n, C]
     return alpha[:, inputs.y_test].T * (f_test @ f_train.T)

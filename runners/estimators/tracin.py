@@ -24,6 +24,6 @@ def tracin_scores(spec: TracinEstimator, inputs: EstimatorInputs) -> Tensor:
     for lr, params in inputs.checkpoints:
         flat = FlatModel(inputs.module, params)
         g_test = gradients(flat, inputs.x_test, inputs.y_test, inputs.measure).to(torch.float64)
-        g_train = gradients(flat, inputs.x_train, inputs.y_train).to(torch.float64)
+        g_train = gradients(flat, inputs.x_train, inputs.y_train, smoothing=inputs.smoothing).to(torch.float64)
         total += lr * (g_test @ g_train.T)
     return total / inputs.n

@@ -122,7 +122,7 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor) -> Tensor:
             with retraining():
                 final = train_ensemble(p.module, stack(start, hi - lo + 1), p.x_train, rule, steps,
                                        p.training.batch_size, [seed] * (hi - lo + 1),
-                                       weighted_cross_entropy(p.y_train, w))
+                                       weighted_cross_entropy(p.y_train, w, p.training.label_smoothing))
             measured = measure_ensemble(p.module, final, p.x_test, p.y_test, spec.measure)
             out[r, lo:hi] = measured[1:] - measured[0]
             if p.progress is not None:

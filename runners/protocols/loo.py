@@ -62,7 +62,7 @@ def pbrf_newton(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list
     active = torch.ones(len(removed), dtype=p.x_train.dtype)
     active[0] = 0.0
     proximity = p.training.weight_decay + spec.pbrf_damping
-    objective = ProximalBregman(flat, p.x_train, p.y_train, removed, active, proximity)
+    objective = ProximalBregman(flat, p.x_train, p.y_train, removed, active, proximity, p.training.label_smoothing)
     chord = objective_ggn(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay)
     chord = chord + spec.pbrf_damping * torch.eye(chord.shape[0], dtype=chord.dtype)
     solved = newton_solve(objective, flat.theta, len(removed), chord, _tolerance(spec, p.x_train.dtype),
@@ -77,12 +77,14 @@ def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[n
               weights: torch.Tensor) -> GroundTruth:
     """Every removal (and the control) refitted from the optimum to |grad| <= tol by batched Newton."""
     tol = _tolerance(spec, p.x_train.dtype)
-    H0 = objective_hessian(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay)
+    smoothing = p.training.label_smoothing
+    H0 = objective_hessian(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay, smoothing)
     P = H0.shape[0]
     budget = p.memory_budget if p.memory_budget is not None else default_budget()
     all_weights = torch.cat([torch.ones(1, p.n), weights]).to(p.x_train.dtype)
     refit = newton_refit(p.module, p.setup.trained, p.x_train, p.y_train, all_weights, p.training.weight_decay,
-                         H0, tol, spec.max_iter, spec.damping, hessian_chunk=max(1, budget // (32 * P * P)))
+                         H0, tol, spec.max_iter, spec.damping, hessian_chunk=max(1, budget // (32 * P * P)),
+                         smoothing=smoothing)
     params = Layout(stack(p.setup.trained, 1)).views(refit.theta)
     measured = measure_ensemble(p.module, params, p.x_test, p.y_test, spec.measure)
     if p.progress is not None:

@@ -57,7 +57,8 @@ def pbrf_term(p: Problem, z_s: Tensor, removed: Tensor, active: Tensor) -> DataT
         else:
             anchor, denom = z_s[batch], batch.shape[1]
         divergence = bregman(logits, anchor).sum(1) / denom
-        own = per_example_loss(ensemble_logits(p.module, params, x_removed, per_model=True), y_removed)[:, 0]
+        own = per_example_loss(ensemble_logits(p.module, params, x_removed, per_model=True), y_removed,
+                               p.training.label_smoothing)[:, 0]
         return divergence - active * own / N
 
     return term
