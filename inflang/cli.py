@@ -17,7 +17,9 @@ from rich.table import Table
 from inflang import __version__
 from inflang.errors import StudyError, UsageError
 from inflang.plan import KINDS, Plan, compile_study
+from inflang.spec.study import is_study_name
 from inflang.store import Store, run_query, write_parquet
+from inflang.sweep import label
 from inflang.validate import LoadedStudy, load_study
 
 app = typer.Typer(
@@ -47,13 +49,6 @@ def _load(path: str) -> LoadedStudy:
         raise _fail(str(exc)) from None
 
 
-def _params_label(params: dict[str, Any]) -> str:
-    """Swept values by the last part of their path (the whole path where two would read alike)."""
-    short = [k.rsplit(".", 1)[-1] for k in params]
-    names = [s if short.count(s) == 1 else k for s, k in zip(short, params, strict=True)]
-    return ", ".join(f"{n}={v}" for n, v in zip(names, params.values(), strict=True)) or "-"
-
-
 @app.command()
 def validate(study: str = STUDY_ARG) -> None:
     """Check a study file and print the cells it would run. Nothing is written."""
@@ -63,7 +58,7 @@ def validate(study: str = STUDY_ARG) -> None:
     for col in ("cell", "repeat", "seed", "swept values"):
         table.add_column(col)
     for cell in loaded.cells:
-        table.add_row(cell.cell_id, str(cell.repeat), str(cell.seed), _params_label(cell.params))
+        table.add_row(cell.cell_id, str(cell.repeat), str(cell.seed), label(cell.params))
     out.print(table)
     out.print(f"[green]valid[/green]: {len(loaded.cells)} cells, {len(plan.tasks)} tasks")
 
@@ -203,9 +198,9 @@ def _summary_table(db: str | Path, study: str) -> Table:
         return "-" if v is None or math.isnan(v) else f"{v:.3f}"
 
     for cell_id, params, status, estimator, spearman, pearson, ceiling, error in rows:
-        label = _params_label(json.loads(params)) if params else "-"
+        swept = label(json.loads(params)) if params else "-"
         shown = status if status != "failed" else f"failed: {error}"
-        values = [cell_id, label, estimator or "-", fmt(spearman), fmt(pearson)]
+        values = [cell_id, swept, estimator or "-", fmt(spearman), fmt(pearson)]
         table.add_row(*values, *([fmt(ceiling)] if with_ceiling else []), shown)
     return table
 
@@ -293,13 +288,12 @@ def query(
     if out_file and Path(out_file).is_dir():
         raise _fail(f"error: --out: {out_file} is a directory")
     try:
+        if format == "parquet":
+            err.print(f"wrote {write_parquet(db, sql, out_file)} rows to {out_file}")
+            return
         columns, rows = run_query(db, sql)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
-    if format == "parquet":
-        write_parquet(db, sql, out_file)
-        err.print(f"wrote {len(rows)} rows to {out_file}")
-        return
     if format == "table" and not out_file:
         table = Table(*columns)
         for r in rows:
@@ -332,9 +326,7 @@ def init(
     out_dir: str = typer.Option(".", "--out", help="Folder to write NAME.yaml into."),
 ) -> None:
     """Write a commented starter study, NAME.yaml, ready to run and edit."""
-    import re
-
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,99}", name):
+    if not is_study_name(name):
         raise _fail(f"error: '{name}' is not a study name: use lowercase letters, digits, '-' and '_'")
     target = Path(out_dir) / f"{name}.yaml"
     if target.exists():
@@ -393,7 +385,7 @@ def compare(
     table = Table("swept values", "estimator", *studies, title=f"mean {metric} over test points")
     for (params, estimator), values in sorted(grid.items()):
         shown = [f"{values[s]:.3f}" if s in values and values[s] is not None else "-" for s in studies]
-        table.add_row(_params_label(json.loads(params)), estimator, *shown)
+        table.add_row(label(json.loads(params)), estimator, *shown)
     out.print(table)
 
 
@@ -406,9 +398,7 @@ def report(
 ) -> None:
     """Summarise one study: per cell and estimator, the mean correlations and the model's curvature;
     with --out, an HTML report with the paper's figures (needs matplotlib: pip install 'inflang[plot]')."""
-    import re
-
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,99}", study):
+    if not is_study_name(study):
         raise _fail(f"error: '{study}' is not a study name (lowercase letters, digits, '-' and '_')")
     try:
         _, found = run_query(db, f"SELECT count(*) FROM studies WHERE study = '{study}'")

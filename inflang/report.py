@@ -20,6 +20,7 @@ from typing import Any
 
 from inflang.errors import UsageError
 from inflang.store import run_query
+from inflang.sweep import label
 
 
 @dataclass
@@ -46,8 +47,7 @@ def _q(db: Path, sql: str) -> list[dict[str, Any]]:
 
 
 def _label(params: str | None) -> str:
-    values = json.loads(params or "{}")
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items()) or "base"
+    return label(json.loads(params or "{}"), empty="base")
 
 
 def _numeric_axes(cells: list[dict[str, Any]]) -> list[str]:

@@ -308,21 +308,8 @@ def _strip_literals(sql: str) -> str:
     return re.sub(r"/\*.*?\*/", " ", sql, flags=re.DOTALL)
 
 
-def write_parquet(path: str | Path, sql: str, target: str | Path) -> None:
-    """Run a read-only query (checked as ``run_query`` checks it) and write its result as a Parquet file."""
-    run_query(path, sql)  # the same checks; raises UsageError
-    with Store(path, read_only=True) as store:
-        store.con.execute("SET enable_external_access = false")
-        result = store.con.execute(sql).fetchnumpy()  # noqa: F841 -- read by name below
-    writer = duckdb.connect()
-    try:
-        writer.execute(f"COPY (SELECT * FROM result) TO '{str(target).replace(chr(39), '')}' (FORMAT parquet)")
-    finally:
-        writer.close()
-
-
-def run_query(path: str | Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run one read-only SELECT (or WITH/DESCRIBE/SHOW/EXPLAIN/SUMMARIZE) on the database."""
+def check_read_only(sql: str) -> None:
+    """Refuse anything but one read-only statement (SELECT, WITH, DESCRIBE, ...); raises UsageError."""
     bare = _strip_literals(sql).strip().rstrip(";").strip()
     if not bare:
         raise UsageError("the query is empty")
@@ -334,11 +321,33 @@ def run_query(path: str | Path, sql: str) -> tuple[list[str], list[tuple[Any, ..
     word = _WRITE_WORDS.search(bare)
     if word:
         raise UsageError(f"only read-only queries are allowed; '{word.group(0).upper()}' is refused")
+
+
+def _read_only_result(path: str | Path, sql: str, fetch: Any) -> Any:
+    """``fetch(cursor)`` of a checked query on a read-only connection with file access switched off."""
+    check_read_only(sql)
     with Store(path, read_only=True) as store:
         store.con.execute("SET enable_external_access = false")
         try:
-            cursor = store.con.execute(sql)
+            return fetch(store.con.execute(sql))
         except duckdb.Error as exc:
             raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
-        columns = [d[0] for d in cursor.description or []]
-        return columns, cursor.fetchall()
+
+
+def run_query(path: str | Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read-only SELECT (or WITH/DESCRIBE/SHOW/EXPLAIN/SUMMARIZE) on the database."""
+    return _read_only_result(path, sql, lambda cursor: ([d[0] for d in cursor.description or []],
+                                                          cursor.fetchall()))
+
+
+def write_parquet(path: str | Path, sql: str, target: str | Path) -> int:
+    """Run a read-only query (checked as ``run_query`` checks it), write its result as a Parquet file and
+    return how many rows it wrote."""
+    result = _read_only_result(path, sql, lambda cursor: cursor.fetchnumpy())  # noqa: F841 -- DuckDB reads it by name
+    writer = duckdb.connect()
+    try:
+        writer.execute(f"COPY (SELECT * FROM result) TO '{str(target).replace(chr(39), '')}' (FORMAT parquet)")
+        (count,) = writer.execute("SELECT count(*) FROM result").fetchone() or (0,)
+    finally:
+        writer.close()
+    return int(count)

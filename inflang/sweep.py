@@ -120,3 +120,10 @@ def apply(data: dict[str, Any], params: Params) -> dict[str, Any]:
 
 def _dotted(path: PathKey) -> str:
     return ".".join(str(p) for p in path)
+
+
+def label(params: Params, empty: str = "-") -> str:
+    """Swept values by the last part of their path (the whole path where two would read alike)."""
+    short = [k.rsplit(".", 1)[-1] for k in params]
+    names = [s if short.count(s) == 1 else k for s, k in zip(short, params, strict=True)]
+    return ", ".join(f"{n}={v}" for n, v in zip(names, params.values(), strict=True)) or empty

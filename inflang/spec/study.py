@@ -31,6 +31,11 @@ from inflang.spec.training import TrainingSpec
 SweepGrid = dict[str, list[Any]]
 
 
+def is_study_name(name: str) -> bool:
+    """Lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 100 characters."""
+    return re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,99}", name) is not None
+
+
 class Study(Spec):
     study: str = Field(description="the study's name, [a-z0-9][a-z0-9_-]*; results are keyed by it")
     description: str = Field("", description="one line saying what the study asks")
@@ -52,7 +57,7 @@ class Study(Spec):
     @field_validator("study")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,99}", value):
+        if not is_study_name(value):
             raise ValueError(f"'{value}' is not a study name: use lowercase letters, digits, '-' and '_' "
                              "(starting with a letter or digit, at most 100 characters)")
         return value
