@@ -42,7 +42,11 @@ VARIANTS = {
                          "model": "{arch: logreg}"},
     "cnn-digits": {"dataset": "{name: digits, test_size: 20, subsample: 60}",
                    "model": "{arch: cnn, depth: 1, channels: 2}",
-                   "training": "{optimizer: adam, lr: 0.05, epochs: 5, batch_size: 30}"},
+                   "training": "{optimizer: adam, lr: 0.05, epochs: 5, batch_size: 30}",
+                   "estimators": "[{name: exact, damping: 0.05, negative: abs}, {name: kfac}, {name: ekfac}]"},
+    "kfac-param-change": {"estimators": "[{name: kfac, damping: 0.01}, {name: ekfac, params: last_layer}]",
+                          "ground_truth": "{protocol: loo, steps: 5, measure: param_change_norm, "
+                                          "removals: {select: random, k: 6}}"},
     "dropout": {"model": "{arch: mlp, depth: 1, width: 4, dropout: 0.2}",
                 "estimators": "[{name: grad_dot}]"},
     "tracin-schedule": {"training": "{optimizer: sgd, lr: 0.1, epochs: 30, weight_decay: 0.01, schedule: step, "

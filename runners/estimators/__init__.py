@@ -17,7 +17,9 @@ from runners.estimators.arnoldi import arnoldi_scores
 from runners.estimators.cg import cg_scores
 from runners.estimators.common import EstimatorInputs
 from runners.estimators.datainf import datainf_scores
+from runners.estimators.ekfac import ekfac_scores
 from runners.estimators.exact import exact_scores
+from runners.estimators.kfac import kfac_scores
 from runners.estimators.lissa import lissa_scores
 from runners.estimators.representer import representer_scores
 from runners.estimators.similarity import grad_cos_scores, grad_dot_scores
@@ -33,6 +35,8 @@ ESTIMATORS: dict[str, Callable[[Any, EstimatorInputs], Tensor]] = {
     "tracin": tracin_scores,
     "representer": representer_scores,
     "datainf": datainf_scores,
+    "kfac": kfac_scores,
+    "ekfac": ekfac_scores,
 }
 
 __all__ = ["ESTIMATORS", "EstimatorInputs"]
