@@ -1,7 +1,8 @@
 """A study compiled into a plan: content-addressed tasks with dependencies.
 
 Task kinds, and what each one's hash covers (besides ``TASK_FORMAT``):
-- ``train``: dataset, model, training, the cell's seed -> trained parameters, split, losses;
+- ``train``: dataset, model, training, the cell's seed (and a replica number for the extra models an
+  estimator such as ``trak`` averages over) -> trained parameters, split, losses;
 - ``curvature``: train -> eigendecomposition of the objective's Hessian (shared by every damping value);
 - ``hessian``: curvature, ``hessian:`` -> top and minimum eigenvalues, trace;
 - ``estimate``: train (+ curvature), the estimator's fields (not its label), test_points, measure -> scores;
@@ -55,6 +56,7 @@ class CellTasks:
     train: str
     curvature: dict[str, str]  # curvature kind (hessian, ggn) -> task
     hessian: str | None
+    replicas: list[str] = field(default_factory=list)  # extra independently trained models (trak's models: M)
     estimates: dict[str, str] = field(default_factory=dict)
     ground_truth: str | None = None
     metrics: dict[str, str] = field(default_factory=dict)
@@ -62,6 +64,7 @@ class CellTasks:
     def all(self) -> list[tuple[str, str | None, str]]:
         """(kind, estimator label or None, task hash) for every task of the cell."""
         out: list[tuple[str, str | None, str]] = [("train", None, self.train)]
+        out += [("replica", None, h) for h in self.replicas]
         out += [("curvature", None, h) for h in self.curvature.values()]
         if self.hessian:
             out.append(("hessian", None, self.hessian))
@@ -150,10 +153,16 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         gt = s.ground_truth
         for est in s.estimators:
             reads = curvature[est.curvature_kind] if est.curvature_kind else None
+            replicas = [b.add("train", {**train_inputs, "replica": r}, (), train_steps, 1)
+                        for r in range(1, est.trained_models)]
+            ct.replicas += [h for h in replicas if h not in ct.replicas]
+            estimate_inputs: dict[str, Any] = {"train": train, "curvature": reads,
+                                               "estimator": _dump(est, ("label",)),
+                                               "test_points": _dump(s.test_points), "measure": gt.measure}
+            if replicas:
+                estimate_inputs["replicas"] = replicas
             ct.estimates[estimator_label(est)] = b.add(
-                "estimate", {"train": train, "curvature": reads, "estimator": _dump(est, ("label",)),
-                             "test_points": _dump(s.test_points), "measure": gt.measure},
-                (train, reads) if reads else (train,))
+                "estimate", estimate_inputs, (train, *([reads] if reads else []), *replicas))
         gt_inputs = _dump(gt)
         gt_deps: tuple[str, ...] = (train,)
         ranking = ranking_estimator(gt)

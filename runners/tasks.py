@@ -84,6 +84,11 @@ class TrainSetup:
     seed: int
     data: datasets.Prepared
     module: nn.Module
+    replica: int = 0  # > 0: another independently trained model on the same split (estimators with models: M)
+
+    @property
+    def order_seed(self) -> int:
+        return derive_seed(self.seed, "order", *(("replica", self.replica) if self.replica else ()))
 
 
 @functools.lru_cache(maxsize=8)
@@ -99,8 +104,10 @@ def setup_from(train_inputs: dict[str, Any]) -> TrainSetup:
     dtype = _DTYPES[training.dtype]
     data = datasets.prepare(dataset, _raw(dataset.model_dump_json()), derive_seed(seed, "split"), dtype,
                             tuple(train_inputs.get("held_out", ())))
-    module = models.build(model, data.input_shape, data.classes, derive_seed(seed, "init"), dtype)
-    return TrainSetup(dataset, model, training, seed, data, module)
+    replica = int(train_inputs.get("replica", 0))
+    init_seed = derive_seed(seed, "init", *(("replica", replica) if replica else ()))
+    module = models.build(model, data.input_shape, data.classes, init_seed, dtype)
+    return TrainSetup(dataset, model, training, seed, data, module, replica)
 
 
 def _params(arrays: Arrays, prefix: str) -> dict[str, Tensor]:
@@ -116,7 +123,7 @@ def _test_losses(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Ten
 def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
     s = setup_from(inputs)
     d = s.data
-    result = train(s.module, d.x_train, d.y_train, s.training, derive_seed(s.seed, "order"))
+    result = train(s.module, d.x_train, d.y_train, s.training, s.order_seed)
     with torch.no_grad():
         train_losses, train_correct = _test_losses(s.module, result.params, d.x_train, d.y_train)
         test_losses, correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
@@ -230,7 +237,8 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
         y_test=d.y_test[idx], measure=inputs["measure"], weight_decay=s.training.weight_decay,
         seed=derive_seed(s.seed, "estimator", inputs["estimator"]), spectrum=spectrum_,
         checkpoints=_checkpoints(trained.arrays), selected=selected_parameters(spec.params, s.module),
-        smoothing=s.training.label_smoothing)
+        smoothing=s.training.label_smoothing,
+        replicas=[_params(deps[h].arrays, "param.") for h in inputs.get("replicas", ())])
     scores = ESTIMATORS[spec.name](spec, estimator_inputs).to(torch.float64)
     if not bool(torch.isfinite(scores).all()):
         raise TaskFailure(f"estimator '{spec.name}' produced non-finite scores; raise its damping")

@@ -217,3 +217,36 @@ def test_no_kronecker_layer_selected_fails_clearly(mlp):
     inputs = EstimatorInputs(module, params, x, y, x[:2], y[:2], "test_loss", 0.0, 0, selected=[])
     with pytest.raises(TaskFailure, match="Linear or Conv2d"):
         ESTIMATORS["kfac"](KfacEstimator(name="kfac"), inputs)
+
+
+def test_trak_with_a_full_rank_projection_is_the_unprojected_formula(mlp):
+    """With proj_dim >= P, R (R^T G^T G R)^+ R^T = (G^T G)^-1 whatever R is, so TRAK over two models equals
+    [1/M sum_m g_m(test)^T (G_m^T G_m)^-1 g_m(i)] [1/M sum_m (1 - p_i,m)], gradients of f = log(p/(1-p)) by loops."""
+    from inflang.spec import TrakEstimator
+
+    module, params, x, y = mlp
+    other = train(build(MlpModel(arch="mlp", depth=1, width=4), 3, 3, seed=7, dtype=torch.float64), x, y,
+                  TrainingSpec(optimizer="sgd", lr=0.3, epochs=60, weight_decay=WD), 1).params
+
+    def f_grads(p: dict, xs: torch.Tensor, ys: torch.Tensor) -> np.ndarray:
+        out = []
+        for i in range(len(ys)):
+            q = {k: v.detach().clone().requires_grad_(True) for k, v in p.items()}
+            prob = torch.softmax(torch.func.functional_call(module, q, (xs[i:i + 1],)), -1)[0, ys[i]]
+            f = torch.log(prob) - torch.log1p(-prob)
+            out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(f, list(q.values()))]).numpy())
+        return np.stack(out)
+
+    kernel, q = 0.0, 0.0
+    for p in (params, other):
+        G = f_grads(p, x, y)
+        kernel = kernel + f_grads(p, x[:3], y[:3]) @ np.linalg.solve(G.T @ G, G.T)
+        prob = torch.softmax(torch.func.functional_call(module, p, (x,)), -1).detach().numpy()
+        q = q + 1 - prob[np.arange(len(y)), y.numpy()]
+    expected = (kernel / 2) * (q / 2)
+    inputs = EstimatorInputs(module, params, x, y, x[:3], y[:3], "test_loss", WD, 0, replicas=[other])
+    ours = ESTIMATORS["trak"](TrakEstimator(name="trak", proj_dim=64, models=2), inputs).numpy()
+    assert np.allclose(ours, expected, rtol=1e-6, atol=1e-9 * np.abs(expected).max())
+    margin = EstimatorInputs(module, params, x, y, x[:3], y[:3], "margin", WD, 0, replicas=[other])
+    assert np.allclose(ESTIMATORS["trak"](TrakEstimator(name="trak", proj_dim=64, models=2), margin).numpy(),
+                       -ours)

@@ -75,3 +75,18 @@ def test_cost_counts_retrained_models(write):
     plan = plan_of(write, BASE)
     (gt,) = [t for t in plan.tasks.values() if t.kind == "ground_truth"]
     assert gt.models == 6 and gt.cost_steps == 30
+
+
+def test_trak_models_are_extra_train_tasks_shared_within_the_cell(write):
+    text = BASE.replace("  - {name: exact, damping: 0.01, label: a}\n  - {name: exact, damping: 0.1, label: b}\n",
+                        "  - {name: trak, models: 3, label: a}\n  - {name: trak, models: 2, label: b}\n")
+    plan = plan_of(write, text)
+    trains = hashes(plan, "train")
+    assert len(trains) == 3  # the cell's model and two replicas; the second trak reuses replica 1
+    cell = plan.cells[0]
+    assert len(cell.replicas) == 2 and cell.train not in cell.replicas
+    a, b = plan.tasks[cell.estimates["a"]], plan.tasks[cell.estimates["b"]]
+    assert set(a.deps) == {cell.train, *cell.replicas} and set(b.deps) == {cell.train, cell.replicas[0]}
+    replica = plan.tasks[cell.replicas[0]]
+    assert replica.inputs["replica"] == 1 and replica.inputs["dataset"] == plan.tasks[cell.train].inputs["dataset"]
+    assert ("replica", None, cell.replicas[1]) in cell.all()

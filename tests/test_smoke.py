@@ -66,6 +66,9 @@ VARIANTS = {
                                       "{name: lissa, damping: 0.05, scale: 20, recursion_depth: 20}]",
                         "ground_truth": "{protocol: loo, steps: 5, decompose: true, damping: 0.05, "
                                         "removals: {select: random, k: 4}}"},
+    "trak-models": {"estimators": "[{name: trak, proj_dim: 16, models: 3}, {name: trak, proj_dim: 8, models: 2, "
+                                  "label: trak2, params: last_layer}]",
+                    "ground_truth": "{protocol: loo, steps: 5, measure: margin, removals: {select: random, k: 6}}"},
     "all-metrics": {"metrics": "{names: [pearson, spearman, kendall, sign_agreement, top_k_overlap], top_k: 3}"},
 }
 

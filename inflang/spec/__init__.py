@@ -24,6 +24,7 @@ from inflang.spec.estimators import (
     LissaEstimator,
     RepresenterEstimator,
     TracinEstimator,
+    TrakEstimator,
     estimator_label,
 )
 from inflang.spec.model import (
@@ -54,7 +55,7 @@ from inflang.spec.training import TrainingSpec
 __all__ = [
     "ImageFolderDataset",
     "ResnetModel", "VggModel",
-    "DataInfEstimator", "RepresenterEstimator", "TracinEstimator", "KfacEstimator", "EkfacEstimator",
+    "DataInfEstimator", "RepresenterEstimator", "TracinEstimator", "KfacEstimator", "EkfacEstimator", "TrakEstimator",
     "AnyDataset", "AnyEstimator", "AnyModel", "AnyProtocol", "ArnoldiEstimator", "BUNDLED", "BundledDataset",
     "CgEstimator", "CnnModel", "DatasetInfo", "DatasetSpec", "EstimatorSpec",
     "ExactEstimator", "FileDataset", "GradCosEstimator", "GradDotEstimator", "GroundTruthSpec",

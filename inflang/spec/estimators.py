@@ -27,6 +27,11 @@ class EstimatorBase(Spec):
     predicts_parameter_change: ClassVar[bool] = False  # has an estimate for measure: param_change_norm
 
     @property
+    def trained_models(self) -> int:
+        """How many independently trained models this estimator reads (the cell's own model first)."""
+        return int(getattr(self, "models", 1))
+
+    @property
     def curvature_kind(self) -> str | None:
         """Which curvature's eigendecomposition this estimator reads, if any."""
         return str(getattr(self, "curvature", "hessian")) if self.uses_curvature else None
@@ -162,9 +167,22 @@ class EkfacEstimator(EstimatorBase):
                                   "0.1 x the mean corrected eigenvalue of each layer")
 
 
+class TrakEstimator(EstimatorBase):
+    """TRAK (Park, Georgiev, Ilyas, Leclerc & Madry 2023): per model m, phi = R^T grad f with f = log(p_y / (1 - p_y))
+    and R a seeded Gaussian projection [P, proj_dim]; score = (1/M sum_m phi_test^T (Phi_m^T Phi_m + damping I)^+
+    phi_i) x (1/M sum_m (1 - p_i,m)), signed as a change in the measured quantity on removal (ranks only)."""
+
+    name: Literal["trak"]
+    ranks_only: ClassVar[bool] = True
+    proj_dim: int = Field(512, ge=1, description="dimension of the random projection of the gradients")
+    models: int = Field(1, ge=1, le=1000, description="independently trained models averaged over (the cell's "
+                        "model and models - 1 more, same data split, fresh initialisation and batch order)")
+    damping: float = Field(0.0, ge=0, description="added to Phi^T Phi before the (pseudo-)inverse")
+
+
 AnyEstimator = (ExactEstimator | CgEstimator | LissaEstimator | ArnoldiEstimator | GradDotEstimator
                 | GradCosEstimator | TracinEstimator | RepresenterEstimator | DataInfEstimator | KfacEstimator
-                | EkfacEstimator)
+                | EkfacEstimator | TrakEstimator)
 EstimatorSpec = Annotated[AnyEstimator, Field(discriminator="name")]
 
 def estimator_label(spec: AnyEstimator) -> str:

@@ -24,6 +24,7 @@ from runners.estimators.lissa import lissa_scores
 from runners.estimators.representer import representer_scores
 from runners.estimators.similarity import grad_cos_scores, grad_dot_scores
 from runners.estimators.tracin import tracin_scores
+from runners.estimators.trak import trak_scores
 
 ESTIMATORS: dict[str, Callable[[Any, EstimatorInputs], Tensor]] = {
     "exact": exact_scores,
@@ -37,6 +38,7 @@ ESTIMATORS: dict[str, Callable[[Any, EstimatorInputs], Tensor]] = {
     "datainf": datainf_scores,
     "kfac": kfac_scores,
     "ekfac": ekfac_scores,
+    "trak": trak_scores,
 }
 
 __all__ = ["ESTIMATORS", "EstimatorInputs"]

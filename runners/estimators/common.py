@@ -33,6 +33,7 @@ class EstimatorInputs:
     checkpoints: list[tuple[float, dict[str, Tensor]]] = field(default_factory=list)  # (lr, params) in order
     selected: list[str] | None = None  # parameters influence is computed over (None: all of them)
     smoothing: float = 0.0  # the training loss's label smoothing
+    replicas: list[dict[str, Tensor]] = field(default_factory=list)  # other models trained on the same data
     _cache: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -59,7 +60,7 @@ class EstimatorInputs:
         cols = self.columns
         return int(self.flat.theta.numel()) if cols is None else int(cols.numel())
 
-    def _keep(self, g: Tensor) -> Tensor:
+    def keep_selected(self, g: Tensor) -> Tensor:
         cols = self.columns
         return g if cols is None else g[:, cols]
 
@@ -67,14 +68,14 @@ class EstimatorInputs:
         """[n, P] gradients of each training example's loss (float64), over the selected parameters."""
         if "train" not in self._cache:
             g = gradients(self.flat, self.x_train, self.y_train, smoothing=self.smoothing)
-            self._cache["train"] = self._keep(g.to(torch.float64))
+            self._cache["train"] = self.keep_selected(g.to(torch.float64))
         return self._cache["train"]
 
     def test_gradients(self) -> Tensor:
         """[T, P] gradients of the measured quantity at each selected test point (float64)."""
         if "test" not in self._cache:
             g = gradients(self.flat, self.x_test, self.y_test, self.measure).to(torch.float64)
-            self._cache["test"] = self._keep(g)
+            self._cache["test"] = self.keep_selected(g)
         return self._cache["test"]
 
     def hvp(self, vectors: Tensor, batch: Tensor | None = None) -> Tensor:

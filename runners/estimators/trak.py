@@ -1,0 +1,72 @@
+"""TRAK (Park, Georgiev, Ilyas, Leclerc & Madry 2023, "TRAK: Attributing Model Behavior at Scale", Alg. 1).
+
+Per trained model m (the cell's model and ``models - 1`` more on the same training set, each with its own
+initialisation and batch order): the model output f(z) = log(p_y / (1 - p_y)) = z_y - logsumexp_{c != y} z_c,
+projected gradients phi(z) = R_m^T grad f(z) with R_m a seeded Gaussian matrix [P, proj_dim] (entries of
+variance 1/proj_dim), Phi_m the training points' phi as rows, and Q_m = diag(1 - p_i). The score is
+    tau(z_test, z_i) = [1/M sum_m phi_m(z_test)^T (Phi_m^T Phi_m + damping I)^+ phi_m(z_i)] x [1/M sum_m (1 - p_i,m)],
+with ^+ a pseudo-inverse (eigenvalues below 1e-10 x the largest dropped). A positive tau means z_i supports
+z_test's prediction, so removing it raises the test loss: stored as tau for measure test_loss and -tau for
+measure margin (LANGUAGE.md's sign); TRAK only ranks, so the scale is its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import grad, vmap
+
+from inflang.spec import TrakEstimator
+from runners.estimators.common import EstimatorInputs
+from runners.objective import FlatModel
+
+BLOCK = 65536  # rows of the projection generated at a time
+
+
+def output_function(logits: Tensor, y: Tensor) -> Tensor:
+    """f = log(p_y / (1 - p_y)) = z_y - logsumexp of the other logits; logits [..., C], y [...]."""
+    true = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    others = logits.scatter(-1, y.unsqueeze(-1), float("-inf"))
+    return true - torch.logsumexp(others, dim=-1)
+
+
+def output_gradients(flat: FlatModel, x: Tensor, y: Tensor) -> Tensor:
+    """[N, P] gradients of f at each example (float64)."""
+
+    def one(theta: Tensor, xi: Tensor, yi: Tensor) -> Tensor:
+        return output_function(flat.logits(theta, xi.unsqueeze(0)), yi.unsqueeze(0)).squeeze(0)
+
+    return vmap(grad(one), in_dims=(None, 0, 0))(flat.theta, x, y).to(torch.float64)
+
+
+def project(G: Tensor, dim: int, seed: int) -> Tensor:
+    """G [N, P] @ R, R [P, dim] Gaussian with variance 1/dim, generated block by block from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.zeros(G.shape[0], dim, dtype=torch.float64)
+    for lo in range(0, G.shape[1], BLOCK):
+        block = G[:, lo:lo + BLOCK]
+        R = torch.randn(block.shape[1], dim, generator=generator, dtype=torch.float64) / dim ** 0.5
+        out += block @ R
+    return out
+
+
+def trak_scores(spec: TrakEstimator, inputs: EstimatorInputs) -> Tensor:
+    models = [inputs.params, *inputs.replicas]
+    kernel = torch.zeros(inputs.x_test.shape[0], inputs.n, dtype=torch.float64)
+    q = torch.zeros(inputs.n, dtype=torch.float64)
+    for m, params in enumerate(models):
+        flat = FlatModel(inputs.module, params)
+        Phi = project(inputs.keep_selected(output_gradients(flat, inputs.x_train, inputs.y_train)), spec.proj_dim,
+                      inputs.seed + m)
+        phi = project(inputs.keep_selected(output_gradients(flat, inputs.x_test, inputs.y_test)), spec.proj_dim,
+                      inputs.seed + m)
+        values, vectors = torch.linalg.eigh(Phi.T @ Phi + spec.damping * torch.eye(spec.proj_dim,
+                                                                                    dtype=torch.float64))
+        keep = values > 1e-10 * values.abs().max().clamp_min(1e-300)
+        V = vectors[:, keep]
+        kernel += ((phi @ V) / values[keep]) @ (V.T @ Phi.T)
+        with torch.no_grad():
+            p = torch.softmax(flat.logits(flat.theta, inputs.x_train), dim=-1).to(torch.float64)
+        q += 1.0 - p.gather(1, inputs.y_train.unsqueeze(1)).squeeze(1)
+    sign = -1.0 if inputs.measure == "margin" else 1.0
+    return sign * (kernel / len(models)) * (q / len(models))
