@@ -238,7 +238,8 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
         seed=derive_seed(s.seed, "estimator", inputs["estimator"]), spectrum=spectrum_,
         checkpoints=_checkpoints(trained.arrays), selected=selected_parameters(spec.params, s.module),
         smoothing=s.training.label_smoothing,
-        replicas=[_params(deps[h].arrays, "param.") for h in inputs.get("replicas", ())])
+        replicas=[_params(deps[h].arrays, "param.") for h in inputs.get("replicas", ())],
+        memory_budget=ctx.memory_budget // 4 if ctx.memory_budget else None)
     scores = ESTIMATORS[spec.name](spec, estimator_inputs).to(torch.float64)
     if not bool(torch.isfinite(scores).all()):
         raise TaskFailure(f"estimator '{spec.name}' produced non-finite scores; raise its damping")

@@ -250,3 +250,26 @@ def test_trak_with_a_full_rank_projection_is_the_unprojected_formula(mlp):
     margin = EstimatorInputs(module, params, x, y, x[:3], y[:3], "margin", WD, 0, replicas=[other])
     assert np.allclose(ESTIMATORS["trak"](TrakEstimator(name="trak", proj_dim=64, models=2), margin).numpy(),
                        -ours)
+
+
+def test_per_example_gradients_are_the_same_in_chunks(mlp):
+    from runners.estimators.common import gradients
+    from runners.objective import FlatModel
+
+    module, params, x, y = mlp
+    flat = FlatModel(module, params)
+    whole = gradients(flat, x, y)
+    chunked = gradients(flat, x, y, budget=7 * flat.theta.numel() * 8)  # 7 rows at a time
+    assert torch.equal(whole, chunked)
+    assert np.allclose(whole.numpy(), per_example_grads(module, params, x, y), rtol=1e-12, atol=1e-15)
+
+
+def test_tracin_honours_params(mlp):
+    from inflang.spec import TracinEstimator
+
+    module, params, x, y = mlp
+    inputs = EstimatorInputs(module, params, x, y, x[:2], y[:2], "test_loss", WD, 0, checkpoints=[(0.5, params)],
+                             selected=["2.weight", "2.bias"])
+    g = per_example_grads(module, params, x, y)[:, -15:]
+    expected = 0.5 * g[:2] @ g.T / len(y)
+    assert np.allclose(ESTIMATORS["tracin"](TracinEstimator(name="tracin"), inputs).numpy(), expected, rtol=1e-10)

@@ -34,6 +34,7 @@ class EstimatorInputs:
     selected: list[str] | None = None  # parameters influence is computed over (None: all of them)
     smoothing: float = 0.0  # the training loss's label smoothing
     replicas: list[dict[str, Tensor]] = field(default_factory=list)  # other models trained on the same data
+    memory_budget: int | None = None  # bytes of per-example gradients computed at once (None: GRADIENT_BYTES)
     _cache: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -67,14 +68,15 @@ class EstimatorInputs:
     def train_gradients(self) -> Tensor:
         """[n, P] gradients of each training example's loss (float64), over the selected parameters."""
         if "train" not in self._cache:
-            g = gradients(self.flat, self.x_train, self.y_train, smoothing=self.smoothing)
+            g = gradients(self.flat, self.x_train, self.y_train, smoothing=self.smoothing, budget=self.memory_budget)
             self._cache["train"] = self.keep_selected(g.to(torch.float64))
         return self._cache["train"]
 
     def test_gradients(self) -> Tensor:
         """[T, P] gradients of the measured quantity at each selected test point (float64)."""
         if "test" not in self._cache:
-            g = gradients(self.flat, self.x_test, self.y_test, self.measure).to(torch.float64)
+            g = gradients(self.flat, self.x_test, self.y_test, self.measure, budget=self.memory_budget)
+            g = g.to(torch.float64)
             self._cache["test"] = self.keep_selected(g)
         return self._cache["test"]
 
@@ -111,17 +113,31 @@ def inverse_scores(inputs: EstimatorInputs, apply_inverse: Callable[[Tensor], Te
     return (apply_inverse(inputs.test_gradients()) @ inputs.train_gradients().T) / inputs.n
 
 
-def gradients(flat: FlatModel, x: Tensor, y: Tensor, measure: str = "loss", smoothing: float = 0.0) -> Tensor:
-    """Per-example gradients [N, P] of the training loss (label ``smoothing`` as trained) or of a measured
-    quantity at flat.theta."""
+GRADIENT_BYTES = 1 << 30  # per-example gradients computed at once (before the float64 copy) by default
+
+
+def per_example_gradients(flat: FlatModel, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
+                          budget: int | None = None) -> Tensor:
+    """[N, P] gradients of fn(logits [1, C], y [1]) -> [1] at each example (torch.func ``vmap(grad)``), in row
+    chunks of at most ``budget`` bytes of gradients (default GRADIENT_BYTES)."""
 
     def one(theta: Tensor, xi: Tensor, yi: Tensor) -> Tensor:
-        logits = flat.logits(theta, xi.unsqueeze(0))
-        if measure == "loss":
-            return per_example_loss(logits, yi.unsqueeze(0), smoothing).squeeze(0)
-        return MEASURES[measure](logits, yi.unsqueeze(0)).squeeze(0)
+        return fn(flat.logits(theta, xi.unsqueeze(0)), yi.unsqueeze(0)).squeeze(0)
 
-    return vmap(grad(one), in_dims=(None, 0, 0))(flat.theta, x, y)
+    per_row = max(1, int(flat.theta.numel()) * flat.theta.element_size())
+    step = max(1, (budget or GRADIENT_BYTES) // per_row)
+    many = vmap(grad(one), in_dims=(None, 0, 0))
+    parts = [many(flat.theta, x[lo:lo + step], y[lo:lo + step]) for lo in range(0, int(x.shape[0]), step)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def gradients(flat: FlatModel, x: Tensor, y: Tensor, measure: str = "loss", smoothing: float = 0.0,
+              budget: int | None = None) -> Tensor:
+    """Per-example gradients [N, P] of the training loss (label ``smoothing`` as trained) or of a measured
+    quantity at flat.theta."""
+    if measure == "loss":
+        return per_example_gradients(flat, lambda z, t: per_example_loss(z, t, smoothing), x, y, budget)
+    return per_example_gradients(flat, MEASURES[measure], x, y, budget)
 
 
 def hessian_vector_products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay: float, vectors: Tensor,

@@ -23,7 +23,9 @@ def tracin_scores(spec: TracinEstimator, inputs: EstimatorInputs) -> Tensor:
     total = torch.zeros(inputs.x_test.shape[0], inputs.n, dtype=torch.float64)
     for lr, params in inputs.checkpoints:
         flat = FlatModel(inputs.module, params)
-        g_test = gradients(flat, inputs.x_test, inputs.y_test, inputs.measure).to(torch.float64)
-        g_train = gradients(flat, inputs.x_train, inputs.y_train, smoothing=inputs.smoothing).to(torch.float64)
+        g_test = gradients(flat, inputs.x_test, inputs.y_test, inputs.measure, budget=inputs.memory_budget)
+        g_train = gradients(flat, inputs.x_train, inputs.y_train, smoothing=inputs.smoothing,
+                            budget=inputs.memory_budget)
+        g_test, g_train = (inputs.keep_selected(g.to(torch.float64)) for g in (g_test, g_train))
         total += lr * (g_test @ g_train.T)
     return total / inputs.n

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
 
 from inflang.spec import TrakEstimator
-from runners.estimators.common import EstimatorInputs
+from runners.estimators.common import EstimatorInputs, per_example_gradients
 from runners.objective import FlatModel
 
 BLOCK = 65536  # rows of the projection generated at a time
@@ -30,13 +29,6 @@ def output_function(logits: Tensor, y: Tensor) -> Tensor:
     return true - torch.logsumexp(others, dim=-1)
 
 
-def output_gradients(flat: FlatModel, x: Tensor, y: Tensor) -> Tensor:
-    """[N, P] gradients of f at each example (float64)."""
-
-    def one(theta: Tensor, xi: Tensor, yi: Tensor) -> Tensor:
-        return output_function(flat.logits(theta, xi.unsqueeze(0)), yi.unsqueeze(0)).squeeze(0)
-
-    return vmap(grad(one), in_dims=(None, 0, 0))(flat.theta, x, y).to(torch.float64)
 
 
 def project(G: Tensor, dim: int, seed: int) -> Tensor:
@@ -56,10 +48,10 @@ def trak_scores(spec: TrakEstimator, inputs: EstimatorInputs) -> Tensor:
     q = torch.zeros(inputs.n, dtype=torch.float64)
     for m, params in enumerate(models):
         flat = FlatModel(inputs.module, params)
-        Phi = project(inputs.keep_selected(output_gradients(flat, inputs.x_train, inputs.y_train)), spec.proj_dim,
-                      inputs.seed + m)
-        phi = project(inputs.keep_selected(output_gradients(flat, inputs.x_test, inputs.y_test)), spec.proj_dim,
-                      inputs.seed + m)
+        Phi, phi = (project(inputs.keep_selected(per_example_gradients(flat, output_function, x, y,
+                                                                       inputs.memory_budget).to(torch.float64)),
+                            spec.proj_dim, inputs.seed + m)
+                    for x, y in ((inputs.x_train, inputs.y_train), (inputs.x_test, inputs.y_test)))
         values, vectors = torch.linalg.eigh(Phi.T @ Phi + spec.damping * torch.eye(spec.proj_dim,
                                                                                     dtype=torch.float64))
         keep = values > 1e-10 * values.abs().max().clamp_min(1e-300)
