@@ -111,7 +111,8 @@ class _Builder:
 def removal_count(cell: Cell) -> int:
     """How many models (besides the control) the ground truth retrains per repeat (an upper bound for top_k)."""
     study = cell.study
-    n_train, n_test = study.dataset.split_sizes()
+    n_split, n_test = study.dataset.split_sizes()
+    n_train = study.training.trained_on(n_split)
     gt = study.ground_truth
     if isinstance(gt, GroupProtocol):
         return gt.groups.count
@@ -132,7 +133,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     cells: list[CellTasks] = []
     for cell in loaded.cells:
         s = cell.study
-        n_train, _ = s.dataset.split_sizes()
+        n_train = s.training.trained_on(s.dataset.split_sizes()[0])
         train_steps = s.training.total_steps(n_train)
         train_inputs: dict[str, Any] = {"dataset": _dump(s.dataset), "model": _dump(s.model),
                                         "training": _dump(s.training), "seed": cell.seed}

@@ -143,12 +143,13 @@ def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bo
 def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRule, steps: int,
                    batch_size: int | None, order_seeds: list[int], data_term: DataTerm,
                    anchor: Stacked | None = None, proximity: float = 0.0,
-                   on_step: Callable[[int, Stacked], None] | None = None,
+                   on_step: Callable[[int, Stacked], bool | None] | None = None,
                    lr_name: str = "the retraining lr") -> Stacked:
     """Train M models together from ``start`` ([M, ...] per parameter) on the inputs x [n, d].
 
     Model m minimises data_term(...)[m] + weight_decay/2 ||theta_m||^2 + proximity/2 ||theta_m - anchor_m||^2.
     ``order_seeds`` gives each model's minibatch order (models sharing a seed see identical batches).
+    ``on_step(step, params)`` runs after every update; training ends early when it returns True.
     All parameters live in one [M, P] buffer, so an optimizer step is a handful of tensor operations; the
     gradients of the two quadratic terms are added analytically rather than through autograd.
     Returns the final stacked parameters; raises DivergenceError if any model's loss is not finite.
@@ -171,7 +172,8 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
 
 def _train(module: nn.Module, layout: Layout, flat: Tensor, x: Tensor, rule: UpdateRule, steps: int,
            batch_size: int | None, order_seeds: list[int], data_term: DataTerm, centre: Tensor | None,
-           proximity: float, opt: _Optimizer, on_step: Callable[[int, Stacked], None] | None, lr_name: str) -> Stacked:
+           proximity: float, opt: _Optimizer, on_step: Callable[[int, Stacked], bool | None] | None,
+           lr_name: str) -> Stacked:
     n = x.shape[0]
     count = flat.shape[0]
     distinct = sorted(set(order_seeds))
@@ -204,8 +206,8 @@ def _train(module: nn.Module, layout: Layout, flat: Tensor, x: Tensor, rule: Upd
                 raise DivergenceError(f"diverged at step {step}{models} (loss not finite); lower {lr_name} "
                                       f"(now {rule.lr:g})")
         opt.step(flat, grad)
-        if on_step is not None:
-            on_step(step, layout.views(flat))
+        if on_step is not None and on_step(step, layout.views(flat)):
+            break  # the caller's monitor (early stopping) ended training
     if not bool(torch.isfinite(flat).all()):
         raise DivergenceError(f"parameters became non-finite; lower {lr_name} (now {rule.lr:g})")
     return {k: v.clone() for k, v in layout.views(flat).items()}

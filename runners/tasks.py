@@ -103,7 +103,7 @@ def setup_from(train_inputs: dict[str, Any]) -> TrainSetup:
     seed = int(train_inputs["seed"])
     dtype = _DTYPES[training.dtype]
     data = datasets.prepare(dataset, _raw(dataset.model_dump_json()), derive_seed(seed, "split"), dtype,
-                            tuple(train_inputs.get("held_out", ())))
+                            tuple(train_inputs.get("held_out", ())), training.early_stopping)
     replica = int(train_inputs.get("replica", 0))
     init_seed = derive_seed(seed, "init", *(("replica", replica) if replica else ()))
     module = models.build(model, data.input_shape, data.classes, init_seed, dtype)
@@ -123,7 +123,7 @@ def _test_losses(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Ten
 def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
     s = setup_from(inputs)
     d = s.data
-    result = train(s.module, d.x_train, d.y_train, s.training, s.order_seed)
+    result = train(s.module, d.x_train, d.y_train, s.training, s.order_seed, d.validation)
     with torch.no_grad():
         train_losses, train_correct = _test_losses(s.module, result.params, d.x_train, d.y_train)
         test_losses, correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
@@ -134,17 +134,19 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
     if result.snapshots:
         arrays["ckpt_lr"] = torch.tensor([lr for lr, _ in result.snapshots], dtype=torch.float64)
     n_params = sum(v.numel() for v in result.params.values())
-    ids = [int(i) for i in d.train_ids] + [int(i) for i in d.test_ids]
-    roles = ["train"] * len(d.train_ids) + ["test"] * len(d.test_ids)
+    ids = [int(i) for i in d.train_ids] + [int(i) for i in d.test_ids] + [int(i) for i in d.val_ids]
+    roles = ["train"] * len(d.train_ids) + ["test"] * len(d.test_ids) + ["validation"] * len(d.val_ids)
+    val_losses, val_correct = (_test_losses(s.module, result.params, *d.validation) if d.validation
+                               else (torch.zeros(0), torch.zeros(0, dtype=torch.bool)))
     return Output(arrays, {
         "train_results": {"n_params": [n_params], "n_train": [d.n_train], "n_test": [len(d.test_ids)],
                           "train_loss": [float(train_losses.mean())], "test_loss": [float(test_losses.mean())],
                           "test_accuracy": [float(correct.double().mean())], "train_seconds": [result.seconds],
                           "steps": [result.steps]},
         "split_rows": {"index": ids, "role": roles,
-                       "label_flipped": [bool(f) for f in d.flipped] + [False] * len(d.test_ids),
-                       "loss": train_losses.tolist() + test_losses.tolist(),
-                       "correct": train_correct.tolist() + correct.tolist()},
+                       "label_flipped": [bool(f) for f in d.flipped] + [False] * (len(d.test_ids) + len(d.val_ids)),
+                       "loss": train_losses.tolist() + test_losses.tolist() + val_losses.tolist(),
+                       "correct": train_correct.tolist() + correct.tolist() + val_correct.tolist()},
     })
 
 
@@ -271,7 +273,7 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
                          order_seeds=[order] + [derive_seed(s.seed, "order", r) for r in range(1, spec.repeats)])
     idx = torch.as_tensor(tests, dtype=torch.long)
     problem = Problem(s.module, setup, s.training, d.x_train, d.y_train, d.x_test[idx], d.y_test[idx],
-                      ctx.memory_budget, ctx.progress)
+                      ctx.memory_budget, ctx.progress, d.validation)
     result = PROTOCOLS[spec.protocol](spec, problem, ranking, derive_seed(s.seed, "removals"))
     actual = result.actual
     evaluated = actual[~torch.isnan(actual)]

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from inflang.spec import TrainingSpec
+from runners.early_stopping import BestByValidation
 from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
-from runners.errors import DivergenceError
+from runners.errors import DivergenceError, TaskFailure
 from runners.objective import objective
 
 
@@ -36,8 +37,12 @@ def _check(loss: Tensor, step: int, spec: TrainingSpec) -> None:
             "or raise training.weight_decay")
 
 
-def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_seed: int) -> Trained:
+def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_seed: int,
+          validation: tuple[Tensor, Tensor] | None = None) -> Trained:
     """Train ``module`` in place on (x, y); returns its final and initial parameters.
+
+    With ``spec.early_stopping`` and a ``validation`` set (x_val, y_val), training stops after ``patience``
+    evaluations without a lower validation loss and the best model is kept (``runners.early_stopping``).
 
     sgd and adam run on the batched engine with one model (it replays torch.optim's update rules, tested),
     so that scratch retraining with nothing removed reproduces the base model bit for bit; lbfgs uses
@@ -68,17 +73,21 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
         # the batched engine with one model: the same update rule, bit for bit, that retraining replays
         rule = training_rule(spec, n)
         wanted = checkpoint_steps(steps, spec.checkpoints)
+        monitor = stopping_monitor(module, spec, validation, n, 1)
 
-        def keep(step: int, params: dict[str, Tensor]) -> None:
+        def keep(step: int, params: dict[str, Tensor]) -> bool:
             if step in wanted:
                 snapshots.append((rule.lr_at(step), {k: v[0].detach().clone() for k, v in params.items()}))
+            return monitor(step, params) if monitor is not None else False
 
         try:
             final = train_ensemble(module, stack(init, 1), x, rule, steps, spec.batch_size, [order_seed],
                                    weighted_cross_entropy(y, torch.ones(1, n, dtype=x.dtype), spec.label_smoothing),
-                                   on_step=keep if wanted else None, lr_name="training.lr")
+                                   on_step=keep if wanted or monitor else None, lr_name="training.lr")
         except DivergenceError as exc:
             raise DivergenceError(f"training {exc}") from None
+        if monitor is not None:
+            final, steps = monitor.result(final), monitor.last_step + 1
         with torch.no_grad():
             for k, p in module.named_parameters():
                 p.copy_(final[k][0])
@@ -86,6 +95,18 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
     if not all(torch.isfinite(v).all() for v in final.values()):
         raise DivergenceError(f"training produced non-finite parameters; lower training.lr (now {spec.lr})")
     return Trained(params=final, init=init, steps=steps, seconds=time.perf_counter() - start, snapshots=snapshots)
+
+
+def stopping_monitor(module: nn.Module, spec: TrainingSpec, validation: tuple[Tensor, Tensor] | None, n_train: int,
+                     models: int) -> BestByValidation | None:
+    """The early-stopping monitor of ``spec`` for ``models`` models (None when early stopping is off)."""
+    stop = spec.early_stopping
+    if stop is None:
+        return None
+    if validation is None:
+        raise TaskFailure("training.early_stopping needs a validation set, and none was held out")
+    return BestByValidation(module, validation[0], validation[1], stop.every * spec.steps_per_epoch(n_train),
+                            stop.patience, spec.total_steps(n_train), models)
 
 
 def training_rule(spec: TrainingSpec, n_train: int) -> UpdateRule:

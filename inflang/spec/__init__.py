@@ -50,7 +50,7 @@ from inflang.spec.protocols import (
 )
 from inflang.spec.selection import HessianSpec, MetricName, MetricsSpec, TestPointSpec
 from inflang.spec.study import Study, ranking_estimator, semantic_problems
-from inflang.spec.training import TrainingSpec
+from inflang.spec.training import EarlyStoppingSpec, TrainingSpec
 
 __all__ = [
     "ImageFolderDataset",
@@ -61,6 +61,6 @@ __all__ = [
     "ExactEstimator", "FileDataset", "GradCosEstimator", "GradDotEstimator", "GroundTruthSpec",
     "GroupProtocol", "GroupSpec", "HessianSpec", "IMAGE_ARCHS", "LdsProtocol", "LenetModel", "LissaEstimator",
     "LogregModel", "LooProtocol", "MetricName", "MetricsSpec", "MlpModel", "ModelSpec", "PbrfProtocol",
-    "RemovalSpec", "Study", "SyntheticDataset", "TestPointSpec", "TrainingSpec", "estimator_label",
+    "RemovalSpec", "Study", "SyntheticDataset", "TestPointSpec", "TrainingSpec", "EarlyStoppingSpec", "estimator_label",
     "ranking_estimator", "semantic_problems",
 ]

@@ -108,6 +108,9 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
     if tr.optimizer == "lbfgs" and tr.schedule != "constant":
         problems.append((("training", "schedule"), "lbfgs has its own step lengths; a schedule needs sgd or adam",
                          None))
+    if tr.optimizer == "lbfgs" and tr.early_stopping is not None:
+        problems.append((("training", "early_stopping"), "lbfgs takes no epochs to evaluate between; early "
+                         "stopping needs sgd or adam", None))
     if tr.optimizer == "lbfgs" and tr.batch_size is not None:
         problems.append((("training", "batch_size"), "lbfgs trains full batch; set batch_size: null", None))
     if tr.momentum and tr.optimizer != "sgd":

@@ -13,6 +13,18 @@ from pydantic import Field
 from inflang.spec.base import Spec
 
 
+class EarlyStoppingSpec(Spec):
+    """Stop when the validation loss has not improved for ``patience`` evaluations; keep the best model."""
+
+    validation: float = Field(0.1, gt=0, lt=1, description="fraction of the training split held out (seeded, "
+                              "stratified) as a validation set; those points are never trained on or removed")
+    patience: int = Field(10, ge=1, description="evaluations without a lower validation loss before stopping")
+    every: int = Field(1, ge=1, description="epochs between evaluations of the validation loss")
+
+    def validation_size(self, n_train: int) -> int:
+        return max(1, int(round(self.validation * n_train)))
+
+
 class TrainingSpec(Spec):
     optimizer: Literal["sgd", "adam", "lbfgs"] = Field("adam", description="sgd | adam | lbfgs")
     lr: float = Field(0.01, gt=0, description="learning rate (for lbfgs: the step length scale)")
@@ -30,6 +42,13 @@ class TrainingSpec(Spec):
                                    "influence and curvature follow the smoothed loss, test losses stay plain")
     checkpoints: int = Field(0, ge=0, le=1000, description="keep this many evenly spaced snapshots of the "
                              "parameters during training (read by the tracin estimator)")
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="off by default; when set, a validation set is held out of the training split and the "
+        "model with the lowest validation loss is kept (scratch retraining does the same per model)")
+
+    def trained_on(self, n_split: int) -> int:
+        """Training points left once the validation set (early stopping) is held out of a split of n_split."""
+        return n_split - (self.early_stopping.validation_size(n_split) if self.early_stopping else 0)
 
     def steps_per_epoch(self, n_train: int) -> int:
         if self.optimizer == "lbfgs" or self.batch_size is None or self.batch_size >= n_train:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from inflang.spec import AnyDataset
+from inflang.spec import AnyDataset, EarlyStoppingSpec
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,13 @@ class Prepared:
     test_ids: np.ndarray
     classes: int
     flipped: np.ndarray  # [n_train] bool: the training label was flipped by label_noise
+    x_val: torch.Tensor | None = None  # the validation set early stopping holds out of the training split
+    y_val: torch.Tensor | None = None
+    val_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def validation(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.x_val is None or self.y_val is None else (self.x_val, self.y_val)
 
     @property
     def n_train(self) -> int:
@@ -97,16 +104,28 @@ def flip_labels(y: np.ndarray, fraction: float, classes: int, seed: int) -> tupl
 
 
 def prepare(spec: AnyDataset, raw: RawData, seed: int, dtype: torch.dtype,
-            held_out: tuple[int, ...] = ()) -> Prepared:
+            held_out: tuple[int, ...] = (), early_stopping: EarlyStoppingSpec | None = None) -> Prepared:
+    """The split as tensors. With ``early_stopping`` its validation set is held out of the training rows
+    (seeded, stratified where the classes allow) with its true labels; standardisation uses the remaining
+    training rows."""
     train, test = split_ids(spec, raw, seed, held_out)
-    x_train, x_test = raw.x[train], raw.x[test]
+    val = np.zeros(0, dtype=np.int64)
+    validation = early_stopping.validation_size(len(train)) if early_stopping else 0
+    if validation:
+        keep = _stratified(train, len(train) - validation, raw.y[train], seed + 3)
+        train, val = np.sort(keep), np.setdiff1d(train, keep)
+    x_train, x_test, x_val = raw.x[train], raw.x[test], raw.x[val]
     if spec.standardize:
         axes = (0, 2, 3) if raw.x.ndim == 4 else (0,)  # images: per channel; tables: per feature
         mean = x_train.mean(axis=axes, keepdims=True)
         std = x_train.std(axis=axes, keepdims=True)
         std[std == 0] = 1.0
-        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+        x_train, x_test, x_val = (x_train - mean) / std, (x_test - mean) / std, (x_val - mean) / std
     y_train, flipped = flip_labels(raw.y[train], spec.label_noise, raw.classes, seed + 2)
+    extra = {}
+    if validation:
+        extra = {"x_val": torch.as_tensor(np.ascontiguousarray(x_val), dtype=dtype),
+                 "y_val": torch.as_tensor(np.ascontiguousarray(raw.y[val])), "val_ids": val}
     # contiguous copies: a loader's strided arrays (e.g. HWC images transposed to CHW) trip vmap'd convolutions
     return Prepared(
         x_train=torch.as_tensor(np.ascontiguousarray(x_train), dtype=dtype),
@@ -117,4 +136,5 @@ def prepare(spec: AnyDataset, raw: RawData, seed: int, dtype: torch.dtype,
         test_ids=test,
         classes=raw.classes,
         flipped=flipped,
+        **extra,  # type: ignore[arg-type]
     )

@@ -27,7 +27,7 @@ from runners.ensemble import (
 )
 from runners.errors import DivergenceError
 from runners.objective import MEASURES, PARAM_CHANGE
-from runners.train import training_rule
+from runners.train import stopping_monitor, training_rule
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class Problem:
     y_test: Tensor
     memory_budget: int | None = None
     progress: Callable[[int], None] | None = None
+    validation: tuple[Tensor, Tensor] | None = None  # early stopping's validation set, if training uses one
 
     @property
     def n(self) -> int:
@@ -119,10 +120,15 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor) -> Tensor:
         start = p.setup.trained if spec.start_from == "optimum" else p.setup.inits[r]
         for lo, hi in chunks(spec, p, K):
             w = torch.cat([torch.ones(1, p.n, dtype=p.x_train.dtype), weights[lo:hi].to(p.x_train.dtype)])
+            monitor = (stopping_monitor(p.module, p.training, p.validation, p.n, hi - lo + 1)
+                       if spec.start_from == "scratch" else None)  # scratch retraining replays training's stop rule
             with retraining():
                 final = train_ensemble(p.module, stack(start, hi - lo + 1), p.x_train, rule, steps,
                                        p.training.batch_size, [seed] * (hi - lo + 1),
-                                       weighted_cross_entropy(p.y_train, w, p.training.label_smoothing))
+                                       weighted_cross_entropy(p.y_train, w, p.training.label_smoothing),
+                                       on_step=monitor)
+            if monitor is not None:
+                final = monitor.result(final)
             measured = measure_ensemble(p.module, final, p.x_test, p.y_test, spec.measure)
             out[r, lo:hi] = measured[1:] - measured[0]
             if p.progress is not None:
