@@ -155,6 +155,9 @@ class KfacEstimator(EstimatorBase):
     predicts_parameter_change: ClassVar[bool] = True
     damping: float | None = Field(None, ge=0, description="added to every eigenvalue of a layer's factorised "
                                   "curvature; default 0.1 x the mean eigenvalue of each layer")
+    fisher: Literal["expected", "empirical"] = Field(
+        "expected", description="expected: output factor from diag(p) - p p^T (the Gauss-Newton matrix, exact "
+        "expectation over labels); empirical: from the true-label gradient p - y (the empirical Fisher)")
 
 
 class EkfacEstimator(EstimatorBase):
@@ -165,6 +168,9 @@ class EkfacEstimator(EstimatorBase):
     predicts_parameter_change: ClassVar[bool] = True
     damping: float | None = Field(None, ge=0, description="added to every corrected eigenvalue; default "
                                   "0.1 x the mean corrected eigenvalue of each layer")
+    fisher: Literal["expected", "empirical"] = Field(
+        "expected", description="expected: output factor from diag(p) - p p^T (the Gauss-Newton matrix, exact "
+        "expectation over labels); empirical: from the true-label gradient p - y (the empirical Fisher)")
 
 
 class TrakEstimator(EstimatorBase):

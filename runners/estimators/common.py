@@ -65,19 +65,27 @@ class EstimatorInputs:
         cols = self.columns
         return g if cols is None else g[:, cols]
 
-    def train_gradients(self) -> Tensor:
-        """[n, P] gradients of each training example's loss (float64), over the selected parameters."""
-        if "train" not in self._cache:
+    def train_gradients(self, native: bool = False) -> Tensor:
+        """[n, P] gradients of each training example's loss over the selected parameters, in float64 (or in
+        the model's dtype with ``native``: plain inner products need no float64 copy of float32 gradients)."""
+        if "train_native" not in self._cache:
             g = gradients(self.flat, self.x_train, self.y_train, smoothing=self.smoothing, budget=self.memory_budget)
-            self._cache["train"] = self.keep_selected(g.to(torch.float64))
+            self._cache["train_native"] = self.keep_selected(g)
+        if native:
+            return self._cache["train_native"]
+        if "train" not in self._cache:
+            self._cache["train"] = self._cache["train_native"].to(torch.float64)
         return self._cache["train"]
 
-    def test_gradients(self) -> Tensor:
-        """[T, P] gradients of the measured quantity at each selected test point (float64)."""
-        if "test" not in self._cache:
+    def test_gradients(self, native: bool = False) -> Tensor:
+        """[T, P] gradients of the measured quantity at each selected test point (float64, or native)."""
+        if "test_native" not in self._cache:
             g = gradients(self.flat, self.x_test, self.y_test, self.measure, budget=self.memory_budget)
-            g = g.to(torch.float64)
-            self._cache["test"] = self.keep_selected(g)
+            self._cache["test_native"] = self.keep_selected(g)
+        if native:
+            return self._cache["test_native"]
+        if "test" not in self._cache:
+            self._cache["test"] = self._cache["test_native"].to(torch.float64)
         return self._cache["test"]
 
     def hvp(self, vectors: Tensor, batch: Tensor | None = None) -> Tensor:

@@ -24,7 +24,7 @@ from runners.estimators.kfac import Factors, kronecker_factors, kronecker_invers
 def corrected_eigenvalues(inputs: EstimatorInputs, factors: Factors) -> Factors:
     """The same eigenbasis with the grid replaced by the curvature's diagonal in it (a second data pass)."""
     grid = [torch.zeros_like(g) for g in factors.grid]
-    for chunk in layer_statistics(inputs, factors.layers):
+    for chunk in layer_statistics(inputs, factors.layers, factors.fisher):
         for j, (a, g) in enumerate(chunk):
             a_rot = a @ factors.q_a[j]  # [N, T, in]
             g_rot = g @ factors.q_s[j]  # [N, K, T, out]
@@ -32,9 +32,9 @@ def corrected_eigenvalues(inputs: EstimatorInputs, factors: Factors) -> Factors:
                 grid[j] += torch.einsum("nko,ni->oi", g_rot[:, :, 0] ** 2, a_rot[:, 0] ** 2)
             else:
                 grid[j] += (torch.einsum("nkto,nti->nkoi", g_rot, a_rot) ** 2).sum((0, 1))
-    return Factors(factors.layers, factors.q_a, factors.q_s, [g / inputs.n for g in grid])
+    return Factors(factors.layers, factors.q_a, factors.q_s, [g / inputs.n for g in grid], factors.fisher)
 
 
 def ekfac_scores(spec: EkfacEstimator, inputs: EstimatorInputs) -> Tensor:
-    factors = kronecker_factors(inputs, kronecker_layers(inputs))
+    factors = kronecker_factors(inputs, kronecker_layers(inputs), spec.fisher)
     return inverse_scores(inputs, kronecker_inverse(inputs, corrected_eigenvalues(inputs, factors), spec.damping))

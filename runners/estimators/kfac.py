@@ -11,6 +11,8 @@ for A = Q_A diag(a) Q_A^T, S = Q_S diag(s) Q_S^T. The estimate is LANGUAGE.md's
 (1/n) g_test^T (G + (weight_decay + damping) I)^-1 g_i with G block-diagonal over layers; parameters that
 belong to no Linear or Conv2d layer (normalisation scales) are left out of the product, as in kronfluence.
 Default damping: 0.1 x the mean of the layer's eigenvalues (s_o a_j over the grid).
+``fisher: empirical`` replaces the columns of L_i by the single true-label gradient p_i - target_i (the
+empirical Fisher, as dattri's EK-FAC and kronfluence's ``use_empirical_fisher``).
 """
 
 from __future__ import annotations
@@ -139,15 +141,24 @@ def _forward(inputs: EstimatorInputs, params: dict[str, Tensor], layers: list[Kr
     return logits, seen
 
 
-def layer_statistics(inputs: EstimatorInputs, layers: list[KroneckerLayer]
+def empirical_root(logits: Tensor, y: Tensor, smoothing: float) -> Tensor:
+    """[N, C, 1]: the loss's gradient in the logits at the true (smoothed) labels, p - target; its outer
+    product is the empirical Fisher's output factor."""
+    p = torch.softmax(logits, dim=-1)
+    target = F.one_hot(y, p.shape[-1]).to(p.dtype) * (1.0 - smoothing) + smoothing / p.shape[-1]
+    return (p - target).unsqueeze(-1)
+
+
+def layer_statistics(inputs: EstimatorInputs, layers: list[KroneckerLayer], fisher: str = "expected"
                      ) -> Iterator[list[tuple[Tensor, Tensor]]]:
     """Per chunk of training examples, per layer: (inputs a [N, T, in(+1)], pseudo-gradients g [N, K, T, out]),
-    g[:, k] the output gradients backpropagated from column k of the output Hessian's root (float64)."""
+    g[:, k] the output gradients backpropagated from column k of the output Hessian's root (``expected``, the
+    Gauss-Newton matrix) or from the true-label loss gradient (``empirical``, K = 1) (float64)."""
     params = {k: v.detach().requires_grad_(True) for k, v in inputs.params.items()}
     x = inputs.x_train
     with torch.no_grad():
         probe, seen = _forward(inputs, params, layers, x[:1])
-    classes = int(probe.shape[-1])
+    classes = int(probe.shape[-1]) if fisher == "expected" else 1
     per_example = 0  # elements per example: pseudo-gradients, patches, and EK-FAC's projected matrices
     for layer in layers:
         inp, out = seen[layer.path]
@@ -156,7 +167,8 @@ def layer_statistics(inputs: EstimatorInputs, layers: list[KroneckerLayer]
     step = max(1, CHUNK_ELEMENTS // max(1, per_example))
     for lo in range(0, int(x.shape[0]), step):
         logits, seen = _forward(inputs, params, layers, x[lo:lo + step])
-        root = output_hessian_root(logits.detach())
+        root = (output_hessian_root(logits.detach()) if fisher == "expected"
+                else empirical_root(logits.detach(), inputs.y_train[lo:lo + step], inputs.smoothing))
         outs = [seen[layer.path][1] for layer in layers]
         columns = [torch.autograd.grad(logits, outs, grad_outputs=root[:, :, k], retain_graph=True)
                    for k in range(classes)]
@@ -176,14 +188,15 @@ class Factors:
     q_a: list[Tensor]
     q_s: list[Tensor]
     grid: list[Tensor]
+    fisher: str = "expected"
 
 
-def kronecker_factors(inputs: EstimatorInputs, layers: list[KroneckerLayer]) -> Factors:
+def kronecker_factors(inputs: EstimatorInputs, layers: list[KroneckerLayer], fisher: str = "expected") -> Factors:
     """A_l, S_l over the training set, eigendecomposed; the grid holds the K-FAC eigenvalues s_o a_j."""
     n = inputs.n
     A: list[Tensor] = [torch.zeros(0)] * len(layers)
     S: list[Tensor] = [torch.zeros(0)] * len(layers)
-    for chunk in layer_statistics(inputs, layers):
+    for chunk in layer_statistics(inputs, layers, fisher):
         for j, (a, g) in enumerate(chunk):
             T = a.shape[1]
             a_part = torch.einsum("ntp,ntq->pq", a, a)
@@ -197,7 +210,7 @@ def kronecker_factors(inputs: EstimatorInputs, layers: list[KroneckerLayer]) -> 
         q_a.append(va)
         q_s.append(vs)
         grid.append(es.clamp_min(0).unsqueeze(1) * ea.clamp_min(0).unsqueeze(0))
-    return Factors(layers, q_a, q_s, grid)
+    return Factors(layers, q_a, q_s, grid, fisher)
 
 
 def kronecker_inverse(inputs: EstimatorInputs, factors: Factors, damping: float | None
@@ -223,4 +236,5 @@ def kronecker_inverse(inputs: EstimatorInputs, factors: Factors, damping: float 
 
 def kfac_scores(spec: KfacEstimator, inputs: EstimatorInputs) -> Tensor:
     layers = kronecker_layers(inputs)
-    return inverse_scores(inputs, kronecker_inverse(inputs, kronecker_factors(inputs, layers), spec.damping))
+    factors = kronecker_factors(inputs, layers, spec.fisher)
+    return inverse_scores(inputs, kronecker_inverse(inputs, factors, spec.damping))

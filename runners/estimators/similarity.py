@@ -13,10 +13,11 @@ from runners.estimators.common import EstimatorInputs
 
 
 def grad_dot_scores(spec: GradDotEstimator, inputs: EstimatorInputs) -> Tensor:
-    return (inputs.test_gradients() @ inputs.train_gradients().T) / inputs.n
+    """In the model's dtype (the gradients' own precision), returned as float64."""
+    return (inputs.test_gradients(native=True) @ inputs.train_gradients(native=True).T).double() / inputs.n
 
 
 def grad_cos_scores(spec: GradCosEstimator, inputs: EstimatorInputs) -> Tensor:
-    g_test, g_train = inputs.test_gradients(), inputs.train_gradients()
-    norms = g_test.norm(dim=1, keepdim=True) * g_train.norm(dim=1)[None]
-    return (g_test @ g_train.T) / norms.clamp_min(1e-300)
+    g_test, g_train = inputs.test_gradients(native=True), inputs.train_gradients(native=True)
+    norms = g_test.norm(dim=1, keepdim=True).double() * g_train.norm(dim=1)[None].double()
+    return (g_test @ g_train.T).double() / norms.clamp_min(1e-300)

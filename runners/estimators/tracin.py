@@ -26,6 +26,6 @@ def tracin_scores(spec: TracinEstimator, inputs: EstimatorInputs) -> Tensor:
         g_test = gradients(flat, inputs.x_test, inputs.y_test, inputs.measure, budget=inputs.memory_budget)
         g_train = gradients(flat, inputs.x_train, inputs.y_train, smoothing=inputs.smoothing,
                             budget=inputs.memory_budget)
-        g_test, g_train = (inputs.keep_selected(g.to(torch.float64)) for g in (g_test, g_train))
-        total += lr * (g_test @ g_train.T)
+        g_test, g_train = (inputs.keep_selected(g) for g in (g_test, g_train))
+        total += lr * (g_test @ g_train.T).double()  # products in the gradients' own dtype
     return total / inputs.n

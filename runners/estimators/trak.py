@@ -32,14 +32,27 @@ def output_function(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def project(G: Tensor, dim: int, seed: int) -> Tensor:
-    """G [N, P] @ R, R [P, dim] Gaussian with variance 1/dim, generated block by block from ``seed``."""
+    """G [N, P] @ R -> float64, R [P, dim] Gaussian with variance 1/dim in G's dtype, generated block by block
+    from ``seed``."""
     generator = torch.Generator().manual_seed(seed)
-    out = torch.zeros(G.shape[0], dim, dtype=torch.float64)
+    out = torch.zeros(G.shape[0], dim, dtype=G.dtype)
     for lo in range(0, G.shape[1], BLOCK):
         block = G[:, lo:lo + BLOCK]
-        R = torch.randn(block.shape[1], dim, generator=generator, dtype=torch.float64) / dim ** 0.5
+        R = torch.randn(block.shape[1], dim, generator=generator, dtype=G.dtype) / dim ** 0.5
         out += block @ R
-    return out
+    return out.to(torch.float64)
+
+
+def pseudo_inverse_times(Phi: Tensor, damping: float) -> Tensor:
+    """(Phi^T Phi + damping I)^+ Phi^T [k, n], through the smaller of the two Gram matrices
+    (push-through: it equals Phi^T (Phi Phi^T + damping I)^+)."""
+    n, k = Phi.shape
+    small = Phi @ Phi.T if n < k else Phi.T @ Phi
+    values, vectors = torch.linalg.eigh(small + damping * torch.eye(min(n, k), dtype=Phi.dtype))
+    keep = values > 1e-10 * values.abs().max().clamp_min(1e-300)
+    V = vectors[:, keep]
+    inverse = (V / values[keep]) @ V.T
+    return Phi.T @ inverse if n < k else inverse @ Phi.T
 
 
 def trak_scores(spec: TrakEstimator, inputs: EstimatorInputs) -> Tensor:
@@ -49,14 +62,10 @@ def trak_scores(spec: TrakEstimator, inputs: EstimatorInputs) -> Tensor:
     for m, params in enumerate(models):
         flat = FlatModel(inputs.module, params)
         Phi, phi = (project(inputs.keep_selected(per_example_gradients(flat, output_function, x, y,
-                                                                       inputs.memory_budget).to(torch.float64)),
+                                                                       inputs.memory_budget)),
                             spec.proj_dim, inputs.seed + m)
                     for x, y in ((inputs.x_train, inputs.y_train), (inputs.x_test, inputs.y_test)))
-        values, vectors = torch.linalg.eigh(Phi.T @ Phi + spec.damping * torch.eye(spec.proj_dim,
-                                                                                    dtype=torch.float64))
-        keep = values > 1e-10 * values.abs().max().clamp_min(1e-300)
-        V = vectors[:, keep]
-        kernel += ((phi @ V) / values[keep]) @ (V.T @ Phi.T)
+        kernel += phi @ pseudo_inverse_times(Phi, spec.damping)
         with torch.no_grad():
             p = torch.softmax(flat.logits(flat.theta, inputs.x_train), dim=-1).to(torch.float64)
         q += 1.0 - p.gather(1, inputs.y_train.unsqueeze(1)).squeeze(1)
