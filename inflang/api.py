@@ -30,13 +30,15 @@ def plan(study: LoadedStudy | str | Path) -> Plan:
 
 
 def run(study: LoadedStudy | str | Path, db: str | Path = "inflang.duckdb", *, memory_budget: int | None = None,
-        threads: int = 1, retry_failed: bool = False) -> Any:
-    """Run a study into ``db`` (finished tasks are reused); returns the executor's RunSummary."""
+        threads: int = 1, retry_failed: bool = False, device: str = "cpu") -> Any:
+    """Run a study into ``db`` (finished tasks are reused) on ``device`` (cpu | cuda | cuda:N | auto); returns
+    the executor's RunSummary."""
     from runners.executors import execute  # torch is imported only when something runs
 
     compiled = plan(study)
     with Store(db) as store:
-        return execute(compiled, store, memory_budget=memory_budget, threads=threads, retry_failed=retry_failed)
+        return execute(compiled, store, memory_budget=memory_budget, threads=threads, retry_failed=retry_failed,
+                       device=device)
 
 
 def connect(db: str | Path = "inflang.duckdb", read_only: bool = True) -> duckdb.DuckDBPyConnection:

@@ -217,6 +217,11 @@ def run(
     address: str = typer.Option(None, help="Ray cluster address (ray start --head; 'auto'); default: a local "
                                 "Ray started for this run.", show_default=False),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run tasks that failed before again."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N | auto (CUDA when available). CPU runs repeat "
+                               "bit for bit; see docs/language.md for GPU determinism."),
+    gpus_per_task: float = typer.Option(1.0, "--gpus-per-task", min=0.01, max=64,
+                                        help="With --executor ray and a CUDA device: the GPU share each task "
+                                        "requests (0.25 runs four small tasks per GPU)."),
 ) -> None:
     """Run a study: train, estimate, retrain for ground truth, score; results go to the database.
 
@@ -237,13 +242,18 @@ def run(
         store = Store(db)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
+    from runners.device import DeviceError
     from runners.executors import execute
 
     events = _RichEvents(err)
     try:
         summary = execute(compiled, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
                           events=events, workers=workers, executor=executor,  # type: ignore[arg-type]
-                          address=address)
+                          address=address, device=device, gpus_per_task=gpus_per_task)
+    except DeviceError as exc:
+        events.stop()
+        store.close()
+        raise _fail(f"error: {exc}") from None
     except KeyboardInterrupt:
         events.stop()
         store.close()

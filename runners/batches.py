@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from runners.device import generator as seeded_generator
+
 
 def batch_order(n: int, batch_size: int | None, steps: int, seed: int) -> Iterator[Tensor | None]:
     """Minibatch indices for ``steps`` steps (a fresh seeded permutation each epoch); None = full batch."""
@@ -14,7 +16,7 @@ def batch_order(n: int, batch_size: int | None, steps: int, seed: int) -> Iterat
         for _ in range(steps):
             yield None
         return
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     done = 0
     while done < steps:
         perm = torch.randperm(n, generator=generator)

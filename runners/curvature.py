@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
+from runners.device import generator as seeded_generator
 from runners.objective import FlatModel
 
 
@@ -75,7 +76,7 @@ def krylov_basis(hvp: Callable[[Tensor], Tensor], P: int, dim: int, seed: int) -
     """Arnoldi (for a symmetric H: Lanczos) with full reorthogonalisation from a seeded random start:
     (Q [P, d'], T = Q^T H Q [d', d']), d' <= min(dim, P) (fewer when the Krylov space is exhausted)."""
     dim = min(dim, P)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     q = torch.randn(P, generator=generator, dtype=torch.float64)
     basis = [q / q.norm()]
     T = torch.zeros(dim + 1, dim, dtype=torch.float64)
@@ -102,6 +103,6 @@ def lanczos_extremes(hvp: Callable[[Tensor], Tensor], P: int, iterations: int, s
 
 def hutchinson_trace(hvp_batch: Callable[[Tensor], Tensor], P: int, samples: int, seed: int) -> float:
     """tr(H) ~ mean of v^T H v over Rademacher probes v (Hutchinson 1989)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     probes = torch.randint(0, 2, (samples, P), generator=generator).to(torch.float64) * 2 - 1
     return float((probes * hvp_batch(probes).to(torch.float64)).sum(1).mean())

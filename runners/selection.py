@@ -17,7 +17,7 @@ def select_test_points(spec: TestPointSpec, losses: Tensor, correct: Tensor, tes
 
 
 def _select(spec: TestPointSpec, losses: Tensor, correct: Tensor, test_ids: np.ndarray, seed: int) -> np.ndarray:
-    loss = losses.detach().to(torch.float64).numpy()
+    loss = losses.detach().to(torch.float64).cpu().numpy()
     order = np.argsort(-loss, kind="stable")  # highest loss first
     count = min(spec.count, len(loss))
     if spec.select == "highest_loss":
@@ -55,11 +55,11 @@ def select_removals(spec: RemovalSpec, n_train: int, n_test_points: int, scores:
     ranked = scores.abs() if spec.rank_by == "abs" else scores
     k = min(spec.k, n_train)
     if spec.select == "top_k":
-        return [np.sort(torch.topk(ranked[t], k).indices.numpy()) for t in range(n_test_points)]
+        return [np.sort(torch.topk(ranked[t], k).indices.cpu().numpy()) for t in range(n_test_points)]
     # percentile: the k points whose rank (ascending) is closest to the percentile-th percentile
     out = []
     for t in range(n_test_points):
-        order = torch.argsort(ranked[t], stable=True).numpy()
+        order = torch.argsort(ranked[t], stable=True).cpu().numpy()
         centre = int(round(spec.percentile / 100 * (n_train - 1)))
         start = max(0, min(n_train - k, centre - k // 2))
         out.append(np.sort(order[start:start + k]))

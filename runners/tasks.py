@@ -69,6 +69,7 @@ class Context:
 
     memory_budget: int | None = None
     progress: Progress | None = None
+    device: str = "cpu"  # where tasks compute (runners.device.resolve); artifacts always come back on the CPU
 
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -284,29 +285,30 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     t_pos, k_pos = torch.nonzero(~torch.isnan(actual), as_tuple=True)
     values = actual[t_pos, k_pos].tolist()
     if result.members is None:
-        rows["actual_rows"] = {"test_index": test_ids[t_pos.numpy()].tolist(),
-                               "train_index": d.train_ids[k_pos.numpy()].tolist(), "actual": values}
+        rows["actual_rows"] = {"test_index": test_ids[t_pos.cpu().numpy()].tolist(),
+                               "train_index": d.train_ids[k_pos.cpu().numpy()].tolist(), "actual": values}
     else:
         arrays["members"] = result.members
         g_pos, i_pos = torch.nonzero(result.members, as_tuple=True)
-        rows["group_members"] = {"group_index": g_pos.tolist(), "train_index": d.train_ids[i_pos.numpy()].tolist()}
-        rows["group_actual"] = {"test_index": test_ids[t_pos.numpy()].tolist(), "group_index": k_pos.tolist(),
+        rows["group_members"] = {"group_index": g_pos.tolist(),
+                                 "train_index": d.train_ids[i_pos.cpu().numpy()].tolist()}
+        rows["group_actual"] = {"test_index": test_ids[t_pos.cpu().numpy()].tolist(), "group_index": k_pos.tolist(),
                                 "actual": values}
     if result.solver is not None:
         item, norms, its = result.solver
         rows["solver_rows"] = {"train_index": [None if i < 0 else int(d.train_ids[i]) for i in item],
                                "grad_norm": norms, "iterations": its}
-    derived = noise_ceiling(result.per_repeat.numpy())
+    derived = noise_ceiling(result.per_repeat.cpu().numpy())
     if result.responses is not None:
         loo, pbrf = result.responses["converged_loo"], result.responses["pbrf"]
         arrays.update({f"response.{k}": v for k, v in result.responses.items()})
-        derived += gap_rows(pbrf.numpy(), loo.numpy(), "pbrf_vs_converged_loo")
-        derived += gap_rows(loo.numpy(), actual.numpy(), "converged_loo_vs_retrained")
+        derived += gap_rows(pbrf.cpu().numpy(), loo.cpu().numpy(), "pbrf_vs_converged_loo")
+        derived += gap_rows(loo.cpu().numpy(), actual.cpu().numpy(), "converged_loo_vs_retrained")
         kept = {"test_index": [], "train_index": [], "response": [], "value": []}  # type: dict[str, list[Any]]
         for name, values_ in (("retrained", actual), ("converged_loo", loo), ("pbrf", pbrf)):
             tt, ii = torch.nonzero(~torch.isnan(values_), as_tuple=True)
-            kept["test_index"] += test_ids[tt.numpy()].tolist()
-            kept["train_index"] += d.train_ids[ii.numpy()].tolist()
+            kept["test_index"] += test_ids[tt.cpu().numpy()].tolist()
+            kept["train_index"] += d.train_ids[ii.cpu().numpy()].tolist()
             kept["response"] += [name] * len(tt)
             kept["value"] += values_[tt, ii].tolist()
         rows["response_rows"] = kept
@@ -331,12 +333,12 @@ def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
     scores = est["scores"]
     if "members" in gt:  # groups: the estimate of a group is the sum of its members' estimates
         scores = scores @ gt["members"].to(scores.dtype).T
-    rows = score(scores.numpy(), gt["actual"].numpy(), list(spec.names), spec.top_k, spec.bootstrap,
+    rows = score(scores.cpu().numpy(), gt["actual"].cpu().numpy(), list(spec.names), spec.top_k, spec.bootstrap,
                  derive_seed(inputs["estimate"], "bootstrap"))
     if "response.pbrf" in gt:  # the decomposition's first term, and the whole gap it splits
-        evaluated = np.where(np.isnan(gt["actual"].numpy()), np.nan, scores.numpy())
-        rows += gap_rows(evaluated, gt["response.pbrf"].numpy(), "influence_vs_pbrf")
-        rows += gap_rows(evaluated, gt["actual"].numpy(), "influence_vs_retrained")
+        evaluated = np.where(np.isnan(gt["actual"].cpu().numpy()), np.nan, scores.cpu().numpy())
+        rows += gap_rows(evaluated, gt["response.pbrf"].cpu().numpy(), "influence_vs_pbrf")
+        rows += gap_rows(evaluated, gt["actual"].cpu().numpy(), "influence_vs_retrained")
     return Output({}, {"metric_rows": _metric_columns(rows, est["test_ids"].tolist())})
 
 
@@ -351,6 +353,14 @@ RUNNERS: dict[str, Callable[[dict[str, Any], dict[str, Dep], Context], Output]] 
 
 
 def run_task(kind: str, inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> tuple[Output, float]:
+    """One task on ``ctx.device``: dependencies' arrays are moved there, tensors the task creates default to
+    it, and the output arrays come back to the CPU (artifacts and rows are device-independent)."""
     start = time.perf_counter()
-    out = RUNNERS[kind](inputs, deps, ctx)
-    return out, time.perf_counter() - start
+    if ctx.device == "cpu":
+        out = RUNNERS[kind](inputs, deps, ctx)
+        return out, time.perf_counter() - start
+    device = torch.device(ctx.device)
+    moved = {h: Dep(d.inputs, {k: v.to(device) for k, v in d.arrays.items()}) for h, d in deps.items()}
+    with device:
+        out = RUNNERS[kind](inputs, moved, ctx)
+    return Output({k: v.cpu() for k, v in out.arrays.items()}, out.rows), time.perf_counter() - start

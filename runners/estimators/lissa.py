@@ -14,13 +14,14 @@ import torch
 from torch import Tensor
 
 from inflang.spec import LissaEstimator
+from runners.device import generator as seeded_generator
 from runners.errors import TaskFailure
 from runners.estimators.common import EstimatorInputs, inverse_scores
 
 
 def lissa_inverse(inputs: EstimatorInputs, spec: LissaEstimator, v: Tensor) -> Tensor:
     """Rows of (H + damping I)^-1 v by the LiSSA recursion."""
-    generator = torch.Generator().manual_seed(inputs.seed)
+    generator = seeded_generator(inputs.seed)
     n = inputs.n
     total = torch.zeros_like(v)
     bound = 1e6 * float(v.norm()) * spec.scale + 1.0

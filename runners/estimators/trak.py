@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from inflang.spec import TrakEstimator
+from runners.device import generator as seeded_generator
 from runners.estimators.common import EstimatorInputs, per_example_gradients
 from runners.objective import FlatModel
 
@@ -34,7 +35,7 @@ def output_function(logits: Tensor, y: Tensor) -> Tensor:
 def project(G: Tensor, dim: int, seed: int) -> Tensor:
     """G [N, P] @ R -> float64, R [P, dim] Gaussian with variance 1/dim in G's dtype, generated block by block
     from ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     out = torch.zeros(G.shape[0], dim, dtype=G.dtype)
     for lo in range(0, G.shape[1], BLOCK):
         block = G[:, lo:lo + BLOCK]

@@ -21,6 +21,7 @@ import torch
 from inflang.plan import Plan, Task
 from inflang.store import Store
 from runners import artifacts
+from runners.device import configure, parse, resolve
 from runners.tasks import Context, Dep, Output, run_task
 
 
@@ -121,30 +122,38 @@ class InProcess:
 
 def execute(plan: Plan, store: Store, *, memory_budget: int | None = None, threads: int = 1,
             retry_failed: bool = False, events: Events | None = None, workers: int = 1,
-            executor: str = "local", address: str | None = None) -> RunSummary:
+            executor: str = "local", address: str | None = None, device: str = "cpu",
+            gpus_per_task: float = 1.0) -> RunSummary:
     """Run every task of ``plan`` that is not already done; returns what ran, what was cached, what failed.
 
     ``workers`` > 1 runs independent tasks in that many processes (``threads`` torch threads in all,
     shared among them); ``executor="ray"`` submits them to a Ray cluster (``address``, or a local one).
+    ``device`` is a name ``runners.device.resolve`` accepts (cpu, cuda, cuda:N, auto).
     Only this process writes the database and the artifacts.
     """
     events = events or Events()
     torch.set_num_threads(threads)
+    if executor == "ray":
+        parse(device)  # resolved against the cluster's resources by the backend
+    else:
+        device = resolve(device)
+        configure(device)
     loaded = plan.study
     run_id = uuid.uuid4().hex[:12]
-    ctx = Context(memory_budget=memory_budget, progress=events.models_retrained)
+    ctx = Context(memory_budget=memory_budget, progress=events.models_retrained, device=device)
     backend: Any
     if executor == "ray":
         from runners.executors.ray import RayBackend
 
-        backend = RayBackend(address, workers, memory_budget)
+        backend = RayBackend(address, workers, memory_budget, device, gpus_per_task)
     elif workers > 1:
         from runners.executors.pool import ProcessPool
 
-        backend = ProcessPool(workers, threads, memory_budget)
+        backend = ProcessPool(workers, threads, memory_budget, device)
     else:
         backend = InProcess(ctx)
-    store.start_run(run_id, loaded.study.study, executor if executor == "ray" else f"local x{workers}", "cpu",
+    store.start_run(run_id, loaded.study.study, executor if executor == "ray" else f"local x{workers}",
+                    getattr(backend, "device", device),
                     git_commit(Path(loaded.path).parent))
     try:
         summary = _schedule(plan, store, backend, _Runner(plan, store, ctx), retry_failed, events)

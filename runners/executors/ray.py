@@ -1,5 +1,6 @@
-"""Ray as the distributed engine: each task is a Ray task (1 CPU); the driver streams results back and
-alone writes the database and the artifacts.
+"""Ray as the distributed engine: each task is a Ray task (1 CPU, and ``--gpus-per-task`` of a GPU with
+``--device cuda``: a fraction such as 0.25 lets four small tasks share one GPU); the driver streams results
+back and alone writes the database and the artifacts.
 
 Point it at a cluster with ``--address`` (``ray start --head`` on one machine, ``ray start --address=HEAD``
 on the others, then ``--address auto`` on the head); without an address a local Ray is started for the run.
@@ -10,20 +11,25 @@ from __future__ import annotations
 from typing import Any
 
 from inflang.plan import Task
+from runners.device import DeviceError, configure, parse
 from runners.executors.pool import run_in_worker
 from runners.tasks import Dep, Output
 
 
 def _one_thread(kind: str, inputs: dict[str, Any], deps: dict[str, Dep],
-                memory_budget: int | None) -> tuple[Output, float]:
+                memory_budget: int | None, device: str) -> tuple[Output, float]:
     import torch
 
     torch.set_num_threads(1)
-    return run_in_worker(kind, inputs, deps, memory_budget)
+    if device.startswith("cuda"):
+        configure(device)
+        device = "cuda:0"  # Ray makes the GPU it assigned the task the only visible one
+    return run_in_worker(kind, inputs, deps, memory_budget, device)
 
 
 class RayBackend:
-    def __init__(self, address: str | None, workers: int, memory_budget: int | None) -> None:
+    def __init__(self, address: str | None, workers: int, memory_budget: int | None, device: str = "cpu",
+                 gpus_per_task: float = 1.0) -> None:
         import ray
 
         self.ray = ray
@@ -36,11 +42,20 @@ class RayBackend:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = max(1, cpus)
         self.budget = memory_budget
-        self.remote = ray.remote(num_cpus=1)(_one_thread)
+        gpus_here = ray.cluster_resources().get("GPU", 0)
+        device = parse(device)
+        if device == "auto":
+            device = "cuda" if gpus_here else "cpu"
+        if device.startswith("cuda") and not gpus_here:
+            raise DeviceError(f"--device {device}: the Ray cluster has no GPU (resources: "
+                              f"{ray.cluster_resources()})")
+        self.device = device
+        gpus = gpus_per_task if device.startswith("cuda") else 0  # fractions share one GPU among small tasks
+        self.remote = ray.remote(num_cpus=1, num_gpus=gpus)(_one_thread)
         self.refs: dict[Any, Task] = {}
 
     def submit(self, task: Task, deps: dict[str, Dep]) -> None:
-        self.refs[self.remote.remote(task.kind, task.inputs, deps, self.budget)] = task
+        self.refs[self.remote.remote(task.kind, task.inputs, deps, self.budget, self.device)] = task
 
     def wait(self) -> list[tuple[Task, Output | None, BaseException | None, float]]:
         ready, _ = self.ray.wait(list(self.refs), num_returns=1)

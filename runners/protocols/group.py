@@ -25,7 +25,7 @@ def choose_groups(spec: GroupSpec, y_train: torch.Tensor, scores: torch.Tensor |
             members[g, order[g * spec.size:(g + 1) * spec.size]] = True
         return members
     if spec.select == "by_class":
-        labels = y_train.numpy()
+        labels = y_train.cpu().numpy()
         classes = np.unique(labels)
         for g in range(spec.count):
             pool = np.flatnonzero(labels == classes[g % len(classes)])

@@ -1,0 +1,62 @@
+"""Where tasks compute: ``--device cpu | cuda | cuda:N | auto``, and the numerics settings each device gets.
+
+CPU runs are bit-identical across reruns (tested). On CUDA, TF32 is switched off for matrix products and
+convolutions (influence needs full float32, and float64 studies must never be rounded to TF32), cuDNN is
+made deterministic and ``torch.use_deterministic_algorithms`` is on (warning where an operation has no
+deterministic kernel); results then repeat on the same GPU and software, but differ from CPU results in
+the last bits (different kernels and random streams).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+
+class DeviceError(ValueError):
+    """A --device that does not exist here."""
+
+
+def parse(name: str) -> str:
+    """The name checked for form only: cpu | cuda | cuda:N | auto."""
+    if name not in ("cpu", "auto") and re.fullmatch(r"cuda(?::\d+)?", name) is None:
+        raise DeviceError(f"--device: '{name}' is not one of cpu, cuda, cuda:N, auto")
+    return name
+
+
+def resolve(name: str) -> str:
+    """'cpu', 'cuda' (device 0), 'cuda:N' or 'auto' (cuda:0 when CUDA is available, else cpu) -> a device
+    of this machine."""
+    parse(name)
+    if name == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    assert match is not None
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {name}: no CUDA device is available here (torch {torch.__version__}, "
+                          f"CUDA build: {torch.version.cuda or 'no'}); use --device cpu or auto")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return f"cuda:{index}"
+
+
+def configure(device: str) -> None:
+    """Numerics settings for ``device``, applied once per process before it computes."""
+    if not device.startswith("cuda"):
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def generator(seed: int) -> torch.Generator:
+    """A seeded generator on the device tensors are created on (``torch.device`` context of the task)."""
+    return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
