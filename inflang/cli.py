@@ -242,7 +242,7 @@ def run(
         store = Store(db)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
-    from runners.device import DeviceError
+    from runners.errors import SetupError
     from runners.executors import execute
 
     events = _RichEvents(err)
@@ -250,7 +250,7 @@ def run(
         summary = execute(compiled, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
                           events=events, workers=workers, executor=executor,  # type: ignore[arg-type]
                           address=address, device=device, gpus_per_task=gpus_per_task)
-    except DeviceError as exc:
+    except SetupError as exc:
         events.stop()
         store.close()
         raise _fail(f"error: {exc}") from None

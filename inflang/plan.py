@@ -135,8 +135,9 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         s = cell.study
         n_train = s.training.trained_on(s.dataset.split_sizes()[0])
         train_steps = s.training.total_steps(n_train)
-        train_inputs: dict[str, Any] = {"dataset": _dump(s.dataset), "model": _dump(s.model),
-                                        "training": _dump(s.training), "seed": cell.seed}
+        # where files come from (download, mirror) does not change the data, so it is not part of the hash
+        train_inputs: dict[str, Any] = {"dataset": _dump(s.dataset, ("download", "mirror")),
+                                        "model": _dump(s.model), "training": _dump(s.training), "seed": cell.seed}
         if s.test_points.select == "indices" and s.test_points.indices:
             train_inputs["held_out"] = sorted(set(s.test_points.indices))  # named test points are never trained on
         train = b.add("train", train_inputs, (), train_steps, 1)

@@ -228,10 +228,10 @@ def _with_data_files(study: Study, doc: Document, locate: Any) -> Study:
     else:
         files, source = expected_files(study.dataset.name)
         missing = [f for f in files if not any((root / c).is_file() for c in (f, f + ".gz", Path(f).name))]
-        if missing:
+        if missing and not study.dataset.download:
             raise StudyError.at(where, "dataset.root",
                                 f"{study.dataset.name} files not found in {root}: missing {', '.join(missing)}",
-                                f"obtain them from {source}; nothing is downloaded")
+                                f"obtain them from {source}, or set download: true to fetch them")
     dataset = study.dataset.model_copy(update={"root": str(root)})
     return study.model_copy(update={"dataset": dataset})
 

@@ -14,8 +14,10 @@ import re
 
 import torch
 
+from runners.errors import SetupError
 
-class DeviceError(ValueError):
+
+class DeviceError(SetupError):
     """A --device that does not exist here."""
 
 

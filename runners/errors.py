@@ -9,3 +9,8 @@ class TaskFailure(Exception):
 
 class DivergenceError(TaskFailure):
     """Training or retraining produced a NaN or infinite loss."""
+
+
+class SetupError(ValueError):
+    """The run cannot start (a device that is not there, a dataset that cannot be fetched): exit 2, nothing
+    written."""

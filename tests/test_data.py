@@ -231,3 +231,85 @@ ground_truth: {protocol: loo, steps: 2, removals: {select: random, k: 3}}
                             "estimators: [{name: grad_dot}]\n")
     result = runner.invoke(app, ["validate", str(bad)])
     assert result.exit_code == 2 and "no class folders with images" in result.output
+
+
+def test_download_fetches_missing_idx_files_from_a_mirror(tmp_path: Path, write):
+    """download: true fills root from the mirror (a file:// folder here) before the run; the plan's hashes do
+    not depend on where the files came from."""
+    make_mnist(tmp_path / "mirror", n_train=60, n_test=20, gz=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # the mirror serves every file gzipped
+        raw_file = tmp_path / "mirror" / name
+        (tmp_path / "mirror" / (name + ".gz")).write_bytes(gzip.compress(raw_file.read_bytes()))
+        raw_file.unlink()
+    text = f"""\
+study: fetched
+dataset: {{name: mnist, root: data, test_size: 10, download: true, mirror: "{(tmp_path / 'mirror').as_uri()}"}}
+model: {{arch: logreg}}
+training: {{optimizer: adam, lr: 0.01, epochs: 5}}
+estimators: [{{name: grad_dot}}]
+test_points: {{count: 2}}
+ground_truth: {{protocol: loo, steps: 2, removals: {{select: random, k: 2}}}}
+"""
+    study = write("fetch.yaml", text)
+    result = runner.invoke(app, ["run", str(study), "--db", str(tmp_path / "f.duckdb")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (study.parent / "data").iterdir()) == sorted(
+        f + ".gz" for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                            "t10k-labels-idx1-ubyte"])
+    from inflang.plan import compile_study
+    from inflang.validate import load_study
+
+    fetched = compile_study(load_study(study))
+    plain = compile_study(load_study(write("plain.yaml", text.replace("download: true", "download: false"))))
+    assert set(fetched.tasks) == set(plain.tasks)
+
+
+def test_download_failure_is_a_clear_error(tmp_path: Path, write):
+    text = f"""\
+study: nothing-there
+dataset: {{name: cifar10, root: data, download: true, mirror: "{(tmp_path / 'empty').as_uri()}"}}
+model: {{arch: logreg}}
+estimators: [{{name: grad_dot}}]
+ground_truth: {{protocol: loo, steps: 2, removals: {{select: random, k: 2}}}}
+"""
+    db = tmp_path / "f.duckdb"
+    result = runner.invoke(app, ["run", str(write("s.yaml", text)), "--db", str(db)])
+    assert result.exit_code == 2
+    assert "could not download" in result.output and "cifar-10-python.tar.gz" in result.output
+    assert "Traceback" not in result.output
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+    con.close()
+
+
+def test_cifar_archive_is_unpacked_and_hostile_members_refused(tmp_path: Path):
+    import io
+    import tarfile
+
+    from inflang.spec import FileDataset as Spec
+    from runners.data.download import DownloadError, ensure_files
+
+    def archive(path: Path, members: dict[str, bytes]) -> None:
+        with tarfile.open(path, "w:gz") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+    rng = np.random.default_rng(0)
+    batch = pickle.dumps({b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [1, 2]})
+    good = tmp_path / "good"
+    good.mkdir()
+    archive(good / "cifar-10-python.tar.gz", {f"cifar-10-batches-py/{n}": batch for n in
+                                              [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]})
+    spec = Spec(name="cifar10", root=str(tmp_path / "root"), download=True, mirror=good.as_uri())
+    assert ensure_files(spec) == ["cifar-10-python.tar.gz"]
+    assert load_raw(spec).x.shape == (12, 3, 32, 32)
+    assert not (tmp_path / "root" / "cifar-10-python.tar.gz").exists()
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    archive(evil / "cifar-10-python.tar.gz", {"../escaped": b"x"})
+    bad = Spec(name="cifar10", root=str(tmp_path / "root2"), download=True, mirror=evil.as_uri())
+    with pytest.raises(DownloadError, match="refusing archive member"):
+        ensure_files(bad)
+    assert not (tmp_path / "escaped").exists()

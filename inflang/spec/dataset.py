@@ -110,12 +110,17 @@ class SyntheticDataset(DatasetBase):
 
 
 class FileDataset(DatasetBase):
-    """Standard files read from ``root`` (nothing is downloaded): MNIST-style IDX files (gzipped or not) or
-    the CIFAR python pickle batches. small_mnist is Koh & Liang's: 5,000 of the 60,000 training images held
-    out, a seeded 10% of the other 55,000 kept, and the full 10,000-image test set."""
+    """Standard files read from ``root``: MNIST-style IDX files (gzipped or not) or the CIFAR python pickle
+    batches; nothing is downloaded unless ``download: true``. small_mnist is Koh & Liang's: 5,000 of the
+    60,000 training images held out, a seeded 10% of the other 55,000 kept, and the full 10,000-image test
+    set."""
 
     name: Literal["mnist", "fashion_mnist", "small_mnist", "cifar10", "cifar100"]
     root: str = Field(description="directory holding the dataset's files (relative to the study file)")
+    download: bool = Field(False, description="fetch missing files into root before the run (from mirror); "
+                           "off by default, so nothing is downloaded implicitly")
+    mirror: str | None = Field(None, description="base URL the standard file names are fetched from when "
+                               "download is on (http, https or file); default: the dataset's usual host")
     test_size: int | float = Field(
         1.0, description="how many (int) or what fraction (float) of the official test split to keep")
 
@@ -145,6 +150,24 @@ def expected_files(name: str) -> tuple[list[str], str]:
                 "https://www.cs.toronto.edu/~kriz/cifar.html (the python version)")
     return (["cifar-100-python/train", "cifar-100-python/test"],
             "https://www.cs.toronto.edu/~kriz/cifar.html (the python version)")
+
+
+MIRRORS = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "small_mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/",
+}
+
+
+def downloads(name: str) -> list[str]:
+    """The file names ``download: true`` fetches from the mirror (CIFAR archives are unpacked into root)."""
+    if name == "cifar10":
+        return ["cifar-10-python.tar.gz"]
+    if name == "cifar100":
+        return ["cifar-100-python.tar.gz"]
+    return [f + ".gz" for f in expected_files(name)[0]]
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm")

@@ -19,8 +19,10 @@ from typing import Any
 import torch
 
 from inflang.plan import Plan, Task
+from inflang.spec import FileDataset
 from inflang.store import Store
 from runners import artifacts
+from runners.data.download import ensure_files
 from runners.device import configure, parse, resolve
 from runners.tasks import Context, Dep, Output, run_task
 
@@ -139,6 +141,9 @@ def execute(plan: Plan, store: Store, *, memory_budget: int | None = None, threa
         device = resolve(device)
         configure(device)
     loaded = plan.study
+    for spec in {c.cell.study.dataset.model_dump_json(): c.cell.study.dataset for c in plan.cells}.values():
+        if isinstance(spec, FileDataset):
+            ensure_files(spec)  # download: true fetches missing files here, once, before any task
     run_id = uuid.uuid4().hex[:12]
     ctx = Context(memory_budget=memory_budget, progress=events.models_retrained, device=device)
     backend: Any
