@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
 from runners.device import generator as seeded_generator
-from runners.objective import FlatModel
+from runners.objective import FlatModel, output_hessian
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y
 def objective_ggn(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor, weight_decay: float,
                   smoothing: float = 0.0, chunk_elements: int = 20_000_000) -> Tensor:
     """G = (1/n) sum_i J_i^T (diag(p_i) - p_i p_i^T) J_i + weight_decay I, with J_i = d logits_i / d theta and
-    p_i = softmax(logits_i) (label smoothing does not change the output Hessian, so it is not used here):
+    p_i = softmax(logits_i) (label smoothing does not change the output Hessian, so it is not used here; for
+    the squared error the output Hessian is the identity):
     the Gauss-Newton matrix of the objective (positive semi-definite; equal to the
     Hessian for logistic regression)."""
     flat = FlatModel(module, params)
@@ -57,8 +58,7 @@ def objective_ggn(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Te
         xb = x[lo:lo + step]
         J = jac(theta, xb).to(torch.float64)  # [b, C, P]
         with torch.no_grad():
-            p = torch.softmax(flat.logits(theta, xb), dim=-1).to(torch.float64)
-        H_out = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+            H_out = output_hessian(flat.logits(theta, xb).to(torch.float64), y[lo:lo + step])
         G += torch.einsum("bcp,bcq->pq", J, H_out @ J)
     G = G / n + weight_decay * torch.eye(P, dtype=torch.float64)
     return 0.5 * (G + G.T)

@@ -38,7 +38,8 @@ class BestByValidation:
         try:
             with torch.no_grad():
                 logits = ensemble_logits(self.module, params, self.x_val)
-                losses = per_example_loss(logits, self.y_val.expand(logits.shape[0], -1)).mean(1).to(torch.float64)
+                targets = self.y_val.expand(logits.shape[0], *self.y_val.shape)
+                losses = per_example_loss(logits, targets).mean(1).to(torch.float64)
         finally:
             self.module.train(was)
         improved = (losses < self.best_loss) & ~self.stopped

@@ -123,9 +123,9 @@ def weighted_cross_entropy(y: Tensor, weights: Tensor, smoothing: float = 0.0) -
 
     def term(logits: Tensor, batch: Batch, params: Stacked) -> Tensor:
         if batch is None:
-            yb, wb, denom = y.expand(count, n), weights, n
+            yb, wb, denom = y.expand(count, *y.shape), weights, n
         elif batch.dim() == 1:
-            yb, wb, denom = y[batch].expand(count, len(batch)), weights[:, batch], len(batch)
+            yb, wb, denom = y[batch].expand(count, len(batch), *y.shape[1:]), weights[:, batch], len(batch)
         else:
             yb, wb, denom = y[batch], weights[rows, batch], batch.shape[1]
         return (per_example_loss(logits, yb, smoothing) * wb).sum(dim=1) / denom

@@ -65,7 +65,7 @@ class WeightedLoss:
 
     def values_and_grads(self, theta: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         def values(th: Tensor) -> Tensor:
-            losses = per_example_loss(many_logits(self.flat, th, self.x), self.y.expand(len(rows), -1),
+            losses = per_example_loss(many_logits(self.flat, th, self.x), self.y.expand(len(rows), *self.y.shape),
                                       self.smoothing)
             return (losses * self.weights[rows]).sum(1) / self.x.shape[0] + 0.5 * self.wd * (th * th).sum(1)
 
@@ -91,7 +91,7 @@ class ProximalBregman:
         from runners.protocols.pbrf import bregman
 
         n = self.x.shape[0]
-        divergence = bregman(self.flat.logits(theta, self.x), self.z_s).sum() / n
+        divergence = bregman(self.flat.logits(theta, self.x), self.z_s, self.y.is_floating_point()).sum() / n
         own = per_example_loss(self.flat.logits(theta, xm.unsqueeze(0)), ym.unsqueeze(0), self.smoothing).sum()
         shift = theta - self.flat.theta
         return divergence - am * own / n + 0.5 * self.prox * (shift * shift).sum()

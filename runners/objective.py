@@ -16,10 +16,13 @@ from torch.func import functional_call
 def per_example_loss(logits: Tensor, y: Tensor, smoothing: float = 0.0) -> Tensor:
     """Cross-entropy of each example (nats): logsumexp(z) - z_y; logits [..., C], y [...] -> [...].
     With label ``smoothing`` e the target is (1 - e) one_hot(y) + e / C: logsumexp(z) - (1 - e) z_y - e mean(z).
+    Real-valued targets y [..., C] (regression) give the squared error (1/2) ||z - y||^2 instead.
 
     Written out (max-shifted) rather than with ``log_softmax``, which is 2-3x slower on CPU for the few
     classes and many rows of an ensemble.
     """
+    if y.is_floating_point():
+        return 0.5 * ((logits - y) ** 2).sum(dim=-1)
     shift = logits.detach().amax(dim=-1, keepdim=True)
     lse = (logits - shift).exp().sum(dim=-1).log() + shift.squeeze(-1)
     true = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
@@ -33,6 +36,21 @@ def margin(logits: Tensor, y: Tensor) -> Tensor:
     true = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     others = logits.scatter(-1, y.unsqueeze(-1), float("-inf"))
     return true - others.max(dim=-1).values
+
+
+def correct(logits: Tensor, y: Tensor) -> Tensor | None:
+    """Whether each example is classified correctly (None for regression targets)."""
+    return None if y.is_floating_point() else logits.argmax(-1) == y
+
+
+def output_hessian(logits: Tensor, y: Tensor) -> Tensor:
+    """d^2 loss / d logits^2 per example, [..., C, C]: diag(p) - p p^T for cross-entropy (label smoothing does
+    not change it), the identity for the squared error."""
+    if y.is_floating_point():
+        eye = torch.eye(logits.shape[-1], dtype=logits.dtype)
+        return eye.expand(*logits.shape[:-1], *eye.shape)
+    p = torch.softmax(logits, dim=-1)
+    return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
 MEASURES = {"test_loss": per_example_loss, "margin": margin}
@@ -56,7 +74,7 @@ def objective(module: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Ten
 class FlatModel:
     """A module's parameters as one flat vector theta, and the model as a function of theta."""
 
-    def __init__(self, module: nn.Module, params: dict[str, Tensor]) -> None:
+    def __init__(self, module: nn.Module, params: Mapping[str, Tensor]) -> None:
         self.module = module
         self.names = list(params)
         self.shapes = [params[k].shape for k in self.names]

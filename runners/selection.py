@@ -10,13 +10,14 @@ from inflang.spec import RemovalSpec, TestPointSpec
 from runners.errors import TaskFailure
 
 
-def select_test_points(spec: TestPointSpec, losses: Tensor, correct: Tensor, test_ids: np.ndarray,
+def select_test_points(spec: TestPointSpec, losses: Tensor, correct: Tensor | None, test_ids: np.ndarray,
                        seed: int) -> np.ndarray:
     """Positions (into the test split) of the selected test points, from the trained model's test losses."""
     return np.ascontiguousarray(_select(spec, losses, correct, test_ids, seed), dtype=np.int64)
 
 
-def _select(spec: TestPointSpec, losses: Tensor, correct: Tensor, test_ids: np.ndarray, seed: int) -> np.ndarray:
+def _select(spec: TestPointSpec, losses: Tensor, correct: Tensor | None, test_ids: np.ndarray,
+            seed: int) -> np.ndarray:
     loss = losses.detach().to(torch.float64).cpu().numpy()
     order = np.argsort(-loss, kind="stable")  # highest loss first
     count = min(spec.count, len(loss))
@@ -29,6 +30,7 @@ def _select(spec: TestPointSpec, losses: Tensor, correct: Tensor, test_ids: np.n
     if spec.select == "random":
         return np.sort(np.random.default_rng(seed).choice(len(loss), size=count, replace=False))
     if spec.select == "misclassified":
+        assert correct is not None, "misclassified is refused for regression at compile time"
         wrong = [int(i) for i in order if not bool(correct[i])]
         if not wrong:
             raise TaskFailure("test_points: select: misclassified, but the trained model classifies every "

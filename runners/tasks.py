@@ -40,7 +40,7 @@ from runners.errors import TaskFailure
 from runners.estimators import ESTIMATORS, EstimatorInputs
 from runners.estimators.common import hessian_vector_products
 from runners.metrics import MetricRow, gap_rows, noise_ceiling, score
-from runners.objective import PARAM_CHANGE, FlatModel, per_example_loss
+from runners.objective import PARAM_CHANGE, FlatModel, correct, per_example_loss
 from runners.protocols import PROTOCOLS, Problem, RetrainSetup
 from runners.selection import select_test_points
 from runners.train import train
@@ -115,10 +115,16 @@ def _params(arrays: Arrays, prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
-def _test_losses(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def _test_losses(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor
+                 ) -> tuple[Tensor, Tensor | None]:
+    """Losses and whether each point is classified correctly (None for regression)."""
     with torch.no_grad():
         logits = functional_call(module, params, (x,))
-    return per_example_loss(logits, y), logits.argmax(-1) == y
+    return per_example_loss(logits, y), correct(logits, y)
+
+
+def _flags(values: Tensor | None, count: int) -> list[bool | None]:
+    return [None] * count if values is None else [bool(v) for v in values.tolist()]
 
 
 def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
@@ -127,7 +133,7 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
     result = train(s.module, d.x_train, d.y_train, s.training, s.order_seed, d.validation)
     with torch.no_grad():
         train_losses, train_correct = _test_losses(s.module, result.params, d.x_train, d.y_train)
-        test_losses, correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
+        test_losses, test_correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
     arrays = {f"param.{k}": v for k, v in result.params.items()}
     arrays.update({f"init.{k}": v for k, v in result.init.items()})
     for c, (_lr, snapshot) in enumerate(result.snapshots):
@@ -139,15 +145,17 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
     roles = ["train"] * len(d.train_ids) + ["test"] * len(d.test_ids) + ["validation"] * len(d.val_ids)
     val_losses, val_correct = (_test_losses(s.module, result.params, *d.validation) if d.validation
                                else (torch.zeros(0), torch.zeros(0, dtype=torch.bool)))
+    accuracy = None if test_correct is None else float(test_correct.double().mean())
     return Output(arrays, {
         "train_results": {"n_params": [n_params], "n_train": [d.n_train], "n_test": [len(d.test_ids)],
                           "train_loss": [float(train_losses.mean())], "test_loss": [float(test_losses.mean())],
-                          "test_accuracy": [float(correct.double().mean())], "train_seconds": [result.seconds],
+                          "test_accuracy": [accuracy], "train_seconds": [result.seconds],
                           "steps": [result.steps]},
         "split_rows": {"index": ids, "role": roles,
                        "label_flipped": [bool(f) for f in d.flipped] + [False] * (len(d.test_ids) + len(d.val_ids)),
                        "loss": train_losses.tolist() + test_losses.tolist() + val_losses.tolist(),
-                       "correct": train_correct.tolist() + correct.tolist() + val_correct.tolist()},
+                       "correct": _flags(train_correct, d.n_train) + _flags(test_correct, len(d.test_ids))
+                       + _flags(val_correct, len(d.val_ids))},
     })
 
 

@@ -24,9 +24,10 @@ class DatasetInfo:
 
     rows: int
     features: int
-    classes: int
+    classes: int  # classes, or for regression the number of targets (the model's outputs either way)
     test_rows: int | None = None  # rows of the official test split, if the dataset has one
     shape: tuple[int, ...] | None = None  # image shape (channels, height, width) for image datasets
+    regression: bool = False  # real-valued targets and the squared-error loss
 
 
 BUNDLED: dict[str, DatasetInfo] = {
@@ -92,18 +93,23 @@ class BundledDataset(DatasetBase):
 
 
 class SyntheticDataset(DatasetBase):
-    """Seeded generated classification data (scikit-learn's generators)."""
+    """Seeded generated data (scikit-learn's generators): classification, or ``kind: regression`` (real-valued
+    targets, trained with the squared-error loss)."""
 
     name: Literal["synthetic"]
-    kind: Literal["blobs", "moons", "linear"] = Field(
+    kind: Literal["blobs", "moons", "linear", "regression"] = Field(
         "blobs", description="blobs (Gaussian clusters) | moons (two interleaved half circles) | linear "
-        "(linearly separable classes)")
+        "(linearly separable classes) | regression (a random linear model plus Gaussian noise)")
     samples: int = Field(200, ge=4, le=1_000_000, description="rows generated")
-    features: int = Field(2, ge=2, le=10_000, description="features (moons: 2)")
-    classes: int = Field(2, ge=2, le=100, description="classes (moons: 2)")
-    noise: float = Field(0.1, ge=0, description="blobs: cluster spread; moons: Gaussian noise; linear: label flips")
+    features: int = Field(2, ge=1, le=10_000, description="features (moons: 2)")
+    classes: int = Field(2, ge=2, le=100, description="classes (moons: 2; not used by regression)")
+    targets: int = Field(1, ge=1, le=100, description="regression: real-valued targets per row")
+    noise: float = Field(0.1, ge=0, description="blobs: cluster spread; moons: Gaussian noise; linear: label "
+                         "flips; regression: standard deviation of the targets' noise")
 
     def info(self) -> DatasetInfo:
+        if self.kind == "regression":
+            return DatasetInfo(rows=self.samples, features=self.features, classes=self.targets, regression=True)
         features = 2 if self.kind == "moons" else self.features
         classes = 2 if self.kind == "moons" else self.classes
         return DatasetInfo(rows=self.samples, features=features, classes=classes)

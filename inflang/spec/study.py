@@ -73,6 +73,29 @@ def ranking_estimator(gt: AnyProtocol) -> tuple[tuple[str, ...], str, str | None
     return None
 
 
+def regression_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:
+    """What a regression dataset (real-valued targets, squared error) cannot be combined with."""
+    problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
+    why = "the dataset has real-valued targets (squared-error regression)"
+    if study.dataset.label_noise:
+        problems.append((("dataset", "label_noise"), f"flips class labels, and {why}", "use noise: instead"))
+    if study.training.label_smoothing:
+        problems.append((("training", "label_smoothing"), f"smooths class labels, and {why}", None))
+    gt = study.ground_truth
+    if gt.measure == "margin":
+        problems.append((("ground_truth", "measure"), f"margin compares class logits, and {why}",
+                         "use measure: test_loss"))
+    if study.test_points.select == "misclassified":
+        problems.append((("test_points", "select"), f"misclassified needs classes, and {why}",
+                         "use highest_loss"))
+    if isinstance(gt, GroupProtocol) and gt.groups.select == "by_class":
+        problems.append((("ground_truth", "groups", "select"), f"by_class needs classes, and {why}", None))
+    for i, est in enumerate(study.estimators):
+        if est.name in ("trak", "representer"):
+            problems.append((("estimators", i, "name"), f"{est.name} is defined for classifiers, and {why}", None))
+    return problems
+
+
 def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:
     """Checks across sections that a single field cannot make: (path, message, hint) for each problem."""
     problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
@@ -83,10 +106,13 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
                              "give each estimator a distinct 'label:'"))
     n_train, n_test = study.dataset.split_sizes()
     info = study.dataset.info()
-    if n_test < 1 or n_train < info.classes:
+    classes = 1 if info.regression else info.classes  # points a (stratified) split needs per part
+    if n_test < 1 or n_train < max(2, classes):
         problems.append((("dataset", "test_size"),
                          f"leaves {n_train} training and {n_test} test points out of {info.rows}", None))
-    if study.dataset.test_size is not None and isinstance(study.dataset.test_size, int) and n_test < info.classes:
+    if info.regression:
+        problems += regression_problems(study)
+    elif study.dataset.test_size is not None and isinstance(study.dataset.test_size, int) and n_test < classes:
         problems.append((("dataset", "test_size"),
                          f"a stratified split needs at least {info.classes} test points", None))
     tr = study.training
@@ -156,7 +182,7 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
             problems.append((("ground_truth", "groups", "size"),
                              f"groups of one class hold at most about {n_train // info.classes // 2} points here "
                              f"(half of a class)", None))
-    if isinstance(gt, LdsProtocol) and int(gt.fraction * n_train) < info.classes:
+    if isinstance(gt, LdsProtocol) and int(gt.fraction * n_train) < classes:
         problems.append((("ground_truth", "fraction"),
                          f"subsets of {int(gt.fraction * n_train)} points are too small for {info.classes} classes",
                          None))

@@ -17,8 +17,12 @@ class RawData:
     test split, if the dataset has one."""
 
     x: np.ndarray  # [rows, features] or images [rows, channels, height, width]
-    y: np.ndarray
-    classes: int
+    y: np.ndarray  # class labels [rows], or real-valued targets [rows, targets] (regression)
+    classes: int  # classes, or the number of targets
+
+    @property
+    def regression(self) -> bool:
+        return bool(np.issubdtype(self.y.dtype, np.floating))
     fixed_test: np.ndarray | None = None
 
 
@@ -55,7 +59,7 @@ class Prepared:
         return int(np.prod(self.input_shape))
 
 
-def _stratified(ids: np.ndarray, size: int | float, labels: np.ndarray, seed: int) -> np.ndarray:
+def _stratified(ids: np.ndarray, size: int | float, labels: np.ndarray | None, seed: int) -> np.ndarray:
     """A seeded stratified subset of ``ids`` (stratification dropped where a class is too small for it)."""
     if isinstance(size, float) and size >= 1.0 or isinstance(size, int) and size >= len(ids):
         return ids
@@ -83,9 +87,10 @@ def _split(spec: AnyDataset, raw: RawData, seed: int) -> tuple[np.ndarray, np.nd
         test = _stratified(raw.fixed_test, spec.test_size, raw.y[raw.fixed_test], seed)
         train = np.setdiff1d(ids, raw.fixed_test)
     else:
-        train, test = train_test_split(ids, test_size=spec.test_size, stratify=raw.y, random_state=seed)
+        labels = None if raw.regression else raw.y  # stratified by class; regression targets are not classes
+        train, test = train_test_split(ids, test_size=spec.test_size, stratify=labels, random_state=seed)
     if spec.subsample is not None and spec.subsample < len(train):
-        train = _stratified(np.asarray(train), spec.subsample, raw.y[train], seed + 1)
+        train = _stratified(np.asarray(train), spec.subsample, None if raw.regression else raw.y[train], seed + 1)
     return np.asarray(train), np.asarray(test)
 
 
@@ -112,7 +117,7 @@ def prepare(spec: AnyDataset, raw: RawData, seed: int, dtype: torch.dtype,
     val = np.zeros(0, dtype=np.int64)
     validation = early_stopping.validation_size(len(train)) if early_stopping else 0
     if validation:
-        keep = _stratified(train, len(train) - validation, raw.y[train], seed + 3)
+        keep = _stratified(train, len(train) - validation, None if raw.regression else raw.y[train], seed + 3)
         train, val = np.sort(keep), np.setdiff1d(train, keep)
     x_train, x_test, x_val = raw.x[train], raw.x[test], raw.x[val]
     if spec.standardize:
@@ -121,17 +126,22 @@ def prepare(spec: AnyDataset, raw: RawData, seed: int, dtype: torch.dtype,
         std = x_train.std(axis=axes, keepdims=True)
         std[std == 0] = 1.0
         x_train, x_test, x_val = (x_train - mean) / std, (x_test - mean) / std, (x_val - mean) / std
-    y_train, flipped = flip_labels(raw.y[train], spec.label_noise, raw.classes, seed + 2)
+    if raw.regression:  # targets in the model's dtype; label noise is refused for regression at compile time
+        y_train, flipped = raw.y[train], np.zeros(len(train), dtype=bool)
+    else:
+        y_train, flipped = flip_labels(raw.y[train], spec.label_noise, raw.classes, seed + 2)
+    y_dtype = dtype if raw.regression else None
     extra = {}
     if validation:
         extra = {"x_val": torch.as_tensor(np.ascontiguousarray(x_val), dtype=dtype),
-                 "y_val": torch.as_tensor(np.ascontiguousarray(raw.y[val])), "val_ids": val}
+                 "y_val": torch.as_tensor(np.ascontiguousarray(raw.y[val]), dtype=dtype if raw.regression else None),
+                 "val_ids": val}
     # contiguous copies: a loader's strided arrays (e.g. HWC images transposed to CHW) trip vmap'd convolutions
     return Prepared(
         x_train=torch.as_tensor(np.ascontiguousarray(x_train), dtype=dtype),
-        y_train=torch.as_tensor(np.ascontiguousarray(y_train)),
+        y_train=torch.as_tensor(np.ascontiguousarray(y_train), dtype=y_dtype),
         x_test=torch.as_tensor(np.ascontiguousarray(x_test), dtype=dtype),
-        y_test=torch.as_tensor(np.ascontiguousarray(raw.y[test])),
+        y_test=torch.as_tensor(np.ascontiguousarray(raw.y[test]), dtype=y_dtype),
         train_ids=train,
         test_ids=test,
         classes=raw.classes,

@@ -1,4 +1,7 @@
-"""Seeded synthetic classification data from scikit-learn's generators.
+"""Seeded synthetic data from scikit-learn's generators.
+
+regression: make_regression (a random linear model of the features), scaled to unit standard deviation,
+plus Gaussian noise of standard deviation ``noise``;
 
 blobs: isotropic Gaussian clusters (cluster_std = noise); moons: two interleaved half circles with Gaussian
 noise; linear: linearly separable classes (make_classification with class_sep 2, flip_y = noise).
@@ -17,6 +20,13 @@ from runners.data.split import RawData
 
 def load_synthetic(spec: SyntheticDataset) -> RawData:
     seed = derive_seed(spec.kind, spec.samples, spec.features, spec.classes, spec.noise)
+    if spec.kind == "regression":  # targets [rows, targets], float
+        seed = derive_seed(spec.kind, spec.samples, spec.features, spec.targets, spec.noise)
+        x, t = datasets.make_regression(n_samples=spec.samples, n_features=spec.features, n_targets=spec.targets,
+                                        random_state=seed)
+        t = np.asarray(t, dtype=np.float64).reshape(spec.samples, spec.targets)
+        t = t / max(1e-12, float(t.std())) + np.random.default_rng(seed).normal(0.0, spec.noise, t.shape)
+        return RawData(x=np.asarray(x, dtype=np.float64), y=t, classes=spec.targets)
     if spec.kind == "blobs":
         x, y = datasets.make_blobs(n_samples=spec.samples, n_features=spec.features, centers=spec.classes,
                                    cluster_std=max(spec.noise, 1e-6), random_state=seed)

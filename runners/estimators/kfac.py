@@ -93,9 +93,11 @@ def kronecker_layers(inputs: EstimatorInputs) -> list[KroneckerLayer]:
     return layers
 
 
-def output_hessian_root(logits: Tensor) -> Tensor:
+def output_hessian_root(logits: Tensor, regression: bool = False) -> Tensor:
     """L [N, C, C] with L L^T = diag(p) - p p^T (the cross-entropy's Hessian in the logits; label smoothing
-    does not change it): column c is sqrt(p_c) (e_c - p)."""
+    does not change it): column c is sqrt(p_c) (e_c - p). For the squared error, L = I."""
+    if regression:
+        return torch.eye(logits.shape[-1], dtype=logits.dtype).expand(logits.shape[0], -1, -1)
     p = torch.softmax(logits, dim=-1)
     eye = torch.eye(p.shape[-1], dtype=p.dtype)
     return (eye.unsqueeze(0) - p.unsqueeze(1)).transpose(1, 2) * p.sqrt().unsqueeze(1)
@@ -142,8 +144,10 @@ def _forward(inputs: EstimatorInputs, params: dict[str, Tensor], layers: list[Kr
 
 
 def empirical_root(logits: Tensor, y: Tensor, smoothing: float) -> Tensor:
-    """[N, C, 1]: the loss's gradient in the logits at the true (smoothed) labels, p - target; its outer
-    product is the empirical Fisher's output factor."""
+    """[N, C, 1]: the loss's gradient in the logits at the true (smoothed) labels, p - target (for the
+    squared error, z - y); its outer product is the empirical Fisher's output factor."""
+    if y.is_floating_point():
+        return (logits - y).unsqueeze(-1)
     p = torch.softmax(logits, dim=-1)
     target = F.one_hot(y, p.shape[-1]).to(p.dtype) * (1.0 - smoothing) + smoothing / p.shape[-1]
     return (p - target).unsqueeze(-1)
@@ -167,7 +171,7 @@ def layer_statistics(inputs: EstimatorInputs, layers: list[KroneckerLayer], fish
     step = max(1, CHUNK_ELEMENTS // max(1, per_example))
     for lo in range(0, int(x.shape[0]), step):
         logits, seen = _forward(inputs, params, layers, x[lo:lo + step])
-        root = (output_hessian_root(logits.detach()) if fisher == "expected"
+        root = (output_hessian_root(logits.detach(), inputs.y_train.is_floating_point()) if fisher == "expected"
                 else empirical_root(logits.detach(), inputs.y_train[lo:lo + step], inputs.smoothing))
         outs = [seen[layer.path][1] for layer in layers]
         columns = [torch.autograd.grad(logits, outs, grad_outputs=root[:, :, k], retain_graph=True)

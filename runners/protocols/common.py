@@ -95,7 +95,7 @@ def measure_ensemble(module: nn.Module, params: dict[str, Tensor], x: Tensor, y:
         return (flat - flat[0]).norm(dim=1, keepdim=True)
     with torch.no_grad():
         logits = ensemble_logits(module, params, x)
-        return MEASURES[measure](logits, y.expand(logits.shape[0], -1)).to(torch.float64)
+        return MEASURES[measure](logits, y.expand(logits.shape[0], *y.shape)).to(torch.float64)
 
 
 def chunks(spec: Retraining, p: Problem, items: int) -> list[tuple[int, int]]:

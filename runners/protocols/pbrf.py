@@ -7,7 +7,8 @@ From the trained parameters theta_s, model m (removing training point z_m) minim
         + ((weight_decay + damping)/2) ||theta - theta_s||^2,
 
 with h the logits and D the Bregman divergence of the cross-entropy in logit space,
-D(z, z_s) = logsumexp(z) - logsumexp(z_s) - softmax(z_s) . (z - z_s) (independent of the label).
+D(z, z_s) = logsumexp(z) - logsumexp(z_s) - softmax(z_s) . (z - z_s) (independent of the label); for
+regression targets, the squared error's (1/2) ||z - z_s||^2.
 The regulariser enters through its own Bregman divergence, (weight_decay/2)||theta - theta_s||^2, so that
 theta_s is a stationary point with nothing removed. The first-order response is
 theta - theta_s = (1/N) (G + (weight_decay + damping) I)^-1 g_m, G the Gauss-Newton matrix of the data term:
@@ -36,8 +37,11 @@ from runners.protocols.loo import pointwise
 from runners.selection import select_removals
 
 
-def bregman(z: Tensor, z_s: Tensor) -> Tensor:
-    """D(z, z_s) of the cross-entropy in logit space, over the last axis."""
+def bregman(z: Tensor, z_s: Tensor, squared: bool = False) -> Tensor:
+    """D(z, z_s) of the cross-entropy in logit space, over the last axis; of the squared error (regression
+    targets), (1/2) ||z - z_s||^2."""
+    if squared:
+        return 0.5 * ((z - z_s) ** 2).sum(-1)
     return torch.logsumexp(z, -1) - torch.logsumexp(z_s, -1) - (torch.softmax(z_s, -1) * (z - z_s)).sum(-1)
 
 
@@ -56,7 +60,7 @@ def pbrf_term(p: Problem, z_s: Tensor, removed: Tensor, active: Tensor) -> DataT
             anchor, denom = z_s[batch].expand(count, -1, -1), len(batch)
         else:
             anchor, denom = z_s[batch], batch.shape[1]
-        divergence = bregman(logits, anchor).sum(1) / denom
+        divergence = bregman(logits, anchor, p.y_train.is_floating_point()).sum(1) / denom
         own = per_example_loss(ensemble_logits(p.module, params, x_removed, per_model=True), y_removed,
                                p.training.label_smoothing)[:, 0]
         return divergence - active * own / N
