@@ -21,11 +21,17 @@ def tracin_scores(spec: TracinEstimator, inputs: EstimatorInputs) -> Tensor:
     if not inputs.checkpoints:
         raise TaskFailure("tracin: the trained model kept no checkpoints; set training.checkpoints")
     total = torch.zeros(inputs.x_test.shape[0], inputs.n, dtype=torch.float64)
+    same = inputs.measure == "test_loss" and not inputs.smoothing  # one function for both sides: one pass
     for lr, params in inputs.checkpoints:
         flat = FlatModel(inputs.module, params)
-        g_test = gradients(flat, inputs.x_test, inputs.y_test, inputs.measure, budget=inputs.memory_budget)
-        g_train = gradients(flat, inputs.x_train, inputs.y_train, smoothing=inputs.smoothing,
-                            budget=inputs.memory_budget)
+        if same:
+            both = gradients(flat, torch.cat([inputs.x_test, inputs.x_train]),
+                             torch.cat([inputs.y_test, inputs.y_train]), budget=inputs.memory_budget)
+            g_test, g_train = both[: inputs.x_test.shape[0]], both[inputs.x_test.shape[0]:]
+        else:
+            g_test = gradients(flat, inputs.x_test, inputs.y_test, inputs.measure, budget=inputs.memory_budget)
+            g_train = gradients(flat, inputs.x_train, inputs.y_train, smoothing=inputs.smoothing,
+                                budget=inputs.memory_budget)
         g_test, g_train = (inputs.keep_selected(g) for g in (g_test, g_train))
         total += lr * (g_test @ g_train.T).double()  # products in the gradients' own dtype
     return total / inputs.n
