@@ -21,7 +21,7 @@ from torch.func import functional_call, vmap
 
 from inflang.cost import member_bytes, models_per_chunk
 from runners.batches import batch_order
-from runners.errors import DivergenceError, TaskFailure
+from runners.errors import DivergenceError
 from runners.objective import per_example_loss
 
 Stacked = dict[str, Tensor]
@@ -56,9 +56,16 @@ def stack(params: dict[str, Tensor], copies: int) -> Stacked:
     return {k: v.detach().unsqueeze(0).expand(copies, *v.shape).clone() for k, v in params.items()}
 
 
-def unsupported_layers(module: nn.Module) -> list[str]:
-    """Layers whose state the engine cannot batch (buffers such as BatchNorm's running statistics)."""
-    return [name or type(m).__name__ for name, m in module.named_modules() if list(m.buffers(recurse=False))]
+def split_state(module: nn.Module, state: Stacked, copies: int) -> tuple[Stacked, Stacked]:
+    """(parameters, buffers) of stacked model states; buffers (BatchNorm's running statistics) missing from
+    ``state`` are stacked from the module's own."""
+    names = {k for k, _ in module.named_parameters()}
+    params = {k: v for k, v in state.items() if k in names}
+    buffers = {k: v.detach().clone() for k, v in state.items() if k not in names}
+    for k, b in module.named_buffers():
+        if k not in buffers:
+            buffers[k] = b.detach().unsqueeze(0).expand(copies, *b.shape).clone()
+    return params, buffers
 
 
 class Layout:
@@ -134,7 +141,8 @@ def weighted_cross_entropy(y: Tensor, weights: Tensor, smoothing: float = 0.0) -
 
 
 def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bool = False) -> Tensor:
-    """Logits [M, b, C] of every model: on shared inputs x [b, d], or with ``per_model`` on x [M, b, d]."""
+    """Logits [M, b, C] of every model: on shared inputs x [b, d], or with ``per_model`` on x [M, b, d].
+    ``params`` may hold stacked buffers too (each model's running statistics)."""
     call = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, 0 if per_model else None),
                 randomness="different")
     return call(params, x)
@@ -149,14 +157,15 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
 
     Model m minimises data_term(...)[m] + weight_decay/2 ||theta_m||^2 + proximity/2 ||theta_m - anchor_m||^2.
     ``order_seeds`` gives each model's minibatch order (models sharing a seed see identical batches).
-    ``on_step(step, params)`` runs after every update; training ends early when it returns True.
+    ``on_step(step, state)`` runs after every update; training ends early when it returns True.
     All parameters live in one [M, P] buffer, so an optimizer step is a handful of tensor operations; the
     gradients of the two quadratic terms are added analytically rather than through autograd.
-    Returns the final stacked parameters; raises DivergenceError if any model's loss is not finite.
+    Buffers (BatchNorm's running statistics) are stacked per model too, from ``start`` or else from the
+    module, and updated by each model's own training-mode forward passes, as ``nn.BatchNorm`` does.
+    Returns the final stacked parameters and buffers; raises DivergenceError if any model's loss is not
+    finite.
     """
-    bad = unsupported_layers(module)
-    if bad:
-        raise TaskFailure(f"the retraining engine cannot batch layers with buffers: {', '.join(bad)}")
+    start, buffers = split_state(module, start, next(iter(start.values())).shape[0])
     layout = Layout(start)
     flat = layout.flatten(start).detach().clone()
     centre = layout.flatten(anchor).detach() if anchor is not None and proximity else None
@@ -164,13 +173,14 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
     was_training = module.training
     module.train()  # dropout on (a fresh mask per model and step); switched back below
     try:
-        return _train(module, layout, flat, x, rule, steps, batch_size, order_seeds, data_term, centre, proximity,
-                      opt, on_step, lr_name)
+        return _train(module, layout, flat, buffers, x, rule, steps, batch_size, order_seeds, data_term, centre,
+                      proximity, opt, on_step, lr_name)
     finally:
         module.train(was_training)
 
 
-def _train(module: nn.Module, layout: Layout, flat: Tensor, x: Tensor, rule: UpdateRule, steps: int,
+def _train(module: nn.Module, layout: Layout, flat: Tensor, buffers: Stacked, x: Tensor, rule: UpdateRule,
+           steps: int,
            batch_size: int | None, order_seeds: list[int], data_term: DataTerm, centre: Tensor | None,
            proximity: float, opt: _Optimizer, on_step: Callable[[int, Stacked], bool | None] | None,
            lr_name: str) -> Stacked:
@@ -182,17 +192,18 @@ def _train(module: nn.Module, layout: Layout, flat: Tensor, x: Tensor, rule: Upd
     for step in range(steps):
         leaf = flat.detach().requires_grad_(True)
         params = layout.views(leaf)
+        state = {**params, **buffers}
         idx_each = [next(o) for o in orders]
         batch: Batch
         if idx_each[0] is None:
             batch = None
-            logits = ensemble_logits(module, params, x)
+            logits = ensemble_logits(module, state, x)
         elif len(distinct) == 1:
             batch = idx_each[0]
-            logits = ensemble_logits(module, params, x[batch])
+            logits = ensemble_logits(module, state, x[batch])
         else:
             batch = torch.stack([i for i in idx_each if i is not None])[which]  # [M, b]
-            logits = ensemble_logits(module, params, x[batch], per_model=True)
+            logits = ensemble_logits(module, state, x[batch], per_model=True)
         data = data_term(logits, batch, params)
         (grad,) = torch.autograd.grad(data.sum(), leaf)
         if rule.weight_decay:
@@ -206,11 +217,11 @@ def _train(module: nn.Module, layout: Layout, flat: Tensor, x: Tensor, rule: Upd
                 raise DivergenceError(f"diverged at step {step}{models} (loss not finite); lower {lr_name} "
                                       f"(now {rule.lr:g})")
         opt.step(flat, grad)
-        if on_step is not None and on_step(step, layout.views(flat)):
+        if on_step is not None and on_step(step, {**layout.views(flat), **buffers}):
             break  # the caller's monitor (early stopping) ended training
     if not bool(torch.isfinite(flat).all()):
         raise DivergenceError(f"parameters became non-finite; lower {lr_name} (now {rule.lr:g})")
-    return {k: v.clone() for k, v in layout.views(flat).items()}
+    return {**{k: v.clone() for k, v in layout.views(flat).items()}, **{k: b.clone() for k, b in buffers.items()}}
 
 
 def activations_per_example(module: nn.Module, input_shape: tuple[int, ...]) -> int:

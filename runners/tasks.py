@@ -115,6 +115,17 @@ def _params(arrays: Arrays, prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
+def trained_setup(trained: Dep) -> TrainSetup:
+    """The setup of a train task with its module holding the trained running statistics (BatchNorm), which
+    every evaluation-mode forward pass (estimators, curvature, measurements) uses."""
+    s = setup_from(trained.inputs)
+    buffers = _params(trained.arrays, "buffer.")
+    with torch.no_grad():
+        for k, b in s.module.named_buffers():
+            b.copy_(buffers[k])
+    return s
+
+
 def _test_losses(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor
                  ) -> tuple[Tensor, Tensor | None]:
     """Losses and whether each point is classified correctly (None for regression)."""
@@ -136,6 +147,8 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
         test_losses, test_correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
     arrays = {f"param.{k}": v for k, v in result.params.items()}
     arrays.update({f"init.{k}": v for k, v in result.init.items()})
+    arrays.update({f"buffer.{k}": v for k, v in result.buffers.items()})
+    arrays.update({f"initbuffer.{k}": v for k, v in result.init_buffers.items()})
     for c, (_lr, snapshot) in enumerate(result.snapshots):
         arrays.update({f"ckpt{c}.{k}": v for k, v in snapshot.items()})
     if result.snapshots:
@@ -161,7 +174,7 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
 
 def run_curvature(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
     trained = deps[inputs["train"]]
-    s = setup_from(trained.inputs)
+    s = trained_setup(trained)
     params = _params(trained.arrays, "param.")
     H = CURVATURES[inputs["curvature"]](s.module, params, s.data.x_train, s.data.y_train, s.training.weight_decay,
                                         s.training.label_smoothing)
@@ -180,7 +193,7 @@ def run_hessian(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
         trace, negative = float(values.sum()), int((values < 0).sum())
     else:  # Lanczos Ritz values and a Hutchinson trace, from Hessian-vector products only
         trained = deps[inputs["train"]]
-        s = setup_from(trained.inputs)
+        s = trained_setup(trained)
         flat = FlatModel(s.module, _params(trained.arrays, "param."))
         d, wd = s.data, s.training.weight_decay
         P = int(flat.theta.numel())
@@ -235,7 +248,7 @@ def _checkpoints(arrays: Arrays) -> list[tuple[float, dict[str, Tensor]]]:
 
 def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
     trained = deps[inputs["train"]]
-    s = setup_from(trained.inputs)
+    s = trained_setup(trained)
     params = _params(trained.arrays, "param.")
     spec: AnyEstimator = TypeAdapter(EstimatorSpec).validate_python(inputs["estimator"])
     tests, test_ids = _test_selection(s, params, inputs, inputs["measure"])
@@ -262,7 +275,7 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
 
 def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
     trained = deps[inputs["train"]]
-    s = setup_from(trained.inputs)
+    s = trained_setup(trained)
     params = _params(trained.arrays, "param.")
     gt_inputs = dict(inputs["ground_truth"])
     section = next((k for k in ("removals", "groups") if isinstance(gt_inputs.get(k), dict)), None)
@@ -274,10 +287,10 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     tests, test_ids = _test_selection(s, params, inputs, spec.measure)
     d = s.data
     order = derive_seed(s.seed, "order")
-    inits = [_params(trained.arrays, "init.")]
+    inits = [{**_params(trained.arrays, "init."), **_params(trained.arrays, "initbuffer.")}]
     for r in range(1, spec.repeats if spec.start_from == "scratch" else 1):  # scratch repeats: fresh inits too
         fresh = models.build(s.model, d.input_shape, d.classes, derive_seed(s.seed, "init", r), d.x_train.dtype)
-        inits.append({k: v.detach().clone() for k, v in fresh.named_parameters()})
+        inits.append({k: v.detach().clone() for k, v in [*fresh.named_parameters(), *fresh.named_buffers()]})
     setup = RetrainSetup(trained=params, inits=inits,
                          order_seeds=[order] + [derive_seed(s.seed, "order", r) for r in range(1, spec.repeats)])
     idx = torch.as_tensor(tests, dtype=torch.long)

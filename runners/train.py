@@ -27,6 +27,8 @@ class Trained:
     steps: int
     seconds: float
     snapshots: list[tuple[float, dict[str, Tensor]]] = field(default_factory=list)  # (lr at that step, params)
+    buffers: dict[str, Tensor] = field(default_factory=dict)  # final running statistics (BatchNorm)
+    init_buffers: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _check(loss: Tensor, step: int, spec: TrainingSpec) -> None:
@@ -49,6 +51,7 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
     torch.optim.LBFGS with a strong-Wolfe line search.
     """
     init = {k: v.detach().clone() for k, v in module.named_parameters()}
+    init_buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
     snapshots: list[tuple[float, dict[str, Tensor]]] = []
     params = list(module.parameters())
     named = dict(module.named_parameters())
@@ -77,7 +80,7 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
 
         def keep(step: int, params: dict[str, Tensor]) -> bool:
             if step in wanted:
-                snapshots.append((rule.lr_at(step), {k: v[0].detach().clone() for k, v in params.items()}))
+                snapshots.append((rule.lr_at(step), {k: params[k][0].detach().clone() for k in init}))
             return monitor(step, params) if monitor is not None else False
 
         try:
@@ -91,10 +94,14 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
         with torch.no_grad():
             for k, p in module.named_parameters():
                 p.copy_(final[k][0])
+            for k, b in module.named_buffers():
+                b.copy_(final[k][0])
     final = {k: v.detach().clone() for k, v in module.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
     if not all(torch.isfinite(v).all() for v in final.values()):
         raise DivergenceError(f"training produced non-finite parameters; lower training.lr (now {spec.lr})")
-    return Trained(params=final, init=init, steps=steps, seconds=time.perf_counter() - start, snapshots=snapshots)
+    return Trained(params=final, init=init, steps=steps, seconds=time.perf_counter() - start, snapshots=snapshots,
+                   buffers=buffers, init_buffers=init_buffers)
 
 
 def stopping_monitor(module: nn.Module, spec: TrainingSpec, validation: tuple[Tensor, Tensor] | None, n_train: int,

@@ -170,13 +170,13 @@ def test_dataset_spec_union():
     assert spec.info().features == 2
 
 
-def test_batchnorm_is_refused_before_anything_runs(write):
+def test_batchnorm_refuses_what_needs_one_function_of_the_parameters(write):
     from inflang.errors import StudyError
     from inflang.validate import load_study
 
     path = write("bn.yaml", "study: bn\ndataset: {name: digits}\nmodel: {arch: resnet, depth: 20, norm: batch}\n"
-                            "estimators: [{name: grad_dot}]\n")
-    with pytest.raises(StudyError, match="BatchNorm keeps running statistics"):
+                            "estimators: [{name: grad_dot}]\nground_truth: {protocol: pbrf}\n")
+    with pytest.raises(StudyError, match="BatchNorm trains on batch statistics"):
         load_study(path)
     path = write("vgg.yaml", "study: v\ndataset: {name: digits}\nmodel: {arch: vgg}\nestimators: [{name: grad_dot}]\n")
     with pytest.raises(StudyError, match="vgg halves the image five times"):

@@ -174,8 +174,8 @@ class ResnetModel(Spec):
     """Residual networks (He et al. 2016): CIFAR-style ResNet-20/32/56 (3x3 stem, three stages of basic blocks
     with 16/32/64 channels) and ImageNet-style ResNet-18 (basic blocks) and ResNet-50 (bottleneck blocks), with
     ``norm`` after every convolution, 1x1 projection shortcuts where the shape changes, global average pooling
-    and a linear layer. BatchNorm keeps running statistics, which the batched retraining engine refuses;
-    ``group`` or ``none`` retrain in batches."""
+    and a linear layer. With ``norm: batch`` every ensemble member keeps its own running statistics
+    (stacked buffers), training on batch statistics and evaluating on running ones as ``nn.BatchNorm`` does."""
 
     arch: Literal["resnet"]
     depth: Literal[20, 32, 56, 18, 50] = Field(20, description="20 | 32 | 56 (CIFAR-style) | 18 | 50 (ImageNet)")

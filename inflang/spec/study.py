@@ -73,6 +73,26 @@ def ranking_estimator(gt: AnyProtocol) -> tuple[tuple[str, ...], str, str | None
     return None
 
 
+def batch_norm_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:
+    """What BatchNorm (training on batch statistics, evaluating on running ones) cannot be combined with:
+    objectives written for a model that is one function of its parameters."""
+    problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
+    why = "BatchNorm trains on batch statistics and evaluates on running ones"
+    gt = study.ground_truth
+    if isinstance(gt, PbrfProtocol):
+        problems.append((("ground_truth", "protocol"), f"pbrf's Bregman objective needs one function of the "
+                         f"parameters; {why}", "use norm: group, or protocol: loo"))
+    if isinstance(gt, LooProtocol) and (gt.solver == "newton" or gt.decompose):
+        problems.append((("ground_truth", "solver" if gt.solver == "newton" else "decompose"),
+                         f"Newton refits minimise the evaluation-mode objective; {why}",
+                         "use solver: gradient (the default) or norm: group"))
+    for i, est in enumerate(study.estimators):
+        if est.name in ("trak", "tracin"):
+            problems.append((("estimators", i, "name"), f"{est.name} reads other models' or checkpoints' "
+                             f"parameters without their running statistics; {why}", "use norm: group"))
+    return problems
+
+
 def regression_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:
     """What a regression dataset (real-valued targets, squared error) cannot be combined with."""
     problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
@@ -120,8 +140,7 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
         problems.append((("model", "arch"), f"{study.model.arch} needs an image dataset, and {study.dataset.name} "
                          "is a table", "use digits, mnist, fashion_mnist, small_mnist, cifar10 or cifar100"))
     if getattr(study.model, "norm", None) == "batch":
-        problems.append((("model", "norm"), "BatchNorm keeps running statistics, which the batched retraining "
-                         "engine cannot keep per model", "use norm: group or norm: none"))
+        problems += batch_norm_problems(study)
     if study.model.arch == "vgg" and info.shape is not None and min(info.shape[1:]) < 32:
         problems.append((("model", "arch"), f"vgg halves the image five times and needs at least 32x32 images; "
                          f"{study.dataset.name} has {info.shape[1]}x{info.shape[2]}", "use cnn, lenet or resnet"))

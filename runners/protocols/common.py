@@ -91,7 +91,8 @@ def measure_ensemble(module: nn.Module, params: dict[str, Tensor], x: Tensor, y:
     """[M, T] measured quantity of every model at every test point (float64); for ``param_change_norm``,
     [M, 1] distances ||theta_m - theta_0|| from the first model (the control)."""
     if measure == PARAM_CHANGE:
-        flat = torch.cat([v.reshape(v.shape[0], -1) for v in params.values()], dim=1).to(torch.float64)
+        names = [k for k, _ in module.named_parameters()]  # not the running statistics a state may carry
+        flat = torch.cat([params[k].reshape(params[k].shape[0], -1) for k in names], dim=1).to(torch.float64)
         return (flat - flat[0]).norm(dim=1, keepdim=True)
     with torch.no_grad():
         logits = ensemble_logits(module, params, x)
