@@ -47,9 +47,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "trak": {"proj_dim": 256, "damping": 0.0},
 }
 PEERS: dict[str, list[str]] = {
-    "exact": ["dattri"], "cg": ["dattri"], "arnoldi": ["dattri"], "lissa": ["dattri"], "datainf": ["dattri"],
-    "kfac": ["kronfluence"], "ekfac": ["kronfluence", "dattri"], "tracin": ["dattri", "captum"],
-    "grad_dot": ["dattri"], "grad_cos": ["dattri"], "trak": ["dattri"],
+    "exact": ["dattri", "captum"], "cg": ["dattri"], "arnoldi": ["dattri", "captum"], "lissa": ["dattri"],
+    "datainf": ["dattri"], "kfac": ["kronfluence"], "ekfac": ["kronfluence", "dattri"],
+    "tracin": ["dattri", "captum"], "grad_dot": ["dattri"], "grad_cos": ["dattri"], "trak": ["dattri"],
 }
 
 

@@ -204,6 +204,46 @@ def captum_tracin(problem: dict[str, Any]) -> Tensor:
     return tracin.influence((problem["x_test"], problem["y_test"]), show_progress=False).detach() / n
 
 
+def captum_if(kind: str) -> Callable[[dict[str, Any]], Tensor]:
+    """captum's NaiveInfluenceFunction (explicit Hessian, all eigenvectors kept) and ArnoldiInfluenceFunction.
+    captum's Hessian is that of the summed loss, n H, with hessian_reg on its diagonal: n (weight_decay +
+    damping) makes (n H + reg)^-1 = (1/n) (H + weight_decay + damping)^-1, inflang's estimate as it stands."""
+
+    def run(problem: dict[str, Any]) -> Tensor:
+        import tempfile
+
+        from captum.influence._core.arnoldi_influence_function import ArnoldiInfluenceFunction
+        from captum.influence._core.influence_function import NaiveInfluenceFunction
+        from torch.utils.data import TensorDataset
+
+        s, wd, n = problem["settings"], problem["weight_decay"], len(problem["y_train"])
+        model = build(problem)
+        P = sum(p.numel() for p in model.parameters())
+        train = TensorDataset(problem["x_train"], problem["y_train"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/model.pt"
+            torch.save(model.state_dict(), path)
+
+            def load(model_: nn.Module, checkpoint: str) -> float:
+                model_.load_state_dict(torch.load(checkpoint, weights_only=True))
+                return 1.0
+
+            common = {"checkpoint": path, "checkpoints_load_func": load, "batch_size": n,
+                      "loss_fn": nn.CrossEntropyLoss(reduction="none")}
+            if kind == "exact":
+                influence = NaiveInfluenceFunction(model, train, projection_dim=P, hessian_reg=n * (wd + s["damping"]),
+                                                   hessian_inverse_tol=0.0, **common)
+            else:
+                influence = ArnoldiInfluenceFunction(model, train, projection_dim=s["top_k"],
+                                                     arnoldi_dim=s["arnoldi_dim"],
+                                                     hessian_reg=n * (wd + s["damping"]),
+                                                     **common)
+            scores = influence.influence((problem["x_test"], problem["y_test"]), show_progress=False)
+        return scores.detach()
+
+    return run
+
+
 PEERS: dict[tuple[str, str], Callable[[dict[str, Any]], Tensor]] = {
     ("dattri", "exact"): dattri_if("exact"),
     ("dattri", "cg"): dattri_if("cg"),
@@ -218,13 +258,16 @@ PEERS: dict[tuple[str, str], Callable[[dict[str, Any]], Tensor]] = {
     ("kronfluence", "kfac"): kronfluence("kfac"),
     ("kronfluence", "ekfac"): kronfluence("ekfac"),
     ("captum", "tracin"): captum_tracin,
+    ("captum", "exact"): captum_if("exact"),
+    ("captum", "arnoldi"): captum_if("arnoldi"),
 }
 
 
 MODULES = {"dattri": ["dattri.task", "dattri.algorithm.influence_function", "dattri.algorithm.tracin",
                        "dattri.algorithm.trak"],
            "kronfluence": ["kronfluence.analyzer", "kronfluence.arguments", "kronfluence.task"],
-           "captum": ["captum.influence"]}
+           "captum": ["captum.influence", "captum.influence._core.influence_function",
+                      "captum.influence._core.arnoldi_influence_function"]}
 
 
 def main() -> None:
