@@ -266,6 +266,8 @@ def run(
     out.print(f"ran {summary.ran} tasks, reused {summary.cached}; {len(failed_cells)} of "
               f"{len(summary.cell_status)} cells failed" + (" (see the status column; rerun failed tasks with "
                                                             "--retry-failed)" if failed_cells else ""))
+    if summary.log:
+        out.print(f"log: {summary.log}", highlight=False)
     if failed_cells:
         raise typer.Exit(1)
 

@@ -116,3 +116,25 @@ def test_artifacts_stay_inside_dot_inflang(tiny_study: Path, tmp_path: Path):
     assert all(str(p).startswith("sub/.inflang/") or p.name in ("r.duckdb", "tiny.yaml") for p in written), written
     plan = compile_study(load_study(tiny_study))
     assert all(set(h) <= set("0123456789abcdef") for h in plan.tasks)
+
+
+def test_each_run_writes_a_log_with_tracebacks(write, tmp_path: Path):
+    study = write("l.yaml", """\
+        study: logged
+        dataset: {name: iris, test_size: 30}
+        model: {arch: mlp, depth: 1, width: 4}
+        training: {optimizer: sgd, lr: 0.05, epochs: 3}
+        estimators: [{name: exact, damping: 0.0}, {name: grad_dot}]
+        test_points: {count: 2}
+        ground_truth: {protocol: loo, steps: 2, removals: {select: random, k: 3}}
+        """)
+    db = tmp_path / "l.duckdb"
+    result = runner.invoke(app, ["run", str(study), "--db", str(db)])
+    assert result.exit_code == 1
+    ((run_id,),) = rows(db, "SELECT run_id FROM runs")
+    log = tmp_path / ".inflang" / "logs" / f"{run_id}.log"
+    assert f"log: {log}" in result.output.replace("\n", "")
+    text = log.read_text()
+    assert "of study 'logged'" in text and "done train" in text and "end: ran" in text
+    assert "failed estimate" in text and "Traceback (most recent call last)" in text
+    assert "not positive definite" in text and "skipped metrics" in text

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import subprocess
 import time
+import traceback
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,33 @@ class Events:
     def models_retrained(self, count: int) -> None: ...
 
 
+class RunLog:
+    """``.inflang/logs/RUN_ID.log``: one timestamped line per task event, and the full traceback of every
+    failure (the terminal shows one line); written line by line, so an interrupted run keeps its log."""
+
+    def __init__(self, folder: Path, run_id: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{run_id}.log"
+        self.file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed by close()
+
+    def line(self, text: str) -> None:
+        self.file.write(f"{datetime.now(timezone.utc).isoformat(timespec='milliseconds')} {text}\n")
+
+    def failure(self, task: Task, exc: BaseException) -> None:
+        self.line(f"failed {task.kind} {task.hash}: {_message(exc)}")
+        self.file.write("".join(traceback.format_exception(exc)))
+
+    def close(self) -> None:
+        self.file.close()
+
+
 @dataclass
 class RunSummary:
     ran: int = 0
     cached: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # task hash -> error
     skipped: dict[str, str] = field(default_factory=dict)  # task hash -> the failed dependency's hash
+    log: str | None = None  # the run's log file
     cell_status: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
 
@@ -157,18 +180,27 @@ def execute(plan: Plan, store: Store, *, memory_budget: int | None = None, threa
         backend = ProcessPool(workers, threads, memory_budget, device)
     else:
         backend = InProcess(ctx)
-    store.start_run(run_id, loaded.study.study, executor if executor == "ray" else f"local x{workers}",
-                    getattr(backend, "device", device),
+    where = executor if executor == "ray" else f"local x{workers}"
+    store.start_run(run_id, loaded.study.study, where, getattr(backend, "device", device),
                     git_commit(Path(loaded.path).parent))
+    log = RunLog(store.artifacts / "logs", run_id)
+    log.line(f"run {run_id} of study '{loaded.study.study}' ({loaded.path}): {len(plan.tasks)} tasks, executor "
+             f"{where}, device {getattr(backend, 'device', device)}, {threads} thread(s)")
     try:
-        summary = _schedule(plan, store, backend, _Runner(plan, store, ctx), retry_failed, events)
-    except BaseException:
+        summary = _schedule(plan, store, backend, _Runner(plan, store, ctx), retry_failed, events, log)
+    except BaseException as exc:
         store.end_run(run_id, "interrupted", 0, 0, 0)
+        log.line(f"interrupted: {type(exc).__name__}")
+        log.close()
         raise
     finally:
         backend.close()
     failed = sum(1 for s, _ in summary.cell_status.values() if s == "failed")
     store.end_run(run_id, "failed" if failed else "done", summary.ran, summary.cached, len(summary.failed))
+    log.line(f"end: ran {summary.ran}, reused {summary.cached}, failed {len(summary.failed)}, skipped "
+             f"{len(summary.skipped)}; {failed} of {len(summary.cell_status)} cells failed")
+    log.close()
+    summary.log = str(log.path)
     return summary
 
 
@@ -188,7 +220,7 @@ def _message(exc: BaseException) -> str:
 
 
 def _schedule(plan: Plan, store: Store, backend: Any, runner: _Runner, retry_failed: bool,
-              events: Events) -> RunSummary:
+              events: Events, log: RunLog) -> RunSummary:
     """Submit each task once its dependencies are done, in plan order, as the backend has room."""
     loaded = plan.study
     store.record_study(
@@ -223,6 +255,7 @@ def _schedule(plan: Plan, store: Store, backend: Any, runner: _Runner, retry_fai
         return None
 
     def record_failure(task: Task, exc: BaseException, seconds: float) -> None:
+        log.failure(task, exc)
         message = _message(exc)
         store.fail_task(task.hash, task.kind, task.inputs, message, seconds)
         runner.status[task.hash] = ("failed", message, None)
@@ -235,11 +268,13 @@ def _schedule(plan: Plan, store: Store, backend: Any, runner: _Runner, retry_fai
             if cause is not None:
                 blocked[task.hash] = cause
                 summary.skipped[task.hash] = cause
+                log.line(f"skipped {task.kind} {task.hash}: depends on failed {plan.tasks[cause].kind} {cause}")
                 waiting.remove(task)
                 events.task_finished(task, "skipped")
             elif running < backend.capacity and all(runner.status.get(d, ("",))[0] == "done" for d in task.deps):
                 waiting.remove(task)
                 events.task_started(task)
+                log.line(f"start {task.kind} {task.hash}")
                 try:
                     deps = runner.deps(task)
                 except KeyboardInterrupt:
@@ -257,6 +292,7 @@ def _schedule(plan: Plan, store: Store, backend: Any, runner: _Runner, retry_fai
                 record_failure(task, error or RuntimeError("no result"), seconds)
                 continue
             runner.finish(task, out, seconds)
+            log.line(f"done {task.kind} {task.hash} in {seconds:.3f} s")
             if not isinstance(backend, InProcess) and task.kind == "ground_truth":
                 events.models_retrained(task.models)
             summary.ran += 1
