@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from runners.device import generator as seeded_generator
+from runners.device import here
 
 
 def batch_order(n: int, batch_size: int | None, steps: int, seed: int) -> Iterator[Tensor | None]:
@@ -19,7 +20,7 @@ def batch_order(n: int, batch_size: int | None, steps: int, seed: int) -> Iterat
     generator = seeded_generator(seed)
     done = 0
     while done < steps:
-        perm = torch.randperm(n, generator=generator)
+        perm = here(torch.randperm(n, generator=generator, device="cpu"))
         for start in range(0, n, batch_size):
             if done == steps:
                 return

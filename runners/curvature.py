@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
 from runners.device import generator as seeded_generator
+from runners.device import here
 from runners.objective import FlatModel, output_hessian
 
 
@@ -77,7 +78,7 @@ def krylov_basis(hvp: Callable[[Tensor], Tensor], P: int, dim: int, seed: int) -
     (Q [P, d'], T = Q^T H Q [d', d']), d' <= min(dim, P) (fewer when the Krylov space is exhausted)."""
     dim = min(dim, P)
     generator = seeded_generator(seed)
-    q = torch.randn(P, generator=generator, dtype=torch.float64)
+    q = here(torch.randn(P, generator=generator, dtype=torch.float64, device="cpu"))
     basis = [q / q.norm()]
     T = torch.zeros(dim + 1, dim, dtype=torch.float64)
     for k in range(dim):
@@ -104,5 +105,5 @@ def lanczos_extremes(hvp: Callable[[Tensor], Tensor], P: int, iterations: int, s
 def hutchinson_trace(hvp_batch: Callable[[Tensor], Tensor], P: int, samples: int, seed: int) -> float:
     """tr(H) ~ mean of v^T H v over Rademacher probes v (Hutchinson 1989)."""
     generator = seeded_generator(seed)
-    probes = torch.randint(0, 2, (samples, P), generator=generator).to(torch.float64) * 2 - 1
+    probes = here(torch.randint(0, 2, (samples, P), generator=generator, device="cpu")).to(torch.float64) * 2 - 1
     return float((probes * hvp_batch(probes).to(torch.float64)).sum(1).mean())

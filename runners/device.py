@@ -4,7 +4,8 @@ CPU runs are bit-identical across reruns (tested). On CUDA, TF32 is switched off
 convolutions (influence needs full float32, and float64 studies must never be rounded to TF32), cuDNN is
 made deterministic and ``torch.use_deterministic_algorithms`` is on (warning where an operation has no
 deterministic kernel); results then repeat on the same GPU and software, but differ from CPU results in
-the last bits (different kernels and random streams).
+the last bits (different kernels). Seeded draws are made on the CPU and moved (``generator``, ``here``), so
+every device starts from the same weights and batch orders.
 """
 
 from __future__ import annotations
@@ -60,5 +61,11 @@ def configure(device: str) -> None:
 
 
 def generator(seed: int) -> torch.Generator:
-    """A seeded generator on the device tensors are created on (``torch.device`` context of the task)."""
-    return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
+    """A seeded CPU generator: random draws (batch orders, probes, projections, initialisations) are made on
+    the CPU and moved to the task's device with ``here``, so every device sees the same random numbers."""
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def here(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the device tensors are created on in this task (``torch.device`` context; CPU by default)."""
+    return t.to(torch.get_default_device())

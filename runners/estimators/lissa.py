@@ -15,6 +15,7 @@ from torch import Tensor
 
 from inflang.spec import LissaEstimator
 from runners.device import generator as seeded_generator
+from runners.device import here
 from runners.errors import TaskFailure
 from runners.estimators.common import EstimatorInputs, inverse_scores
 
@@ -30,7 +31,7 @@ def lissa_inverse(inputs: EstimatorInputs, spec: LissaEstimator, v: Tensor) -> T
         for j in range(spec.recursion_depth):
             batch = None
             if spec.batch_size is not None and spec.batch_size < n:
-                batch = torch.randperm(n, generator=generator)[: spec.batch_size]
+                batch = here(torch.randperm(n, generator=generator, device="cpu")[: spec.batch_size])
             h = v + (1 - spec.damping / spec.scale) * h - inputs.hvp(h, batch) / spec.scale
             if j % 50 == 0 or j == spec.recursion_depth - 1:
                 size = float(h.norm())

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from inflang.spec import TrakEstimator
 from runners.device import generator as seeded_generator
+from runners.device import here
 from runners.estimators.common import EstimatorInputs, per_example_gradients
 from runners.objective import FlatModel
 
@@ -39,7 +40,7 @@ def project(G: Tensor, dim: int, seed: int) -> Tensor:
     out = torch.zeros(G.shape[0], dim, dtype=G.dtype)
     for lo in range(0, G.shape[1], BLOCK):
         block = G[:, lo:lo + BLOCK]
-        R = torch.randn(block.shape[1], dim, generator=generator, dtype=G.dtype) / dim ** 0.5
+        R = here(torch.randn(block.shape[1], dim, generator=generator, dtype=G.dtype, device="cpu")) / dim ** 0.5
         out += block @ R
     return out.to(torch.float64)
 

@@ -30,7 +30,8 @@ def build(spec: Any, shape: tuple[int, ...] | int, classes: int, seed: int, dtyp
     """The architecture for inputs of ``shape`` with its default initialisation drawn from ``seed``
     (the global RNG is left untouched)."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    with torch.random.fork_rng(devices=[]):
+    device = torch.get_default_device()  # initialised on the CPU, so every device starts from the same weights
+    with torch.device("cpu"), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = BUILDERS[spec.arch](spec, shape, classes)
-    return module.to(dtype).eval()
+    return module.to(device=device, dtype=dtype).eval()
