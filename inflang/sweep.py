@@ -122,8 +122,17 @@ def _dotted(path: PathKey) -> str:
     return ".".join(str(p) for p in path)
 
 
+def _value(value: Any) -> str:
+    """A swept value as it reads in YAML flow style: {a: 1, b: 2}, [1, 2], null."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return "null" if value is None else str(value)
+
+
 def label(params: Params, empty: str = "-") -> str:
     """Swept values by the last part of their path (the whole path where two would read alike)."""
     short = [k.rsplit(".", 1)[-1] for k in params]
     names = [s if short.count(s) == 1 else k for s, k in zip(short, params, strict=True)]
-    return ", ".join(f"{n}={v}" for n, v in zip(names, params.values(), strict=True)) or empty
+    return ", ".join(f"{n}={_value(v)}" for n, v in zip(names, params.values(), strict=True)) or empty
