@@ -124,6 +124,7 @@ def test_label_noise_flips_the_asked_fraction_to_other_classes():
     CnnModel(arch="cnn", depth=2, channels=4), LenetModel(arch="lenet"),
     MlpModel(arch="mlp", depth=1, width=7), VggModel(arch="vgg", depth=11, width_multiplier=0.0625),
     ResnetModel(arch="resnet", depth=20, width_multiplier=0.25),
+    ResnetModel(arch="resnet", depth=20, norm="batch", width_multiplier=0.25),
     ResnetModel(arch="resnet", depth=18, norm="none", width_multiplier=0.125),
     ResnetModel(arch="resnet", depth=50, width_multiplier=0.0625)])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
