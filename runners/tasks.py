@@ -151,6 +151,8 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
     arrays.update({f"initbuffer.{k}": v for k, v in result.init_buffers.items()})
     for c, (_lr, snapshot) in enumerate(result.snapshots):
         arrays.update({f"ckpt{c}.{k}": v for k, v in snapshot.items()})
+    for c, buffers in enumerate(result.snapshot_buffers):
+        arrays.update({f"ckptbuffer{c}.{k}": v for k, v in buffers.items()})
     if result.snapshots:
         arrays["ckpt_lr"] = torch.tensor([lr for lr, _ in result.snapshots], dtype=torch.float64)
     n_params = sum(v.numel() for v in result.params.values())
@@ -261,6 +263,9 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
         y_test=d.y_test[idx], measure=inputs["measure"], weight_decay=s.training.weight_decay,
         seed=derive_seed(s.seed, "estimator", inputs["estimator"]), spectrum=spectrum_,
         checkpoints=_checkpoints(trained.arrays), selected=selected_parameters(spec.params, s.module),
+        checkpoint_buffers=[_params(trained.arrays, f"ckptbuffer{c}.")
+                            for c in range(len(_checkpoints(trained.arrays)))],
+        replica_buffers=[_params(deps[h].arrays, "buffer.") for h in inputs.get("replicas", ())],
         smoothing=s.training.label_smoothing,
         replicas=[_params(deps[h].arrays, "param.") for h in inputs.get("replicas", ())],
         memory_budget=ctx.memory_budget // 4 if ctx.memory_budget else None)

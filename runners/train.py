@@ -28,6 +28,7 @@ class Trained:
     seconds: float
     snapshots: list[tuple[float, dict[str, Tensor]]] = field(default_factory=list)  # (lr at that step, params)
     buffers: dict[str, Tensor] = field(default_factory=dict)  # final running statistics (BatchNorm)
+    snapshot_buffers: list[dict[str, Tensor]] = field(default_factory=list)  # running statistics per snapshot
     init_buffers: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -53,6 +54,7 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
     init = {k: v.detach().clone() for k, v in module.named_parameters()}
     init_buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
     snapshots: list[tuple[float, dict[str, Tensor]]] = []
+    snapshot_buffers: list[dict[str, Tensor]] = []
     params = list(module.parameters())
     named = dict(module.named_parameters())
     n = x.shape[0]
@@ -81,6 +83,7 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
         def keep(step: int, params: dict[str, Tensor]) -> bool:
             if step in wanted:
                 snapshots.append((rule.lr_at(step), {k: params[k][0].detach().clone() for k in init}))
+                snapshot_buffers.append({k: params[k][0].detach().clone() for k in init_buffers})
             return monitor(step, params) if monitor is not None else False
 
         try:
@@ -101,7 +104,7 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
     if not all(torch.isfinite(v).all() for v in final.values()):
         raise DivergenceError(f"training produced non-finite parameters; lower training.lr (now {spec.lr})")
     return Trained(params=final, init=init, steps=steps, seconds=time.perf_counter() - start, snapshots=snapshots,
-                   buffers=buffers, init_buffers=init_buffers)
+                   buffers=buffers, init_buffers=init_buffers, snapshot_buffers=snapshot_buffers)
 
 
 def stopping_monitor(module: nn.Module, spec: TrainingSpec, validation: tuple[Tensor, Tensor] | None, n_train: int,

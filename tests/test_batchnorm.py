@@ -60,8 +60,8 @@ STUDY = """\
 study: bn
 dataset: {name: digits, test_size: 20, subsample: 60}
 model: {arch: resnet, depth: 20, norm: batch, width_multiplier: 0.25}
-training: {optimizer: sgd, lr: 0.05, momentum: 0.9, epochs: 4, batch_size: 20, weight_decay: 0.001}
-estimators: [{name: kfac}, {name: grad_dot}]
+training: {optimizer: sgd, lr: 0.05, momentum: 0.9, epochs: 4, batch_size: 20, weight_decay: 0.001, checkpoints: 2}
+estimators: [{name: kfac}, {name: grad_dot}, {name: trak, proj_dim: 32, models: 2}, {name: tracin}]
 test_points: {count: 2}
 ground_truth: {protocol: loo, start: scratch, removals: {select: random, k: 3}}
 """
@@ -72,7 +72,7 @@ def test_a_batchnorm_study_runs_end_to_end(write, tmp_path: Path):
     result = CliRunner().invoke(app, ["run", str(write("bn.yaml", STUDY)), "--db", str(db)])
     assert result.exit_code == 0, result.output
     actual = [a for (a,) in rows(db, "SELECT actual FROM influence WHERE actual IS NOT NULL")]
-    assert len(actual) == 2 * 2 * 3 and np.all(np.isfinite(actual))  # estimators x test points x removals
+    assert len(actual) == 4 * 2 * 3 and np.all(np.isfinite(actual))  # estimators x test points x removals
     assert rows(db, "SELECT status FROM cells") == [("done",)]
 
 
@@ -93,3 +93,33 @@ def test_scratch_retraining_reproduces_the_base_model_and_its_statistics():
     for k, v in {**trained.params, **trained.buffers}.items():
         for m in range(3):
             assert torch.allclose(again[k][m], v, rtol=0, atol=1e-12), (k, float((again[k][m] - v).abs().max()))
+
+
+def test_tracin_uses_each_checkpoints_running_statistics():
+    from inflang.spec import TracinEstimator, TrainingSpec
+    from runners.estimators import ESTIMATORS, EstimatorInputs
+    from runners.train import train
+
+    torch.manual_seed(3)
+    x = torch.randn(16, 1, 4, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,))
+    net = small_net()
+    trained = train(net, x, y, TrainingSpec(optimizer="sgd", lr=0.1, epochs=6, batch_size=8, checkpoints=3), 0)
+    assert len(trained.snapshot_buffers) == 3
+    assert not torch.equal(trained.snapshot_buffers[0]["1.running_var"], trained.buffers["1.running_var"])
+    inputs = EstimatorInputs(net, trained.params, x, y, x[:2], y[:2], "test_loss", 0.001, 0,
+                             checkpoints=trained.snapshots, checkpoint_buffers=trained.snapshot_buffers)
+    ours = ESTIMATORS["tracin"](TracinEstimator(name="tracin"), inputs).numpy()
+    expected = np.zeros((2, 16))
+    for (lr, params), stats in zip(trained.snapshots, trained.snapshot_buffers, strict=True):
+        ref = small_net()
+        ref.load_state_dict({**params, **stats})
+        grads = []
+        for i in range(16):
+            ref.zero_grad()
+            per_example_loss(ref(x[i:i + 1]), y[i:i + 1]).sum().backward()
+            grads.append(torch.cat([p.grad.reshape(-1) for p in ref.parameters()]).numpy())
+        g = np.stack(grads)
+        expected += lr * g[:2] @ g.T / 16
+    assert np.allclose(ours, expected, rtol=1e-9, atol=1e-14)
+    assert all(torch.equal(b, trained.buffers[k]) for k, b in net.named_buffers())  # restored afterwards

@@ -86,10 +86,6 @@ def batch_norm_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, 
         problems.append((("ground_truth", "solver" if gt.solver == "newton" else "decompose"),
                          f"Newton refits minimise the evaluation-mode objective; {why}",
                          "use solver: gradient (the default) or norm: group"))
-    for i, est in enumerate(study.estimators):
-        if est.name in ("trak", "tracin"):
-            problems.append((("estimators", i, "name"), f"{est.name} reads other models' or checkpoints' "
-                             f"parameters without their running statistics; {why}", "use norm: group"))
     return problems
 
 

@@ -7,7 +7,8 @@ at the trained parameters; gradients are per example, flattened over all paramet
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,9 @@ class EstimatorInputs:
     selected: list[str] | None = None  # parameters influence is computed over (None: all of them)
     smoothing: float = 0.0  # the training loss's label smoothing
     replicas: list[dict[str, Tensor]] = field(default_factory=list)  # other models trained on the same data
+    # running statistics (BatchNorm) that go with each checkpoint and replica; empty without buffers
+    checkpoint_buffers: list[dict[str, Tensor]] = field(default_factory=list)
+    replica_buffers: list[dict[str, Tensor]] = field(default_factory=list)
     memory_budget: int | None = None  # bytes of per-example gradients computed at once (None: GRADIENT_BYTES)
     _cache: dict[str, Tensor] = field(default_factory=dict)
 
@@ -110,6 +114,24 @@ class EstimatorInputs:
         block = (V * self.spectrum.values) @ V.T
         values, vectors = torch.linalg.eigh(0.5 * (block + block.T))
         return Spectrum(values, vectors)
+
+
+@contextmanager
+def running_statistics(module: nn.Module, buffers: dict[str, Tensor] | None) -> Iterator[None]:
+    """The module evaluates with ``buffers`` (another checkpoint's or model's BatchNorm statistics) inside."""
+    if not buffers:
+        yield
+        return
+    saved = {k: b.detach().clone() for k, b in module.named_buffers()}
+    with torch.no_grad():
+        for k, b in module.named_buffers():
+            b.copy_(buffers[k])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, b in module.named_buffers():
+                b.copy_(saved[k])
 
 
 def inverse_scores(inputs: EstimatorInputs, apply_inverse: Callable[[Tensor], Tensor]) -> Tensor:

@@ -18,7 +18,7 @@ from torch import Tensor
 from inflang.spec import TrakEstimator
 from runners.device import generator as seeded_generator
 from runners.device import here
-from runners.estimators.common import EstimatorInputs, per_example_gradients
+from runners.estimators.common import EstimatorInputs, per_example_gradients, running_statistics
 from runners.objective import FlatModel
 
 BLOCK = 65536  # rows of the projection generated at a time
@@ -61,15 +61,24 @@ def trak_scores(spec: TrakEstimator, inputs: EstimatorInputs) -> Tensor:
     models = [inputs.params, *inputs.replicas]
     kernel = torch.zeros(inputs.x_test.shape[0], inputs.n, dtype=torch.float64)
     q = torch.zeros(inputs.n, dtype=torch.float64)
+    stats: list[dict[str, Tensor] | None] = [None]  # the cell's own model: the module's statistics already
+    stats += inputs.replica_buffers or [None] * len(inputs.replicas)
     for m, params in enumerate(models):
-        flat = FlatModel(inputs.module, params)
-        Phi, phi = (project(inputs.keep_selected(per_example_gradients(flat, output_function, x, y,
-                                                                       inputs.memory_budget)),
-                            spec.proj_dim, inputs.seed + m)
-                    for x, y in ((inputs.x_train, inputs.y_train), (inputs.x_test, inputs.y_test)))
-        kernel += phi @ pseudo_inverse_times(Phi, spec.damping)
-        with torch.no_grad():
-            p = torch.softmax(flat.logits(flat.theta, inputs.x_train), dim=-1).to(torch.float64)
-        q += 1.0 - p.gather(1, inputs.y_train.unsqueeze(1)).squeeze(1)
+        with running_statistics(inputs.module, stats[m]):
+            kernel_m, q_m = _one_model(spec, inputs, params, inputs.seed + m)
+        kernel += kernel_m
+        q += q_m
     sign = -1.0 if inputs.measure == "margin" else 1.0
     return sign * (kernel / len(models)) * (q / len(models))
+
+
+def _one_model(spec: TrakEstimator, inputs: EstimatorInputs, params: dict[str, Tensor], seed: int
+               ) -> tuple[Tensor, Tensor]:
+    """phi_test^T (Phi^T Phi + damping I)^+ Phi^T [T, n] and 1 - p_i [n] for one trained model."""
+    flat = FlatModel(inputs.module, params)
+    Phi, phi = (project(inputs.keep_selected(per_example_gradients(flat, output_function, x, y, inputs.memory_budget)),
+                        spec.proj_dim, seed)
+                for x, y in ((inputs.x_train, inputs.y_train), (inputs.x_test, inputs.y_test)))
+    with torch.no_grad():
+        p = torch.softmax(flat.logits(flat.theta, inputs.x_train), dim=-1).to(torch.float64)
+    return phi @ pseudo_inverse_times(Phi, spec.damping), 1.0 - p.gather(1, inputs.y_train.unsqueeze(1)).squeeze(1)
