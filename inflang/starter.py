@@ -16,7 +16,7 @@ dataset:
   test_size: 30                # an int (points) or a fraction in (0, 1)
 
 model:
-  arch: mlp                    # logreg | mlp | cnn | lenet
+  arch: mlp                    # logreg | mlp | cnn | lenet | vgg | resnet
   depth: 1
   width: 8
   activation: tanh
@@ -28,7 +28,7 @@ training:
   weight_decay: 0.01           # objective = mean loss + weight_decay / 2 * ||theta||^2
   dtype: float64
 
-estimators:                    # any of exact | cg | lissa | arnoldi | grad_dot | grad_cos
+estimators:                    # exact | cg | lissa | arnoldi | kfac | ekfac | datainf | trak | tracin | ...
   - name: exact
     damping: 0.001             # (H + damping I)^-1
     negative: abs              # what to do with negative curvature: error | abs | clip
