@@ -132,6 +132,10 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
         problems.append((("dataset", "test_size"),
                          f"a stratified split needs at least {info.classes} test points", None))
     tr = study.training
+    if tr.early_stopping is not None and tr.trained_on(n_train) < max(2, classes):
+        problems.append((("training", "early_stopping", "validation"),
+                         f"holding out {tr.early_stopping.validation_size(n_train)} of {n_train} training points "
+                         f"leaves {tr.trained_on(n_train)} to train on", "lower the validation fraction"))
     if study.model.arch in IMAGE_ARCHS and info.shape is None:
         problems.append((("model", "arch"), f"{study.model.arch} needs an image dataset, and {study.dataset.name} "
                          "is a table", "use digits, mnist, fashion_mnist, small_mnist, cifar10 or cifar100"))
