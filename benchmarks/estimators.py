@@ -53,10 +53,18 @@ PEERS: dict[str, list[str]] = {
 }
 
 
+def model_spec(arch: dict[str, Any]) -> Any:
+    from inflang.spec import CnnModel, MlpModel
+
+    if arch["kind"] == "cnn":
+        return CnnModel(arch="cnn", depth=arch["depth"], channels=arch["channels"])
+    return MlpModel(arch="mlp", depth=1, width=arch["sizes"][1])
+
+
 def make_problem(name: str, path: Path, threads: int) -> dict[str, Any]:
     from sklearn.datasets import load_digits, load_iris
 
-    from inflang.spec import MlpModel, TrainingSpec
+    from inflang.spec import TrainingSpec
     from runners.models import build
     from runners.train import train
 
@@ -64,6 +72,9 @@ def make_problem(name: str, path: Path, threads: int) -> dict[str, Any]:
     if name == "iris":
         x, y = load_iris(return_X_y=True)
         width, epochs, n_test = 16, 2000, 5
+    elif name == "digits-cnn":
+        x, y = load_digits(return_X_y=True)
+        width, epochs, n_test = 0, 100, 5
     else:
         x, y = load_digits(return_X_y=True)
         width, epochs, n_test = 32, 300, 5
@@ -75,11 +86,16 @@ def make_problem(name: str, path: Path, threads: int) -> dict[str, Any]:
     xt, yt = x_all[:n_train], y_all[:n_train]
     xs, ys = x_all[n_train:n_train + n_test], y_all[n_train:n_train + n_test]
     classes = int(y_all.max()) + 1
-    module = build(MlpModel(arch="mlp", depth=1, width=width), x.shape[1], classes, seed=0, dtype=torch.float32)
+    if name == "digits-cnn":  # 8x8 images, two 3x3 stride-2 convolutions of 8 channels, a linear layer
+        xt, xs = xt.reshape(-1, 1, 8, 8), xs.reshape(-1, 1, 8, 8)
+        arch: dict[str, Any] = {"kind": "cnn", "shape": [1, 8, 8], "channels": 8, "depth": 2, "classes": classes}
+    else:
+        arch = {"kind": "mlp", "sizes": [x.shape[1], width, classes]}
+    module = build(model_spec(arch), tuple(xt.shape[1:]), classes, seed=0, dtype=torch.float32)
     spec = TrainingSpec(optimizer="adam", lr=0.01, epochs=epochs, weight_decay=0.01, dtype="float32", checkpoints=3)
     trained = train(module, xt, yt, spec, 0)
     problem = {"x_train": xt, "y_train": yt, "x_test": xs, "y_test": ys, "params": trained.params,
-               "sizes": [x.shape[1], width, classes], "activation": "tanh", "weight_decay": 0.01,
+               "arch": arch, "activation": "tanh", "weight_decay": 0.01,
                "checkpoints": [{"lr": lr, "params": p} for lr, p in trained.snapshots], "threads": threads}
     torch.save(problem, path)
     return problem
@@ -90,13 +106,14 @@ def prepare(problem: dict[str, Any], estimator: str) -> Callable[[], torch.Tenso
     (for exact, the curvature task's Hessian and eigendecomposition are part of the cost)."""
     from pydantic import TypeAdapter
 
-    from inflang.spec import EstimatorSpec, MlpModel
+    from inflang.spec import EstimatorSpec
     from runners.curvature import objective_hessian, spectrum
     from runners.estimators import ESTIMATORS, EstimatorInputs
     from runners.models import build
 
-    sizes = problem["sizes"]
-    module = build(MlpModel(arch="mlp", depth=1, width=sizes[1]), sizes[0], sizes[2], seed=0, dtype=torch.float32)
+    arch = problem["arch"]
+    classes = arch["classes"] if arch["kind"] == "cnn" else arch["sizes"][-1]
+    module = build(model_spec(arch), tuple(problem["x_train"].shape[1:]), classes, seed=0, dtype=torch.float32)
     settings = {**SETTINGS[estimator], **({"models": 1} if estimator == "trak" else {})}
     spec: Any = TypeAdapter(EstimatorSpec).validate_python({"name": estimator, **settings})
     params, wd = problem["params"], problem["weight_decay"]
@@ -144,7 +161,7 @@ def agreement(peer: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peers-python", help="python of an environment with dattri, kronfluence and captum")
-    parser.add_argument("--problem", choices=["iris", "digits"], default="iris")
+    parser.add_argument("--problem", choices=["iris", "digits", "digits-cnn"], default="iris")
     parser.add_argument("--only", help="comma-separated estimators (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=600)
@@ -160,7 +177,7 @@ def main() -> None:
         path = Path(tmp) / "problem.pt"
         problem = make_problem(args.problem, path, args.threads)
         n_params = sum(v.numel() for v in problem["params"].values())
-        print(f"problem: {args.problem} MLP {problem['sizes']}, {n_params} parameters, "
+        print(f"problem: {args.problem} {problem['arch']}, {n_params} parameters, "
               f"{len(problem['y_train'])} training points, {len(problem['y_test'])} test points, float32, "
               f"{args.threads} thread(s)", file=sys.stderr)
         for name in names:

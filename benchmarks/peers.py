@@ -28,11 +28,20 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 def build(problem: dict[str, Any]) -> nn.Module:
-    sizes, act = problem["sizes"], ACTIVATIONS[problem["activation"]]
+    """The benchmark's model as plain nn.Sequential layers, named as inflang names them."""
+    arch, act = problem["arch"], ACTIVATIONS[problem["activation"]]
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-2], sizes[1:-1], strict=True):
-        layers += [nn.Linear(a, b), act()]
-    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    if arch["kind"] == "cnn":  # inflang's cnn: 3x3 stride-2 convolutions, then a linear layer
+        c_in, h, w = arch["shape"]
+        for _ in range(arch["depth"]):
+            layers += [nn.Conv2d(c_in, arch["channels"], 3, stride=2, padding=1), act()]
+            c_in, h, w = arch["channels"], (h + 1) // 2, (w + 1) // 2
+        layers += [nn.Flatten(), nn.Linear(c_in * h * w, arch["classes"])]
+    else:
+        sizes = arch["sizes"]
+        for a, b in zip(sizes[:-2], sizes[1:-1], strict=True):
+            layers += [nn.Linear(a, b), act()]
+        layers.append(nn.Linear(sizes[-2], sizes[-1]))
     model = nn.Sequential(*layers).to(problem["x_train"].dtype)
     model.load_state_dict(problem["params"])
     return model.eval()
