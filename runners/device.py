@@ -66,6 +66,12 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
+def current() -> torch.device:
+    """The device new tensors are created on (the task's ``torch.device`` context; CPU by default). Read from
+    a new tensor rather than ``torch.get_default_device``, which torch 2.2 lacks."""
+    return torch.empty(0).device
+
+
 def here(t: torch.Tensor) -> torch.Tensor:
-    """``t`` on the device tensors are created on in this task (``torch.device`` context; CPU by default)."""
-    return t.to(torch.get_default_device())
+    """``t`` on the device tensors are created on in this task."""
+    return t.to(current())

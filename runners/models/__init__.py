@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from runners.device import current
 from runners.models.cnn import build_cnn, build_lenet
 from runners.models.mlp import build_logreg, build_mlp
 from runners.models.resnet import build_resnet, build_vgg
@@ -30,7 +31,7 @@ def build(spec: Any, shape: tuple[int, ...] | int, classes: int, seed: int, dtyp
     """The architecture for inputs of ``shape`` with its default initialisation drawn from ``seed``
     (the global RNG is left untouched)."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    device = torch.get_default_device()  # initialised on the CPU, so every device starts from the same weights
+    device = current()  # initialised on the CPU, so every device starts from the same weights
     with torch.device("cpu"), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = BUILDERS[spec.arch](spec, shape, classes)
