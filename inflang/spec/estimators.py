@@ -146,31 +146,32 @@ class DataInfEstimator(EstimatorBase):
                                   "eigenvalue of G_l (its trace over its size), per layer")
 
 
-class KfacEstimator(EstimatorBase):
+class KroneckerEstimator(EstimatorBase):
+    """What K-FAC and EK-FAC share: the output factor they build the Kronecker factors from."""
+
+    predicts_parameter_change: ClassVar[bool] = True
+    fisher: Literal["expected", "empirical"] = Field(
+        "expected", description="expected: output factor from diag(p) - p p^T (the Gauss-Newton matrix, exact "
+        "expectation over labels); empirical: from the true-label gradient p - y (the empirical Fisher)")
+
+
+class KfacEstimator(KroneckerEstimator):
     """K-FAC (Martens & Grosse 2015; Grosse & Martens 2016 for Conv2d): per Linear/Conv2d layer the Gauss-Newton
     block ~ A (x) S (input and output-gradient second moments, exact expectation over labels); estimate =
     (1/n) g_test^T (G_kfac + (weight_decay + damping) I)^-1 g_i over those layers' parameters."""
 
     name: Literal["kfac"]
-    predicts_parameter_change: ClassVar[bool] = True
     damping: float | None = Field(None, ge=0, description="added to every eigenvalue of a layer's factorised "
                                   "curvature; default 0.1 x the mean eigenvalue of each layer")
-    fisher: Literal["expected", "empirical"] = Field(
-        "expected", description="expected: output factor from diag(p) - p p^T (the Gauss-Newton matrix, exact "
-        "expectation over labels); empirical: from the true-label gradient p - y (the empirical Fisher)")
 
 
-class EkfacEstimator(EstimatorBase):
+class EkfacEstimator(KroneckerEstimator):
     """EK-FAC (George et al. 2018; Grosse et al. 2023): K-FAC's Kronecker eigenbasis with its eigenvalues
     refitted to the Gauss-Newton matrix's diagonal in that basis."""
 
     name: Literal["ekfac"]
-    predicts_parameter_change: ClassVar[bool] = True
     damping: float | None = Field(None, ge=0, description="added to every corrected eigenvalue; default "
                                   "0.1 x the mean corrected eigenvalue of each layer")
-    fisher: Literal["expected", "empirical"] = Field(
-        "expected", description="expected: output factor from diag(p) - p p^T (the Gauss-Newton matrix, exact "
-        "expectation over labels); empirical: from the true-label gradient p - y (the empirical Fisher)")
 
 
 class TrakEstimator(EstimatorBase):

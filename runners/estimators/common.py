@@ -72,25 +72,23 @@ class EstimatorInputs:
     def train_gradients(self, native: bool = False) -> Tensor:
         """[n, P] gradients of each training example's loss over the selected parameters, in float64 (or in
         the model's dtype with ``native``: plain inner products need no float64 copy of float32 gradients)."""
-        if "train_native" not in self._cache:
-            g = gradients(self.flat, self.x_train, self.y_train, smoothing=self.smoothing, budget=self.memory_budget)
-            self._cache["train_native"] = self.keep_selected(g)
-        if native:
-            return self._cache["train_native"]
-        if "train" not in self._cache:
-            self._cache["train"] = self._cache["train_native"].to(torch.float64)
-        return self._cache["train"]
+        return self._cached("train", native, lambda: gradients(self.flat, self.x_train, self.y_train,
+                                                              smoothing=self.smoothing, budget=self.memory_budget))
 
     def test_gradients(self, native: bool = False) -> Tensor:
         """[T, P] gradients of the measured quantity at each selected test point (float64, or native)."""
-        if "test_native" not in self._cache:
-            g = gradients(self.flat, self.x_test, self.y_test, self.measure, budget=self.memory_budget)
-            self._cache["test_native"] = self.keep_selected(g)
+        return self._cached("test", native, lambda: gradients(self.flat, self.x_test, self.y_test, self.measure,
+                                                             budget=self.memory_budget))
+
+    def _cached(self, key: str, native: bool, compute: Callable[[], Tensor]) -> Tensor:
+        """Selected columns of ``compute()``, computed once; its float64 copy made once, when first asked for."""
+        if f"{key}_native" not in self._cache:
+            self._cache[f"{key}_native"] = self.keep_selected(compute())
         if native:
-            return self._cache["test_native"]
-        if "test" not in self._cache:
-            self._cache["test"] = self._cache["test_native"].to(torch.float64)
-        return self._cache["test"]
+            return self._cache[f"{key}_native"]
+        if key not in self._cache:
+            self._cache[key] = self._cache[f"{key}_native"].to(torch.float64)
+        return self._cache[key]
 
     def hvp(self, vectors: Tensor, batch: Tensor | None = None) -> Tensor:
         """(H_B) v for each row of ``vectors`` [K, P]; H_B on the minibatch ``batch`` (all points if None).
