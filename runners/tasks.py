@@ -241,11 +241,14 @@ def selected_parameters(choice: str | list[str], module: nn.Module) -> list[str]
     return [k for k in names if k in choice]
 
 
-def _checkpoints(arrays: Arrays) -> list[tuple[float, dict[str, Tensor]]]:
-    """The (learning rate, parameters) snapshots a train task kept, in training order."""
+def _checkpoints(arrays: Arrays) -> tuple[list[tuple[float, dict[str, Tensor]]], list[dict[str, Tensor]]]:
+    """The (learning rate, parameters) snapshots a train task kept, in training order, and their running
+    statistics (empty dicts for a model without BatchNorm)."""
     if "ckpt_lr" not in arrays:
-        return []
-    return [(float(lr), _params(arrays, f"ckpt{c}.")) for c, lr in enumerate(arrays["ckpt_lr"].tolist())]
+        return [], []
+    lrs = arrays["ckpt_lr"].tolist()
+    return ([(float(lr), _params(arrays, f"ckpt{c}.")) for c, lr in enumerate(lrs)],
+            [_params(arrays, f"ckptbuffer{c}.") for c in range(len(lrs))])
 
 
 def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
@@ -258,13 +261,13 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
     spectrum_ = Spectrum(curvature["values"], curvature["vectors"]) if curvature else None
     d = s.data
     idx = torch.as_tensor(tests, dtype=torch.long)
+    checkpoints, checkpoint_buffers = _checkpoints(trained.arrays)
     estimator_inputs = EstimatorInputs(
         module=s.module, params=params, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test[idx],
         y_test=d.y_test[idx], measure=inputs["measure"], weight_decay=s.training.weight_decay,
         seed=derive_seed(s.seed, "estimator", inputs["estimator"]), spectrum=spectrum_,
-        checkpoints=_checkpoints(trained.arrays), selected=selected_parameters(spec.params, s.module),
-        checkpoint_buffers=[_params(trained.arrays, f"ckptbuffer{c}.")
-                            for c in range(len(_checkpoints(trained.arrays)))],
+        checkpoints=checkpoints, selected=selected_parameters(spec.params, s.module),
+        checkpoint_buffers=checkpoint_buffers,
         replica_buffers=[_params(deps[h].arrays, "buffer.") for h in inputs.get("replicas", ())],
         smoothing=s.training.label_smoothing,
         replicas=[_params(deps[h].arrays, "param.") for h in inputs.get("replicas", ())],

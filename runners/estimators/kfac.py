@@ -166,8 +166,8 @@ def layer_statistics(inputs: EstimatorInputs, layers: list[KroneckerLayer], fish
     per_example = 0  # elements per example: pseudo-gradients, patches, and EK-FAC's projected matrices
     for layer in layers:
         inp, out = seen[layer.path]
-        width = _patches(layer, inp).shape[-1]
-        per_example += classes * (out.numel() + layer.out_features * width) + _patches(layer, inp).numel()
+        patches = _patches(layer, inp)
+        per_example += classes * (out.numel() + layer.out_features * patches.shape[-1]) + patches.numel()
     step = max(1, CHUNK_ELEMENTS // max(1, per_example))
     for lo in range(0, int(x.shape[0]), step):
         logits, seen = _forward(inputs, params, layers, x[lo:lo + step])
