@@ -47,6 +47,15 @@ def block_inverse(blocks: list[np.ndarray], perms: list[np.ndarray]) -> np.ndarr
     return np.linalg.inv(M)
 
 
+def assert_matches_inverse(module, params, x, y, tests: int, inv: np.ndarray, spec, rtol: float) -> None:
+    """The estimator's scores against (1/n) g_test^T inv g_i, gradients by per-example autograd loops."""
+    g_test = per_example_grads(module, params, x[:tests], y[:tests])
+    expected = g_test @ inv @ per_example_grads(module, params, x, y).T / len(y)
+    inputs = EstimatorInputs(module, params, x, y, x[:tests], y[:tests], "test_loss", WD, 0)
+    ours = ESTIMATORS[spec.name](spec, inputs).numpy()
+    assert np.allclose(ours, expected, rtol=rtol, atol=1e-14)
+
+
 @pytest.fixture(scope="module")
 def mlp():
     torch.manual_seed(0)
@@ -82,10 +91,7 @@ def test_kfac_matches_a_hand_written_kronecker_solve(mlp):
         blocks.append(np.kron(S, A) + (WD + damping) * np.eye(A.shape[0] * S.shape[0]))
         perms.append(matrix_to_flat(S.shape[0], A.shape[0] - 1))
     inv = block_inverse(blocks, perms)
-    expected = per_example_grads(module, params, x[:3], y[:3]) @ inv @ per_example_grads(module, params, x, y).T / n
-    inputs = EstimatorInputs(module, params, x, y, x[:3], y[:3], "test_loss", WD, 0)
-    ours = ESTIMATORS["kfac"](KfacEstimator(name="kfac", damping=damping), inputs).numpy()
-    assert np.allclose(ours, expected, rtol=1e-9, atol=1e-14)
+    assert_matches_inverse(module, params, x, y, 3, inv, KfacEstimator(name="kfac", damping=damping), rtol=1e-9)
 
 
 def test_kfac_default_damping_is_a_tenth_of_the_mean_eigenvalue_per_layer(mlp):
@@ -99,10 +105,7 @@ def test_kfac_default_damping_is_a_tenth_of_the_mean_eigenvalue_per_layer(mlp):
         blocks.append(np.kron(S, A) + (WD + 0.1 * mean_eig) * np.eye(A.shape[0] * S.shape[0]))
         perms.append(matrix_to_flat(S.shape[0], A.shape[0] - 1))
     inv = block_inverse(blocks, perms)
-    expected = per_example_grads(module, params, x[:2], y[:2]) @ inv @ per_example_grads(module, params, x, y).T / n
-    inputs = EstimatorInputs(module, params, x, y, x[:2], y[:2], "test_loss", WD, 0)
-    ours = ESTIMATORS["kfac"](KfacEstimator(name="kfac"), inputs).numpy()
-    assert np.allclose(ours, expected, rtol=1e-8, atol=1e-14)
+    assert_matches_inverse(module, params, x, y, 2, inv, KfacEstimator(name="kfac"), rtol=1e-8)
 
 
 @pytest.mark.parametrize("fisher", ["expected", "empirical"])
@@ -123,10 +126,8 @@ def test_ekfac_refits_eigenvalues_to_the_gauss_newton_diagonal(mlp, fisher):
         blocks.append(Q @ np.diag(lam + WD + damping) @ Q.T)
         perms.append(matrix_to_flat(S.shape[0], A.shape[0] - 1))
     inv = block_inverse(blocks, perms)
-    expected = per_example_grads(module, params, x[:3], y[:3]) @ inv @ per_example_grads(module, params, x, y).T / n
-    inputs = EstimatorInputs(module, params, x, y, x[:3], y[:3], "test_loss", WD, 0)
-    ours = ESTIMATORS["ekfac"](EkfacEstimator(name="ekfac", damping=damping, fisher=fisher), inputs).numpy()
-    assert np.allclose(ours, expected, rtol=1e-8, atol=1e-14)
+    spec = EkfacEstimator(name="ekfac", damping=damping, fisher=fisher)
+    assert_matches_inverse(module, params, x, y, 3, inv, spec, rtol=1e-8)
 
 
 def test_both_equal_exact_ggn_where_the_factorisation_is_exact():
@@ -200,10 +201,7 @@ def test_kfac_on_a_convolution_matches_loops():
     A_lin, S_lin = la.T @ la / n, np.einsum("nko,nkp->op", lg, lg) / n
     blocks = [np.kron(S, A) + (WD + damping) * np.eye(len(A) * len(S)) for S, A in ((S_conv, A_conv), (S_lin, A_lin))]
     inv = block_inverse(blocks, [matrix_to_flat(2, 9), matrix_to_flat(C, 8)])
-    expected = per_example_grads(module, params, x[:2], y[:2]) @ inv @ per_example_grads(module, params, x, y).T / n
-    inputs = EstimatorInputs(module, params, x, y, x[:2], y[:2], "test_loss", WD, 0)
-    ours = ESTIMATORS["kfac"](KfacEstimator(name="kfac", damping=damping), inputs).numpy()
-    assert np.allclose(ours, expected, rtol=1e-9, atol=1e-14)
+    assert_matches_inverse(module, params, x, y, 2, inv, KfacEstimator(name="kfac", damping=damping), rtol=1e-9)
 
 
 def test_last_layer_and_parameter_change(mlp):
