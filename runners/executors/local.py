@@ -181,11 +181,11 @@ def execute(plan: Plan, store: Store, *, memory_budget: int | None = None, threa
     else:
         backend = InProcess(ctx)
     where = executor if executor == "ray" else f"local x{workers}"
-    store.start_run(run_id, loaded.study.study, where, getattr(backend, "device", device),
-                    git_commit(Path(loaded.path).parent))
+    device = getattr(backend, "device", device)  # Ray resolves 'auto' against the cluster
+    store.start_run(run_id, loaded.study.study, where, device, git_commit(Path(loaded.path).parent))
     log = RunLog(store.artifacts / "logs", run_id)
     log.line(f"run {run_id} of study '{loaded.study.study}' ({loaded.path}): {len(plan.tasks)} tasks, executor "
-             f"{where}, device {getattr(backend, 'device', device)}, {threads} thread(s)")
+             f"{where}, device {device}, {threads} thread(s)")
     try:
         summary = _schedule(plan, store, backend, _Runner(plan, store, ctx), retry_failed, events, log)
     except BaseException as exc:
