@@ -85,7 +85,7 @@ def dattri_if(kind: str) -> Callable[[dict[str, Any]], Tensor]:
             attributor = f.IFAttributorLiSSA(task=task, damping=(wd + s["damping"]) / s["scale"], scaling=s["scale"],
                                              recursion_depth=s["recursion_depth"], batch_size=s["batch_size"] or n)
         elif kind == "datainf":
-            attributor = f.IFAttributorDataInf(task=task, regularization=s["damping"])
+            attributor = f.IFAttributorDataInf(task=task, regularization=wd + s["damping"])
         elif kind == "ekfac":
             attributor = f.IFAttributorEKFAC(task=task, damping=wd + s["damping"])
         else:

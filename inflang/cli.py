@@ -30,7 +30,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
+# Tables of numbers with intervals need room: a terminal gets its own width, a pipe or a log 160 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 DB_HELP = "DuckDB result database; artifacts live in .inflang/ beside it."
@@ -169,40 +170,77 @@ def _parse_bytes(text: str | None) -> int | None:
 
 
 def _summary(db: str | Path, study: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Per sweep point and estimator, pooled over seeds: spearman and pearson with their intervals, the
+    noise ceiling where measured, what they rest on, and how many of the point's cells failed."""
     study = study.replace("'", "''")
     sql = f"""
-        WITH ceiling AS (
-            SELECT study, cell_id, avg(value) AS ceiling FROM metrics
-            WHERE metric = 'noise_ceiling_spearman' AND test_index IS NOT NULL GROUP BY ALL)
-        SELECT c.cell_id, c.params, c.status, m.estimator,
-               avg(m.value) FILTER (WHERE m.metric = 'spearman' AND m.test_index IS NOT NULL) AS spearman,
-               avg(m.value) FILTER (WHERE m.metric = 'pearson' AND m.test_index IS NOT NULL) AS pearson,
-               any_value(ceiling.ceiling) AS ceiling, c.error
-        FROM cells c
-        LEFT JOIN metrics m ON m.study = c.study AND m.cell_id = c.cell_id AND m.estimator IS NOT NULL
-        LEFT JOIN ceiling ON ceiling.study = c.study AND ceiling.cell_id = c.cell_id
-        WHERE c.study = '{study}'
-        GROUP BY ALL ORDER BY c.params, c.cell_id, m.estimator"""
+        WITH points AS (
+            SELECT coalesce(params::VARCHAR, '{{}}') AS params, count(*) AS cells,
+                   count(*) FILTER (WHERE status = 'failed') AS failed,
+                   count(*) FILTER (WHERE status = 'pending') AS pending
+            FROM cells WHERE study = '{study}' GROUP BY ALL),
+        pooled AS (SELECT params::VARCHAR AS params, * EXCLUDE (params) FROM pooled_rows WHERE study = '{study}'),
+        ceiling AS (SELECT params, value, ci_low, ci_high FROM pooled
+                    WHERE estimator IS NULL AND metric = 'noise_ceiling_spearman')
+        SELECT p.params, e.estimator,
+               s.value AS spearman, s.ci_low AS spearman_low, s.ci_high AS spearman_high,
+               r.value AS pearson, r.ci_low AS pearson_low, r.ci_high AS pearson_high,
+               ceiling.value AS ceiling, ceiling.ci_low AS ceiling_low, ceiling.ci_high AS ceiling_high,
+               coalesce(s.seeds, r.seeds) AS seeds, coalesce(s.test_points, r.test_points) AS test_points,
+               p.cells, p.failed, p.pending
+        FROM points p
+        LEFT JOIN (SELECT DISTINCT params, estimator FROM pooled WHERE estimator IS NOT NULL) e USING (params)
+        LEFT JOIN pooled s ON s.params = p.params AND s.estimator = e.estimator AND s.metric = 'spearman'
+        LEFT JOIN pooled r ON r.params = p.params AND r.estimator = e.estimator AND r.metric = 'pearson'
+        LEFT JOIN ceiling ON ceiling.params = p.params
+        ORDER BY p.params, e.estimator"""
     return run_query(db, sql)
+
+
+def _number(value: float | None, low: float | None = None, high: float | None = None) -> str:
+    """0.856 [0.712, 0.951]; '-' for a missing or NaN value."""
+    if value is None or math.isnan(value):
+        return "-"
+    if low is None or high is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def _failures(db: str | Path, study: str) -> list[tuple[str, str, str]]:
+    """(cell id, swept values, message) of every failed cell."""
+    _, rows = run_query(db, f"SELECT cell_id, params, error FROM cells WHERE study = '{study.replace(chr(39), '')}' "
+                            "AND status = 'failed' ORDER BY params, cell_id")
+    return [(c, label(json.loads(p)) if p else "-", e or "failed") for c, p, e in rows]
 
 
 def _summary_table(db: str | Path, study: str) -> Table:
     _, rows = _summary(db, study)
-    table = Table(title=f"'{study}': mean over test points")
-    with_ceiling = any(r[6] is not None for r in rows)
-    columns = ["cell", "swept values", "estimator", "spearman", "pearson"]
-    columns += ["ceiling", "status"] if with_ceiling else ["status"]
+    table = Table(title=f"'{study}': mean over test points and seeds, 95% interval (seeds, test points, "
+                        "training points)")
+    with_ceiling = any(r[8] is not None for r in rows)
+    columns = ["swept values", "estimator", "spearman", "pearson"] + (["noise ceiling"] if with_ceiling else [])
+    columns += ["seeds x test points", "status"]
     for col in columns:
-        table.add_column(col, justify="right" if col in ("spearman", "pearson", "ceiling") else "left")
-    def fmt(v: float | None) -> str:
-        return "-" if v is None or math.isnan(v) else f"{v:.3f}"
-
-    for cell_id, params, status, estimator, spearman, pearson, ceiling, error in rows:
+        numeric = col in ("spearman", "pearson", "noise ceiling")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
+    for (params, estimator, sp, sp_lo, sp_hi, pe, pe_lo, pe_hi, ce, ce_lo, ce_hi, seeds, points, cells, failed,
+         pending) in rows:
         swept = label(json.loads(params)) if params else "-"
-        shown = status if status != "failed" else f"failed: {error}"
-        values = [cell_id, swept, estimator or "-", fmt(spearman), fmt(pearson)]
-        table.add_row(*values, *([fmt(ceiling)] if with_ceiling else []), shown)
+        status = "done" if not failed and not pending else ", ".join(
+            part for part in (f"{failed} of {cells} cells failed" if failed else "",
+                              f"{pending} pending" if pending else "") if part)
+        values = [swept, estimator or "-", _number(sp, sp_lo, sp_hi), _number(pe, pe_lo, pe_hi)]
+        values += [_number(ce, ce_lo, ce_hi)] if with_ceiling else []
+        values += [f"{seeds} x {round(points / seeds)}" if seeds else "-", status]
+        table.add_row(*values)
     return table
+
+
+def _print_summary(db: str | Path, study: str) -> None:
+    """The summary table, then each failed cell's message in full (a table column would wrap it)."""
+    out.print(_summary_table(db, study))
+    for cell_id, swept, message in _failures(db, study):
+        out.print(f"failed cell {cell_id} ({swept}): {message}", highlight=False, markup=False)
 
 
 @app.command()
@@ -261,10 +299,10 @@ def run(
                     130) from None
     events.stop()
     store.close()
-    out.print(_summary_table(db, loaded.study.study))
+    _print_summary(db, loaded.study.study)
     failed_cells = [c for c, (s, _) in summary.cell_status.items() if s == "failed"]
     out.print(f"ran {summary.ran} tasks, reused {summary.cached}; {len(failed_cells)} of "
-              f"{len(summary.cell_status)} cells failed" + (" (see the status column; rerun failed tasks with "
+              f"{len(summary.cell_status)} cells failed" + (" (messages above; rerun failed tasks with "
                                                             "--retry-failed)" if failed_cells else ""))
     if summary.log:
         out.print(f"log: {summary.log}", highlight=False)
@@ -279,7 +317,7 @@ def query(
     db: str = typer.Option("inflang.duckdb", help=DB_HELP),
     format: str = typer.Option("table", "--format", help="table | csv | json | parquet (parquet needs --out)"),
     out_file: str = typer.Option(None, "--out", help="Write the result to this file instead of the terminal."),
-    examples: bool = typer.Option(False, "--examples", help="Print ten useful queries and exit."),
+    examples: bool = typer.Option(False, "--examples", help="Print eleven useful queries and exit."),
 ) -> None:
     """Query the results with SQL (the database is opened read-only).
 
@@ -376,28 +414,51 @@ def compare(
     db: str = typer.Option("inflang.duckdb", help=DB_HELP),
     metric: str = typer.Option("spearman", help="Which metric to put side by side."),
 ) -> None:
-    """Put the aggregated metric of several studies side by side, matching cells by their swept values."""
+    """Put a metric of several studies side by side, matching cells by their swept values.
+
+    Each value is the mean over seeds and test points with its 95% interval; the last columns give the
+    difference from the first study, paired by seed and test point, and whether its interval excludes 0.
+    """
     if len(studies) < 2:
         raise _fail("error: compare needs at least two studies")
-    names = ", ".join("'" + s.replace("'", "") + "'" for s in studies)
-    metric = metric.replace("'", "")
+    from inflang.pooling import difference, per_seed
+
     try:
-        _, rows = run_query(db, f"""
-            SELECT study, params, estimator, avg(value) AS value FROM cell_results
-            WHERE study IN ({names}) AND metric = '{metric}' GROUP BY ALL""")
+        names = ", ".join("'" + s.replace("'", "") + "'" for s in studies)
         _, known = run_query(db, f"SELECT study FROM studies WHERE study IN ({names})")
+        missing = sorted(set(studies) - {k for (k,) in known})
+        if missing:
+            raise UsageError(f"no study {', '.join(missing)} in {db}")
+        with Store(db, read_only=True) as store:
+            sides = {s: per_seed(store.con, s, metric.replace("'", "")) for s in studies}
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
-    missing = sorted(set(studies) - {k for (k,) in known})
-    if missing:
-        raise _fail(f"error: no study {', '.join(missing)} in {db}")
-    grid: dict[tuple[str, str], dict[str, float]] = {}
-    for study, params, estimator, value in rows:
-        grid.setdefault((params or "{}", estimator or "-"), {})[study] = value
-    table = Table("swept values", "estimator", *studies, title=f"mean {metric} over test points")
-    for (params, estimator), values in sorted(grid.items()):
-        shown = [f"{values[s]:.3f}" if s in values and values[s] is not None else "-" for s in studies]
-        table.add_row(label(json.loads(params)), estimator, *shown)
+    from inflang.pooling import pool
+
+    keys = sorted({(k[0], k[1]) for side in sides.values() for k in side}, key=lambda k: (k[0], k[1] or ""))
+    if not keys:
+        raise _fail(f"error: no '{metric}' rows in {', '.join(studies)}")
+    first = studies[0]
+    table = Table("swept values", "estimator", title=f"{metric}: mean over seeds and test points [95% interval]; "
+                  "differences paired by seed and test point")
+    for name in [*studies, *(f"{s} - {first}" for s in studies[1:])]:
+        table.add_column(name, no_wrap=True)
+    for params, estimator in keys:
+        cells = []
+        for s in studies:
+            rows = sides[s].get((params, estimator, metric))
+            pooled = pool((params, estimator, metric), rows, 0) if rows else None
+            cells.append(_number(pooled.value, pooled.ci_low, pooled.ci_high) if pooled else "-")
+        base = sides[first].get((params, estimator, metric))
+        for s in studies[1:]:
+            other = sides[s].get((params, estimator, metric))
+            if not base or not other:
+                cells.append("-")
+                continue
+            diff = difference((params, estimator), other, base, 0)
+            verdict = {True: "resolved", False: "not resolved", None: "no interval"}[diff.resolved]
+            cells.append(f"{_number(diff.estimate, diff.ci_low, diff.ci_high)} {verdict}")
+        table.add_row(label(json.loads(params)), estimator or "-", *cells)
     out.print(table)
 
 
@@ -418,7 +479,7 @@ def report(
             _, names = run_query(db, "SELECT study FROM studies ORDER BY study")
             known = ", ".join(n for (n,) in names) or "none"
             raise UsageError(f"no study '{study}' in {db} (studies there: {known})")
-        out.print(_summary_table(db, study))
+        _print_summary(db, study)
         cols, rows = run_query(db, f"""
             SELECT c.cell_id, c.params, m.test_accuracy, m.hessian_top_eigenvalues[1] AS top_eigenvalue,
                    m.hessian_min_eigenvalue AS min_eigenvalue

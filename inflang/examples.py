@@ -8,6 +8,10 @@ EXAMPLES: list[tuple[str, str]] = [
     ("Mean Spearman and Pearson per cell and estimator, with the swept values",
      "SELECT study, estimator, params, metric, round(value, 3) AS value, ci_low, ci_high FROM cell_results "
      "WHERE metric IN ('spearman', 'pearson') ORDER BY study, params, estimator, metric"),
+    ("Pooled over seeds: each sweep point's mean, spread between seeds and 95% interval",
+     "SELECT study, params, estimator, metric, round(value, 3) AS value, round(sd, 3) AS sd_over_seeds, "
+     "round(ci_low, 3) AS ci_low, round(ci_high, 3) AS ci_high, seeds, test_points FROM sweep_results "
+     "WHERE metric IN ('spearman', 'noise_ceiling_spearman') ORDER BY ALL"),
     ("The paper's depth table: correlation and top Hessian eigenvalue by depth",
      "SELECT json_extract(c.params, '$.\"model.depth\"') AS depth, "
      "json_extract(c.params, '$.\"training.weight_decay\"') AS weight_decay, c.estimator, "
@@ -17,7 +21,7 @@ EXAMPLES: list[tuple[str, str]] = [
     ("Estimated vs actual effect of every evaluated removal for one test point",
      "SELECT train_index, estimate, actual FROM influence WHERE actual IS NOT NULL AND test_index = "
      "(SELECT min(test_index) FROM influence) ORDER BY abs(actual) DESC LIMIT 20"),
-    ("Each estimator's Spearman next to the ground truth's noise ceiling",
+    ("Each cell's Spearman next to the ground truth's noise ceiling",
      "SELECT m.study, m.cell_id, m.estimator, round(m.value, 3) AS spearman, round(n.value, 3) AS ceiling "
      "FROM metrics m JOIN metrics n ON n.cell_id = m.cell_id AND n.metric = 'noise_ceiling_spearman' "
      "AND n.test_index IS NULL WHERE m.metric = 'spearman' AND m.test_index IS NULL"),

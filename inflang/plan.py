@@ -8,7 +8,8 @@ Task kinds, and what each one's hash covers (besides ``TASK_FORMAT``):
 - ``estimate``: train (+ curvature), the estimator's fields (not its label), test_points, measure -> scores;
 - ``ground_truth``: train, ``ground_truth`` (with ``removals.by`` replaced by that estimate's hash),
   test_points, training -> actual effects;
-- ``metrics``: estimate, ground_truth, metrics -> correlations.
+- ``metrics``: estimate, ground_truth, metrics, the cell's seed (it seeds the bootstrap's item draws) ->
+  correlations and their bootstrap replicates.
 Two cells that train the same model share one ``train`` task; changing one estimator's damping changes
 only that estimator's ``estimate`` and ``metrics`` tasks (and a ground truth whose removals it ranks).
 """
@@ -23,7 +24,7 @@ from inflang.hashing import canonical_hash
 from inflang.spec import GroupProtocol, LdsProtocol, estimator_label, ranking_estimator
 from inflang.validate import Cell, LoadedStudy
 
-TASK_FORMAT = 2
+TASK_FORMAT = 3
 KINDS = ("train", "curvature", "hessian", "estimate", "ground_truth", "metrics")
 
 
@@ -183,7 +184,8 @@ def compile_study(loaded: LoadedStudy) -> Plan:
                                 chunk=gt.batch if isinstance(gt.batch, int) else None, repeats=gt.repeats)
         for label, estimate in ct.estimates.items():
             ct.metrics[label] = b.add("metrics", {"estimate": estimate, "ground_truth": ct.ground_truth,
-                                                  "metrics": _dump(s.metrics)}, (estimate, ct.ground_truth))
+                                                  "metrics": _dump(s.metrics), "seed": cell.seed},
+                                      (estimate, ct.ground_truth))
         cells.append(ct)
     order = {k: i for i, k in enumerate(KINDS)}
     ordered = dict(sorted(b.tasks.items(), key=lambda kv: order[kv[1].kind]))

@@ -3,8 +3,9 @@
 Figures (PNG files under DIR/figures, also embedded in DIR/report.html):
 1. estimated vs actual change per estimator, for the hardest (highest-loss) and the median-loss test point
    of each cell, with the identity line (Basu et al. 2021, Fig. 1);
-2. Spearman and Pearson (mean over test points, bootstrap interval when computed) against each swept
-   numeric axis, with the ground truth's noise ceiling as a band when it was measured;
+2. Spearman and Pearson (mean over seeds and test points, with the 95% hierarchical bootstrap interval as
+   error bars) against each swept numeric axis, with the ground truth's noise ceiling as a band when it was
+   measured;
 3. the Hessian's top eigenvalue against each swept numeric axis (when `hessian:` was asked for);
 and a table of failed cells. matplotlib is an optional extra (`pip install 'inflang[plot]'`).
 """
@@ -118,29 +119,35 @@ def build(db: Path, study: str, out_dir: Path) -> Report:
     # 2. and 3. against each swept numeric axis
     results = _q(db, f"SELECT cell_id, params, estimator, metric, value, ci_low, ci_high FROM cell_results "
                      f"WHERE study = '{name}'")
+    pooled = _q(db, f"SELECT params, estimator, metric, value, ci_low, ci_high FROM sweep_results "
+                    f"WHERE study = '{name}'")
     models = {m["cell_id"]: m for m in _q(db, f"SELECT cell_id, hessian_top_eigenvalues[1] AS top FROM models "
                                               f"WHERE study = '{name}'")}
     for axis in _numeric_axes(cells):
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         for metric, style in (("spearman", "-o"), ("pearson", "--s")):
-            for est in sorted({r["estimator"] for r in results if r["estimator"]}):
-                rows = sorted(((json.loads(r["params"])[axis], r) for r in results
+            for est in sorted({r["estimator"] for r in pooled if r["estimator"]}):
+                rows = sorted(((json.loads(r["params"])[axis], r) for r in pooled
                                if r["estimator"] == est and r["metric"] == metric
                                and axis in json.loads(r["params"] or "{}")), key=lambda t: t[0])
                 if not rows:
                     continue
                 axis_values = [x for x, _ in rows]
-                ax.plot(axis_values, [r["value"] for _, r in rows], style, label=f"{est} {metric}", ms=4)
+                values = [r["value"] for _, r in rows]
                 if all(r["ci_low"] is not None for _, r in rows):
-                    ax.fill_between(axis_values, [r["ci_low"] for _, r in rows], [r["ci_high"] for _, r in rows],
-                                    alpha=0.15)
-        ceiling = sorted((json.loads(r["params"])[axis], r["value"]) for r in results
+                    below = [v - r["ci_low"] for v, (_, r) in zip(values, rows, strict=True)]
+                    above = [r["ci_high"] - v for v, (_, r) in zip(values, rows, strict=True)]
+                    ax.errorbar(axis_values, values, yerr=[below, above], fmt=style, label=f"{est} {metric}", ms=4,
+                                capsize=3)
+                else:
+                    ax.plot(axis_values, values, style, label=f"{est} {metric}", ms=4)
+        ceiling = sorted((json.loads(r["params"])[axis], r["value"]) for r in pooled
                          if r["metric"] == "noise_ceiling_spearman" and axis in json.loads(r["params"] or "{}"))
         if ceiling:
             ax.fill_between([x for x, _ in ceiling], [v for _, v in ceiling], 1.0, color="grey", alpha=0.2,
                             label="above the noise ceiling")
         ax.set_xlabel(axis)
-        ax.set_ylabel("correlation (mean over test points)")
+        ax.set_ylabel("correlation (mean, 95% interval)")
         ax.legend(fontsize=7)
         save(fig, f"correlation-{axis}", f"Correlation against {axis}")
         tops = sorted((json.loads(c["params"])[axis], models[c["cell_id"]]["top"]) for c in cells

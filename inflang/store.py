@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS actual_rows (task_hash VARCHAR, test_index INTEGER, t
     actual DOUBLE);
 CREATE TABLE IF NOT EXISTS metric_rows (task_hash VARCHAR, test_index INTEGER, metric VARCHAR, value DOUBLE,
     n_pairs INTEGER, ci_low DOUBLE, ci_high DOUBLE);
+CREATE TABLE IF NOT EXISTS metric_replicates (task_hash VARCHAR, test_index INTEGER, metric VARCHAR,
+    replicates DOUBLE[]);
+CREATE TABLE IF NOT EXISTS ground_truth_results (task_hash VARCHAR PRIMARY KEY, protocol VARCHAR, items INTEGER,
+    repeats INTEGER, dropped INTEGER);
+CREATE TABLE IF NOT EXISTS pooled_rows (study VARCHAR, params JSON, estimator VARCHAR, metric VARCHAR,
+    value DOUBLE, sd DOUBLE, ci_low DOUBLE, ci_high DOUBLE, seeds INTEGER, test_points INTEGER);
 CREATE TABLE IF NOT EXISTS response_rows (task_hash VARCHAR, test_index INTEGER, train_index INTEGER,
     response VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS solver_rows (task_hash VARCHAR, train_index INTEGER, grad_norm DOUBLE,
@@ -105,6 +111,10 @@ CREATE OR REPLACE VIEW responses AS
 SELECT c.study, c.cell_id, r.test_index, r.train_index, r.response, r.value
 FROM cell_tasks c JOIN response_rows r ON r.task_hash = c.task_hash AND c.kind = 'ground_truth';
 
+CREATE OR REPLACE VIEW ground_truths AS
+SELECT c.study, c.cell_id, g.protocol, g.items, g.repeats, g.dropped, c.task_hash AS ground_truth_task
+FROM cell_tasks c JOIN ground_truth_results g ON g.task_hash = c.task_hash AND c.kind = 'ground_truth';
+
 CREATE OR REPLACE VIEW refits AS
 SELECT c.study, c.cell_id, s.train_index, s.grad_norm, s.iterations
 FROM cell_tasks c JOIN solver_rows s ON s.task_hash = c.task_hash AND c.kind = 'ground_truth';
@@ -129,8 +139,8 @@ GROUP BY ALL;
 Rows = Mapping[str, Mapping[str, Sequence[Any]]]
 
 OUTPUT_TABLES = ("train_results", "split_rows", "curvature_results", "hessian_results", "estimate_rows",
-                 "actual_rows", "metric_rows", "group_members", "group_actual", "solver_rows",
-                 "response_rows")
+                 "actual_rows", "metric_rows", "metric_replicates", "ground_truth_results", "group_members",
+                 "group_actual", "solver_rows", "response_rows")
 
 
 def _sql_key(key: str) -> str:
@@ -237,8 +247,9 @@ class Store:
             self.refresh_cell_results()
 
     def refresh_cell_results(self) -> None:
-        """(Re)create the cell_results view: aggregated metrics per cell and estimator, with every swept
-        path of every study as a column of its own (NULL where a study does not sweep it)."""
+        """(Re)create the cell_results view (aggregated metrics per cell and estimator) and the
+        sweep_results view (pooled over seeds), with every swept path of every study as a column of its own
+        (NULL where a study does not sweep it)."""
         keys: dict[str, bool] = {}
         for (params,) in self.con.execute("SELECT DISTINCT params FROM cells").fetchall():
             for key, value in json.loads(params or "{}").items():
@@ -252,6 +263,20 @@ class Store:
             SELECT c.study, c.cell_id, c."repeat", c.status, m.estimator, m.metric, m.value, m.ci_low, m.ci_high,
                    m.n_pairs, c.params{columns}
             FROM cells c JOIN metrics m ON m.study = c.study AND m.cell_id = c.cell_id AND m.test_index IS NULL""")
+        self.con.execute(f"""
+            CREATE OR REPLACE VIEW sweep_results AS
+            SELECT c.study, c.estimator, c.metric, c.value, c.sd, c.ci_low, c.ci_high, c.seeds, c.test_points,
+                   c.params{columns}
+            FROM pooled_rows c""")
+
+    def write_pooled(self, study: str, rows: Sequence[Any]) -> None:
+        """Replace a study's pooled rows (``inflang.pooling.Pooled``) in one transaction."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM pooled_rows WHERE study = ?", [study])
+            if rows:
+                con.executemany("INSERT INTO pooled_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                [(study, r.params, r.estimator, r.metric, r.value, r.sd, r.ci_low, r.ci_high,
+                                  r.seeds, r.test_points) for r in rows])
 
     def start_run(self, run_id: str, study: str, executor: str, device: str, git_commit: str | None) -> None:
         import socket

@@ -122,8 +122,11 @@ Batch = Tensor | None  # None: every point; [b]: one batch shared by all models;
 DataTerm = Callable[[Tensor, Batch, Stacked], Tensor]  # (logits [M, b, C], batch, params) -> per-model [M]
 
 
-def weighted_cross_entropy(y: Tensor, weights: Tensor, smoothing: float = 0.0) -> DataTerm:
-    """The data term of LANGUAGE.md: (1/|B|) sum_{j in B} w_mj loss_j for model m (B = all n points)."""
+def weighted_cross_entropy(y: Tensor, weights: Tensor, smoothing: float = 0.0, normalise: str = "all") -> DataTerm:
+    """The data term of LANGUAGE.md: (1/|B|) sum_{j in B} w_mj loss_j for model m (B = all n points).
+
+    ``normalise="kept"`` divides by sum_{j in B} w_mj instead: each model averages its loss over the points
+    it keeps (a training set of its own; a batch that keeps none contributes 0)."""
     n = y.shape[0]
     count = weights.shape[0]
     rows = torch.arange(count).unsqueeze(1)
@@ -135,24 +138,46 @@ def weighted_cross_entropy(y: Tensor, weights: Tensor, smoothing: float = 0.0) -
             yb, wb, denom = y[batch].expand(count, len(batch), *y.shape[1:]), weights[:, batch], len(batch)
         else:
             yb, wb, denom = y[batch], weights[rows, batch], batch.shape[1]
-        return (per_example_loss(logits, yb, smoothing) * wb).sum(dim=1) / denom
+        total = (per_example_loss(logits, yb, smoothing) * wb).sum(dim=1)
+        if normalise == "kept":
+            kept = wb.sum(dim=1)
+            return total / torch.where(kept > 0, kept, torch.ones_like(kept))
+        return total / denom
 
     return term
 
 
 def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bool = False) -> Tensor:
     """Logits [M, b, C] of every model: on shared inputs x [b, d], or with ``per_model`` on x [M, b, d].
-    ``params`` may hold stacked buffers too (each model's running statistics)."""
+    ``params`` may hold stacked buffers too (each model's running statistics). In training mode every model
+    draws the same dropout masks (common random numbers: a removal is compared with its control under the
+    same noise)."""
     call = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, 0 if per_model else None),
-                randomness="different")
+                randomness="same")
     return call(params, x)
+
+
+def stochastic(module: nn.Module) -> bool:
+    """Whether a training-mode forward pass draws random numbers (dropout)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
+
+
+def step_seed(noise_seed: int, step: int) -> int:
+    """The 32-bit seed of the random draws of one training step (torch's CPU generator keeps 32 bits of a
+    seed): the seed and the step mixed by SplitMix64's finaliser, so nearby seeds and steps land far apart."""
+    mask = (1 << 64) - 1
+    z = (int(noise_seed) * 0x9E3779B97F4A7C15 + int(step) + 1) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
 
 
 def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRule, steps: int,
                    batch_size: int | None, order_seeds: list[int], data_term: DataTerm,
                    anchor: Stacked | None = None, proximity: float = 0.0,
                    on_step: Callable[[int, Stacked], bool | None] | None = None,
-                   lr_name: str = "the retraining lr") -> Stacked:
+                   lr_name: str = "the retraining lr", noise_seed: int = 0,
+                   tolerate_divergence: bool = False) -> Stacked:
     """Train M models together from ``start`` ([M, ...] per parameter) on the inputs x [n, d].
 
     Model m minimises data_term(...)[m] + weight_decay/2 ||theta_m||^2 + proximity/2 ||theta_m - anchor_m||^2.
@@ -160,6 +185,11 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
     ``on_step(step, state)`` runs after every update; training ends early when it returns True.
     All parameters live in one [M, P] buffer, so an optimizer step is a handful of tensor operations; the
     gradients of the two quadratic terms are added analytically rather than through autograd.
+    Random draws (dropout masks) of step t come from the generator seeded with ``step_seed(noise_seed, t)``
+    and are shared by every model (common random numbers), so they depend on the seed and the step only:
+    not on the ensemble's size, its chunking, the process or a resume. The caller's random state is kept.
+    With ``tolerate_divergence`` a model whose loss stops being finite is frozen at NaN and the others go
+    on (the caller decides what a NaN model means); otherwise any such model raises.
     Buffers (BatchNorm's running statistics) are stacked per model too, from ``start`` or else from the
     module, and updated by each model's own training-mode forward passes, as ``nn.BatchNorm`` does.
     Returns the final stacked parameters and buffers; raises DivergenceError if any model's loss is not
@@ -171,10 +201,13 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
     centre = layout.flatten(anchor).detach() if anchor is not None and proximity else None
     opt = _Optimizer(rule)
     was_training = module.training
-    module.train()  # dropout on (a fresh mask per model and step); switched back below
+    module.train()  # dropout on (masks seeded per step, shared by the models); switched back below
+    seeded = noise_seed if stochastic(module) else None
+    devices = [x.device] if x.device.type == "cuda" else []
     try:
-        return _train(module, layout, flat, buffers, x, rule, steps, batch_size, order_seeds, data_term, centre,
-                      proximity, opt, on_step, lr_name)
+        with torch.random.fork_rng(devices=devices, enabled=seeded is not None):
+            return _train(module, layout, flat, buffers, x, rule, steps, batch_size, order_seeds, data_term, centre,
+                          proximity, opt, on_step, lr_name, seeded, tolerate_divergence)
     finally:
         module.train(was_training)
 
@@ -183,13 +216,16 @@ def _train(module: nn.Module, layout: Layout, flat: Tensor, buffers: Stacked, x:
            steps: int,
            batch_size: int | None, order_seeds: list[int], data_term: DataTerm, centre: Tensor | None,
            proximity: float, opt: _Optimizer, on_step: Callable[[int, Stacked], bool | None] | None,
-           lr_name: str) -> Stacked:
+           lr_name: str, noise_seed: int | None, tolerate_divergence: bool) -> Stacked:
     n = x.shape[0]
     count = flat.shape[0]
     distinct = sorted(set(order_seeds))
     orders: list[Iterator[Tensor | None]] = [batch_order(n, batch_size, steps, s) for s in distinct]
     which = torch.tensor([distinct.index(s) for s in order_seeds])
+    frozen = torch.zeros(count, dtype=torch.bool)  # diverged models (tolerate_divergence)
     for step in range(steps):
+        if noise_seed is not None:
+            torch.manual_seed(step_seed(noise_seed, step))
         leaf = flat.detach().requires_grad_(True)
         params = layout.views(leaf)
         state = {**params, **buffers}
@@ -210,16 +246,28 @@ def _train(module: nn.Module, layout: Layout, flat: Tensor, buffers: Stacked, x:
             grad.add_(flat, alpha=rule.weight_decay)
         if centre is not None:
             grad.add_(flat - centre, alpha=proximity)
-        if step % 100 == 0 or step == steps - 1:
+        if tolerate_divergence:
+            finite = torch.isfinite(data.detach()).cpu() & torch.isfinite(grad).all(dim=1).cpu()
+            if not bool(finite[~frozen].all()):
+                frozen |= ~finite
+                if bool(frozen.all()):
+                    raise DivergenceError(f"diverged at step {step} for all {count} models (loss not finite); "
+                                          f"lower {lr_name} (now {rule.lr:g})")
+            if bool(frozen.any()):
+                grad[frozen.to(grad.device)] = 0.0
+        elif step % 100 == 0 or step == steps - 1:
             finite = torch.isfinite(data.detach())
             if not bool(finite.all()):
                 models = f" for {int((~finite).sum())} of {count} models" if count > 1 else ""
                 raise DivergenceError(f"diverged at step {step}{models} (loss not finite); lower {lr_name} "
                                       f"(now {rule.lr:g})")
         opt.step(flat, grad)
+        if tolerate_divergence and bool(frozen.any()):
+            with torch.no_grad():
+                flat[frozen.to(flat.device)] = float("nan")
         if on_step is not None and on_step(step, {**layout.views(flat), **buffers}):
             break  # the caller's monitor (early stopping) ended training
-    if not bool(torch.isfinite(flat).all()):
+    if not tolerate_divergence and not bool(torch.isfinite(flat).all()):
         raise DivergenceError(f"parameters became non-finite; lower {lr_name} (now {rule.lr:g})")
     return {**{k: v.clone() for k, v in layout.views(flat).items()}, **{k: b.clone() for k, b in buffers.items()}}
 

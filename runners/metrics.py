@@ -1,24 +1,29 @@
-"""Agreement between estimated and actual effects, per test point and aggregated, and the noise ceiling.
+"""Agreement between estimated and actual effects per test point, their bootstrap replicates, and the noise
+ceiling of a repeated ground truth; the statistics themselves are ``inflang.stats``.
 
-For each test point, over the items (training points or groups) with a finite actual value:
-- pearson, spearman, kendall: scipy.stats correlations;
-- sign_agreement: the fraction of items where sign(estimate) == sign(actual);
-- top_k_overlap: |top-k by |estimate| & top-k by |actual|| / k (precision at k), k = min(top_k, items).
-A metric is NaN with fewer than 3 items or a constant side. The aggregate (test_index NULL) is the mean over
-test points (NaNs skipped); with ``bootstrap: B`` its 95% interval is the 2.5th and 97.5th percentiles of B
-means recomputed after resampling items with replacement within each test point.
+Per test point, over the items (training points or groups) with a finite actual value: the metric and B
+item-level bootstrap replicates of it (items drawn with replacement, seeded by the cell's seed and the
+test point's row id, so every estimator of a cell draws the same items). The aggregate (test_index NULL)
+is the mean over test points (NaNs skipped); its 95% interval resamples test points, then items within
+each (``inflang.stats.test_point_replicates``). Seeds are pooled later, over cells
+(``inflang.pooling``).
 
-Noise ceiling (repeats R >= 2): per test point, the correlation between the mean actual over the even and
-over the odd repeats (split halves), corrected to the full R with Spearman-Brown, 2 r / (1 + r).
+Noise ceiling (repeats R >= 2), per test point over the items finite in every repeat:
+``reliability_*`` is the reliability of the R-repeat mean (split-half correlation averaged over the
+splits of the repeats into floor(R/2) and ceil(R/2), corrected to R with Spearman-Brown, generalised to
+unequal halves) and ``noise_ceiling_* = sqrt(max(reliability, 0))``, the correlation the true effects
+have with the repeat mean; the Spearman versions go through the normal-theory relation between Spearman
+and Pearson correlations (``inflang.stats``).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+from inflang import stats
+from inflang.hashing import derive_seed
 
 
 @dataclass(frozen=True)
@@ -29,84 +34,81 @@ class MetricRow:
     n_pairs: int
     ci_low: float | None = None
     ci_high: float | None = None
+    replicates: np.ndarray | None = None  # per test point: item-level bootstrap replicates [B]
 
 
-def metric(name: str, est: np.ndarray, act: np.ndarray, top_k: int = 10) -> float:
-    if len(est) < 3:
-        return float("nan")
-    if name == "sign_agreement":
-        return float(np.mean(np.sign(est) == np.sign(act)))
-    if name == "top_k_overlap":
-        k = min(top_k, len(est))
-        top_est = set(np.argsort(-np.abs(est), kind="stable")[:k].tolist())
-        top_act = set(np.argsort(-np.abs(act), kind="stable")[:k].tolist())
-        return len(top_est & top_act) / k
-    if np.ptp(est) == 0 or np.ptp(act) == 0:
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if name == "pearson":
-            return float(stats.pearsonr(est, act).statistic)
-        if name == "spearman":
-            return float(stats.spearmanr(est, act).statistic)
-        if name == "kendall":
-            return float(stats.kendalltau(est, act).statistic)
-    raise KeyError(name)
+def item_seed(cell_seed: int, test_id: int, items: int) -> int:
+    """The seed of one test point's item draws: shared by every cell of one seed, so differences pair."""
+    return derive_seed(cell_seed, "items", int(test_id), int(items))
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+def _aggregate(name: str, per_point: list[MetricRow], replicates: int, seed: int, n_pairs: int) -> MetricRow:
+    values = np.array([r.value for r in per_point], dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    mean = float(finite.mean()) if len(finite) else float("nan")
+    low = high = None
+    reps = [r.replicates for r in per_point]
+    if replicates and len(finite) and all(r is not None for r in reps):
+        matrix = np.stack([r for r in reps if r is not None])
+        matrix[~np.isfinite(values)] = np.nan
+        rng = np.random.default_rng(derive_seed(seed, "test points", name))
+        interval = stats.percentile_interval(stats.test_point_replicates(matrix, replicates, rng))
+        if interval is not None:
+            low, high = interval.low, interval.high
+    return MetricRow(None, name, mean, n_pairs, low, high)
 
 
-def score(estimates: np.ndarray, actual: np.ndarray, names: list[str], top_k: int = 10, bootstrap: int = 0,
-          seed: int = 0) -> list[MetricRow]:
-    """Rows per test point and aggregated, for [T, K] estimates and actual values (NaN = not evaluated)."""
+def score(estimates: np.ndarray, actual: np.ndarray, names: list[str], top_k: int = 10,
+          replicates: int = stats.REPLICATES, seed: int = 0, test_ids: list[int] | None = None) -> list[MetricRow]:
+    """Rows per test point (with their item replicates) and aggregated, for [T, K] estimates and actual
+    values (NaN = not evaluated). ``seed`` is the cell's seed, ``test_ids`` the test points' row ids."""
+    T = estimates.shape[0]
+    ids = list(range(T)) if test_ids is None else [int(i) for i in test_ids]
     mask = np.isfinite(actual)
-    pairs = [(estimates[t][mask[t]], actual[t][mask[t]]) for t in range(estimates.shape[0])]
+    pairs = [(estimates[t][mask[t]], actual[t][mask[t]]) for t in range(T)]
+    draws = [stats.item_draws(len(e), replicates, item_seed(seed, ids[t], len(e))) if replicates else None
+             for t, (e, _) in enumerate(pairs)]
     rows: list[MetricRow] = []
-    rng = np.random.default_rng(seed)
     for name in names:
-        per_point = [metric(name, e, a, top_k) for e, a in pairs]
-        rows += [MetricRow(t, name, v, len(pairs[t][0])) for t, v in enumerate(per_point)]
-        low = high = None
-        if bootstrap:
-            means = []
-            for _ in range(bootstrap):
-                resampled = []
-                for e, a in pairs:
-                    pick = rng.integers(0, len(e), len(e)) if len(e) else np.array([], dtype=int)
-                    resampled.append(metric(name, e[pick], a[pick], top_k))
-                means.append(_mean(resampled))
-            finite = np.array([m for m in means if np.isfinite(m)])
-            if len(finite):
-                low, high = float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))
-        rows.append(MetricRow(None, name, _mean(per_point), int(sum(len(e) for e, _ in pairs)), low, high))
+        per_point = []
+        for t, (e, a) in enumerate(pairs):
+            d = draws[t]
+            reps = stats.metric_rows(name, e[d], a[d], top_k) if d is not None and len(e) else None
+            per_point.append(MetricRow(t, name, stats.metric(name, e, a, top_k), len(e), replicates=reps))
+        rows += per_point
+        rows.append(_aggregate(name, per_point, replicates, seed, int(sum(len(e) for e, _ in pairs))))
     return rows
 
 
-def noise_ceiling(per_repeat: np.ndarray) -> list[MetricRow]:
-    """Split-half noise ceilings from [R, T, K] repeated measurements (R >= 2), Spearman and Pearson."""
+def noise_ceiling(per_repeat: np.ndarray, replicates: int = stats.REPLICATES, seed: int = 0,
+                  test_ids: list[int] | None = None) -> list[MetricRow]:
+    """``reliability_*`` and ``noise_ceiling_*`` (spearman, pearson) per test point and averaged, from
+    [R, T, K] repeated measurements (R >= 2; nothing for R = 1)."""
     R, T, _ = per_repeat.shape
     if R < 2:
         return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        first = np.nanmean(per_repeat[0::2], axis=0)
-        second = np.nanmean(per_repeat[1::2], axis=0)
+    ids = list(range(T)) if test_ids is None else [int(i) for i in test_ids]
+    splits = stats.split_halves(R, derive_seed(seed, "split halves"))
     rows: list[MetricRow] = []
     for kind in ("spearman", "pearson"):
-        values = []
+        reliability: list[MetricRow] = []
+        ceilings: list[MetricRow] = []
         for t in range(T):
-            ok = np.isfinite(first[t]) & np.isfinite(second[t])
-            if ok.sum() < 3 or np.ptp(first[t][ok]) == 0 or np.ptp(second[t][ok]) == 0:
-                r = float("nan") if ok.sum() < 3 else (1.0 if np.allclose(first[t][ok], second[t][ok]) else 0.0)
-            else:
-                r = metric(kind, first[t][ok], second[t][ok])
-            ceiling = 2 * r / (1 + r) if np.isfinite(r) and r > -1 else float("nan")
-            values.append(ceiling)
-            rows.append(MetricRow(t, f"noise_ceiling_{kind}", ceiling, int(ok.sum())))
-        rows.append(MetricRow(None, f"noise_ceiling_{kind}", _mean(values), int(np.isfinite(first).sum())))
+            ok = np.isfinite(per_repeat[:, t]).all(axis=0)
+            y = per_repeat[:, t][:, ok]
+            K = int(ok.sum())
+            rho = float(stats.reliability_rows(kind, y, splits)) if K >= 3 else float("nan")
+            reps = None
+            if replicates and K >= 3:
+                draws = stats.item_draws(K, replicates, item_seed(seed, ids[t], K))
+                reps = stats.reliability_rows(kind, y, splits, draws)
+            reliability.append(MetricRow(t, f"reliability_{kind}", rho, K, replicates=reps))
+            ceilings.append(MetricRow(t, f"noise_ceiling_{kind}", float(stats.ceiling(kind, np.asarray(rho))), K,
+                                      replicates=None if reps is None else stats.ceiling(kind, reps)))
+        total = int(np.isfinite(per_repeat).all(axis=0).sum())
+        for group in (reliability, ceilings):
+            rows += group
+            rows.append(_aggregate(group[0].metric, group, replicates, seed, total))
     return rows
 
 
@@ -124,8 +126,10 @@ def gap_rows(a: np.ndarray, b: np.ndarray, prefix: str) -> list[MetricRow]:
             elif name == "mean_abs_gap":
                 v = float(np.mean(np.abs(x - y))) if len(x) else float("nan")
             else:
-                v = metric(name, x, y)
+                v = stats.metric(name, x, y)
             values.append(v)
             rows.append(MetricRow(t, f"{prefix}_{name}", v, int(ok[t].sum())))
-        rows.append(MetricRow(None, f"{prefix}_{name}", _mean(values), int(ok.sum())))
+        finite = [v for v in values if np.isfinite(v)]
+        rows.append(MetricRow(None, f"{prefix}_{name}", float(np.mean(finite)) if finite else float("nan"),
+                              int(ok.sum())))
     return rows

@@ -91,6 +91,11 @@ class TrainSetup:
     def order_seed(self) -> int:
         return derive_seed(self.seed, "order", *(("replica", self.replica) if self.replica else ()))
 
+    @property
+    def noise_seed(self) -> int:
+        """Seeds training's dropout masks; scratch retraining's first repeat replays them."""
+        return derive_seed(self.seed, "dropout", *(("replica", self.replica) if self.replica else ()))
+
 
 @functools.lru_cache(maxsize=8)
 def _raw(dataset_json: str) -> datasets.RawData:
@@ -141,7 +146,7 @@ def _flags(values: Tensor | None, count: int) -> list[bool | None]:
 def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
     s = setup_from(inputs)
     d = s.data
-    result = train(s.module, d.x_train, d.y_train, s.training, s.order_seed, d.validation)
+    result = train(s.module, d.x_train, d.y_train, s.training, s.order_seed, d.validation, s.noise_seed)
     with torch.no_grad():
         train_losses, train_correct = _test_losses(s.module, result.params, d.x_train, d.y_train)
         test_losses, test_correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
@@ -300,7 +305,9 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
         fresh = models.build(s.model, d.input_shape, d.classes, derive_seed(s.seed, "init", r), d.x_train.dtype)
         inits.append({k: v.detach().clone() for k, v in [*fresh.named_parameters(), *fresh.named_buffers()]})
     setup = RetrainSetup(trained=params, inits=inits,
-                         order_seeds=[order] + [derive_seed(s.seed, "order", r) for r in range(1, spec.repeats)])
+                         order_seeds=[order] + [derive_seed(s.seed, "order", r) for r in range(1, spec.repeats)],
+                         noise_seeds=[s.noise_seed] + [derive_seed(s.seed, "dropout", r)
+                                                       for r in range(1, spec.repeats)])
     idx = torch.as_tensor(tests, dtype=torch.long)
     problem = Problem(s.module, setup, s.training, d.x_train, d.y_train, d.x_test[idx], d.y_test[idx],
                       ctx.memory_budget, ctx.progress, d.validation)
@@ -310,7 +317,11 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     if not bool(torch.isfinite(evaluated).all()):
         raise TaskFailure("ground truth produced infinite values; lower the retraining lr")
     arrays: Arrays = {"actual": actual, "tests": idx}
-    rows: dict[str, dict[str, list[Any]]] = {}
+    rows: dict[str, dict[str, list[Any]]] = {
+        "ground_truth_results": {"protocol": [spec.protocol],
+                                 "items": [int(result.members.shape[0]) if result.members is not None else
+                                           int((~torch.isnan(result.per_repeat)).any(0).any(0).sum())],
+                                 "repeats": [int(result.per_repeat.shape[0])], "dropped": [result.dropped]}}
     t_pos, k_pos = torch.nonzero(~torch.isnan(actual), as_tuple=True)
     values = actual[t_pos, k_pos].tolist()
     if result.members is None:
@@ -327,7 +338,7 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
         item, norms, its = result.solver
         rows["solver_rows"] = {"train_index": [None if i < 0 else int(d.train_ids[i]) for i in item],
                                "grad_norm": norms, "iterations": its}
-    derived = noise_ceiling(result.per_repeat.cpu().numpy())
+    derived = noise_ceiling(result.per_repeat.cpu().numpy(), seed=s.seed, test_ids=test_ids.tolist())
     if result.responses is not None:
         loo, pbrf = result.responses["converged_loo"], result.responses["pbrf"]
         arrays.update({f"response.{k}": v for k, v in result.responses.items()})
@@ -342,15 +353,23 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
             kept["value"] += values_[tt, ii].tolist()
         rows["response_rows"] = kept
     if derived:
-        rows["metric_rows"] = _metric_columns(derived, test_ids.tolist())
+        rows.update(_metric_tables(derived, test_ids.tolist()))
     return Output(arrays, rows)
 
 
-def _metric_columns(rows: list[MetricRow], test_ids: list[int]) -> dict[str, list[Any]]:
-    return {"test_index": [None if r.test is None else test_ids[r.test] for r in rows],
-            "metric": [r.metric for r in rows], "value": [r.value for r in rows],
-            "n_pairs": [r.n_pairs for r in rows], "ci_low": [r.ci_low for r in rows],
-            "ci_high": [r.ci_high for r in rows]}
+def _metric_tables(rows: list[MetricRow], test_ids: list[int]) -> dict[str, dict[str, list[Any]]]:
+    """``metric_rows`` and, for test points that carry them, ``metric_replicates`` (item-level bootstrap)."""
+    kept = [r for r in rows if r.replicates is not None and r.test is not None]
+    tables: dict[str, dict[str, list[Any]]] = {"metric_rows": {
+        "test_index": [None if r.test is None else test_ids[r.test] for r in rows],
+        "metric": [r.metric for r in rows], "value": [r.value for r in rows],
+        "n_pairs": [r.n_pairs for r in rows], "ci_low": [r.ci_low for r in rows],
+        "ci_high": [r.ci_high for r in rows]}}
+    if kept:
+        tables["metric_replicates"] = {
+            "test_index": [test_ids[r.test] for r in kept if r.test is not None], "metric": [r.metric for r in kept],
+            "replicates": [np.asarray(r.replicates, dtype=np.float64).tolist() for r in kept]}
+    return tables
 
 
 def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
@@ -362,13 +381,14 @@ def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
     scores = est["scores"]
     if "members" in gt:  # groups: the estimate of a group is the sum of its members' estimates
         scores = scores @ gt["members"].to(scores.dtype).T
+    test_ids = est["test_ids"].tolist()
     rows = score(scores.cpu().numpy(), gt["actual"].cpu().numpy(), list(spec.names), spec.top_k, spec.bootstrap,
-                 derive_seed(inputs["estimate"], "bootstrap"))
+                 int(inputs["seed"]), test_ids)
     if "response.pbrf" in gt:  # the decomposition's first term, and the whole gap it splits
         evaluated = np.where(np.isnan(gt["actual"].cpu().numpy()), np.nan, scores.cpu().numpy())
         rows += gap_rows(evaluated, gt["response.pbrf"].cpu().numpy(), "influence_vs_pbrf")
         rows += gap_rows(evaluated, gt["actual"].cpu().numpy(), "influence_vs_retrained")
-    return Output({}, {"metric_rows": _metric_columns(rows, est["test_ids"].tolist())})
+    return Output({}, _metric_tables(rows, test_ids))
 
 
 RUNNERS: dict[str, Callable[[dict[str, Any], dict[str, Dep], Context], Output]] = {

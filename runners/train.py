@@ -41,9 +41,10 @@ def _check(loss: Tensor, step: int, spec: TrainingSpec) -> None:
 
 
 def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_seed: int,
-          validation: tuple[Tensor, Tensor] | None = None) -> Trained:
+          validation: tuple[Tensor, Tensor] | None = None, noise_seed: int = 0) -> Trained:
     """Train ``module`` in place on (x, y); returns its final and initial parameters.
 
+    ``order_seed`` fixes the minibatch order and ``noise_seed`` the dropout masks (one seed per step).
     With ``spec.early_stopping`` and a ``validation`` set (x_val, y_val), training stops after ``patience``
     evaluations without a lower validation loss and the best model is kept (``runners.early_stopping``).
 
@@ -89,7 +90,8 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
         try:
             final = train_ensemble(module, stack(init, 1), x, rule, steps, spec.batch_size, [order_seed],
                                    weighted_cross_entropy(y, torch.ones(1, n, dtype=x.dtype), spec.label_smoothing),
-                                   on_step=keep if wanted or monitor else None, lr_name="training.lr")
+                                   on_step=keep if wanted or monitor else None, lr_name="training.lr",
+                                   noise_seed=noise_seed)
         except DivergenceError as exc:
             raise DivergenceError(f"training {exc}") from None
         if monitor is not None:

@@ -49,7 +49,7 @@ def test_html_report_has_the_figures(swept: Path, tmp_path: Path):
     assert len(figures) == 4 and "correlation-model.depth.png" in figures
     assert html.count("<img src='data:image/png;base64,") == 4
     assert "No cell failed." in html
-    assert (out / "summary.csv").read_text().startswith("cell_id,params,status,estimator,spearman,pearson,ceiling")
+    assert (out / "summary.csv").read_text().startswith("params,estimator,spearman,spearman_low,spearman_high,")
 
 
 def test_run_summary_shows_the_ceiling(swept: Path, write):
@@ -64,6 +64,11 @@ def test_compare_two_studies(swept: Path, write, tmp_path: Path):
     result = runner.invoke(app, ["compare", "swept", "other", "--db", str(swept)])
     assert result.exit_code == 0, result.output
     assert result.output.count("depth=") == 4  # 2 depths x 2 estimators
+    assert result.output.count("resolved") == 4  # each difference says whether its interval excludes 0
+    twin = write("twin.yaml", (tmp_path / "swept.yaml").read_text().replace("study: swept", "study: twin"))
+    assert runner.invoke(app, ["run", str(twin), "--db", str(swept)]).exit_code == 0
+    same = runner.invoke(app, ["compare", "swept", "twin", "--db", str(swept)])
+    assert same.output.count("0.000 [0.00, 0.00] not resolved") == 4, same.output  # the same tasks: no difference
     missing = runner.invoke(app, ["compare", "swept", "nope", "--db", str(swept)])
     assert missing.exit_code == 2 and "no study nope" in missing.output
 
@@ -90,7 +95,7 @@ def test_cell_results_has_swept_columns(swept: Path):
 
 def test_query_examples_run(swept: Path):
     listing = runner.invoke(app, ["query", "--examples"])
-    assert listing.exit_code == 0 and listing.output.count(";") == len(EXAMPLES) == 10
+    assert listing.exit_code == 0 and listing.output.count(";") == len(EXAMPLES) == 11
     for title, sql in EXAMPLES:
         result = runner.invoke(app, ["query", sql, "--db", str(swept), "--format", "csv"])
         assert result.exit_code == 0, (title, result.output)
@@ -159,3 +164,35 @@ def test_gc_removes_only_unreferenced_artifacts(tiny_study: Path, tmp_path: Path
     assert sorted(p.name for p in folder.rglob("*.pt")) == kept
     rerun = runner.invoke(app, ["run", str(tiny_study), "--db", str(db)])
     assert "ran 0 tasks" in rerun.output
+
+
+def test_seeds_are_pooled_with_their_spread(write, tmp_path: Path):
+    study = write("seeds.yaml", """\
+        study: seeds
+        dataset: {name: iris, test_size: 30}
+        model: {arch: mlp, depth: 1, width: 4}
+        training: {optimizer: adam, lr: 0.05, epochs: 60, weight_decay: 0.01}
+        estimators: [{name: exact, damping: 0.01, negative: abs}]
+        test_points: {count: 3}
+        ground_truth: {protocol: loo, steps: 20, removals: {select: random, k: 10}}
+        metrics: {names: [spearman], bootstrap: 200}
+        repeats: 3
+        sweep:
+          model.depth: [1, 2]
+        """)
+    db = tmp_path / "s.duckdb"
+    result = runner.invoke(app, ["run", str(study), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("3 x 3") == 2  # per depth: 3 seeds x 3 test points
+    con = duckdb.connect(str(db), read_only=True)
+    per_cell = con.execute("""SELECT "model.depth", list(value ORDER BY "repeat") FROM cell_results
+                              WHERE metric = 'spearman' GROUP BY ALL ORDER BY 1""").fetchall()
+    pooled = con.execute("""SELECT "model.depth", value, sd, ci_low, ci_high, seeds, test_points FROM sweep_results
+                            WHERE metric = 'spearman' ORDER BY 1""").fetchall()
+    con.close()
+    import numpy as np
+
+    for (depth, values), (depth_, value, sd, low, high, seeds, points) in zip(per_cell, pooled, strict=True):
+        assert depth == depth_ and len(values) == 3 and seeds == 3 and points == 9
+        assert value == pytest.approx(np.mean(values)) and sd == pytest.approx(np.std(values, ddof=1))
+        assert low < value < high

@@ -1,10 +1,12 @@
-"""Agreement metrics and the noise ceiling against direct numpy computations."""
+"""Per-test-point metrics, their item-level bootstrap replicates and the aggregate's interval, against direct
+numpy computations."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from runners.metrics import noise_ceiling, score
+from inflang import stats
+from runners.metrics import item_seed, noise_ceiling, score
 
 
 def ranks(v: np.ndarray) -> np.ndarray:
@@ -22,7 +24,8 @@ def test_per_test_point_and_mean_aggregate():
     est = rng.normal(size=(2, 20))
     act = est + 0.3 * rng.normal(size=(2, 20))
     act[1, :5] = np.nan
-    rows = by_key(score(est, act, ["pearson", "spearman", "sign_agreement", "top_k_overlap"], top_k=5))
+    rows = by_key(score(est, act, ["pearson", "spearman", "sign_agreement", "top_k_overlap"], top_k=5,
+                        replicates=0))
     e1, a1 = est[1, 5:], act[1, 5:]
     assert np.isclose(rows[(1, "pearson")].value, np.corrcoef(e1, a1)[0, 1])
     assert np.isclose(rows[(1, "spearman")].value, np.corrcoef(ranks(e1), ranks(a1))[0, 1])
@@ -35,30 +38,51 @@ def test_per_test_point_and_mean_aggregate():
     assert rows[(None, "pearson")].ci_low is None
 
 
-def test_bootstrap_interval_brackets_the_aggregate():
+def test_replicates_resample_the_items_of_each_test_point():
+    """Replicate b of test point t is the metric on the items drawn by item_draws(K, B, item_seed(seed, id, K))."""
     rng = np.random.default_rng(1)
     est = rng.normal(size=(3, 40))
     act = est + rng.normal(size=(3, 40))
-    row = by_key(score(est, act, ["spearman"], bootstrap=300))[(None, "spearman")]
-    assert row.ci_low < row.value < row.ci_high
-    assert 0.05 < row.ci_high - row.ci_low < 0.6
+    rows = by_key(score(est, act, ["spearman"], replicates=50, seed=9, test_ids=[11, 12, 13]))
+    draws = stats.item_draws(40, 50, item_seed(9, 12, 40))
+    expected = [stats.metric("spearman", est[1][d], act[1][d]) for d in draws]
+    assert np.allclose(rows[(1, "spearman")].replicates, expected)
+    aggregate = rows[(None, "spearman")]
+    assert aggregate.ci_low < aggregate.value < aggregate.ci_high
+    # two estimators of one cell draw the same items: their replicates pair up
+    other = by_key(score(est * 2 + 1, act, ["spearman"], replicates=50, seed=9, test_ids=[11, 12, 13]))
+    assert np.allclose(other[(1, "spearman")].replicates, expected)
+
+
+def test_interval_includes_the_spread_between_test_points():
+    """Three test points with very different correlations: the interval spans the spread between them, which
+    resampling items within fixed test points would leave out."""
+    rng = np.random.default_rng(2)
+    est = rng.normal(size=(3, 200))
+    act = np.stack([est[0], -est[1], rng.normal(size=200)]) + 0.01 * rng.normal(size=(3, 200))
+    row = by_key(score(est, act, ["pearson"], replicates=400))[(None, "pearson")]
+    assert row.ci_low < -0.5 and row.ci_high > 0.5
 
 
 def test_degenerate_inputs_give_nan():
-    rows = score(np.ones((1, 5)), np.arange(5.0)[None], ["pearson"])
+    rows = score(np.ones((1, 5)), np.arange(5.0)[None], ["pearson"], replicates=10)
     assert np.isnan(rows[0].value)
 
 
-def test_noise_ceiling_is_one_without_noise_and_drops_with_it():
+def test_noise_ceiling_is_the_root_of_the_reliability():
     rng = np.random.default_rng(2)
     signal = rng.normal(size=(2, 50))
-    clean = np.stack([signal] * 4)
-    rows = by_key(noise_ceiling(clean))
-    assert np.isclose(rows[(None, "noise_ceiling_spearman")].value, 1.0)
-    noisy = clean + rng.normal(size=clean.shape)
-    rows = by_key(noise_ceiling(noisy))
-    half = lambda x: np.corrcoef(x[0::2].mean(0)[0], x[1::2].mean(0)[0])[0, 1]  # noqa: E731
-    r = half(noisy)
-    assert np.isclose(rows[(0, "noise_ceiling_pearson")].value, 2 * r / (1 + r))
-    assert rows[(None, "noise_ceiling_spearman")].value < 0.95
-    assert noise_ceiling(clean[:1]) == []
+    noisy = np.stack([signal] * 4) + rng.normal(size=(4, 2, 50))
+    rows = by_key(noise_ceiling(noisy, replicates=0))
+    halves = stats.split_halves(4)
+    r = np.mean([np.corrcoef(noisy[a, 0].mean(0), noisy[b, 0].mean(0))[0, 1] for a, b in halves])
+    assert np.isclose(rows[(0, "reliability_pearson")].value, 2 * r / (1 + r))
+    assert np.isclose(rows[(0, "noise_ceiling_pearson")].value, np.sqrt(2 * r / (1 + r)))
+    assert rows[(None, "noise_ceiling_spearman")].value < 0.99
+    # a negative split-half correlation is reliability below 0 and a ceiling of 0, never a negative ceiling
+    anti = np.stack([signal, -signal])
+    rows = by_key(noise_ceiling(anti, replicates=0))
+    assert rows[(0, "reliability_pearson")].value < 0 and rows[(0, "noise_ceiling_pearson")].value == 0
+    # a constant half has no correlation: NaN, not 1 or 0
+    flat = np.stack([np.ones((2, 50)), signal])
+    assert np.isnan(by_key(noise_ceiling(flat, replicates=0))[(0, "noise_ceiling_spearman")].value)

@@ -81,6 +81,14 @@ def test_representer_points_on_logistic_regression():
     assert np.allclose(ours, expected, rtol=1e-10)
     # at the optimum the weights are the representer sum: W = sum_i alpha_i x_i^T
     assert np.allclose(alpha.T @ x.numpy(), W, atol=1e-6)
+    # measure: margin: taking point i's share alpha_i (x_i . x_t) out of the logits changes the margin
+    # (true-class logit minus the runner-up's) by -(alpha_i[y_t] - alpha_i[c_t]) (x_i . x_t)
+    margin = EstimatorInputs(module, trained.params, x, y, x[:3], y[:3], "margin", wd, 0)
+    ours = ESTIMATORS["representer"](RepresenterEstimator(name="representer"), margin).numpy()
+    runner_up = [int(np.argmax(np.where(np.arange(3) == y[t].item(), -np.inf, z[t]))) for t in range(3)]
+    expected = np.array([[-(alpha[i, y[t]] - alpha[i, runner_up[t]]) * x[i].numpy() @ x[t].numpy()
+                          for i in range(25)] for t in range(3)])
+    assert np.allclose(ours, expected, rtol=1e-10)
 
 
 def test_datainf_matches_its_closed_form(setup):
@@ -94,7 +102,8 @@ def test_datainf_matches_its_closed_form(setup):
     expected = np.zeros((2, 30))
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         gl, tl = g[:, a:b], gt[:, a:b]
-        inverse = sum(np.eye(b - a) - np.outer(v, v) / (0.01 + v @ v) for v in gl) / (30 * 0.01)
+        lam = 0.05 + 0.01  # weight decay + damping: the curvature is G_l + weight_decay I
+        inverse = sum(np.eye(b - a) - np.outer(v, v) / (lam + v @ v) for v in gl) / (30 * lam)
         expected += tl @ inverse @ gl.T / 30
     assert np.allclose(ours, expected, rtol=1e-9)
 

@@ -109,6 +109,7 @@ def test_lds_end_to_end_on_a_strongly_convex_model(write, tmp_path: Path):
 
 
 def test_group_of_one_point_equals_leave_one_out(write, tmp_path: Path):
+    """Under leave-one-out's convention (mean_over: all: weight 0, n kept) a group of one is a removal."""
     common = """\
         study: g
         dataset: {name: iris, test_size: 30}
@@ -118,7 +119,7 @@ def test_group_of_one_point_equals_leave_one_out(write, tmp_path: Path):
         test_points: {count: 2}
         """
     db_g = run(write, tmp_path, common + "ground_truth: {protocol: group, steps: 50, "
-                                         "groups: {count: 120, size: 1, select: random}}\n")
+                                         "mean_over: all, groups: {count: 120, size: 1, select: random}}\n")
     db_l = run(write, tmp_path / "l", common + "ground_truth: {protocol: loo, steps: 50}\n")
     group = rows(db_g, "SELECT test_index, m.train_index, actual, estimate FROM group_influence "
                        "JOIN group_members m USING (group_index) ORDER BY ALL")
@@ -259,3 +260,67 @@ def test_parameter_change_norm_refuses_ranking_estimators(write):
     messages = [p.message for p in info.value.problems]
     assert any("compares single removals" in m for m in messages)
     assert any("grad_dot predicts no parameter change" in m for m in messages)
+
+
+LDS_STUDY = """\
+    study: dropping
+    dataset: {name: iris, test_size: 30}
+    model: {arch: logreg}
+    training: {optimizer: sgd, lr: 0.5, epochs: 60, weight_decay: 0.05}
+    estimators: [{name: exact, damping: 0.0}]
+    test_points: {count: 2}
+    ground_truth: {protocol: lds, subsets: 6, fraction: 0.5, nan: %s}
+    """
+
+
+def _poison_second_subset(monkeypatch):
+    """Make the model of the second subset of every chunk diverge (its loss is not finite), as a too-large
+    learning rate would on one subset."""
+    import runners.protocols.common as common
+
+    original = common.weighted_cross_entropy
+
+    def poisoned(y, weights, smoothing=0.0, normalise="all"):
+        weights = weights.clone()
+        if weights.shape[0] > 2:
+            weights[2, :] = float("inf")
+        return original(y, weights, smoothing, normalise)
+
+    monkeypatch.setattr(common, "weighted_cross_entropy", poisoned)
+
+
+def test_lds_drops_a_diverging_subset_and_stores_the_count(write, tmp_path: Path, monkeypatch):
+    _poison_second_subset(monkeypatch)
+    db = run(write, tmp_path, LDS_STUDY % "drop")
+    assert rows(db, "SELECT protocol, items, dropped FROM ground_truths") == [("lds", 6, 1)]
+    n_pairs = rows(db, "SELECT DISTINCT n_pairs FROM metrics WHERE metric = 'spearman' AND test_index IS NOT NULL")
+    assert n_pairs == [(5,)]  # the five subsets that trained
+    assert rows(db, "SELECT count(*) FROM group_influence WHERE group_index = 1") == [(0,)]
+
+
+def test_lds_nan_fail_fails_the_cell_with_the_way_out(write, tmp_path: Path, monkeypatch):
+    _poison_second_subset(monkeypatch)
+    db = tmp_path / "p.duckdb"
+    result = runner.invoke(app, ["run", str(write("p.yaml", LDS_STUDY % "fail")), "--db", str(db)])
+    assert result.exit_code == 1
+    ((error,),) = rows(db, "SELECT error FROM cells")
+    assert "nan: drop" in error
+
+
+def test_group_removal_trains_each_group_on_its_kept_points(write, tmp_path: Path):
+    """mean_over: kept (the default for groups) and all give different retrained models; both are stored
+    under their own task, and the kept convention is the published one."""
+    text = """\
+        study: groups
+        dataset: {name: iris, test_size: 30}
+        model: {arch: logreg}
+        training: {optimizer: sgd, lr: 0.5, epochs: 100, weight_decay: 0.05}
+        estimators: [{name: exact, damping: 0.0}]
+        test_points: {count: 2}
+        ground_truth: {protocol: group, steps: 50, groups: {count: 4, size: 30}%s}
+        """
+    kept = run(write, tmp_path, text % "")
+    everything = run(write, tmp_path / "all", text % ", mean_over: all")
+    a = rows(kept, "SELECT actual FROM group_influence ORDER BY test_index, group_index")
+    b = rows(everything, "SELECT actual FROM group_influence ORDER BY test_index, group_index")
+    assert len(a) == len(b) == 8 and a != b

@@ -12,14 +12,16 @@ from pathlib import Path
 import duckdb
 import pytest
 
+# dropout and scratch retraining with repeats: every random draw (masks, orders, initialisations) must be
+# seeded by the task, so a killed, resumed, multi-process or Ray run gives the same rows
 STUDY = """\
 study: killed
 dataset: {name: iris, test_size: 30}
-model: {arch: mlp, depth: 1, width: 6}
-training: {optimizer: adam, lr: 0.02, epochs: 200, weight_decay: 0.01}
+model: {arch: mlp, depth: 1, width: 6, dropout: 0.1}
+training: {optimizer: adam, lr: 0.02, epochs: 150, weight_decay: 0.01}
 estimators: [{name: exact, damping: 0.01, negative: abs}, {name: grad_dot}]
 test_points: {count: 2}
-ground_truth: {protocol: loo, steps: 150, removals: {select: random, k: 20}}
+ground_truth: {protocol: loo, start: scratch, repeats: 2, removals: {select: random, k: 20}}
 sweep:
   model.width: [4, 6, 8]
 """
@@ -31,6 +33,7 @@ TABLES = {
     "splits": "SELECT * EXCLUDE (study) FROM splits ORDER BY ALL",
     "cells": "SELECT cell_id, status, params FROM cells ORDER BY ALL",
     "tasks": "SELECT task_hash, kind, status FROM tasks ORDER BY ALL",
+    "sweep_results": "SELECT * EXCLUDE (study) FROM sweep_results ORDER BY ALL",
 }
 
 

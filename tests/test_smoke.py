@@ -51,7 +51,8 @@ VARIANTS = {
                 "estimators": "[{name: grad_dot}]"},
     "tracin-schedule": {"training": "{optimizer: sgd, lr: 0.1, epochs: 30, weight_decay: 0.01, schedule: step, "
                                     "step_epochs: 10, checkpoints: 3}",
-                        "estimators": "[{name: tracin}, {name: representer}, {name: datainf}]"},
+                        "estimators": "[{name: tracin}, {name: representer}, {name: datainf}]",
+                        "ground_truth": "{protocol: loo, steps: 5, lr: 0.01, removals: {select: random, k: 6}}"},
     "datainf-param-change": {"estimators": "[{name: datainf}]",
                              "ground_truth": "{protocol: loo, steps: 5, measure: param_change_norm, "
                                              "removals: {select: random, k: 6}}"},

@@ -129,12 +129,18 @@ class GroupSpec(Spec):
     rank_by: Literal["abs", "signed"] = Field("abs", description="top_k ranks by mean |estimate| or mean estimate")
 
 
+MeanOver = Literal["kept", "all"]
+MEAN_OVER_HELP = ("kept: each retrained model averages its loss over the points it keeps (a training set of its "
+                  "own, as published); all: over all n points, removed ones weighing 0 (leave-one-out's convention)")
+
+
 class GroupProtocol(Retraining):
     """Group removal (Koh, Ang, Teo & Liang 2019): retrain without each group; estimate = sum of the members'."""
 
     protocol: Literal["group"]
     start: Literal["optimum", "scratch"] = Field("optimum", description="optimum (warm start) or scratch")
     groups: GroupSpec = Field(default_factory=GroupSpec)
+    mean_over: MeanOver = Field("kept", description=MEAN_OVER_HELP)
 
     grouped: ClassVar[bool] = True
 
@@ -149,7 +155,9 @@ class LdsProtocol(Retraining):
     subsets: int = Field(50, ge=3, description="random subsets M")
     fraction: float = Field(0.5, gt=0, lt=1, description="alpha: the fraction of the training set each keeps")
     nan: Literal["drop", "fail"] = Field(
-        "drop", description="subsets whose measurement is not finite: drop them (counted in n_pairs) or fail")
+        "drop", description="subsets whose retraining diverges: drop them (the count is stored in "
+        "ground_truths.dropped; the rest are counted in n_pairs) or fail the cell")
+    mean_over: MeanOver = Field("kept", description=MEAN_OVER_HELP)
 
     grouped: ClassVar[bool] = True
 

@@ -51,7 +51,8 @@ class MetricsSpec(Spec):
                                     min_length=1,
                                     description="pearson | spearman | kendall | sign_agreement | top_k_overlap")
     top_k: int = Field(10, ge=1, description="k of top_k_overlap (precision at k of the top-|estimate| items)")
-    bootstrap: int = Field(0, ge=0, le=100_000, description="resamples for a 95% interval on each aggregate; 0 = off")
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap replicates for the 95% intervals "
+                           "(test points, then items, and seeds when pooled); 0 = no intervals")
 
     @model_validator(mode="before")
     @classmethod

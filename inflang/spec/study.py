@@ -219,6 +219,11 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
         problems.append((("training", "optimizer"),
                          "lbfgs has no batched retraining rule, so ground truth needs its own optimizer",
                          "set ground_truth.optimizer: sgd or adam (and ground_truth.lr)"))
+    if gt.start_from == "optimum" and not newton and tr.schedule != "constant" and gt.lr is None:
+        problems.append((("ground_truth",),
+                         f"a warm start retrains the trained model at a constant rate, and training.lr ({tr.lr:g}) "
+                         f"is the peak of its {tr.schedule} schedule, not where training ended",
+                         "set ground_truth.lr (e.g. the rate at the end of training, or a tenth of training.lr)"))
     if gt.start_from == "scratch" and (gt.optimizer not in (None, tr.optimizer) or gt.lr not in (None, tr.lr)):
         problems.append((("ground_truth", "start"),
                          "start: scratch repeats the original training; it takes no optimizer or lr override", None))

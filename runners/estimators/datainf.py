@@ -4,7 +4,9 @@ For layer l with per-example gradients g_jl, G_l = (1/n) sum_j g_jl g_jl^T, and 
 replaced by the average of the inverses of its rank-one terms (Sherman-Morrison):
     (1/(n lambda_l)) sum_j (I - g_jl g_jl^T / (lambda_l + ||g_jl||^2)).
 estimate(z_i, z_test) = (1/n) sum_l g_test,l^T [that matrix] g_i,l; a layer is a module's parameters
-(a Linear's weight and bias). Default lambda_l = 0.1 x the mean eigenvalue of G_l, i.e. trace(G_l)/P_l.
+(a Linear's weight and bias). lambda_l = weight_decay + damping_l: the objective's weight decay is part of
+its curvature, G_l + weight_decay I, as for every other curvature estimator. Default damping_l = 0.1 x the
+mean eigenvalue of G_l, i.e. 0.1 trace(G_l)/P_l.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def datainf_inverse(spec: DataInfEstimator, inputs: EstimatorInputs) -> Callable
         g = G[:, cols]
         norms = (g * g).sum(1)
         lam = spec.damping if spec.damping is not None else 0.1 * float(norms.mean()) / g.shape[1]
-        parts.append((cols, g, norms, max(lam, 1e-12)))
+        parts.append((cols, g, norms, max(inputs.weight_decay + lam, 1e-12)))
 
     def apply(X: Tensor) -> Tensor:
         out = torch.zeros_like(X)

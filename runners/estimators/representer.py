@@ -2,8 +2,12 @@
 
 At a stationary point of (1/n) sum_i loss_i + (weight_decay/2) ||W||^2 the last layer's weights are
 W = sum_i alpha_i f_i^T with alpha_i = -(1/(weight_decay n)) dloss_i/dlogits_i and f_i the layer's input, so the
-test logits decompose as sum_i alpha_i (f_i . f_test). The score of training point i for a test point is its
-share in the test point's true-class logit, alpha_i[y_test] (f_i . f_test). Ranks only.
+test logits decompose as sum_i alpha_i (f_i . f_test). Removing point i takes its share, alpha_i (f_i . f_test),
+out of the test logits. For ``measure: test_loss`` the score is Yeh et al.'s representer value, the share in
+the true-class logit, alpha_i[y_test] (f_i . f_test): positive when removing the point lowers the true-class
+logit, i.e. raises the loss (LANGUAGE.md's sign). For ``measure: margin`` it is the change of the margin
+when that share is taken out, -(alpha_i[y_test] - alpha_i[c]) (f_i . f_test), c the test point's runner-up
+class (the largest other logit). Ranks only.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def representer_scores(spec: RepresenterEstimator, inputs: EstimatorInputs) -> T
             p.copy_(inputs.params[k])
     try:
         f_train, z_train = _features(module, inputs.x_train)
-        f_test, _ = _features(module, inputs.x_test)
+        f_test, z_test = _features(module, inputs.x_test)
     finally:
         with torch.no_grad():
             for k, p in module.named_parameters():
@@ -48,4 +52,10 @@ def representer_scores(spec: RepresenterEstimator, inputs: EstimatorInputs) -> T
     dloss = torch.softmax(z_train, dim=1) - inputs.smoothing / classes  # minus the (smoothed) target
     dloss[torch.arange(inputs.n), inputs.y_train] -= 1.0 - inputs.smoothing
     alpha = -dloss / (inputs.weight_decay * inputs.n)  # [n, C]
-    return alpha[:, inputs.y_test].T * (f_test @ f_train.T)
+    similarity = f_test @ f_train.T  # [T, n]
+    if inputs.measure == "margin":
+        others = z_test.clone()
+        others[torch.arange(len(inputs.y_test)), inputs.y_test] = float("-inf")
+        runner_up = others.argmax(dim=1)
+        return -(alpha[:, inputs.y_test] - alpha[:, runner_up]).T * similarity
+    return alpha[:, inputs.y_test].T * similarity

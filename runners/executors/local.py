@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from inflang.plan import Plan, Task
+from inflang.pooling import pool_study
 from inflang.spec import FileDataset
 from inflang.store import Store
 from runners import artifacts
@@ -302,4 +303,5 @@ def _schedule(plan: Plan, store: Store, backend: Any, runner: _Runner, retry_fai
                   for _kind, _label, h in cell.all() if blocked.get(h, h) in summary.failed]
         summary.cell_status[cell.cell.cell_id] = ("failed", errors[0]) if errors else ("done", None)
     store.set_cell_status(loaded.study.study, summary.cell_status)
+    store.write_pooled(loaded.study.study, pool_study(store.con, loaded.study.study))
     return summary

@@ -32,12 +32,17 @@ from runners.train import stopping_monitor, training_rule
 
 @dataclass(frozen=True)
 class RetrainSetup:
-    """Start points and minibatch orders: repeat 0 is the original run; repeat r > 0 draws a new order
-    (and, for scratch starts, a new initialisation)."""
+    """Start points, minibatch orders and dropout seeds: repeat 0 is the original run; repeat r > 0 draws a
+    new order and new dropout masks (and, for scratch starts, a new initialisation). Every model of one
+    repeat (the control included) shares its order and its masks: common random numbers."""
 
     trained: dict[str, Tensor]
     inits: list[dict[str, Tensor]]
     order_seeds: list[int]
+    noise_seeds: list[int] | None = None  # None: seed 0 for every repeat
+
+    def noise_seed(self, repeat: int) -> int:
+        return self.noise_seeds[repeat] if self.noise_seeds is not None else 0
 
 
 @dataclass
@@ -108,10 +113,14 @@ def chunks(spec: Retraining, p: Problem, items: int) -> list[tuple[int, int]]:
     return [(lo, min(items, lo + per_chunk)) for lo in range(0, max(items, 1), per_chunk)]
 
 
-def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor) -> Tensor:
+def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor, mean_over: str = "all",
+                     tolerate_divergence: bool = False) -> Tensor:
     """[R, K, T]: for example weights [K, n] (1 = kept), measure(retrained) - measure(control) per repeat.
 
-    The control (all weights 1) shares start and batch order with the models of its chunk.
+    The control (all weights 1) shares start, batch order and dropout masks with the models of its chunk.
+    ``mean_over``: "all" averages each model's loss over all n points (a removal is weight 0, n kept);
+    "kept" over its kept points (each model trains on a training set of its own). With
+    ``tolerate_divergence`` a diverged model's row is NaN instead of failing the chunk.
     """
     rule = update_rule(spec, p.training, p.n)
     steps = spec.retrain_steps(p.training.total_steps(p.n))
@@ -126,11 +135,16 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor) -> Tensor:
             with retraining():
                 final = train_ensemble(p.module, stack(start, hi - lo + 1), p.x_train, rule, steps,
                                        p.training.batch_size, [seed] * (hi - lo + 1),
-                                       weighted_cross_entropy(p.y_train, w, p.training.label_smoothing),
-                                       on_step=monitor)
+                                       weighted_cross_entropy(p.y_train, w, p.training.label_smoothing,
+                                                              normalise=mean_over),
+                                       on_step=monitor, noise_seed=p.setup.noise_seed(r),
+                                       tolerate_divergence=tolerate_divergence)
             if monitor is not None:
                 final = monitor.result(final)
             measured = measure_ensemble(p.module, final, p.x_test, p.y_test, spec.measure)
+            if tolerate_divergence and not bool(torch.isfinite(measured[0]).all()):
+                raise DivergenceError("retraining diverged for the control model (nothing removed); lower the "
+                                      f"retraining lr (now {rule.lr:g})")
             out[r, lo:hi] = measured[1:] - measured[0]
             if p.progress is not None:
                 p.progress(hi - lo + 1)

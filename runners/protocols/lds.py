@@ -4,6 +4,8 @@ Train on M random subsets S_j, each keeping a fraction alpha of the training set
 measure(theta_{S_j}) - measure(theta_control). The prediction for S_j is the sum of the estimates of the points
 it leaves out, sum_{i not in S_j} estimate_i (LANGUAGE.md's sign: each estimate is the change on removal);
 Spearman over subsets per test point is the LDS (rank-equivalent to Park et al.'s sum over kept points).
+Each subset's model averages its loss over the points it keeps (``mean_over: kept``): a training set of its
+own, as Park et al. train them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 import torch
 
 from inflang.spec import LdsProtocol
-from runners.errors import TaskFailure
+from runners.errors import DivergenceError, TaskFailure
 from runners.protocols.common import GroundTruth, Problem, retrain_weighted
 
 
@@ -31,11 +33,18 @@ def run(spec: LdsProtocol, p: Problem, scores: torch.Tensor | None, seed: int) -
 
 
 def datamodel_score(spec: LdsProtocol, p: Problem, removed: torch.Tensor) -> GroundTruth:
-    per_item = retrain_weighted(spec, p, (~removed).to(torch.float64)).transpose(1, 2)  # [R, T, M]
+    """With ``nan: drop`` a subset whose retraining diverges (in any repeat) is left out and counted; the
+    control diverging still fails the cell, since nothing can be measured against it."""
+    try:
+        per_item = retrain_weighted(spec, p, (~removed).to(torch.float64), spec.mean_over,
+                                    tolerate_divergence=spec.nan == "drop").transpose(1, 2)  # [R, T, M]
+    except DivergenceError as exc:
+        if spec.nan == "drop":
+            raise
+        raise TaskFailure(f"lds: {exc}; lower the retraining lr, or set nan: drop to leave diverging subsets "
+                          "out") from None
     finite = torch.isfinite(per_item).all(dim=(0, 1))
-    if not bool(finite.all()):
-        if spec.nan == "fail":
-            raise TaskFailure(f"lds: {int((~finite).sum())} of {spec.subsets} subsets gave a non-finite measurement; "
-                              "lower the retraining lr, or set nan: drop to leave them out")
-        per_item[:, :, ~finite] = float("nan")
+    if not bool(finite.any()):
+        raise TaskFailure(f"lds: all {spec.subsets} subsets diverged; lower the retraining lr")
+    per_item[:, :, ~finite] = float("nan")
     return GroundTruth(per_repeat=per_item, members=removed, dropped=int((~finite).sum()))

@@ -91,7 +91,8 @@ def proximal_bregman(spec: PbrfProtocol, p: Problem, removals: list[np.ndarray])
             with retraining():
                 final = train_ensemble(p.module, stack(theta_s, count), p.x_train, rule, steps,
                                        p.training.batch_size, [seed] * count, pbrf_term(p, z_s, removed, active),
-                                       anchor=stack(theta_s, count), proximity=proximity)
+                                       anchor=stack(theta_s, count), proximity=proximity,
+                                       noise_seed=p.setup.noise_seed(r))
             measured = measure_ensemble(p.module, final, p.x_test, p.y_test, spec.measure)
             out[r, lo:hi] = measured[1:] - measured[0]
             if p.progress is not None:

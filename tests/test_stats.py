@@ -1,0 +1,158 @@
+"""Known answers for inflang.stats, by simulation (numpy only): the noise ceiling against the oracle's
+correlation, and the coverage of the hierarchical bootstrap against a known population mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from inflang import stats
+from runners.metrics import noise_ceiling
+
+
+def test_vectorised_metrics_match_scipy_row_by_row():
+    rng = np.random.default_rng(0)
+    est = rng.normal(size=(6, 25))
+    act = est + rng.normal(size=(6, 25))
+    act[:, :5] = np.round(act[:, :5])  # ties
+    draws = stats.item_draws(25, 6, seed=3)  # resampled rows repeat items: more ties
+    for E, A in ((est, act), (est[0][draws], act[0][draws])):
+        for b in range(E.shape[0]):
+            e, a = E[b], A[b]
+            assert np.isclose(stats.metric_rows("pearson", E, A)[b], sps.pearsonr(e, a).statistic)
+            assert np.isclose(stats.metric_rows("spearman", E, A)[b], sps.spearmanr(e, a).statistic)
+            assert np.isclose(stats.metric_rows("kendall", E, A)[b], sps.kendalltau(e, a).statistic)
+            assert np.isclose(stats.metric_rows("sign_agreement", E, A)[b], np.mean(np.sign(e) == np.sign(a)))
+            top = lambda v: set(np.argsort(-np.abs(v), kind="stable")[:5].tolist())  # noqa: E731
+            assert stats.metric_rows("top_k_overlap", E, A, 5)[b] == len(top(e) & top(a)) / 5
+    assert np.isnan(stats.metric("pearson", np.ones(5), np.arange(5.0)))
+    assert np.isnan(stats.metric("spearman", np.arange(2.0), np.arange(2.0)))
+
+
+def test_spearman_brown_inverts_the_split_half_correlation():
+    """Under y_r = t + e_r with var t / var e = lam, the correlation of the means of a and b repeats is
+    lam sqrt(ab) / sqrt((lam a + 1)(lam b + 1)); spearman_brown returns the reliability of all a + b."""
+    for a, b in ((1, 1), (1, 2), (2, 2), (2, 3), (4, 4)):
+        for lam in (0.05, 0.5, 3.0):
+            r = lam * np.sqrt(a * b) / np.sqrt((lam * a + 1) * (lam * b + 1))
+            R = a + b
+            assert np.isclose(stats.spearman_brown(r, a, b), lam * R / (lam * R + 1))
+    assert np.isclose(stats.spearman_brown(0.6, 2, 2), 2 * 0.6 / 1.6)  # the classic formula for equal halves
+    assert stats.spearman_brown(1.0, 1, 2) == 1.0
+    assert stats.spearman_brown(-0.3, 1, 1) < 0 and stats.ceiling("pearson", stats.spearman_brown(-0.3, 1, 1)) == 0
+
+
+def test_split_halves_cover_every_split_once():
+    assert len(stats.split_halves(2)) == 1
+    assert len(stats.split_halves(3)) == 3  # {0}|{1,2}, {1}|{0,2}, {2}|{0,1}
+    assert len(stats.split_halves(4)) == 3
+    assert len(stats.split_halves(8)) == 35
+    assert len(stats.split_halves(12)) == stats.MAX_SPLITS
+    for first, rest in stats.split_halves(5):
+        assert len(first) == 2 and len(rest) == 3 and sorted(first + rest) == list(range(5))
+
+
+@pytest.mark.parametrize("repeats", [2, 3, 4, 8])
+def test_ceiling_matches_the_oracle_correlation(repeats: int):
+    """True effects t_i, repeats y_ir = t_i + sigma e_ir: over many simulated studies, the mean correlation
+    of the oracle t with the repeat mean equals the mean noise ceiling within Monte-Carlo error, and a
+    predictor that knows t only up to its own noise stays below it."""
+    rng = np.random.default_rng(repeats)
+    studies, items, sigma = 300, 300, 1.5
+    oracle: dict[str, list[float]] = {"pearson": [], "spearman": []}
+    other: dict[str, list[float]] = {"pearson": [], "spearman": []}
+    ceilings: dict[str, list[float]] = {"pearson": [], "spearman": []}
+    for _ in range(studies):
+        t = rng.normal(size=items)
+        y = t + sigma * rng.normal(size=(repeats, 1, items))
+        rows = {r.metric: r.value for r in noise_ceiling(y, replicates=0) if r.test is None}
+        guess = t + 0.7 * rng.normal(size=items)
+        for kind in ("pearson", "spearman"):
+            oracle[kind].append(stats.metric(kind, t, y[:, 0].mean(0)))
+            other[kind].append(stats.metric(kind, guess, y[:, 0].mean(0)))
+            ceilings[kind].append(rows[f"noise_ceiling_{kind}"])
+            assert np.isclose(rows[f"noise_ceiling_{kind}"] ** (2 if kind == "pearson" else 1),
+                              rows[f"reliability_{kind}"] if kind == "pearson" else
+                              stats.spearman_from_pearson(np.sqrt(max(rows[f"reliability_{kind}"], 0))))
+    for kind in ("pearson", "spearman"):
+        o, c = np.array(oracle[kind]), np.array(ceilings[kind])
+        error = np.sqrt(o.var() / studies + c.var() / studies)
+        assert abs(o.mean() - c.mean()) < 3 * error + 0.002, (kind, o.mean(), c.mean(), error)
+        assert np.mean(other[kind]) < c.mean()
+        # the old definition, the split-half reliability itself, is not the ceiling: it sits well below
+        assert np.mean(c**2) < o.mean() - 0.05
+
+
+def test_a_deterministic_ground_truth_has_ceiling_one():
+    rng = np.random.default_rng(1)
+    signal = rng.normal(size=(2, 40))
+    rows = {(r.test, r.metric): r.value for r in noise_ceiling(np.stack([signal] * 3), replicates=50)}
+    assert rows[(None, "noise_ceiling_spearman")] == pytest.approx(1.0)
+    assert rows[(0, "reliability_pearson")] == pytest.approx(1.0)
+    assert noise_ceiling(signal[None]) == []
+
+
+def _simulated_study(rng: np.random.Generator, seeds: int, points: int, items: int, kind: str,
+                     seed_sd: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per seed, [T, K] estimates and actual values. sign_agreement: test point t agrees on an item with
+    probability p_t ~ Beta(6, 3) (population mean 2/3), shifted by a seed effect; pearson: test point
+    correlation tanh(N(atanh 0.6, 0.3)) plus a seed effect on that scale."""
+    out = []
+    for _ in range(seeds):
+        shift = rng.normal(0.0, seed_sd)
+        if kind == "sign_agreement":
+            p = np.clip(rng.beta(6, 3, size=points) + shift, 0, 1)
+            e = rng.normal(size=(points, items))
+            agree = rng.random((points, items)) < p[:, None]
+            a = np.where(agree, np.sign(e), -np.sign(e)) * rng.random((points, items))
+        else:
+            rho = np.tanh(rng.normal(np.arctanh(0.6) + shift, 0.3, size=points))
+            e = rng.normal(size=(points, items))
+            a = rho[:, None] * e + np.sqrt(1 - rho[:, None] ** 2) * rng.normal(size=(points, items))
+        out.append((e, a))
+    return out
+
+
+def _population_mean(kind: str, items: int, rng: np.random.Generator) -> float:
+    if kind == "sign_agreement":
+        return 6 / 9
+    rho = np.tanh(rng.normal(np.arctanh(0.6), 0.3, size=40000))
+    e = rng.normal(size=(40000, items))
+    a = rho[:, None] * e + np.sqrt(1 - rho[:, None] ** 2) * rng.normal(size=(40000, items))
+    return float(stats.metric_rows("pearson", e, a).mean())
+
+
+@pytest.mark.parametrize("kind,seeds", [("sign_agreement", 1), ("pearson", 1), ("pearson", 5)])
+def test_hierarchical_interval_covers_the_population_mean(kind: str, seeds: int):
+    """95% intervals cover the population mean in 90-98% of simulated studies (10 test points, 60 items,
+    and 5 seeds with a seed effect in the last case); the old interval, which resampled items within fixed
+    test points, covers it far less often."""
+    rng = np.random.default_rng(7)
+    points, items, B, studies = 10, 60, 400, 300
+    truth = _population_mean(kind, items, rng)
+    new = old = 0
+    for _ in range(studies):
+        per_seed = []
+        for e, a in _simulated_study(rng, seeds, points, items, kind, seed_sd=0.1 if seeds > 1 else 0.0):
+            reps = np.stack([stats.metric_rows(kind, e[t][d], a[t][d]) for t in range(points)
+                             for d in [stats.item_draws(items, B, int(rng.integers(1 << 30)))]])
+            per_seed.append(reps)
+        interval = stats.percentile_interval(stats.seed_replicates(per_seed, B, rng))
+        assert interval is not None
+        new += interval.low <= truth <= interval.high
+        within = stats.percentile_interval(np.mean([r.mean(axis=0) for r in per_seed], axis=0))
+        assert within is not None
+        old += within.low <= truth <= within.high
+    assert 0.90 <= new / studies <= 0.98, new / studies
+    assert old / studies < 0.8, old / studies
+
+
+def test_paired_difference_of_identical_sides_is_zero_and_unresolved():
+    rng = np.random.default_rng(3)
+    reps = [rng.normal(size=(4, 100)) for _ in range(3)]
+    diff = stats.paired_seed_replicates(reps, reps, [True] * 3, 200, rng)
+    assert np.all(diff == 0)
+    shifted = [r + 0.5 for r in reps]
+    interval = stats.percentile_interval(stats.paired_seed_replicates(shifted, reps, [True] * 3, 200, rng))
+    assert interval is not None and interval.low == pytest.approx(0.5) and interval.high == pytest.approx(0.5)
