@@ -181,18 +181,20 @@ def _summary(db: str | Path, study: str) -> tuple[list[str], list[tuple[Any, ...
             FROM cells WHERE study = '{study}' GROUP BY ALL),
         pooled AS (SELECT params::VARCHAR AS params, * EXCLUDE (params) FROM pooled_rows WHERE study = '{study}'),
         ceiling AS (SELECT params, value, ci_low, ci_high FROM pooled
-                    WHERE estimator IS NULL AND metric = 'noise_ceiling_spearman')
+                    WHERE estimator IS NULL AND metric = 'noise_ceiling_spearman'),
+        unresolved AS (SELECT params, value FROM pooled WHERE estimator IS NULL AND metric = 'below_resolution')
         SELECT p.params, e.estimator,
                s.value AS spearman, s.ci_low AS spearman_low, s.ci_high AS spearman_high,
                r.value AS pearson, r.ci_low AS pearson_low, r.ci_high AS pearson_high,
                ceiling.value AS ceiling, ceiling.ci_low AS ceiling_low, ceiling.ci_high AS ceiling_high,
                coalesce(s.seeds, r.seeds) AS seeds, coalesce(s.test_points, r.test_points) AS test_points,
-               p.cells, p.failed, p.pending
+               p.cells, p.failed, p.pending, unresolved.value AS below_resolution
         FROM points p
         LEFT JOIN (SELECT DISTINCT params, estimator FROM pooled WHERE estimator IS NOT NULL) e USING (params)
         LEFT JOIN pooled s ON s.params = p.params AND s.estimator = e.estimator AND s.metric = 'spearman'
         LEFT JOIN pooled r ON r.params = p.params AND r.estimator = e.estimator AND r.metric = 'pearson'
         LEFT JOIN ceiling ON ceiling.params = p.params
+        LEFT JOIN unresolved ON unresolved.params = p.params
         ORDER BY p.params, e.estimator"""
     return run_query(db, sql)
 
@@ -219,18 +221,21 @@ def _summary_table(db: str | Path, study: str) -> Table:
                         "training points)")
     with_ceiling = any(r[8] is not None for r in rows)
     columns = ["swept values", "estimator", "spearman", "pearson"] + (["noise ceiling"] if with_ceiling else [])
-    columns += ["seeds x test points", "status"]
+    with_resolution = any(r[16] is not None for r in rows)
+    columns += (["below resolution"] if with_resolution else []) + ["seeds x test points", "status"]
     for col in columns:
-        numeric = col in ("spearman", "pearson", "noise ceiling")
+        numeric = col in ("spearman", "pearson", "noise ceiling", "below resolution")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
     for (params, estimator, sp, sp_lo, sp_hi, pe, pe_lo, pe_hi, ce, ce_lo, ce_hi, seeds, points, cells, failed,
-         pending) in rows:
+         pending, below) in rows:
         swept = label(json.loads(params)) if params else "-"
         status = "done" if not failed and not pending else ", ".join(
             part for part in (f"{failed} of {cells} cells failed" if failed else "",
                               f"{pending} pending" if pending else "") if part)
         values = [swept, estimator or "-", _number(sp, sp_lo, sp_hi), _number(pe, pe_lo, pe_hi)]
         values += [_number(ce, ce_lo, ce_hi)] if with_ceiling else []
+        if with_resolution:
+            values.append("-" if below is None or math.isnan(below) else f"{100 * below:.1f}%")
         values += [f"{seeds} x {round(points / seeds)}" if seeds else "-", status]
         table.add_row(*values)
     return table

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from inflang.cost import ITEMSIZE, member_bytes, models_per_chunk
+from inflang.cost import ITEMSIZE, chunk_bounds, member_bytes, models_per_chunk
 from inflang.hashing import canonical_hash
 from inflang.spec import GroupProtocol, LdsProtocol, estimator_label, ranking_estimator
 from inflang.validate import Cell, LoadedStudy
@@ -39,14 +39,15 @@ class Task:
     member_bytes: int = 0  # memory of one ensemble member (retraining tasks)
     chunk: int | None = None  # models per ensemble chunk fixed by the study (ground_truth.batch)
     repeats: int = 1
+    probes: int = 0  # resolution probes per repeat
 
     def chunks(self, budget: int | None = None) -> int:
         """How many ensembles this task trains (each chunk also carries one control model)."""
         if not self.models or not self.member_bytes:
             return 0
         size = self.chunk or models_per_chunk(self.member_bytes, budget)
-        per_repeat = self.models // self.repeats - 1
-        return self.repeats * max(1, -(-per_repeat // max(1, size - 1)))
+        items = self.models // self.repeats - 1 - self.probes
+        return self.repeats * len(chunk_bounds(items, size, self.probes))
 
 
 @dataclass
@@ -173,7 +174,8 @@ def compile_study(loaded: LoadedStudy) -> Plan:
             ranked_by = ct.estimates[ranking[2]]
             gt_inputs[ranking[0][1]]["by"] = ranked_by
             gt_deps = (train, ranked_by)
-        models = (removal_count(cell) + 1) * gt.repeats
+        probes = gt.probes_per_repeat
+        models = (removal_count(cell) + 1 + probes) * gt.repeats
         retrain_steps = gt.retrain_steps(train_steps)
         info = s.dataset.info()
         member = member_bytes(s.model.n_params(info), s.model.activations_per_example(info),
@@ -181,7 +183,8 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         ct.ground_truth = b.add("ground_truth", {"train": train, "ground_truth": gt_inputs,
                                                  "test_points": _dump(s.test_points)},
                                 gt_deps, retrain_steps * models, models, member_bytes=member,
-                                chunk=gt.batch if isinstance(gt.batch, int) else None, repeats=gt.repeats)
+                                chunk=gt.batch if isinstance(gt.batch, int) else None, repeats=gt.repeats,
+                                probes=probes)
         for label, estimate in ct.estimates.items():
             ct.metrics[label] = b.add("metrics", {"estimate": estimate, "ground_truth": ct.ground_truth,
                                                   "metrics": _dump(s.metrics), "seed": cell.seed},

@@ -97,11 +97,14 @@ SELECT c.study, c.cell_id, s."index", s.role, coalesce(s.label_flipped, false) A
 FROM cell_tasks c JOIN split_rows s ON s.task_hash = c.task_hash AND c.kind = 'train';
 
 CREATE OR REPLACE VIEW influence AS
-SELECT ce.study, ce.cell_id, ce.estimator, e.test_index, e.train_index, e.estimate, a.actual
+SELECT ce.study, ce.cell_id, ce.estimator, e.test_index, e.train_index, e.estimate, a.actual,
+       abs(a.actual) >= res.value AS resolved, res.value AS resolution
 FROM cell_tasks ce JOIN estimate_rows e ON e.task_hash = ce.task_hash AND ce.kind = 'estimate'
 LEFT JOIN cell_tasks cg ON cg.study = ce.study AND cg.cell_id = ce.cell_id AND cg.kind = 'ground_truth'
 LEFT JOIN actual_rows a ON a.task_hash = cg.task_hash AND a.test_index = e.test_index
-                       AND a.train_index = e.train_index;
+                       AND a.train_index = e.train_index
+LEFT JOIN metric_rows res ON res.task_hash = cg.task_hash AND res.metric = 'resolution'
+                         AND res.test_index = e.test_index;
 
 CREATE OR REPLACE VIEW metrics AS
 SELECT c.study, c.cell_id, c.estimator, m.test_index, m.metric, m.value, m.n_pairs, m.ci_low, m.ci_high
@@ -125,13 +128,16 @@ FROM influence i JOIN splits s ON s.study = i.study AND s.cell_id = i.cell_id AN
 
 CREATE OR REPLACE VIEW group_influence AS
 SELECT ce.study, ce.cell_id, ce.estimator, ga.test_index, ga.group_index, count(*) AS size,
-       sum(e.estimate) AS estimate, any_value(ga.actual) AS actual
+       sum(e.estimate) AS estimate, any_value(ga.actual) AS actual,
+       any_value(abs(ga.actual) >= res.value) AS resolved, any_value(res.value) AS resolution
 FROM cell_tasks cg
 JOIN group_actual ga ON ga.task_hash = cg.task_hash AND cg.kind = 'ground_truth'
 JOIN group_members gm ON gm.task_hash = ga.task_hash AND gm.group_index = ga.group_index
 JOIN cell_tasks ce ON ce.study = cg.study AND ce.cell_id = cg.cell_id AND ce.kind = 'estimate'
 JOIN estimate_rows e ON e.task_hash = ce.task_hash AND e.test_index = ga.test_index
                     AND e.train_index = gm.train_index
+LEFT JOIN metric_rows res ON res.task_hash = cg.task_hash AND res.metric = 'resolution'
+                         AND res.test_index = ga.test_index
 GROUP BY ALL;
 """
 

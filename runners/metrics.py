@@ -112,6 +112,25 @@ def noise_ceiling(per_repeat: np.ndarray, replicates: int = stats.REPLICATES, se
     return rows
 
 
+def resolution_rows(actual: np.ndarray, resolution: np.ndarray) -> list[MetricRow]:
+    """``resolution`` (the ground truth's resolution, in the measured quantity's units) and
+    ``below_resolution`` (the fraction of evaluated items with |actual| below it), per test point and
+    averaged, from actual [T, K] (NaN = not evaluated) and resolution [T]."""
+    rows: list[MetricRow] = []
+    below: list[float] = []
+    counts: list[int] = []
+    for t in range(actual.shape[0]):
+        values = actual[t][np.isfinite(actual[t])]
+        counts.append(len(values))
+        below.append(float(np.mean(np.abs(values) < resolution[t])) if len(values) else float("nan"))
+        rows.append(MetricRow(t, "resolution", float(resolution[t]), len(values)))
+    rows += [MetricRow(t, "below_resolution", b, c) for t, (b, c) in enumerate(zip(below, counts, strict=True))]
+    for name, values_ in (("resolution", [float(r) for r in resolution]), ("below_resolution", below)):
+        finite = [v for v in values_ if np.isfinite(v)]
+        rows.append(MetricRow(None, name, float(np.mean(finite)) if finite else float("nan"), int(sum(counts))))
+    return rows
+
+
 def gap_rows(a: np.ndarray, b: np.ndarray, prefix: str) -> list[MetricRow]:
     """How response a [T, K] relates to response b on the pairs both have: {prefix}_spearman, _pearson,
     _mean_gap (mean of a - b: signed, so the terms of a decomposition add up) and _mean_abs_gap."""

@@ -107,17 +107,20 @@ class ProximalBregman:
 
 def newton_refit(module: nn.Module, start: dict[str, Tensor], x: Tensor, y: Tensor, weights: Tensor,
                  weight_decay: float, base_hessian: Tensor, tol: float, max_iter: int, damping: float,
-                 hessian_chunk: int = 64, smoothing: float = 0.0) -> Refit:
-    """Every weighted refit from ``start`` to |grad| <= tol; raises TaskFailure if any does not converge."""
+                 hessian_chunk: int = 64, smoothing: float = 0.0, starts: Tensor | None = None) -> Refit:
+    """Every weighted refit from ``start`` (or from per-model flat ``starts`` [M, P]) to |grad| <= tol; raises
+    TaskFailure if any does not converge."""
     flat = FlatModel(module, start)
-    return newton_solve(WeightedLoss(flat, x, y, weights, weight_decay, smoothing), flat.theta, weights.shape[0],
-                        base_hessian, tol, max_iter, damping, hessian_chunk)
+    return newton_solve(WeightedLoss(flat, x, y, weights, weight_decay, smoothing),
+                        flat.theta if starts is None else starts, weights.shape[0], base_hessian, tol, max_iter,
+                        damping, hessian_chunk)
 
 
 def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Tensor, tol: float, max_iter: int,
                  damping: float, hessian_chunk: int = 64) -> Refit:
-    """Solve grad L_m = 0 for m < M from theta0, chord matrix base_hessian + damping I (see the module doc)."""
-    P = theta0.numel()
+    """Solve grad L_m = 0 for m < M from theta0 ([P], shared, or [M, P]), chord matrix base_hessian + damping I
+    (see the module doc)."""
+    P = theta0.shape[-1]
     H0 = base_hessian.to(theta0.dtype)
     chol, info = torch.linalg.cholesky_ex(H0)
     if int(info) != 0 and damping > 0:  # damping only where needed: it slows the chord's convergence

@@ -39,7 +39,7 @@ from runners.curvature import CURVATURES, Spectrum, hutchinson_trace, lanczos_ex
 from runners.errors import TaskFailure
 from runners.estimators import ESTIMATORS, EstimatorInputs
 from runners.estimators.common import hessian_vector_products
-from runners.metrics import MetricRow, gap_rows, noise_ceiling, score
+from runners.metrics import MetricRow, gap_rows, noise_ceiling, resolution_rows, score
 from runners.objective import PARAM_CHANGE, FlatModel, correct, per_example_loss
 from runners.protocols import PROTOCOLS, Problem, RetrainSetup
 from runners.selection import select_test_points
@@ -339,6 +339,9 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
         rows["solver_rows"] = {"train_index": [None if i < 0 else int(d.train_ids[i]) for i in item],
                                "grad_norm": norms, "iterations": its}
     derived = noise_ceiling(result.per_repeat.cpu().numpy(), seed=s.seed, test_ids=test_ids.tolist())
+    if result.resolution is not None:
+        arrays["resolution"] = result.resolution
+        derived += resolution_rows(actual.cpu().numpy(), result.resolution.cpu().numpy())
     if result.responses is not None:
         loo, pbrf = result.responses["converged_loo"], result.responses["pbrf"]
         arrays.update({f"response.{k}": v for k, v in result.responses.items()})
@@ -382,7 +385,10 @@ def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
     if "members" in gt:  # groups: the estimate of a group is the sum of its members' estimates
         scores = scores @ gt["members"].to(scores.dtype).T
     test_ids = est["test_ids"].tolist()
-    rows = score(scores.cpu().numpy(), gt["actual"].cpu().numpy(), list(spec.names), spec.top_k, spec.bootstrap,
+    actual = gt["actual"].cpu().numpy()
+    if spec.resolved_only and "resolution" in gt:  # leave out the items the ground truth cannot resolve
+        actual = np.where(np.abs(actual) >= gt["resolution"].cpu().numpy()[:, None], actual, np.nan)
+    rows = score(scores.cpu().numpy(), actual, list(spec.names), spec.top_k, spec.bootstrap,
                  int(inputs["seed"]), test_ids)
     if "response.pbrf" in gt:  # the decomposition's first term, and the whole gap it splits
         evaluated = np.where(np.isnan(gt["actual"].cpu().numpy()), np.nan, scores.cpu().numpy())

@@ -46,7 +46,8 @@ def test_run_writes_every_table(finished: Path):
     con = duckdb.connect(str(finished), read_only=True)
     evaluated = con.execute("SELECT count(*) FROM influence WHERE actual IS NOT NULL").fetchone()[0]
     assert evaluated == 2 * 12
-    per_point = con.execute("SELECT count(*) FROM metrics WHERE test_index IS NOT NULL").fetchone()[0]
+    per_point = con.execute("SELECT count(*) FROM metrics WHERE test_index IS NOT NULL AND estimator IS NOT NULL"
+                            ).fetchone()[0]
     assert per_point == 2 * 2
     status, version = con.execute("SELECT c.status, s.inflang_version FROM cells c JOIN studies s USING (study)"
                                   ).fetchone()
@@ -90,7 +91,8 @@ def test_query_formats_and_read_only(finished: Path):
     result = invoke("query", "SELECT metric, count(*) AS n FROM metrics GROUP BY 1 ORDER BY 1", "--db", str(finished),
                     "--format", "json")
     assert result.exit_code == 0
-    assert json.loads(result.output) == [{"metric": "pearson", "n": 3}, {"metric": "spearman", "n": 3}]
+    assert json.loads(result.output) == [{"metric": "below_resolution", "n": 3}, {"metric": "pearson", "n": 3},
+                                         {"metric": "resolution", "n": 3}, {"metric": "spearman", "n": 3}]
     csv_out = invoke("query", "SELECT count(*) AS n FROM cells", "--db", str(finished), "--format", "csv")
     assert csv_out.output == "n\n1\n"
     digest = hashlib.sha256(finished.read_bytes()).hexdigest()

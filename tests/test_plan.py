@@ -74,7 +74,7 @@ def test_swept_cells_share_tasks_they_have_in_common(write):
 def test_cost_counts_retrained_models(write):
     plan = plan_of(write, BASE)
     (gt,) = [t for t in plan.tasks.values() if t.kind == "ground_truth"]
-    assert gt.models == 6 and gt.cost_steps == 30
+    assert gt.models == 6 + 4 and gt.cost_steps == 50  # 5 removals, the control and 4 resolution probes
 
 
 def test_trak_models_are_extra_train_tasks_shared_within_the_cell(write):

@@ -274,16 +274,16 @@ LDS_STUDY = """\
 
 
 def _poison_second_subset(monkeypatch):
-    """Make the model of the second subset of every chunk diverge (its loss is not finite), as a too-large
-    learning rate would on one subset."""
+    """Make the model of the second subset diverge (its loss is not finite), as a too-large learning rate
+    would on one subset. The first chunk holds the control, 4 resolution probes, then the subsets."""
     import runners.protocols.common as common
 
     original = common.weighted_cross_entropy
 
     def poisoned(y, weights, smoothing=0.0, normalise="all"):
         weights = weights.clone()
-        if weights.shape[0] > 2:
-            weights[2, :] = float("inf")
+        if weights.shape[0] > 6:
+            weights[6, :] = float("inf")
         return original(y, weights, smoothing, normalise)
 
     monkeypatch.setattr(common, "weighted_cross_entropy", poisoned)

@@ -38,6 +38,7 @@ class Retraining(Spec):
     optimizer: Literal["sgd", "adam"] | None = Field(
         None, description="retraining update rule; null = the training optimizer")
     lr: float | None = Field(None, gt=0, description="retraining learning rate; null = the training lr")
+    momentum: float | None = Field(None, ge=0, lt=1, description="retraining momentum (sgd); null = the training's")
     repeats: int = Field(1, ge=1, le=1000, description="retraining seeds per removal; the mean is stored, and "
                          ">= 2 also stores the split-half noise ceiling")
     batch: Literal["auto"] | Annotated[int, Field(ge=2)] = Field(
@@ -45,8 +46,16 @@ class Retraining(Spec):
     measure: Measure = Field(
         "test_loss", description="test_loss | margin (true-class logit minus the largest other logit) | "
         "param_change_norm (||theta_removed - theta_control||, no test points; loo and pbrf)")
+    resolution_probes: int = Field(
+        4, ge=0, le=64, description="extra controls per repeat, started from the start perturbed at the dtype's "
+        "rounding, whose spread is the ground truth's resolution (0 = not measured)")
 
     grouped: ClassVar[bool] = False  # results per group of training points rather than per point
+
+    @property
+    def probes_per_repeat(self) -> int:
+        """Resolution probes each retraining repeat trains beside its control (0 when resolution is off)."""
+        return self.resolution_probes
 
     @property
     def start_from(self) -> str:

@@ -53,6 +53,8 @@ class MetricsSpec(Spec):
     top_k: int = Field(10, ge=1, description="k of top_k_overlap (precision at k of the top-|estimate| items)")
     bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap replicates for the 95% intervals "
                            "(test points, then items, and seeds when pooled); 0 = no intervals")
+    resolved_only: bool = Field(False, description="score only the items whose |actual| reaches the ground "
+                                "truth's resolution (ground_truth.resolution_probes); default: every item")
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from inflang.cost import chunk_bounds
+from inflang.hashing import derive_seed
 from inflang.spec import TrainingSpec
 from inflang.spec.protocols import Retraining
 from runners.ensemble import (
@@ -72,6 +74,8 @@ class GroundTruth:
 
     per_repeat: Tensor
     members: Tensor | None = None
+    probes: Tensor | None = None  # [R, P, T] resolution probes (see ``retrain_weighted``)
+    floor: Tensor | None = None  # [T] the measured quantity's rounding unit (``rounding_floor``)
     dropped: int = 0  # items whose measurement was not finite and were dropped (lds, nan: drop)
     # converged solvers: per model (item position, -1 for the control), final gradient norm, iterations
     solver: tuple[list[int], list[float], list[int]] | None = None
@@ -83,13 +87,22 @@ class GroundTruth:
         """[T, K]: the mean over repeats."""
         return self.per_repeat.mean(dim=0)
 
+    @property
+    def resolution(self) -> Tensor | None:
+        """[T]: see ``resolution``; None when no probes were trained."""
+        if self.probes is None or self.probes.shape[1] == 0 or self.floor is None:
+            return None
+        return resolution(self.probes, self.per_repeat.shape[0], self.floor)
+
 
 def update_rule(spec: Retraining, training: TrainingSpec, n_train: int = 1) -> UpdateRule:
     """Scratch retraining replays the training rule with its schedule; warm starts use a constant rate."""
     if spec.start_from == "scratch":
         return training_rule(training, n_train)
-    return UpdateRule(optimizer=spec.optimizer or training.optimizer, lr=spec.lr or training.lr,
-                      weight_decay=training.weight_decay, momentum=training.momentum)
+    optimizer = spec.optimizer or training.optimizer
+    momentum = spec.momentum if spec.momentum is not None else (training.momentum if optimizer == "sgd" else 0.0)
+    return UpdateRule(optimizer=optimizer, lr=spec.lr or training.lr, weight_decay=training.weight_decay,
+                      momentum=momentum)
 
 
 def measure_ensemble(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor, measure: str) -> Tensor:
@@ -104,20 +117,51 @@ def measure_ensemble(module: nn.Module, params: dict[str, Tensor], x: Tensor, y:
         return MEASURES[measure](logits, y.expand(logits.shape[0], *y.shape)).to(torch.float64)
 
 
-def chunks(spec: Retraining, p: Problem, items: int) -> list[tuple[int, int]]:
-    """[lo, hi) item ranges per ensemble; each ensemble also trains one control model."""
+def chunks(spec: Retraining, p: Problem, items: int) -> list[tuple[int, int, int]]:
+    """(lo, hi, probes) per ensemble of one repeat: items [lo, hi) beside one control model and ``probes``
+    resolution probes (``inflang.cost.chunk_bounds``, which the plan counts with)."""
     batch = p.training.batch_size or p.n
     size = spec.batch if isinstance(spec.batch, int) else chunk_size(
         p.module, tuple(p.x_train.shape[1:]), batch, p.x_train.dtype, p.memory_budget)
-    per_chunk = max(1, size - 1)
-    return [(lo, min(items, lo + per_chunk)) for lo in range(0, max(items, 1), per_chunk)]
+    return chunk_bounds(items, size, spec.probes_per_repeat)
+
+
+def perturbed(start: dict[str, Tensor], names: list[str], probes: int, seed: int) -> dict[str, Tensor]:
+    """``probes`` copies of a start [probes, ...] with every parameter in ``names`` moved by about one rounding
+    unit of its dtype, theta (1 + eps z), z ~ N(0, 1) drawn on the CPU from ``seed`` (running statistics are
+    kept as they are)."""
+    generator = torch.Generator().manual_seed(seed)
+    out = stack(start, probes)
+    for k in names:
+        v = out[k]
+        z = torch.randn(v.shape, generator=generator, dtype=torch.float64).to(device=v.device, dtype=v.dtype)
+        out[k] = v * (1 + torch.finfo(v.dtype).eps * z)
+    return out
+
+
+@dataclass
+class Retrained:
+    """effects [R, K, T]: measure(retrained) - measure(control) per repeat; probes [R, P, T]: the same for
+    the resolution probes, controls that start from a start perturbed at rounding level."""
+
+    effects: Tensor
+    probes: Tensor
+    floor: Tensor  # [T] the rounding unit of the measured quantity itself (see ``rounding_floor``)
+
+
+def rounding_floor(control: Tensor, dtype: torch.dtype) -> Tensor:
+    """[T] from control measurements [R, T]: eps(dtype) |measure(control)| averaged over repeats, the smallest
+    change the measured quantity can show at all in the training dtype."""
+    return torch.finfo(dtype).eps * control.abs().mean(dim=0)
 
 
 def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor, mean_over: str = "all",
-                     tolerate_divergence: bool = False) -> Tensor:
-    """[R, K, T]: for example weights [K, n] (1 = kept), measure(retrained) - measure(control) per repeat.
+                     tolerate_divergence: bool = False) -> Retrained:
+    """Retrain with example weights [K, n] (1 = kept), every repeat; returns effects and resolution probes.
 
-    The control (all weights 1) shares start, batch order and dropout masks with the models of its chunk.
+    The control (all weights 1) shares start, batch order and dropout masks with the models of its chunk;
+    the first chunk of each repeat also carries the resolution probes (``perturbed``), which measure how far
+    rounding-level changes of the start move the measured quantity: the ground truth's own noise.
     ``mean_over``: "all" averages each model's loss over all n points (a removal is weight 0, n kept);
     "kept" over its kept points (each model trains on a training set of its own). With
     ``tolerate_divergence`` a diverged model's row is NaN instead of failing the chunk.
@@ -125,16 +169,26 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor, mean_over: s
     rule = update_rule(spec, p.training, p.n)
     steps = spec.retrain_steps(p.training.total_steps(p.n))
     K = weights.shape[0]
-    out = torch.zeros(len(p.setup.order_seeds), K, p.x_test.shape[0], dtype=torch.float64)
+    R, T = len(p.setup.order_seeds), p.x_test.shape[0]
+    out = torch.zeros(R, K, T, dtype=torch.float64)
+    probes = torch.zeros(R, spec.probes_per_repeat, T, dtype=torch.float64)
+    control = torch.zeros(R, T, dtype=torch.float64)
+    names = [k for k, _ in p.module.named_parameters()]
     for r, seed in enumerate(p.setup.order_seeds):
         start = p.setup.trained if spec.start_from == "optimum" else p.setup.inits[r]
-        for lo, hi in chunks(spec, p, K):
-            w = torch.cat([torch.ones(1, p.n, dtype=p.x_train.dtype), weights[lo:hi].to(p.x_train.dtype)])
-            monitor = (stopping_monitor(p.module, p.training, p.validation, p.n, hi - lo + 1)
+        for lo, hi, extra in chunks(spec, p, K):
+            count = 1 + extra + hi - lo
+            w = torch.cat([torch.ones(1 + extra, p.n, dtype=p.x_train.dtype), weights[lo:hi].to(p.x_train.dtype)])
+            starts = stack(start, count)
+            if extra:
+                shifted = perturbed(start, names, extra, derive_seed(seed, "resolution probes"))
+                for k in names:
+                    starts[k][1:1 + extra] = shifted[k]
+            monitor = (stopping_monitor(p.module, p.training, p.validation, p.n, count)
                        if spec.start_from == "scratch" else None)  # scratch retraining replays training's stop rule
             with retraining():
-                final = train_ensemble(p.module, stack(start, hi - lo + 1), p.x_train, rule, steps,
-                                       p.training.batch_size, [seed] * (hi - lo + 1),
+                final = train_ensemble(p.module, starts, p.x_train, rule, steps, p.training.batch_size,
+                                       [seed] * count,
                                        weighted_cross_entropy(p.y_train, w, p.training.label_smoothing,
                                                               normalise=mean_over),
                                        on_step=monitor, noise_seed=p.setup.noise_seed(r),
@@ -142,13 +196,24 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor, mean_over: s
             if monitor is not None:
                 final = monitor.result(final)
             measured = measure_ensemble(p.module, final, p.x_test, p.y_test, spec.measure)
-            if tolerate_divergence and not bool(torch.isfinite(measured[0]).all()):
+            if tolerate_divergence and not bool(torch.isfinite(measured[:1 + extra]).all()):
                 raise DivergenceError("retraining diverged for the control model (nothing removed); lower the "
                                       f"retraining lr (now {rule.lr:g})")
-            out[r, lo:hi] = measured[1:] - measured[0]
+            probes[r, :extra] = measured[1:1 + extra] - measured[0]
+            out[r, lo:hi] = measured[1 + extra:] - measured[0]
+            control[r] = measured[0]
             if p.progress is not None:
-                p.progress(hi - lo + 1)
-    return out
+                p.progress(count)
+    return Retrained(out, probes, rounding_floor(control, p.x_train.dtype))
+
+
+def resolution(probes: Tensor, repeats: int, floor: Tensor) -> Tensor:
+    """[T] the ground truth's resolution per test point, in the measured quantity's units: twice the root
+    mean square of the probes' deviations from their control, over probes and repeats, divided by
+    sqrt(repeats) since ``actual`` is the mean over repeats; at least ``floor`` (the measured quantity's
+    own rounding unit). An |actual| below it cannot be told apart from the noise that rounding-level
+    changes of the start make (about 95% of that noise lies within it)."""
+    return torch.maximum(2 * probes.pow(2).mean(dim=(0, 1)).sqrt() / repeats**0.5, floor)
 
 
 @contextmanager

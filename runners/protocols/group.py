@@ -44,5 +44,6 @@ def run(spec: GroupProtocol, p: Problem, scores: torch.Tensor | None, seed: int)
 
 
 def group_removal(spec: GroupProtocol, p: Problem, members: torch.Tensor) -> GroundTruth:
-    per_item = retrain_weighted(spec, p, (~members).to(torch.float64), spec.mean_over)
-    return GroundTruth(per_repeat=per_item.transpose(1, 2), members=members)
+    retrained = retrain_weighted(spec, p, (~members).to(torch.float64), spec.mean_over)
+    return GroundTruth(per_repeat=retrained.effects.transpose(1, 2), members=members, probes=retrained.probes,
+                       floor=retrained.floor)

@@ -36,15 +36,17 @@ def datamodel_score(spec: LdsProtocol, p: Problem, removed: torch.Tensor) -> Gro
     """With ``nan: drop`` a subset whose retraining diverges (in any repeat) is left out and counted; the
     control diverging still fails the cell, since nothing can be measured against it."""
     try:
-        per_item = retrain_weighted(spec, p, (~removed).to(torch.float64), spec.mean_over,
-                                    tolerate_divergence=spec.nan == "drop").transpose(1, 2)  # [R, T, M]
+        retrained = retrain_weighted(spec, p, (~removed).to(torch.float64), spec.mean_over,
+                                     tolerate_divergence=spec.nan == "drop")
     except DivergenceError as exc:
         if spec.nan == "drop":
             raise
         raise TaskFailure(f"lds: {exc}; lower the retraining lr, or set nan: drop to leave diverging subsets "
                           "out") from None
+    per_item = retrained.effects.transpose(1, 2)  # [R, T, M]
     finite = torch.isfinite(per_item).all(dim=(0, 1))
     if not bool(finite.any()):
         raise TaskFailure(f"lds: all {spec.subsets} subsets diverged; lower the retraining lr")
     per_item[:, :, ~finite] = float("nan")
-    return GroundTruth(per_repeat=per_item, members=removed, dropped=int((~finite).sum()))
+    return GroundTruth(per_repeat=per_item, members=removed, dropped=int((~finite).sum()), probes=retrained.probes,
+                       floor=retrained.floor)

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from inflang.cost import default_budget
+from inflang.hashing import derive_seed
 from inflang.spec import LooProtocol
 from runners.curvature import objective_ggn, objective_hessian
 from runners.ensemble import Layout, stack
 from runners.newton import ProximalBregman, newton_refit, newton_solve
 from runners.objective import FlatModel
-from runners.protocols.common import GroundTruth, Problem, measure_ensemble, retrain_weighted
+from runners.protocols.common import GroundTruth, Problem, measure_ensemble, retrain_weighted, rounding_floor
 from runners.selection import select_removals
 
 
@@ -43,7 +44,9 @@ def leave_one_out(spec: LooProtocol, p: Problem, removals: list[np.ndarray]) -> 
     weights[torch.arange(len(items)), torch.as_tensor(items, dtype=torch.long)] = 0.0
     if spec.solver == "newton":
         return converged(spec, p, items, removals, weights)
-    result = GroundTruth(per_repeat=pointwise(retrain_weighted(spec, p, weights), items, removals, p.n))
+    retrained = retrain_weighted(spec, p, weights)
+    result = GroundTruth(per_repeat=pointwise(retrained.effects, items, removals, p.n), probes=retrained.probes,
+                         floor=retrained.floor)
     if spec.decompose:
         loo = converged(spec, p, items, removals, weights)
         result.solver = loo.solver
@@ -81,14 +84,25 @@ def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[n
     H0 = objective_hessian(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay, smoothing)
     P = H0.shape[0]
     budget = p.memory_budget if p.memory_budget is not None else default_budget()
-    all_weights = torch.cat([torch.ones(1, p.n), weights]).to(p.x_train.dtype)
+    extra = spec.probes_per_repeat
+    all_weights = torch.cat([torch.ones(1 + extra, p.n), weights]).to(p.x_train.dtype)
+    theta = FlatModel(p.module, p.setup.trained).theta
+    starts = theta.expand(all_weights.shape[0], P).clone()
+    if extra:  # resolution probes: the control refitted from a start a rounding unit away (common.perturbed)
+        z = torch.randn(extra, P, generator=torch.Generator().manual_seed(derive_seed(p.setup.order_seeds[0],
+                                                                                      "resolution probes")),
+                        dtype=torch.float64).to(device=theta.device, dtype=theta.dtype)
+        starts[1:1 + extra] = theta * (1 + torch.finfo(theta.dtype).eps * z)
     refit = newton_refit(p.module, p.setup.trained, p.x_train, p.y_train, all_weights, p.training.weight_decay,
                          H0, tol, spec.max_iter, spec.damping, hessian_chunk=max(1, budget // (32 * P * P)),
-                         smoothing=smoothing)
+                         smoothing=smoothing, starts=starts)
     params = Layout(stack(p.setup.trained, 1)).views(refit.theta)
     measured = measure_ensemble(p.module, params, p.x_test, p.y_test, spec.measure)
     if p.progress is not None:
-        p.progress(len(items) + 1)
-    per_item = (measured[1:] - measured[0]).unsqueeze(0)  # [1, K, T]
-    solver = ([-1] + [int(i) for i in items], refit.grad_norm.tolist(), refit.iterations.tolist())
-    return GroundTruth(per_repeat=pointwise(per_item, items, removals, p.n), solver=solver)
+        p.progress(len(items) + 1 + extra)
+    per_item = (measured[1 + extra:] - measured[0]).unsqueeze(0)  # [1, K, T]
+    probes = (measured[1:1 + extra] - measured[0]).unsqueeze(0)  # [1, P, T]
+    keep = [0, *range(1 + extra, all_weights.shape[0])]  # the refits view lists the control and the removals
+    solver = ([-1] + [int(i) for i in items], refit.grad_norm[keep].tolist(), refit.iterations[keep].tolist())
+    return GroundTruth(per_repeat=pointwise(per_item, items, removals, p.n), solver=solver, probes=probes,
+                       floor=rounding_floor(measured[:1], p.x_train.dtype))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from inflang.hashing import derive_seed
 from inflang.spec import PbrfProtocol
 from runners.ensemble import Batch, DataTerm, Stacked, ensemble_logits, stack, train_ensemble
 from runners.objective import per_example_loss
@@ -30,7 +31,9 @@ from runners.protocols.common import (
     Problem,
     chunks,
     measure_ensemble,
+    perturbed,
     retraining,
+    rounding_floor,
     update_rule,
 )
 from runners.protocols.loo import pointwise
@@ -80,21 +83,33 @@ def proximal_bregman(spec: PbrfProtocol, p: Problem, removals: list[np.ndarray])
     theta_s = p.setup.trained
     with torch.no_grad():
         z_s = ensemble_logits(p.module, stack(theta_s, 1), p.x_train)[0]
-    out = torch.zeros(len(p.setup.order_seeds), len(items), p.x_test.shape[0], dtype=torch.float64)
+    R, T = len(p.setup.order_seeds), p.x_test.shape[0]
+    out = torch.zeros(R, len(items), T, dtype=torch.float64)
+    probes = torch.zeros(R, spec.probes_per_repeat, T, dtype=torch.float64)
+    control = torch.zeros(R, T, dtype=torch.float64)
     proximity = p.training.weight_decay + spec.damping
+    names = [k for k, _ in p.module.named_parameters()]
     for r, seed in enumerate(p.setup.order_seeds):
-        for lo, hi in chunks(spec, p, len(items)):
-            removed = torch.as_tensor(np.concatenate([[0], items[lo:hi]]), dtype=torch.long)
-            active = torch.ones(hi - lo + 1, dtype=p.x_train.dtype)
-            active[0] = 0.0  # the control: nothing removed, so it stays at theta_s
-            count = hi - lo + 1
+        for lo, hi, extra in chunks(spec, p, len(items)):
+            count = 1 + extra + hi - lo
+            removed = torch.as_tensor(np.concatenate([[0] * (1 + extra), items[lo:hi]]), dtype=torch.long)
+            active = torch.ones(count, dtype=p.x_train.dtype)
+            active[:1 + extra] = 0.0  # the control and the probes: nothing removed, so they stay at theta_s
+            starts = stack(theta_s, count)
+            if extra:  # resolution probes: the control started a rounding unit away (common.perturbed)
+                shifted = perturbed(theta_s, names, extra, derive_seed(seed, "resolution probes"))
+                for k in names:
+                    starts[k][1:1 + extra] = shifted[k]
             with retraining():
-                final = train_ensemble(p.module, stack(theta_s, count), p.x_train, rule, steps,
+                final = train_ensemble(p.module, starts, p.x_train, rule, steps,
                                        p.training.batch_size, [seed] * count, pbrf_term(p, z_s, removed, active),
                                        anchor=stack(theta_s, count), proximity=proximity,
                                        noise_seed=p.setup.noise_seed(r))
             measured = measure_ensemble(p.module, final, p.x_test, p.y_test, spec.measure)
-            out[r, lo:hi] = measured[1:] - measured[0]
+            probes[r, :extra] = measured[1:1 + extra] - measured[0]
+            out[r, lo:hi] = measured[1 + extra:] - measured[0]
+            control[r] = measured[0]
             if p.progress is not None:
                 p.progress(count)
-    return GroundTruth(per_repeat=pointwise(out, items, removals, p.n))
+    return GroundTruth(per_repeat=pointwise(out, items, removals, p.n), probes=probes,
+                       floor=rounding_floor(control, p.x_train.dtype))
