@@ -224,9 +224,9 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
                          f"a warm start retrains the trained model at a constant rate, and training.lr ({tr.lr:g}) "
                          f"is the peak of its {tr.schedule} schedule, not where training ended",
                          "set ground_truth.lr (e.g. the rate at the end of training, or a tenth of training.lr)"))
-    if gt.momentum and (gt.optimizer or tr.optimizer) != "sgd":
-        problems.append((("ground_truth", "momentum"), f"momentum applies to sgd, and retraining uses "
-                         f"{gt.optimizer or tr.optimizer}", "set ground_truth.optimizer: sgd"))
+    if gt.momentum is not None and gt.optimizer == "adam":
+        problems.append((("ground_truth", "momentum"), "momentum applies to sgd, and retraining uses adam",
+                         "set ground_truth.optimizer: sgd, or leave it unset"))
     if gt.start_from == "scratch" and gt.momentum is not None:
         problems.append((("ground_truth", "momentum"), "start: scratch repeats the original training; it takes no "
                          "momentum override", None))

@@ -96,11 +96,11 @@ class GroundTruth:
 
 
 def update_rule(spec: Retraining, training: TrainingSpec, n_train: int = 1) -> UpdateRule:
-    """Scratch retraining replays the training rule with its schedule; warm starts use a constant rate."""
+    """Scratch retraining replays the training rule with its schedule; warm starts use a constant rate and
+    ``Retraining.warm_rule``'s optimizer and momentum."""
     if spec.start_from == "scratch":
         return training_rule(training, n_train)
-    optimizer = spec.optimizer or training.optimizer
-    momentum = spec.momentum if spec.momentum is not None else (training.momentum if optimizer == "sgd" else 0.0)
+    optimizer, momentum = spec.warm_rule(training.optimizer, training.momentum)
     return UpdateRule(optimizer=optimizer, lr=spec.lr or training.lr, weight_decay=training.weight_decay,
                       momentum=momentum)
 
