@@ -1,6 +1,6 @@
 """Ground-truth retraining: a sequential torch.optim loop (as peers retrain) against inflang's batched engine.
 
-Run: python benchmarks/retrain.py [--json PATH] [--quick] [--full-sequential]
+Run: python benchmarks/retrain.py [--json PATH] [--quick] [--full-sequential] [--only-newton] [--only NAME]
 
 Every number is measured in this one run, side by side, on the same data, model, optimizer and steps.
 The sequential loop's cost is exactly linear in the number of models (each model is its own loop), so by

@@ -77,26 +77,41 @@ def _task_states(plan: Plan, db: str) -> dict[str, str]:
         raise _fail(f"error: {exc}") from None
 
 
-MEMORY_HELP = "Memory for one retraining chunk, e.g. 2GB (default: a quarter of the free RAM)."
+MEMORY_HELP = ("Memory for one retraining chunk, e.g. 4GB (default 2GB, fixed so that results do not depend on "
+               "the free memory).")
+SELECT_HELP = ("Work on these cells only: path=value conditions joined by commas (model.depth=3, "
+               "depth=3,weight_decay=0.001) or a cell id prefix; repeat the option for a union.")
+
+
+def _selected(plan_: Plan, expressions: list[str] | None) -> Plan:
+    from inflang.selector import select
+
+    try:
+        return plan_.select(select(expressions, [(c.cell.cell_id, c.cell.params) for c in plan_.cells]))
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
 
 
 @app.command()
 def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=DB_HELP),
          memory_budget: str = typer.Option(None, "--memory-budget", help=MEMORY_HELP, show_default=False),
-         list_tasks: bool = typer.Option(False, "--tasks", help="List every task with its hash and state.")) -> None:
+         list_tasks: bool = typer.Option(False, "--tasks", help="List every task with its hash and state."),
+         select: list[str] = typer.Option(None, "--select", help=SELECT_HELP, show_default=False)) -> None:
     """Show the tasks a study compiles into: which are cached, which would run, and their cost."""
     loaded = _load(study)
-    compiled = compile_study(loaded)
+    compiled = _selected(compile_study(loaded), select)
     budget = _parse_bytes(memory_budget)
     states = _task_states(compiled, db)
     if list_tasks:
         listing = Table("task", "kind", "state", "depends on", "models", "steps")
-        for t in compiled.tasks.values():
+        for t in compiled.selected_tasks().values():
             state = {"done": "cached", "failed": "failed"}.get(states.get(t.hash, ""), "pending")
             listing.add_row(t.hash, t.kind, state, ", ".join(d[:8] for d in t.deps) or "-",
                             str(t.models or "-"), f"{t.cost_steps:,}" if t.cost_steps else "-")
         out.print(listing)
-    table = Table(title=f"plan for '{loaded.study.study}' ({len(loaded.cells)} cells)")
+    shown = len(compiled.selected_cells())
+    table = Table(title=f"plan for '{loaded.study.study}' ({shown} cells"
+                        + (f" of {len(loaded.cells)}, selected)" if shown < len(loaded.cells) else ")"))
     for col in ("task", "count", "cached", "failed", "to run", "models", "chunks", "steps"):
         table.add_column(col, justify="right" if col != "task" else "left", no_wrap=True)
     total_steps = 0
@@ -128,6 +143,8 @@ class _RichEvents:
                                  TimeElapsedColumn(), console=console, transient=False)
         self.bars: dict[str, Any] = {}
         self.models_bar: Any = None
+        self.models_total = 0
+        self.models_done = 0  # planned models of the finished ground-truth tasks
 
     def start(self, plan: Plan, pending: list[Any]) -> None:
         counts = {k: 0 for k in KINDS}
@@ -140,6 +157,7 @@ class _RichEvents:
                 self.bars[kind] = self.progress.add_task(kind, total=counts[kind])
         if models:
             self.models_bar = self.progress.add_task("models retrained", total=models)
+            self.models_total = models
         self.progress.start()
 
     def task_started(self, task: Any) -> None: ...
@@ -147,10 +165,15 @@ class _RichEvents:
     def task_finished(self, task: Any, status: str) -> None:
         if task.kind in self.bars:
             self.progress.advance(self.bars[task.kind])
+        if task.kind == "ground_truth" and self.models_bar is not None:
+            # the plan's count is exact except for top_k unions (an upper bound): the bar is trued up per task
+            self.models_done += task.models
+            self.progress.update(self.models_bar, completed=min(self.models_done, self.models_total))
 
     def models_retrained(self, count: int) -> None:
         if self.models_bar is not None:
-            self.progress.advance(self.models_bar, count)
+            done = self.progress.tasks[self.models_bar].completed
+            self.progress.update(self.models_bar, completed=min(done + count, self.models_total))
 
     def stop(self) -> None:
         self.progress.stop()
@@ -169,9 +192,11 @@ def _parse_bytes(text: str | None) -> int | None:
         raise _fail(f"error: --memory-budget: '{text}' is not a size (e.g. 512MB, 4GB)") from None
 
 
-def _summary(db: str | Path, study: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+def _summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = None
+             ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Per sweep point and estimator, pooled over seeds: spearman and pearson with their intervals, the
-    noise ceiling where measured, what they rest on, and how many of the point's cells failed."""
+    noise ceiling where measured, what they rest on, and how many of the point's cells failed. ``points``
+    (swept values) keeps those sweep points only."""
     study = study.replace("'", "''")
     sql = f"""
         WITH points AS (
@@ -196,7 +221,10 @@ def _summary(db: str | Path, study: str) -> tuple[list[str], list[tuple[Any, ...
         LEFT JOIN ceiling ON ceiling.params = p.params
         LEFT JOIN unresolved ON unresolved.params = p.params
         ORDER BY p.params, e.estimator"""
-    return run_query(db, sql)
+    columns, rows = run_query(db, sql)
+    if points is not None:
+        rows = [r for r in rows if json.loads(r[0] or "{}") in points]
+    return columns, rows
 
 
 def _number(value: float | None, low: float | None = None, high: float | None = None) -> str:
@@ -208,15 +236,16 @@ def _number(value: float | None, low: float | None = None, high: float | None = 
     return f"{value:.3f} [{low:.2f}, {high:.2f}]"
 
 
-def _failures(db: str | Path, study: str) -> list[tuple[str, str, str]]:
-    """(cell id, swept values, message) of every failed cell."""
+def _failures(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str]]:
+    """(cell id, swept values, message) of every failed cell (of the given sweep points)."""
     _, rows = run_query(db, f"SELECT cell_id, params, error FROM cells WHERE study = '{study.replace(chr(39), '')}' "
                             "AND status = 'failed' ORDER BY params, cell_id")
-    return [(c, label(json.loads(p)) if p else "-", e or "failed") for c, p, e in rows]
+    return [(c, label(json.loads(p)) if p else "-", e or "failed") for c, p, e in rows
+            if points is None or json.loads(p or "{}") in points]
 
 
-def _summary_table(db: str | Path, study: str) -> Table:
-    _, rows = _summary(db, study)
+def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> Table:
+    _, rows = _summary(db, study, points)
     table = Table(title=f"'{study}': mean over test points and seeds, 95% interval (seeds, test points, "
                         "training points)")
     with_ceiling = any(r[8] is not None for r in rows)
@@ -241,10 +270,10 @@ def _summary_table(db: str | Path, study: str) -> Table:
     return table
 
 
-def _print_summary(db: str | Path, study: str) -> None:
+def _print_summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> None:
     """The summary table, then each failed cell's message in full (a table column would wrap it)."""
-    out.print(_summary_table(db, study))
-    for cell_id, swept, message in _failures(db, study):
+    out.print(_summary_table(db, study, points))
+    for cell_id, swept, message in _failures(db, study, points):
         out.print(f"failed cell {cell_id} ({swept}): {message}", highlight=False, markup=False)
 
 
@@ -265,6 +294,7 @@ def run(
     gpus_per_task: float = typer.Option(1.0, "--gpus-per-task", min=0.01, max=64,
                                         help="With --executor ray and a CUDA device: the GPU share each task "
                                         "requests (0.25 runs four small tasks per GPU)."),
+    select: list[str] = typer.Option(None, "--select", help=SELECT_HELP, show_default=False),
 ) -> None:
     """Run a study: train, estimate, retrain for ground truth, score; results go to the database.
 
@@ -279,13 +309,13 @@ def run(
         except ImportError:
             raise _fail("error: --executor ray needs Ray: pip install 'inflang[ray]'") from None
     loaded = _load(study)
-    compiled = compile_study(loaded)
+    compiled = _selected(compile_study(loaded), select)
     budget = _parse_bytes(memory_budget)
     try:
         store = Store(db)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
-    from runners.errors import SetupError
+    from runners.errors import SetupError, StorageError
     from runners.executors import execute
 
     events = _RichEvents(err)
@@ -297,6 +327,10 @@ def run(
         events.stop()
         store.close()
         raise _fail(f"error: {exc}") from None
+    except StorageError as exc:
+        events.stop()
+        store.close()
+        raise _fail(f"error: {exc}", 1) from None
     except KeyboardInterrupt:
         events.stop()
         store.close()
@@ -304,7 +338,8 @@ def run(
                     130) from None
     events.stop()
     store.close()
-    _print_summary(db, loaded.study.study)
+    _print_summary(db, loaded.study.study, None if compiled.selected is None else
+                   [c.cell.params for c in compiled.selected_cells()])
     failed_cells = [c for c, (s, _) in summary.cell_status.items() if s == "failed"]
     out.print(f"ran {summary.ran} tasks, reused {summary.cached}; {len(failed_cells)} of "
               f"{len(summary.cell_status)} cells failed" + (" (messages above; rerun failed tasks with "
@@ -327,7 +362,8 @@ def query(
     """Query the results with SQL (the database is opened read-only).
 
     Tables and views: studies, cells, runs, models, splits, influence, influence_pairs, metrics,
-    cell_results, group_influence, responses, refits (see docs/language.md).
+    metric_replicates, cell_results, sweep_results (pooled over seeds), ground_truths, group_influence,
+    responses, refits (see docs/language.md).
     """
     if examples:
         from inflang.examples import text as example_queries
@@ -380,17 +416,21 @@ def init(
     name: str = typer.Argument(..., help="The new study's name, e.g. my-study.", show_default=False),
     out_dir: str = typer.Option(".", "--out", help="Folder to write NAME.yaml into."),
 ) -> None:
-    """Write a commented starter study, NAME.yaml, ready to run and edit."""
+    """Write a commented starter study, NAME.yaml, ready to run and edit, and study.schema.json beside it (the
+    editor schema its first line points at, for completion and checking without a network)."""
     if not is_study_name(name):
         raise _fail(f"error: '{name}' is not a study name: use lowercase letters, digits, '-' and '_'")
     target = Path(out_dir) / f"{name}.yaml"
     if target.exists():
         raise _fail(f"error: {target} exists; pick another name or remove it")
+    from inflang.spec import Study
     from inflang.starter import starter
 
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(starter(name))
-    out.print(f"wrote {target}; check it with: inflang validate {target}")
+    schema_file = target.parent / "study.schema.json"
+    schema_file.write_text(json.dumps(Study.model_json_schema(), indent=2) + "\n")  # refreshed if it is there
+    out.print(f"wrote {target} and {schema_file}; check it with: inflang validate {target}")
 
 
 @app.command(name="ls")
@@ -473,9 +513,13 @@ def report(
     db: str = typer.Option("inflang.duckdb", help=DB_HELP),
     out_dir: str = typer.Option(None, "--out", help="Also write report.html (figures), summary.csv and "
                                 "influence.csv here."),
+    select: list[str] = typer.Option(None, "--select", help=SELECT_HELP, show_default=False),
 ) -> None:
-    """Summarise one study: per cell and estimator, the mean correlations and the model's curvature;
-    with --out, an HTML report with the paper's figures (needs matplotlib: pip install 'inflang[plot]')."""
+    """Summarise one study: per sweep point and estimator, the correlations and the models' curvature;
+    with --out, an HTML report with the paper's figures (needs matplotlib: pip install 'inflang\\[plot]').
+
+    Numbers are pooled over seeds with 95% intervals; --select picks sweep points (and the cells whose
+    figures are drawn)."""
     if not is_study_name(study):
         raise _fail(f"error: '{study}' is not a study name (lowercase letters, digits, '-' and '_')")
     try:
@@ -484,15 +528,22 @@ def report(
             _, names = run_query(db, "SELECT study FROM studies ORDER BY study")
             known = ", ".join(n for (n,) in names) or "none"
             raise UsageError(f"no study '{study}' in {db} (studies there: {known})")
-        _print_summary(db, study)
+        from inflang.selector import select as select_cells
+
+        _, registered = run_query(db, f"SELECT cell_id, params FROM cells WHERE study = '{study}'")
+        chosen = select_cells(select, [(c, json.loads(p or "{}")) for c, p in registered])
+        points = None if chosen is None else [json.loads(p or "{}") for c, p in registered if c in chosen]
+        _print_summary(db, study, points)
         cols, rows = run_query(db, f"""
-            SELECT c.cell_id, c.params, m.test_accuracy, m.hessian_top_eigenvalues[1] AS top_eigenvalue,
+            SELECT c.cell_id, c."repeat", c.params, m.test_accuracy, m.hessian_top_eigenvalues[1] AS top_eigenvalue,
                    m.hessian_min_eigenvalue AS min_eigenvalue
-            FROM cells c JOIN models m USING (study, cell_id) WHERE c.study = '{study}' ORDER BY c.params""")
+            FROM cells c JOIN models m USING (study, cell_id) WHERE c.study = '{study}' ORDER BY c.params, 2""")
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
     table = Table(*cols, title="trained models")
     for r in rows:
+        if chosen is not None and r[0] not in chosen:
+            continue
         table.add_row(*("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
     out.print(table)
     if out_dir:
@@ -500,7 +551,7 @@ def report(
         target.mkdir(parents=True, exist_ok=True)
         for name, sql in (("summary.csv", None), ("influence.csv",
                           f"SELECT * FROM influence WHERE study = '{study}' ORDER BY ALL")):
-            columns, data = _summary(db, study) if sql is None else run_query(db, sql)
+            columns, data = _summary(db, study, points) if sql is None else run_query(db, sql)
             with open(target / name, "w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(columns)
@@ -509,7 +560,7 @@ def report(
         from inflang.report import build
 
         try:
-            built = build(Path(db), study, target)
+            built = build(Path(db), study, target, chosen)
         except UsageError as exc:
             err.print(f"note: {exc}", markup=False)
             return

@@ -7,8 +7,6 @@ temporaries). Models retrained at once = budget // bytes per member, at least 1,
 
 from __future__ import annotations
 
-import os
-
 ITEMSIZE = {"float32": 4, "float64": 8}
 
 
@@ -16,13 +14,16 @@ def member_bytes(n_params: int, activations_per_example: int, batch: int, itemsi
     return itemsize * (4 * n_params + 3 * batch * max(activations_per_example, 1))
 
 
+DEFAULT_BUDGET = 2 << 30  # bytes: 2 GiB
+
+
 def default_budget() -> int:
-    """A quarter of the memory available now (bytes); 4 GiB if the system does not say."""
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        available = 16 << 30
-    return max(available // 4, 64 << 20)
+    """The memory budget of one retraining chunk when ``--memory-budget`` is not given: a fixed 2 GiB.
+
+    Fixed rather than read from the free memory, so that a study is chunked (and, with BatchNorm, whose batch
+    statistics are reduced in an order that depends on the ensemble's size, computed) the same on a busy and
+    an idle machine. Models without BatchNorm give the same bits at any chunking."""
+    return DEFAULT_BUDGET
 
 
 def models_per_chunk(member: int, budget: int | None, cap: int = 1024) -> int:

@@ -1,8 +1,9 @@
 """A study compiled into a plan: content-addressed tasks with dependencies.
 
 Task kinds, and what each one's hash covers (besides ``TASK_FORMAT``):
-- ``train``: dataset, model, training, the cell's seed (and a replica number for the extra models an
-  estimator such as ``trak`` averages over) -> trained parameters, split, losses;
+- ``train``: dataset (its fields but ``root``, and for file datasets a digest of the files' names, sizes
+  and contents: ``inflang.datadigest``), model, training, the cell's seed (and a replica number for the
+  extra models an estimator such as ``trak`` averages over) -> trained parameters, split, losses;
 - ``curvature``: train -> eigendecomposition of the objective's Hessian (shared by every damping value);
 - ``hessian``: curvature, ``hessian:`` -> top and minimum eigenvalues, trace;
 - ``estimate``: train (+ curvature), the estimator's fields (not its label), test_points, measure -> scores;
@@ -16,12 +17,13 @@ only that estimator's ``estimate`` and ``metrics`` tasks (and a ground truth who
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from inflang.cost import ITEMSIZE, chunk_bounds, member_bytes, models_per_chunk
+from inflang.datadigest import DigestCache, dataset_digest
 from inflang.hashing import canonical_hash
-from inflang.spec import GroupProtocol, LdsProtocol, estimator_label, ranking_estimator
+from inflang.spec import GroupProtocol, LdsProtocol, LooProtocol, estimator_label, ranking_estimator
 from inflang.validate import Cell, LoadedStudy
 
 TASK_FORMAT = 3
@@ -40,14 +42,14 @@ class Task:
     chunk: int | None = None  # models per ensemble chunk fixed by the study (ground_truth.batch)
     repeats: int = 1
     probes: int = 0  # resolution probes per repeat
+    items: int = 0  # removals, groups or subsets retrained per repeat
 
     def chunks(self, budget: int | None = None) -> int:
         """How many ensembles this task trains (each chunk also carries one control model)."""
         if not self.models or not self.member_bytes:
             return 0
         size = self.chunk or models_per_chunk(self.member_bytes, budget)
-        items = self.models // self.repeats - 1 - self.probes
-        return self.repeats * len(chunk_bounds(items, size, self.probes))
+        return self.repeats * len(chunk_bounds(self.items, size, self.probes))
 
 
 @dataclass
@@ -82,10 +84,32 @@ class Plan:
     study: LoadedStudy
     tasks: dict[str, Task]  # in dependency order
     cells: list[CellTasks]
+    selected: frozenset[str] | None = None  # cell ids to work on (``--select``); None: every cell
+
+    def select(self, cell_ids: set[str] | None) -> Plan:
+        """The same plan, working on these cells only (every cell is still registered when it runs)."""
+        return replace(self, selected=None if cell_ids is None else frozenset(cell_ids))
+
+    def selected_cells(self) -> list[CellTasks]:
+        return [c for c in self.cells if self.selected is None or c.cell.cell_id in self.selected]
+
+    def selected_tasks(self) -> dict[str, Task]:
+        """The tasks the selected cells need, their dependencies included, in dependency order."""
+        if self.selected is None:
+            return self.tasks
+        needed: set[str] = set()
+        stack = [h for c in self.selected_cells() for _, _, h in c.all()]
+        while stack:
+            h = stack.pop()
+            if h not in needed:
+                needed.add(h)
+                stack.extend(self.tasks[h].deps)
+        return {h: t for h, t in self.tasks.items() if h in needed}
 
     def by_kind(self) -> dict[str, list[Task]]:
+        """The selected tasks by kind."""
         out: dict[str, list[Task]] = {k: [] for k in KINDS}
-        for task in self.tasks.values():
+        for task in self.selected_tasks().values():
             out[task.kind].append(task)
         return out
 
@@ -102,9 +126,10 @@ class _Builder:
         self.tasks: dict[str, Task] = {}
 
     def add(self, kind: str, inputs: dict[str, Any], deps: tuple[str, ...], cost: int = 0, models: int = 0,
-            **extra: Any) -> str:
+            hashed: dict[str, Any] | None = None, **extra: Any) -> str:
+        """A task whose hash covers ``hashed`` (default: its inputs) and whose runner receives ``inputs``."""
         body = {"kind": kind, "format": TASK_FORMAT, **inputs}
-        digest = canonical_hash(body, 20)
+        digest = canonical_hash({"kind": kind, "format": TASK_FORMAT, **(inputs if hashed is None else hashed)}, 20)
         if digest not in self.tasks:
             self.tasks[digest] = Task(kind, digest, body, deps, cost, models, **extra)
         return digest
@@ -133,6 +158,8 @@ def compile_study(loaded: LoadedStudy) -> Plan:
     """Every cell's tasks, deduplicated by hash, in an order where dependencies come first."""
     b = _Builder()
     cells: list[CellTasks] = []
+    cache = DigestCache()
+    digests: dict[str, str | None] = {}
     for cell in loaded.cells:
         s = cell.study
         n_train = s.training.trained_on(s.dataset.split_sizes()[0])
@@ -142,7 +169,14 @@ def compile_study(loaded: LoadedStudy) -> Plan:
                                         "model": _dump(s.model), "training": _dump(s.training), "seed": cell.seed}
         if s.test_points.select == "indices" and s.test_points.indices:
             train_inputs["held_out"] = sorted(set(s.test_points.indices))  # named test points are never trained on
-        train = b.add("train", train_inputs, (), train_steps, 1)
+        # the hash covers what the data is (files, sizes, contents), not where it lies
+        data_key = s.dataset.model_dump_json()
+        if data_key not in digests:
+            digests[data_key] = dataset_digest(s.dataset, cache)
+        train_hashed = {**train_inputs, "dataset": _dump(s.dataset, ("download", "mirror", "root"))}
+        if digests[data_key] is not None:
+            train_hashed["data"] = digests[data_key]
+        train = b.add("train", train_inputs, (), train_steps, 1, hashed=train_hashed)
         exact_diagnostics = s.hessian is not None and s.hessian.method == "exact"
         kinds = {e.curvature_kind for e in s.estimators if e.curvature_kind} | ({"hessian"} if exact_diagnostics
                                                                                else set())
@@ -157,7 +191,8 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         gt = s.ground_truth
         for est in s.estimators:
             reads = curvature[est.curvature_kind] if est.curvature_kind else None
-            replicas = [b.add("train", {**train_inputs, "replica": r}, (), train_steps, 1)
+            replicas = [b.add("train", {**train_inputs, "replica": r}, (), train_steps, 1,
+                              hashed={**train_hashed, "replica": r})
                         for r in range(1, est.trained_models)]
             ct.replicas += [h for h in replicas if h not in ct.replicas]
             estimate_inputs: dict[str, Any] = {"train": train, "curvature": reads,
@@ -175,21 +210,25 @@ def compile_study(loaded: LoadedStudy) -> Plan:
             gt_inputs[ranking[0][1]]["by"] = ranked_by
             gt_deps = (train, ranked_by)
         probes = gt.probes_per_repeat
-        models = (removal_count(cell) + 1 + probes) * gt.repeats
+        retrained = (removal_count(cell) + 1 + probes) * gt.repeats
+        models = retrained
+        if isinstance(gt, LooProtocol) and gt.decompose:  # converged LOO and PBRF refits of every removal
+            models += (removal_count(cell) + 1 + probes) + (removal_count(cell) + 1)
         retrain_steps = gt.retrain_steps(train_steps)
         info = s.dataset.info()
         member = member_bytes(s.model.n_params(info), s.model.activations_per_example(info),
                               s.training.batch_size or n_train, ITEMSIZE[s.training.dtype])
         ct.ground_truth = b.add("ground_truth", {"train": train, "ground_truth": gt_inputs,
                                                  "test_points": _dump(s.test_points)},
-                                gt_deps, retrain_steps * models, models, member_bytes=member,
+                                gt_deps, retrain_steps * retrained, models, member_bytes=member,
                                 chunk=gt.batch if isinstance(gt.batch, int) else None, repeats=gt.repeats,
-                                probes=probes)
+                                probes=probes, items=removal_count(cell))
         for label, estimate in ct.estimates.items():
             ct.metrics[label] = b.add("metrics", {"estimate": estimate, "ground_truth": ct.ground_truth,
                                                   "metrics": _dump(s.metrics), "seed": cell.seed},
                                       (estimate, ct.ground_truth))
         cells.append(ct)
+    cache.save()
     order = {k: i for i, k in enumerate(KINDS)}
     ordered = dict(sorted(b.tasks.items(), key=lambda kv: order[kv[1].kind]))
     return Plan(study=loaded, tasks=ordered, cells=cells)

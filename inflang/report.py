@@ -1,8 +1,10 @@
 """`inflang report STUDY --out DIR`: a self-contained HTML report with the paper's figures.
 
 Figures (PNG files under DIR/figures, also embedded in DIR/report.html):
-1. estimated vs actual change per estimator, for the hardest (highest-loss) and the median-loss test point
-   of each cell, with the identity line (Basu et al. 2021, Fig. 1);
+1. estimated vs actual change per estimator, for the highest-loss and the median-loss of the cell's
+   *selected* test points (``test_points:``; e.g. the median of the 10 highest-loss points, not of the test
+   set), with the identity line (Basu et al. 2021, Fig. 1); for the first ``MAX_SCATTERS`` cells, the
+   report says which ones it shows, and ``--select`` picks others;
 2. Spearman and Pearson (mean over seeds and test points, with the 95% hierarchical bootstrap interval as
    error bars) against each swept numeric axis, with the ground truth's noise ceiling as a band when it was
    measured;
@@ -60,12 +62,25 @@ def _numeric_axes(cells: list[dict[str, Any]]) -> list[str]:
     return [k for k, values in axes.items() if len(values) > 1]
 
 
-def build(db: Path, study: str, out_dir: Path) -> Report:
+MAX_SCATTERS = 24  # cells whose scatter plots the report draws
+
+
+def _integer_ticks(ax: Any, values: list[Any]) -> None:
+    """An axis of whole numbers (depth, width) gets ticks at its values, not at 1.25 and 1.75."""
+    if values and all(float(v).is_integer() for v in values):
+        ax.set_xticks(sorted({int(v) for v in values}))
+
+
+def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None) -> Report:
+    """The report of a study's cells (``selected`` cell ids only, when given)."""
     plt = _pyplot()
     name = study.replace("'", "")
     figures_dir = out_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
-    cells = _q(db, f"SELECT cell_id, params, status, error FROM cells WHERE study = '{name}' ORDER BY params")
+    cells = [c for c in _q(db, f"SELECT cell_id, params, status, error FROM cells WHERE study = '{name}' "
+                               "ORDER BY params, \"repeat\"")
+             if selected is None or c["cell_id"] in selected]
+    swept = [json.loads(c["params"] or "{}") for c in cells]
     report = Report(out_dir / "report.html")
     sections: list[str] = []
 
@@ -88,11 +103,11 @@ def build(db: Path, study: str, out_dir: Path) -> Report:
         ranked AS (
             SELECT cell_id, test_index, row_number() OVER (PARTITION BY cell_id ORDER BY loss DESC) AS r,
                    count(*) OVER (PARTITION BY cell_id) AS n FROM chosen)
-        SELECT cell_id, test_index, CASE WHEN r = 1 THEN 'hardest' ELSE 'median-loss' END AS which FROM ranked
+        SELECT cell_id, test_index, CASE WHEN r = 1 THEN 'highest-loss' ELSE 'median-loss' END AS which FROM ranked
         WHERE r = 1 OR (n > 1 AND r = n // 2 + 1) ORDER BY cell_id, r""")
     pairs = _q(db, f"SELECT cell_id, estimator, test_index, estimate, actual FROM influence "
                    f"WHERE study = '{name}' AND actual IS NOT NULL")
-    for cell in cells[:12]:
+    for cell in cells[:MAX_SCATTERS]:
         chosen = [p for p in points if p["cell_id"] == cell["cell_id"]]
         estimators = sorted({p["estimator"] for p in pairs if p["cell_id"] == cell["cell_id"]})
         if not chosen or not estimators:
@@ -110,17 +125,19 @@ def build(db: Path, study: str, out_dir: Path) -> Report:
                 ax.scatter(xs, ys, s=10, alpha=0.7)
                 lo, hi = min(min(xs), min(ys)), max(max(xs), max(ys))
                 ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
-                ax.set_title(f"{est}, {point['which']} test point {point['test_index']}", fontsize=9)
+                ax.set_title(f"{est}, {point['which']} selected test point {point['test_index']}", fontsize=9)
                 ax.set_xlabel("estimated change")
                 ax.set_ylabel("actual change")
         fig.suptitle(f"cell {cell['cell_id']}: {_label(cell['params'])}", fontsize=10)
-        save(fig, f"scatter-{cell['cell_id']}", f"Estimated vs actual change, {_label(cell['params'])}")
+        save(fig, f"scatter-{cell['cell_id']}", "Estimated vs actual change for the highest-loss and the median-loss "
+             f"of the selected test points, {_label(cell['params'])}")
 
     # 2. and 3. against each swept numeric axis
-    results = _q(db, f"SELECT cell_id, params, estimator, metric, value, ci_low, ci_high FROM cell_results "
-                     f"WHERE study = '{name}'")
-    pooled = _q(db, f"SELECT params, estimator, metric, value, ci_low, ci_high FROM sweep_results "
-                    f"WHERE study = '{name}'")
+    kept = {c["cell_id"] for c in cells}
+    results = [r for r in _q(db, f"SELECT cell_id, params, estimator, metric, value, ci_low, ci_high FROM "
+                                 f"cell_results WHERE study = '{name}'") if r["cell_id"] in kept]
+    pooled = [r for r in _q(db, f"SELECT params, estimator, metric, value, ci_low, ci_high FROM sweep_results "
+                                f"WHERE study = '{name}'") if json.loads(r["params"] or "{}") in swept]
     models = {m["cell_id"]: m for m in _q(db, f"SELECT cell_id, hessian_top_eigenvalues[1] AS top FROM models "
                                               f"WHERE study = '{name}'")}
     for axis in _numeric_axes(cells):
@@ -147,6 +164,7 @@ def build(db: Path, study: str, out_dir: Path) -> Report:
             ax.fill_between([x for x, _ in ceiling], [v for _, v in ceiling], 1.0, color="grey", alpha=0.2,
                             label="above the noise ceiling")
         ax.set_xlabel(axis)
+        _integer_ticks(ax, [json.loads(r["params"])[axis] for r in pooled if axis in json.loads(r["params"] or "{}")])
         ax.set_ylabel("correlation (mean, 95% interval)")
         ax.legend(fontsize=7)
         save(fig, f"correlation-{axis}", f"Correlation against {axis}")
@@ -157,6 +175,7 @@ def build(db: Path, study: str, out_dir: Path) -> Report:
             fig, ax = plt.subplots(figsize=(5.5, 3.6))
             ax.plot([x for x, _ in tops], [v for _, v in tops], "o")
             ax.set_xlabel(axis)
+            _integer_ticks(ax, [x for x, _ in tops])
             ax.set_ylabel("top Hessian eigenvalue")
             save(fig, f"eigenvalue-{axis}", f"Top Hessian eigenvalue against {axis}")
 
@@ -186,6 +205,10 @@ def build(db: Path, study: str, out_dir: Path) -> Report:
         ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
         save(fig, "decomposition", f"Where the gap between {estimator} and retraining comes from (Bae et al. 2022)")
 
+    drawn = min(len(cells), MAX_SCATTERS)
+    shown = (f"Scatter plots are drawn for the first {drawn} of {len(cells)} cells (in the order of their swept "
+             "values); choose others with inflang report --select." if len(cells) > MAX_SCATTERS else
+             "Scatter plots are drawn for every cell.")
     failed = [c for c in cells if c["status"] == "failed"]
     rows_html = "".join(f"<tr><td>{c['cell_id']}</td><td>{html.escape(_label(c['params']))}</td>"
                         f"<td>{html.escape(str(c['error']))}</td></tr>" for c in failed)
@@ -195,6 +218,7 @@ def build(db: Path, study: str, out_dir: Path) -> Report:
         f"<!doctype html><meta charset='utf-8'><title>inflang report: {html.escape(study)}</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}figure{margin:1em 0}"
         "img{max-width:100%}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
-        f"<h1>{html.escape(study)}</h1><p>{len(cells)} cells, {len(failed)} failed; {len(report.figures)} "
-        f"figures.</p>{''.join(sections)}<h2>Failed cells</h2>{failures}")
+        f"<h1>{html.escape(study)}</h1><p>{len(cells)} cells{' (selected)' if selected is not None else ''}, "
+        f"{len(failed)} failed; {len(report.figures)} figures. {html.escape(shown)}</p>"
+        f"{''.join(sections)}<h2>Failed cells</h2>{failures}")
     return report

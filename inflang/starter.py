@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 TEMPLATE = """\
-# yaml-language-server: $schema=https://raw.githubusercontent.com/inflang/inflang/main/docs/study.schema.json
+# yaml-language-server: $schema=study.schema.json
 # {name}: how well does influence predict leave-one-out retraining? Edit, then:
 #   inflang validate {name}.yaml && inflang plan {name}.yaml && inflang run {name}.yaml
 # Every key is explained in docs/language.md; `inflang schema` prints them all with their defaults.

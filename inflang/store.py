@@ -173,7 +173,11 @@ class Store:
         if read_only and not self.path.exists():
             raise UsageError(f"{self.path}: no such database; run a study first (inflang run STUDY.yaml)")
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"{self.path}: cannot create the folder {self.path.parent} for the database "
+                                 f"({exc.strerror or exc})") from None
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as exc:

@@ -237,13 +237,18 @@ def _with_data_files(study: Study, doc: Document, locate: Any) -> Study:
 
 
 def validate_document(doc: Document) -> LoadedStudy:
-    """Validate the study as written, then every cell of its sweep times its repeats."""
+    """Validate every cell of the study's sweep (the file itself when it has none), times its repeats.
+
+    Only cells have to be valid: the file without its sweep need not be a study of its own, so a sweep can
+    switch between options that exclude each other (a union of `{solver: [newton]}` and `{decompose: [true]}`).
+    A problem found in every cell is reported once, as the file's; one found in some cells names the first
+    cell it was found in.
+    """
     expanded = expand(doc)  # the sweep's own structure first; each cell is validated below
-    base_data = {k: v for k, v in doc.data.items() if k != "sweep"}
-    study = _validate(base_data, doc, lambda path, value: doc.position(path, value))
     cells: list[Cell] = []
     problems: list[Problem] = []
-    reported: set[tuple[Any, str, str]] = set()
+    found: dict[tuple[Any, str, str], tuple[Problem, str, int]] = {}  # key -> (problem, first cell, cells)
+    valid: list[Study] = []
     for params, entries in expanded:
         try:
             data = apply(doc.data, params)
@@ -262,18 +267,27 @@ def validate_document(doc: Document) -> LoadedStudy:
             cell_study = _validate(data, doc, _cell_locator(doc, entries))
         except StudyError as exc:
             label = ", ".join(f"{k}={v!r}" for k, v in params.items())
-            suffix = f" (in the sweep cell {label})" if label else ""
             for p in exc.problems:
-                if (p.position, p.path, p.message) not in reported:
-                    reported.add((p.position, p.path, p.message))
-                    problems.append(Problem(p.position, p.path, p.message + suffix, p.hint))
+                key = (p.position, p.path, p.message)
+                first = found.get(key)
+                found[key] = (p, label, 1) if first is None else (first[0], first[1], first[2] + 1)
             continue
-        for repeat in range(study.repeats):
+        valid.append(cell_study)
+        for repeat in range(cell_study.repeats):
             seed = derive_seed(cell_study.seed, "repeat", repeat)
-            cell_id = canonical_hash({"study": study.study, "params": params, "repeat": repeat}, 12)
+            cell_id = canonical_hash({"study": cell_study.study, "params": params, "repeat": repeat}, 12)
             cells.append(Cell(cell_id=cell_id, repeat=repeat, seed=seed, params=params, study=cell_study))
+    for p, label, count in found.values():
+        everywhere = count == len(expanded) or not label
+        problems.append(p if everywhere else Problem(p.position, p.path, f"{p.message} (in the sweep cell {label})",
+                                                     p.hint))
     if problems:
         raise StudyError(problems)
+    base_data = {k: v for k, v in doc.data.items() if k != "sweep"}
+    try:  # the study as written, for its study-level fields; a sweep may be what makes it valid
+        study = _validate(base_data, doc, lambda path, value: doc.position(path, value))
+    except StudyError:
+        study = valid[0]
     return LoadedStudy(path=doc.file, document=doc, study=study, cells=cells)
 
 

@@ -52,3 +52,12 @@ def write(tmp_path: Path) -> Callable[[str, str], Path]:
 @pytest.fixture
 def tiny_study(write: Callable[[str, str], Path]) -> Path:
     return write("tiny.yaml", TINY)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_digest_cache(tmp_path_factory):
+    """Data-file digests go to a cache of the test session's own, not the user's ~/.cache."""
+    import os
+
+    os.environ["INFLANG_CACHE"] = str(tmp_path_factory.mktemp("digest-cache"))
+    yield

@@ -39,6 +39,11 @@ def swept(write, tmp_path: Path) -> Path:
     return db
 
 
+def test_report_help_names_the_plot_extra():
+    result = runner.invoke(app, ["report", "--help"])
+    assert "inflang[plot]" in result.output
+
+
 def test_html_report_has_the_figures(swept: Path, tmp_path: Path):
     out = tmp_path / "report"
     result = runner.invoke(app, ["report", "swept", "--db", str(swept), "--out", str(out)])
@@ -122,6 +127,12 @@ def test_init_writes_a_study_that_validates(tmp_path: Path):
     result = runner.invoke(app, ["init", "my-study", "--out", str(tmp_path)])
     assert result.exit_code == 0
     assert runner.invoke(app, ["validate", str(tmp_path / "my-study.yaml")]).exit_code == 0
+    # the editor schema named on the first line exists beside the study, and the study satisfies it
+    first = (tmp_path / "my-study.yaml").read_text().splitlines()[0]
+    schema_path = tmp_path / first.split("$schema=", 1)[1]
+    assert schema_path.is_file()
+    jsonschema.validate(yaml.safe_load((tmp_path / "my-study.yaml").read_text()),
+                        json.loads(schema_path.read_text()))
     again = runner.invoke(app, ["init", "my-study", "--out", str(tmp_path)])
     assert again.exit_code == 2 and "exists" in again.output
     assert runner.invoke(app, ["init", "Bad Name"]).exit_code == 2

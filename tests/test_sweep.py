@@ -65,3 +65,42 @@ def test_sweep_path_that_does_not_exist(write):
 def test_empty_or_malformed_sweeps(write, sweep):
     with pytest.raises(StudyError):
         load_study(write("s.yaml", BASE + sweep))
+
+
+UNION = """\
+study: union
+dataset: {name: iris, test_size: 30}
+model: {arch: logreg}
+training: {optimizer: lbfgs, lr: 1.0, epochs: 100, weight_decay: 0.01}
+estimators: [{name: exact, damping: 0.0}]
+test_points: {count: 2}
+ground_truth: {protocol: loo, removals: {select: random, k: 5}}
+sweep:
+  - {ground_truth.solver: [newton]}
+  - {ground_truth.optimizer: [sgd], ground_truth.lr: [0.1], ground_truth.steps: [10]}
+"""
+
+
+def test_only_cells_have_to_be_valid(write):
+    """The file without its sweep (lbfgs with no retraining optimizer) is not a valid study, but every cell of
+    the union is: a sweep over options that exclude each other validates."""
+    loaded = load_study(write("u.yaml", UNION))
+    assert [c.params for c in loaded.cells] == [{"ground_truth.solver": "newton"},
+                                                {"ground_truth.optimizer": "sgd", "ground_truth.lr": 0.1,
+                                                 "ground_truth.steps": 10}]
+    assert loaded.study.study == "union"
+    broken = UNION.replace('{ground_truth.optimizer: [sgd], ground_truth.lr: [0.1], ground_truth.steps: [10]}',
+                           '{ground_truth.decompose: [true]}')
+    with pytest.raises(StudyError) as info:
+        load_study(write("b.yaml", broken))
+    (problem,) = info.value.problems  # found in one cell only: it names that cell
+    assert "lbfgs has no batched retraining rule" in problem.message
+    assert "(in the sweep cell ground_truth.decompose=True)" in problem.message
+
+
+def test_a_problem_of_every_cell_is_reported_once_without_a_cell(write):
+    path = write("s.yaml", BASE.replace("depth: 1", "depth: 1, colour: red") + "sweep:\n  model.width: [4, 5]\n")
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    (problem,) = info.value.problems
+    assert "unknown key 'colour'" in problem.message and "sweep cell" not in problem.message

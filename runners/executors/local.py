@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import torch
 
 from inflang.plan import Plan, Task
@@ -27,6 +28,7 @@ from inflang.store import Store
 from runners import artifacts
 from runners.data.download import ensure_files
 from runners.device import configure, parse, resolve
+from runners.errors import StorageError
 from runners.tasks import Context, Dep, Output, run_task
 
 
@@ -106,8 +108,14 @@ class _Runner:
 
     def finish(self, task: Task, out: Output, seconds: float) -> dict[str, torch.Tensor]:
         """Save a finished task's artifact, then its rows and 'done' record in one transaction."""
-        sha = artifacts.save(self.store.artifacts, task.hash, out.arrays) if out.arrays else None
-        self.store.write_task(task.hash, task.kind, task.inputs, out.rows, seconds, sha)
+        try:
+            sha = artifacts.save(self.store.artifacts, task.hash, out.arrays) if out.arrays else None
+            self.store.write_task(task.hash, task.kind, task.inputs, out.rows, seconds, sha)
+        except (OSError, duckdb.Error) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise StorageError(f"cannot write the results of {task.kind} task {task.hash} under "
+                               f"{self.store.artifacts.parent} ({reason}); the tasks finished before are saved: "
+                               "free space (or fix the folder) and run the same command again") from None
         self.status[task.hash] = ("done", None, sha)
         # downstream tasks read the saved copy, exactly as a resumed run would (BLAS results can depend on
         # how a tensor sits in memory, and an interrupted run must end with the same bits)
@@ -165,7 +173,8 @@ def execute(plan: Plan, store: Store, *, memory_budget: int | None = None, threa
         device = resolve(device)
         configure(device)
     loaded = plan.study
-    for spec in {c.cell.study.dataset.model_dump_json(): c.cell.study.dataset for c in plan.cells}.values():
+    for spec in {c.cell.study.dataset.model_dump_json(): c.cell.study.dataset
+                 for c in plan.selected_cells()}.values():
         if isinstance(spec, FileDataset):
             ensure_files(spec)  # download: true fetches missing files here, once, before any task
     run_id = uuid.uuid4().hex[:12]
@@ -185,8 +194,8 @@ def execute(plan: Plan, store: Store, *, memory_budget: int | None = None, threa
     device = getattr(backend, "device", device)  # Ray resolves 'auto' against the cluster
     store.start_run(run_id, loaded.study.study, where, device, git_commit(Path(loaded.path).parent))
     log = RunLog(store.artifacts / "logs", run_id)
-    log.line(f"run {run_id} of study '{loaded.study.study}' ({loaded.path}): {len(plan.tasks)} tasks, executor "
-             f"{where}, device {device}, {threads} thread(s)")
+    log.line(f"run {run_id} of study '{loaded.study.study}' ({loaded.path}): {len(plan.selected_tasks())} tasks, "
+             f"executor {where}, device {device}, {threads} thread(s)")
     try:
         summary = _schedule(plan, store, backend, _Runner(plan, store, ctx), retry_failed, events, log)
     except BaseException as exc:
@@ -236,8 +245,9 @@ def _schedule(plan: Plan, store: Store, backend: Any, runner: _Runner, retry_fai
         state = runner.status.get(task.hash)
         return state is None or (state[0] == "failed" and retry_failed)
 
-    waiting = [t for t in plan.tasks.values() if pending(t)]
-    for task in plan.tasks.values():
+    tasks = plan.selected_tasks()
+    waiting = [t for t in tasks.values() if pending(t)]
+    for task in tasks.values():
         if not pending(task):
             state = runner.status[task.hash]
             if state[0] == "failed":
@@ -298,7 +308,7 @@ def _schedule(plan: Plan, store: Store, backend: Any, runner: _Runner, retry_fai
                 events.models_retrained(task.models)
             summary.ran += 1
             events.task_finished(task, "done")
-    for cell in plan.cells:
+    for cell in plan.selected_cells():
         errors = [f"{plan.tasks[blocked.get(h, h)].kind} failed: {summary.failed[blocked.get(h, h)]}"
                   for _kind, _label, h in cell.all() if blocked.get(h, h) in summary.failed]
         summary.cell_status[cell.cell.cell_id] = ("failed", errors[0]) if errors else ("done", None)

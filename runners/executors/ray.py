@@ -8,10 +8,13 @@ on the others, then ``--address auto`` on the head); without an address a local 
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from inflang.plan import Task
 from runners.device import DeviceError, configure, parse
+from runners.errors import SetupError
 from runners.executors.pool import run_in_worker
 from runners.tasks import Dep, Output
 
@@ -27,6 +30,26 @@ def _one_thread(kind: str, inputs: dict[str, Any], deps: dict[str, Dep],
     return run_in_worker(kind, inputs, deps, memory_budget, device)
 
 
+REACH_SECONDS = 10.0  # how long an --address may take to answer before the run gives up
+
+
+def check_reachable(address: str, timeout: float = REACH_SECONDS) -> None:
+    """Fail within ``timeout`` seconds, with one line, when nothing answers at a host:port address (Ray itself
+    would retry for minutes). 'auto' and 'local' are Ray's own lookups and are not checked here."""
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SetupError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379), 'auto' or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise SetupError(f"--address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); start "
+                         "the cluster with 'ray start --head' there, or check the address") from None
+
+
 class RayBackend:
     def __init__(self, address: str | None, workers: int, memory_budget: int | None, device: str = "cpu",
                  gpus_per_task: float = 1.0) -> None:
@@ -38,7 +61,16 @@ class RayBackend:
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address is None:
                 options["num_cpus"] = max(1, workers)
-            ray.init(address=address, **options)
+            else:
+                check_reachable(address)
+                os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # no wall of retry warnings
+            try:
+                ray.init(address=address, **options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                hint = ("no Ray cluster is running here; start one with 'ray start --head', or leave out "
+                        "--address to run a local Ray" if address == "auto" else "check the address")
+                raise SetupError(f"--address {address}: Ray could not connect ({first}); {hint}") from None
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = max(1, cpus)
         self.budget = memory_budget
