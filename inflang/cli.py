@@ -270,6 +270,28 @@ def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | No
     return table
 
 
+def _claims_rows(db: str | Path, studies: list[str]) -> list[tuple[Any, ...]]:
+    names = ", ".join("'" + s.replace("'", "") + "'" for s in studies)
+    _, rows = run_query(db, f"""SELECT study, claim, verdict, estimate, ci_low, ci_high, statistic, seeds, test_points,
+                                       relative_to_ceiling, detail FROM claims WHERE study IN ({names})
+                                ORDER BY study, position""")
+    return rows
+
+
+def _claims_table(rows: list[tuple[Any, ...]], with_study: bool) -> Table:
+    table = Table(title="claims: verdict from the 95% interval (seeds, test points, training points)")
+    for col in (["study"] if with_study else []) + ["claim", "verdict", "statistic", "estimate [95% interval]",
+                                                     "of ceiling", "seeds", "test points"]:
+        table.add_column(col, no_wrap=col in ("verdict", "estimate [95% interval]"))
+    colours = {"supported": "green", "contradicted": "red", "unresolved": "yellow"}
+    for study, claim, verdict, est, low, high, statistic, seeds, points, ceiling, detail in rows:
+        shown = f"[{colours.get(verdict, 'magenta')}]{verdict}[/]"
+        cells = [claim, shown, statistic + (f" ({detail})" if detail else ""), _number(est, low, high),
+                 "-" if ceiling is None else f"{ceiling:.2f}", str(seeds), str(points)]
+        table.add_row(*([study] if with_study else []), *cells)
+    return table
+
+
 def _print_summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> None:
     """The summary table, then each failed cell's message in full (a table column would wrap it)."""
     out.print(_summary_table(db, study, points))
@@ -340,6 +362,8 @@ def run(
     store.close()
     _print_summary(db, loaded.study.study, None if compiled.selected is None else
                    [c.cell.params for c in compiled.selected_cells()])
+    if loaded.study.claims:
+        out.print(_claims_table(_claims_rows(db, [loaded.study.study]), False))
     failed_cells = [c for c, (s, _) in summary.cell_status.items() if s == "failed"]
     out.print(f"ran {summary.ran} tasks, reused {summary.cached}; {len(failed_cells)} of "
               f"{len(summary.cell_status)} cells failed" + (" (messages above; rerun failed tasks with "
@@ -507,6 +531,27 @@ def compare(
     out.print(table)
 
 
+@app.command(name="claims")
+def claims_command(
+    studies: list[str] = typer.Argument(..., help="One or more study names.", show_default=False),
+    db: str = typer.Option("inflang.duckdb", help=DB_HELP),
+) -> None:
+    """Print the verdicts of the studies' claims: supported, contradicted, unresolved or not evaluable, each
+    with its statistic and 95% interval (claims are evaluated by inflang run)."""
+    try:
+        names = ", ".join("'" + s.replace("'", "") + "'" for s in studies)
+        _, known = run_query(db, f"SELECT study FROM studies WHERE study IN ({names})")
+        missing = sorted(set(studies) - {k for (k,) in known})
+        if missing:
+            raise UsageError(f"no study {', '.join(missing)} in {db}")
+        rows = _claims_rows(db, studies)
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
+    if not rows:
+        raise _fail(f"error: {', '.join(studies)} declare no claims (add a claims: section and run again)")
+    out.print(_claims_table(rows, len(studies) > 1))
+
+
 @app.command()
 def report(
     study: str = typer.Argument(..., help="The study's name (its 'study:' key).", show_default=False),
@@ -533,6 +578,9 @@ def report(
         _, registered = run_query(db, f"SELECT cell_id, params FROM cells WHERE study = '{study}'")
         chosen = select_cells(select, [(c, json.loads(p or "{}")) for c, p in registered])
         points = None if chosen is None else [json.loads(p or "{}") for c, p in registered if c in chosen]
+        claim_rows = _claims_rows(db, [study])
+        if claim_rows:
+            out.print(_claims_table(claim_rows, False))
         _print_summary(db, study, points)
         cols, rows = run_query(db, f"""
             SELECT c.cell_id, c."repeat", c.params, m.test_accuracy, m.hessian_top_eigenvalues[1] AS top_eigenvalue,

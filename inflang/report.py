@@ -9,7 +9,8 @@ Figures (PNG files under DIR/figures, also embedded in DIR/report.html):
    error bars) against each swept numeric axis, with the ground truth's noise ceiling as a band when it was
    measured;
 3. the Hessian's top eigenvalue against each swept numeric axis (when `hessian:` was asked for);
-and a table of failed cells. matplotlib is an optional extra (`pip install 'inflang[plot]'`).
+and a table of failed cells; before them, one figure per claim (its statistic and 95% interval against the
+line it has to clear). matplotlib is an optional extra (`pip install 'inflang[plot]'`).
 """
 
 from __future__ import annotations
@@ -93,6 +94,22 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
         data = base64.b64encode(path.read_bytes()).decode()
         sections.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    # 0. the claims, each as its statistic with the 95% interval against the line it has to clear
+    claims = _q(db, f"SELECT claim, form, statistic, estimate, ci_low, ci_high, verdict, seeds, test_points, "
+                    f"threshold FROM claims WHERE study = '{name}' ORDER BY position")
+    for i, c in enumerate(claims):
+        fig, ax = plt.subplots(figsize=(6.0, 1.6))
+        colour = {"supported": "tab:green", "contradicted": "tab:red", "unresolved": "tab:orange"}.get(
+            c["verdict"], "grey")
+        if c["estimate"] is not None and c["ci_low"] is not None:
+            ax.errorbar([c["estimate"]], [0], xerr=[[c["estimate"] - c["ci_low"]], [c["ci_high"] - c["estimate"]]],
+                        fmt="o", color=colour, capsize=4)
+        ax.axvline(c["threshold"] or 0.0, color="grey", ls="--", lw=1)
+        ax.set_yticks([])
+        ax.set_xlabel(c["statistic"], fontsize=8)
+        ax.set_title(f"{c['claim']}: {c['verdict']} ({c['seeds']} seeds, {c['test_points']} test points)", fontsize=9)
+        save(fig, f"claim-{i}", f"Claim '{c['claim']}': {c['verdict']}")
 
     # 1. scatter per cell: hardest and median-loss test points
     points = _q(db, f"""

@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS ground_truth_results (task_hash VARCHAR PRIMARY KEY, 
     repeats INTEGER, dropped INTEGER);
 CREATE TABLE IF NOT EXISTS pooled_rows (study VARCHAR, params JSON, estimator VARCHAR, metric VARCHAR,
     value DOUBLE, sd DOUBLE, ci_low DOUBLE, ci_high DOUBLE, seeds INTEGER, test_points INTEGER);
+CREATE TABLE IF NOT EXISTS claims (study VARCHAR, claim VARCHAR, form VARCHAR, statistic VARCHAR, estimate DOUBLE,
+    ci_low DOUBLE, ci_high DOUBLE, seeds INTEGER, test_points INTEGER, verdict VARCHAR,
+    relative_to_ceiling DOUBLE, detail VARCHAR, position INTEGER, threshold DOUBLE);
 CREATE TABLE IF NOT EXISTS response_rows (task_hash VARCHAR, test_index INTEGER, train_index INTEGER,
     response VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS solver_rows (task_hash VARCHAR, train_index INTEGER, grad_norm DOUBLE,
@@ -278,6 +281,16 @@ class Store:
             SELECT c.study, c.estimator, c.metric, c.value, c.sd, c.ci_low, c.ci_high, c.seeds, c.test_points,
                    c.params{columns}
             FROM pooled_rows c""")
+
+    def write_claims(self, study: str, verdicts: Sequence[Any]) -> None:
+        """Replace a study's claim verdicts (``inflang.claims.Verdict``) in one transaction."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM claims WHERE study = ?", [study])
+            if verdicts:
+                con.executemany("INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                [(study, v.claim, v.form, v.statistic, v.estimate, v.ci_low, v.ci_high, v.seeds,
+                                  v.test_points, v.verdict, v.relative_to_ceiling, v.detail, i, v.threshold)
+                                 for i, v in enumerate(verdicts)])
 
     def write_pooled(self, study: str, rows: Sequence[Any]) -> None:
         """Replace a study's pooled rows (``inflang.pooling.Pooled``) in one transaction."""

@@ -288,6 +288,11 @@ def validate_document(doc: Document) -> LoadedStudy:
         study = _validate(base_data, doc, lambda path, value: doc.position(path, value))
     except StudyError:
         study = valid[0]
+    from inflang.claims import claim_problems
+
+    wrong = claim_problems(study.claims, [(c.params, c.study) for c in cells])
+    if wrong:
+        raise StudyError(Problem(doc.position(path, True), _dotted(path), msg, hint) for path, msg, hint in wrong)
     return LoadedStudy(path=doc.file, document=doc, study=study, cells=cells)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, WithJsonSchema, field_validator
 
 from inflang.spec.base import Spec
+from inflang.spec.claims import Claim
 from inflang.spec.dataset import DatasetSpec
 from inflang.spec.estimators import (
     ArnoldiEstimator,
@@ -51,6 +52,9 @@ class Study(Spec):
         default_factory=MetricsSpec, description="a list of metric names, or {names: [...], top_k: k, bootstrap: B}")
     hessian: HessianSpec | None = Field(None, description="optional curvature diagnostics")
     repeats: int = Field(1, ge=1, le=1000, description="independent seeds of every cell")
+    claims: list[Claim] = Field(default_factory=list, description="hypotheses, each answered with a verdict "
+                                "backed by an interval (trend, contrast, compare, at_least, at_most, "
+                                "between_test_points)")
     sweep: SweepGrid | list[SweepGrid] | None = Field(
         None, description="dotted paths to lists of values (cartesian product), or a list of such maps (union)")
 

@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 import torch
 
+from inflang.claims import evaluate
 from inflang.plan import Plan, Task
 from inflang.pooling import pool_study
 from inflang.spec import FileDataset
@@ -314,4 +315,5 @@ def _schedule(plan: Plan, store: Store, backend: Any, runner: _Runner, retry_fai
         summary.cell_status[cell.cell.cell_id] = ("failed", errors[0]) if errors else ("done", None)
     store.set_cell_status(loaded.study.study, summary.cell_status)
     store.write_pooled(loaded.study.study, pool_study(store.con, loaded.study.study))
+    store.write_claims(loaded.study.study, evaluate(store.con, loaded.study.study, loaded.study.claims))
     return summary

@@ -1,0 +1,91 @@
+"""``claims:`` -- a study's hypotheses, each answered with a verdict backed by an interval (docs/language.md).
+
+A claim names a metric (an agreement metric the study computes, a ground-truth quantity such as
+``noise_ceiling_spearman``, or a model quantity such as ``hessian_top_eigenvalue``), the estimator it is
+about (for agreement metrics), optionally ``where`` (swept values the claim is restricted to), and exactly
+one form: ``trend`` along a swept axis, ``contrast`` between two values of an axis, ``compare`` between
+two estimators, ``at_least`` / ``at_most`` a threshold, or ``between_test_points`` (how much of the
+metric's spread between test points is real rather than item noise).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from inflang.spec.base import Spec
+
+# quantities of the trained model, one value per cell (from the models view)
+MODEL_QUANTITIES = ("hessian_top_eigenvalue", "test_accuracy", "test_loss", "train_loss")
+# quantities of the ground truth itself (estimator NULL in metrics)
+GROUND_TRUTH_METRICS = ("noise_ceiling_spearman", "noise_ceiling_pearson", "reliability_spearman",
+                        "reliability_pearson", "resolution", "below_resolution")
+
+
+class TrendSpec(Spec):
+    """The metric moves in one direction along a swept axis (with every other swept value held fixed)."""
+
+    axis: str = Field(description="a swept path, e.g. model.depth")
+    direction: Literal["up", "down"] = Field(description="up: grows with the axis value; down: falls")
+
+
+class ContrastSpec(Spec):
+    """The metric is higher at one value of a swept axis than at another, paired on every other axis."""
+
+    axis: str = Field(description="a swept path, e.g. training.weight_decay")
+    better: Any = Field(description="the axis value claimed to give the higher metric")
+    than: Any = Field(description="the axis value it is compared with")
+
+
+class CompareSpec(Spec):
+    """One estimator's metric is higher than another's on the same cells (paired per seed, test point and
+    training point)."""
+
+    better: str = Field(description="the label of the estimator claimed to be better")
+    than: str = Field(description="the label of the estimator it is compared with")
+
+
+class BetweenTestPointsSpec(Spec):
+    """How much of the variance of the metric between test points is real: 1 - (mean item-level bootstrap
+    variance of a test point's metric) / (variance of the metric across test points)."""
+
+    at_least: float = Field(ge=-1e9, le=1, description="the share of the spread between test points that is "
+                            "claimed to be real (e.g. 0.5)")
+
+
+class Claim(Spec):
+    """One hypothesis of the study, answered by ``inflang run`` with a verdict."""
+
+    name: str = Field(min_length=1, max_length=200, description="what the claim says, in words")
+    metric: str = Field(description="an agreement metric of the study (spearman, ...), a ground-truth quantity "
+                        "(noise_ceiling_spearman, below_resolution, ...) or a model quantity "
+                        "(hessian_top_eigenvalue, test_accuracy, test_loss, train_loss)")
+    estimator: str | None = Field(None, description="the estimator label the claim is about (agreement "
+                                  "metrics; not with compare)")
+    where: dict[str, Any] = Field(default_factory=dict, description="swept path -> value: the cells the claim "
+                                  "is about (default: every cell)")
+    trend: TrendSpec | None = None
+    contrast: ContrastSpec | None = None
+    compare: CompareSpec | None = None
+    at_least: float | None = Field(None, description="the metric's mean is at least this")
+    at_most: float | None = Field(None, description="the metric's mean is at most this")
+    between_test_points: BetweenTestPointsSpec | None = None
+
+    @property
+    def form(self) -> str:
+        for name in ("trend", "contrast", "compare", "at_least", "at_most", "between_test_points"):
+            if getattr(self, name) is not None:
+                return name
+        raise ValueError("no form")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Claim:
+        forms = [n for n in ("trend", "contrast", "compare", "at_least", "at_most", "between_test_points")
+                 if getattr(self, n) is not None]
+        if len(forms) != 1:
+            raise ValueError("give exactly one of trend, contrast, compare, at_least, at_most, "
+                             f"between_test_points (found {', '.join(forms) or 'none'})")
+        if self.compare is not None and self.estimator is not None:
+            raise ValueError("compare names its two estimators itself; leave out 'estimator'")
+        return self

@@ -1,0 +1,169 @@
+"""Claims: verdicts on simulated metric tables with known answers, end to end on logistic regression, and
+validation errors that point at the claim."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from inflang.claims import evaluate_one
+from inflang.cli import app
+from inflang.errors import StudyError
+from inflang.spec.claims import Claim
+from inflang.store import Store
+from inflang.validate import load_study
+from tests.helpers import rows
+
+runner = CliRunner()
+
+
+def fake_study(path: Path, table: dict[tuple[tuple[tuple[str, float], ...], str], list[float]], seeds: int = 4,
+               points: int = 8, items: int = 40, noise: float = 0.05, seed: int = 0) -> Store:
+    """A database with one cell per (swept values, seed) and, per estimator, per-test-point metric rows and
+    item replicates around the given true mean: no training at all."""
+    rng = np.random.default_rng(seed)
+    store = Store(path)
+    cells, links = [], []
+    for (params, estimator), (mean,) in table.items():
+        swept = dict(params)
+        for repeat in range(seeds):
+            cell_id = f"{json.dumps(swept, sort_keys=True)}-{repeat}"
+            if (cell_id, repeat, 0, swept) not in cells:
+                cells.append((cell_id, repeat, 0, swept))
+            task = f"{cell_id}-{estimator}"
+            links.append((cell_id, "metrics", estimator, task))
+            seed_shift = rng.normal(0, noise)
+            values = mean + seed_shift + rng.normal(0, noise, points)
+            replicates = values[:, None] + rng.normal(0, noise, (points, 200))
+            store.write_task(task, "metrics", {}, {
+                "metric_rows": {"test_index": list(range(points)), "metric": ["spearman"] * points,
+                                "value": values.tolist(), "n_pairs": [items] * points,
+                                "ci_low": [None] * points, "ci_high": [None] * points},
+                "metric_replicates": {"test_index": list(range(points)), "metric": ["spearman"] * points,
+                                      "replicates": replicates.tolist()}}, 0.0, None)
+    store.record_study("fake", "h", "", "", cells, links)
+    return store
+
+
+def verdict(store: Store, **claim) -> str:
+    return evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", **claim), count=400).verdict
+
+
+def test_each_form_is_supported_contradicted_or_unresolved_where_it_should_be(tmp_path: Path):
+    d = "model.depth"
+    table = {(((d, 1),), "exact"): [0.9], (((d, 2),), "exact"): [0.7], (((d, 3),), "exact"): [0.5],
+             (((d, 1),), "flat"): [0.6], (((d, 2),), "flat"): [0.6], (((d, 3),), "flat"): [0.6],
+             (((d, 1),), "grad_dot"): [0.3], (((d, 2),), "grad_dot"): [0.3], (((d, 3),), "grad_dot"): [0.3],
+             (((d, 1),), "twin"): [0.6], (((d, 2),), "twin"): [0.6], (((d, 3),), "twin"): [0.6]}
+    store = fake_study(tmp_path / "f.duckdb", table)
+    down, up = {"axis": d, "direction": "down"}, {"axis": d, "direction": "up"}
+    assert verdict(store, estimator="exact", trend=down) == "supported"
+    assert verdict(store, estimator="exact", trend=up) == "contradicted"
+    assert verdict(store, estimator="flat", trend=down) == "unresolved"
+    assert verdict(store, estimator="exact", contrast={"axis": d, "better": 1, "than": 3}) == "supported"
+    assert verdict(store, estimator="exact", contrast={"axis": d, "better": 3, "than": 1}) == "contradicted"
+    assert verdict(store, estimator="flat", contrast={"axis": d, "better": 3, "than": 1}) == "unresolved"
+    assert verdict(store, compare={"better": "exact", "than": "grad_dot"}) == "supported"
+    assert verdict(store, compare={"better": "grad_dot", "than": "exact"}) == "contradicted"
+    assert verdict(store, compare={"better": "flat", "than": "twin"}) == "unresolved"  # the same means
+    assert verdict(store, estimator="exact", at_least=0.5, where={d: 1}) == "supported"
+    assert verdict(store, estimator="exact", at_least=0.95, where={d: 1}) == "contradicted"
+    assert verdict(store, estimator="exact", at_least=0.9, where={d: 1}) == "unresolved"
+    assert verdict(store, estimator="grad_dot", at_most=0.4) == "supported"
+    result = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
+                                                   trend=down), count=400)
+    assert result.estimate == pytest.approx(-0.2, abs=0.03) and result.seeds == 4 and result.test_points == 96
+    missing = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
+                                                    at_least=0.5, where={d: 7}), count=100)
+    assert missing.verdict == "not evaluable"
+    store.close()
+
+
+def test_between_test_points_sees_real_spread(tmp_path: Path):
+    """Test points that differ far more than their item noise: most of the spread is real."""
+    rng = np.random.default_rng(1)
+    store = Store(tmp_path / "b.duckdb")
+    values = rng.normal(0.5, 0.3, 12)
+    replicates = values[:, None] + rng.normal(0, 0.02, (12, 300))
+    store.write_task("t", "metrics", {}, {
+        "metric_rows": {"test_index": list(range(12)), "metric": ["spearman"] * 12, "value": values.tolist(),
+                        "n_pairs": [50] * 12, "ci_low": [None] * 12, "ci_high": [None] * 12},
+        "metric_replicates": {"test_index": list(range(12)), "metric": ["spearman"] * 12,
+                              "replicates": replicates.tolist()}}, 0.0, None)
+    store.record_study("fake", "h", "", "", [("c0", 0, 0, {})], [("c0", "metrics", "exact", "t")])
+    real = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
+                                                 between_test_points={"at_least": 0.5}), count=400)
+    assert real.verdict == "supported" and real.estimate > 0.9
+    store.close()
+
+
+CONVEX = """\
+study: convex
+dataset: {name: iris, test_size: 30}
+model: {arch: logreg}
+training: {optimizer: lbfgs, lr: 1.0, epochs: 200, weight_decay: 0.01}
+estimators: [{name: exact, damping: 0.0}, {name: grad_dot}]
+test_points: {count: 6}
+ground_truth: {protocol: loo, solver: newton, removals: {select: random, k: 40}}
+metrics: {names: [spearman], top_k: 10}
+sweep:
+  metrics.top_k: [5, 10]
+claims:
+  - {name: exact beats gradient similarity, metric: spearman, compare: {better: exact, than: grad_dot}}
+  - {name: gradient similarity beats exact, metric: spearman, compare: {better: grad_dot, than: exact}}
+  - {name: top_k changes nothing, metric: spearman, estimator: exact,
+     contrast: {axis: metrics.top_k, better: 10, than: 5}}
+  - {name: linear models are accurate, metric: spearman, estimator: exact, at_least: 0.95}
+"""
+
+
+def test_claims_end_to_end_on_logistic_regression(write, tmp_path: Path):
+    db = tmp_path / "c.duckdb"
+    study = write("c.yaml", CONVEX)
+    result = runner.invoke(app, ["run", str(study), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    verdicts = dict(rows(db, "SELECT claim, verdict FROM claims WHERE study = 'convex'"))
+    assert verdicts == {"exact beats gradient similarity": "supported",
+                        "gradient similarity beats exact": "contradicted",
+                        "top_k changes nothing": "unresolved",  # the same model twice: a difference of exactly 0
+                        "linear models are accurate": "supported"}
+    assert "claims: verdict" in result.output and "supported" in result.output
+    # editing a claim reruns nothing but the claim evaluation
+    edited = write("c.yaml", CONVEX.replace("at_least: 0.95", "at_least: 0.999999"))
+    again = runner.invoke(app, ["run", str(edited), "--db", str(db)])
+    assert again.exit_code == 0 and "ran 0 tasks" in again.output
+    assert dict(rows(db, "SELECT claim, verdict FROM claims"))["linear models are accurate"] == "contradicted"
+    listing = runner.invoke(app, ["claims", "convex", "--db", str(db)])
+    assert listing.exit_code == 0 and listing.output.count("supported") >= 1
+    assert runner.invoke(app, ["claims", "nope", "--db", str(db)]).exit_code == 2
+
+
+@pytest.mark.parametrize(("claim", "where", "message"), [
+    ("{name: a, metric: spearmen, estimator: exact, at_least: 0.5}", "claims.0.metric",
+     "'spearmen' is not a quantity this study produces"),
+    ("{name: a, metric: spearman, estimator: lissa, at_least: 0.5}", "claims.0.estimator",
+     "no estimator labelled 'lissa'"),
+    ("{name: a, metric: spearman, estimator: exact, trend: {axis: model.width, direction: down}}",
+     "claims.0.trend.axis", "'model.width' is not swept"),
+    ("{name: a, metric: spearman, estimator: exact, contrast: {axis: metrics.top_k, better: 7, than: 5}}",
+     "claims.0.contrast.better", "no cell has metrics.top_k = 7"),
+    ("{name: a, metric: spearman, estimator: exact, at_least: 0.5, where: {metrics.top_k: 3}}",
+     "claims.0.where.metrics.top_k", "the sweep gives metrics.top_k no value 3"),
+    ("{name: a, metric: spearman, at_least: 0.5}", "claims.0.metric", "is a metric of each estimator"),
+    ("{name: a, metric: hessian_top_eigenvalue, trend: {axis: metrics.top_k, direction: up}}", "claims.0.metric",
+     "not a quantity this study produces"),
+    ("{name: a, metric: spearman, estimator: exact, at_least: 0.5, at_most: 0.9}", "claims.0",
+     "give exactly one of"),
+])
+def test_claims_that_name_what_the_study_lacks_are_errors_with_positions(write, claim: str, where: str,
+                                                                          message: str):
+    text = CONVEX.split("claims:")[0] + f"claims:\n  - {claim}\n"
+    with pytest.raises(StudyError) as info:
+        load_study(write("bad.yaml", text))
+    problem = info.value.problems[0]
+    assert problem.path.startswith(where) and message in problem.message, (problem.path, problem.message)
+    assert problem.position.line == text.count("\n")  # the claim's line
