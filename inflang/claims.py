@@ -64,6 +64,10 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _matches(params: Params, where: dict[str, Any]) -> bool:
     return all(k in params and _same(params[k], v) for k, v in where.items())
 
@@ -147,7 +151,11 @@ def claim_problems(claims: Sequence[Claim], cells: Sequence[tuple[Params, Any]])
                         problems.append((at + ("contrast", side), f"no cell has {axis_spec.axis} = {_shown(v)}"
                                          + (" where the claim looks" if claim.where else ""),
                                          f"values: {', '.join(_shown(x) for x in axes[axis_spec.axis])}"))
-            elif len({json.dumps(v, sort_keys=True) for v in values}) < 2:
+            elif not all(_numeric(v) for v in values):
+                problems.append((at + ("trend", "axis"), f"a trend needs a numeric axis, and {axis_spec.axis} has "
+                                 f"values {', '.join(_shown(x) for x in axes[axis_spec.axis])}",
+                                 "use contrast: for two non-numeric values"))
+            elif len({float(v) for v in values}) < 2:
                 problems.append((at + ("trend", "axis"), f"a trend needs at least two values of {axis_spec.axis} "
                                  "among the cells the claim looks at", None))
         if not kept and claim.where:
@@ -183,31 +191,42 @@ def _paired_inner(a: SeedRows, b: SeedRows) -> Inner | None:
     return lambda count, rng: stats.paired_seed_replicates([ra], [rb], [paired], count, rng)
 
 
-def _spread_inner(rows: SeedRows) -> Inner | None:
+def _spread_parts(rows: SeedRows) -> tuple[np.ndarray, np.ndarray] | None:
+    """(metric, item-level variance) of the test points where both are finite; None without replicates."""
     if rows.replicates is None:
         return None
-    values, within = rows.values, np.nanvar(rows.replicates, axis=1)
-    ok = np.isfinite(values) & np.isfinite(within)
-    values, within = values[ok], within[ok]
-    if len(values) < 3:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        within = np.nanvar(rows.replicates, axis=1)
+    ok = np.isfinite(rows.values) & np.isfinite(within)
+    return rows.values[ok], within[ok]
+
+
+def _share(values: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """1 - mean(within) / var(values) along the last axis; NaN where the values do not vary."""
+    between = values.var(axis=-1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(between > 0, 1 - within.mean(axis=-1) / np.where(between > 0, between, 1.0), np.nan)
+
+
+def _spread_inner(rows: SeedRows) -> Inner | None:
+    parts = _spread_parts(rows)
+    if parts is None or len(parts[0]) < 3:
         return None
+    values, within = parts
 
     def draw(count: int, rng: np.random.Generator) -> np.ndarray:
         pick = rng.integers(0, len(values), (count, len(values)))
-        between = values[pick].var(axis=1, ddof=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return 1 - within[pick].mean(axis=1) / between
+        return _share(values[pick], within[pick])
 
     return draw
 
 
 def _spread(rows: SeedRows) -> float:
-    ok = np.isfinite(rows.values)
-    if rows.replicates is None or ok.sum() < 3:
+    parts = _spread_parts(rows)
+    if parts is None or len(parts[0]) < 3:
         return math.nan
-    between = float(np.var(rows.values[ok], ddof=1))
-    within = float(np.nanvar(rows.replicates[ok], axis=1).mean())
-    return 1 - within / between if between > 0 else math.nan
+    return float(_share(*parts))
 
 
 def _joint(points: Sequence[dict[int, Inner]], count: int, rng: np.random.Generator) -> np.ndarray:
@@ -314,8 +333,8 @@ def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim,
             a, b = rows_of(point, claim.compare.better), rows_of(point, claim.compare.than)
             if not a or not b:
                 continue
-            right = {r.repeat: r for r in b}
-            pairs = [(x, right[x.repeat]) for x in a if x.repeat in right]
+            right = {r.repeat: r for r in b if np.isfinite(r.values).any()}
+            pairs = [(x, right[x.repeat]) for x in a if x.repeat in right and np.isfinite(x.values).any()]
             inner = {x.repeat: _paired_inner(x, y) for x, y in pairs}
             if not pairs or any(f is None for f in inner.values()):
                 return unevaluable(f"cells of {point} carry no bootstrap replicates")
@@ -340,6 +359,8 @@ def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim,
     for point, rows in selected.items():
         inner = {r.repeat: make(r) for r in rows if np.isfinite(r.values).any()}
         if not inner or any(f is None for f in inner.values()):
+            if claim.between_test_points is not None:
+                return unevaluable(f"cells of {point} need at least 3 test points with bootstrap replicates")
             return unevaluable(f"cells of {point} carry no bootstrap replicates")
         inners_by_point[point] = {k: f for k, f in inner.items() if f is not None}
     keys = list(inners_by_point)
@@ -362,16 +383,16 @@ def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim,
         others = {p: v for p, v in params.items() if p != axis}
         groups.setdefault(json.dumps(others, sort_keys=True), []).append(i)
     estimates, replicates = [], []
+    # the rank of an axis value is its place among all the axis's values (0, 1, 2, ...), in numeric order
+    levels = sorted({float(json.loads(k)[axis]) for k in keys if _numeric(json.loads(k).get(axis))})
     for members in groups.values():
         values = [json.loads(keys[i])[axis] for i in members]
         if claim.trend is not None:
-            order = sorted(range(len(members)), key=lambda j: (str(type(values[j])), values[j]))
-            if len(order) < 2:
+            if len(members) < 2 or not all(_numeric(v) for v in values):
                 continue
-            ranks = np.arange(len(order), dtype=float)
-            idx = [members[j] for j in order]
-            estimates.append(float(_slope(ranks, np.array([point_estimates[i] for i in idx]))))
-            replicates.append(_slope(ranks, joint[idx].T))
+            ranks = np.array([levels.index(float(v)) for v in values], dtype=float)
+            estimates.append(float(_slope(ranks, np.array([point_estimates[i] for i in members]))))
+            replicates.append(_slope(ranks, joint[members].T))
         else:
             assert claim.contrast is not None
             better = [i for i, v in zip(members, values, strict=True) if _same(v, claim.contrast.better)]

@@ -7,8 +7,8 @@ Task kinds, and what each one's hash covers (besides ``TASK_FORMAT``):
 - ``curvature``: train -> eigendecomposition of the objective's Hessian (shared by every damping value);
 - ``hessian``: curvature, ``hessian:`` -> top and minimum eigenvalues, trace;
 - ``estimate``: train (+ curvature), the estimator's fields (not its label), test_points, measure -> scores;
-- ``ground_truth``: train, ``ground_truth`` (with ``removals.by`` replaced by that estimate's hash),
-  test_points, training -> actual effects;
+- ``ground_truth``: train, ``ground_truth``, test_points, and the estimate tasks whose rankings it follows
+  (by label) -> actual effects;
 - ``metrics``: estimate, ground_truth, metrics, the cell's seed (it seeds the bootstrap's item draws) ->
   correlations and their bootstrap replicates.
 Two cells that train the same model share one ``train`` task; changing one estimator's damping changes
@@ -23,7 +23,8 @@ from typing import Any
 from inflang.cost import ITEMSIZE, chunk_bounds, member_bytes, models_per_chunk
 from inflang.datadigest import DigestCache, dataset_digest
 from inflang.hashing import canonical_hash
-from inflang.spec import GroupProtocol, LdsProtocol, LooProtocol, estimator_label, ranking_estimator
+from inflang.spec import estimator_label
+from inflang.spec.study import study_facts
 from inflang.validate import Cell, LoadedStudy
 
 TASK_FORMAT = 3
@@ -135,25 +136,6 @@ class _Builder:
         return digest
 
 
-def removal_count(cell: Cell) -> int:
-    """How many models (besides the control) the ground truth retrains per repeat (an upper bound for top_k)."""
-    study = cell.study
-    n_split, n_test = study.dataset.split_sizes()
-    n_train = study.training.trained_on(n_split)
-    gt = study.ground_truth
-    if isinstance(gt, GroupProtocol):
-        return gt.groups.count
-    if isinstance(gt, LdsProtocol):
-        return gt.subsets
-    rem = gt.removals
-    if rem.select == "all":
-        return n_train
-    if rem.select == "random":
-        return min(rem.k, n_train)
-    points = len(study.test_points.indices or []) or min(study.test_points.count, n_test)
-    return min(n_train, rem.k * points)
-
-
 def compile_study(loaded: LoadedStudy) -> Plan:
     """Every cell's tasks, deduplicated by hash, in an order where dependencies come first."""
     b = _Builder()
@@ -202,27 +184,25 @@ def compile_study(loaded: LoadedStudy) -> Plan:
                 estimate_inputs["replicas"] = replicas
             ct.estimates[estimator_label(est)] = b.add(
                 "estimate", estimate_inputs, (train, *([reads] if reads else []), *replicas))
-        gt_inputs = _dump(gt)
-        gt_deps: tuple[str, ...] = (train,)
-        ranking = ranking_estimator(gt)
-        if ranking is not None and ranking[2] is not None:
-            ranked_by = ct.estimates[ranking[2]]
-            gt_inputs[ranking[0][1]]["by"] = ranked_by
-            gt_deps = (train, ranked_by)
+        facts = study_facts(s)
+        # the rankings the protocol follows, by label: the estimate tasks are dependencies, and their hashes
+        # (not the labels) are part of the ground truth's inputs and hash
+        rankings = {r.label: ct.estimates[r.label] for r in gt.rankings() if r.label is not None}
+        gt_inputs: dict[str, Any] = {"train": train, "ground_truth": _dump(gt), "test_points": _dump(s.test_points)}
+        if rankings:
+            gt_inputs["rankings"] = rankings
+        gt_deps: tuple[str, ...] = (train, *dict.fromkeys(rankings.values()))
         probes = gt.probes_per_repeat
-        retrained = (removal_count(cell) + 1 + probes) * gt.repeats
-        models = retrained
-        if isinstance(gt, LooProtocol) and gt.decompose:  # converged LOO and PBRF refits of every removal
-            models += (removal_count(cell) + 1 + probes) + (removal_count(cell) + 1)
+        items = gt.items(facts)
+        retrained = (items + 1 + probes) * gt.repeats
+        models = retrained + gt.extra_models(facts)
         retrain_steps = gt.retrain_steps(train_steps)
         info = s.dataset.info()
         member = member_bytes(s.model.n_params(info), s.model.activations_per_example(info),
                               s.training.batch_size or n_train, ITEMSIZE[s.training.dtype])
-        ct.ground_truth = b.add("ground_truth", {"train": train, "ground_truth": gt_inputs,
-                                                 "test_points": _dump(s.test_points)},
-                                gt_deps, retrain_steps * retrained, models, member_bytes=member,
-                                chunk=gt.batch if isinstance(gt.batch, int) else None, repeats=gt.repeats,
-                                probes=probes, items=removal_count(cell))
+        ct.ground_truth = b.add("ground_truth", gt_inputs, gt_deps, retrain_steps * retrained, models,
+                                member_bytes=member, chunk=gt.batch if isinstance(gt.batch, int) else None,
+                                repeats=gt.repeats, probes=probes, items=items)
         for label, estimate in ct.estimates.items():
             ct.metrics[label] = b.add("metrics", {"estimate": estimate, "ground_truth": ct.ground_truth,
                                                   "metrics": _dump(s.metrics), "seed": cell.seed},

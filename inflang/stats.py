@@ -7,7 +7,7 @@ of [B, K] arrays so that bootstrap replicates are computed at once:
 - pearson; spearman (Pearson of average ranks); kendall (tau-b, scipy);
 - sign_agreement: the fraction of items with sign(estimate) == sign(actual);
 - top_k_overlap: |top-k by |estimate| & top-k by |actual|| / k, k = min(top_k, K) (positions, stable order).
-A metric is NaN with fewer than 3 items or a constant side.
+Every metric is NaN with fewer than 3 items; the correlations also when one side is constant.
 
 Hierarchical bootstrap (Efron & Tibshirani 1993; Saravanan et al. 2020 for nested data): a replicate
 resamples seeds, then test points within each drawn seed, then items within each drawn test point, all
@@ -218,7 +218,12 @@ def paired_seed_replicates(left: Sequence[np.ndarray], right: Sequence[np.ndarra
     for s in range(S):
         a, b = left[s], right[s]
         if paired_points[s]:
+            both = np.isfinite(a).any(axis=1) & np.isfinite(b).any(axis=1)  # pair only points both sides have
+            a, b = a[both], b[both]
             T, B = a.shape
+            if T == 0:
+                inner[s] = np.nan
+                continue
             pick = rng.integers(0, T, (count, T))
             column = rng.integers(0, min(B, b.shape[1]), (count, T))
             inner[s] = _finite_mean(a[pick, column], axis=1) - _finite_mean(b[pick, column], axis=1)

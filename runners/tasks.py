@@ -39,9 +39,9 @@ from runners.curvature import CURVATURES, Spectrum, hutchinson_trace, lanczos_ex
 from runners.errors import TaskFailure
 from runners.estimators import ESTIMATORS, EstimatorInputs
 from runners.estimators.common import hessian_vector_products
-from runners.metrics import MetricRow, gap_rows, noise_ceiling, resolution_rows, score
+from runners.metrics import MetricRow, gap_rows, noise_ceiling, resolution_rows
 from runners.objective import PARAM_CHANGE, FlatModel, correct, per_example_loss
-from runners.protocols import PROTOCOLS, Problem, RetrainSetup
+from runners.protocols import PROTOCOLS, Problem, RetrainSetup, Scoring
 from runners.selection import select_test_points
 from runners.train import train
 
@@ -290,13 +290,8 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     trained = deps[inputs["train"]]
     s = trained_setup(trained)
     params = _params(trained.arrays, "param.")
-    gt_inputs = dict(inputs["ground_truth"])
-    section = next((k for k in ("removals", "groups") if isinstance(gt_inputs.get(k), dict)), None)
-    by = gt_inputs[section].get("by") if section else None
-    ranking = deps[by].arrays["scores"] if by else None
-    if by and section:
-        gt_inputs[section] = {**gt_inputs[section], "by": "estimate"}
-    spec: AnyProtocol = TypeAdapter(GroundTruthSpec).validate_python(gt_inputs)
+    spec: AnyProtocol = TypeAdapter(GroundTruthSpec).validate_python(inputs["ground_truth"])
+    rankings = {label: deps[h].arrays["scores"] for label, h in inputs.get("rankings", {}).items()}
     tests, test_ids = _test_selection(s, params, inputs, spec.measure)
     d = s.data
     order = derive_seed(s.seed, "order")
@@ -311,7 +306,7 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     idx = torch.as_tensor(tests, dtype=torch.long)
     problem = Problem(s.module, setup, s.training, d.x_train, d.y_train, d.x_test[idx], d.y_test[idx],
                       ctx.memory_budget, ctx.progress, d.validation)
-    result = PROTOCOLS[spec.protocol](spec, problem, ranking, derive_seed(s.seed, "removals"))
+    result = PROTOCOLS[spec.protocol].run(spec, problem, rankings, derive_seed(s.seed, "removals"))
     actual = result.actual
     evaluated = actual[~torch.isnan(actual)]
     if not bool(torch.isfinite(evaluated).all()):
@@ -381,19 +376,12 @@ def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
     if not torch.equal(est["tests"], gt["tests"]):
         raise TaskFailure("estimate and ground truth selected different test points")
     spec = MetricsSpec.model_validate(inputs["metrics"])
-    scores = est["scores"]
-    if "members" in gt:  # groups: the estimate of a group is the sum of its members' estimates
-        scores = scores @ gt["members"].to(scores.dtype).T
+    protocol: AnyProtocol = TypeAdapter(GroundTruthSpec).validate_python(
+        deps[inputs["ground_truth"]].inputs["ground_truth"])
     test_ids = est["test_ids"].tolist()
-    actual = gt["actual"].cpu().numpy()
-    if spec.resolved_only and "resolution" in gt:  # leave out the items the ground truth cannot resolve
-        actual = np.where(np.abs(actual) >= gt["resolution"].cpu().numpy()[:, None], actual, np.nan)
-    rows = score(scores.cpu().numpy(), actual, list(spec.names), spec.top_k, spec.bootstrap,
-                 int(inputs["seed"]), test_ids)
-    if "response.pbrf" in gt:  # the decomposition's first term, and the whole gap it splits
-        evaluated = np.where(np.isnan(gt["actual"].cpu().numpy()), np.nan, scores.cpu().numpy())
-        rows += gap_rows(evaluated, gt["response.pbrf"].cpu().numpy(), "influence_vs_pbrf")
-        rows += gap_rows(evaluated, gt["actual"].cpu().numpy(), "influence_vs_retrained")
+    scoring = Scoring(est["scores"].cpu().numpy(), gt, list(spec.names), spec.top_k, spec.bootstrap,
+                      spec.resolved_only, int(inputs["seed"]), test_ids)
+    rows = PROTOCOLS[protocol.protocol].metrics(protocol, scoring)
     return Output({}, _metric_tables(rows, test_ids))
 
 

@@ -83,6 +83,18 @@ def test_each_form_is_supported_contradicted_or_unresolved_where_it_should_be(tm
     store.close()
 
 
+def test_trend_ranks_mixed_integer_and_float_axis_values_in_numeric_order(tmp_path: Path):
+    """A weight-decay sweep written [0, 0.001, 0.01] mixes an int with floats: ranks follow the numbers."""
+    w = "training.weight_decay"
+    table = {(((w, 0),), "exact"): [0.5], (((w, 0.001),), "exact"): [0.7], (((w, 0.01),), "exact"): [0.9]}
+    store = fake_study(tmp_path / "m.duckdb", table)
+    up = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
+                                               trend={"axis": w, "direction": "up"}), count=400)
+    assert up.verdict == "supported" and up.estimate == pytest.approx(0.2, abs=0.03)
+    assert verdict(store, estimator="exact", at_most=0.5) == "contradicted"
+    store.close()
+
+
 def test_between_test_points_sees_real_spread(tmp_path: Path):
     """Test points that differ far more than their item noise: most of the spread is real."""
     rng = np.random.default_rng(1)
@@ -99,6 +111,19 @@ def test_between_test_points_sees_real_spread(tmp_path: Path):
                                                  between_test_points={"at_least": 0.5}), count=400)
     assert real.verdict == "supported" and real.estimate > 0.9
     store.close()
+    # item noise as large as the spread between test points: little of it is real
+    noisy = Store(tmp_path / "n.duckdb")
+    replicates = values[:, None] + rng.normal(0, 0.3, (12, 300))
+    noisy.write_task("t", "metrics", {}, {
+        "metric_rows": {"test_index": list(range(12)), "metric": ["spearman"] * 12, "value": values.tolist(),
+                        "n_pairs": [50] * 12, "ci_low": [None] * 12, "ci_high": [None] * 12},
+        "metric_replicates": {"test_index": list(range(12)), "metric": ["spearman"] * 12,
+                              "replicates": replicates.tolist()}}, 0.0, None)
+    noisy.record_study("fake", "h", "", "", [("c0", 0, 0, {})], [("c0", "metrics", "exact", "t")])
+    weak = evaluate_one(noisy.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
+                                                 between_test_points={"at_least": 0.5}), count=400)
+    assert weak.verdict in ("contradicted", "unresolved") and weak.estimate < 0.5
+    noisy.close()
 
 
 CONVEX = """\

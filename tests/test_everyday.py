@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -18,7 +19,7 @@ from inflang.cli import app
 from inflang.plan import compile_study
 from inflang.validate import load_study
 from tests.helpers import rows
-from tests.test_data import make_mnist
+from tests.test_data import make_mnist, write_idx
 
 runner = CliRunner()
 
@@ -78,10 +79,9 @@ ground_truth: {protocol: loo, steps: 3, removals: {select: random, k: 3}}
     shutil.move(tmp_path / "a", tmp_path / "b")  # the project (study and data) moved
     again = runner.invoke(app, ["run", str(tmp_path / "b" / "s.yaml"), "--db", str(db)])
     assert again.exit_code == 0 and "ran 0 tasks" in again.output
-    first = tmp_path / "b" / "mnist" / "train-labels-idx1-ubyte.gz"
-    changed = make_mnist(tmp_path / "c", n_train=40, n_test=10)  # other labels, same names and sizes
-    shutil.copy(tmp_path / "c" / first.name, first)
-    assert changed is not None
+    labels = np.arange(40) % 10
+    labels[:4] = labels[:4][::-1]  # four training labels changed: same file names and sizes, other contents
+    write_idx(tmp_path / "b" / "mnist" / "train-labels-idx1-ubyte", labels, gz=True)
     rerun = runner.invoke(app, ["run", str(tmp_path / "b" / "s.yaml"), "--db", str(db)])
     assert rerun.exit_code == 0 and "ran 0 tasks" not in rerun.output
 

@@ -75,3 +75,17 @@ def test_every_retraining_protocol_measures_its_resolution(write, tmp_path: Path
     db = run(write, tmp_path, "{arch: mlp, depth: 1, width: 4}", spec)
     values = rows(db, "SELECT value FROM metrics WHERE metric = 'resolution' AND test_index IS NOT NULL")
     assert len(values) == 4 and all(v > 0 for (v,) in values)
+
+
+def test_probes_move_every_parameter_zeros_included():
+    import torch
+
+    from runners.protocols.common import nudged
+
+    v = torch.tensor([0.0, 1.0, -3.5, 1e-8, 0.0], dtype=torch.float64)
+    for seed in range(5):
+        z = torch.randn(5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        moved = nudged(v, z)
+        assert bool((moved != v).all())
+        assert float((moved - v).abs().max()) < 1e-14 * 3.5 * 10
+    assert bool((nudged(torch.zeros(3), torch.ones(3)) != 0).all())  # an all-zero tensor (float32) moves too

@@ -49,7 +49,7 @@ from inflang.spec.protocols import (
     RemovalSpec,
 )
 from inflang.spec.selection import HessianSpec, MetricName, MetricsSpec, TestPointSpec
-from inflang.spec.study import Study, ranking_estimator, semantic_problems
+from inflang.spec.study import Study, semantic_problems, study_facts
 from inflang.spec.training import EarlyStoppingSpec, TrainingSpec
 
 __all__ = [
@@ -62,5 +62,5 @@ __all__ = [
     "GroupProtocol", "GroupSpec", "HessianSpec", "IMAGE_ARCHS", "LdsProtocol", "LenetModel", "LissaEstimator",
     "LogregModel", "LooProtocol", "MetricName", "MetricsSpec", "MlpModel", "ModelSpec", "PbrfProtocol",
     "RemovalSpec", "Study", "SyntheticDataset", "TestPointSpec", "TrainingSpec", "EarlyStoppingSpec", "estimator_label",
-    "ranking_estimator", "semantic_problems",
+    "semantic_problems", "study_facts",
 ]

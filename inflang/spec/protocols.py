@@ -2,11 +2,17 @@
 
 actual = measure(retrained without the point or group) - measure(the same retraining with nothing removed):
 the control run rides in the same batch, so drift from non-convergence cancels (LANGUAGE.md).
-A new protocol is one model here (added to ``GroundTruthSpec``) plus one module in ``runners/protocols``.
+
+A protocol is one spec class here and one module in ``runners/protocols`` (with its registry entry). The
+spec class answers everything the language side asks of a protocol, so that ``study.py`` and ``plan.py``
+name none: ``problems`` (its rules against the rest of the study), ``rankings`` (the estimators whose
+rankings choose what it removes), ``items`` and ``extra_models`` (what ``plan`` counts), ``converged`` and
+``warm``/``start_from`` (how it retrains).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -14,6 +20,29 @@ from pydantic import Field, model_validator
 from inflang.spec.base import Spec
 
 Measure = Literal["test_loss", "margin", "param_change_norm"]
+Problem = tuple[tuple[str | int, ...], str, str | None]
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What a protocol's rules need to know about the rest of a (cell's) study."""
+
+    n_train: int  # points trained on
+    test_points: int  # test points a cell measures
+    classes: int  # 1 for regression
+    regression: bool
+    batch_norm: bool
+    labels: tuple[str, ...]  # estimator labels
+    estimators: tuple[str, ...]  # estimator names, in the same order
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """An estimator ranking a protocol follows: where in the file (for errors), how it is used, which label."""
+
+    where: tuple[str | int, ...]
+    select: str
+    label: str | None
 
 
 class RemovalSpec(Spec):
@@ -29,6 +58,27 @@ class RemovalSpec(Spec):
     @property
     def ranked(self) -> bool:
         return self.select in ("top_k", "percentile")
+
+    def count(self, facts: StudyFacts) -> int:
+        """Points retrained without (for rankings an upper bound: the union over test points)."""
+        if self.select == "all":
+            return facts.n_train
+        if self.select == "random":
+            return min(self.k, facts.n_train)
+        return min(facts.n_train, self.k * facts.test_points)
+
+    def problems(self, facts: StudyFacts) -> list[Problem]:
+        found: list[Problem] = []
+        if not self.ranked and self.by is not None:
+            found.append((("ground_truth", "removals", "by"), "'by' is only used with select: top_k or percentile",
+                          None))
+        if self.select != "all" and self.k > facts.n_train:
+            found.append((("ground_truth", "removals", "k"),
+                          f"k = {self.k} is larger than the training set ({facts.n_train} points)", None))
+        return found
+
+    def rankings(self) -> list[Ranking]:
+        return [Ranking(("ground_truth", "removals"), self.select, self.by)] if self.ranked else []
 
 
 class Retraining(Spec):
@@ -77,6 +127,35 @@ class Retraining(Spec):
     def start_from(self) -> str:
         """'optimum' (warm start from the trained model) or 'scratch' (the original initialisation)."""
         return str(getattr(self, "start", "optimum"))
+
+    @property
+    def converged(self) -> bool:
+        """Whether refits are solved to convergence (no retraining optimizer, steps or schedule)."""
+        return False
+
+    def rankings(self) -> list[Ranking]:
+        """The estimator rankings that choose what this protocol removes (none by default)."""
+        return []
+
+    def items(self, facts: StudyFacts) -> int:
+        """Models retrained per repeat besides the control and the probes (an upper bound where they follow
+        a ranking)."""
+        raise NotImplementedError(type(self).__name__)
+
+    def extra_models(self, facts: StudyFacts) -> int:
+        """Models solved besides the retraining (the decomposition's converged refits)."""
+        return 0
+
+    def problems(self, facts: StudyFacts) -> list[Problem]:
+        """This protocol's rules against the rest of the study: (path, message, hint) per problem."""
+        found: list[Problem] = []
+        if self.measure == "param_change_norm" and self.grouped:
+            found.append((("ground_truth", "measure"), "param_change_norm compares single removals; use it "
+                          "with protocol: loo or pbrf", None))
+        if facts.regression and self.measure == "margin":
+            found.append((("ground_truth", "measure"), "margin compares class logits, and the dataset has "
+                          "real-valued targets (squared-error regression)", "use measure: test_loss"))
+        return found
 
     def retrain_steps(self, original_steps: int) -> int:
         if self.steps is not None:
@@ -127,6 +206,30 @@ class LooProtocol(Retraining):
             return max(1, int(round(self.fraction * original_steps)))
         return super().retrain_steps(original_steps)
 
+    @property
+    def converged(self) -> bool:
+        return self.solver == "newton"
+
+    def rankings(self) -> list[Ranking]:
+        return self.removals.rankings()
+
+    def items(self, facts: StudyFacts) -> int:
+        return self.removals.count(facts)
+
+    def extra_models(self, facts: StudyFacts) -> int:
+        """decompose: every removal (and the control and probes) refitted as converged LOO, and as the PBRF."""
+        items = self.items(facts)
+        return (items + 1 + self.probes_per_repeat) + (items + 1) if self.decompose else 0
+
+    def problems(self, facts: StudyFacts) -> list[Problem]:
+        found = super().problems(facts) + self.removals.problems(facts)
+        if facts.batch_norm and (self.solver == "newton" or self.decompose):
+            found.append((("ground_truth", "solver" if self.solver == "newton" else "decompose"),
+                          "Newton refits minimise the evaluation-mode objective; BatchNorm trains on batch "
+                          "statistics and evaluates on running ones", "use solver: gradient (the default) or "
+                          "norm: group"))
+        return found
+
 
 class PbrfProtocol(Retraining):
     """The proximal Bregman response function (Bae, Ng, Lo, Ghassemi & Grosse 2022), from theta_s:
@@ -141,6 +244,20 @@ class PbrfProtocol(Retraining):
     protocol: Literal["pbrf"]
     damping: float = Field(0.001, ge=0, description="proximity to theta_s (the lambda of Bae et al.)")
     removals: RemovalSpec = Field(default_factory=RemovalSpec)
+
+    def rankings(self) -> list[Ranking]:
+        return self.removals.rankings()
+
+    def items(self, facts: StudyFacts) -> int:
+        return self.removals.count(facts)
+
+    def problems(self, facts: StudyFacts) -> list[Problem]:
+        found = super().problems(facts) + self.removals.problems(facts)
+        if facts.batch_norm:
+            found.append((("ground_truth", "protocol"), "pbrf's Bregman objective needs one function of the "
+                          "parameters; BatchNorm trains on batch statistics and evaluates on running ones",
+                          "use norm: group, or protocol: loo"))
+        return found
 
 
 class GroupSpec(Spec):
@@ -169,6 +286,33 @@ class GroupProtocol(Retraining):
 
     grouped: ClassVar[bool] = True
 
+    def rankings(self) -> list[Ranking]:
+        return [Ranking(("ground_truth", "groups"), "top_k", self.groups.by)] if self.groups.select == "top_k" else []
+
+    def items(self, facts: StudyFacts) -> int:
+        return self.groups.count
+
+    def problems(self, facts: StudyFacts) -> list[Problem]:
+        found = super().problems(facts)
+        g = self.groups
+        if g.select != "top_k" and g.by is not None:
+            found.append((("ground_truth", "groups", "by"), "'by' is only used with select: top_k", None))
+        if facts.regression and g.select == "by_class":
+            found.append((("ground_truth", "groups", "select"), "by_class needs classes, and the dataset has "
+                          "real-valued targets (squared-error regression)", None))
+        if g.size >= facts.n_train:
+            found.append((("ground_truth", "groups", "size"),
+                          f"a group of {g.size} leaves nothing of the {facts.n_train} training points", None))
+        elif g.select == "top_k" and g.count * g.size > facts.n_train:
+            found.append((("ground_truth", "groups", "count"),
+                          f"{g.count} groups of {g.size} ranked points need {g.count * g.size} training points; "
+                          f"the split has {facts.n_train}", None))
+        elif g.select == "by_class" and g.size > facts.n_train // facts.classes // 2:
+            found.append((("ground_truth", "groups", "size"),
+                          f"groups of one class hold at most about {facts.n_train // facts.classes // 2} points "
+                          "here (half of a class)", None))
+        return found
+
 
 class LdsProtocol(Retraining):
     """The linear datamodeling score (Park et al. 2023): train on `subsets` random subsets, each keeping a
@@ -185,6 +329,16 @@ class LdsProtocol(Retraining):
     mean_over: MeanOver = Field("kept", description=MEAN_OVER_HELP)
 
     grouped: ClassVar[bool] = True
+
+    def items(self, facts: StudyFacts) -> int:
+        return self.subsets
+
+    def problems(self, facts: StudyFacts) -> list[Problem]:
+        found = super().problems(facts)
+        if int(self.fraction * facts.n_train) < facts.classes:
+            found.append((("ground_truth", "fraction"), f"subsets of {int(self.fraction * facts.n_train)} points "
+                          f"are too small for {facts.classes} classes", None))
+        return found
 
 
 AnyProtocol = LooProtocol | PbrfProtocol | GroupProtocol | LdsProtocol

@@ -18,14 +18,7 @@ from inflang.spec.estimators import (
     estimator_label,
 )
 from inflang.spec.model import IMAGE_ARCHS, MlpModel, ModelSpec
-from inflang.spec.protocols import (
-    AnyProtocol,
-    GroundTruthSpec,
-    GroupProtocol,
-    LdsProtocol,
-    LooProtocol,
-    PbrfProtocol,
-)
+from inflang.spec.protocols import GroundTruthSpec, LooProtocol, StudyFacts
 from inflang.spec.selection import METRICS_JSON_SCHEMA, HessianSpec, MetricsSpec, TestPointSpec
 from inflang.spec.training import TrainingSpec
 
@@ -68,31 +61,6 @@ class Study(Spec):
 
 
 
-def ranking_estimator(gt: AnyProtocol) -> tuple[tuple[str, ...], str, str | None] | None:
-    """(where in the file, select, by) when the ground truth's choice of points follows an estimator."""
-    if isinstance(gt, LooProtocol | PbrfProtocol) and gt.removals.ranked:
-        return ("ground_truth", "removals"), gt.removals.select, gt.removals.by
-    if isinstance(gt, GroupProtocol) and gt.groups.select == "top_k":
-        return ("ground_truth", "groups"), "top_k", gt.groups.by
-    return None
-
-
-def batch_norm_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:
-    """What BatchNorm (training on batch statistics, evaluating on running ones) cannot be combined with:
-    objectives written for a model that is one function of its parameters."""
-    problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
-    why = "BatchNorm trains on batch statistics and evaluates on running ones"
-    gt = study.ground_truth
-    if isinstance(gt, PbrfProtocol):
-        problems.append((("ground_truth", "protocol"), f"pbrf's Bregman objective needs one function of the "
-                         f"parameters; {why}", "use norm: group, or protocol: loo"))
-    if isinstance(gt, LooProtocol) and (gt.solver == "newton" or gt.decompose):
-        problems.append((("ground_truth", "solver" if gt.solver == "newton" else "decompose"),
-                         f"Newton refits minimise the evaluation-mode objective; {why}",
-                         "use solver: gradient (the default) or norm: group"))
-    return problems
-
-
 def regression_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:
     """What a regression dataset (real-valued targets, squared error) cannot be combined with."""
     problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
@@ -101,19 +69,26 @@ def regression_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, 
         problems.append((("dataset", "label_noise"), f"flips class labels, and {why}", "use noise: instead"))
     if study.training.label_smoothing:
         problems.append((("training", "label_smoothing"), f"smooths class labels, and {why}", None))
-    gt = study.ground_truth
-    if gt.measure == "margin":
-        problems.append((("ground_truth", "measure"), f"margin compares class logits, and {why}",
-                         "use measure: test_loss"))
     if study.test_points.select == "misclassified":
         problems.append((("test_points", "select"), f"misclassified needs classes, and {why}",
                          "use highest_loss"))
-    if isinstance(gt, GroupProtocol) and gt.groups.select == "by_class":
-        problems.append((("ground_truth", "groups", "select"), f"by_class needs classes, and {why}", None))
     for i, est in enumerate(study.estimators):
         if est.name in ("trak", "representer"):
             problems.append((("estimators", i, "name"), f"{est.name} is defined for classifiers, and {why}", None))
     return problems
+
+
+def study_facts(study: Study) -> StudyFacts:
+    """What the ground-truth protocol's rules need to know about the rest of the study."""
+    n_split, n_test = study.dataset.split_sizes()
+    info = study.dataset.info()
+    tp = study.test_points
+    points = len(set(tp.indices or [])) if tp.select == "indices" else min(tp.count, n_test)
+    return StudyFacts(n_train=study.training.trained_on(n_split), test_points=points,
+                      classes=1 if info.regression else info.classes, regression=info.regression,
+                      batch_norm=getattr(study.model, "norm", None) == "batch",
+                      labels=tuple(estimator_label(e) for e in study.estimators),
+                      estimators=tuple(e.name for e in study.estimators))
 
 
 def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:
@@ -143,8 +118,6 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
     if study.model.arch in IMAGE_ARCHS and info.shape is None:
         problems.append((("model", "arch"), f"{study.model.arch} needs an image dataset, and {study.dataset.name} "
                          "is a table", "use digits, mnist, fashion_mnist, small_mnist, cifar10 or cifar100"))
-    if getattr(study.model, "norm", None) == "batch":
-        problems += batch_norm_problems(study)
     if study.model.arch == "vgg" and info.shape is not None and min(info.shape[1:]) < 32:
         problems.append((("model", "arch"), f"vgg halves the image five times and needs at least 32x32 images; "
                          f"{study.dataset.name} has {info.shape[1]}x{info.shape[2]}", "use cnn, lenet or resnet"))
@@ -173,52 +146,21 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
                 problems.append((("test_points", "indices", j),
                                  f"row id {idx} is outside the dataset (0..{info.rows - 1})", None))
     gt = study.ground_truth
-    ranked_by = ranking_estimator(gt)
-    if ranked_by is not None:
-        where, select, by = ranked_by
-        if by is None:
-            problems.append((where + ("by",), f"select: {select} needs 'by:', the estimator whose ranking is used",
+    for ranking in gt.rankings():
+        if ranking.label is None:
+            problems.append((ranking.where + ("by",), f"select: {ranking.select} needs 'by:', the estimator whose "
+                             "ranking is used", f"one of: {', '.join(labels)}"))
+        elif ranking.label not in labels:
+            problems.append((ranking.where + ("by",), f"no estimator labelled '{ranking.label}' in this study",
                              f"one of: {', '.join(labels)}"))
-        elif by not in labels:
-            problems.append((where + ("by",), f"no estimator labelled '{by}' in this study",
-                             f"one of: {', '.join(labels)}"))
-    if isinstance(gt, LooProtocol | PbrfProtocol):
-        rem = gt.removals
-        if not rem.ranked and rem.by is not None:
-            problems.append((("ground_truth", "removals", "by"),
-                             "'by' is only used with select: top_k or percentile", None))
-        if rem.select != "all" and rem.k > n_train:
-            problems.append((("ground_truth", "removals", "k"),
-                             f"k = {rem.k} is larger than the training set ({n_train} points)", None))
-    if isinstance(gt, GroupProtocol):
-        g = gt.groups
-        if g.select != "top_k" and g.by is not None:
-            problems.append((("ground_truth", "groups", "by"), "'by' is only used with select: top_k", None))
-        if g.size >= n_train:
-            problems.append((("ground_truth", "groups", "size"),
-                             f"a group of {g.size} leaves nothing of the {n_train} training points", None))
-        elif g.select == "top_k" and g.count * g.size > n_train:
-            problems.append((("ground_truth", "groups", "count"),
-                             f"{g.count} groups of {g.size} ranked points need {g.count * g.size} training points; "
-                             f"the split has {n_train}", None))
-        elif g.select == "by_class" and g.size > n_train // info.classes // 2:
-            problems.append((("ground_truth", "groups", "size"),
-                             f"groups of one class hold at most about {n_train // info.classes // 2} points here "
-                             f"(half of a class)", None))
-    if isinstance(gt, LdsProtocol) and int(gt.fraction * n_train) < classes:
-        problems.append((("ground_truth", "fraction"),
-                         f"subsets of {int(gt.fraction * n_train)} points are too small for {info.classes} classes",
-                         None))
+    problems += gt.problems(study_facts(study))
     if gt.measure == "param_change_norm":
-        if gt.grouped:
-            problems.append((("ground_truth", "measure"), "param_change_norm compares single removals; use it "
-                             "with protocol: loo or pbrf", None))
         for i, est in enumerate(study.estimators):
             if not est.predicts_parameter_change:
                 problems.append((("estimators", i, "name"), f"{est.name} predicts no parameter change, so it "
                                  "has no estimate for measure: param_change_norm",
                                  "use exact, cg, lissa or arnoldi with it"))
-    newton = isinstance(gt, LooProtocol) and gt.solver == "newton"
+    newton = gt.converged
     if gt.optimizer is None and tr.optimizer == "lbfgs" and not newton:
         problems.append((("training", "optimizer"),
                          "lbfgs has no batched retraining rule, so ground truth needs its own optimizer",

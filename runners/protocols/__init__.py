@@ -1,26 +1,23 @@
-"""Ground-truth protocols: a registry from ``protocol`` to the function that measures actual effects.
+"""Ground-truth protocols: a registry from ``protocol`` to the module's ``Protocol`` (``run`` measures actual
+effects, ``metrics`` scores an estimator against them).
 
-Each entry maps (spec, Problem, the ranking estimator's scores or None, seed) to a GroundTruth: per retraining
-repeat, the measured change of every selected test point for every item (a training point or a group),
-measure(retrained without it) - measure(the same retraining with nothing removed) (LANGUAGE.md).
-A new protocol is one module here plus one entry in ``PROTOCOLS`` (and its spec in inflang/spec/protocols.py).
+``run`` maps (spec, Problem, the estimator rankings it follows by label, seed) to a GroundTruth: per
+retraining repeat, the measured change of every selected test point for every item (a training point or a
+group), measure(retrained without it) - measure(the same retraining with nothing removed) (LANGUAGE.md).
+A new protocol is one module here plus one entry in ``PROTOCOLS`` (and its spec class in
+inflang/spec/protocols.py, added to ``AnyProtocol``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from torch import Tensor
-
 from runners.protocols import group, lds, loo, pbrf
-from runners.protocols.common import GroundTruth, Problem, RetrainSetup
+from runners.protocols.common import GroundTruth, Problem, Protocol, RetrainSetup, Scoring
 
-PROTOCOLS: dict[str, Callable[[Any, Problem, Tensor | None, int], GroundTruth]] = {
-    "loo": loo.run,
-    "pbrf": pbrf.run,
-    "group": group.run,
-    "lds": lds.run,
+PROTOCOLS: dict[str, Protocol] = {
+    "loo": loo.PROTOCOL,
+    "pbrf": pbrf.PROTOCOL,
+    "group": group.PROTOCOL,
+    "lds": lds.PROTOCOL,
 }
 
-__all__ = ["PROTOCOLS", "GroundTruth", "Problem", "RetrainSetup"]
+__all__ = ["PROTOCOLS", "GroundTruth", "Problem", "Protocol", "RetrainSetup", "Scoring"]

@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
+from scipy.stats import t as student_t
 from torch import Tensor, nn
 
 from inflang.cost import chunk_bounds
@@ -28,6 +31,7 @@ from runners.ensemble import (
     weighted_cross_entropy,
 )
 from runners.errors import DivergenceError
+from runners.metrics import MetricRow, score
 from runners.objective import MEASURES, PARAM_CHANGE
 from runners.train import stopping_monitor, training_rule
 
@@ -126,16 +130,26 @@ def chunks(spec: Retraining, p: Problem, items: int) -> list[tuple[int, int, int
     return chunk_bounds(items, size, spec.probes_per_repeat)
 
 
+def nudged(v: Tensor, z: Tensor) -> Tensor:
+    """v moved by at least one rounding unit of its dtype: v + eps s (z + sign z), with s = max(|v|, the
+    tensor's mean |v|) (1 where the whole tensor is 0), so zeros move too and nothing rounds back."""
+    eps = torch.finfo(v.dtype).eps
+    wide = v.to(torch.float64)
+    scale = wide.abs().mean()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    step = eps * torch.maximum(wide.abs(), scale) * (z.to(torch.float64) + torch.sign(z.to(torch.float64)))
+    return (wide + step).to(v.dtype)
+
+
 def perturbed(start: dict[str, Tensor], names: list[str], probes: int, seed: int) -> dict[str, Tensor]:
     """``probes`` copies of a start [probes, ...] with every parameter in ``names`` moved by about one rounding
-    unit of its dtype, theta (1 + eps z), z ~ N(0, 1) drawn on the CPU from ``seed`` (running statistics are
-    kept as they are)."""
+    unit (``nudged``, z ~ N(0, 1) drawn on the CPU from ``seed``; running statistics are kept as they are)."""
     generator = torch.Generator().manual_seed(seed)
     out = stack(start, probes)
     for k in names:
         v = out[k]
-        z = torch.randn(v.shape, generator=generator, dtype=torch.float64).to(device=v.device, dtype=v.dtype)
-        out[k] = v * (1 + torch.finfo(v.dtype).eps * z)
+        z = torch.randn(v.shape, generator=generator, dtype=torch.float64).to(device=v.device)
+        out[k] = nudged(v, z)
     return out
 
 
@@ -208,12 +222,15 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor, mean_over: s
 
 
 def resolution(probes: Tensor, repeats: int, floor: Tensor) -> Tensor:
-    """[T] the ground truth's resolution per test point, in the measured quantity's units: twice the root
-    mean square of the probes' deviations from their control, over probes and repeats, divided by
-    sqrt(repeats) since ``actual`` is the mean over repeats; at least ``floor`` (the measured quantity's
-    own rounding unit). An |actual| below it cannot be told apart from the noise that rounding-level
-    changes of the start make (about 95% of that noise lies within it)."""
-    return torch.maximum(2 * probes.pow(2).mean(dim=(0, 1)).sqrt() / repeats**0.5, floor)
+    """[T] the ground truth's resolution per test point, in the measured quantity's units:
+    t(0.975, P R) rms / sqrt(R), the root mean square of the P R probes' deviations from their control
+    scaled by the Student t quantile for that many draws (the 95% two-sided bound of the noise when it is
+    normal), and divided by sqrt(repeats) since ``actual`` is the mean over repeats; at least ``floor`` (the
+    measured quantity's own rounding unit). An |actual| below it cannot be told apart from the noise that
+    rounding-level changes of the start make."""
+    draws = probes.shape[0] * probes.shape[1]
+    quantile = float(student_t.ppf(0.975, draws))
+    return torch.maximum(quantile * probes.pow(2).mean(dim=(0, 1)).sqrt() / repeats**0.5, floor)
 
 
 @contextmanager
@@ -223,3 +240,55 @@ def retraining() -> Iterator[None]:
         yield
     except DivergenceError as exc:
         raise DivergenceError(f"retraining {exc}") from None
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What the metrics task hands a protocol: one estimator's scores [T, n] (per training point), the
+    ground truth's saved arrays, the ``metrics:`` section, the cell's seed and the test points' row ids."""
+
+    scores: np.ndarray
+    ground_truth: dict[str, Tensor]
+    names: list[str]
+    top_k: int
+    bootstrap: int
+    resolved_only: bool
+    seed: int
+    test_ids: list[int]
+
+    def actual(self) -> np.ndarray:
+        """[T, K] measured effects, with the unresolved ones left out under ``resolved_only``."""
+        actual = self.ground_truth["actual"].cpu().numpy()
+        if self.resolved_only and "resolution" in self.ground_truth:
+            kept = np.abs(actual) >= self.ground_truth["resolution"].cpu().numpy()[:, None]
+            actual = np.where(kept, actual, np.nan)
+        return actual
+
+
+def agreement(item_scores: np.ndarray, s: Scoring) -> list[MetricRow]:
+    """The study's agreement metrics between estimated [T, K] and measured effects of the same items."""
+    return score(item_scores, s.actual(), s.names, s.top_k, s.bootstrap, s.seed, s.test_ids)
+
+
+def pointwise_metrics(spec: Retraining, s: Scoring) -> list[MetricRow]:
+    """Items are training points: the estimate of an item is the point's score."""
+    return agreement(s.scores, s)
+
+
+def grouped_metrics(spec: Retraining, s: Scoring) -> list[MetricRow]:
+    """Items are groups (``members`` [K, n]): the estimate of a group is the sum of its members' scores."""
+    members = s.ground_truth["members"].cpu().numpy().astype(s.scores.dtype)
+    return agreement(s.scores @ members.T, s)
+
+
+Rankings = dict[str, Tensor]  # estimator label -> scores [T, n]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What the runner side asks of a ground-truth protocol: ``run`` measures the actual effects (from the
+    spec, the trained problem, the rankings it follows and a seed) and ``metrics`` scores one estimator
+    against them. Every protocol module exposes one, registered in ``runners.protocols.PROTOCOLS``."""
+
+    run: Callable[[Any, Problem, Rankings, int], GroundTruth]
+    metrics: Callable[[Any, Scoring], list[MetricRow]] = pointwise_metrics

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from inflang.spec import GroupProtocol, GroupSpec
-from runners.protocols.common import GroundTruth, Problem, retrain_weighted
+from runners.protocols.common import GroundTruth, Problem, Protocol, Rankings, grouped_metrics, retrain_weighted
 
 
 def choose_groups(spec: GroupSpec, y_train: torch.Tensor, scores: torch.Tensor | None, seed: int) -> torch.Tensor:
@@ -39,7 +39,8 @@ def choose_groups(spec: GroupSpec, y_train: torch.Tensor, scores: torch.Tensor |
     return members
 
 
-def run(spec: GroupProtocol, p: Problem, scores: torch.Tensor | None, seed: int) -> GroundTruth:
+def run(spec: GroupProtocol, p: Problem, rankings: Rankings, seed: int) -> GroundTruth:
+    scores = rankings.get(spec.groups.by) if spec.groups.by else None
     return group_removal(spec, p, choose_groups(spec.groups, p.y_train, scores, seed))
 
 
@@ -47,3 +48,6 @@ def group_removal(spec: GroupProtocol, p: Problem, members: torch.Tensor) -> Gro
     retrained = retrain_weighted(spec, p, (~members).to(torch.float64), spec.mean_over)
     return GroundTruth(per_repeat=retrained.effects.transpose(1, 2), members=members, probes=retrained.probes,
                        floor=retrained.floor)
+
+
+PROTOCOL = Protocol(run=run, metrics=grouped_metrics)

@@ -15,7 +15,7 @@ import torch
 
 from inflang.spec import LdsProtocol
 from runners.errors import DivergenceError, TaskFailure
-from runners.protocols.common import GroundTruth, Problem, retrain_weighted
+from runners.protocols.common import GroundTruth, Problem, Protocol, Rankings, grouped_metrics, retrain_weighted
 
 
 def choose_subsets(spec: LdsProtocol, n: int, seed: int) -> torch.Tensor:
@@ -28,7 +28,7 @@ def choose_subsets(spec: LdsProtocol, n: int, seed: int) -> torch.Tensor:
     return removed
 
 
-def run(spec: LdsProtocol, p: Problem, scores: torch.Tensor | None, seed: int) -> GroundTruth:
+def run(spec: LdsProtocol, p: Problem, rankings: Rankings, seed: int) -> GroundTruth:
     return datamodel_score(spec, p, choose_subsets(spec, p.n, seed))
 
 
@@ -50,3 +50,6 @@ def datamodel_score(spec: LdsProtocol, p: Problem, removed: torch.Tensor) -> Gro
     per_item[:, :, ~finite] = float("nan")
     return GroundTruth(per_repeat=per_item, members=removed, dropped=int((~finite).sum()), probes=retrained.probes,
                        floor=retrained.floor)
+
+
+PROTOCOL = Protocol(run=run, metrics=grouped_metrics)

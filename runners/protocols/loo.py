@@ -16,9 +16,21 @@ from inflang.hashing import derive_seed
 from inflang.spec import LooProtocol
 from runners.curvature import objective_ggn, objective_hessian
 from runners.ensemble import Layout, stack
+from runners.metrics import MetricRow, gap_rows
 from runners.newton import ProximalBregman, newton_refit, newton_solve
 from runners.objective import FlatModel
-from runners.protocols.common import GroundTruth, Problem, measure_ensemble, retrain_weighted, rounding_floor
+from runners.protocols.common import (
+    GroundTruth,
+    Problem,
+    Protocol,
+    Rankings,
+    Scoring,
+    measure_ensemble,
+    nudged,
+    pointwise_metrics,
+    retrain_weighted,
+    rounding_floor,
+)
 from runners.selection import select_removals
 
 
@@ -33,9 +45,25 @@ def pointwise(per_item: torch.Tensor, items: np.ndarray, removals: list[np.ndarr
     return out
 
 
-def run(spec: LooProtocol, p: Problem, scores: torch.Tensor | None, seed: int) -> GroundTruth:
+def run(spec: LooProtocol, p: Problem, rankings: Rankings, seed: int) -> GroundTruth:
     """Select the removals (per test point) and retrain without each."""
+    scores = rankings.get(spec.removals.by) if spec.removals.by else None
     return leave_one_out(spec, p, select_removals(spec.removals, p.n, p.x_test.shape[0], scores, seed))
+
+
+def metrics(spec: LooProtocol, s: Scoring) -> list[MetricRow]:
+    """The agreement metrics; with ``decompose``, also the decomposition's first term (influence - PBRF) and
+    the whole gap it splits (influence - retrained), per test point."""
+    rows = pointwise_metrics(spec, s)
+    if "response.pbrf" in s.ground_truth:
+        actual = s.ground_truth["actual"].cpu().numpy()
+        evaluated = np.where(np.isnan(actual), np.nan, s.scores)
+        rows += gap_rows(evaluated, s.ground_truth["response.pbrf"].cpu().numpy(), "influence_vs_pbrf")
+        rows += gap_rows(evaluated, actual, "influence_vs_retrained")
+    return rows
+
+
+PROTOCOL = Protocol(run=run, metrics=metrics)
 
 
 def leave_one_out(spec: LooProtocol, p: Problem, removals: list[np.ndarray]) -> GroundTruth:
@@ -92,7 +120,7 @@ def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[n
         z = torch.randn(extra, P, generator=torch.Generator().manual_seed(derive_seed(p.setup.order_seeds[0],
                                                                                       "resolution probes")),
                         dtype=torch.float64).to(device=theta.device, dtype=theta.dtype)
-        starts[1:1 + extra] = theta * (1 + torch.finfo(theta.dtype).eps * z)
+        starts[1:1 + extra] = nudged(theta.expand(extra, P), z)
     refit = newton_refit(p.module, p.setup.trained, p.x_train, p.y_train, all_weights, p.training.weight_decay,
                          H0, tol, spec.max_iter, spec.damping, hessian_chunk=max(1, budget // (32 * P * P)),
                          smoothing=smoothing, starts=starts)

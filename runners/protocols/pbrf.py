@@ -29,6 +29,8 @@ from runners.objective import per_example_loss
 from runners.protocols.common import (
     GroundTruth,
     Problem,
+    Protocol,
+    Rankings,
     chunks,
     measure_ensemble,
     perturbed,
@@ -71,7 +73,8 @@ def pbrf_term(p: Problem, z_s: Tensor, removed: Tensor, active: Tensor) -> DataT
     return term
 
 
-def run(spec: PbrfProtocol, p: Problem, scores: Tensor | None, seed: int) -> GroundTruth:
+def run(spec: PbrfProtocol, p: Problem, rankings: Rankings, seed: int) -> GroundTruth:
+    scores = rankings.get(spec.removals.by) if spec.removals.by else None
     return proximal_bregman(spec, p, select_removals(spec.removals, p.n, p.x_test.shape[0], scores, seed))
 
 
@@ -113,3 +116,6 @@ def proximal_bregman(spec: PbrfProtocol, p: Problem, removals: list[np.ndarray])
                 p.progress(count)
     return GroundTruth(per_repeat=pointwise(out, items, removals, p.n), probes=probes,
                        floor=rounding_floor(control, p.x_train.dtype))
+
+
+PROTOCOL = Protocol(run=run)
