@@ -84,8 +84,8 @@ def claim_problems(claims: Sequence[Claim], cells: Sequence[tuple[Params, Any]])
     problems: list[Problem] = []
     studies = [s for _, s in cells]
     labels = sorted({e.label or e.name for s in studies for e in s.estimators})
-    metric_names = sorted({m for s in studies for m in s.metrics.names})
-    ground = set()
+    metric_names = sorted({m for s in studies for m in s.ground_truth.estimator_metrics(tuple(s.metrics.names))})
+    ground = {m for s in studies for m in s.ground_truth.ground_truth_metrics()}
     if any(s.ground_truth.repeats >= 2 for s in studies):
         ground |= {m for m in GROUND_TRUTH_METRICS if m.startswith(("noise_ceiling", "reliability"))}
     if any(s.ground_truth.probes_per_repeat for s in studies):
@@ -321,7 +321,7 @@ def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim,
         return unevaluable("no finished cell has the claim's values")
     rng = np.random.default_rng(derive_seed(study, "claim", claim.name))
     estimator = None if claim.metric in MODEL_QUANTITIES or claim.metric in GROUND_TRUTH_METRICS or \
-        claim.metric.startswith(("pbrf_vs_", "converged_loo_vs_")) else claim.estimator
+        claim.metric.startswith(("pbrf_vs_", "converged_loo_vs_", "random_")) else claim.estimator
 
     def rows_of(point: str, label: str | None) -> list[SeedRows] | None:
         return by_point[point].get(label)

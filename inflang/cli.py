@@ -192,11 +192,26 @@ def _parse_bytes(text: str | None) -> int | None:
         raise _fail(f"error: --memory-budget: '{text}' is not a size (e.g. 512MB, 4GB)") from None
 
 
+# (first metric, second metric, ground-truth metric) the summary shows, by what the study measured: the
+# agreement metrics and the noise ceiling, or brittleness's flip rate and its random-order baseline
+SUMMARY_COLUMNS = {"agreement": ("spearman", "pearson", "noise_ceiling_spearman"),
+                   "brittleness": ("flipped", "flip_k", "random_flipped")}
+SUMMARY_NAMES = {"agreement": ("spearman", "pearson", "noise ceiling"),
+                 "brittleness": ("flip rate", "mean k of flips", "random order flip rate")}
+
+
+def _summary_kind(db: str | Path, study: str) -> str:
+    _, found = run_query(db, f"SELECT count(*) FROM pooled_rows WHERE study = '{study.replace(chr(39), '')}' "
+                             "AND metric = 'flipped'")
+    return "brittleness" if found and found[0][0] else "agreement"
+
+
 def _summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = None
              ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Per sweep point and estimator, pooled over seeds: spearman and pearson with their intervals, the
-    noise ceiling where measured, what they rest on, and how many of the point's cells failed. ``points``
-    (swept values) keeps those sweep points only."""
+    noise ceiling where measured (or brittleness's flip rates), what they rest on, and how many of the
+    point's cells failed. ``points`` (swept values) keeps those sweep points only."""
+    first, second, ground = SUMMARY_COLUMNS[_summary_kind(db, study)]
     study = study.replace("'", "''")
     sql = f"""
         WITH points AS (
@@ -206,7 +221,7 @@ def _summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = N
             FROM cells WHERE study = '{study}' GROUP BY ALL),
         pooled AS (SELECT params::VARCHAR AS params, * EXCLUDE (params) FROM pooled_rows WHERE study = '{study}'),
         ceiling AS (SELECT params, value, ci_low, ci_high FROM pooled
-                    WHERE estimator IS NULL AND metric = 'noise_ceiling_spearman'),
+                    WHERE estimator IS NULL AND metric = '{ground}'),
         unresolved AS (SELECT params, value FROM pooled WHERE estimator IS NULL AND metric = 'below_resolution')
         SELECT p.params, e.estimator,
                s.value AS spearman, s.ci_low AS spearman_low, s.ci_high AS spearman_high,
@@ -216,8 +231,8 @@ def _summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = N
                p.cells, p.failed, p.pending, unresolved.value AS below_resolution
         FROM points p
         LEFT JOIN (SELECT DISTINCT params, estimator FROM pooled WHERE estimator IS NOT NULL) e USING (params)
-        LEFT JOIN pooled s ON s.params = p.params AND s.estimator = e.estimator AND s.metric = 'spearman'
-        LEFT JOIN pooled r ON r.params = p.params AND r.estimator = e.estimator AND r.metric = 'pearson'
+        LEFT JOIN pooled s ON s.params = p.params AND s.estimator = e.estimator AND s.metric = '{first}'
+        LEFT JOIN pooled r ON r.params = p.params AND r.estimator = e.estimator AND r.metric = '{second}'
         LEFT JOIN ceiling ON ceiling.params = p.params
         LEFT JOIN unresolved ON unresolved.params = p.params
         ORDER BY p.params, e.estimator"""
@@ -246,14 +261,15 @@ def _failures(db: str | Path, study: str, points: list[dict[str, Any]] | None = 
 
 def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> Table:
     _, rows = _summary(db, study, points)
+    first, second, ground = SUMMARY_NAMES[_summary_kind(db, study)]
     table = Table(title=f"'{study}': mean over test points and seeds, 95% interval (seeds, test points, "
                         "training points)")
     with_ceiling = any(r[8] is not None for r in rows)
-    columns = ["swept values", "estimator", "spearman", "pearson"] + (["noise ceiling"] if with_ceiling else [])
+    columns = ["swept values", "estimator", first, second] + ([ground] if with_ceiling else [])
     with_resolution = any(r[16] is not None for r in rows)
     columns += (["below resolution"] if with_resolution else []) + ["seeds x test points", "status"]
     for col in columns:
-        numeric = col in ("spearman", "pearson", "noise ceiling", "below resolution")
+        numeric = col in (first, second, ground, "below resolution")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
     for (params, estimator, sp, sp_lo, sp_hi, pe, pe_lo, pe_hi, ce, ce_lo, ce_hi, seeds, points, cells, failed,
          pending, below) in rows:

@@ -187,7 +187,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         facts = study_facts(s)
         # the rankings the protocol follows, by label: the estimate tasks are dependencies, and their hashes
         # (not the labels) are part of the ground truth's inputs and hash
-        rankings = {r.label: ct.estimates[r.label] for r in gt.rankings() if r.label is not None}
+        rankings = {r.label: ct.estimates[r.label] for r in gt.rankings(facts.labels) if r.label is not None}
         gt_inputs: dict[str, Any] = {"train": train, "ground_truth": _dump(gt), "test_points": _dump(s.test_points)}
         if rankings:
             gt_inputs["rankings"] = rankings

@@ -337,6 +337,8 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     if result.resolution is not None:
         arrays["resolution"] = result.resolution
         derived += resolution_rows(actual.cpu().numpy(), result.resolution.cpu().numpy())
+    arrays.update(result.extra or {})
+    derived += result.metric_rows or []
     if result.responses is not None:
         loo, pbrf = result.responses["converged_loo"], result.responses["pbrf"]
         arrays.update({f"response.{k}": v for k, v in result.responses.items()})
@@ -379,8 +381,10 @@ def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
     protocol: AnyProtocol = TypeAdapter(GroundTruthSpec).validate_python(
         deps[inputs["ground_truth"]].inputs["ground_truth"])
     test_ids = est["test_ids"].tolist()
+    followed = list(deps[inputs["ground_truth"]].inputs.get("rankings", {}).values())
+    ranking = followed.index(inputs["estimate"]) if inputs["estimate"] in followed else None
     scoring = Scoring(est["scores"].cpu().numpy(), gt, list(spec.names), spec.top_k, spec.bootstrap,
-                      spec.resolved_only, int(inputs["seed"]), test_ids)
+                      spec.resolved_only, int(inputs["seed"]), test_ids, ranking)
     rows = PROTOCOLS[protocol.protocol].metrics(protocol, scoring)
     return Output({}, _metric_tables(rows, test_ids))
 

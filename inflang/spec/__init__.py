@@ -40,6 +40,7 @@ from inflang.spec.model import (
 )
 from inflang.spec.protocols import (
     AnyProtocol,
+    BrittlenessProtocol,
     GroundTruthSpec,
     GroupProtocol,
     GroupSpec,
@@ -56,6 +57,7 @@ __all__ = [
     "ImageFolderDataset",
     "ResnetModel", "VggModel",
     "DataInfEstimator", "RepresenterEstimator", "TracinEstimator", "KfacEstimator", "EkfacEstimator", "TrakEstimator",
+    "BrittlenessProtocol",
     "AnyDataset", "AnyEstimator", "AnyModel", "AnyProtocol", "ArnoldiEstimator", "BUNDLED", "BundledDataset",
     "CgEstimator", "CnnModel", "DatasetInfo", "DatasetSpec", "EstimatorSpec",
     "ExactEstimator", "FileDataset", "GradCosEstimator", "GradDotEstimator", "GroundTruthSpec",

@@ -38,7 +38,8 @@ class StudyFacts:
 
 @dataclass(frozen=True)
 class Ranking:
-    """An estimator ranking a protocol follows: where in the file (for errors), how it is used, which label."""
+    """An estimator ranking a protocol follows: where its label is in the file (for errors), how it is used,
+    which label (None when the file names none)."""
 
     where: tuple[str | int, ...]
     select: str
@@ -77,8 +78,8 @@ class RemovalSpec(Spec):
                           f"k = {self.k} is larger than the training set ({facts.n_train} points)", None))
         return found
 
-    def rankings(self) -> list[Ranking]:
-        return [Ranking(("ground_truth", "removals"), self.select, self.by)] if self.ranked else []
+    def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
+        return [Ranking(("ground_truth", "removals", "by"), self.select, self.by)] if self.ranked else []
 
 
 class Retraining(Spec):
@@ -133,8 +134,9 @@ class Retraining(Spec):
         """Whether refits are solved to convergence (no retraining optimizer, steps or schedule)."""
         return False
 
-    def rankings(self) -> list[Ranking]:
-        """The estimator rankings that choose what this protocol removes (none by default)."""
+    def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
+        """The estimator rankings that choose what this protocol removes (none by default), given the
+        study's estimator labels."""
         return []
 
     def items(self, facts: StudyFacts) -> int:
@@ -145,6 +147,14 @@ class Retraining(Spec):
     def extra_models(self, facts: StudyFacts) -> int:
         """Models solved besides the retraining (the decomposition's converged refits)."""
         return 0
+
+    def estimator_metrics(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The per-test-point metrics each estimator gets, given the study's ``metrics.names``."""
+        return names
+
+    def ground_truth_metrics(self) -> tuple[str, ...]:
+        """Per-test-point metrics of the ground truth itself (estimator NULL) besides ceilings and resolution."""
+        return ()
 
     def problems(self, facts: StudyFacts) -> list[Problem]:
         """This protocol's rules against the rest of the study: (path, message, hint) per problem."""
@@ -210,7 +220,7 @@ class LooProtocol(Retraining):
     def converged(self) -> bool:
         return self.solver == "newton"
 
-    def rankings(self) -> list[Ranking]:
+    def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
         return self.removals.rankings()
 
     def items(self, facts: StudyFacts) -> int:
@@ -245,7 +255,7 @@ class PbrfProtocol(Retraining):
     damping: float = Field(0.001, ge=0, description="proximity to theta_s (the lambda of Bae et al.)")
     removals: RemovalSpec = Field(default_factory=RemovalSpec)
 
-    def rankings(self) -> list[Ranking]:
+    def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
         return self.removals.rankings()
 
     def items(self, facts: StudyFacts) -> int:
@@ -286,8 +296,9 @@ class GroupProtocol(Retraining):
 
     grouped: ClassVar[bool] = True
 
-    def rankings(self) -> list[Ranking]:
-        return [Ranking(("ground_truth", "groups"), "top_k", self.groups.by)] if self.groups.select == "top_k" else []
+    def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
+        groups = self.groups
+        return [Ranking(("ground_truth", "groups", "by"), "top_k", groups.by)] if groups.select == "top_k" else []
 
     def items(self, facts: StudyFacts) -> int:
         return self.groups.count
@@ -341,5 +352,54 @@ class LdsProtocol(Retraining):
         return found
 
 
-AnyProtocol = LooProtocol | PbrfProtocol | GroupProtocol | LdsProtocol
+class BrittlenessProtocol(Retraining):
+    """Brittleness (Ilyas et al. 2022; Yang et al. 2023): per test point, the smallest k of a grid such that
+    removing the k training points that support its prediction most, in the order an estimator ranks them,
+    flips the prediction after retraining; beside a random order as the baseline (runners/protocols/
+    brittleness.py)."""
+
+    protocol: Literal["brittleness"]
+    start: Literal["optimum", "scratch"] = Field("optimum", description="optimum (warm start) or scratch")
+    k: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32], min_length=1,
+                                                 description="the grid of removal counts tried; max(k) is where "
+                                                 "a point counts as not flipped")
+    by: list[str] | None = Field(None, description="the labels of the estimators whose rankings are tried; "
+                                 "default every estimator of the study")
+    random: bool = Field(True, description="also try a random order (the baseline)")
+
+    def ranked_labels(self, labels: tuple[str, ...]) -> list[str]:
+        return list(self.by) if self.by is not None else list(labels)
+
+    def estimator_metrics(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        return ("flip_k", "flipped")
+
+    def ground_truth_metrics(self) -> tuple[str, ...]:
+        return ("random_flip_k", "random_flipped") if self.random else ()
+
+    def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
+        return [Ranking(("ground_truth", "by", i) if self.by is not None else ("ground_truth",), "brittleness", label)
+                for i, label in enumerate(self.ranked_labels(labels))]
+
+    def items(self, facts: StudyFacts) -> int:
+        sources = len(self.ranked_labels(facts.labels)) + int(self.random)
+        return facts.test_points * sources * len(set(self.k))
+
+    def problems(self, facts: StudyFacts) -> list[Problem]:
+        found = super().problems(facts)
+        if self.measure != "test_loss":
+            found.append((("ground_truth", "measure"), "brittleness measures prediction flips itself; it takes no "
+                          "measure", "leave out measure"))
+        if facts.regression:
+            found.append((("ground_truth", "protocol"), "brittleness flips class predictions, and the dataset has "
+                          "real-valued targets (squared-error regression)", None))
+        if max(self.k) > facts.n_train:
+            found.append((("ground_truth", "k"), f"k = {max(self.k)} is more than the {facts.n_train} training "
+                          "points", None))
+        if not self.ranked_labels(facts.labels) and not self.random:
+            found.append((("ground_truth", "random"), "no ranking to try: name estimators in 'by' or keep the "
+                          "random baseline", None))
+        return found
+
+
+AnyProtocol = LooProtocol | PbrfProtocol | GroupProtocol | LdsProtocol | BrittlenessProtocol
 GroundTruthSpec = Annotated[AnyProtocol, Field(discriminator="protocol")]

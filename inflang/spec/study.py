@@ -146,14 +146,15 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
                 problems.append((("test_points", "indices", j),
                                  f"row id {idx} is outside the dataset (0..{info.rows - 1})", None))
     gt = study.ground_truth
-    for ranking in gt.rankings():
+    facts = study_facts(study)
+    for ranking in gt.rankings(facts.labels):
         if ranking.label is None:
-            problems.append((ranking.where + ("by",), f"select: {ranking.select} needs 'by:', the estimator whose "
+            problems.append((ranking.where, f"select: {ranking.select} needs 'by:', the estimator whose "
                              "ranking is used", f"one of: {', '.join(labels)}"))
         elif ranking.label not in labels:
-            problems.append((ranking.where + ("by",), f"no estimator labelled '{ranking.label}' in this study",
+            problems.append((ranking.where, f"no estimator labelled '{ranking.label}' in this study",
                              f"one of: {', '.join(labels)}"))
-    problems += gt.problems(study_facts(study))
+    problems += gt.problems(facts)
     if gt.measure == "param_change_norm":
         for i, est in enumerate(study.estimators):
             if not est.predicts_parameter_change:

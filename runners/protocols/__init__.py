@@ -10,7 +10,7 @@ inflang/spec/protocols.py, added to ``AnyProtocol``).
 
 from __future__ import annotations
 
-from runners.protocols import group, lds, loo, pbrf
+from runners.protocols import brittleness, group, lds, loo, pbrf
 from runners.protocols.common import GroundTruth, Problem, Protocol, RetrainSetup, Scoring
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -18,6 +18,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "pbrf": pbrf.PROTOCOL,
     "group": group.PROTOCOL,
     "lds": lds.PROTOCOL,
+    "brittleness": brittleness.PROTOCOL,
 }
 
 __all__ = ["PROTOCOLS", "GroundTruth", "Problem", "Protocol", "RetrainSetup", "Scoring"]

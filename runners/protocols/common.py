@@ -85,6 +85,8 @@ class GroundTruth:
     solver: tuple[list[int], list[float], list[int]] | None = None
     # decomposition: other responses to the same removals, [T, K] each (converged_loo, pbrf)
     responses: dict[str, Tensor] | None = None
+    extra: dict[str, Tensor] | None = None  # protocol-specific arrays, saved with the artifact (brittleness: flip_k)
+    metric_rows: list[MetricRow] | None = None  # protocol-specific ground-truth rows (estimator NULL)
 
     @property
     def actual(self) -> Tensor:
@@ -161,6 +163,7 @@ class Retrained:
     effects: Tensor
     probes: Tensor
     floor: Tensor  # [T] the rounding unit of the measured quantity itself (see ``rounding_floor``)
+    control: Tensor  # [R, T] the measured quantity of each repeat's control
 
 
 def rounding_floor(control: Tensor, dtype: torch.dtype) -> Tensor:
@@ -218,7 +221,7 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor, mean_over: s
             control[r] = measured[0]
             if p.progress is not None:
                 p.progress(count)
-    return Retrained(out, probes, rounding_floor(control, p.x_train.dtype))
+    return Retrained(out, probes, rounding_floor(control, p.x_train.dtype), control)
 
 
 def resolution(probes: Tensor, repeats: int, floor: Tensor) -> Tensor:
@@ -255,6 +258,7 @@ class Scoring:
     resolved_only: bool
     seed: int
     test_ids: list[int]
+    ranking: int | None = None  # the place of this estimator among the rankings the ground truth followed
 
     def actual(self) -> np.ndarray:
         """[T, K] measured effects, with the unresolved ones left out under ``resolved_only``."""
