@@ -112,12 +112,17 @@ def run(spec: BrittlenessProtocol, p: Problem, rankings: Rankings, seed: int) ->
 
 def flip_rows(ks: np.ndarray, replicates: int, seed: int, prefix: str = "") -> list[MetricRow]:
     """flip_k and flipped per test point, flip_rate and median_flip_k over them (see the module doc).
-    ``flipped`` carries constant replicates (there are no items to resample), so pooling resamples its test
-    points and seeds; flip_rate's interval resamples the test points."""
+    ``flip_k`` and ``flipped`` carry constant replicates (there are no items to resample), so pooling and
+    claims resample their test points and seeds (a not-flipped point's flip_k is NaN and left out of
+    means); flip_rate's interval resamples the test points."""
     flipped = (~np.isnan(ks)).astype(float)
-    rows = [MetricRow(t, f"{prefix}flip_k", float(k), 1) for t, k in enumerate(ks)]
-    rows += [MetricRow(t, f"{prefix}flipped", float(f), 1, replicates=np.full(max(replicates, 1), f) if replicates
-                       else None) for t, f in enumerate(flipped)]
+
+    def constant(value: float) -> np.ndarray | None:
+        return np.full(replicates, value) if replicates else None
+
+    rows = [MetricRow(t, f"{prefix}flip_k", float(k), 1, replicates=constant(float(k))) for t, k in enumerate(ks)]
+    rows += [MetricRow(t, f"{prefix}flipped", float(f), 1, replicates=constant(float(f)))
+             for t, f in enumerate(flipped)]
     rate = float(flipped.mean()) if len(ks) else math.nan
     low = high = None
     if replicates and len(ks):
