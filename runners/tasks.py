@@ -41,6 +41,7 @@ from runners.estimators import ESTIMATORS, EstimatorInputs
 from runners.estimators.common import hessian_vector_products
 from runners.metrics import MetricRow, gap_rows, noise_ceiling, resolution_rows
 from runners.objective import PARAM_CHANGE, FlatModel, correct, per_example_loss
+from runners.outputs import Checkpoint, Curvature, Estimate, HessianDiagnostics, MeasuredEffects, TrainedModel
 from runners.protocols import PROTOCOLS, Problem, RetrainSetup, Scoring
 from runners.selection import select_test_points
 from runners.train import train
@@ -116,19 +117,15 @@ def setup_from(train_inputs: dict[str, Any]) -> TrainSetup:
     return TrainSetup(dataset, model, training, seed, data, module, replica)
 
 
-def _params(arrays: Arrays, prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
-def trained_setup(trained: Dep) -> TrainSetup:
+def trained_setup(trained: Dep) -> tuple[TrainSetup, TrainedModel]:
     """The setup of a train task with its module holding the trained running statistics (BatchNorm), which
-    every evaluation-mode forward pass (estimators, curvature, measurements) uses."""
+    every evaluation-mode forward pass (estimators, curvature, measurements) uses, and the trained model."""
     s = setup_from(trained.inputs)
-    buffers = _params(trained.arrays, "buffer.")
+    model = TrainedModel.from_arrays(trained.arrays)
     with torch.no_grad():
         for k, b in s.module.named_buffers():
-            b.copy_(buffers[k])
-    return s
+            b.copy_(model.buffers[k])
+    return s, model
 
 
 def _test_losses(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor
@@ -150,16 +147,9 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
     with torch.no_grad():
         train_losses, train_correct = _test_losses(s.module, result.params, d.x_train, d.y_train)
         test_losses, test_correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
-    arrays = {f"param.{k}": v for k, v in result.params.items()}
-    arrays.update({f"init.{k}": v for k, v in result.init.items()})
-    arrays.update({f"buffer.{k}": v for k, v in result.buffers.items()})
-    arrays.update({f"initbuffer.{k}": v for k, v in result.init_buffers.items()})
-    for c, (_lr, snapshot) in enumerate(result.snapshots):
-        arrays.update({f"ckpt{c}.{k}": v for k, v in snapshot.items()})
-    for c, buffers in enumerate(result.snapshot_buffers):
-        arrays.update({f"ckptbuffer{c}.{k}": v for k, v in buffers.items()})
-    if result.snapshots:
-        arrays["ckpt_lr"] = torch.tensor([lr for lr, _ in result.snapshots], dtype=torch.float64)
+    checkpoints = [Checkpoint(lr, snapshot, buffers) for (lr, snapshot), buffers
+                   in zip(result.snapshots, result.snapshot_buffers or [{}] * len(result.snapshots), strict=True)]
+    arrays = TrainedModel(result.params, result.init, result.buffers, result.init_buffers, checkpoints).to_arrays()
     n_params = sum(v.numel() for v in result.params.values())
     ids = [int(i) for i in d.train_ids] + [int(i) for i in d.test_ids] + [int(i) for i in d.val_ids]
     roles = ["train"] * len(d.train_ids) + ["test"] * len(d.test_ids) + ["validation"] * len(d.val_ids)
@@ -180,14 +170,12 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
 
 
 def run_curvature(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
-    trained = deps[inputs["train"]]
-    s = trained_setup(trained)
-    params = _params(trained.arrays, "param.")
-    H = CURVATURES[inputs["curvature"]](s.module, params, s.data.x_train, s.data.y_train, s.training.weight_decay,
-                                        s.training.label_smoothing)
+    s, model = trained_setup(deps[inputs["train"]])
+    H = CURVATURES[inputs["curvature"]](s.module, model.params, s.data.x_train, s.data.y_train,
+                                        s.training.weight_decay, s.training.label_smoothing)
     spec = spectrum(H)
     values = spec.values
-    return Output({"values": values, "vectors": spec.vectors}, {"curvature_results": {
+    return Output(Curvature(values, spec.vectors).to_arrays(), {"curvature_results": {
         "n_params": [int(values.numel())], "max_eigenvalue": [float(values[-1])],
         "min_eigenvalue": [float(values[0])], "n_negative": [int((values < 0).sum())],
         "trace": [float(values.sum())]}})
@@ -196,12 +184,11 @@ def run_curvature(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) ->
 def run_hessian(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
     spec = HessianSpec.model_validate(inputs["hessian"])
     if spec.method == "exact":
-        values = deps[inputs["curvature"]].arrays["values"]
+        values = Curvature.from_arrays(deps[inputs["curvature"]].arrays).values
         trace, negative = float(values.sum()), int((values < 0).sum())
     else:  # Lanczos Ritz values and a Hutchinson trace, from Hessian-vector products only
-        trained = deps[inputs["train"]]
-        s = trained_setup(trained)
-        flat = FlatModel(s.module, _params(trained.arrays, "param."))
+        s, model = trained_setup(deps[inputs["train"]])
+        flat = FlatModel(s.module, model.params)
         d, wd = s.data, s.training.weight_decay
         P = int(flat.theta.numel())
         seed = derive_seed(s.seed, "hessian")
@@ -214,7 +201,7 @@ def run_hessian(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
             spec.trace_samples, seed + 1)
         negative = None
     top = values.flip(0)[: spec.top_eigenvalues]
-    return Output({"top": top}, {"hessian_results": {
+    return Output(HessianDiagnostics(top).to_arrays(), {"hessian_results": {
         "top_eigenvalues": [[float(v) for v in top]], "min_eigenvalue": [float(values[0])],
         "trace": [trace], "n_negative": [negative]}})
 
@@ -246,56 +233,45 @@ def selected_parameters(choice: str | list[str], module: nn.Module) -> list[str]
     return [k for k in names if k in choice]
 
 
-def _checkpoints(arrays: Arrays) -> tuple[list[tuple[float, dict[str, Tensor]]], list[dict[str, Tensor]]]:
-    """The (learning rate, parameters) snapshots a train task kept, in training order, and their running
-    statistics (empty dicts for a model without BatchNorm)."""
-    if "ckpt_lr" not in arrays:
-        return [], []
-    lrs = arrays["ckpt_lr"].tolist()
-    return ([(float(lr), _params(arrays, f"ckpt{c}.")) for c, lr in enumerate(lrs)],
-            [_params(arrays, f"ckptbuffer{c}.") for c in range(len(lrs))])
-
-
 def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
-    trained = deps[inputs["train"]]
-    s = trained_setup(trained)
-    params = _params(trained.arrays, "param.")
+    s, model = trained_setup(deps[inputs["train"]])
+    params = model.params
     spec: AnyEstimator = TypeAdapter(EstimatorSpec).validate_python(inputs["estimator"])
     tests, test_ids = _test_selection(s, params, inputs, inputs["measure"])
-    curvature = deps[inputs["curvature"]].arrays if inputs.get("curvature") else None
-    spectrum_ = Spectrum(curvature["values"], curvature["vectors"]) if curvature else None
+    curvature = Curvature.from_arrays(deps[inputs["curvature"]].arrays) if inputs.get("curvature") else None
+    spectrum_ = Spectrum(curvature.values, curvature.vectors) if curvature else None
     d = s.data
     idx = torch.as_tensor(tests, dtype=torch.long)
-    checkpoints, checkpoint_buffers = _checkpoints(trained.arrays)
+    checkpoints = [(c.lr, c.params) for c in model.checkpoints]
+    checkpoint_buffers = [c.buffers for c in model.checkpoints]
+    replicas = [TrainedModel.from_arrays(deps[h].arrays) for h in inputs.get("replicas", ())]
     estimator_inputs = EstimatorInputs(
         module=s.module, params=params, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test[idx],
         y_test=d.y_test[idx], measure=inputs["measure"], weight_decay=s.training.weight_decay,
         seed=derive_seed(s.seed, "estimator", inputs["estimator"]), spectrum=spectrum_,
         checkpoints=checkpoints, selected=selected_parameters(spec.params, s.module),
         checkpoint_buffers=checkpoint_buffers,
-        replica_buffers=[_params(deps[h].arrays, "buffer.") for h in inputs.get("replicas", ())],
-        smoothing=s.training.label_smoothing,
-        replicas=[_params(deps[h].arrays, "param.") for h in inputs.get("replicas", ())],
+        replica_buffers=[r.buffers for r in replicas], smoothing=s.training.label_smoothing,
+        replicas=[r.params for r in replicas],
         memory_budget=ctx.memory_budget // 4 if ctx.memory_budget else None)
     scores = ESTIMATORS[spec.name](spec, estimator_inputs).to(torch.float64)
     if not bool(torch.isfinite(scores).all()):
         raise TaskFailure(f"estimator '{spec.name}' produced non-finite scores; raise its damping")
     T, n = scores.shape
-    return Output({"scores": scores, "tests": idx, "test_ids": torch.as_tensor(test_ids)}, {"estimate_rows": {
+    return Output(Estimate(scores, idx, torch.as_tensor(test_ids)).to_arrays(), {"estimate_rows": {
         "test_index": np.repeat(test_ids, n).tolist(), "train_index": np.tile(d.train_ids, T).tolist(),
         "estimate": scores.reshape(-1).tolist()}})
 
 
 def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
-    trained = deps[inputs["train"]]
-    s = trained_setup(trained)
-    params = _params(trained.arrays, "param.")
+    s, model = trained_setup(deps[inputs["train"]])
+    params = model.params
     spec: AnyProtocol = TypeAdapter(GroundTruthSpec).validate_python(inputs["ground_truth"])
-    rankings = {label: deps[h].arrays["scores"] for label, h in inputs.get("rankings", {}).items()}
+    rankings = {label: Estimate.from_arrays(deps[h].arrays).scores for label, h in inputs.get("rankings", {}).items()}
     tests, test_ids = _test_selection(s, params, inputs, spec.measure)
     d = s.data
     order = derive_seed(s.seed, "order")
-    inits = [{**_params(trained.arrays, "init."), **_params(trained.arrays, "initbuffer.")}]
+    inits = [model.initial_state]
     for r in range(1, spec.repeats if spec.start_from == "scratch" else 1):  # scratch repeats: fresh inits too
         fresh = models.build(s.model, d.input_shape, d.classes, derive_seed(s.seed, "init", r), d.x_train.dtype)
         inits.append({k: v.detach().clone() for k, v in [*fresh.named_parameters(), *fresh.named_buffers()]})
@@ -311,7 +287,8 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     evaluated = actual[~torch.isnan(actual)]
     if not bool(torch.isfinite(evaluated).all()):
         raise TaskFailure("ground truth produced infinite values; lower the retraining lr")
-    arrays: Arrays = {"actual": actual, "tests": idx}
+    effects = MeasuredEffects(actual, idx, result.members, result.resolution, dict(result.responses or {}),
+                              dict(result.extra or {}))
     rows: dict[str, dict[str, list[Any]]] = {
         "ground_truth_results": {"protocol": [spec.protocol],
                                  "items": [int(result.members.shape[0]) if result.members is not None else
@@ -323,7 +300,6 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
         rows["actual_rows"] = {"test_index": test_ids[t_pos.cpu().numpy()].tolist(),
                                "train_index": d.train_ids[k_pos.cpu().numpy()].tolist(), "actual": values}
     else:
-        arrays["members"] = result.members
         g_pos, i_pos = torch.nonzero(result.members, as_tuple=True)
         rows["group_members"] = {"group_index": g_pos.tolist(),
                                  "train_index": d.train_ids[i_pos.cpu().numpy()].tolist()}
@@ -335,13 +311,10 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
                                "grad_norm": norms, "iterations": its}
     derived = noise_ceiling(result.per_repeat.cpu().numpy(), seed=s.seed, test_ids=test_ids.tolist())
     if result.resolution is not None:
-        arrays["resolution"] = result.resolution
         derived += resolution_rows(actual.cpu().numpy(), result.resolution.cpu().numpy())
-    arrays.update(result.extra or {})
     derived += result.metric_rows or []
     if result.responses is not None:
         loo, pbrf = result.responses["converged_loo"], result.responses["pbrf"]
-        arrays.update({f"response.{k}": v for k, v in result.responses.items()})
         derived += gap_rows(pbrf.cpu().numpy(), loo.cpu().numpy(), "pbrf_vs_converged_loo")
         derived += gap_rows(loo.cpu().numpy(), actual.cpu().numpy(), "converged_loo_vs_retrained")
         kept = {"test_index": [], "train_index": [], "response": [], "value": []}  # type: dict[str, list[Any]]
@@ -354,7 +327,7 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
         rows["response_rows"] = kept
     if derived:
         rows.update(_metric_tables(derived, test_ids.tolist()))
-    return Output(arrays, rows)
+    return Output(effects.to_arrays(), rows)
 
 
 def _metric_tables(rows: list[MetricRow], test_ids: list[int]) -> dict[str, dict[str, list[Any]]]:
@@ -373,17 +346,17 @@ def _metric_tables(rows: list[MetricRow], test_ids: list[int]) -> dict[str, dict
 
 
 def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
-    est = deps[inputs["estimate"]].arrays
-    gt = deps[inputs["ground_truth"]].arrays
-    if not torch.equal(est["tests"], gt["tests"]):
+    est = Estimate.from_arrays(deps[inputs["estimate"]].arrays)
+    gt = MeasuredEffects.from_arrays(deps[inputs["ground_truth"]].arrays)
+    if not torch.equal(est.tests, gt.tests):
         raise TaskFailure("estimate and ground truth selected different test points")
     spec = MetricsSpec.model_validate(inputs["metrics"])
     protocol: AnyProtocol = TypeAdapter(GroundTruthSpec).validate_python(
         deps[inputs["ground_truth"]].inputs["ground_truth"])
-    test_ids = est["test_ids"].tolist()
+    test_ids = est.test_ids.tolist()
     followed = list(deps[inputs["ground_truth"]].inputs.get("rankings", {}).values())
     ranking = followed.index(inputs["estimate"]) if inputs["estimate"] in followed else None
-    scoring = Scoring(est["scores"].cpu().numpy(), gt, list(spec.names), spec.top_k, spec.bootstrap,
+    scoring = Scoring(est.scores.cpu().numpy(), gt, list(spec.names), spec.top_k, spec.bootstrap,
                       spec.resolved_only, int(inputs["seed"]), test_ids, ranking)
     rows = PROTOCOLS[protocol.protocol].metrics(protocol, scoring)
     return Output({}, _metric_tables(rows, test_ids))

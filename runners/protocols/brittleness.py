@@ -139,7 +139,7 @@ def metrics(spec: BrittlenessProtocol, s: Scoring) -> list[MetricRow]:
     """One estimator's brittleness rows: its row of the ground truth's flip_k (by its ranking's place)."""
     if s.ranking is None:
         raise TaskFailure("brittleness: this estimator's ranking was not part of the ground truth")
-    return flip_rows(s.ground_truth["flip_k"].cpu().numpy()[s.ranking], s.bootstrap, s.seed)
+    return flip_rows(s.ground_truth.extra["flip_k"].cpu().numpy()[s.ranking], s.bootstrap, s.seed)
 
 
 PROTOCOL = Protocol(run=run, metrics=metrics)

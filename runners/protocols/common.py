@@ -33,6 +33,7 @@ from runners.ensemble import (
 from runners.errors import DivergenceError
 from runners.metrics import MetricRow, score
 from runners.objective import MEASURES, PARAM_CHANGE
+from runners.outputs import MeasuredEffects
 from runners.train import stopping_monitor, training_rule
 
 
@@ -251,7 +252,7 @@ class Scoring:
     ground truth's saved arrays, the ``metrics:`` section, the cell's seed and the test points' row ids."""
 
     scores: np.ndarray
-    ground_truth: dict[str, Tensor]
+    ground_truth: MeasuredEffects
     names: list[str]
     top_k: int
     bootstrap: int
@@ -262,9 +263,9 @@ class Scoring:
 
     def actual(self) -> np.ndarray:
         """[T, K] measured effects, with the unresolved ones left out under ``resolved_only``."""
-        actual = self.ground_truth["actual"].cpu().numpy()
-        if self.resolved_only and "resolution" in self.ground_truth:
-            kept = np.abs(actual) >= self.ground_truth["resolution"].cpu().numpy()[:, None]
+        actual = self.ground_truth.actual.cpu().numpy()
+        if self.resolved_only and self.ground_truth.resolution is not None:
+            kept = np.abs(actual) >= self.ground_truth.resolution.cpu().numpy()[:, None]
             actual = np.where(kept, actual, np.nan)
         return actual
 
@@ -281,7 +282,8 @@ def pointwise_metrics(spec: Retraining, s: Scoring) -> list[MetricRow]:
 
 def grouped_metrics(spec: Retraining, s: Scoring) -> list[MetricRow]:
     """Items are groups (``members`` [K, n]): the estimate of a group is the sum of its members' scores."""
-    members = s.ground_truth["members"].cpu().numpy().astype(s.scores.dtype)
+    assert s.ground_truth.members is not None, "grouped protocols store their members"
+    members = s.ground_truth.members.cpu().numpy().astype(s.scores.dtype)
     return agreement(s.scores @ members.T, s)
 
 

@@ -55,10 +55,10 @@ def metrics(spec: LooProtocol, s: Scoring) -> list[MetricRow]:
     """The agreement metrics; with ``decompose``, also the decomposition's first term (influence - PBRF) and
     the whole gap it splits (influence - retrained), per test point."""
     rows = pointwise_metrics(spec, s)
-    if "response.pbrf" in s.ground_truth:
-        actual = s.ground_truth["actual"].cpu().numpy()
+    if "pbrf" in s.ground_truth.responses:
+        actual = s.ground_truth.actual.cpu().numpy()
         evaluated = np.where(np.isnan(actual), np.nan, s.scores)
-        rows += gap_rows(evaluated, s.ground_truth["response.pbrf"].cpu().numpy(), "influence_vs_pbrf")
+        rows += gap_rows(evaluated, s.ground_truth.responses["pbrf"].cpu().numpy(), "influence_vs_pbrf")
         rows += gap_rows(evaluated, actual, "influence_vs_retrained")
     return rows
 
