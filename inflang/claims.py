@@ -33,6 +33,7 @@ from inflang import stats
 from inflang.hashing import derive_seed
 from inflang.pooling import SeedRows, per_seed
 from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim
+from inflang.store import model_quantity_rows
 
 GAP_METRICS = tuple(f"{prefix}_{name}" for prefix in ("influence_vs_pbrf", "influence_vs_retrained",
                                                         "pbrf_vs_converged_loo", "converged_loo_vs_retrained")
@@ -255,12 +256,8 @@ def _slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _model_rows(con: duckdb.DuckDBPyConnection, study: str, quantity: str) -> dict[str, list[SeedRows]]:
-    column = {"hessian_top_eigenvalue": "m.hessian_top_eigenvalues[1]"}.get(quantity, f"m.{quantity}")
-    found = con.execute(f"""SELECT coalesce(c.params::VARCHAR, '{{}}'), c."repeat", {column}
-                            FROM cells c JOIN models m USING (study, cell_id) WHERE c.study = ?""",
-                        [study]).fetchall()
     out: dict[str, list[SeedRows]] = {}
-    for params, repeat, value in found:
+    for params, repeat, value in model_quantity_rows(con, study, quantity):
         key = json.dumps(json.loads(params), sort_keys=True)
         v = math.nan if value is None else float(value)
         out.setdefault(key, []).append(SeedRows(int(repeat), [-1], np.array([v]), None))

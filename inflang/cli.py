@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inflang import __version__
+from inflang import store as store_queries
 from inflang.errors import StudyError, UsageError
 from inflang.plan import KINDS, Plan, compile_study
 from inflang.spec.study import is_study_name
@@ -201,9 +202,7 @@ SUMMARY_NAMES = {"agreement": ("spearman", "pearson", "noise ceiling"),
 
 
 def _summary_kind(db: str | Path, study: str) -> str:
-    _, found = run_query(db, f"SELECT count(*) FROM pooled_rows WHERE study = '{study.replace(chr(39), '')}' "
-                             "AND metric = 'flipped'")
-    return "brittleness" if found and found[0][0] else "agreement"
+    return "brittleness" if store_queries.has_pooled_metric(db, study, "flipped") else "agreement"
 
 
 def _summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = None
@@ -212,31 +211,14 @@ def _summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = N
     noise ceiling where measured (or brittleness's flip rates), what they rest on, and how many of the
     point's cells failed. ``points`` (swept values) keeps those sweep points only."""
     first, second, ground = SUMMARY_COLUMNS[_summary_kind(db, study)]
-    study = study.replace("'", "''")
-    sql = f"""
-        WITH points AS (
-            SELECT coalesce(params::VARCHAR, '{{}}') AS params, count(*) AS cells,
-                   count(*) FILTER (WHERE status = 'failed') AS failed,
-                   count(*) FILTER (WHERE status = 'pending') AS pending
-            FROM cells WHERE study = '{study}' GROUP BY ALL),
-        pooled AS (SELECT params::VARCHAR AS params, * EXCLUDE (params) FROM pooled_rows WHERE study = '{study}'),
-        ceiling AS (SELECT params, value, ci_low, ci_high FROM pooled
-                    WHERE estimator IS NULL AND metric = '{ground}'),
-        unresolved AS (SELECT params, value FROM pooled WHERE estimator IS NULL AND metric = 'below_resolution')
-        SELECT p.params, e.estimator,
-               s.value AS spearman, s.ci_low AS spearman_low, s.ci_high AS spearman_high,
-               r.value AS pearson, r.ci_low AS pearson_low, r.ci_high AS pearson_high,
-               ceiling.value AS ceiling, ceiling.ci_low AS ceiling_low, ceiling.ci_high AS ceiling_high,
-               coalesce(s.seeds, r.seeds) AS seeds, coalesce(s.test_points, r.test_points) AS test_points,
-               p.cells, p.failed, p.pending, unresolved.value AS below_resolution
-        FROM points p
-        LEFT JOIN (SELECT DISTINCT params, estimator FROM pooled WHERE estimator IS NOT NULL) e USING (params)
-        LEFT JOIN pooled s ON s.params = p.params AND s.estimator = e.estimator AND s.metric = '{first}'
-        LEFT JOIN pooled r ON r.params = p.params AND r.estimator = e.estimator AND r.metric = '{second}'
-        LEFT JOIN ceiling ON ceiling.params = p.params
-        LEFT JOIN unresolved ON unresolved.params = p.params
-        ORDER BY p.params, e.estimator"""
-    columns, rows = run_query(db, sql)
+    columns, rows = store_queries.summary(db, study, first, second, ground)
+    names = {"first": first, "second": second, "ground": ground}  # the columns take the metrics' names
+
+    def renamed(column: str) -> str:
+        head, sep, tail = column.partition("_")
+        return names[head] + sep + tail if head in names else column
+
+    columns = [renamed(c) for c in columns]
     if points is not None:
         rows = [r for r in rows if json.loads(r[0] or "{}") in points]
     return columns, rows
@@ -253,10 +235,8 @@ def _number(value: float | None, low: float | None = None, high: float | None = 
 
 def _failures(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str]]:
     """(cell id, swept values, message) of every failed cell (of the given sweep points)."""
-    _, rows = run_query(db, f"SELECT cell_id, params, error FROM cells WHERE study = '{study.replace(chr(39), '')}' "
-                            "AND status = 'failed' ORDER BY params, cell_id")
-    return [(c, label(json.loads(p)) if p else "-", e or "failed") for c, p, e in rows
-            if points is None or json.loads(p or "{}") in points]
+    return [(c, label(p) if p else "-", e) for c, p, e in store_queries.failed_cells(db, study)
+            if points is None or p in points]
 
 
 def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> Table:
@@ -287,11 +267,7 @@ def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | No
 
 
 def _claims_rows(db: str | Path, studies: list[str]) -> list[tuple[Any, ...]]:
-    names = ", ".join("'" + s.replace("'", "") + "'" for s in studies)
-    _, rows = run_query(db, f"""SELECT study, claim, verdict, estimate, ci_low, ci_high, statistic, seeds, test_points,
-                                       relative_to_ceiling, detail FROM claims WHERE study IN ({names})
-                                ORDER BY study, position""")
-    return rows
+    return store_queries.claim_rows(db, studies)
 
 
 def _claims_table(rows: list[tuple[Any, ...]], with_study: bool) -> Table:
@@ -477,14 +453,7 @@ def init(
 def list_studies(db: str = typer.Option("inflang.duckdb", help=DB_HELP)) -> None:
     """List the studies in a database with their cells and when they last ran."""
     try:
-        columns, rows = run_query(db, """
-            SELECT s.study, count(c.cell_id) AS cells,
-                   count(c.cell_id) FILTER (WHERE c.status = 'done') AS done,
-                   count(c.cell_id) FILTER (WHERE c.status = 'failed') AS failed,
-                   count(c.cell_id) FILTER (WHERE c.status = 'pending') AS pending,
-                   strftime(max(r.ended_at), '%Y-%m-%d %H:%M') AS last_run, any_value(s.description) AS description
-            FROM studies s LEFT JOIN cells c USING (study) LEFT JOIN runs r USING (study)
-            GROUP BY s.study ORDER BY s.study""")
+        columns, rows = store_queries.studies_overview(db)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
     table = Table(*columns)
@@ -509,9 +478,7 @@ def compare(
     from inflang.pooling import difference, per_seed
 
     try:
-        names = ", ".join("'" + s.replace("'", "") + "'" for s in studies)
-        _, known = run_query(db, f"SELECT study FROM studies WHERE study IN ({names})")
-        missing = sorted(set(studies) - {k for (k,) in known})
+        missing = store_queries.missing_studies(db, studies)
         if missing:
             raise UsageError(f"no study {', '.join(missing)} in {db}")
         with Store(db, read_only=True) as store:
@@ -555,9 +522,7 @@ def claims_command(
     """Print the verdicts of the studies' claims: supported, contradicted, unresolved or not evaluable, each
     with its statistic and 95% interval (claims are evaluated by inflang run)."""
     try:
-        names = ", ".join("'" + s.replace("'", "") + "'" for s in studies)
-        _, known = run_query(db, f"SELECT study FROM studies WHERE study IN ({names})")
-        missing = sorted(set(studies) - {k for (k,) in known})
+        missing = store_queries.missing_studies(db, studies)
         if missing:
             raise UsageError(f"no study {', '.join(missing)} in {db}")
         rows = _claims_rows(db, studies)
@@ -584,24 +549,19 @@ def report(
     if not is_study_name(study):
         raise _fail(f"error: '{study}' is not a study name (lowercase letters, digits, '-' and '_')")
     try:
-        _, found = run_query(db, f"SELECT count(*) FROM studies WHERE study = '{study}'")
-        if not found[0][0]:
-            _, names = run_query(db, "SELECT study FROM studies ORDER BY study")
-            known = ", ".join(n for (n,) in names) or "none"
+        if store_queries.missing_studies(db, [study]):
+            known = ", ".join(store_queries.study_names(db)) or "none"
             raise UsageError(f"no study '{study}' in {db} (studies there: {known})")
         from inflang.selector import select as select_cells
 
-        _, registered = run_query(db, f"SELECT cell_id, params FROM cells WHERE study = '{study}'")
-        chosen = select_cells(select, [(c, json.loads(p or "{}")) for c, p in registered])
-        points = None if chosen is None else [json.loads(p or "{}") for c, p in registered if c in chosen]
+        registered = store_queries.cell_params(db, study)
+        chosen = select_cells(select, registered)
+        points = None if chosen is None else [p for c, p in registered if c in chosen]
         claim_rows = _claims_rows(db, [study])
         if claim_rows:
             out.print(_claims_table(claim_rows, False))
         _print_summary(db, study, points)
-        cols, rows = run_query(db, f"""
-            SELECT c.cell_id, c."repeat", c.params, m.test_accuracy, m.hessian_top_eigenvalues[1] AS top_eigenvalue,
-                   m.hessian_min_eigenvalue AS min_eigenvalue
-            FROM cells c JOIN models m USING (study, cell_id) WHERE c.study = '{study}' ORDER BY c.params, 2""")
+        cols, rows = store_queries.trained_models(db, study)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
     table = Table(*cols, title="trained models")
@@ -613,9 +573,9 @@ def report(
     if out_dir:
         target = Path(out_dir)
         target.mkdir(parents=True, exist_ok=True)
-        for name, sql in (("summary.csv", None), ("influence.csv",
-                          f"SELECT * FROM influence WHERE study = '{study}' ORDER BY ALL")):
-            columns, data = _summary(db, study, points) if sql is None else run_query(db, sql)
+        for name, table_of in (("summary.csv", lambda: _summary(db, study, points)),
+                               ("influence.csv", lambda: store_queries.influence_of(db, study))):
+            columns, data = table_of()
             with open(target / name, "w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(columns)
@@ -638,10 +598,9 @@ def gc(
 ) -> None:
     """Remove artifacts in .inflang/ that no study in the database references (and unfinished temp files)."""
     try:
-        _, rows = run_query(db, "SELECT DISTINCT task_hash FROM cell_tasks")
+        referenced = store_queries.referenced_tasks(db)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
-    referenced = {h for (h,) in rows}
     root = Path(db).parent / ".inflang" / "artifacts"
     doomed = [p for p in root.rglob("*") if p.is_file() and (p.name.startswith(".tmp-")
                                                              or p.stem not in referenced)]

@@ -24,6 +24,7 @@ import numpy as np
 
 from inflang import stats
 from inflang.hashing import derive_seed
+from inflang.store import per_test_point_rows
 
 
 @dataclass
@@ -51,24 +52,10 @@ class Pooled:
 
 Key = tuple[str, str | None, str]  # (params JSON, estimator, metric)
 
-_PER_TEST_POINT = """
-SELECT c."repeat", coalesce(c.params::VARCHAR, '{{}}') AS params, ct.estimator, m.metric, m.test_index, m.value,
-       r.replicates
-FROM cells c
-JOIN cell_tasks ct ON ct.study = c.study AND ct.cell_id = c.cell_id AND ct.kind IN ('metrics', 'ground_truth')
-JOIN metric_rows m ON m.task_hash = ct.task_hash AND m.test_index IS NOT NULL
-LEFT JOIN metric_replicates r ON r.task_hash = m.task_hash AND r.test_index = m.test_index AND r.metric = m.metric
-WHERE c.study = ? {where}
-ORDER BY params, ct.estimator, m.metric, c."repeat", m.test_index
-"""
-
-
 def per_seed(con: duckdb.DuckDBPyConnection, study: str, metric: str | None = None) -> dict[Key, list[SeedRows]]:
     """Per (swept values, estimator, metric): every seed's per-test-point rows."""
-    where, args = ("AND m.metric = ?", [study, metric]) if metric else ("", [study])
     grouped: dict[Key, dict[int, list[tuple[int, float, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for repeat, params, estimator, name, test_index, value, replicates in con.execute(
-            _PER_TEST_POINT.format(where=where), args).fetchall():
+    for repeat, params, estimator, name, test_index, value, replicates in per_test_point_rows(con, study, metric):
         canonical = json.dumps(json.loads(params), sort_keys=True)
         grouped[(canonical, estimator, name)][int(repeat)].append(
             (int(test_index), math.nan if value is None else float(value), replicates))

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inflang import store as queries
 from inflang.errors import UsageError
-from inflang.store import run_query
 from inflang.sweep import label
 
 
@@ -43,11 +43,6 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _q(db: Path, sql: str) -> list[dict[str, Any]]:
-    columns, rows = run_query(db, sql)
-    return [dict(zip(columns, r, strict=True)) for r in rows]
 
 
 def _label(params: str | None) -> str:
@@ -78,9 +73,7 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
     name = study.replace("'", "")
     figures_dir = out_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
-    cells = [c for c in _q(db, f"SELECT cell_id, params, status, error FROM cells WHERE study = '{name}' "
-                               "ORDER BY params, \"repeat\"")
-             if selected is None or c["cell_id"] in selected]
+    cells = [c for c in queries.report_cells(db, name) if selected is None or c["cell_id"] in selected]
     swept = [json.loads(c["params"] or "{}") for c in cells]
     report = Report(out_dir / "report.html")
     sections: list[str] = []
@@ -96,8 +89,7 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
     # 0. the claims, each as its statistic with the 95% interval against the line it has to clear
-    claims = _q(db, f"SELECT claim, form, statistic, estimate, ci_low, ci_high, verdict, seeds, test_points, "
-                    f"threshold FROM claims WHERE study = '{name}' ORDER BY position")
+    claims = queries.report_claims(db, name)
     for i, c in enumerate(claims):
         fig, ax = plt.subplots(figsize=(6.0, 1.6))
         colour = {"supported": "tab:green", "contradicted": "tab:red", "unresolved": "tab:orange"}.get(
@@ -112,18 +104,8 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
         save(fig, f"claim-{i}", f"Claim '{c['claim']}': {c['verdict']}")
 
     # 1. scatter per cell: hardest and median-loss test points
-    points = _q(db, f"""
-        WITH chosen AS (
-            SELECT DISTINCT i.cell_id, i.test_index, s.loss FROM influence i
-            JOIN splits s ON s.study = i.study AND s.cell_id = i.cell_id AND s."index" = i.test_index
-            WHERE i.study = '{name}' AND i.actual IS NOT NULL),
-        ranked AS (
-            SELECT cell_id, test_index, row_number() OVER (PARTITION BY cell_id ORDER BY loss DESC) AS r,
-                   count(*) OVER (PARTITION BY cell_id) AS n FROM chosen)
-        SELECT cell_id, test_index, CASE WHEN r = 1 THEN 'highest-loss' ELSE 'median-loss' END AS which FROM ranked
-        WHERE r = 1 OR (n > 1 AND r = n // 2 + 1) ORDER BY cell_id, r""")
-    pairs = _q(db, f"SELECT cell_id, estimator, test_index, estimate, actual FROM influence "
-                   f"WHERE study = '{name}' AND actual IS NOT NULL")
+    points = queries.scatter_test_points(db, name)
+    pairs = queries.measured_pairs(db, name)
     for cell in cells[:MAX_SCATTERS]:
         chosen = [p for p in points if p["cell_id"] == cell["cell_id"]]
         estimators = sorted({p["estimator"] for p in pairs if p["cell_id"] == cell["cell_id"]})
@@ -151,12 +133,9 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
 
     # 2. and 3. against each swept numeric axis
     kept = {c["cell_id"] for c in cells}
-    results = [r for r in _q(db, f"SELECT cell_id, params, estimator, metric, value, ci_low, ci_high FROM "
-                                 f"cell_results WHERE study = '{name}'") if r["cell_id"] in kept]
-    pooled = [r for r in _q(db, f"SELECT params, estimator, metric, value, ci_low, ci_high FROM sweep_results "
-                                f"WHERE study = '{name}'") if json.loads(r["params"] or "{}") in swept]
-    models = {m["cell_id"]: m for m in _q(db, f"SELECT cell_id, hessian_top_eigenvalues[1] AS top FROM models "
-                                              f"WHERE study = '{name}'")}
+    results = [r for r in queries.cell_metric_results(db, name) if r["cell_id"] in kept]
+    pooled = [r for r in queries.pooled_results(db, name) if json.loads(r["params"] or "{}") in swept]
+    eigenvalues = queries.top_eigenvalues(db, name)
     for axis in _numeric_axes(cells):
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         for metric, style in (("spearman", "-o"), ("pearson", "--s")):
@@ -185,8 +164,8 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
         ax.set_ylabel("correlation (mean, 95% interval)")
         ax.legend(fontsize=7)
         save(fig, f"correlation-{axis}", f"Correlation against {axis}")
-        tops = sorted((json.loads(c["params"])[axis], models[c["cell_id"]]["top"]) for c in cells
-                      if c["cell_id"] in models and models[c["cell_id"]]["top"] is not None
+        tops = sorted((json.loads(c["params"])[axis], eigenvalues[c["cell_id"]]) for c in cells
+                      if eigenvalues.get(c["cell_id"]) is not None
                       and axis in json.loads(c["params"] or "{}"))
         if tops:
             fig, ax = plt.subplots(figsize=(5.5, 3.6))

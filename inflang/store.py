@@ -399,3 +399,184 @@ def write_parquet(path: str | Path, sql: str, target: str | Path) -> int:
     finally:
         writer.close()
     return int(count)
+
+
+# --- named queries: every read the CLI, the report, pooling and claims make ---------------------------------
+
+Table = tuple[list[str], list[tuple[Any, ...]]]
+
+
+def _read(path: str | Path, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Table:
+    """A trusted (named) query with parameters, on a read-only connection."""
+    with Store(path, read_only=True) as store:
+        try:
+            cursor = store.con.execute(sql, params if isinstance(params, dict) else list(params))
+            return [d[0] for d in cursor.description or []], cursor.fetchall()
+        except duckdb.Error as exc:
+            raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+
+
+def _dicts(table: Table) -> list[dict[str, Any]]:
+    columns, rows = table
+    return [dict(zip(columns, r, strict=True)) for r in rows]
+
+
+def study_names(path: str | Path) -> list[str]:
+    return [s for (s,) in _read(path, "SELECT study FROM studies ORDER BY study")[1]]
+
+
+def missing_studies(path: str | Path, names: Sequence[str]) -> list[str]:
+    """The names among ``names`` that the database has no study of."""
+    known = {s for (s,) in _read(path, "SELECT study FROM studies WHERE study IN (SELECT unnest(?::VARCHAR[]))",
+                                 [list(names)])[1]}
+    return sorted(set(names) - known)
+
+
+def studies_overview(path: str | Path) -> Table:
+    """``inflang ls``: cells by status and the last run, per study."""
+    return _read(path, """
+        SELECT s.study, count(c.cell_id) AS cells,
+               count(c.cell_id) FILTER (WHERE c.status = 'done') AS done,
+               count(c.cell_id) FILTER (WHERE c.status = 'failed') AS failed,
+               count(c.cell_id) FILTER (WHERE c.status = 'pending') AS pending,
+               strftime(max(r.ended_at), '%Y-%m-%d %H:%M') AS last_run, any_value(s.description) AS description
+        FROM studies s LEFT JOIN cells c USING (study) LEFT JOIN runs r USING (study)
+        GROUP BY s.study ORDER BY s.study""")
+
+
+def cell_params(path: str | Path, study: str) -> list[tuple[str, dict[str, Any]]]:
+    """(cell id, swept values) of every cell of a study."""
+    return [(c, json.loads(p or "{}")) for c, p in
+            _read(path, "SELECT cell_id, params FROM cells WHERE study = ?", [study])[1]]
+
+
+def failed_cells(path: str | Path, study: str) -> list[tuple[str, dict[str, Any], str]]:
+    """(cell id, swept values, message) of every failed cell."""
+    rows = _read(path, "SELECT cell_id, params, error FROM cells WHERE study = ? AND status = 'failed' "
+                       "ORDER BY params, cell_id", [study])[1]
+    return [(c, json.loads(p or "{}"), e or "failed") for c, p, e in rows]
+
+
+def has_pooled_metric(path: str | Path, study: str, metric: str) -> bool:
+    found = _read(path, "SELECT count(*) FROM pooled_rows WHERE study = ? AND metric = ?", [study, metric])[1]
+    return bool(found[0][0])
+
+
+def summary(path: str | Path, study: str, first: str, second: str, ground: str) -> Table:
+    """Per sweep point and estimator, pooled over seeds: two metrics of the estimators with their intervals,
+    one of the ground truth, what they rest on, the fraction below resolution, and the cells' states."""
+    return _read(path, """
+        WITH points AS (
+            SELECT coalesce(params::VARCHAR, '{}') AS params, count(*) AS cells,
+                   count(*) FILTER (WHERE status = 'failed') AS failed,
+                   count(*) FILTER (WHERE status = 'pending') AS pending
+            FROM cells WHERE study = $study GROUP BY ALL),
+        pooled AS (SELECT params::VARCHAR AS params, * EXCLUDE (params) FROM pooled_rows WHERE study = $study),
+        ceiling AS (SELECT params, value, ci_low, ci_high FROM pooled WHERE estimator IS NULL AND metric = $ground),
+        unresolved AS (SELECT params, value FROM pooled WHERE estimator IS NULL AND metric = 'below_resolution')
+        SELECT p.params, e.estimator,
+               s.value AS first, s.ci_low AS first_low, s.ci_high AS first_high,
+               r.value AS second, r.ci_low AS second_low, r.ci_high AS second_high,
+               ceiling.value AS ground, ceiling.ci_low AS ground_low, ceiling.ci_high AS ground_high,
+               coalesce(s.seeds, r.seeds) AS seeds, coalesce(s.test_points, r.test_points) AS test_points,
+               p.cells, p.failed, p.pending, unresolved.value AS below_resolution
+        FROM points p
+        LEFT JOIN (SELECT DISTINCT params, estimator FROM pooled WHERE estimator IS NOT NULL) e USING (params)
+        LEFT JOIN pooled s ON s.params = p.params AND s.estimator = e.estimator AND s.metric = $first
+        LEFT JOIN pooled r ON r.params = p.params AND r.estimator = e.estimator AND r.metric = $second
+        LEFT JOIN ceiling ON ceiling.params = p.params
+        LEFT JOIN unresolved ON unresolved.params = p.params
+        ORDER BY p.params, e.estimator""", {"study": study, "first": first, "second": second, "ground": ground})
+
+
+def claim_rows(path: str | Path, studies: Sequence[str]) -> list[tuple[Any, ...]]:
+    return _read(path, """SELECT study, claim, verdict, estimate, ci_low, ci_high, statistic, seeds, test_points,
+                                 relative_to_ceiling, detail FROM claims WHERE study IN (SELECT unnest(?::VARCHAR[]))
+                          ORDER BY study, position""", [list(studies)])[1]
+
+
+def trained_models(path: str | Path, study: str) -> Table:
+    return _read(path, """
+        SELECT c.cell_id, c."repeat", c.params, m.test_accuracy, m.hessian_top_eigenvalues[1] AS top_eigenvalue,
+               m.hessian_min_eigenvalue AS min_eigenvalue
+        FROM cells c JOIN models m USING (study, cell_id) WHERE c.study = ? ORDER BY c.params, 2""", [study])
+
+
+def influence_of(path: str | Path, study: str) -> Table:
+    return _read(path, "SELECT * FROM influence WHERE study = ? ORDER BY ALL", [study])
+
+
+def referenced_tasks(path: str | Path) -> set[str]:
+    return {h for (h,) in _read(path, "SELECT DISTINCT task_hash FROM cell_tasks")[1]}
+
+
+def report_cells(path: str | Path, study: str) -> list[dict[str, Any]]:
+    return _dicts(_read(path, 'SELECT cell_id, params, status, error FROM cells WHERE study = ? '
+                              'ORDER BY params, "repeat"', [study]))
+
+
+def report_claims(path: str | Path, study: str) -> list[dict[str, Any]]:
+    return _dicts(_read(path, "SELECT claim, form, statistic, estimate, ci_low, ci_high, verdict, seeds, test_points, "
+                              "threshold FROM claims WHERE study = ? ORDER BY position", [study]))
+
+
+def scatter_test_points(path: str | Path, study: str) -> list[dict[str, Any]]:
+    """Per cell, the highest-loss and the median-loss of its selected test points that were retrained."""
+    return _dicts(_read(path, """
+        WITH chosen AS (
+            SELECT DISTINCT i.cell_id, i.test_index, s.loss FROM influence i
+            JOIN splits s ON s.study = i.study AND s.cell_id = i.cell_id AND s."index" = i.test_index
+            WHERE i.study = ? AND i.actual IS NOT NULL),
+        ranked AS (
+            SELECT cell_id, test_index, row_number() OVER (PARTITION BY cell_id ORDER BY loss DESC) AS r,
+                   count(*) OVER (PARTITION BY cell_id) AS n FROM chosen)
+        SELECT cell_id, test_index, CASE WHEN r = 1 THEN 'highest-loss' ELSE 'median-loss' END AS which FROM ranked
+        WHERE r = 1 OR (n > 1 AND r = n // 2 + 1) ORDER BY cell_id, r""", [study]))
+
+
+def measured_pairs(path: str | Path, study: str) -> list[dict[str, Any]]:
+    return _dicts(_read(path, "SELECT cell_id, estimator, test_index, estimate, actual FROM influence "
+                              "WHERE study = ? AND actual IS NOT NULL", [study]))
+
+
+def cell_metric_results(path: str | Path, study: str) -> list[dict[str, Any]]:
+    return _dicts(_read(path, "SELECT cell_id, params, estimator, metric, value, ci_low, ci_high FROM cell_results "
+                              "WHERE study = ?", [study]))
+
+
+def pooled_results(path: str | Path, study: str) -> list[dict[str, Any]]:
+    return _dicts(_read(path, "SELECT params, estimator, metric, value, ci_low, ci_high FROM sweep_results "
+                              "WHERE study = ?", [study]))
+
+
+def top_eigenvalues(path: str | Path, study: str) -> dict[str, float | None]:
+    return {c: v for c, v in _read(path, "SELECT cell_id, hessian_top_eigenvalues[1] FROM models WHERE study = ?",
+                                   [study])[1]}
+
+
+PER_TEST_POINT = """
+SELECT c."repeat", coalesce(c.params::VARCHAR, '{}') AS params, ct.estimator, m.metric, m.test_index, m.value,
+       r.replicates
+FROM cells c
+JOIN cell_tasks ct ON ct.study = c.study AND ct.cell_id = c.cell_id AND ct.kind IN ('metrics', 'ground_truth')
+JOIN metric_rows m ON m.task_hash = ct.task_hash AND m.test_index IS NOT NULL
+LEFT JOIN metric_replicates r ON r.task_hash = m.task_hash AND r.test_index = m.test_index AND r.metric = m.metric
+WHERE c.study = ? AND (? IS NULL OR m.metric = ?)
+ORDER BY params, ct.estimator, m.metric, c."repeat", m.test_index
+"""
+
+
+def per_test_point_rows(con: duckdb.DuckDBPyConnection, study: str, metric: str | None) -> list[tuple[Any, ...]]:
+    """(repeat, swept values, estimator, metric, test index, value, replicates) of every per-test-point metric row
+    of a study (of one metric, when given)."""
+    return con.execute(PER_TEST_POINT, [study, metric, metric]).fetchall()
+
+
+MODEL_QUANTITY = {"hessian_top_eigenvalue": "m.hessian_top_eigenvalues[1]", "test_accuracy": "m.test_accuracy",
+                  "test_loss": "m.test_loss", "train_loss": "m.train_loss"}
+
+
+def model_quantity_rows(con: duckdb.DuckDBPyConnection, study: str, quantity: str) -> list[tuple[Any, ...]]:
+    """(swept values, repeat, value) of a model quantity, one row per cell."""
+    return con.execute(f"""SELECT coalesce(c.params::VARCHAR, '{{}}'), c."repeat", {MODEL_QUANTITY[quantity]}
+                           FROM cells c JOIN models m USING (study, cell_id) WHERE c.study = ?""", [study]).fetchall()
