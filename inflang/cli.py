@@ -18,6 +18,7 @@ from inflang import __version__
 from inflang import store as store_queries
 from inflang.errors import StudyError, UsageError
 from inflang.plan import KINDS, Plan, compile_study
+from inflang.scheduler import Events
 from inflang.spec.study import is_study_name
 from inflang.store import Store, run_query, write_parquet
 from inflang.sweep import label
@@ -134,7 +135,7 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
               "retraining runs its models as batched ensembles, in the chunks shown")
 
 
-class _RichEvents:
+class _RichEvents(Events):
     """Progress bars per task kind plus a bar of models retrained."""
 
     def __init__(self, console: Console) -> None:
@@ -329,14 +330,15 @@ def run(
         store = Store(db)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
-    from runners.errors import SetupError, StorageError
-    from runners.executors import execute
+    from inflang.api import execute_plan
+    from inflang.errors import StorageError
+    from runners.errors import SetupError
 
     events = _RichEvents(err)
     try:
-        summary = execute(compiled, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
-                          events=events, workers=workers, executor=executor,  # type: ignore[arg-type]
-                          address=address, device=device, gpus_per_task=gpus_per_task)
+        summary = execute_plan(compiled, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
+                               events=events, workers=workers, executor=executor, address=address, device=device,
+                               gpus_per_task=gpus_per_task)
     except SetupError as exc:
         events.stop()
         store.close()

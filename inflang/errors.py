@@ -63,3 +63,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' suggestion for a misspelt key or value, or None."""
     matches = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"did you mean '{matches[0]}'?" if matches else None
+
+
+class StorageError(Exception):
+    """A finished task's results could not be written (a full disk, a folder that went away): the run stops,
+    exit 1; what was written before stays consistent and the same command resumes."""

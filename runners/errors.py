@@ -11,11 +11,6 @@ class DivergenceError(TaskFailure):
     """Training or retraining produced a NaN or infinite loss."""
 
 
-class StorageError(Exception):
-    """A finished task's results could not be written (a full disk, a folder that went away): the run stops,
-    exit 1; what was written before stays consistent and the same command resumes."""
-
-
 class SetupError(ValueError):
     """The run cannot start (a device that is not there, a dataset that cannot be fetched): exit 2, nothing
     written."""

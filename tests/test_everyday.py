@@ -136,16 +136,16 @@ def test_a_database_folder_that_cannot_be_created_is_one_line(tiny_study: Path, 
 
 
 def test_a_full_disk_stops_the_run_cleanly_and_it_resumes(tiny_study: Path, tmp_path: Path, monkeypatch):
-    import runners.artifacts as artifacts
+    import inflang.artifacts as artifacts
 
     real = artifacts.save
     calls = []
 
-    def filling(root, task_hash, tensors):
+    def filling(root, task_hash, data):
         calls.append(task_hash)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(root, task_hash, tensors)
+        return real(root, task_hash, data)
 
     monkeypatch.setattr(artifacts, "save", filling)
     db = tmp_path / "r.duckdb"

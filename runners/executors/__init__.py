@@ -1,5 +1,6 @@
-"""Executors run a plan's tasks in dependency order and hand results to the store (the only writer)."""
+"""Backends where tasks compute (this process, a process pool, Ray); the scheduler that runs them is
+``inflang.scheduler``."""
 
-from runners.executors.local import Events, RunSummary, execute
+from runners.executors.backends import InProcess, compute_here, open_backend
 
-__all__ = ["Events", "RunSummary", "execute"]
+__all__ = ["InProcess", "compute_here", "open_backend"]

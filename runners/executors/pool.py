@@ -2,7 +2,8 @@
 
 Each worker runs ``threads // workers`` torch threads (at least one), so workers never oversubscribe the
 cores; each gets an equal share of the memory budget. Workers only compute: they receive a task's inputs
-and its dependencies' arrays and send back arrays and rows; the driver writes artifacts and the database.
+and its dependencies' artifacts (bytes) and send back rows and an artifact; the driver writes artifacts and
+the database.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ import multiprocessing as mp
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
-from inflang.plan import Task
 from runners.device import configure
-from runners.tasks import Context, Dep, Output, run_task
+from runners.entry import DepBytes, Done, run
 
 
 def _initialise(threads: int, device: str) -> None:
@@ -23,12 +23,14 @@ def _initialise(threads: int, device: str) -> None:
     configure(device)
 
 
-def run_in_worker(kind: str, inputs: dict[str, Any], deps: dict[str, Dep],
-                  memory_budget: int | None, device: str = "cpu") -> tuple[Output, float]:
-    return run_task(kind, inputs, deps, Context(memory_budget=memory_budget, device=device))
+def run_in_worker(kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes], memory_budget: int | None,
+                  device: str = "cpu") -> Done:
+    return run(kind, inputs, deps, memory_budget, device)
 
 
 class ProcessPool:
+    reports_progress = False  # the scheduler counts a retraining task's models when it finishes
+
     def __init__(self, workers: int, threads: int, memory_budget: int | None, device: str = "cpu") -> None:
         self.capacity = workers
         share = None if memory_budget is None else max(1, memory_budget // workers)
@@ -36,22 +38,22 @@ class ProcessPool:
         self.device = device
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                         initializer=_initialise, initargs=(max(1, threads // workers), device))
-        self.futures: dict[Future[tuple[Output, float]], Task] = {}
+        self.futures: dict[Future[Done], str] = {}
 
-    def submit(self, task: Task, deps: dict[str, Dep]) -> None:
-        self.futures[self.pool.submit(run_in_worker, task.kind, task.inputs, deps, self.budget, self.device)] = task
+    def submit(self, key: str, kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes]) -> None:
+        self.futures[self.pool.submit(run_in_worker, kind, inputs, deps, self.budget, self.device)] = key
 
-    def wait(self) -> list[tuple[Task, Output | None, BaseException | None, float]]:
+    def wait(self) -> list[tuple[str, Done | None, BaseException | None, float]]:
         done, _ = wait(list(self.futures), return_when=FIRST_COMPLETED)
-        finished: list[tuple[Task, Output | None, BaseException | None, float]] = []
+        finished: list[tuple[str, Done | None, BaseException | None, float]] = []
         for future in done:
-            task = self.futures.pop(future)
+            key = self.futures.pop(future)
             exc = future.exception()
             if exc is not None:
-                finished.append((task, None, exc, 0.0))
+                finished.append((key, None, exc, 0.0))
             else:
-                out, seconds = future.result()
-                finished.append((task, out, None, seconds))
+                result = future.result()
+                finished.append((key, result, None, result.seconds))
         return finished
 
     def close(self) -> None:

@@ -12,15 +12,14 @@ import os
 import socket
 from typing import Any
 
-from inflang.plan import Task
 from runners.device import DeviceError, configure, parse
+from runners.entry import DepBytes, Done
 from runners.errors import SetupError
 from runners.executors.pool import run_in_worker
-from runners.tasks import Dep, Output
 
 
-def _one_thread(kind: str, inputs: dict[str, Any], deps: dict[str, Dep],
-                memory_budget: int | None, device: str) -> tuple[Output, float]:
+def _one_thread(kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes],
+                memory_budget: int | None, device: str) -> Done:
     import torch
 
     torch.set_num_threads(1)
@@ -51,6 +50,8 @@ def check_reachable(address: str, timeout: float = REACH_SECONDS) -> None:
 
 
 class RayBackend:
+    reports_progress = False  # the scheduler counts a retraining task's models when it finishes
+
     def __init__(self, address: str | None, workers: int, memory_budget: int | None, device: str = "cpu",
                  gpus_per_task: float = 1.0) -> None:
         import ray
@@ -84,21 +85,21 @@ class RayBackend:
         self.device = device
         gpus = gpus_per_task if device.startswith("cuda") else 0  # fractions share one GPU among small tasks
         self.remote = ray.remote(num_cpus=1, num_gpus=gpus)(_one_thread)
-        self.refs: dict[Any, Task] = {}
+        self.refs: dict[Any, str] = {}
 
-    def submit(self, task: Task, deps: dict[str, Dep]) -> None:
-        self.refs[self.remote.remote(task.kind, task.inputs, deps, self.budget, self.device)] = task
+    def submit(self, key: str, kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes]) -> None:
+        self.refs[self.remote.remote(kind, inputs, deps, self.budget, self.device)] = key
 
-    def wait(self) -> list[tuple[Task, Output | None, BaseException | None, float]]:
+    def wait(self) -> list[tuple[str, Done | None, BaseException | None, float]]:
         ready, _ = self.ray.wait(list(self.refs), num_returns=1)
-        finished: list[tuple[Task, Output | None, BaseException | None, float]] = []
+        finished: list[tuple[str, Done | None, BaseException | None, float]] = []
         for ref in ready:
-            task = self.refs.pop(ref)
+            key = self.refs.pop(ref)
             try:
-                out, seconds = self.ray.get(ref)
-                finished.append((task, out, None, seconds))
+                result = self.ray.get(ref)
+                finished.append((key, result, None, result.seconds))
             except self.ray.exceptions.RayTaskError as exc:
-                finished.append((task, None, getattr(exc, "cause", None) or exc, 0.0))
+                finished.append((key, None, getattr(exc, "cause", None) or exc, 0.0))
         return finished
 
     def close(self) -> None:

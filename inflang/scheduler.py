@@ -1,36 +1,60 @@
-"""The local executor: runs a plan's tasks in this process, in dependency order.
+"""The scheduler: runs a plan's tasks in dependency order on a backend and is the only writer of the
+database and the artifacts. Torch-free: a backend (``runners.executors.backends``) computes tasks from their
+inputs and their dependencies' artifact bytes, and hands back rows and an artifact.
 
-A task whose record says 'done' is not run again; its artifact is loaded only if a pending task needs it,
-and recomputed (deterministically) if it is missing or its bytes do not match the recorded hash.
-A task that raises is recorded as 'failed' with its message; tasks depending on it are skipped, and every
-other task goes on. Failed tasks are retried only with ``retry_failed``.
+A task whose record says 'done' is not run again; its artifact is read only if a pending task needs it, and
+recomputed in this process (deterministically) if it is missing or its bytes do not match the recorded
+hash. A task that raises is recorded as 'failed' with its message; tasks depending on it are skipped, and
+every other task goes on. Failed tasks are retried only with ``retry_failed``. After the tasks, the study's
+metrics are pooled over seeds and its claims evaluated.
 """
 
 from __future__ import annotations
 
 import subprocess
-import time
 import traceback
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
-import torch
 
+from inflang import artifacts
 from inflang.claims import evaluate
+from inflang.errors import StorageError
 from inflang.plan import Plan, Task
 from inflang.pooling import pool_study
-from inflang.spec import FileDataset
 from inflang.store import Store
-from runners import artifacts
-from runners.data.download import ensure_files
-from runners.device import configure, parse, resolve
-from runners.errors import StorageError
-from runners.tasks import Context, Dep, Output, run_task
+
+DepBytes = tuple[dict[str, Any], bytes | None]  # a finished dependency: its inputs and its artifact
+
+
+class Result(Protocol):
+    """What a backend returns for a computed task (``runners.entry.Done``)."""
+
+    rows: dict[str, dict[str, list[Any]]]
+    artifact: bytes | None
+    seconds: float
+
+
+Compute = Callable[[str, dict[str, Any], dict[str, DepBytes]], Result]  # rebuild one task in this process
+
+
+class Backend(Protocol):
+    capacity: int
+    device: str
+    where: str
+    reports_progress: bool
+
+    def submit(self, key: str, kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes]) -> None: ...
+
+    def wait(self) -> list[tuple[str, Result | None, BaseException | None, float]]: ...
+
+    def close(self) -> None: ...
 
 
 class Events:
@@ -75,130 +99,65 @@ class RunSummary:
     cell_status: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
 
-class _Runner:
-    """Artifacts of finished tasks: in memory, on disk, or recomputed; the driver's side of every task."""
+class _Artifacts:
+    """Finished tasks' artifacts: in memory, on disk, or recomputed; the driver's side of every task."""
 
-    def __init__(self, plan: Plan, store: Store, ctx: Context) -> None:
-        self.plan = plan
-        self.store = store
-        self.ctx = ctx
+    def __init__(self, plan: Plan, store: Store, compute: Compute) -> None:
+        self.plan, self.store, self.compute = plan, store, compute
         self.status = store.task_status(list(plan.tasks))
-        self.cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self.cache: OrderedDict[str, bytes | None] = OrderedDict()
 
-    def arrays(self, task_hash: str) -> dict[str, torch.Tensor]:
-        """A finished task's artifact: from memory, from disk, or recomputed when missing or corrupt."""
+    def bytes_of(self, task_hash: str) -> bytes | None:
+        """A finished task's artifact: from memory, from disk, or recomputed when missing or corrupt (None for
+        a task that produces none)."""
         if task_hash in self.cache:
             self.cache.move_to_end(task_hash)
             return self.cache[task_hash]
-        sha = self.status.get(task_hash, ("", None, None))[2]
-        loaded = artifacts.load(self.store.artifacts, task_hash, sha)
-        if loaded is None:
+        state = self.status.get(task_hash, ("", None, None))
+        loaded = artifacts.load(self.store.artifacts, task_hash, state[2])
+        if loaded is None and not (state[0] == "done" and state[2] is None):
             task = self.plan.tasks[task_hash]
-            out, seconds = run_task(task.kind, task.inputs, self.deps(task), self.ctx)
-            loaded = self.finish(task, out, seconds)
+            loaded = self.finish(task, self.compute(task.kind, task.inputs, self.deps(task)))
         self._remember(task_hash, loaded)
         return loaded
 
-    def deps(self, task: Task) -> dict[str, Dep]:
-        return {h: Dep(self.plan.tasks[h].inputs, self.arrays(h)) for h in task.deps}
+    def deps(self, task: Task) -> dict[str, DepBytes]:
+        return {h: (self.plan.tasks[h].inputs, self.bytes_of(h)) for h in task.deps}
 
-    def _remember(self, task_hash: str, arrays: dict[str, torch.Tensor]) -> None:
-        self.cache[task_hash] = arrays
+    def _remember(self, task_hash: str, data: bytes | None) -> None:
+        self.cache[task_hash] = data
         while len(self.cache) > 32:
             self.cache.popitem(last=False)
 
-    def finish(self, task: Task, out: Output, seconds: float) -> dict[str, torch.Tensor]:
+    def finish(self, task: Task, result: Result) -> bytes | None:
         """Save a finished task's artifact, then its rows and 'done' record in one transaction."""
         try:
-            sha = artifacts.save(self.store.artifacts, task.hash, out.arrays) if out.arrays else None
-            self.store.write_task(task.hash, task.kind, task.inputs, out.rows, seconds, sha)
+            data = result.artifact
+            sha = artifacts.save(self.store.artifacts, task.hash, data) if data is not None else None
+            self.store.write_task(task.hash, task.kind, task.inputs, result.rows, result.seconds, sha)
         except (OSError, duckdb.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
             raise StorageError(f"cannot write the results of {task.kind} task {task.hash} under "
                                f"{self.store.artifacts.parent} ({reason}); the tasks finished before are saved: "
                                "free space (or fix the folder) and run the same command again") from None
         self.status[task.hash] = ("done", None, sha)
-        # downstream tasks read the saved copy, exactly as a resumed run would (BLAS results can depend on
-        # how a tensor sits in memory, and an interrupted run must end with the same bits)
-        reloaded = artifacts.load(self.store.artifacts, task.hash, sha) if out.arrays else None
-        result = reloaded if reloaded is not None else out.arrays
-        self._remember(task.hash, result)
-        return result
+        self._remember(task.hash, data)  # downstream tasks read the saved bytes, as a resumed run would
+        return data
 
 
-Finished = tuple[Task, Output | None, BaseException | None, float]
-
-
-class InProcess:
-    """Runs each task as it is submitted, in this process (the default executor)."""
-
-    capacity = 1
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.done: list[Finished] = []
-
-    def submit(self, task: Task, deps: dict[str, Dep]) -> None:
-        start = time.perf_counter()
-        try:
-            out, seconds = run_task(task.kind, task.inputs, deps, self.ctx)
-            self.done.append((task, out, None, seconds))
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # any failure of one task: recorded by the scheduler
-            self.done.append((task, None, exc, time.perf_counter() - start))
-
-    def wait(self) -> list[Finished]:
-        done, self.done = self.done, []
-        return done
-
-    def close(self) -> None: ...
-
-
-def execute(plan: Plan, store: Store, *, memory_budget: int | None = None, threads: int = 1,
-            retry_failed: bool = False, events: Events | None = None, workers: int = 1,
-            executor: str = "local", address: str | None = None, device: str = "cpu",
-            gpus_per_task: float = 1.0) -> RunSummary:
-    """Run every task of ``plan`` that is not already done; returns what ran, what was cached, what failed.
-
-    ``workers`` > 1 runs independent tasks in that many processes (``threads`` torch threads in all,
-    shared among them); ``executor="ray"`` submits them to a Ray cluster (``address``, or a local one).
-    ``device`` is a name ``runners.device.resolve`` accepts (cpu, cuda, cuda:N, auto).
-    Only this process writes the database and the artifacts.
-    """
+def execute(plan: Plan, store: Store, backend: Backend, compute: Compute, *, retry_failed: bool = False,
+            events: Events | None = None, threads: int = 1) -> RunSummary:
+    """Run every selected task of ``plan`` that is not already done on ``backend``; returns what ran, what was
+    cached, what failed. ``compute`` rebuilds a missing dependency in this process."""
     events = events or Events()
-    torch.set_num_threads(threads)
-    if executor == "ray":
-        parse(device)  # resolved against the cluster's resources by the backend
-    else:
-        device = resolve(device)
-        configure(device)
     loaded = plan.study
-    for spec in {c.cell.study.dataset.model_dump_json(): c.cell.study.dataset
-                 for c in plan.selected_cells()}.values():
-        if isinstance(spec, FileDataset):
-            ensure_files(spec)  # download: true fetches missing files here, once, before any task
     run_id = uuid.uuid4().hex[:12]
-    ctx = Context(memory_budget=memory_budget, progress=events.models_retrained, device=device)
-    backend: Any
-    if executor == "ray":
-        from runners.executors.ray import RayBackend
-
-        backend = RayBackend(address, workers, memory_budget, device, gpus_per_task)
-    elif workers > 1:
-        from runners.executors.pool import ProcessPool
-
-        backend = ProcessPool(workers, threads, memory_budget, device)
-    else:
-        backend = InProcess(ctx)
-    where = executor if executor == "ray" else f"local x{workers}"
-    device = getattr(backend, "device", device)  # Ray resolves 'auto' against the cluster
-    store.start_run(run_id, loaded.study.study, where, device, git_commit(Path(loaded.path).parent))
+    store.start_run(run_id, loaded.study.study, backend.where, backend.device, git_commit(Path(loaded.path).parent))
     log = RunLog(store.artifacts / "logs", run_id)
     log.line(f"run {run_id} of study '{loaded.study.study}' ({loaded.path}): {len(plan.selected_tasks())} tasks, "
-             f"executor {where}, device {device}, {threads} thread(s)")
+             f"executor {backend.where}, device {backend.device}, {threads} thread(s)")
     try:
-        summary = _schedule(plan, store, backend, _Runner(plan, store, ctx), retry_failed, events, log)
+        summary = _schedule(plan, store, backend, _Artifacts(plan, store, compute), retry_failed, events, log)
     except BaseException as exc:
         store.end_run(run_id, "interrupted", 0, 0, 0)
         log.line(f"interrupted: {type(exc).__name__}")
@@ -230,7 +189,7 @@ def _message(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _schedule(plan: Plan, store: Store, backend: Any, runner: _Runner, retry_failed: bool,
+def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, retry_failed: bool,
               events: Events, log: RunLog) -> RunSummary:
     """Submit each task once its dependencies are done, in plan order, as the backend has room."""
     loaded = plan.study
@@ -291,21 +250,24 @@ def _schedule(plan: Plan, store: Store, backend: Any, runner: _Runner, retry_fai
                     deps = runner.deps(task)
                 except KeyboardInterrupt:
                     raise
+                except StorageError:
+                    raise
                 except Exception as exc:  # a dependency's artifact could not be rebuilt
                     record_failure(task, exc, 0.0)
                     continue
-                backend.submit(task, deps)
+                backend.submit(task.hash, task.kind, task.inputs, deps)
                 running += 1
         if not running:
             continue
-        for task, out, error, seconds in backend.wait():
+        for key, result, error, seconds in backend.wait():
+            task = plan.tasks[key]
             running -= 1
-            if error is not None or out is None:
+            if error is not None or result is None:
                 record_failure(task, error or RuntimeError("no result"), seconds)
                 continue
-            runner.finish(task, out, seconds)
-            log.line(f"done {task.kind} {task.hash} in {seconds:.3f} s")
-            if not isinstance(backend, InProcess) and task.kind == "ground_truth":
+            runner.finish(task, result)
+            log.line(f"done {task.kind} {task.hash} in {result.seconds:.3f} s")
+            if not backend.reports_progress and task.kind == "ground_truth":
                 events.models_retrained(task.models)
             summary.ran += 1
             events.task_finished(task, "done")
