@@ -289,7 +289,7 @@ def _print_summary(db: str | Path, study: str, points: list[dict[str, Any]] | No
     """The summary table, then each failed cell's message in full (a table column would wrap it)."""
     out.print(_summary_table(db, study, points))
     for cell_id, swept, message in _failures(db, study, points):
-        out.print(f"failed cell {cell_id} ({swept}): {message}", highlight=False, markup=False)
+        out.print(f"failed cell {cell_id} ({swept}): {message}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

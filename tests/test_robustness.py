@@ -101,6 +101,8 @@ def test_numeric_failures_fail_the_cell_with_a_fix(write, tmp_path: Path, estima
     assert result.exit_code == 1
     ((status, error),) = rows(db, "SELECT status, error FROM cells")
     assert status == "failed" and message in error and ("damping" in error or "scale" in error)
+    # the message is printed in full below the table, on one line, not wrapped into a narrow column
+    assert any(line.startswith("failed cell ") and line.endswith(error) for line in result.output.splitlines())
     again = runner.invoke(app, ["run", str(study), "--db", str(db)])
     assert again.exit_code == 1 and "--retry-failed" in again.output
 
