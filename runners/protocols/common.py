@@ -283,8 +283,8 @@ def pointwise_metrics(spec: Retraining, s: Scoring) -> list[MetricRow]:
 def grouped_metrics(spec: Retraining, s: Scoring) -> list[MetricRow]:
     """Items are groups (``members`` [K, n]): the estimate of a group is the sum of its members' scores."""
     assert s.ground_truth.members is not None, "grouped protocols store their members"
-    members = s.ground_truth.members.cpu().numpy().astype(s.scores.dtype)
-    return agreement(s.scores @ members.T, s)
+    scores = torch.from_numpy(s.scores)
+    return agreement((scores @ s.ground_truth.members.cpu().to(scores.dtype).T).numpy(), s)
 
 
 Rankings = dict[str, Tensor]  # estimator label -> scores [T, n]
