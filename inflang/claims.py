@@ -9,8 +9,8 @@ mean over test points:
 - ``contrast``: the mean over combinations of the other swept values of metric(better) - metric(than);
 - ``compare``: the mean over points of metric(better estimator) - metric(other estimator), paired per seed,
   test point and training point;
-- ``between_test_points``: 1 - (mean item-level bootstrap variance of a test point's metric) / (variance of
-  the metric across test points), averaged over seeds and points.
+- ``between_test_points``: max(0, 1 - (mean item-level bootstrap variance of a test point's metric) /
+  (variance of the metric across test points)), averaged over seeds and points: in [0, 1].
 Replicates draw seeds once for all points (paired by seed), then test points and items within each; the
 verdict is ``supported`` when the interval lies on the claimed side (of 0, or of the threshold),
 ``contradicted`` when it lies on the other, ``unresolved`` otherwise, and ``not evaluable`` when cells the
@@ -204,10 +204,13 @@ def _spread_parts(rows: SeedRows) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _share(values: np.ndarray, within: np.ndarray) -> np.ndarray:
-    """1 - mean(within) / var(values) along the last axis; NaN where the values do not vary."""
+    """max(0, 1 - mean(within) / var(values)) along the last axis: the share of the spread between test
+    points not explained by item noise, in [0, 1] (0 where the item noise explains all of it, or the values
+    do not vary)."""
     between = values.var(axis=-1, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(between > 0, 1 - within.mean(axis=-1) / np.where(between > 0, between, 1.0), np.nan)
+        share = 1 - within.mean(axis=-1) / np.where(between > 0, between, 1.0)
+    return np.where(between > 0, np.clip(share, 0.0, 1.0), 0.0)
 
 
 def _spread_inner(rows: SeedRows) -> Inner | None:
@@ -410,7 +413,7 @@ def _finish(con: duckdb.DuckDBPyConnection, study: str, claim: Claim, form: str,
     seeds = len({r.repeat for rows in used for r in rows})
     test_points = sum(int(np.isfinite(r.values).sum()) for rows in used for r in rows)
     ceiling = None
-    if claim.metric in ("spearman", "pearson") and math.isfinite(estimate):
+    if claim.metric in ("spearman", "pearson") and claim.between_test_points is None and math.isfinite(estimate):
         rows = per_seed(con, study, f"noise_ceiling_{claim.metric}")
         values = [stats.mean_over_seeds([r.values for r in rows_]) for (params, _, _), rows_ in rows.items()
                   if params in points]

@@ -47,10 +47,10 @@ class CompareSpec(Spec):
 
 
 class BetweenTestPointsSpec(Spec):
-    """How much of the variance of the metric between test points is real: 1 - (mean item-level bootstrap
-    variance of a test point's metric) / (variance of the metric across test points)."""
+    """How much of the variance of the metric between test points is real: max(0, 1 - (mean item-level
+    bootstrap variance of a test point's metric) / (variance of the metric across test points)), in [0, 1]."""
 
-    at_least: float = Field(ge=-1e9, le=1, description="the share of the spread between test points that is "
+    at_least: float = Field(ge=0, le=1, description="the share of the spread between test points that is "
                             "claimed to be real (e.g. 0.5)")
 
 
