@@ -7,8 +7,8 @@ Task kinds, and what each one's hash covers (besides ``TASK_FORMAT``):
 - ``curvature``: train -> eigendecomposition of the objective's Hessian (shared by every damping value);
 - ``hessian``: curvature, ``hessian:`` -> top and minimum eigenvalues, trace;
 - ``estimate``: train (+ curvature), the estimator's fields (not its label), test_points, measure -> scores;
-- ``ground_truth``: train, ``ground_truth``, test_points, and the estimate tasks whose rankings it follows
-  (by label) -> actual effects;
+- ``ground_truth``: train, ``ground_truth`` (with each ranking's ``by`` replaced by that estimate task's
+  hash), test_points, and the estimate tasks whose rankings it follows -> actual effects;
 - ``metrics``: estimate, ground_truth, metrics, the cell's seed (it seeds the bootstrap's item draws) ->
   correlations and their bootstrap replicates.
 Two cells that train the same model share one ``train`` task; changing one estimator's damping changes
@@ -122,6 +122,14 @@ def _dump(model: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     return data
 
 
+def _put(data: dict[str, Any], path: tuple[str | int, ...], value: Any) -> None:
+    """Set the value at ``path`` (keys and list positions) of nested data."""
+    node: Any = data
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+
+
 class _Builder:
     def __init__(self) -> None:
         self.tasks: dict[str, Task] = {}
@@ -185,13 +193,19 @@ def compile_study(loaded: LoadedStudy) -> Plan:
             ct.estimates[estimator_label(est)] = b.add(
                 "estimate", estimate_inputs, (train, *([reads] if reads else []), *replicas))
         facts = study_facts(s)
-        # the rankings the protocol follows, by label: the estimate tasks are dependencies, and their hashes
-        # (not the labels) are part of the ground truth's inputs and hash
-        rankings = {r.label: ct.estimates[r.label] for r in gt.rankings(facts.labels) if r.label is not None}
-        gt_inputs: dict[str, Any] = {"train": train, "ground_truth": _dump(gt), "test_points": _dump(s.test_points)}
+        # the rankings the protocol follows are estimate tasks: dependencies whose hashes stand where the file
+        # names their labels, so the hash covers what ranks, not what it is called; ``rankings`` lists them
+        # in a canonical (sorted) order, which the protocol's own order refers to
+        followed = [(r.where, ct.estimates[r.label]) for r in gt.rankings(facts.labels) if r.label is not None]
+        gt_dump = _dump(gt)
+        for where, estimate in followed:
+            if where[1:]:
+                _put(gt_dump, where[1:], estimate)
+        rankings = sorted({estimate for _, estimate in followed})
+        gt_inputs: dict[str, Any] = {"train": train, "ground_truth": gt_dump, "test_points": _dump(s.test_points)}
         if rankings:
             gt_inputs["rankings"] = rankings
-        gt_deps: tuple[str, ...] = (train, *dict.fromkeys(rankings.values()))
+        gt_deps: tuple[str, ...] = (train, *rankings)
         probes = gt.probes_per_repeat
         items = gt.items(facts)
         retrained = (items + 1 + probes) * gt.repeats

@@ -267,7 +267,7 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
     s, model = trained_setup(deps[inputs["train"]])
     params = model.params
     spec: AnyProtocol = TypeAdapter(GroundTruthSpec).validate_python(inputs["ground_truth"])
-    rankings = {label: Estimate.from_arrays(deps[h].arrays).scores for label, h in inputs.get("rankings", {}).items()}
+    rankings = {h: Estimate.from_arrays(deps[h].arrays).scores for h in inputs.get("rankings", [])}
     tests, test_ids = _test_selection(s, params, inputs, spec.measure)
     d = s.data
     order = derive_seed(s.seed, "order")
@@ -354,8 +354,8 @@ def run_metrics(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
     protocol: AnyProtocol = TypeAdapter(GroundTruthSpec).validate_python(
         deps[inputs["ground_truth"]].inputs["ground_truth"])
     test_ids = est.test_ids.tolist()
-    followed = list(deps[inputs["ground_truth"]].inputs.get("rankings", {}).values())
-    ranking = followed.index(inputs["estimate"]) if inputs["estimate"] in followed else None
+    order = protocol.ranking_order(tuple(deps[inputs["ground_truth"]].inputs.get("rankings", [])))
+    ranking = order.index(inputs["estimate"]) if inputs["estimate"] in order else None
     scoring = Scoring(est.scores.cpu().numpy(), gt, list(spec.names), spec.top_k, spec.bootstrap,
                       spec.resolved_only, int(inputs["seed"]), test_ids, ranking)
     rows = PROTOCOLS[protocol.protocol].metrics(protocol, scoring)

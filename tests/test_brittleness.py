@@ -70,3 +70,25 @@ def test_brittleness_rules(write, change: str, where: str, message: str):
         load_study(write("b.yaml", text))
     problem = info.value.problems[0]
     assert problem.path == where and message in problem.message, (problem.path, problem.message)
+
+
+def test_rows_follow_the_estimator_whatever_the_order_or_label(write, tmp_path: Path):
+    """The same ground truth serves studies that list the estimators in another order or under other labels;
+    each estimator gets its own rankings' rows, and an estimator left out of ``by`` gets none."""
+    db = tmp_path / "b.duckdb"
+    first = STUDY.replace("[{name: exact, damping: 0.0}]", "[{name: exact, damping: 0.0}, {name: grad_dot}]")
+    swapped = first.replace("study: brittle", "study: swapped").replace(
+        "[{name: exact, damping: 0.0}, {name: grad_dot}]", "[{name: grad_dot, label: g}, {name: exact, damping: 0.0}]")
+    assert runner.invoke(app, ["run", str(write("a.yaml", first)), "--db", str(db)]).exit_code == 0
+    again = runner.invoke(app, ["run", str(write("b.yaml", swapped)), "--db", str(db)])
+    assert again.exit_code == 0 and "ran 0 tasks" in again.output  # labels and order are not in any hash
+    assert rows(db, "SELECT count(DISTINCT task_hash) FROM cell_tasks WHERE kind = 'ground_truth'") == [(1,)]
+    query = ("SELECT test_index, value FROM metrics WHERE metric = 'flip_k' AND study = '{}' AND estimator = '{}' "
+             "ORDER BY test_index")
+    assert rows(db, query.format("brittle", "grad_dot")) == rows(db, query.format("swapped", "g"))
+    assert rows(db, query.format("brittle", "exact")) == rows(db, query.format("swapped", "exact"))
+    subset = write("c.yaml", first.replace("study: brittle", "study: subset").replace(
+        "k: [1, 2, 4, 8, 16, 32, 64]", "k: [1, 2, 4, 8, 16, 32, 64], by: [exact]"))
+    result = runner.invoke(app, ["run", str(subset), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert rows(db, "SELECT count(*) FROM metrics WHERE study = 'subset' AND estimator = 'grad_dot'") == [(0,)]

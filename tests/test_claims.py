@@ -95,33 +95,32 @@ def test_trend_ranks_mixed_integer_and_float_axis_values_in_numeric_order(tmp_pa
     store.close()
 
 
-def test_between_test_points_sees_real_spread(tmp_path: Path):
-    """Test points that differ far more than their item noise: most of the spread is real."""
-    rng = np.random.default_rng(1)
-    store = Store(tmp_path / "b.duckdb")
-    values = rng.normal(0.5, 0.3, 12)
-    replicates = values[:, None] + rng.normal(0, 0.02, (12, 300))
+def one_cell(path: Path, values: np.ndarray, replicates: np.ndarray) -> Store:
+    """A database with one cell whose estimator 'exact' has these per-test-point values and replicates."""
+    store = Store(path)
+    points = len(values)
     store.write_task("t", "metrics", {}, {
-        "metric_rows": {"test_index": list(range(12)), "metric": ["spearman"] * 12, "value": values.tolist(),
-                        "n_pairs": [50] * 12, "ci_low": [None] * 12, "ci_high": [None] * 12},
-        "metric_replicates": {"test_index": list(range(12)), "metric": ["spearman"] * 12,
+        "metric_rows": {"test_index": list(range(points)), "metric": ["spearman"] * points,
+                        "value": values.tolist(), "n_pairs": [50] * points, "ci_low": [None] * points,
+                        "ci_high": [None] * points},
+        "metric_replicates": {"test_index": list(range(points)), "metric": ["spearman"] * points,
                               "replicates": replicates.tolist()}}, 0.0, None)
     store.record_study("fake", "h", "", "", [("c0", 0, 0, {})], [("c0", "metrics", "exact", "t")])
-    real = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
-                                                 between_test_points={"at_least": 0.5}), count=400)
+    return store
+
+
+def test_between_test_points_sees_real_spread(tmp_path: Path):
+    """Test points that differ far more than their item noise: most of the spread is real; item noise as
+    large as the spread: little of it is."""
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.5, 0.3, 12)
+    claim = Claim(name="c", metric="spearman", estimator="exact", between_test_points={"at_least": 0.5})
+    store = one_cell(tmp_path / "b.duckdb", values, values[:, None] + rng.normal(0, 0.02, (12, 300)))
+    real = evaluate_one(store.con, "fake", claim, count=400)
     assert real.verdict == "supported" and real.estimate > 0.9
     store.close()
-    # item noise as large as the spread between test points: little of it is real
-    noisy = Store(tmp_path / "n.duckdb")
-    replicates = values[:, None] + rng.normal(0, 0.3, (12, 300))
-    noisy.write_task("t", "metrics", {}, {
-        "metric_rows": {"test_index": list(range(12)), "metric": ["spearman"] * 12, "value": values.tolist(),
-                        "n_pairs": [50] * 12, "ci_low": [None] * 12, "ci_high": [None] * 12},
-        "metric_replicates": {"test_index": list(range(12)), "metric": ["spearman"] * 12,
-                              "replicates": replicates.tolist()}}, 0.0, None)
-    noisy.record_study("fake", "h", "", "", [("c0", 0, 0, {})], [("c0", "metrics", "exact", "t")])
-    weak = evaluate_one(noisy.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
-                                                 between_test_points={"at_least": 0.5}), count=400)
+    noisy = one_cell(tmp_path / "n.duckdb", values, values[:, None] + rng.normal(0, 0.3, (12, 300)))
+    weak = evaluate_one(noisy.con, "fake", claim, count=400)
     assert weak.verdict in ("contradicted", "unresolved") and weak.estimate < 0.5
     noisy.close()
 

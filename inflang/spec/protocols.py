@@ -139,6 +139,11 @@ class Retraining(Spec):
         study's estimator labels."""
         return []
 
+    def ranking_order(self, followed: tuple[str, ...]) -> list[str]:
+        """The rankings in the order the protocol's results refer to them, given the estimate tasks it
+        followed (in the task's canonical order; the spec's ``by`` fields hold those tasks' hashes)."""
+        return list(followed)
+
     def items(self, facts: StudyFacts) -> int:
         """Models retrained per repeat besides the control and the probes (an upper bound where they follow
         a ranking)."""
@@ -370,11 +375,14 @@ class BrittlenessProtocol(Retraining):
     def ranked_labels(self, labels: tuple[str, ...]) -> list[str]:
         return list(self.by) if self.by is not None else list(labels)
 
+    def ranking_order(self, followed: tuple[str, ...]) -> list[str]:
+        return list(self.by) if self.by is not None else list(followed)
+
     def estimator_metrics(self, names: tuple[str, ...]) -> tuple[str, ...]:
-        return ("flip_k", "flipped")
+        return ("flip_k", "flip_k_capped", "flipped")
 
     def ground_truth_metrics(self) -> tuple[str, ...]:
-        return ("random_flip_k", "random_flipped") if self.random else ()
+        return ("random_flip_k", "random_flip_k_capped", "random_flipped") if self.random else ()
 
     def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
         return [Ranking(("ground_truth", "by", i) if self.by is not None else ("ground_truth",), "brittleness", label)
@@ -398,6 +406,10 @@ class BrittlenessProtocol(Retraining):
         if not self.ranked_labels(facts.labels) and not self.random:
             found.append((("ground_truth", "random"), "no ranking to try: name estimators in 'by' or keep the "
                           "random baseline", None))
+        if self.by is not None:
+            for i, label in enumerate(self.by):
+                if label in self.by[:i]:
+                    found.append((("ground_truth", "by", i), f"'{label}' is named twice", None))
         return found
 
 

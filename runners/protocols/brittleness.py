@@ -11,10 +11,12 @@ logit: correct versus misclassified) after retraining differs from the control's
 point under a ranking is the smallest k of the grid that flips it; none within ``max(k)`` counts as not
 flipped.
 
-Per estimator the metrics are ``flip_k`` (per test point, NaN when not flipped), ``flipped`` (0 or 1, with
-its mean ``flip_rate`` over test points) and ``median_flip_k`` (not-flipped points count as larger than every
-k; NaN when more than half did not flip); the random baseline's are the same names with ``random_`` in
-front, estimator NULL.
+Per estimator the metrics are ``flip_k`` (per test point, NaN when not flipped), ``flip_k_capped`` (the same,
+with a not-flipped point counted as 2 max(k), for means and comparisons that keep every point), ``flipped``
+(0 or 1, with its mean ``flip_rate`` over test points) and ``median_flip_k`` (not-flipped points count as
+larger than every k; NaN when at least half did not flip); the random baseline's are the same names with
+``random_`` in front, estimator NULL. A test point whose control model (the retraining with nothing
+removed) predicts otherwise than the trained model, which chose the order, is undecided: NaN throughout.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def median_flip(ks: np.ndarray) -> float:
 
 
 def run(spec: BrittlenessProtocol, p: Problem, rankings: Rankings, seed: int) -> GroundTruth:
-    labels = [label for label in spec.ranked_labels(tuple(rankings)) if label in rankings]
+    labels = [label for label in spec.ranking_order(tuple(rankings)) if label in rankings]
     grid = sorted(set(spec.k))
     if max(grid) > p.n:
         raise TaskFailure(f"brittleness: k = {max(grid)} is more than the {p.n} training points")
@@ -99,47 +101,61 @@ def run(spec: BrittlenessProtocol, p: Problem, rankings: Rankings, seed: int) ->
     control = retrained.control.mean(dim=0).cpu().numpy()  # [T] margins of the control models
     after = control[tests.numpy()] + per_repeat.mean(dim=0)[tests, items].cpu().numpy()
     flips = np.sign(after) != np.sign(control[tests.numpy()])
+    # the removal order followed the trained model's prediction; where the control's differs (scratch
+    # retraining near the boundary), what "supporting the prediction" meant is lost: the point is undecided
+    decided = np.sign(control) == np.sign(margins.cpu().numpy())
     flip_k = np.full((S, T), np.nan)
     for t in range(T):
         for s in range(S):
             rows = [(t * S + s) * len(grid) + g for g in range(len(grid))]
             flip_k[s, t] = first_flip(flips[rows], grid)
-    baseline = flip_rows(flip_k[-1], stats.REPLICATES, derive_seed(seed, "baseline"), BASELINE + "_") \
-        if spec.random else []
+    baseline = flip_rows(flip_k[-1], decided, max(grid), stats.REPLICATES, derive_seed(seed, "baseline"),
+                         BASELINE + "_") if spec.random else []
     return GroundTruth(per_repeat=per_repeat, members=weights == 0, probes=retrained.probes, floor=retrained.floor,
-                       extra={"flip_k": torch.as_tensor(flip_k)}, metric_rows=baseline)
+                       extra={"flip_k": torch.as_tensor(flip_k), "decided": torch.as_tensor(decided)},
+                       metric_rows=baseline)
 
 
-def flip_rows(ks: np.ndarray, replicates: int, seed: int, prefix: str = "") -> list[MetricRow]:
-    """flip_k and flipped per test point, flip_rate and median_flip_k over them (see the module doc).
-    ``flip_k`` and ``flipped`` carry constant replicates (there are no items to resample), so pooling and
-    claims resample their test points and seeds (a not-flipped point's flip_k is NaN and left out of
-    means); flip_rate's interval resamples the test points."""
-    flipped = (~np.isnan(ks)).astype(float)
+def flip_rows(ks: np.ndarray, decided: np.ndarray, max_k: int, replicates: int, seed: int,
+              prefix: str = "") -> list[MetricRow]:
+    """Per test point flip_k (NaN when not flipped), flip_k_capped (not flipped counts as 2 max(k), so means
+    and comparisons keep every point) and flipped (0 or 1); over them flip_rate and median_flip_k (see the
+    module doc). Undecided points (``decided`` False) are NaN throughout. flip_k_capped and flipped carry
+    constant replicates (there are no items to resample), so pooling and claims resample their test points
+    and seeds; flip_rate's interval resamples the test points."""
+    ks = np.where(decided, ks, np.nan)
+    flipped = np.where(decided, (~np.isnan(ks)).astype(float), np.nan)
+    capped = np.where(decided, np.where(np.isnan(ks), 2.0 * max_k, ks), np.nan)
 
     def constant(value: float) -> np.ndarray | None:
         return np.full(replicates, value) if replicates else None
 
-    rows = [MetricRow(t, f"{prefix}flip_k", float(k), 1, replicates=constant(float(k))) for t, k in enumerate(ks)]
+    rows = [MetricRow(t, f"{prefix}flip_k", float(k), 1) for t, k in enumerate(ks)]
+    rows += [MetricRow(t, f"{prefix}flip_k_capped", float(k), 1, replicates=constant(float(k)))
+             for t, k in enumerate(capped)]
     rows += [MetricRow(t, f"{prefix}flipped", float(f), 1, replicates=constant(float(f)))
              for t, f in enumerate(flipped)]
-    rate = float(flipped.mean()) if len(ks) else math.nan
+    kept = flipped[np.isfinite(flipped)]
+    rate = float(kept.mean()) if len(kept) else math.nan
     low = high = None
-    if replicates and len(ks):
-        draws = stats.test_point_replicates(flipped[:, None], replicates, np.random.default_rng(seed))
+    if replicates and len(kept):
+        draws = stats.test_point_replicates(kept[:, None], replicates, np.random.default_rng(seed))
         interval = stats.percentile_interval(draws)
         if interval is not None:
             low, high = interval.low, interval.high
-    rows.append(MetricRow(None, f"{prefix}flip_rate", rate, len(ks), low, high))
-    rows.append(MetricRow(None, f"{prefix}median_flip_k", median_flip(ks), len(ks)))
+    rows.append(MetricRow(None, f"{prefix}flip_rate", rate, len(kept), low, high))
+    rows.append(MetricRow(None, f"{prefix}median_flip_k", median_flip(ks[np.asarray(decided, dtype=bool)]),
+                          len(kept)))
     return rows
 
 
 def metrics(spec: BrittlenessProtocol, s: Scoring) -> list[MetricRow]:
     """One estimator's brittleness rows: its row of the ground truth's flip_k (by its ranking's place)."""
-    if s.ranking is None:
-        raise TaskFailure("brittleness: this estimator's ranking was not part of the ground truth")
-    return flip_rows(s.ground_truth.extra["flip_k"].cpu().numpy()[s.ranking], s.bootstrap, s.seed)
+    if s.ranking is None:  # an estimator the study did not ask brittleness to follow (``by``) has no rows
+        return []
+    extra = s.ground_truth.extra
+    return flip_rows(extra["flip_k"].cpu().numpy()[s.ranking], extra["decided"].cpu().numpy().astype(bool),
+                     max(spec.k), s.bootstrap, s.seed)
 
 
 PROTOCOL = Protocol(run=run, metrics=metrics)
