@@ -30,18 +30,20 @@ def plan(study: LoadedStudy | str | Path) -> Plan:
 
 
 def run(study: LoadedStudy | str | Path, db: str | Path = "inflang.duckdb", *, memory_budget: int | None = None,
-        threads: int = 1, retry_failed: bool = False, device: str = "cpu") -> RunSummary:
-    """Run a study into ``db`` (finished tasks are reused) on ``device`` (cpu | cuda | cuda:N | auto); returns
-    the scheduler's RunSummary."""
+        threads: int = 1, retry_failed: bool = False, device: str = "cpu", engine: str | None = None) -> RunSummary:
+    """Run a study into ``db`` (finished tasks are reused) on ``device`` (cpu | cuda | cuda:N | auto) with the
+    retraining ``engine`` (auto | compiled | eager; None: INFLANG_ENGINE or auto); returns the scheduler's
+    RunSummary."""
     compiled = plan(study)
     with Store(db) as store:
         return execute_plan(compiled, store, memory_budget=memory_budget, threads=threads,
-                            retry_failed=retry_failed, device=device)
+                            retry_failed=retry_failed, device=device, engine=engine)
 
 
 def execute_plan(compiled: Plan, store: Store, *, memory_budget: int | None = None, threads: int = 1,
                  retry_failed: bool = False, events: Events | None = None, workers: int = 1, executor: str = "local",
-                 address: str | None = None, device: str = "cpu", gpus_per_task: float = 1.0) -> RunSummary:
+                 address: str | None = None, device: str = "cpu", gpus_per_task: float = 1.0,
+                 engine: str | None = None) -> RunSummary:
     """Open a backend on the torch side (``runners.executors``: threads, device, data files; local, a pool of
     ``workers`` processes, or Ray) and let the scheduler run the plan's selected tasks on it. Raises
     ``runners.errors.SetupError`` when the run cannot start and ``inflang.errors.StorageError`` when results
@@ -51,10 +53,10 @@ def execute_plan(compiled: Plan, store: Store, *, memory_budget: int | None = No
     events = events or Events()
     datasets = [c.cell.study.dataset for c in compiled.selected_cells()]
     backend = open_backend(executor, workers, threads, memory_budget, device, address, gpus_per_task, datasets,
-                           events.models_retrained)
+                           events.models_retrained, engine)
     here = backend.device if executor != "ray" else "cpu"  # a missing dependency is rebuilt in this process
-    return execute(compiled, store, backend, compute_here(memory_budget, here), retry_failed=retry_failed,
-                   events=events, threads=threads)
+    return execute(compiled, store, backend, compute_here(memory_budget, here, backend.engine),
+                   retry_failed=retry_failed, events=events, threads=threads)
 
 
 def connect(db: str | Path = "inflang.duckdb", read_only: bool = True) -> duckdb.DuckDBPyConnection:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from inflang import __version__
 from inflang import store as store_queries
+from inflang.cost import ENGINES
 from inflang.errors import StudyError, UsageError
 from inflang.plan import KINDS, Plan, compile_study
 from inflang.scheduler import Events
@@ -310,6 +311,10 @@ def run(
                                         help="With --executor ray and a CUDA device: the GPU share each task "
                                         "requests (0.25 runs four small tasks per GPU)."),
     select: list[str] = typer.Option(None, "--select", help=SELECT_HELP, show_default=False),
+    engine: str = typer.Option(None, help="auto | compiled | eager: how retraining steps run. compiled fuses "
+                               "each step with torch.compile; auto (the default, or INFLANG_ENGINE) compiles "
+                               "retraining long enough to pay for it. Recorded in runs.engine and tasks.engine.",
+                               show_default=False),
 ) -> None:
     """Run a study: train, estimate, retrain for ground truth, score; results go to the database.
 
@@ -318,6 +323,8 @@ def run(
     """
     if executor not in ("local", "ray"):
         raise _fail(f"error: --executor: '{executor}' is not one of local, ray")
+    if engine is not None and engine not in ENGINES:
+        raise _fail(f"error: --engine: '{engine}' is not one of {', '.join(ENGINES)}")
     if executor == "ray":
         try:
             import ray  # noqa: F401
@@ -338,7 +345,7 @@ def run(
     try:
         summary = execute_plan(compiled, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
                                events=events, workers=workers, executor=executor, address=address, device=device,
-                               gpus_per_task=gpus_per_task)
+                               gpus_per_task=gpus_per_task, engine=engine)
     except SetupError as exc:
         events.stop()
         store.close()

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 ITEMSIZE = {"float32": 4, "float64": 8}
 
+ENGINES = ("auto", "compiled", "eager")  # the retraining engines (runners.engine)
+AUTO_MIN_MODEL_STEPS = 100_000  # auto compiles an ensemble of at least this many models x steps
+
 
 def member_bytes(n_params: int, activations_per_example: int, batch: int, itemsize: int) -> int:
     return itemsize * (4 * n_params + 3 * batch * max(activations_per_example, 1))

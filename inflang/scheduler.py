@@ -39,6 +39,7 @@ class Result(Protocol):
     rows: dict[str, dict[str, list[Any]]]
     artifact: bytes | None
     seconds: float
+    engine: str | None  # the retraining engines that computed it (runners.engine), None without retraining
 
 
 Compute = Callable[[str, dict[str, Any], dict[str, DepBytes]], Result]  # rebuild one task in this process
@@ -48,6 +49,7 @@ class Backend(Protocol):
     capacity: int
     device: str
     where: str
+    engine: str
     reports_progress: bool
 
     def submit(self, key: str, kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes]) -> None: ...
@@ -134,7 +136,8 @@ class _Artifacts:
         try:
             data = result.artifact
             sha = artifacts.save(self.store.artifacts, task.hash, data) if data is not None else None
-            self.store.write_task(task.hash, task.kind, task.inputs, result.rows, result.seconds, sha)
+            self.store.write_task(task.hash, task.kind, task.inputs, result.rows, result.seconds, sha,
+                                  result.engine)
         except (OSError, duckdb.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
             raise StorageError(f"cannot write the results of {task.kind} task {task.hash} under "
@@ -152,10 +155,11 @@ def execute(plan: Plan, store: Store, backend: Backend, compute: Compute, *, ret
     events = events or Events()
     loaded = plan.study
     run_id = uuid.uuid4().hex[:12]
-    store.start_run(run_id, loaded.study.study, backend.where, backend.device, git_commit(Path(loaded.path).parent))
+    store.start_run(run_id, loaded.study.study, backend.where, backend.device, git_commit(Path(loaded.path).parent),
+                    backend.engine)
     log = RunLog(store.artifacts / "logs", run_id)
     log.line(f"run {run_id} of study '{loaded.study.study}' ({loaded.path}): {len(plan.selected_tasks())} tasks, "
-             f"executor {backend.where}, device {backend.device}, {threads} thread(s)")
+             f"executor {backend.where}, device {backend.device}, engine {backend.engine}, {threads} thread(s)")
     try:
         summary = _schedule(plan, store, backend, _Artifacts(plan, store, compute), retry_failed, events, log)
     except BaseException as exc:
@@ -266,7 +270,8 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
                 record_failure(task, error or RuntimeError("no result"), seconds)
                 continue
             runner.finish(task, result)
-            log.line(f"done {task.kind} {task.hash} in {result.seconds:.3f} s")
+            log.line(f"done {task.kind} {task.hash} in {result.seconds:.3f} s"
+                     + (f" ({result.engine} engine)" if result.engine else ""))
             if not backend.reports_progress and task.kind == "ground_truth":
                 events.models_retrained(task.models)
             summary.ran += 1

@@ -83,6 +83,8 @@ ALTER TABLE metric_rows ADD COLUMN IF NOT EXISTS ci_high DOUBLE;
 ALTER TABLE split_rows ADD COLUMN IF NOT EXISTS label_flipped BOOLEAN;
 ALTER TABLE split_rows ADD COLUMN IF NOT EXISTS loss DOUBLE;
 ALTER TABLE split_rows ADD COLUMN IF NOT EXISTS correct BOOLEAN;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS engine VARCHAR;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS engine VARCHAR;
 """
 
 VIEWS = """
@@ -301,12 +303,15 @@ class Store:
                                 [(study, r.params, r.estimator, r.metric, r.value, r.sd, r.ci_low, r.ci_high,
                                   r.seeds, r.test_points) for r in rows])
 
-    def start_run(self, run_id: str, study: str, executor: str, device: str, git_commit: str | None) -> None:
+    def start_run(self, run_id: str, study: str, executor: str, device: str, git_commit: str | None,
+                  engine: str | None = None) -> None:
         import socket
 
         with self.transaction() as con:
-            con.execute("INSERT INTO runs VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, 'running', NULL, NULL, NULL)",
-                        [run_id, study, _now(), executor, device, socket.gethostname(), __version__, git_commit])
+            con.execute("INSERT INTO runs (run_id, study, started_at, executor, device, host, inflang_version, "
+                        "git_commit, status, engine) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+                        [run_id, study, _now(), executor, device, socket.gethostname(), __version__, git_commit,
+                         engine])
 
     def end_run(self, run_id: str, status: str, ran: int, reused: int, failed: int) -> None:
         with self.transaction() as con:
@@ -319,7 +324,7 @@ class Store:
                             [(s, e, study, c) for c, (s, e) in statuses.items()])
 
     def write_task(self, task_hash: str, kind: str, inputs: dict[str, Any], rows: Rows, seconds: float,
-                   artifact_sha256: str | None) -> None:
+                   artifact_sha256: str | None, engine: str | None = None) -> None:
         """A finished task's rows and its 'done' record, in one transaction (replacing any earlier attempt)."""
         with self.transaction() as con:
             for table in OUTPUT_TABLES:
@@ -333,14 +338,17 @@ class Store:
                 selects = ", ".join(f"unnest(?) AS \"{c}\"" for c in names)
                 con.execute(f"INSERT INTO {table} (task_hash, {quoted}) SELECT ?, {selects}",
                             [task_hash, *values])
-            con.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, 'done', NULL, ?, ?, ?)",
-                        [task_hash, kind, json.dumps(inputs, sort_keys=True), seconds, artifact_sha256, _now()])
+            con.execute("INSERT OR REPLACE INTO tasks (task_hash, kind, inputs, status, error, seconds, "
+                        "artifact_sha256, finished_at, engine) VALUES (?, ?, ?, 'done', NULL, ?, ?, ?, ?)",
+                        [task_hash, kind, json.dumps(inputs, sort_keys=True), seconds, artifact_sha256, _now(),
+                         engine])
 
     def fail_task(self, task_hash: str, kind: str, inputs: dict[str, Any], error: str, seconds: float) -> None:
         with self.transaction() as con:
             for table in OUTPUT_TABLES:
                 con.execute(f"DELETE FROM {table} WHERE task_hash = ?", [task_hash])
-            con.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, 'failed', ?, ?, NULL, ?)",
+            con.execute("INSERT OR REPLACE INTO tasks (task_hash, kind, inputs, status, error, seconds, "
+                        "artifact_sha256, finished_at) VALUES (?, ?, ?, 'failed', ?, ?, NULL, ?)",
                         [task_hash, kind, json.dumps(inputs, sort_keys=True), error, seconds, _now()])
 
 

@@ -20,7 +20,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from inflang.cost import member_bytes, models_per_chunk
+from runners import engine as engines
 from runners.batches import batch_order
+from runners.compiled import CompileUnavailable, compiled_gradient
 from runners.errors import DivergenceError
 from runners.objective import per_example_loss
 
@@ -177,7 +179,7 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
                    anchor: Stacked | None = None, proximity: float = 0.0,
                    on_step: Callable[[int, Stacked], bool | None] | None = None,
                    lr_name: str = "the retraining lr", noise_seed: int = 0,
-                   tolerate_divergence: bool = False) -> Stacked:
+                   tolerate_divergence: bool = False, engine: str | None = None) -> Stacked:
     """Train M models together from ``start`` ([M, ...] per parameter) on the inputs x [n, d].
 
     Model m minimises data_term(...)[m] + weight_decay/2 ||theta_m||^2 + proximity/2 ||theta_m - anchor_m||^2.
@@ -192,6 +194,8 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
     on (the caller decides what a NaN model means); otherwise any such model raises.
     Buffers (BatchNorm's running statistics) are stacked per model too, from ``start`` or else from the
     module, and updated by each model's own training-mode forward passes, as ``nn.BatchNorm`` does.
+    ``engine`` (eager | compiled | auto; None: the task's ``--engine``) picks how each step's gradient is
+    computed (``runners.engine``); the arithmetic is the same, the rounding not.
     Returns the final stacked parameters and buffers; raises DivergenceError if any model's loss is not
     finite.
     """
@@ -204,19 +208,54 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
     module.train()  # dropout on (masks seeded per step, shared by the models); switched back below
     seeded = noise_seed if stochastic(module) else None
     devices = [x.device] if x.device.type == "cuda" else []
+    count = flat.shape[0]
+    name = engines.choose(module, count * steps, engine)
+    gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity, centre)
     try:
         with torch.random.fork_rng(devices=devices, enabled=seeded is not None):
-            return _train(module, layout, flat, buffers, x, rule, steps, batch_size, order_seeds, data_term, centre,
-                          proximity, opt, on_step, lr_name, seeded, tolerate_divergence)
+            try:
+                out = _train(layout, flat.clone() if name == "compiled" else flat, buffers, x, rule, steps,
+                             batch_size, order_seeds, gradient, opt, on_step, lr_name, seeded, tolerate_divergence)
+            except CompileUnavailable as exc:
+                engines.unavailable(str(exc))
+                name = "eager"
+                gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity, centre)
+                out = _train(layout, flat, buffers, x, rule, steps, batch_size, order_seeds, gradient,
+                             _Optimizer(rule), on_step, lr_name, seeded, tolerate_divergence)
+            engines.record(name)
+            return out
     finally:
         module.train(was_training)
 
 
-def _train(module: nn.Module, layout: Layout, flat: Tensor, buffers: Stacked, x: Tensor, rule: UpdateRule,
-           steps: int,
-           batch_size: int | None, order_seeds: list[int], data_term: DataTerm, centre: Tensor | None,
-           proximity: float, opt: _Optimizer, on_step: Callable[[int, Stacked], bool | None] | None,
-           lr_name: str, noise_seed: int | None, tolerate_divergence: bool) -> Stacked:
+Gradient = Callable[[Tensor, Tensor, Batch, bool], tuple[Tensor, Tensor]]
+
+
+def _gradients(name: str, module: nn.Module, layout: Layout, buffers: Stacked, data_term: DataTerm,
+               weight_decay: float, proximity: float, centre: Tensor | None) -> Gradient:
+    """(data terms [M], gradient [M, P]) of one step as a function of (flat, inputs, batch, per_model)."""
+    if name == "compiled":
+        return compiled_gradient(module, layout, data_term, weight_decay, proximity, centre)
+
+    def eager(flat: Tensor, xb: Tensor, batch: Batch, per_model: bool) -> tuple[Tensor, Tensor]:
+        leaf = flat.detach().requires_grad_(True)
+        params = layout.views(leaf)
+        logits = ensemble_logits(module, {**params, **buffers}, xb, per_model=per_model)
+        data = data_term(logits, batch, params)
+        (grad,) = torch.autograd.grad(data.sum(), leaf)
+        if weight_decay:
+            grad.add_(flat, alpha=weight_decay)
+        if centre is not None:
+            grad.add_(flat - centre, alpha=proximity)
+        return data.detach(), grad
+
+    return eager
+
+
+def _train(layout: Layout, flat: Tensor, buffers: Stacked, x: Tensor, rule: UpdateRule, steps: int,
+           batch_size: int | None, order_seeds: list[int], gradient: Gradient, opt: _Optimizer,
+           on_step: Callable[[int, Stacked], bool | None] | None, lr_name: str, noise_seed: int | None,
+           tolerate_divergence: bool) -> Stacked:
     n = x.shape[0]
     count = flat.shape[0]
     distinct = sorted(set(order_seeds))
@@ -226,28 +265,19 @@ def _train(module: nn.Module, layout: Layout, flat: Tensor, buffers: Stacked, x:
     for step in range(steps):
         if noise_seed is not None:
             torch.manual_seed(step_seed(noise_seed, step))
-        leaf = flat.detach().requires_grad_(True)
-        params = layout.views(leaf)
-        state = {**params, **buffers}
         idx_each = [next(o) for o in orders]
         batch: Batch
         if idx_each[0] is None:
             batch = None
-            logits = ensemble_logits(module, state, x)
+            data, grad = gradient(flat, x, batch, False)
         elif len(distinct) == 1:
             batch = idx_each[0]
-            logits = ensemble_logits(module, state, x[batch])
+            data, grad = gradient(flat, x[batch], batch, False)
         else:
             batch = torch.stack([i for i in idx_each if i is not None])[which]  # [M, b]
-            logits = ensemble_logits(module, state, x[batch], per_model=True)
-        data = data_term(logits, batch, params)
-        (grad,) = torch.autograd.grad(data.sum(), leaf)
-        if rule.weight_decay:
-            grad.add_(flat, alpha=rule.weight_decay)
-        if centre is not None:
-            grad.add_(flat - centre, alpha=proximity)
+            data, grad = gradient(flat, x[batch], batch, True)
         if tolerate_divergence:
-            finite = torch.isfinite(data.detach()).cpu() & torch.isfinite(grad).all(dim=1).cpu()
+            finite = torch.isfinite(data).cpu() & torch.isfinite(grad).all(dim=1).cpu()
             if not bool(finite[~frozen].all()):
                 frozen |= ~finite
                 if bool(frozen.all()):
@@ -256,7 +286,7 @@ def _train(module: nn.Module, layout: Layout, flat: Tensor, buffers: Stacked, x:
             if bool(frozen.any()):
                 grad[frozen.to(grad.device)] = 0.0
         elif step % 100 == 0 or step == steps - 1:
-            finite = torch.isfinite(data.detach())
+            finite = torch.isfinite(data)
             if not bool(finite.all()):
                 models = f" for {int((~finite).sum())} of {count} models" if count > 1 else ""
                 raise DivergenceError(f"diverged at step {step}{models} (loss not finite); lower {lr_name} "
@@ -291,6 +321,34 @@ def activations_per_example(module: nn.Module, input_shape: tuple[int, ...]) -> 
         for h in handles:
             h.remove()
     return count
+
+
+def multiply_adds(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one example's forward pass through every Linear and Conv2d layer (a training step
+    costs about 6 batch multiply_adds FLOPs: 2 forward, 4 backward)."""
+    total = 0
+
+    def hook(layer: nn.Module, args: object, output: Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Linear):
+            total += layer.in_features * layer.out_features
+        elif isinstance(layer, nn.Conv2d):
+            kernel = layer.kernel_size[0] * layer.kernel_size[1]
+            total += output[0].numel() * layer.in_channels * kernel // layer.groups
+
+    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            dtype = next(module.parameters()).dtype
+            module(torch.zeros(1, *input_shape, dtype=dtype, device=next(module.parameters()).device))
+    finally:
+        module.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
 
 
 def chunk_size(module: nn.Module, input_shape: tuple[int, ...], batch: int, dtype: torch.dtype, budget: int | None,

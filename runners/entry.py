@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from runners import engine as engines
 from runners.tasks import Context, Dep, run_task
 
 DepBytes = tuple[dict[str, Any], bytes | None]  # a finished dependency: its inputs and its artifact
@@ -29,6 +30,7 @@ class Done:
     rows: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     artifact: bytes | None = None
     seconds: float = 0.0
+    engine: str | None = None  # the engines that retrained its ensembles ('compiled', 'eager', both joined by +)
 
 
 def serialise(arrays: dict[str, Tensor]) -> bytes:
@@ -44,10 +46,13 @@ def deserialise(data: bytes | None) -> dict[str, Tensor]:
 
 
 def run(kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes], memory_budget: int | None = None,
-        device: str = "cpu", progress: Callable[[int], None] | None = None) -> Done:
-    """Compute one task (see the module docstring)."""
+        device: str = "cpu", progress: Callable[[int], None] | None = None, engine: str | None = None) -> Done:
+    """Compute one task (see the module docstring) with retraining engine ``engine`` (eager | compiled | auto;
+    None: INFLANG_ENGINE or auto)."""
     start = time.perf_counter()
     ready = {h: Dep(dep_inputs, deserialise(data)) for h, (dep_inputs, data) in deps.items()}
-    out, _ = run_task(kind, inputs, ready, Context(memory_budget=memory_budget, progress=progress, device=device))
+    with engines.selected(engine) as used:
+        out, _ = run_task(kind, inputs, ready, Context(memory_budget=memory_budget, progress=progress,
+                                                       device=device))
     artifact = serialise(out.arrays) if out.arrays else None
-    return Done(out.rows, artifact, time.perf_counter() - start)
+    return Done(out.rows, artifact, time.perf_counter() - start, "+".join(sorted(used)) or None)

@@ -91,7 +91,7 @@ def train(module: nn.Module, x: Tensor, y: Tensor, spec: TrainingSpec, order_see
             final = train_ensemble(module, stack(init, 1), x, rule, steps, spec.batch_size, [order_seed],
                                    weighted_cross_entropy(y, torch.ones(1, n, dtype=x.dtype), spec.label_smoothing),
                                    on_step=keep if wanted or monitor else None, lr_name="training.lr",
-                                   noise_seed=noise_seed)
+                                   noise_seed=noise_seed, engine="eager")
         except DivergenceError as exc:
             raise DivergenceError(f"training {exc}") from None
         if monitor is not None:

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+# The suite retrains on the eager engine: compiling costs seconds per shape on a cold cache, and most tests
+# retrain tiny ensembles. tests/test_engine.py runs the compiled engine against it (--engine overrides this).
+os.environ.setdefault("INFLANG_ENGINE", "eager")
 
 TINY = """\
 study: tiny

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from inflang.spec import AnyDataset, FileDataset
+from runners import engine as engines
 from runners.data.download import ensure_files
 from runners.device import configure, parse, resolve
 from runners.entry import DepBytes, Done, run
@@ -28,16 +29,17 @@ class InProcess:
 
     capacity = 1
 
-    def __init__(self, memory_budget: int | None, device: str, progress: Callable[[int], None] | None) -> None:
-        self.budget, self.device, self.progress = memory_budget, device, progress
+    def __init__(self, memory_budget: int | None, device: str, progress: Callable[[int], None] | None,
+                 engine: str | None = None) -> None:
+        self.budget, self.device, self.progress, self.engine = memory_budget, device, progress, engine
         self.done: list[Finished] = []
         self.reports_progress = True  # models_retrained is reported while a task runs
 
     def submit(self, key: str, kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes]) -> None:
         start = time.perf_counter()
         try:
-            self.done.append((key, run(kind, inputs, deps, self.budget, self.device, self.progress), None,
-                              time.perf_counter() - start))
+            self.done.append((key, run(kind, inputs, deps, self.budget, self.device, self.progress, self.engine),
+                              None, time.perf_counter() - start))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # any failure of one task: the scheduler records it
@@ -52,9 +54,11 @@ class InProcess:
 
 def open_backend(executor: str, workers: int, threads: int, memory_budget: int | None, device: str,
                  address: str | None, gpus_per_task: float, datasets: Sequence[AnyDataset],
-                 progress: Callable[[int], None] | None = None) -> Any:
+                 progress: Callable[[int], None] | None = None, engine: str | None = None) -> Any:
     """A backend for ``executor`` (local, or ray) with ``workers`` processes, after setting this process up
-    and fetching the datasets' missing files (``download: true``). Its ``device`` is the resolved device."""
+    and fetching the datasets' missing files (``download: true``). Its ``device`` is the resolved device, its
+    ``engine`` the retraining engine (``runners.engine``; None: INFLANG_ENGINE or auto)."""
+    engine = engines.parse(engine) if engine is not None else engines.default()
     torch.set_num_threads(threads)
     if executor == "ray":
         parse(device)  # resolved against the cluster's resources by the backend
@@ -68,18 +72,20 @@ def open_backend(executor: str, workers: int, threads: int, memory_budget: int |
     if executor == "ray":
         from runners.executors.ray import RayBackend
 
-        backend = RayBackend(address, workers, memory_budget, device, gpus_per_task)
+        backend = RayBackend(address, workers, memory_budget, device, gpus_per_task, engine)
     elif workers > 1:
         from runners.executors.pool import ProcessPool
 
-        backend = ProcessPool(workers, threads, memory_budget, device)
+        backend = ProcessPool(workers, threads, memory_budget, device, engine)
     else:
-        backend = InProcess(memory_budget, device, progress)
+        backend = InProcess(memory_budget, device, progress, engine)
     backend.device = getattr(backend, "device", device)
+    backend.engine = engine
     backend.where = "ray" if executor == "ray" else f"local x{workers}"
     return backend
 
 
-def compute_here(memory_budget: int | None, device: str) -> Callable[[str, dict[str, Any], dict[str, DepBytes]], Done]:
+def compute_here(memory_budget: int | None, device: str,
+                 engine: str | None = None) -> Callable[[str, dict[str, Any], dict[str, DepBytes]], Done]:
     """Compute one task in this process (the scheduler rebuilds a missing dependency this way)."""
-    return lambda kind, inputs, deps: run(kind, inputs, deps, memory_budget, device)
+    return lambda kind, inputs, deps: run(kind, inputs, deps, memory_budget, device, engine=engine)

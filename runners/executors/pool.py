@@ -24,24 +24,26 @@ def _initialise(threads: int, device: str) -> None:
 
 
 def run_in_worker(kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes], memory_budget: int | None,
-                  device: str = "cpu") -> Done:
-    return run(kind, inputs, deps, memory_budget, device)
+                  device: str = "cpu", engine: str | None = None) -> Done:
+    return run(kind, inputs, deps, memory_budget, device, engine=engine)
 
 
 class ProcessPool:
     reports_progress = False  # the scheduler counts a retraining task's models when it finishes
 
-    def __init__(self, workers: int, threads: int, memory_budget: int | None, device: str = "cpu") -> None:
+    def __init__(self, workers: int, threads: int, memory_budget: int | None, device: str = "cpu",
+                 engine: str | None = None) -> None:
         self.capacity = workers
         share = None if memory_budget is None else max(1, memory_budget // workers)
         self.budget = share
-        self.device = device
+        self.device, self.engine = device, engine
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                         initializer=_initialise, initargs=(max(1, threads // workers), device))
         self.futures: dict[Future[Done], str] = {}
 
     def submit(self, key: str, kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes]) -> None:
-        self.futures[self.pool.submit(run_in_worker, kind, inputs, deps, self.budget, self.device)] = key
+        self.futures[self.pool.submit(run_in_worker, kind, inputs, deps, self.budget, self.device,
+                                       self.engine)] = key
 
     def wait(self) -> list[tuple[str, Done | None, BaseException | None, float]]:
         done, _ = wait(list(self.futures), return_when=FIRST_COMPLETED)

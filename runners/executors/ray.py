@@ -19,14 +19,14 @@ from runners.executors.pool import run_in_worker
 
 
 def _one_thread(kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes],
-                memory_budget: int | None, device: str) -> Done:
+                memory_budget: int | None, device: str, engine: str | None = None) -> Done:
     import torch
 
     torch.set_num_threads(1)
     if device.startswith("cuda"):
         configure(device)
         device = "cuda:0"  # Ray makes the GPU it assigned the task the only visible one
-    return run_in_worker(kind, inputs, deps, memory_budget, device)
+    return run_in_worker(kind, inputs, deps, memory_budget, device, engine)
 
 
 REACH_SECONDS = 10.0  # how long an --address may take to answer before the run gives up
@@ -53,7 +53,7 @@ class RayBackend:
     reports_progress = False  # the scheduler counts a retraining task's models when it finishes
 
     def __init__(self, address: str | None, workers: int, memory_budget: int | None, device: str = "cpu",
-                 gpus_per_task: float = 1.0) -> None:
+                 gpus_per_task: float = 1.0, engine: str | None = None) -> None:
         import ray
 
         self.ray = ray
@@ -86,9 +86,10 @@ class RayBackend:
         gpus = gpus_per_task if device.startswith("cuda") else 0  # fractions share one GPU among small tasks
         self.remote = ray.remote(num_cpus=1, num_gpus=gpus)(_one_thread)
         self.refs: dict[Any, str] = {}
+        self.engine = engine
 
     def submit(self, key: str, kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes]) -> None:
-        self.refs[self.remote.remote(kind, inputs, deps, self.budget, self.device)] = key
+        self.refs[self.remote.remote(kind, inputs, deps, self.budget, self.device, self.engine)] = key
 
     def wait(self) -> list[tuple[str, Done | None, BaseException | None, float]]:
         ready, _ = self.ray.wait(list(self.refs), num_returns=1)

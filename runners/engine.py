@@ -1,0 +1,94 @@
+"""Which retraining engine computes an ensemble's steps: ``--engine eager | compiled | auto``.
+
+``eager`` runs every operation as its own kernel (``runners.ensemble``); ``compiled`` fuses each step's
+gradient with torch.compile (``runners.compiled``); ``auto`` (the default) compiles where it pays and can
+hold: models without dropout or BatchNorm (the eager engine's per-step random masks and running statistics
+are what make dropout runs repeat and scratch replays match), in ensembles of at least
+``AUTO_MIN_MODEL_STEPS`` models x steps (e.g. 100 models for 1,000 steps), so that compiling, 4-20 s per
+shape and process, is paid back (small models are bound by per-step overhead, not FLOPs, so the count is of
+steps). The choice depends only on the task (model, ensemble size, steps), never on timing, so a rerun
+or resume picks the same engine and computes the same bits. Where compiling fails (no C compiler, an
+operation inductor cannot lower) the step falls back to eager and says so in one line, once per process.
+
+Base training (one model) always runs eager. The engine that retrained each task is reported with its rows
+(``runs.engine`` names those of a run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from inflang.cost import AUTO_MIN_MODEL_STEPS, ENGINES
+from runners.errors import SetupError
+
+_current = os.environ.get("INFLANG_ENGINE", "auto")
+_used: set[str] = set()
+_unavailable: str | None = None  # why compiling failed in this process, once it has
+
+
+class EngineError(SetupError):
+    """An --engine that is not one of ENGINES."""
+
+
+def parse(name: str) -> str:
+    if name not in ENGINES:
+        raise EngineError(f"--engine: '{name}' is not one of {', '.join(ENGINES)}")
+    return name
+
+
+def current() -> str:
+    return _current
+
+
+@contextmanager
+def selected(name: str | None) -> Iterator[set[str]]:
+    """Compute under engine ``name`` (None: the process default, INFLANG_ENGINE or auto); yields the set of
+    engines that trained ensembles inside, filled as they run."""
+    global _current, _used
+    before, used_before = _current, _used
+    _current, _used = (parse(name) if name is not None else _current), set()
+    try:
+        yield _used
+    finally:
+        _current, _used = before, used_before
+
+
+def default() -> str:
+    """The engine a run uses when --engine is not given: INFLANG_ENGINE, else auto."""
+    name = os.environ.get("INFLANG_ENGINE", "auto")
+    if name not in ENGINES:
+        raise EngineError(f"INFLANG_ENGINE: '{name}' is not one of {', '.join(ENGINES)}")
+    return name
+
+
+def fixed_structure(module: nn.Module) -> bool:
+    """No dropout and no buffers (BatchNorm statistics): the step is a pure function of the parameters."""
+    stochastic = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
+    return not stochastic and not any(True for _ in module.buffers())
+
+
+def choose(module: nn.Module, model_steps: int, requested: str | None = None) -> str:
+    """'compiled' or 'eager' for an ensemble of ``module`` trained for ``model_steps`` models x steps."""
+    name = requested or _current
+    if name == "eager" or _unavailable is not None or not fixed_structure(module):
+        return "eager"
+    if name == "compiled":
+        return "compiled"
+    return "compiled" if model_steps >= AUTO_MIN_MODEL_STEPS else "eager"
+
+
+def record(name: str) -> None:
+    _used.add(name)
+
+
+def unavailable(reason: str) -> None:
+    """Compiling failed in this process: say so once, compute eagerly from here on."""
+    global _unavailable
+    if _unavailable is None:
+        _unavailable = reason
+        print(f"inflang: compiled engine unavailable ({reason}); using the eager engine", file=sys.stderr)
