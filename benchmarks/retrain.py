@@ -1,4 +1,5 @@
-"""Ground-truth retraining: a sequential torch.optim loop (as peers retrain) against inflang's batched engine.
+"""Ground-truth retraining: a sequential torch.optim loop (as peers retrain) against inflang's batched engine,
+eager and compiled.
 
 Run: python benchmarks/retrain.py [--json PATH] [--quick] [--full-sequential] [--only-newton] [--only NAME]
 
@@ -6,7 +7,12 @@ Every number is measured in this one run, side by side, on the same data, model,
 The sequential loop's cost is exactly linear in the number of models (each model is its own loop), so by
 default it is timed on a sample of the removals and scaled; --full-sequential times all of them.
 Achieved GFLOP/s counts the linear layers' multiply-adds (forward 2*b*in*out per layer and model, backward
-twice that) against the machine's matmul peak measured here, in the same dtype and thread count.
+twice that) against the machine's matmul peak measured here, in the same dtype and thread count; the FLOP
+floor is those FLOPs at that peak. The compiled engine is timed twice in one process: its first call counts
+the compile (from inductor's on-disk cache where an earlier run left one), the second is the steady state.
+Each row prints its ratio to the floor beside the issue's target, and a profile of the compiled step says
+where the time goes: batched matmuls and convolutions (library calls), the fused kernels inductor wrote
+(elementwise work: activations, losses), and the rest (optimizer update, Python, guards).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from torch import nn
 from inflang.spec import BundledDataset, CnnModel, LogregModel, MlpModel, TrainingSpec
 from runners.batches import batch_order
 from runners.data import load_raw, prepare
-from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
+from runners.ensemble import UpdateRule, multiply_adds, stack, train_ensemble, weighted_cross_entropy
 from runners.models import build
 
 
@@ -59,22 +65,7 @@ def matmul_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> floa
 def linear_flops(module: nn.Module, batch: int, input_shape: tuple[int, ...]) -> int:
     """Multiply-add FLOPs of one training step of one model: forward 2 * (multiply-adds of every Linear and
     Conv2d layer), backward twice that."""
-    total = 0
-
-    def hook(layer: nn.Module, args: Any, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(layer, nn.Linear):
-            total += layer.in_features * layer.out_features
-        elif isinstance(layer, nn.Conv2d):
-            k = layer.kernel_size[0] * layer.kernel_size[1]
-            total += output[0].numel() * layer.in_channels * k // layer.groups
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    with torch.no_grad():
-        module(torch.zeros(1, *input_shape, dtype=next(module.parameters()).dtype))
-    for h in handles:
-        h.remove()
-    return 6 * batch * total
+    return 6 * batch * multiply_adds(module, input_shape)
 
 
 def setup(case: Case, dtype: torch.dtype) -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -117,7 +108,7 @@ def sequential(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x:
 
 
 def batched(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-            removals: int) -> float:
+            removals: int, engine: str = "eager") -> float:
     """Seconds for the engine to retrain ``removals`` removals plus the control, in one ensemble."""
     n = x.shape[0]
     weights = torch.ones(removals + 1, n, dtype=x.dtype)
@@ -126,8 +117,46 @@ def batched(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x: to
     rule = UpdateRule(optimizer=case.optimizer, lr=case.lr, weight_decay=0.001)
     began = time.perf_counter()
     train_ensemble(module, stack(start, removals + 1), x, rule, case.steps, case.batch_size, [0] * (removals + 1),
-                   weighted_cross_entropy(y, weights))
+                   weighted_cross_entropy(y, weights), engine=engine)
     return time.perf_counter() - began
+
+
+MATMUL_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::convolution", "aten::_convolution",
+              "aten::mkldnn_convolution", "aten::convolution_backward", "aten::matmul")
+
+
+def step_profile(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x: torch.Tensor,
+                 y: torch.Tensor, steps: int = 30) -> dict[str, float]:
+    """Where a compiled step's time goes: shares of the profiled self time (the profiler's own overhead
+    inflates the total, so the step's time is taken from the unprofiled run)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    short = Case(**{**case.__dict__, "steps": steps})
+    batched(short, module, start, x, y, case.removals, "compiled")  # compiled already: profile the steady state
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        batched(short, module, start, x, y, case.removals, "compiled")
+    total = matmul = fused = 0.0
+    for event in prof.key_averages():
+        total += event.self_cpu_time_total
+        if event.key in MATMUL_OPS:
+            matmul += event.self_cpu_time_total
+        elif "CompiledFxGraph" in event.key or event.key.startswith("cpp_fused"):
+            fused += event.self_cpu_time_total
+    return {"matmul_share": round(matmul / total, 3),
+            "fused_share": round(fused / total, 3), "other_share": round(1 - (matmul + fused) / total, 3)}
+
+
+# The issue's targets (#19): compiled engine within this many times the matmul FLOP floor (float32, one
+# thread; the float64 CNN within 10x), and at least 2x the eager engine on the Iris MLP.
+TARGETS = {("iris", "float32"): 5.0, ("digits-mlp", "float32"): 3.0, ("digits-cnn", "float32"): 4.0,
+           ("digits-cnn", "float64"): 10.0}
+
+
+def target_of(case: Case, dtype: torch.dtype, threads: int) -> float | None:
+    if threads != 1:
+        return None
+    key = "iris" if case.name.startswith("iris") else ("digits-cnn" if case.arch == "cnn" else "digits-mlp")
+    return TARGETS.get((key, str(dtype).removeprefix("torch.")))
 
 
 def measure(case: Case, dtype: torch.dtype, threads: int, sample: int | None) -> dict[str, Any]:
@@ -141,9 +170,20 @@ def measure(case: Case, dtype: torch.dtype, threads: int, sample: int | None) ->
     batched(warm, module, start, x, y, 4)
     seq = sequential(case, module, start, x, y, timed) * models / timed
     eng = batched(case, module, start, x, y, case.removals)
+    first = batched(case, module, start, x, y, case.removals, "compiled")  # compiles this shape first
+    steady = batched(case, module, start, x, y, case.removals, "compiled")
     flops = linear_flops(module, batch, tuple(x.shape[1:])) * case.steps * models
     peak = matmul_peak(dtype)
+    floor = flops / peak / 1e9
+    target = target_of(case, dtype, threads)
+    profile_row = step_profile(case, module, start, x, y)
     return {
+        "compiled_first_s": round(first, 3), "compiled_s": round(steady, 3), "compile_s": round(first - steady, 3),
+        "compiled_over_eager": round(eng / steady, 2), "compiled_first_over_eager": round(eng / first, 2),
+        "compiled_over_floor": round(steady / floor, 2),
+        "target_over_floor": "-" if target is None else f"{target:g}",
+        "meets_target": "-" if target is None else ("yes" if steady / floor <= target else "no"),
+        "step_ms": round(steady / case.steps * 1000, 3), **profile_row,
         "case": case.name, "dtype": str(dtype).removeprefix("torch."), "threads": threads,
         "models": models, "steps": case.steps, "batch": batch, "n_train": int(x.shape[0]),
         "sequential_s": round(seq, 3), "sequential_models_timed": timed, "engine_s": round(eng, 3),
@@ -304,6 +344,17 @@ def main(argv: list[str] | None = None) -> None:
             "engine_models_per_s", "engine_gflops", "peak_matmul_gflops", "engine_over_floor"]
     print()
     print(table(results, keys))
+    print("\ncompiled engine (first call counts the compile; ratios against the eager engine and the floor)")
+    print(table(results, ["case", "dtype", "threads", "engine_s", "compiled_first_s", "compiled_s", "compile_s",
+                          "compiled_over_eager", "compiled_first_over_eager", "compiled_over_floor",
+                          "target_over_floor", "meets_target"]))
+    print("\nwhere a compiled step goes (shares of its profiled time)")
+    print(table(results, ["case", "dtype", "threads", "step_ms", "matmul_share", "fused_share", "other_share"]))
+    iris = [r for r in results if r["case"].startswith("iris") and r["dtype"] == "float32" and r["threads"] == 1]
+    for r in iris:
+        verdict = "meets" if r["compiled_over_eager"] >= 2 else "misses"
+        print(f"\ncompiled vs eager on the Iris MLP (float32, 1 thread): {r['compiled_over_eager']}x steady, "
+              f"{r['compiled_first_over_eager']}x counting the compile; target 2x: {verdict} it")
     if args.only:
         if args.json:
             with open(args.json, "w") as fh:

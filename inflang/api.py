@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 
 from inflang.plan import Plan, compile_study
+from inflang.pricing import Rates, Workload
 from inflang.scheduler import Events, RunSummary, execute
 from inflang.store import Store, check_db_path
 from inflang.validate import LoadedStudy, load_study
@@ -57,6 +58,28 @@ def execute_plan(compiled: Plan, store: Store, *, memory_budget: int | None = No
     here = backend.device if executor != "ray" else "cpu"  # a missing dependency is rebuilt in this process
     return execute(compiled, store, backend, compute_here(memory_budget, here, backend.engine),
                    retry_failed=retry_failed, events=events, threads=threads)
+
+
+def calibrate(workloads: dict[str, Workload], rates: Rates, device: str = "cpu", threads: int = 1) -> None:
+    """Measure the seconds per model-step of each workload (by its key) on ``device`` with ``threads`` torch
+    threads (``runners.calibrate``) and save them in ``rates``. Raises ``runners.errors.SetupError`` for a
+    device that is not here."""
+    import torch
+
+    from runners.calibrate import seconds_per_model_step
+    from runners.device import configure, resolve
+
+    where = resolve(device)
+    configure(where)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for key, work in workloads.items():
+            seconds, _ = seconds_per_model_step(work.spec, work.models, work.engine, where)
+            rates.put(key, seconds)
+    finally:
+        torch.set_num_threads(before)
+        rates.save()
 
 
 def connect(db: str | Path = "inflang.duckdb", read_only: bool = True) -> duckdb.DuckDBPyConnection:

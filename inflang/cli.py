@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,9 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(path: str) -> LoadedStudy:
+def _load(path: str, require_files: bool = True) -> LoadedStudy:
     try:
-        return load_study(path)
+        return load_study(path, require_files)
     except StudyError as exc:
         raise _fail(str(exc)) from None
 
@@ -99,25 +100,60 @@ def _selected(plan_: Plan, expressions: list[str] | None) -> Plan:
 def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=DB_HELP),
          memory_budget: str = typer.Option(None, "--memory-budget", help=MEMORY_HELP, show_default=False),
          list_tasks: bool = typer.Option(False, "--tasks", help="List every task with its hash and state."),
-         select: list[str] = typer.Option(None, "--select", help=SELECT_HELP, show_default=False)) -> None:
-    """Show the tasks a study compiles into: which are cached, which would run, and their cost."""
-    loaded = _load(study)
+         select: list[str] = typer.Option(None, "--select", help=SELECT_HELP, show_default=False),
+         calibrate: bool = typer.Option(False, "--calibrate", help="Time a few training steps of each distinct "
+                                        "(re)training workload on --device to price the plan; rates are kept "
+                                        "in the cache folder, so later plans price themselves."),
+         device: str = typer.Option("cpu", help="The device the time estimate is for: cpu | cuda | cuda:N."),
+         threads: int = typer.Option(1, min=1, help="torch threads the time estimate is for."),
+         engine: str = typer.Option(None, help="auto | compiled | eager: the retraining engine the estimate is "
+                                    "for (default: INFLANG_ENGINE or auto).", show_default=False)) -> None:
+    """Show the tasks a study compiles into: which are cached, which would run, and their cost (model-steps,
+    FLOPs and, once measured here with --calibrate, time). Data files need not exist yet."""
+    from inflang.pricing import Rates, duration, flops_text, price, unmeasured
+
+    if engine is not None and engine not in ENGINES:
+        raise _fail(f"error: --engine: '{engine}' is not one of {', '.join(ENGINES)}")
+    engine = engine or os.environ.get("INFLANG_ENGINE", "auto")
+    if engine not in ENGINES:
+        raise _fail(f"error: INFLANG_ENGINE: '{engine}' is not one of {', '.join(ENGINES)}")
+    loaded = _load(study, require_files=False)
     compiled = _selected(compile_study(loaded), select)
     budget = _parse_bytes(memory_budget)
     states = _task_states(compiled, db)
+    todo_all = [t for t in compiled.selected_tasks().values() if states.get(t.hash) != "done"]
+    rates = Rates()
+    if calibrate:
+        workloads = unmeasured(compiled, todo_all, budget, engine, device, threads, rates)
+        if workloads:
+            err.print(f"calibrating {len(workloads)} workload(s) on {device}, {threads} thread(s)...")
+            from inflang.api import calibrate as measure
+            from runners.errors import SetupError
+
+            try:
+                measure(workloads, rates, device, threads)
+            except SetupError as exc:
+                raise _fail(f"error: {exc}") from None
+    prices = price(todo_all, budget, engine, device, threads, rates)
     if list_tasks:
-        listing = Table("task", "kind", "state", "depends on", "models", "steps")
+        listing = Table("task", "kind", "state", "depends on", "models", "steps", "FLOPs", "time")
         for t in compiled.selected_tasks().values():
             state = {"done": "cached", "failed": "failed"}.get(states.get(t.hash, ""), "pending")
+            cost = prices.get(t.hash)
             listing.add_row(t.hash, t.kind, state, ", ".join(d[:8] for d in t.deps) or "-",
-                            str(t.models or "-"), f"{t.cost_steps:,}" if t.cost_steps else "-")
+                            str(t.models or "-"), f"{t.cost_steps:,}" if t.cost_steps else "-",
+                            flops_text(t.flops) if t.flops else "-",
+                            duration(cost.seconds) if cost is not None and cost.seconds is not None else "-")
         out.print(listing)
     shown = len(compiled.selected_cells())
     table = Table(title=f"plan for '{loaded.study.study}' ({shown} cells"
                         + (f" of {len(loaded.cells)}, selected)" if shown < len(loaded.cells) else ")"))
-    for col in ("task", "count", "cached", "failed", "to run", "models", "chunks", "steps"):
+    for col in ("task", "count", "cached", "failed", "to run", "models", "chunks", "steps", "FLOPs", "time"):
         table.add_column(col, justify="right" if col != "task" else "left", no_wrap=True)
     total_steps = 0
+    total_flops = 0.0
+    total_seconds = 0.0
+    unpriced = 0
     for kind, tasks in compiled.by_kind().items():
         if not tasks:
             continue
@@ -128,12 +164,48 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
         total_steps += steps
         models = sum(t.models for t in todo)
         chunks = sum(t.chunks(budget) for t in todo)
+        flops = sum(t.flops for t in todo)
+        total_flops += flops
+        priced = [prices[t.hash] for t in todo if t.cost_steps]
+        missing = sum(p.seconds is None for p in priced)
+        unpriced += missing
+        seconds = sum(p.seconds or 0.0 for p in priced)
+        total_seconds += seconds
         table.add_row(kind, str(len(tasks)), str(cached), str(failed), str(len(todo)),
                       f"{models:,}" if models else "-", f"{chunks:,}" if chunks else "-",
-                      f"{steps:,}" if steps else "-")
+                      f"{steps:,}" if steps else "-", flops_text(flops) if flops else "-",
+                      duration(seconds) if priced and not missing else "-")
     out.print(table)
-    out.print(f"to run: {total_steps:,} model-steps of training (one optimizer step of one model each); "
-              "retraining runs its models as batched ensembles, in the chunks shown")
+    out.print(f"to run: {total_steps:,} model-steps of training (one optimizer step of one model each), "
+              f"{flops_text(total_flops)} in matmuls and convolutions; retraining runs its models as batched "
+              "ensembles, in the chunks shown")
+    if not total_steps:
+        return
+    if unpriced:
+        out.print(f"time: {unpriced} (re)training task(s) have no rate measured for {device}, {threads} "
+                  f"thread(s), the {engine} engine; --calibrate measures them here (a few steps each)")
+    else:
+        out.print(f"time: about {duration(total_seconds)} of training and retraining on {device} with {threads} "
+                  f"thread(s) and the {engine} engine, from rates measured on this machine (without compile "
+                  "time, curvature, estimates and metrics)")
+    missing_files = _missing_files(compiled)
+    if missing_files:
+        out.print(f"note: {missing_files}; task hashes cover the files once they are there")
+
+
+def _missing_files(compiled: Plan) -> str | None:
+    """Which data files a plan's study lacks (it can be priced, not run)."""
+    from inflang.datadigest import dataset_files
+    from inflang.spec import FileDataset
+    from inflang.spec.dataset import expected_files
+
+    for cell in compiled.selected_cells():
+        spec = cell.cell.study.dataset
+        if isinstance(spec, FileDataset) and not spec.download:
+            expected, _ = expected_files(spec.name)
+            if len(dataset_files(spec)) < len(expected):
+                return f"the {spec.name} files are not in {spec.root} yet (inflang run needs them)"
+    return None
 
 
 class _RichEvents(Events):

@@ -44,6 +44,15 @@ class Task:
     repeats: int = 1
     probes: int = 0  # resolution probes per repeat
     items: int = 0  # removals, groups or subsets retrained per repeat
+    flops: float = 0.0  # matmul and convolution FLOPs of its training (6 batch multiply_adds per model-step)
+    workload: dict[str, Any] | None = None  # what one of its training steps computes, for pricing (pricing.py)
+
+    def chunk_models(self, budget: int | None = None) -> int:
+        """Models trained at once: the largest ensemble of this task (1 for a train task)."""
+        if not self.models or not self.member_bytes:
+            return 1
+        size = self.chunk or models_per_chunk(self.member_bytes, budget)
+        return max(lo_hi[1] - lo_hi[0] + 1 + lo_hi[2] for lo_hi in chunk_bounds(self.items, size, self.probes))
 
     def chunks(self, budget: int | None = None) -> int:
         """How many ensembles this task trains (each chunk also carries one control model)."""
@@ -166,7 +175,14 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         train_hashed = {**train_inputs, "dataset": _dump(s.dataset, ("download", "mirror", "root"))}
         if digests[data_key] is not None:
             train_hashed["data"] = digests[data_key]
-        train = b.add("train", train_inputs, (), train_steps, 1, hashed=train_hashed)
+        info = s.dataset.info()
+        batch = min(s.training.batch_size or n_train, n_train)
+        step_flops = 6 * batch * s.model.multiply_adds(info)
+        workload = {"model": _dump(s.model), "shape": list(info.shape) if info.shape else None,
+                    "features": info.features, "classes": info.classes, "regression": info.regression,
+                    "dtype": s.training.dtype, "batch": batch}
+        train = b.add("train", train_inputs, (), train_steps, 1, hashed=train_hashed, flops=train_steps * step_flops,
+                      workload={**workload, "steps": train_steps, "engine": "eager"})
         exact_diagnostics = s.hessian is not None and s.hessian.method == "exact"
         kinds = {e.curvature_kind for e in s.estimators if e.curvature_kind} | ({"hessian"} if exact_diagnostics
                                                                                else set())
@@ -182,7 +198,8 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         for est in s.estimators:
             reads = curvature[est.curvature_kind] if est.curvature_kind else None
             replicas = [b.add("train", {**train_inputs, "replica": r}, (), train_steps, 1,
-                              hashed={**train_hashed, "replica": r})
+                              hashed={**train_hashed, "replica": r}, flops=train_steps * step_flops,
+                              workload={**workload, "steps": train_steps, "engine": "eager"})
                         for r in range(1, est.trained_models)]
             ct.replicas += [h for h in replicas if h not in ct.replicas]
             estimate_inputs: dict[str, Any] = {"train": train, "curvature": reads,
@@ -211,12 +228,13 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         retrained = (items + 1 + probes) * gt.repeats
         models = retrained + gt.extra_models(facts)
         retrain_steps = gt.retrain_steps(train_steps)
-        info = s.dataset.info()
         member = member_bytes(s.model.n_params(info), s.model.activations_per_example(info),
                               s.training.batch_size or n_train, ITEMSIZE[s.training.dtype])
         ct.ground_truth = b.add("ground_truth", gt_inputs, gt_deps, retrain_steps * retrained, models,
                                 member_bytes=member, chunk=gt.batch if isinstance(gt.batch, int) else None,
-                                repeats=gt.repeats, probes=probes, items=items)
+                                repeats=gt.repeats, probes=probes, items=items,
+                                flops=retrain_steps * retrained * step_flops,
+                                workload={**workload, "steps": retrain_steps} if retrain_steps else None)
         for label, estimate in ct.estimates.items():
             ct.metrics[label] = b.add("metrics", {"estimate": estimate, "ground_truth": ct.ground_truth,
                                                   "metrics": _dump(s.metrics), "seed": cell.seed},

@@ -179,9 +179,9 @@ def _dotted(path: PathKey) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _validate(data: dict[str, Any], doc: Document, locate: Any) -> Study:
+def _validate(data: dict[str, Any], doc: Document, locate: Any, require_files: bool = True) -> Study:
     try:
-        study = _with_data_files(Study.model_validate(data), doc, locate)
+        study = _with_data_files(Study.model_validate(data), doc, locate, require_files)
     except ValidationError as exc:
         problems: list[Problem] = []
         seen: set[str] = set()
@@ -211,8 +211,9 @@ def _cell_locator(doc: Document, entries: list[SweepEntry]) -> Any:
     return locate
 
 
-def _with_data_files(study: Study, doc: Document, locate: Any) -> Study:
-    """Resolve a file dataset's ``root`` against the study file's folder and check its files are there."""
+def _with_data_files(study: Study, doc: Document, locate: Any, require_files: bool = True) -> Study:
+    """Resolve a file dataset's ``root`` against the study file's folder and check its files are there
+    (unless ``require_files`` is False: ``inflang plan`` prices a study before its files are fetched)."""
     if not isinstance(study.dataset, FileDataset | ImageFolderDataset):
         return study
     root = Path(study.dataset.root)
@@ -228,7 +229,7 @@ def _with_data_files(study: Study, doc: Document, locate: Any) -> Study:
     else:
         files, source = expected_files(study.dataset.name)
         missing = [f for f in files if not any((root / c).is_file() for c in (f, f + ".gz", Path(f).name))]
-        if missing and not study.dataset.download:
+        if missing and not study.dataset.download and require_files:
             raise StudyError.at(where, "dataset.root",
                                 f"{study.dataset.name} files not found in {root}: missing {', '.join(missing)}",
                                 f"obtain them from {source}, or set download: true to fetch them")
@@ -236,7 +237,7 @@ def _with_data_files(study: Study, doc: Document, locate: Any) -> Study:
     return study.model_copy(update={"dataset": dataset})
 
 
-def validate_document(doc: Document) -> LoadedStudy:
+def validate_document(doc: Document, require_files: bool = True) -> LoadedStudy:
     """Validate every cell of the study's sweep (the file itself when it has none), times its repeats.
 
     Only cells have to be valid: the file without its sweep need not be a study of its own, so a sweep can
@@ -264,7 +265,7 @@ def validate_document(doc: Document) -> LoadedStudy:
                                     f"'{entry.path}' does not name a field of the study"))
             continue
         try:
-            cell_study = _validate(data, doc, _cell_locator(doc, entries))
+            cell_study = _validate(data, doc, _cell_locator(doc, entries), require_files)
         except StudyError as exc:
             label = ", ".join(f"{k}={v!r}" for k, v in params.items())
             for p in exc.problems:
@@ -285,7 +286,7 @@ def validate_document(doc: Document) -> LoadedStudy:
         raise StudyError(problems)
     base_data = {k: v for k, v in doc.data.items() if k != "sweep"}
     try:  # the study as written, for its study-level fields; a sweep may be what makes it valid
-        study = _validate(base_data, doc, lambda path, value: doc.position(path, value))
+        study = _validate(base_data, doc, lambda path, value: doc.position(path, value), require_files)
     except StudyError:
         study = valid[0]
     from inflang.claims import claim_problems
@@ -296,6 +297,7 @@ def validate_document(doc: Document) -> LoadedStudy:
     return LoadedStudy(path=doc.file, document=doc, study=study, cells=cells)
 
 
-def load_study(path: str | Path) -> LoadedStudy:
-    """Load, validate and expand a study file; raises StudyError with every problem placed."""
-    return validate_document(load(path))
+def load_study(path: str | Path, require_files: bool = True) -> LoadedStudy:
+    """Load, validate and expand a study file; raises StudyError with every problem placed. With
+    ``require_files=False`` a file dataset's missing files are no error (for pricing; nothing can run)."""
+    return validate_document(load(path), require_files)

@@ -1,8 +1,10 @@
 """``model:`` -- the architecture, discriminated by ``arch``.
 
 A new architecture is one model here (added to ``ModelSpec``) plus one module in ``runners/models``.
-Each model states its parameter count and the layer outputs it keeps per example, from the dataset's
-shape alone, so the compiler can check sizes and cost without building it.
+Each model states its parameter count, the layer outputs it keeps per example and the multiply-adds of one
+example's forward pass through its Linear and Conv2d layers, from the dataset's shape alone, so the compiler
+can check sizes and price a study without building it (a training step of one model on a batch of b costs
+about 6 b multiply_adds FLOPs: 2 forward, 4 backward).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ def _dense(sizes: list[int]) -> tuple[int, int]:
     return params, 2 * sum(sizes[1:])
 
 
+def _dense_macs(sizes: list[int]) -> int:
+    return sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+
 class LogregModel(Spec):
     """Multinomial logistic regression: logits = W x + b (convex with weight decay > 0)."""
 
@@ -33,6 +39,9 @@ class LogregModel(Spec):
 
     def activations_per_example(self, info: DatasetInfo) -> int:
         return _dense([info.features, info.classes])[1]
+
+    def multiply_adds(self, info: DatasetInfo) -> int:
+        return _dense_macs([info.features, info.classes])
 
 
 class MlpModel(Spec):
@@ -53,6 +62,9 @@ class MlpModel(Spec):
 
     def activations_per_example(self, info: DatasetInfo) -> int:
         return _dense(self.sizes(info))[1]
+
+    def multiply_adds(self, info: DatasetInfo) -> int:
+        return _dense_macs(self.sizes(info))
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -89,6 +101,15 @@ class CnnModel(Spec):
     def activations_per_example(self, info: DatasetInfo) -> int:
         return 2 * (sum(c * h * w for c, h, w in self.feature_maps(info)) + info.classes)
 
+    def multiply_adds(self, info: DatasetInfo) -> int:
+        c_in = (info.shape or (1,))[0]
+        total = 0
+        for c_out, h, w in self.feature_maps(info):
+            total += c_out * h * w * c_in * 9
+            c_in = c_out
+        c, h, w = self.feature_maps(info)[-1]
+        return total + c * h * w * info.classes
+
 
 class LenetModel(Spec):
     """LeNet-5 (LeCun et al. 1998): two 5x5 convolutions (6 and 16 channels, padding 2), each followed by an
@@ -111,6 +132,10 @@ class LenetModel(Spec):
     def activations_per_example(self, info: DatasetInfo) -> int:
         _, conv_maps, flat = self._shapes(info)
         return 2 * sum(conv_maps) + _dense([flat, 120, 84, info.classes])[1]
+
+    def multiply_adds(self, info: DatasetInfo) -> int:
+        c, (first, second), flat = self._shapes(info)
+        return first * c * 25 + second * 6 * 25 + _dense_macs([flat, 120, 84, info.classes])
 
 
 
@@ -141,8 +166,9 @@ class VggModel(Spec):
                 for c in VGG_LAYERS[self.depth]]
 
     def _walk(self, info: DatasetInfo) -> tuple[int, int, int]:
+        """(parameters, layer outputs kept per example, multiply-adds per example)."""
         c_in, h, w = info.shape or (1, 1, info.features)
-        params = outputs = 0
+        params = outputs = macs = 0
         for c in self.channels():
             if c == "M":
                 h, w = h // 2, w // 2
@@ -150,15 +176,19 @@ class VggModel(Spec):
             assert isinstance(c, int)
             params += c_in * c * 9 + c + _norm_params(self.norm, c)
             outputs += 2 * c * h * w
+            macs += c_in * c * 9 * h * w
             c_in = c
         params += c_in * h * w * info.classes + info.classes
-        return params, outputs + 2 * info.classes, c_in * h * w
+        return params, outputs + 2 * info.classes, macs + c_in * h * w * info.classes
 
     def n_params(self, info: DatasetInfo) -> int:
         return self._walk(info)[0]
 
     def activations_per_example(self, info: DatasetInfo) -> int:
         return self._walk(info)[1]
+
+    def multiply_adds(self, info: DatasetInfo) -> int:
+        return self._walk(info)[2]
 
 
 RESNET_STAGES: dict[int, tuple[str, list[int], list[int]]] = {
@@ -186,16 +216,18 @@ class ResnetModel(Spec):
         style, blocks, widths = RESNET_STAGES[self.depth]
         return style, blocks, [max(1, int(round(w * self.width_multiplier))) for w in widths]
 
-    def _walk(self, info: DatasetInfo) -> tuple[int, int]:
+    def _walk(self, info: DatasetInfo) -> tuple[int, int, int]:
+        """(parameters, layer outputs kept per example, multiply-adds per example)."""
         style, blocks, widths = self.stages()
         c_in, h, w = info.shape or (1, 1, info.features)
-        params = outputs = 0
+        params = outputs = macs = 0
 
         def conv(cin: int, cout: int, k: int, stride: int) -> None:
-            nonlocal params, outputs, h, w
+            nonlocal params, outputs, macs, h, w
             h, w = (h + stride - 1) // stride, (w + stride - 1) // stride
             params += cin * cout * k * k + _norm_params(self.norm, cout)  # convolutions without bias
             outputs += 2 * cout * h * w
+            macs += cin * cout * k * k * h * w
 
         stem = widths[0]
         if style == "cifar":
@@ -224,13 +256,16 @@ class ResnetModel(Spec):
                     h, w = h1, w1
                 c = out
         params += c * info.classes + info.classes
-        return params, outputs + 2 * info.classes
+        return params, outputs + 2 * info.classes, macs + c * info.classes
 
     def n_params(self, info: DatasetInfo) -> int:
         return self._walk(info)[0]
 
     def activations_per_example(self, info: DatasetInfo) -> int:
         return self._walk(info)[1]
+
+    def multiply_adds(self, info: DatasetInfo) -> int:
+        return self._walk(info)[2]
 
 
 AnyModel = LogregModel | MlpModel | CnnModel | LenetModel | VggModel | ResnetModel

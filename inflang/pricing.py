@@ -1,0 +1,158 @@
+"""Pricing a plan before running it: FLOPs from the model specs, seconds from engine rates measured here.
+
+A training or retraining task trains ``cost_steps`` model-steps, each about 6 b multiply_adds FLOPs (the
+model spec's count for a batch of b; ``inflang.spec.model``). Its time is cost_steps times the seconds one
+model-step takes on this machine, measured by ``inflang plan --calibrate`` (``runners.calibrate``): a few
+steps of the task's own ensemble (its model, batch and dtype, on random data of its shape, with its chunk's
+models up to ``CALIBRATION_MODELS``: per model, a larger ensemble costs about as much or less, so the
+estimate errs long) on the requested device, threads and engine. Measured rates are kept in ``rates.json``
+beside the data digests (``~/.cache/inflang`` or ``INFLANG_CACHE``), keyed by the workload, the device, the
+thread count, the engine, torch's version and this machine's processor, so a plan prices itself from then on
+without running anything.
+Curvature, estimates and metrics are not priced (the retraining is the cost that matters), nor compile time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from inflang.cost import AUTO_MIN_MODEL_STEPS
+from inflang.datadigest import cache_file
+from inflang.plan import Plan, Task
+
+CALIBRATION_MODELS = 32
+
+
+def _processor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _torch_version() -> str:
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One training step to time: a task's ``workload`` with the ensemble size it runs at."""
+
+    spec: dict[str, Any]  # Task.workload: model, shape, features, classes, regression, dtype, batch, steps
+    models: int
+    engine: str  # compiled | eager: what the run would use (auto decided for the task's whole chunk)
+
+    def key(self, device: str, threads: int) -> str:
+        """What a measured rate depends on (not the step count)."""
+        body = {k: v for k, v in self.spec.items() if k != "steps"}
+        return json.dumps({"workload": body, "models": self.models, "engine": self.engine, "device": device,
+                           "threads": threads, "torch": _torch_version(), "processor": _processor()},
+                          sort_keys=True)
+
+
+def rates_file() -> Path:
+    return cache_file().parent / "rates.json"
+
+
+class Rates:
+    """Measured seconds per model-step, by Workload.key; read once, written back when something was added."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or rates_file()
+        try:
+            self.entries: dict[str, float] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+        self.changed = False
+
+    def get(self, key: str) -> float | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, seconds: float) -> None:
+        self.entries[key] = seconds
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+            tmp.replace(self.path)
+        except OSError:
+            pass  # a read-only cache only costs a re-measurement next time
+        self.changed = False
+
+
+def workload_of(task: Task, budget: int | None, engine: str) -> Workload | None:
+    """The step a training or retraining task repeats, at its largest ensemble; None for other tasks."""
+    if task.workload is None or not task.cost_steps:
+        return None
+    requested = task.workload.get("engine", engine)
+    models = min(task.chunk_models(budget), CALIBRATION_MODELS)
+    spec = {k: v for k, v in task.workload.items() if k != "engine"}
+    if requested == "auto":  # auto decides on the whole chunk, not on the calibration's share of it
+        requested = "compiled" if task.chunk_models(budget) * int(spec["steps"]) >= AUTO_MIN_MODEL_STEPS else "eager"
+    return Workload(spec, models, requested)
+
+
+@dataclass
+class Price:
+    """A task's FLOPs and its estimated seconds (None where no rate was measured)."""
+
+    flops: float
+    seconds: float | None
+
+
+def price(tasks: list[Task], budget: int | None, engine: str, device: str, threads: int,
+          rates: Rates) -> dict[str, Price]:
+    out = {}
+    for task in tasks:
+        work = workload_of(task, budget, engine)
+        rate = rates.get(work.key(device, threads)) if work is not None else None
+        out[task.hash] = Price(task.flops, None if rate is None else rate * task.cost_steps)
+    return out
+
+
+def unmeasured(plan: Plan, tasks: list[Task], budget: int | None, engine: str, device: str, threads: int,
+               rates: Rates) -> dict[str, Workload]:
+    """The distinct workloads of ``tasks`` that have no measured rate yet, by key."""
+    missing: dict[str, Workload] = {}
+    for task in tasks:
+        work = workload_of(task, budget, engine)
+        if work is not None:
+            key = work.key(device, threads)
+            if rates.get(key) is None:
+                missing.setdefault(key, work)
+    return missing
+
+
+def duration(seconds: float) -> str:
+    """A time in the unit that reads best: 42 s, 3.5 min, 2.1 h, 4.2 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def flops_text(flops: float) -> str:
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if flops >= scale:
+            return f"{flops / scale:.1f} {unit}"
+    return f"{flops:.0f} FLOP"

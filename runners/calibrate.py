@@ -1,0 +1,57 @@
+"""Measured engine rates for pricing a plan (``inflang.pricing``): seconds per model-step of a task's step.
+
+The task's model is built at its dtype on the requested device, its ensemble (``models`` copies) trained on
+random inputs and labels of its shape and batch size with the engine the run would use: one step first
+(compiling, where the engine compiles, and warming allocations), then ``steps`` timed steps. SGD with a small
+learning rate keeps random data from diverging; the update costs the same for every optimizer to within a
+few [M, P] operations.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from pydantic import TypeAdapter
+
+from inflang.spec import ModelSpec
+from runners import engine as engines
+from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
+from runners.models import build
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, device: str = "cpu",
+                           steps: int = 3) -> tuple[float, str]:
+    """(seconds one model-step takes, the engine that ran it) for ``models`` models trained together on the
+    ``workload`` (``inflang.plan.Task.workload``) for its ``steps`` steps (which decide auto's choice)."""
+    dtype = _DTYPES[workload["dtype"]]
+    shape = tuple(workload["shape"] or (workload["features"],))
+    classes = int(workload["classes"])
+    batch = int(workload["batch"])
+    with torch.device(device):
+        module = build(TypeAdapter(ModelSpec).validate_python(workload["model"]), shape, classes, 0, dtype)
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(batch, *shape, generator=generator, dtype=dtype).to(device)
+        if workload.get("regression"):
+            y = torch.randn(batch, classes, generator=generator, dtype=dtype).to(device)
+        else:
+            y = torch.randint(0, classes, (batch,), generator=generator).to(device)
+        weights = torch.ones(models, batch, dtype=dtype)
+        start = stack({k: v.detach() for k, v in module.named_parameters()}, models)
+        chosen = engines.choose(module, models * int(workload["steps"]), engine)
+        rule = UpdateRule(optimizer="sgd", lr=1e-4, weight_decay=0.0, momentum=0.9)
+
+        def train(count: int) -> float:
+            began = time.perf_counter()
+            train_ensemble(module, {k: v.clone() for k, v in start.items()}, x, rule, count, None,
+                           [0] * models, weighted_cross_entropy(y, weights), engine=chosen)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            return time.perf_counter() - began
+
+        train(1)
+        seconds = train(steps)
+    return seconds / (steps * models), chosen

@@ -1,0 +1,95 @@
+"""Pricing a plan: FLOPs from the specs (against the built modules), measured rates, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import TypeAdapter
+
+from inflang.pricing import Rates, Workload, duration, flops_text
+from inflang.spec import ModelSpec
+from inflang.spec.dataset import BUNDLED, DatasetInfo
+from runners.calibrate import seconds_per_model_step
+from runners.ensemble import multiply_adds
+from runners.models import build
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = DatasetInfo(rows=60000, features=3 * 32 * 32, classes=10, shape=(3, 32, 32))
+MNIST = DatasetInfo(rows=70000, features=784, classes=10, shape=(1, 28, 28))
+
+
+@pytest.mark.parametrize(("model", "info"), [
+    ({"arch": "logreg"}, BUNDLED["iris"]),
+    ({"arch": "mlp", "depth": 3, "width": 7}, BUNDLED["iris"]),
+    ({"arch": "mlp", "depth": 1, "width": 5}, BUNDLED["digits"]),
+    ({"arch": "cnn", "depth": 2, "channels": 8}, BUNDLED["digits"]),
+    ({"arch": "cnn", "depth": 3, "channels": 4}, MNIST),
+    ({"arch": "lenet"}, MNIST),
+    ({"arch": "vgg", "depth": 11, "width_multiplier": 0.125}, CIFAR),
+    ({"arch": "resnet", "depth": 20, "width_multiplier": 0.5, "norm": "none"}, CIFAR),
+    ({"arch": "resnet", "depth": 18, "width_multiplier": 0.125, "norm": "group"}, CIFAR),
+])
+def test_spec_multiply_adds_match_the_built_model(model: dict, info: DatasetInfo):
+    """The analytic count the plan prices with equals the count of the module runners build (hooks on every
+    Linear and Conv2d layer)."""
+    spec = TypeAdapter(ModelSpec).validate_python(model)
+    shape = info.shape or (info.features,)
+    module = build(spec, shape, info.classes, 0, __import__("torch").float32)
+    assert spec.multiply_adds(info) == multiply_adds(module, tuple(shape))
+
+
+def test_rates_are_kept_by_workload_and_machine(tmp_path: Path):
+    spec = {"model": {"arch": "mlp", "depth": 1, "width": 4}, "shape": None, "features": 4, "classes": 3,
+            "regression": False, "dtype": "float64", "batch": 16, "steps": 10}
+    seconds, engine = seconds_per_model_step(spec, 5, "eager", steps=2)
+    assert seconds > 0 and engine == "eager"
+    work = Workload(spec, 5, "eager")
+    rates = Rates(tmp_path / "rates.json")
+    rates.put(work.key("cpu", 1), seconds)
+    rates.save()
+    again = Rates(tmp_path / "rates.json")
+    assert again.get(work.key("cpu", 1)) == seconds
+    assert again.get(work.key("cpu", 2)) is None  # other threads, other rate
+    assert again.get(Workload({**spec, "steps": 99}, 5, "eager").key("cpu", 1)) == seconds  # steps do not matter
+    assert again.get(Workload(spec, 6, "eager").key("cpu", 1)) is None
+    assert json.loads(Workload(spec, 5, "compiled").key("cpu", 1))["engine"] == "compiled"
+
+
+def test_units_read_well():
+    assert [duration(s) for s in (42, 600, 7200, 3 * 86400)] == ["42 s", "10.0 min", "2.0 h", "3.0 days"]
+    assert [flops_text(f) for f in (2e9, 3.5e12, 2.8e15)] == ["2.0 GFLOP", "3.5 TFLOP", "2.8 PFLOP"]
+
+
+def _plan(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "inflang.cli", "plan", *args], capture_output=True, text=True,
+                          env={**__import__("os").environ, "INFLANG_CACHE": str(cache), "COLUMNS": "200"})
+
+
+def test_full_size_study_is_priced_without_its_files(tmp_path: Path):
+    """small_mnist_cnn_full needs MNIST files that are not here: plan still prints its models, FLOPs and,
+    after --calibrate (here on a --select'ed cell, to stay short), a time estimate."""
+    study = str(ROOT / "studies" / "paper" / "small_mnist_cnn_full.yaml")
+    db = str(tmp_path / "x.duckdb")
+    first = _plan(study, "--db", db, cache=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "PFLOP" in first.stdout and "--calibrate measures them" in first.stdout
+    assert "the small_mnist files are not in" in first.stdout
+    cell = ["--select", "training.weight_decay=0.001", "--select", "ground_truth.removals.select=top_k"]
+    priced = _plan(study, "--db", db, "--calibrate", "--engine", "eager", *cell, cache=tmp_path)
+    assert priced.returncode == 0, priced.stderr
+    assert "calibrating" in priced.stderr
+    line = next(ln for ln in priced.stdout.splitlines() if ln.startswith("time: about"))
+    assert "on cpu with 1 thread(s) and the eager engine" in line
+    assert (tmp_path / "rates.json").is_file()
+    again = _plan(study, "--db", db, "--engine", "eager", *cell, cache=tmp_path)  # priced from the cache
+    assert "calibrating" not in again.stderr and "time: about" in again.stdout
+    assert not Path(db).exists()  # plan writes no database
+
+
+def test_plan_rejects_a_bad_engine(tmp_path: Path):
+    done = _plan(str(ROOT / "studies" / "quickstart.yaml"), "--engine", "fast", cache=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip() == "error: --engine: 'fast' is not one of auto, compiled, eager"
