@@ -94,22 +94,37 @@ class BundledDataset(DatasetBase):
 
 class SyntheticDataset(DatasetBase):
     """Seeded generated data (scikit-learn's generators): classification, or ``kind: regression`` (real-valued
-    targets, trained with the squared-error loss)."""
+    targets, trained with the squared-error loss), or ``kind: images`` (CIFAR-sized images of smooth class
+    templates, shifted and scaled per image, plus pixel noise: for image architectures without a download)."""
 
     name: Literal["synthetic"]
-    kind: Literal["blobs", "moons", "linear", "regression"] = Field(
+    kind: Literal["blobs", "moons", "linear", "regression", "images"] = Field(
         "blobs", description="blobs (Gaussian clusters) | moons (two interleaved half circles) | linear "
-        "(linearly separable classes) | regression (a random linear model plus Gaussian noise)")
+        "(linearly separable classes) | regression (a random linear model plus Gaussian noise) | images "
+        "(image_shape images: a smooth random template per class, shifted by up to 1/8 of the side and "
+        "scaled per image, plus Gaussian pixel noise)")
     samples: int = Field(200, ge=4, le=1_000_000, description="rows generated")
     features: int = Field(2, ge=1, le=10_000, description="features (moons: 2)")
     classes: int = Field(2, ge=2, le=100, description="classes (moons: 2; not used by regression)")
     targets: int = Field(1, ge=1, le=100, description="regression: real-valued targets per row")
     noise: float = Field(0.1, ge=0, description="blobs: cluster spread; moons: Gaussian noise; linear: label "
-                         "flips; regression: standard deviation of the targets' noise")
+                         "flips; regression: standard deviation of the targets' noise; images: standard deviation "
+                         "of the pixel noise (the templates have unit standard deviation)")
+    image_shape: tuple[int, int, int] = Field((3, 32, 32), description="images: (channels, height, width)")
+
+    @field_validator("image_shape")
+    @classmethod
+    def _positive_shape(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(value) < 1 or value[1] > 512 or value[2] > 512 or value[0] > 16:
+            raise ValueError(f"must be (channels <= 16, height <= 512, width <= 512), all >= 1, got {list(value)}")
+        return value
 
     def info(self) -> DatasetInfo:
         if self.kind == "regression":
             return DatasetInfo(rows=self.samples, features=self.features, classes=self.targets, regression=True)
+        if self.kind == "images":
+            c, h, w = self.image_shape
+            return DatasetInfo(rows=self.samples, features=c * h * w, classes=self.classes, shape=(c, h, w))
         features = 2 if self.kind == "moons" else self.features
         classes = 2 if self.kind == "moons" else self.classes
         return DatasetInfo(rows=self.samples, features=features, classes=classes)
