@@ -157,3 +157,26 @@ def test_unknown_parameter_names_are_reported():
     assert selected_parameters(["0.bias"], module) == ["0.bias"]
     with pytest.raises(TaskFailure, match="no parameter named 9.weight; this model has 0.weight, 0.bias"):
         selected_parameters(["9.weight"], module)
+
+
+def test_hessian_vector_products_with_group_norm():
+    """GroupNorm's double backward has no batching rule: the products fall back to one vector at a time and
+    equal the per-vector autograd products (the CIFAR study's ResNet failed here before)."""
+    from inflang.spec import ResnetModel
+    from runners.estimators.common import hessian_vector_products
+    from runners.models import build
+    from runners.objective import FlatModel
+
+    module = build(ResnetModel(arch="resnet", depth=20, width_multiplier=0.25, norm="group"), (3, 8, 8), 3, 0,
+                   torch.float64)
+    flat = FlatModel(module, dict(module.named_parameters()))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 8, 8, generator=gen, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    vectors = torch.randn(3, flat.theta.numel(), generator=gen, dtype=torch.float64)
+    products = hessian_vector_products(flat, x, y, 0.01, vectors)
+    theta = flat.theta.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(flat.objective(theta, x, y, 0.01, 0.0), theta, create_graph=True)
+    for k in range(3):
+        (expected,) = torch.autograd.grad(g, theta, grad_outputs=vectors[k], retain_graph=True)
+        assert torch.allclose(products[k], expected, rtol=1e-10, atol=1e-12)

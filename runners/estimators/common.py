@@ -176,5 +176,8 @@ def hessian_vector_products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay:
     loss = flat.objective(theta, xb, yb, weight_decay, smoothing)
     (g,) = torch.autograd.grad(loss, theta, create_graph=True)
     v = vectors.to(theta.dtype)
-    (hv,) = torch.autograd.grad(g, theta, grad_outputs=v, is_grads_batched=True)
+    try:
+        (hv,) = torch.autograd.grad(g, theta, grad_outputs=v, is_grads_batched=True, retain_graph=True)
+    except RuntimeError:  # some double backwards (GroupNorm's) have no batching rule: one vector at a time
+        hv = torch.stack([torch.autograd.grad(g, theta, grad_outputs=row, retain_graph=True)[0] for row in v])
     return hv.to(vectors.dtype)
