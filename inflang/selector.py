@@ -52,6 +52,21 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
+def _terms(text: str) -> list[str]:
+    """The comma-separated conditions of an expression; commas inside [...] or {...} (a YAML flow value such
+    as model={arch: vgg, depth: 11}) belong to the value."""
+    terms, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            terms.append(text[start:i])
+            start = i + 1
+    return [*terms, text[start:]]
+
+
 def matching(expression: str, cells: Sequence[tuple[str, Params]]) -> set[str]:
     """The ids of the cells (id, swept values) an expression selects; raises UsageError if none."""
     text = expression.strip()
@@ -65,7 +80,7 @@ def matching(expression: str, cells: Sequence[tuple[str, Params]]) -> set[str]:
                              f"axes: {_describe(axes)}")
         return chosen
     conditions: list[tuple[str, Any]] = []
-    for term in text.split(","):
+    for term in _terms(text):
         if "=" not in term:
             raise UsageError(f"--select '{text}': '{term.strip()}' is not path=value")
         path, _, raw = term.partition("=")

@@ -217,3 +217,16 @@ def test_the_report_says_which_scatter_plots_it_draws(write, tmp_path: Path, mon
     assert result.exit_code == 0, result.output
     html = (tmp_path / "r" / "report.html").read_text()
     assert "first 1 of 2 cells" in html and "--select" in html and "selected test point" in html
+
+
+def test_select_takes_a_mapping_value_with_commas():
+    """A swept model is a mapping: model={arch: vgg, depth: 11} selects it (the commas inside the braces belong
+    to the value), and it combines with another condition."""
+    from inflang.selector import matching
+
+    cells = [("a1", {"model": {"arch": "cnn", "depth": 2}, "seed": 1}),
+             ("b2", {"model": {"arch": "vgg", "depth": 11}, "seed": 1}),
+             ("c3", {"model": {"arch": "vgg", "depth": 11}, "seed": 2})]
+    assert matching("model={arch: vgg, depth: 11}", cells) == {"b2", "c3"}
+    assert matching("model={depth: 11, arch: vgg},seed=2", cells) == {"c3"}
+    assert matching("model={arch: cnn, depth: 2}", cells) == {"a1"}
