@@ -4,12 +4,12 @@ A training or retraining task trains ``cost_steps`` model-steps, each about 6 b 
 model spec's count for a batch of b; ``inflang.spec.model``). Its time is cost_steps times the seconds one
 model-step takes on this machine, measured by ``inflang plan --calibrate`` (``runners.calibrate``): a few
 steps of the task's own ensemble (its model, batch and dtype, on random data of its shape, with its chunk's
-models up to ``CALIBRATION_MODELS``: per model, a larger ensemble costs about as much or less, so the
-estimate errs long) on the requested device, threads and engine. Measured rates are kept in ``rates.json``
-beside the data digests (``~/.cache/inflang`` or ``INFLANG_CACHE``), keyed by the workload, the device, the
-thread count, the engine, torch's version and this machine's processor, so a plan prices itself from then on
-without running anything.
-Curvature, estimates and metrics are not priced (the retraining is the cost that matters), nor compile time.
+models up to ``CALIBRATION_MODELS`` and ``CALIBRATION_FLOPS`` per step: per model, a larger ensemble costs
+about as much or less, so the estimate errs long) on the requested device, threads and engine. Measured
+rates are kept in ``rates.json`` beside the data digests (``~/.cache/inflang`` or ``INFLANG_CACHE``), keyed
+by the workload, the device, the thread count, the engine, torch's version and this machine's processor, so
+a plan prices itself from then on without running anything. Curvature, estimates and metrics are not priced
+(the retraining is the cost that matters), nor compile time.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from inflang.datadigest import cache_file
 from inflang.plan import Plan, Task
 
 CALIBRATION_MODELS = 32
+CALIBRATION_FLOPS = 5e10  # per calibration step: a VGG-13 step on a batch of 128 CIFAR images times one model
 
 
 def _processor() -> str:
@@ -102,7 +103,8 @@ def workload_of(task: Task, budget: int | None, engine: str) -> Workload | None:
     if task.workload is None or not task.cost_steps:
         return None
     requested = task.workload.get("engine", engine)
-    models = min(task.chunk_models(budget), CALIBRATION_MODELS)
+    step_flops = task.flops / task.cost_steps  # one model-step
+    models = max(1, min(task.chunk_models(budget), CALIBRATION_MODELS, int(CALIBRATION_FLOPS // max(step_flops, 1))))
     spec = {k: v for k, v in task.workload.items() if k != "engine"}
     if requested == "auto":  # auto decides on the whole chunk, not on the calibration's share of it
         requested = "compiled" if task.chunk_models(budget) * int(spec["steps"]) >= AUTO_MIN_MODEL_STEPS else "eager"

@@ -17,16 +17,17 @@ from pydantic import TypeAdapter
 
 from inflang.spec import ModelSpec
 from runners import engine as engines
-from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
+from runners.ensemble import UpdateRule, multiply_adds, stack, train_ensemble, weighted_cross_entropy
 from runners.models import build
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, device: str = "cpu",
-                           steps: int = 3) -> tuple[float, str]:
+                           steps: int | None = None) -> tuple[float, str]:
     """(seconds one model-step takes, the engine that ran it) for ``models`` models trained together on the
-    ``workload`` (``inflang.plan.Task.workload``) for its ``steps`` steps (which decide auto's choice)."""
+    ``workload`` (``inflang.plan.Task.workload``) for ``steps`` timed steps (default: 3, or 1 when one step
+    of the ensemble costs more than 1e10 FLOPs)."""
     dtype = _DTYPES[workload["dtype"]]
     shape = tuple(workload["shape"] or (workload["features"],))
     classes = int(workload["classes"])
@@ -42,6 +43,8 @@ def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, d
         weights = torch.ones(models, batch, dtype=dtype)
         start = stack({k: v.detach() for k, v in module.named_parameters()}, models)
         chosen = engines.choose(module, models * int(workload["steps"]), engine)
+        if steps is None:
+            steps = 1 if 6 * batch * multiply_adds(module, shape) * models > 1e10 else 3
         rule = UpdateRule(optimizer="sgd", lr=1e-4, weight_decay=0.0, momentum=0.9)
 
         def train(count: int) -> float:
