@@ -383,6 +383,7 @@ def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim,
         others = {p: v for p, v in params.items() if p != axis}
         groups.setdefault(json.dumps(others, sort_keys=True), []).append(i)
     estimates, replicates = [], []
+    involved: set[int] = set()  # the cells the statistic rests on (their seeds and test points are counted)
     # the rank of an axis value is its place among all the axis's values (0, 1, 2, ...), in numeric order
     levels = sorted({float(json.loads(k)[axis]) for k in keys if _numeric(json.loads(k).get(axis))})
     for members in groups.values():
@@ -393,6 +394,7 @@ def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim,
             ranks = np.array([levels.index(float(v)) for v in values], dtype=float)
             estimates.append(float(_slope(ranks, np.array([point_estimates[i] for i in members]))))
             replicates.append(_slope(ranks, joint[members].T))
+            involved.update(members)
         else:
             assert claim.contrast is not None
             better = [i for i, v in zip(members, values, strict=True) if _same(v, claim.contrast.better)]
@@ -401,10 +403,12 @@ def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim,
                 continue
             estimates.append(point_estimates[better[0]] - point_estimates[than[0]])
             replicates.append(joint[better[0]] - joint[than[0]])
+            involved.update((better[0], than[0]))
     if not estimates:
         return unevaluable(f"no finished cells to compare along {axis}")
     return _finish(con, study, claim, form, statistic, float(np.mean(estimates)),
-                   np.nanmean(np.stack(replicates), axis=0), used, keys)
+                   np.nanmean(np.stack(replicates), axis=0), [used[i] for i in sorted(involved)],
+                   [keys[i] for i in sorted(involved)])
 
 
 def _finish(con: duckdb.DuckDBPyConnection, study: str, claim: Claim, form: str, statistic: str, estimate: float,

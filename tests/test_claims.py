@@ -77,6 +77,9 @@ def test_each_form_is_supported_contradicted_or_unresolved_where_it_should_be(tm
     result = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
                                                    trend=down), count=400)
     assert result.estimate == pytest.approx(-0.2, abs=0.03) and result.seeds == 4 and result.test_points == 96
+    pair = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
+                                                 contrast={"axis": d, "better": 1, "than": 3}), count=100)
+    assert pair.test_points == 64  # the two compared cells' 4 seeds x 8 points, not the third cell's
     missing = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
                                                     at_least=0.5, where={d: 7}), count=100)
     assert missing.verdict == "not evaluable"
