@@ -141,8 +141,9 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
             state = {"done": "cached", "failed": "failed"}.get(states.get(t.hash, ""), "pending")
             cost = prices.get(t.hash)
             listing.add_row(t.hash, t.kind, state, ", ".join(d[:8] for d in t.deps) or "-",
-                            str(t.models or "-"), f"{t.cost_steps:,}" if t.cost_steps else "-",
-                            flops_text(t.flops) if t.flops else "-",
+                            str(t.trained_models(budget) or "-"),
+                            f"{t.model_steps(budget):,}" if t.cost_steps else "-",
+                            flops_text(t.model_flops(budget)) if t.flops else "-",
                             duration(cost.seconds) if cost is not None and cost.seconds is not None else "-")
         out.print(listing)
     shown = len(compiled.selected_cells())
@@ -160,11 +161,11 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
         cached = sum(states.get(t.hash) == "done" for t in tasks)
         failed = sum(states.get(t.hash) == "failed" for t in tasks)
         todo = [t for t in tasks if states.get(t.hash) != "done"]
-        steps = sum(t.cost_steps for t in todo)
+        steps = sum(t.model_steps(budget) for t in todo)
         total_steps += steps
-        models = sum(t.models for t in todo)
+        models = sum(t.trained_models(budget) for t in todo)
         chunks = sum(t.chunks(budget) for t in todo)
-        flops = sum(t.flops for t in todo)
+        flops = sum(t.model_flops(budget) for t in todo)
         total_flops += flops
         priced = [prices[t.hash] for t in todo if t.cost_steps]
         missing = sum(p.seconds is None for p in priced)

@@ -54,6 +54,29 @@ class Task:
         size = self.chunk or models_per_chunk(self.member_bytes, budget)
         return max(lo_hi[1] - lo_hi[0] + 1 + lo_hi[2] for lo_hi in chunk_bounds(self.items, size, self.probes))
 
+    def model_steps(self, budget: int | None = None) -> int:
+        """Model-steps it trains under ``budget``: ``cost_steps`` counts one control per repeat, but every
+        ensemble chunk carries a control of its own, so a task split into k chunks per repeat trains k - 1
+        more controls per repeat than that."""
+        per_repeat = self.items + 1 + self.probes
+        if not self.cost_steps or not self.models or not self.member_bytes or not per_repeat:
+            return self.cost_steps
+        size = self.chunk or models_per_chunk(self.member_bytes, budget)
+        trained = sum(hi - lo + 1 + p for lo, hi, p in chunk_bounds(self.items, size, self.probes))
+        return self.cost_steps // per_repeat * trained
+
+    def trained_models(self, budget: int | None = None) -> int:
+        """Models it trains under ``budget``, a control per chunk counted (see ``model_steps``)."""
+        per_repeat = self.items + 1 + self.probes
+        if not self.cost_steps or not self.models or not self.member_bytes or not per_repeat:
+            return self.models
+        steps = self.cost_steps // (per_repeat * self.repeats)  # of one retrained model
+        return self.models + (self.model_steps(budget) - self.cost_steps) // max(steps, 1)
+
+    def model_flops(self, budget: int | None = None) -> float:
+        """FLOPs of the model-steps it trains under ``budget``."""
+        return self.flops * self.model_steps(budget) / self.cost_steps if self.cost_steps else self.flops
+
     def chunks(self, budget: int | None = None) -> int:
         """How many ensembles this task trains (each chunk also carries one control model)."""
         if not self.models or not self.member_bytes:

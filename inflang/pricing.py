@@ -1,15 +1,18 @@
 """Pricing a plan before running it: FLOPs from the model specs, seconds from engine rates measured here.
 
-A training or retraining task trains ``cost_steps`` model-steps, each about 6 b multiply_adds FLOPs (the
-model spec's count for a batch of b; ``inflang.spec.model``). Its time is cost_steps times the seconds one
-model-step takes on this machine, measured by ``inflang plan --calibrate`` (``runners.calibrate``): a few
-steps of the task's own ensemble (its model, batch and dtype, on random data of its shape, with its chunk's
-models up to ``CALIBRATION_MODELS`` and ``CALIBRATION_FLOPS`` per step: per model, a larger ensemble costs
-about as much or less, so the estimate errs long) on the requested device, threads and engine. Measured
-rates are kept in ``rates.json`` beside the data digests (``~/.cache/inflang`` or ``INFLANG_CACHE``), keyed
-by the workload, the device, the thread count, the engine, torch's version and this machine's processor, so
-a plan prices itself from then on without running anything. Curvature, estimates and metrics are not priced
-(the retraining is the cost that matters), nor compile time.
+A training or retraining task trains ``Task.model_steps(budget)`` model-steps (every ensemble chunk with a
+control of its own), each about 6 b multiply_adds FLOPs (the model spec's count for a batch of b;
+``inflang.spec.model``). Its time is that count times the seconds one model-step takes on this machine,
+measured by ``inflang plan --calibrate`` (``runners.calibrate``): a few steps of the task's own ensemble (its
+model, batch and dtype, on random data of its shape, with its chunk's models up to ``CALIBRATION_MODELS`` and
+``CALIBRATION_FLOPS`` per step) on the requested device, threads and engine. Measured rates are kept in
+``rates.json`` beside the data digests (``~/.cache/inflang`` or ``INFLANG_CACHE``), keyed by the workload,
+the device (and for CUDA the GPU's model), the thread count, the engine, torch's version and this machine's
+processor, so a plan prices itself from then on without running anything.
+
+How far to trust it: curvature, estimates, metrics and compile time are left out (the estimate errs short by
+them; retraining is the cost that matters); where a chunk holds more models than the calibration trained
+together, a model-step costs about as much or less in the larger ensemble (the estimate errs long).
 """
 
 from __future__ import annotations
@@ -22,15 +25,30 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from inflang.cost import AUTO_MIN_MODEL_STEPS
+from pydantic import TypeAdapter
+
+from inflang.cost import auto_compiles
 from inflang.datadigest import cache_file
 from inflang.plan import Plan, Task
+from inflang.spec import ModelSpec
 
 CALIBRATION_MODELS = 32
-CALIBRATION_FLOPS = 5e10  # per calibration step: a VGG-13 step on a batch of 128 CIFAR images times one model
+_MODELS: TypeAdapter[Any] = TypeAdapter(ModelSpec)
+CALIBRATION_FLOPS = 5e10  # per calibration step (all its models): about a second of a large CNN's step here
 
 
-def _processor() -> str:
+def _processor(device: str = "cpu") -> str:
+    """The CPU's model name, or for a CUDA device the GPU's (read from the NVIDIA driver; no torch here)."""
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        boards = sorted(Path("/proc/driver/nvidia/gpus").glob("*/information"))
+        try:
+            for line in boards[index].read_text().splitlines():
+                if line.startswith("Model:"):
+                    return line.split(":", 1)[1].strip()
+        except (OSError, IndexError):
+            pass
+        return "an unnamed CUDA device"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -59,7 +77,7 @@ class Workload:
         """What a measured rate depends on (not the step count)."""
         body = {k: v for k, v in self.spec.items() if k != "steps"}
         return json.dumps({"workload": body, "models": self.models, "engine": self.engine, "device": device,
-                           "threads": threads, "torch": _torch_version(), "processor": _processor()},
+                           "threads": threads, "torch": _torch_version(), "processor": _processor(device)},
                           sort_keys=True)
 
 
@@ -107,7 +125,9 @@ def workload_of(task: Task, budget: int | None, engine: str) -> Workload | None:
     models = max(1, min(task.chunk_models(budget), CALIBRATION_MODELS, int(CALIBRATION_FLOPS // max(step_flops, 1))))
     spec = {k: v for k, v in task.workload.items() if k != "engine"}
     if requested == "auto":  # auto decides on the whole chunk, not on the calibration's share of it
-        requested = "compiled" if task.chunk_models(budget) * int(spec["steps"]) >= AUTO_MIN_MODEL_STEPS else "eager"
+        model = _MODELS.validate_python(spec["model"])
+        compiles = auto_compiles(task.chunk_models(budget) * int(spec["steps"]), model.convolutional, spec["dtype"])
+        requested = "compiled" if compiles else "eager"
     return Workload(spec, models, requested)
 
 
@@ -125,7 +145,7 @@ def price(tasks: list[Task], budget: int | None, engine: str, device: str, threa
     for task in tasks:
         work = workload_of(task, budget, engine)
         rate = rates.get(work.key(device, threads)) if work is not None else None
-        out[task.hash] = Price(task.flops, None if rate is None else rate * task.cost_steps)
+        out[task.hash] = Price(task.model_flops(budget), None if rate is None else rate * task.model_steps(budget))
     return out
 
 

@@ -32,14 +32,15 @@ def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, d
     shape = tuple(workload["shape"] or (workload["features"],))
     classes = int(workload["classes"])
     batch = int(workload["batch"])
+    # model and data are made on the CPU (a CPU generator cannot fill a CUDA tensor) and then moved
+    module = build(TypeAdapter(ModelSpec).validate_python(workload["model"]), shape, classes, 0, dtype).to(device)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, *shape, generator=generator, dtype=dtype, device="cpu").to(device)
+    if workload.get("regression"):
+        y = torch.randn(batch, classes, generator=generator, dtype=dtype, device="cpu").to(device)
+    else:
+        y = torch.randint(0, classes, (batch,), generator=generator, device="cpu").to(device)
     with torch.device(device):
-        module = build(TypeAdapter(ModelSpec).validate_python(workload["model"]), shape, classes, 0, dtype)
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        x = torch.randn(batch, *shape, generator=generator, dtype=dtype).to(device)
-        if workload.get("regression"):
-            y = torch.randn(batch, classes, generator=generator, dtype=dtype).to(device)
-        else:
-            y = torch.randint(0, classes, (batch,), generator=generator).to(device)
         weights = torch.ones(models, batch, dtype=dtype)
         start = stack({k: v.detach() for k, v in module.named_parameters()}, models)
         chosen = engines.choose(module, models * int(workload["steps"]), engine)

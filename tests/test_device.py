@@ -78,3 +78,12 @@ def test_a_study_on_the_gpu_repeats_and_agrees_with_the_cpu(write, tmp_path: Pat
         assert g[:3] == c[:3]
         assert abs(g[3] - c[3]) <= 1e-6 * scale  # same initialisation and draws; rounding differs
     assert rows(dbs["gpu1"], "SELECT device FROM runs") == [("cuda:0",)]
+
+
+@GPU
+def test_plan_calibrates_on_the_gpu(write, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("INFLANG_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["plan", str(write("s.yaml", STUDY)), "--db", str(tmp_path / "d.duckdb"),
+                                 "--calibrate", "--device", "cuda"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output

@@ -93,3 +93,21 @@ def test_full_size_study_is_priced_without_its_files(tmp_path: Path):
 def test_plan_rejects_a_bad_engine(tmp_path: Path):
     done = _plan(str(ROOT / "studies" / "quickstart.yaml"), "--engine", "fast", cache=tmp_path)
     assert done.returncode == 2 and done.stderr.strip() == "error: --engine: 'fast' is not one of auto, compiled, eager"
+
+
+def test_every_ensemble_chunk_is_priced_with_its_own_control():
+    """A retraining task split into chunks trains one control per chunk, not one per repeat: 5 removals in
+    ensembles of 3 are chunks (2 removals + control) x 2 and (1 + control), 8 models per repeat, not 6."""
+    from inflang.plan import Task
+
+    task = Task("ground_truth", "h", {}, (), cost_steps=10 * 6 * 2, models=12, member_bytes=100, chunk=3,
+                repeats=2, items=5, flops=1200.0)
+    assert task.model_steps() == 10 * 8 * 2 and task.trained_models() == 16 and task.model_flops() == 1600.0
+    probed = Task("ground_truth", "h", {}, (), cost_steps=10 * 10, models=10, member_bytes=100, chunk=3,
+                  repeats=1, probes=4, items=5, flops=100.0)
+    assert probed.model_steps() == 10 * (5 + 3 + 3 + 2)  # the probes' own ensemble, then the removals'
+    whole = Task("ground_truth", "h", {}, (), cost_steps=10 * 6, models=6, member_bytes=100, chunk=None,
+                 repeats=1, items=5, flops=60.0)
+    assert whole.model_steps() == whole.cost_steps and whole.trained_models() == 6  # one chunk: as counted
+    train = Task("train", "t", {}, (), cost_steps=500, models=1)
+    assert train.model_steps() == 500 and train.model_flops() == 0.0
