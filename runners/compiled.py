@@ -52,6 +52,11 @@ def _step_gradient(flat: Tensor, xb: Tensor, batch: Tensor | None, per_model: bo
 _compiled: Callable[..., tuple[Tensor, Tensor]] | None = None
 
 
+def _summary(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
 def _configure() -> Callable[..., tuple[Tensor, Tensor]]:
     global _compiled
     if _compiled is None:
@@ -68,7 +73,10 @@ def compiled_gradient(module: nn.Module, layout: object, data_term: Callable[...
                       proximity: float, centre: Tensor | None) -> Gradient:
     """The step's (data terms [M], gradient [M, P]) as a compiled function of (flat, inputs, batch, per_model).
     The first call compiles (or loads from inductor's cache); a failure there raises ``CompileUnavailable``."""
-    step = _configure()
+    try:
+        step = _configure()
+    except Exception as exc:  # an older torch without these settings, a Python torch.compile does not support
+        raise CompileUnavailable(_summary(exc)) from exc
     compiled_once: set[tuple[object, ...]] = set()
 
     def gradient(flat: Tensor, xb: Tensor, batch: Tensor | None, per_model: bool) -> tuple[Tensor, Tensor]:
@@ -77,9 +85,10 @@ def compiled_gradient(module: nn.Module, layout: object, data_term: Callable[...
             return step(flat, xb, batch, per_model, module, layout, data_term, weight_decay, proximity, centre)
         try:
             out = step(flat, xb, batch, per_model, module, layout, data_term, weight_decay, proximity, centre)
+        except torch.OutOfMemoryError:
+            raise  # not the compiler's failure: the eager engine would run out of memory too
         except Exception as exc:  # inductor raises many types: no compiler, unsupported op, C++ build error
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CompileUnavailable(f"{type(exc).__name__}: {first[:200]}") from exc
+            raise CompileUnavailable(_summary(exc)) from exc
         compiled_once.add(key)
         return out
 

@@ -3,12 +3,14 @@
 ``eager`` runs every operation as its own kernel (``runners.ensemble``); ``compiled`` fuses each step's
 gradient with torch.compile (``runners.compiled``); ``auto`` (the default) compiles where it pays and can
 hold: models without dropout or BatchNorm (the eager engine's per-step random masks and running statistics
-are what make dropout runs repeat and scratch replays match), in ensembles of at least
-``AUTO_MIN_MODEL_STEPS`` models x steps (e.g. 100 models for 1,000 steps), so that compiling, 4-20 s per
-shape and process, is paid back (small models are bound by per-step overhead, not FLOPs, so the count is of
-steps). The choice depends only on the task (model, ensemble size, steps), never on timing, so a rerun
-or resume picks the same engine and computes the same bits. Where compiling fails (no C compiler, an
-operation inductor cannot lower) the step falls back to eager and says so in one line, once per process.
+are what make dropout runs repeat and scratch replays match), without convolutions unless in float64 (where
+measured faster; ``inflang.cost.auto_compiles``), in ensembles of at least ``AUTO_MIN_MODEL_STEPS`` models x
+steps (e.g. 100 models for 1,000 steps), so that compiling, 2-30 s per shape and process, is paid back
+(small models are bound by per-step overhead, not FLOPs, so the count is of steps). The choice depends
+only on the task and the memory budget (model, dtype, ensemble size, steps; the default budget is fixed),
+never on timing, so a rerun or resume with the same budget picks the same engine and computes the same bits.
+Every graph a task needs is compiled before its first step; where compiling fails (no C compiler, an
+operation inductor cannot lower) the task runs eagerly from the start and one line says so, once per process.
 
 Base training (one model) always runs eager. The engine that retrained each task is reported with its rows
 (``runs.engine`` names those of a run).
@@ -23,7 +25,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from inflang.cost import AUTO_MIN_MODEL_STEPS, ENGINES
+from inflang.cost import ENGINES, auto_compiles
 from runners.errors import SetupError
 
 _current = os.environ.get("INFLANG_ENGINE", "auto")
@@ -79,7 +81,9 @@ def choose(module: nn.Module, model_steps: int, requested: str | None = None) ->
         return "eager"
     if name == "compiled":
         return "compiled"
-    return "compiled" if model_steps >= AUTO_MIN_MODEL_STEPS else "eager"
+    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+    dtype = str(next(module.parameters()).dtype).removeprefix("torch.")
+    return "compiled" if auto_compiles(model_steps, convolutional, dtype) else "eager"
 
 
 def record(name: str) -> None:

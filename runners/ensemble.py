@@ -23,6 +23,7 @@ from inflang.cost import member_bytes, models_per_chunk
 from runners import engine as engines
 from runners.batches import batch_order
 from runners.compiled import CompileUnavailable, compiled_gradient
+from runners.device import here
 from runners.errors import DivergenceError
 from runners.objective import per_example_loss
 
@@ -210,22 +211,42 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
     devices = [x.device] if x.device.type == "cuda" else []
     count = flat.shape[0]
     name = engines.choose(module, count * steps, engine)
-    gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity, centre)
+    if name == "compiled":
+        try:  # every graph the steps will need is compiled here, before step 0: a failure falls back cleanly
+            gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity, centre)
+            _compile_shapes(gradient, flat, x, batch_size, steps, len(set(order_seeds)))
+        except CompileUnavailable as exc:
+            engines.unavailable(str(exc))
+            name = "eager"
+    if name == "eager":
+        gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity, centre)
     try:
         with torch.random.fork_rng(devices=devices, enabled=seeded is not None):
-            try:
-                out = _train(layout, flat.clone() if name == "compiled" else flat, buffers, x, rule, steps,
-                             batch_size, order_seeds, gradient, opt, on_step, lr_name, seeded, tolerate_divergence)
-            except CompileUnavailable as exc:
-                engines.unavailable(str(exc))
-                name = "eager"
-                gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity, centre)
-                out = _train(layout, flat, buffers, x, rule, steps, batch_size, order_seeds, gradient,
-                             _Optimizer(rule), on_step, lr_name, seeded, tolerate_divergence)
+            out = _train(layout, flat, buffers, x, rule, steps, batch_size, order_seeds, gradient, opt, on_step,
+                         lr_name, seeded, tolerate_divergence)
             engines.record(name)
             return out
     finally:
         module.train(was_training)
+
+
+def _compile_shapes(gradient: Gradient, flat: Tensor, x: Tensor, batch_size: int | None, steps: int,
+                    orders: int) -> None:
+    """Call the compiled step once on each input shape the training will meet (the full batch; or minibatches
+    of ``batch_size`` and, when an epoch ends short and the steps reach its end, of n mod batch_size), so that
+    compiling happens before any step is taken. The calls are pure: nothing they return is kept."""
+    n = x.shape[0]
+    if batch_size is None or batch_size >= n:
+        gradient(flat, x, None, False)
+        return
+    sizes = [batch_size] + ([n % batch_size] if n % batch_size and steps > n // batch_size else [])
+    for size in sizes:
+        idx = here(torch.arange(size))
+        if orders == 1:
+            gradient(flat, x[idx], idx, False)
+        else:
+            batch = idx.repeat(flat.shape[0], 1)  # [M, size], laid out as the steps' stacked indices
+            gradient(flat, x[batch], batch, True)
 
 
 Gradient = Callable[[Tensor, Tensor, Batch, bool], tuple[Tensor, Tensor]]

@@ -79,6 +79,10 @@ def test_choice_follows_the_model_and_the_work():
     assert engine.choose(batchnorm, 10**9, "auto") == "eager"
     assert engine.choose(mlp, 100 * 1000, "auto") == "compiled"
     assert engine.choose(mlp, 100 * 999, "auto") == "eager"
+    conv32 = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(48, 3))
+    assert engine.choose(conv32, 10**9, "auto") == "eager"  # measured: no faster compiled in float32
+    assert engine.choose(conv32.double(), 10**9, "auto") == "compiled"  # 1.3x in float64
+    assert engine.choose(conv32, 10**9, "compiled") == "compiled"  # asked for explicitly
     # multiply-adds of one example's forward pass (the benchmark's and the plan's FLOP count), by hand
     assert multiply_adds(mlp, (4,)) == 4 * 6 + 6 * 6 + 6 * 3
     conv, _, _, _ = _problem(conv=True)
@@ -111,6 +115,43 @@ def test_failed_compile_falls_back_to_eager_with_one_line(monkeypatch, capsys):
                            engine="eager")
     for k in start:
         assert torch.equal(out[k], eager[k]) and torch.equal(again[k], eager[k])
+    monkeypatch.setattr(engine, "_unavailable", None)
+
+
+def test_short_last_batch_compiles_before_the_first_step(monkeypatch, capsys):
+    """24 points in batches of 10 end each epoch with a batch of 4: a second graph. It is compiled before step 0,
+    so compiled agrees with eager there too, and a compile failing on it falls back before any step: a
+    monitor (early stopping) sees each step once, never a replay."""
+    module, start, x, y = _problem()
+    weights = _removals(x.shape[0], 3)
+    rule = UpdateRule(optimizer="sgd", lr=0.05, weight_decay=0.01, momentum=0.9)
+    runs = {e: train_ensemble(module, stack(start, 3), x, rule, 40, 10, s, weighted_cross_entropy(y, weights),
+                              engine=e) for e in ("compiled", "eager") for s in ([0, 1, 2],)}
+    for k in start:
+        assert torch.allclose(runs["compiled"][k], runs["eager"][k], rtol=0, atol=1e-10)
+
+    real = compiled.compiled_gradient
+
+    def short_batch_fails(*args: object, **kwargs: object) -> object:
+        inner = real(*args, **kwargs)  # type: ignore[arg-type]
+
+        def gradient(flat: torch.Tensor, xb: torch.Tensor, batch: object, per_model: bool) -> object:
+            if xb.shape[-2] == 4:
+                raise compiled.CompileUnavailable("CppCompileError: the short batch")
+            return inner(flat, xb, batch, per_model)
+        return gradient
+
+    monkeypatch.setattr("runners.ensemble.compiled_gradient", short_batch_fails)
+    monkeypatch.setattr(engine, "_unavailable", None)
+    seen: list[int] = []
+    out = train_ensemble(module, stack(start, 3), x, rule, 40, 10, [0] * 3, weighted_cross_entropy(y, weights),
+                         on_step=lambda step, _: seen.append(step), engine="compiled")
+    assert seen == list(range(40))
+    assert "the short batch" in capsys.readouterr().err
+    eager = train_ensemble(module, stack(start, 3), x, rule, 40, 10, [0] * 3, weighted_cross_entropy(y, weights),
+                           engine="eager")
+    for k in start:
+        assert torch.equal(out[k], eager[k])
     monkeypatch.setattr(engine, "_unavailable", None)
 
 

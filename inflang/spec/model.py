@@ -4,12 +4,12 @@ A new architecture is one model here (added to ``ModelSpec``) plus one module in
 Each model states its parameter count, the layer outputs it keeps per example and the multiply-adds of one
 example's forward pass through its Linear and Conv2d layers, from the dataset's shape alone, so the compiler
 can check sizes and price a study without building it (a training step of one model on a batch of b costs
-about 6 b multiply_adds FLOPs: 2 forward, 4 backward).
+about 6 b multiply_adds FLOPs: 2 forward, 4 backward), and whether it is ``convolutional``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -32,6 +32,8 @@ def _dense_macs(sizes: list[int]) -> int:
 class LogregModel(Spec):
     """Multinomial logistic regression: logits = W x + b (convex with weight decay > 0)."""
 
+    convolutional: ClassVar[bool] = False  # has convolutions (the engine choice depends on it)
+
     arch: Literal["logreg"]
 
     def n_params(self, info: DatasetInfo) -> int:
@@ -47,6 +49,8 @@ class LogregModel(Spec):
 class MlpModel(Spec):
     """Fully connected network: ``depth`` hidden layers of ``width`` units, then a linear output layer
     (images are flattened first). The Iris networks of Basu et al. 2021, Sec. 5.1."""
+
+    convolutional: ClassVar[bool] = False  # has convolutions (the engine choice depends on it)
 
     arch: Literal["mlp"]
     depth: int = Field(2, ge=1, le=64, description="number of hidden layers")
@@ -75,6 +79,8 @@ class CnnModel(Spec):
     """The small convolutional network of Koh & Liang's MNIST experiment, scaled by ``channels`` and
     ``depth``: ``depth`` blocks of a 3x3 convolution (stride 2, padding 1) and an activation, then a linear
     layer on the flattened feature map."""
+
+    convolutional: ClassVar[bool] = True  # has convolutions (the engine choice depends on it)
 
     arch: Literal["cnn"]
     depth: int = Field(2, ge=1, le=8, description="convolution blocks (each halves the image side)")
@@ -115,6 +121,8 @@ class LenetModel(Spec):
     """LeNet-5 (LeCun et al. 1998): two 5x5 convolutions (6 and 16 channels, padding 2), each followed by an
     activation and 2x2 average pooling, then fully connected layers of 120 and 84 units."""
 
+    convolutional: ClassVar[bool] = True  # has convolutions (the engine choice depends on it)
+
     arch: Literal["lenet"]
     activation: Activation = Field("tanh", description="tanh | relu | gelu | selu | sigmoid")
 
@@ -154,6 +162,8 @@ def _norm_params(norm: str, channels: int) -> int:
 class VggModel(Spec):
     """VGG (Simonyan & Zisserman 2015) for 32x32 images: 3x3 convolutions with an activation (and
     ``norm``), 2x2 max pooling between stages, then one linear layer on the pooled features."""
+
+    convolutional: ClassVar[bool] = True  # has convolutions (the engine choice depends on it)
 
     arch: Literal["vgg"]
     depth: Literal[11, 13, 16] = Field(11, description="11 | 13 | 16")
@@ -206,6 +216,8 @@ class ResnetModel(Spec):
     ``norm`` after every convolution, 1x1 projection shortcuts where the shape changes, global average pooling
     and a linear layer. With ``norm: batch`` every ensemble member keeps its own running statistics
     (stacked buffers), training on batch statistics and evaluating on running ones as ``nn.BatchNorm`` does."""
+
+    convolutional: ClassVar[bool] = True  # has convolutions (the engine choice depends on it)
 
     arch: Literal["resnet"]
     depth: Literal[20, 32, 56, 18, 50] = Field(20, description="20 | 32 | 56 (CIFAR-style) | 18 | 50 (ImageNet)")
