@@ -180,3 +180,14 @@ def test_hessian_vector_products_with_group_norm():
     for k in range(3):
         (expected,) = torch.autograd.grad(g, theta, grad_outputs=vectors[k], retain_graph=True)
         assert torch.allclose(products[k], expected, rtol=1e-10, atol=1e-12)
+    from runners.estimators.common import UNBATCHED
+
+    assert module in UNBATCHED  # remembered: the next call goes straight to the per-vector pass
+    # where both passes work, the per-vector one equals the batched one
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 5), torch.nn.Tanh(),
+                              torch.nn.Linear(5, 3)).double()
+    small = FlatModel(mlp, dict(mlp.named_parameters()))
+    v = torch.randn(4, small.theta.numel(), generator=gen, dtype=torch.float64)
+    batched = hessian_vector_products(small, x, y, 0.01, v)
+    UNBATCHED.add(mlp)
+    assert torch.allclose(hessian_vector_products(small, x, y, 0.01, v), batched, rtol=1e-12, atol=1e-14)

@@ -7,6 +7,7 @@ at the trained parameters; gradients are per example, flattened over all paramet
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -168,16 +169,26 @@ def gradients(flat: FlatModel, x: Tensor, y: Tensor, measure: str = "loss", smoo
     return per_example_gradients(flat, MEASURES[measure], x, y, budget)
 
 
+UNBATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules whose double backward cannot be batched
+
+
 def hessian_vector_products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay: float, vectors: Tensor,
                             batch: Tensor | None = None, smoothing: float = 0.0) -> Tensor:
-    """Rows H v_k of the objective's Hessian (on ``batch``, or all points) times each row of ``vectors``."""
+    """Rows H v_k of the objective's Hessian (on ``batch``, or all points) times each row of ``vectors``: one
+    batched double backward, or one per vector for modules whose double backward has no batching rule
+    (GroupNorm's), remembered per module so that iterative solvers try the batched pass once."""
     theta = flat.theta.detach().requires_grad_(True)
     xb, yb = (x, y) if batch is None else (x[batch], y[batch])
     loss = flat.objective(theta, xb, yb, weight_decay, smoothing)
     (g,) = torch.autograd.grad(loss, theta, create_graph=True)
     v = vectors.to(theta.dtype)
-    try:
-        (hv,) = torch.autograd.grad(g, theta, grad_outputs=v, is_grads_batched=True, retain_graph=True)
-    except RuntimeError:  # some double backwards (GroupNorm's) have no batching rule: one vector at a time
-        hv = torch.stack([torch.autograd.grad(g, theta, grad_outputs=row, retain_graph=True)[0] for row in v])
+    if flat.module not in UNBATCHED:
+        try:
+            (hv,) = torch.autograd.grad(g, theta, grad_outputs=v, is_grads_batched=True, retain_graph=True)
+            return hv.to(vectors.dtype)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError:  # GroupNorm's batched double backward fails with a shape mismatch; an error that
+            UNBATCHED.add(flat.module)  # is not the batching's raises again from the per-vector pass below
+    hv = torch.stack([torch.autograd.grad(g, theta, grad_outputs=row, retain_graph=True)[0] for row in v])
     return hv.to(vectors.dtype)
