@@ -2,17 +2,22 @@
 eager and compiled.
 
 Run: python benchmarks/retrain.py [--json PATH] [--quick] [--full-sequential] [--only-newton] [--only NAME]
+                                  [--device cpu|cuda] [--repeats 3]
 
 Every number is measured in this one run, side by side, on the same data, model, optimizer and steps.
 The sequential loop's cost is exactly linear in the number of models (each model is its own loop), so by
 default it is timed on a sample of the removals and scaled; --full-sequential times all of them.
-Achieved GFLOP/s counts the linear layers' multiply-adds (forward 2*b*in*out per layer and model, backward
-twice that) against the machine's matmul peak measured here, in the same dtype and thread count; the FLOP
-floor is those FLOPs at that peak. The compiled engine is timed twice in one process: its first call counts
-the compile (from inductor's on-disk cache where an earlier run left one), the second is the steady state.
+Achieved GFLOP/s counts the multiply-adds of the linear and convolution layers (forward 2 * b * their
+multiply-adds per model, backward twice that) against the machine's matmul peak measured here, in the same
+dtype and thread count; the FLOP floor is those FLOPs at that peak. The compiled engine's first call counts
+the compile (from inductor's on-disk cache where an earlier run left one); the eager and the compiled
+engine's steady state are then each the best of --repeats runs (default 3), taken in turn.
 Each row prints its ratio to the floor beside the issue's target, and a profile of the compiled step says
 where the time goes: batched matmuls and convolutions (library calls), the fused kernels inductor wrote
-(elementwise work: activations, losses), and the rest (optimizer update, Python, guards).
+(elementwise work: activations, losses), and the rest (optimizer update, Python, guards), with the matmuls'
+GFLOP/s inside their calls and the fused kernels' time and bandwidth per activation element. The shares are
+rough: inductor may write a tiny matmul as a fused loop, and the fused share includes its Python wrapper.
+On --device cuda the loop and both engines run on the GPU, with one CPU thread and no CPU targets.
 """
 
 from __future__ import annotations
@@ -50,16 +55,33 @@ class Case:
     arch: str = "mlp"  # mlp, or cnn (depth blocks of `width` channels)
 
 
+DEVICE = torch.device("cpu")  # --device: where every model, tensor and timing of this run lives
+REPEATS = 3  # --repeats: engine timings are the best of this many runs
+
+
+def sync() -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so a timer reads finished work."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def matmul_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> float:
-    """GFLOP/s of a square matmul in this dtype and thread setting."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    """GFLOP/s of a square matmul in this dtype and thread setting, on the run's device: the best of REPEATS
+    timings of ``repeats`` products (the peak is what the machine can do, so the least disturbed run)."""
+    size = size * 4 if DEVICE.type == "cuda" else size
+    a = torch.randn(size, size, dtype=dtype, device=DEVICE)
+    b = torch.randn(size, size, dtype=dtype, device=DEVICE)
     for _ in range(3):
         a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+    best = float("inf")
+    for _ in range(REPEATS):
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 * repeats / best / 1e9
 
 
 def linear_flops(module: nn.Module, batch: int, input_shape: tuple[int, ...]) -> int:
@@ -73,9 +95,9 @@ def setup(case: Case, dtype: torch.dtype) -> tuple[nn.Module, dict[str, torch.Te
     data = prepare(spec, load_raw(spec), 0, dtype)
     model: Any = (CnnModel(arch="cnn", depth=case.depth, channels=case.width) if case.arch == "cnn"
                   else MlpModel(arch="mlp", depth=case.depth, width=case.width, activation="tanh"))
-    module = build(model, data.input_shape, data.classes, 0, dtype)
+    module = build(model, data.input_shape, data.classes, 0, dtype).to(DEVICE)
     start = {k: v.detach().clone() for k, v in module.named_parameters()}
-    return module, start, data.x_train, data.y_train
+    return module, start, data.x_train.to(DEVICE), data.y_train.to(DEVICE)
 
 
 def sequential(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -94,7 +116,7 @@ def sequential(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x:
             for k, p in model.named_parameters():
                 p.copy_(start[k])
         plist = list(model.parameters())
-        w = torch.ones(n, dtype=x.dtype)
+        w = torch.ones(n, dtype=x.dtype, device=x.device)
         w[m % n] = 0.0
         opt = (torch.optim.Adam(model.parameters(), lr=case.lr) if case.optimizer == "adam"
                else torch.optim.SGD(model.parameters(), lr=case.lr))
@@ -104,6 +126,7 @@ def sequential(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x:
             loss = (F.cross_entropy(model(xb), yb, reduction="none") * wb).sum() / len(yb)
             (loss + 0.0005 * sum((p * p).sum() for p in plist)).backward()
             opt.step()
+    sync()
     return time.perf_counter() - began
 
 
@@ -114,10 +137,14 @@ def batched(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x: to
     weights = torch.ones(removals + 1, n, dtype=x.dtype)
     rows = torch.arange(1, removals + 1)
     weights[rows, (rows - 1) % n] = 0.0
+    weights = weights.to(x.device)
     rule = UpdateRule(optimizer=case.optimizer, lr=case.lr, weight_decay=0.001)
+    sync()
     began = time.perf_counter()
-    train_ensemble(module, stack(start, removals + 1), x, rule, case.steps, case.batch_size, [0] * (removals + 1),
-                   weighted_cross_entropy(y, weights), engine=engine)
+    with torch.device(x.device):
+        train_ensemble(module, stack(start, removals + 1), x, rule, case.steps, case.batch_size, [0] * (removals + 1),
+                       weighted_cross_entropy(y, weights), engine=engine)
+    sync()
     return time.perf_counter() - began
 
 
@@ -125,10 +152,35 @@ MATMUL_OPS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm", "aten::co
               "aten::mkldnn_convolution", "aten::convolution_backward", "aten::matmul")
 
 
+def activation_elements(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Elements every leaf layer writes in a forward pass of one example (linear, convolution, activation,
+    pooling, norm outputs): what the elementwise work of a step reads and writes, about three times over
+    (forward, and the backward's gradient and saved-input reads)."""
+    total = 0
+
+    def count(_: nn.Module, __: Any, out: Any) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel()
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            p = next(module.parameters())
+            module(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
 def step_profile(case: Case, module: nn.Module, start: dict[str, torch.Tensor], x: torch.Tensor,
-                 y: torch.Tensor, steps: int = 30) -> dict[str, float]:
+                 y: torch.Tensor, steps: int = 30) -> dict[str, Any]:
     """Where a compiled step's time goes: shares of the profiled self time (the profiler's own overhead
-    inflates the total, so the step's time is taken from the unprofiled run)."""
+    inflates the total, so the step's time is taken from the unprofiled run), the GFLOP/s the matmuls reach
+    inside their own calls, and the nanoseconds the fused elementwise kernels spend per activation element
+    and model (a memory-bound pass over float32 costs ~0.1-0.5 ns per element here; a transcendental like
+    tanh ~1-2 ns). The largest share names what bounds the step."""
     from torch.profiler import ProfilerActivity, profile
 
     short = Case(**{**case.__dict__, "steps": steps})
@@ -138,12 +190,25 @@ def step_profile(case: Case, module: nn.Module, start: dict[str, torch.Tensor], 
     total = matmul = fused = 0.0
     for event in prof.key_averages():
         total += event.self_cpu_time_total
-        if event.key in MATMUL_OPS:
+        if event.key in MATMUL_OPS or (event.key.startswith("aten::") and "conv" in event.key):  # float64
+            # convolutions run in _slow_conv2d_forward/_backward (no mkldnn kernel for float64)
             matmul += event.self_cpu_time_total
         elif "CompiledFxGraph" in event.key or event.key.startswith("cpp_fused"):
             fused += event.self_cpu_time_total
-    return {"matmul_share": round(matmul / total, 3),
-            "fused_share": round(fused / total, 3), "other_share": round(1 - (matmul + fused) / total, 3)}
+    batch = case.batch_size or x.shape[0]
+    models = case.removals + 1
+    flops = linear_flops(module, batch, tuple(x.shape[1:])) * steps * models
+    elements = activation_elements(module, tuple(x.shape[1:])) * batch * steps * models
+    moved = 3 * elements * x.element_size()  # bytes: each activation written forward, read and written backward
+    shares = {"matmul": matmul / total, "fused elementwise": fused / total,
+              "other (optimizer, python, guards)": 1 - (matmul + fused) / total}
+    return {"matmul_share": round(shares["matmul"], 3), "fused_share": round(shares["fused elementwise"], 3),
+            "other_share": round(shares["other (optimizer, python, guards)"], 3),
+            "matmul_call_gflops": round(flops / (matmul * 1e-6) / 1e9, 1) if matmul else "-",
+            "fused_ns_per_element": round(fused * 1e3 / elements, 2) if fused else "-",
+            "step_activation_mb": round(moved / steps / 1e6, 2),
+            "fused_gb_per_s": round(moved / (fused * 1e-6) / 1e9, 1) if fused else "-",
+            "bound_by": max(shares, key=lambda k: shares[k])}
 
 
 # The issue's targets (#19): compiled engine within this many times the matmul FLOP floor (float32, one
@@ -153,7 +218,7 @@ TARGETS = {("iris", "float32"): 5.0, ("digits-mlp", "float32"): 3.0, ("digits-cn
 
 
 def target_of(case: Case, dtype: torch.dtype, threads: int) -> float | None:
-    if threads != 1:
+    if threads != 1 or DEVICE.type != "cpu":  # the targets are the CPU's
         return None
     key = "iris" if case.name.startswith("iris") else ("digits-cnn" if case.arch == "cnn" else "digits-mlp")
     return TARGETS.get((key, str(dtype).removeprefix("torch.")))
@@ -169,14 +234,21 @@ def measure(case: Case, dtype: torch.dtype, threads: int, sample: int | None) ->
     sequential(warm, module, start, x, y, 2)  # first calls pay one-off dispatch and allocation costs
     batched(warm, module, start, x, y, 4)
     seq = sequential(case, module, start, x, y, timed) * models / timed
-    eng = batched(case, module, start, x, y, case.removals)
+    # engines: the best of REPEATS runs each (this shared machine's load comes and goes; the minimum is the
+    # run least disturbed by it), alternating eager and compiled so that both see the same conditions
     first = batched(case, module, start, x, y, case.removals, "compiled")  # compiles this shape first
-    steady = batched(case, module, start, x, y, case.removals, "compiled")
+    eng = steady = float("inf")
+    for _ in range(REPEATS):
+        eng = min(eng, batched(case, module, start, x, y, case.removals))
+        steady = min(steady, batched(case, module, start, x, y, case.removals, "compiled"))
     flops = linear_flops(module, batch, tuple(x.shape[1:])) * case.steps * models
     peak = matmul_peak(dtype)
     floor = flops / peak / 1e9
     target = target_of(case, dtype, threads)
-    profile_row = step_profile(case, module, start, x, y)
+    profile_row = (step_profile(case, module, start, x, y) if DEVICE.type == "cpu"
+                   else {k: "-" for k in ("matmul_share", "fused_share", "other_share", "matmul_call_gflops",
+                                          "fused_ns_per_element", "step_activation_mb", "fused_gb_per_s",
+                                          "bound_by")})
     return {
         "compiled_first_s": round(first, 3), "compiled_s": round(steady, 3), "compile_s": round(first - steady, 3),
         "compiled_over_eager": round(eng / steady, 2), "compiled_first_over_eager": round(eng / first, 2),
@@ -187,7 +259,8 @@ def measure(case: Case, dtype: torch.dtype, threads: int, sample: int | None) ->
         "case": case.name, "dtype": str(dtype).removeprefix("torch."), "threads": threads,
         "models": models, "steps": case.steps, "batch": batch, "n_train": int(x.shape[0]),
         "sequential_s": round(seq, 3), "sequential_models_timed": timed, "engine_s": round(eng, 3),
-        "speedup": round(seq / eng, 2), "engine_models_per_s": round(models / eng, 2),
+        "speedup": round(seq / eng, 2), "compiled_speedup": round(seq / steady, 2),
+        "compiled_first_speedup": round(seq / first, 2), "engine_models_per_s": round(models / eng, 2),
         "engine_gflops": round(flops / eng / 1e9, 2), "peak_matmul_gflops": round(peak, 2),
         "flop_floor_s": round(flops / peak / 1e9, 3), "engine_over_floor": round(eng / (flops / peak / 1e9), 2),
     }
@@ -319,7 +392,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full-sequential", action="store_true", help="time every sequential model")
     parser.add_argument("--only-newton", action="store_true", help="only the converged-refit comparison")
     parser.add_argument("--only", help="only the cases whose name contains this (and no scaling or Newton runs)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where models and data live")
+    parser.add_argument("--repeats", type=int, default=3, help="engine timings are the best of this many runs")
     args = parser.parse_args(argv)
+    global DEVICE, REPEATS
+    DEVICE = torch.device(args.device)
+    REPEATS = max(1, args.repeats)
+    if DEVICE.type == "cuda":
+        from runners.device import configure
+
+        configure(str(DEVICE))  # TF32 off, deterministic kernels: as inflang runs on a GPU
     sample = None if args.full_sequential else 12
     if args.only_newton:
         rows = newton_cases(sample or 121)
@@ -337,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[dict[str, Any]] = []
     for case in cases:
         for dtype in (torch.float32, torch.float64):
-            for threads in (1, 2):
+            for threads in ((1, 2) if DEVICE.type == "cpu" else (1,)):  # a GPU's speed is not the CPU threads'
                 results.append(measure(case, dtype, threads, sample))
                 print(f"measured {case.name} {dtype} threads={threads}", flush=True)
     keys = ["case", "dtype", "threads", "models", "steps", "sequential_s", "engine_s", "speedup",
@@ -345,11 +427,20 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(table(results, keys))
     print("\ncompiled engine (first call counts the compile; ratios against the eager engine and the floor)")
-    print(table(results, ["case", "dtype", "threads", "engine_s", "compiled_first_s", "compiled_s", "compile_s",
-                          "compiled_over_eager", "compiled_first_over_eager", "compiled_over_floor",
-                          "target_over_floor", "meets_target"]))
+    print(table(results, ["case", "dtype", "threads", "sequential_s", "engine_s", "compiled_first_s", "compiled_s",
+                          "compile_s", "compiled_speedup", "compiled_over_eager", "compiled_first_over_eager",
+                          "compiled_over_floor", "target_over_floor", "meets_target"]))
     print("\nwhere a compiled step goes (shares of its profiled time)")
-    print(table(results, ["case", "dtype", "threads", "step_ms", "matmul_share", "fused_share", "other_share"]))
+    print(table(results, ["case", "dtype", "threads", "step_ms", "matmul_share", "fused_share", "other_share",
+                          "matmul_call_gflops", "peak_matmul_gflops", "fused_ns_per_element", "step_activation_mb",
+                          "fused_gb_per_s", "bound_by"]))
+    for r in results:
+        if r["meets_target"] == "no":
+            print(f"missed: {r['case']} {r['dtype']} at {r['compiled_over_floor']}x the floor (target "
+                  f"{r['target_over_floor']}x), bound by {r['bound_by']}: matmuls at {r['matmul_call_gflops']} "
+                  f"GFLOP/s inside their calls (peak {r['peak_matmul_gflops']}), elementwise at "
+                  f"{r['fused_ns_per_element']} ns per activation element ({r['step_activation_mb']} MB of activations "
+                  f"a step, moved at {r['fused_gb_per_s']} GB/s)")
     iris = [r for r in results if r["case"].startswith("iris") and r["dtype"] == "float32" and r["threads"] == 1]
     for r in iris:
         verdict = "meets" if r["compiled_over_eager"] >= 2 else "misses"
