@@ -15,11 +15,13 @@ AUTO_MIN_MODEL_STEPS = 100_000  # auto compiles an ensemble of at least this man
 
 def auto_compiles(model_steps: int, convolutional: bool, dtype: str) -> bool:
     """Whether ``--engine auto`` compiles an ensemble of ``model_steps`` models x steps, chosen by measurement
-    (``benchmarks/retrain.py``, one run on this 2-core machine): compiled steps are 1.4-1.9x faster than eager
-    ones for MLPs in float32 and float64 and 1.3x for a CNN in float64 (its convolutions fall back to slow
-    kernels there, and the fused rest of the step matters), but 0.95-1.06x for a CNN in float32, whose
-    convolutions are the same library calls either way; compiling costs 2-30 s per shape, paid back above
-    ``AUTO_MIN_MODEL_STEPS`` (at 1.5x, ~5 s saved per 100,000 small-MLP model-steps)."""
+    (``benchmarks/retrain.py`` on this 2-core machine): compiled steps are 1.4-2.0x faster than eager ones for
+    MLPs in float32 (1.15-1.7x in float64) and 1.2-1.4x for a CNN in float64 (its convolutions fall back to
+    slow kernels there, and the fused rest of the step matters), but 0.95-1.06x for a CNN in float32, whose
+    convolutions are the same library calls either way. Compiling costs 2-30 s per shape on a cold inductor
+    cache and about a second from its on-disk cache: at ``AUTO_MIN_MODEL_STEPS`` (~2 s saved per 100,000
+    Iris-MLP model-steps) a cold compile about breaks even (the quickstart: 72.6 s against 73.0 s eager) and
+    a warm one pays (57.8 s)."""
     return model_steps >= AUTO_MIN_MODEL_STEPS and (not convolutional or dtype == "float64")
 
 

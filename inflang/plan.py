@@ -54,6 +54,15 @@ class Task:
         size = self.chunk or models_per_chunk(self.member_bytes, budget)
         return max(lo_hi[1] - lo_hi[0] + 1 + lo_hi[2] for lo_hi in chunk_bounds(self.items, size, self.probes))
 
+    def typical_chunk(self, budget: int | None = None) -> int:
+        """The ensemble size most of its chunks have (ties: the larger; 1 for a train task): what pricing
+        calibrates at and decides ``auto`` by (a short last chunk or the probes' own chunk can differ)."""
+        if not self.models or not self.member_bytes:
+            return 1
+        size = self.chunk or models_per_chunk(self.member_bytes, budget)
+        sizes = [hi - lo + 1 + p for lo, hi, p in chunk_bounds(self.items, size, self.probes)]
+        return max(set(sizes), key=lambda s: (sizes.count(s), s))
+
     def model_steps(self, budget: int | None = None) -> int:
         """Model-steps it trains under ``budget``: ``cost_steps`` counts one control per repeat, but every
         ensemble chunk carries a control of its own, so a task split into k chunks per repeat trains k - 1

@@ -11,8 +11,10 @@ the device (and for CUDA the GPU's model), the thread count, the engine, torch's
 processor, so a plan prices itself from then on without running anything.
 
 How far to trust it: curvature, estimates, metrics and compile time are left out (the estimate errs short by
-them; retraining is the cost that matters); where a chunk holds more models than the calibration trained
-together, a model-step costs about as much or less in the larger ensemble (the estimate errs long).
+them; retraining is the cost that matters). A task is timed at the ensemble size most of its chunks have
+(``Task.typical_chunk``), capped for the calibration: a model-step costs about as much or less in a larger
+ensemble, so a cap errs long, while a short last chunk or the probes' own chunk is priced at the typical
+chunk's rate (errs either way, by a chunk's share). ``auto`` is decided on the typical chunk too.
 """
 
 from __future__ import annotations
@@ -122,11 +124,16 @@ def workload_of(task: Task, budget: int | None, engine: str) -> Workload | None:
         return None
     requested = task.workload.get("engine", engine)
     step_flops = task.flops / task.cost_steps  # one model-step
-    models = max(1, min(task.chunk_models(budget), CALIBRATION_MODELS, int(CALIBRATION_FLOPS // max(step_flops, 1))))
+    chunk = task.typical_chunk(budget)
+    models = max(1, min(chunk, CALIBRATION_MODELS, int(CALIBRATION_FLOPS // max(step_flops, 1))))
     spec = {k: v for k, v in task.workload.items() if k != "engine"}
-    if requested == "auto":  # auto decides on the whole chunk, not on the calibration's share of it
-        model = _MODELS.validate_python(spec["model"])
-        compiles = auto_compiles(task.chunk_models(budget) * int(spec["steps"]), model.convolutional, spec["dtype"])
+    model = _MODELS.validate_python(spec["model"])
+    # the engine's own exclusions (runners.engine.fixed_structure): dropout masks and BatchNorm statistics
+    fixed = not getattr(model, "dropout", 0.0) and getattr(model, "norm", "none") != "batch"
+    if not fixed:
+        requested = "eager"
+    elif requested == "auto":  # auto decides on the whole chunk, not on the calibration's share of it
+        compiles = auto_compiles(chunk * int(spec["steps"]), model.convolutional, spec["dtype"])
         requested = "compiled" if compiles else "eager"
     return Workload(spec, models, requested)
 

@@ -211,16 +211,17 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
     devices = [x.device] if x.device.type == "cuda" else []
     count = flat.shape[0]
     name = engines.choose(module, count * steps, engine)
-    if name == "compiled":
-        try:  # every graph the steps will need is compiled here, before step 0: a failure falls back cleanly
-            gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity, centre)
-            _compile_shapes(gradient, flat, x, batch_size, steps, len(set(order_seeds)))
-        except CompileUnavailable as exc:
-            engines.unavailable(str(exc))
-            name = "eager"
-    if name == "eager":
-        gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity, centre)
     try:
+        if name == "compiled":
+            try:  # every graph the steps will need is compiled here, before step 0: a failure falls back cleanly
+                gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity,
+                                      centre)
+                _compile_shapes(gradient, flat, x, batch_size, steps, len(set(order_seeds)))
+            except CompileUnavailable as exc:
+                engines.unavailable(str(exc))
+                name = "eager"
+        if name == "eager":
+            gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity, centre)
         with torch.random.fork_rng(devices=devices, enabled=seeded is not None):
             out = _train(layout, flat, buffers, x, rule, steps, batch_size, order_seeds, gradient, opt, on_step,
                          lr_name, seeded, tolerate_divergence)

@@ -106,8 +106,31 @@ def test_every_ensemble_chunk_is_priced_with_its_own_control():
     probed = Task("ground_truth", "h", {}, (), cost_steps=10 * 10, models=10, member_bytes=100, chunk=3,
                   repeats=1, probes=4, items=5, flops=100.0)
     assert probed.model_steps() == 10 * (5 + 3 + 3 + 2)  # the probes' own ensemble, then the removals'
+    assert task.typical_chunk() == 3 and probed.typical_chunk() == 3  # priced at what most chunks hold
     whole = Task("ground_truth", "h", {}, (), cost_steps=10 * 6, models=6, member_bytes=100, chunk=None,
                  repeats=1, items=5, flops=60.0)
     assert whole.model_steps() == whole.cost_steps and whole.trained_models() == 6  # one chunk: as counted
     train = Task("train", "t", {}, (), cost_steps=500, models=1)
     assert train.model_steps() == 500 and train.model_flops() == 0.0
+
+
+def test_pricing_picks_the_engine_the_run_would():
+    """auto's rule is shared with the engine: MLPs compile in long ensembles, float32 CNNs and models with
+    dropout or BatchNorm retrain eagerly."""
+    from inflang.plan import Task
+    from inflang.pricing import workload_of
+
+    def task(model: dict, dtype: str = "float32") -> Task:
+        work = {"model": model, "shape": None, "features": 4, "classes": 3, "regression": False, "dtype": dtype,
+                "batch": 120, "steps": 1000}
+        return Task("ground_truth", "h", {}, (), cost_steps=1000 * 121, models=121, member_bytes=1000, items=120,
+                    flops=1.0, workload=work)
+
+    mlp = {"arch": "mlp", "depth": 2, "width": 16}
+    cnn = {"arch": "cnn", "depth": 2, "channels": 8}
+    assert workload_of(task(mlp), None, "auto").engine == "compiled"
+    assert workload_of(task({**mlp, "dropout": 0.1}), None, "auto").engine == "eager"
+    assert workload_of(task({**mlp, "dropout": 0.1}), None, "compiled").engine == "eager"
+    assert workload_of(task(cnn), None, "auto").engine == "eager"
+    assert workload_of(task(cnn, "float64"), None, "auto").engine == "compiled"
+    assert workload_of(task({"arch": "vgg", "depth": 11, "norm": "batch"}, "float64"), None, "auto").engine == "eager"
