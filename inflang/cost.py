@@ -51,10 +51,12 @@ def models_per_chunk(member: int, budget: int | None, cap: int = 1024) -> int:
 def chunk_bounds(items: int, size: int, probes: int = 0) -> list[tuple[int, int, int]]:
     """The ensembles of one retraining repeat: (lo, hi, probes) per ensemble, items [lo, hi) retrained beside
     one control and ``probes`` resolution probes. ``size`` models fit in one ensemble; the probes ride in the
-    first ensemble, or in one of their own when they leave no room there."""
+    first ensemble, or, when they leave no room there, in ensembles of their own of at most ``size`` models
+    (each with its control; a runner numbers the probes across them in order)."""
     per_chunk = max(1, size - 1)
     if probes and per_chunk <= probes:
-        return [(0, 0, probes)] + [(lo, min(items, lo + per_chunk), 0) for lo in range(0, max(items, 1), per_chunk)]
+        alone = [(0, 0, min(per_chunk, probes - k)) for k in range(0, probes, per_chunk)]
+        return alone + [(lo, min(items, lo + per_chunk), 0) for lo in range(0, max(items, 1), per_chunk)]
     first = per_chunk - probes
     return [(0, min(items, first), probes)] + [(lo, min(items, lo + per_chunk), 0)
                                                for lo in range(first, items, per_chunk)]

@@ -105,7 +105,7 @@ def test_every_ensemble_chunk_is_priced_with_its_own_control():
     assert task.model_steps() == 10 * 8 * 2 and task.trained_models() == 16 and task.model_flops() == 1600.0
     probed = Task("ground_truth", "h", {}, (), cost_steps=10 * 10, models=10, member_bytes=100, chunk=3,
                   repeats=1, probes=4, items=5, flops=100.0)
-    assert probed.model_steps() == 10 * (5 + 3 + 3 + 2)  # the probes' own ensemble, then the removals'
+    assert probed.model_steps() == 10 * (3 + 3 + 3 + 3 + 2)  # the probes' own two ensembles, then the removals'
     assert task.typical_chunk() == 3 and probed.typical_chunk() == 3  # priced at what most chunks hold
     whole = Task("ground_truth", "h", {}, (), cost_steps=10 * 6, models=6, member_bytes=100, chunk=None,
                  repeats=1, items=5, flops=60.0)

@@ -89,3 +89,21 @@ def test_probes_move_every_parameter_zeros_included():
         assert bool((moved != v).all())
         assert float((moved - v).abs().max()) < 1e-14 * 3.5 * 10
     assert bool((nudged(torch.zeros(3), torch.ones(3)) != 0).all())  # an all-zero tensor (float32) moves too
+
+
+def test_probes_that_fill_a_small_ensemble_spread_over_several(write, tmp_path: Path):
+    """With ensembles of 3 models (``batch: 3``) the 4 probes take two ensembles of their own, 2 probes and a
+    control each (never more than 3 models); the resolution matches the one-ensemble run to rounding."""
+    from inflang.cost import chunk_bounds
+
+    assert chunk_bounds(5, 3, 4) == [(0, 0, 2), (0, 0, 2), (0, 2, 0), (2, 4, 0), (4, 5, 0)]
+    assert all(hi - lo + 1 + p <= 3 for lo, hi, p in chunk_bounds(5, 3, 4))
+    assert chunk_bounds(5, 5, 4) == [(0, 0, 4), (0, 4, 0), (4, 5, 0)]  # as before: the probes fit one ensemble
+    spec = ("{{protocol: loo, start: optimum, optimizer: adam, steps: 200, batch: {batch}, "
+            "removals: {{select: random, k: 5}}}}")
+    small = run(write, tmp_path / "small", "{arch: mlp, depth: 1, width: 4}", spec.format(batch=3))
+    whole = run(write, tmp_path / "whole", "{arch: mlp, depth: 1, width: 4}", spec.format(batch="auto"))
+    query = "SELECT test_index, value FROM metrics WHERE metric = 'resolution' AND test_index IS NOT NULL ORDER BY 1"
+    a, b = rows(small, query), rows(whole, query)
+    assert len(a) == len(b) == 4
+    assert all(x[1] == pytest.approx(y[1], rel=1e-3, abs=1e-12) for x, y in zip(a, b, strict=True))

@@ -194,14 +194,16 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor, mean_over: s
     names = [k for k, _ in p.module.named_parameters()]
     for r, seed in enumerate(p.setup.order_seeds):
         start = p.setup.trained if spec.start_from == "optimum" else p.setup.inits[r]
+        shifted = (perturbed(start, names, spec.probes_per_repeat, derive_seed(seed, "resolution probes"))
+                   if spec.probes_per_repeat else {})
+        done = 0  # probes trained so far in this repeat (they may span several ensembles)
         for lo, hi, extra in chunks(spec, p, K):
             count = 1 + extra + hi - lo
             w = torch.cat([torch.ones(1 + extra, p.n, dtype=p.x_train.dtype), weights[lo:hi].to(p.x_train.dtype)])
             starts = stack(start, count)
             if extra:
-                shifted = perturbed(start, names, extra, derive_seed(seed, "resolution probes"))
                 for k in names:
-                    starts[k][1:1 + extra] = shifted[k]
+                    starts[k][1:1 + extra] = shifted[k][done:done + extra]
             monitor = (stopping_monitor(p.module, p.training, p.validation, p.n, count)
                        if spec.start_from == "scratch" else None)  # scratch retraining replays training's stop rule
             with retraining():
@@ -217,7 +219,8 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor, mean_over: s
             if tolerate_divergence and not bool(torch.isfinite(measured[:1 + extra]).all()):
                 raise DivergenceError("retraining diverged for the control model (nothing removed); lower the "
                                       f"retraining lr (now {rule.lr:g})")
-            probes[r, :extra] = measured[1:1 + extra] - measured[0]
+            probes[r, done:done + extra] = measured[1:1 + extra] - measured[0]
+            done += extra
             out[r, lo:hi] = measured[1 + extra:] - measured[0]
             control[r] = measured[0]
             if p.progress is not None:
