@@ -47,40 +47,35 @@ class Task:
     flops: float = 0.0  # matmul and convolution FLOPs of its training (6 batch multiply_adds per model-step)
     workload: dict[str, Any] | None = None  # what one of its training steps computes, for pricing (pricing.py)
 
-    def chunk_models(self, budget: int | None = None) -> int:
-        """Models trained at once: the largest ensemble of this task (1 for a train task)."""
+    def _chunk_sizes(self, budget: int | None) -> list[int]:
+        """Models in each ensemble of one repeat under ``budget`` (removals, their control and any probes;
+        ``inflang.cost.chunk_bounds``); empty for a task that retrains nothing."""
         if not self.models or not self.member_bytes:
-            return 1
+            return []
         size = self.chunk or models_per_chunk(self.member_bytes, budget)
-        return max(lo_hi[1] - lo_hi[0] + 1 + lo_hi[2] for lo_hi in chunk_bounds(self.items, size, self.probes))
+        return [hi - lo + 1 + p for lo, hi, p in chunk_bounds(self.items, size, self.probes)]
 
     def typical_chunk(self, budget: int | None = None) -> int:
         """The ensemble size most of its chunks have (ties: the larger; 1 for a train task): what pricing
         calibrates at and decides ``auto`` by (a short last chunk or the probes' own chunk can differ)."""
-        if not self.models or not self.member_bytes:
-            return 1
-        size = self.chunk or models_per_chunk(self.member_bytes, budget)
-        sizes = [hi - lo + 1 + p for lo, hi, p in chunk_bounds(self.items, size, self.probes)]
-        return max(set(sizes), key=lambda s: (sizes.count(s), s))
+        sizes = self._chunk_sizes(budget)
+        return max(set(sizes), key=lambda s: (sizes.count(s), s)) if sizes else 1
 
     def model_steps(self, budget: int | None = None) -> int:
         """Model-steps it trains under ``budget``: ``cost_steps`` counts one control per repeat, but every
         ensemble chunk carries a control of its own, so a task split into k chunks per repeat trains k - 1
         more controls per repeat than that."""
-        per_repeat = self.items + 1 + self.probes
-        if not self.cost_steps or not self.models or not self.member_bytes or not per_repeat:
+        sizes = self._chunk_sizes(budget)
+        if not self.cost_steps or not sizes:
             return self.cost_steps
-        size = self.chunk or models_per_chunk(self.member_bytes, budget)
-        trained = sum(hi - lo + 1 + p for lo, hi, p in chunk_bounds(self.items, size, self.probes))
-        return self.cost_steps // per_repeat * trained
+        return self.cost_steps // (self.items + 1 + self.probes) * sum(sizes)
 
     def trained_models(self, budget: int | None = None) -> int:
         """Models it trains under ``budget``, a control per chunk counted (see ``model_steps``)."""
-        per_repeat = self.items + 1 + self.probes
-        if not self.cost_steps or not self.models or not self.member_bytes or not per_repeat:
+        sizes = self._chunk_sizes(budget)
+        if not self.cost_steps or not sizes:
             return self.models
-        steps = self.cost_steps // (per_repeat * self.repeats)  # of one retrained model
-        return self.models + (self.model_steps(budget) - self.cost_steps) // max(steps, 1)
+        return self.models + self.repeats * (sum(sizes) - (self.items + 1 + self.probes))
 
     def model_flops(self, budget: int | None = None) -> float:
         """FLOPs of the model-steps it trains under ``budget``."""
@@ -88,10 +83,7 @@ class Task:
 
     def chunks(self, budget: int | None = None) -> int:
         """How many ensembles this task trains (each chunk also carries one control model)."""
-        if not self.models or not self.member_bytes:
-            return 0
-        size = self.chunk or models_per_chunk(self.member_bytes, budget)
-        return self.repeats * len(chunk_bounds(self.items, size, self.probes))
+        return self.repeats * len(self._chunk_sizes(budget))
 
 
 @dataclass

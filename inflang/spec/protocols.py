@@ -12,6 +12,7 @@ rankings choose what it removes), ``items`` and ``extra_models`` (what ``plan`` 
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
@@ -144,10 +145,10 @@ class Retraining(Spec):
         followed (in the task's canonical order; the spec's ``by`` fields hold those tasks' hashes)."""
         return list(followed)
 
+    @abstractmethod
     def items(self, facts: StudyFacts) -> int:
         """Models retrained per repeat besides the control and the probes (an upper bound where they follow
-        a ranking)."""
-        raise NotImplementedError(type(self).__name__)
+        a ranking); every protocol states it (pydantic's model metaclass is an ABCMeta)."""
 
     def extra_models(self, facts: StudyFacts) -> int:
         """Models solved besides the retraining (the decomposition's converged refits)."""
