@@ -1,5 +1,5 @@
-"""Claims: a study's hypotheses checked against its cells, each with a statistic, a 95% interval from the
-hierarchical bootstrap of ``inflang.stats`` and a verdict (docs/language.md, "Claims").
+"""Claims: a study's hypotheses checked against its cells, each with a statistic, a 95% interval from
+``inflang.intervals`` and a verdict (docs/language.md, "Claims").
 
 Statistics, over the sweep points the claim covers (``where``), from each point's mean over seeds of the
 mean over test points:
@@ -7,14 +7,17 @@ mean over test points:
 - ``trend``: the slope of the metric against the rank of the axis value (0, 1, 2, ... in sorted order), in
   metric units per step, within each combination of the other swept values, averaged over combinations;
 - ``contrast``: the mean over combinations of the other swept values of metric(better) - metric(than);
-- ``compare``: the mean over points of metric(better estimator) - metric(other estimator), paired per seed,
-  test point and training point;
-- ``between_test_points``: max(0, 1 - (mean item-level bootstrap variance of a test point's metric) /
-  (variance of the metric across test points)), averaged over seeds and points: in [0, 1].
-Replicates draw seeds once for all points (paired by seed), then test points and items within each; the
+- ``compare``: the mean over points of metric(better estimator) - metric(other estimator), paired per seed
+  and test point;
+- ``between_test_points``: the share of the metric's spread between test points that is real rather than
+  item noise, from variance components pooled over every cell the claim covers (``inflang.intervals.Share``).
+Each of the first four is a linear combination of the points' means, so its interval is one t-interval over
+the top level (seeds, paired across points; the test points of the one seed when there is only one). The
 verdict is ``supported`` when the interval lies on the claimed side (of 0, or of the threshold),
 ``contradicted`` when it lies on the other, ``unresolved`` otherwise, and ``not evaluable`` when cells the
-claim needs failed or carry no replicates.
+claim needs failed or the data cannot give an interval. For metrics where lower is better (``flip_k``,
+losses, gaps; or ``better: lower``) a contrast or comparison claims a negative difference. With
+``claims_adjust`` the intervals of the study's claims are widened as a family (Holm or Bonferroni).
 """
 
 from __future__ import annotations
@@ -22,17 +25,16 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import numpy as np
 
-from inflang import stats
-from inflang.hashing import derive_seed
-from inflang.pooling import SeedRows, per_seed
-from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim
+from inflang import intervals, stats
+from inflang.pooling import SeedRows, binomial_count, by_seed, difference_arms, level, per_seed, units
+from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim, lower_is_better
 from inflang.store import model_quantity_rows
 
 GAP_METRICS = tuple(f"{prefix}_{name}" for prefix in ("influence_vs_pbrf", "influence_vs_retrained",
@@ -56,6 +58,8 @@ class Verdict:
     relative_to_ceiling: float | None = None
     detail: str = ""
     threshold: float = 0.0  # the line the interval has to clear: at_least/at_most, or 0 for differences
+    p_value: float = math.nan  # the smallest alpha whose (1 - alpha) interval excludes the threshold
+    level: float = intervals.LEVEL  # the interval's confidence level (below 0.95 never; above it when adjusted)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -166,96 +170,28 @@ def claim_problems(claims: Sequence[Claim], cells: Sequence[tuple[Params, Any]])
 
 # --- evaluation --------------------------------------------------------------------------------------------
 
-Inner = Callable[[int, np.random.Generator], np.ndarray]  # (replicates, rng) -> [replicates]
+ByPoint = dict[str, dict[str | None, list[SeedRows]]]  # params JSON -> estimator -> seeds' rows
 
 
-def _mean_inner(rows: SeedRows) -> Inner | None:
-    """Replicates of one seed's mean over test points (test points, then items); None without replicates."""
-    if rows.replicates is None:
-        if len(rows.values) == 1 and np.isfinite(rows.values[0]):  # a model quantity: no test points
-            value = float(rows.values[0])
-            return lambda count, rng: np.full(count, value)
-        if not np.isfinite(rows.values).any():
-            return None
-        fixed = rows.values[:, None]  # no item replicates (resolution): test points are resampled only
-        return lambda count, rng: stats.test_point_replicates(fixed, count, rng)
-    reps = rows.replicates
-    return lambda count, rng: stats.test_point_replicates(reps, count, rng)
+@dataclass
+class Evidence:
+    """What a claim's verdict rests on, before the family decides its interval's level."""
 
+    claim: Claim
+    statistic: str
+    value: intervals.Statistic | None = None
+    why: str = ""  # why there is no statistic
+    seeds: int = 0
+    test_points: int = 0
+    ceiling: float | None = None
+    notes: list[str] = field(default_factory=list)
 
-def _paired_inner(a: SeedRows, b: SeedRows) -> Inner | None:
-    """Replicates of a's mean minus b's, paired on test points (and items) where both measured the same."""
-    if a.replicates is None or b.replicates is None:
-        return None
-    ra, rb = a.replicates, b.replicates
-    paired = a.test_ids == b.test_ids
-    return lambda count, rng: stats.paired_seed_replicates([ra], [rb], [paired], count, rng)
+    @property
+    def threshold(self) -> float:
+        return _threshold(self.claim)
 
-
-def _spread_parts(rows: SeedRows) -> tuple[np.ndarray, np.ndarray] | None:
-    """(metric, item-level variance) of the test points where both are finite; None without replicates."""
-    if rows.replicates is None:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        within = np.nanvar(rows.replicates, axis=1)
-    ok = np.isfinite(rows.values) & np.isfinite(within)
-    return rows.values[ok], within[ok]
-
-
-def _share(values: np.ndarray, within: np.ndarray) -> np.ndarray:
-    """max(0, 1 - mean(within) / var(values)) along the last axis: the share of the spread between test
-    points not explained by item noise, in [0, 1] (0 where the item noise explains all of it, or the values
-    do not vary)."""
-    between = values.var(axis=-1, ddof=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = 1 - within.mean(axis=-1) / np.where(between > 0, between, 1.0)
-    return np.where(between > 0, np.clip(share, 0.0, 1.0), 0.0)
-
-
-def _spread_inner(rows: SeedRows) -> Inner | None:
-    parts = _spread_parts(rows)
-    if parts is None or len(parts[0]) < 3:
-        return None
-    values, within = parts
-
-    def draw(count: int, rng: np.random.Generator) -> np.ndarray:
-        pick = rng.integers(0, len(values), (count, len(values)))
-        return _share(values[pick], within[pick])
-
-    return draw
-
-
-def _spread(rows: SeedRows) -> float:
-    parts = _spread_parts(rows)
-    if parts is None or len(parts[0]) < 3:
-        return math.nan
-    return float(_share(*parts))
-
-
-def _joint(points: Sequence[dict[int, Inner]], count: int, rng: np.random.Generator) -> np.ndarray:
-    """[P, count]: per point, replicates of the mean over seeds, the seeds drawn once for every point (so
-    points are paired by seed); each drawn seed contributes one of its own inner replicates."""
-    repeats = sorted({r for p in points for r in p})
-    S = len(repeats)
-    draw = rng.integers(0, S, (count, S))
-    column = rng.integers(0, count, (count, S))
-    out = np.full((len(points), count), np.nan)
-    for i, point in enumerate(points):
-        inner = np.full((S, count), np.nan)
-        for j, r in enumerate(repeats):
-            if r in point:
-                inner[j] = point[r](count, rng)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a replicate that drew only missing seeds
-            out[i] = np.nanmean(inner[draw, column], axis=1)
-    return out
-
-
-def _slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least-squares slope of y [..., m] on x [m] along the last axis."""
-    xc = x - x.mean()
-    return ((y - y.mean(axis=-1, keepdims=True)) * xc).sum(axis=-1) / (xc * xc).sum()
+    def p_value(self) -> float:
+        return math.nan if self.value is None else intervals.p_value(self.value, self.threshold)
 
 
 def _model_rows(con: duckdb.DuckDBPyConnection, study: str, quantity: str) -> dict[str, list[SeedRows]]:
@@ -267,172 +203,339 @@ def _model_rows(con: duckdb.DuckDBPyConnection, study: str, quantity: str) -> di
     return out
 
 
-def _verdict(form: str, claim: Claim, low: float, high: float) -> str:
-    if claim.at_least is not None:
-        side = (low >= claim.at_least, high < claim.at_least)
-    elif claim.at_most is not None:
-        side = (high <= claim.at_most, low > claim.at_most)
-    elif claim.between_test_points is not None:
-        side = (low >= claim.between_test_points.at_least, high < claim.between_test_points.at_least)
-    elif claim.trend is not None and claim.trend.direction == "down":
-        side = (high < 0, low > 0)
-    else:  # trend up, contrast, compare: positive is the claimed side
-        side = (low > 0, high < 0)
-    return "supported" if side[0] else "contradicted" if side[1] else "unresolved"
+def rows_for(con: duckdb.DuckDBPyConnection, study: str, metric: str) -> ByPoint:
+    """The per-seed rows of a metric (or model quantity) per sweep point and estimator."""
+    if metric in MODEL_QUANTITIES:
+        return {k: {None: rows} for k, rows in _model_rows(con, study, metric).items()}
+    by_point: ByPoint = {}
+    for (params, estimator, _), rows in per_seed(con, study, metric).items():
+        by_point.setdefault(params, {})[estimator] = rows
+    return by_point
 
 
-def _describe(claim: Claim) -> str:
-    if claim.trend is not None:
-        return f"slope of {claim.metric} per step of {claim.trend.axis}"
-    if claim.contrast is not None:
-        c = claim.contrast
-        return f"{claim.metric} at {c.axis}={_shown(c.better)} minus at {_shown(c.than)}"
-    if claim.compare is not None:
-        return f"{claim.metric} of {claim.compare.better} minus {claim.compare.than}"
-    if claim.between_test_points is not None:
-        return f"share of {claim.metric}'s spread between test points that is real"
-    bound = f">= {claim.at_least:g}" if claim.at_least is not None else f"<= {claim.at_most:g}"
-    return f"mean {claim.metric} ({bound})"
+def _ground_metric(metric: str) -> bool:
+    return metric in MODEL_QUANTITIES or metric in GROUND_TRUTH_METRICS or metric.startswith(
+        ("pbrf_vs_", "converged_loo_vs_", "random_"))
 
 
-def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim],
-             count: int = stats.REPLICATES) -> list[Verdict]:
-    """Every claim of a study, from the rows its tasks stored."""
-    return [evaluate_one(con, study, claim, count) for claim in claims]
+def _ceiling_of(reliability: ByPoint | None, point: str, kind: str) -> float | None:
+    """The noise ceiling of a sweep point, from its reliability pooled over seeds and test points."""
+    rows = (reliability or {}).get(point, {}).get(None)
+    found = level(rows, f"reliability_{kind}") if rows else None
+    if found is None or not math.isfinite(found.value):
+        return None
+    return float(stats.ceiling(kind, np.asarray(found.value)))
 
 
-def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim,
-                 count: int = stats.REPLICATES) -> Verdict:
-    form, statistic = claim.form, _describe(claim)
+def _arms_ceiling(reliability: ByPoint | None, points: Sequence[str], kind: str) -> float | None:
+    found = [_ceiling_of(reliability, p, kind) for p in points]
+    kept = [c for c in found if c is not None]
+    return float(np.mean(kept)) if kept and len(kept) == len(found) else None
 
-    def unevaluable(why: str) -> Verdict:
-        return Verdict(claim.name, form, statistic, math.nan, None, None, 0, 0, "not evaluable", None, why,
-                       _threshold(claim))
 
-    by_point: dict[str, dict[str | None, list[SeedRows]]] = {}
-    if claim.metric in MODEL_QUANTITIES:
-        by_point = {k: {None: rows} for k, rows in _model_rows(con, study, claim.metric).items()}
-    else:
-        grouped = per_seed(con, study, claim.metric)
-        for (params, estimator, _), rows in grouped.items():
-            by_point.setdefault(params, {})[estimator] = rows
+def _finite_count(rows: Sequence[Sequence[SeedRows]]) -> int:
+    return sum(int(np.isfinite(r.values).sum()) for group in rows for r in group if r.finite)
+
+
+def _seed_count(rows: Sequence[Sequence[SeedRows]]) -> int:
+    return len({r.repeat for group in rows for r in group if r.finite})
+
+
+def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None) -> Evidence:
+    """The statistic of one claim from its rows (``rows_for``); ``reliability``: the rows of
+    ``reliability_<metric>`` for ceilings (claims on spearman or pearson)."""
+    evidence = Evidence(claim, _describe(claim))
     points = sorted(k for k in by_point if _matches(json.loads(k), claim.where))
     if not points:
-        return unevaluable("no finished cell has the claim's values")
-    rng = np.random.default_rng(derive_seed(study, "claim", claim.name))
-    estimator = None if claim.metric in MODEL_QUANTITIES or claim.metric in GROUND_TRUTH_METRICS or \
-        claim.metric.startswith(("pbrf_vs_", "converged_loo_vs_", "random_")) else claim.estimator
-
-    def rows_of(point: str, label: str | None) -> list[SeedRows] | None:
-        return by_point[point].get(label)
-
+        evidence.why = "no finished cell has the claim's values"
+        return evidence
+    kind = claim.metric if claim.metric in ("spearman", "pearson") else None
     if claim.compare is not None:
-        inners: list[dict[int, Inner]] = []
-        estimates, used = [], []
-        for point in points:
-            a, b = rows_of(point, claim.compare.better), rows_of(point, claim.compare.than)
-            if not a or not b:
-                continue
-            right = {r.repeat: r for r in b if np.isfinite(r.values).any()}
-            pairs = [(x, right[x.repeat]) for x in a if x.repeat in right and np.isfinite(x.values).any()]
-            inner = {x.repeat: _paired_inner(x, y) for x, y in pairs}
-            if not pairs or any(f is None for f in inner.values()):
-                return unevaluable(f"cells of {point} carry no bootstrap replicates")
-            inners.append({k: f for k, f in inner.items() if f is not None})
-            estimates.append(float(np.mean([np.nanmean(x.values) - np.nanmean(y.values) for x, y in pairs])))
-            used.append([x for x, _ in pairs])
-        if not inners:
-            return unevaluable(f"no cell has both {claim.compare.better} and {claim.compare.than}")
-        reps = np.nanmean(_joint(inners, count, rng), axis=0)
-        estimate = float(np.mean(estimates))
-        return _finish(con, study, claim, form, statistic, estimate, reps, used, points)
-
-    selected: dict[str, list[SeedRows]] = {}
-    for point in points:
-        found = rows_of(point, estimator)
-        if found:
-            selected[point] = found
+        return _gather_compare(evidence, claim, by_point, points, reliability if kind else None, kind)
+    estimator = None if _ground_metric(claim.metric) else claim.estimator
+    selected = {p: by_point[p][estimator] for p in points if by_point[p].get(estimator)}
     if not selected:
-        return unevaluable(f"no rows of {claim.metric}" + (f" for {estimator}" if estimator else ""))
-    make = _spread_inner if claim.between_test_points is not None else _mean_inner
-    inners_by_point: dict[str, dict[int, Inner]] = {}
-    for point, rows in selected.items():
-        inner = {r.repeat: make(r) for r in rows if np.isfinite(r.values).any()}
-        if not inner or any(f is None for f in inner.values()):
-            if claim.between_test_points is not None:
-                return unevaluable(f"cells of {point} need at least 3 test points with bootstrap replicates")
-            return unevaluable(f"cells of {point} carry no bootstrap replicates")
-        inners_by_point[point] = {k: f for k, f in inner.items() if f is not None}
-    keys = list(inners_by_point)
-    joint = _joint([inners_by_point[k] for k in keys], count, rng)
+        evidence.why = f"no rows of {claim.metric}" + (f" for {estimator}" if estimator else "")
+        return evidence
     if claim.between_test_points is not None:
-        point_estimates = [float(np.nanmean([_spread(r) for r in selected[k]])) for k in keys]
-    else:
-        point_estimates = [stats.mean_over_seeds([r.values for r in selected[k]]) for k in keys]
-    used = [selected[k] for k in keys]
+        return _gather_share(evidence, claim, selected)
+    keys = list(selected)
+    coefficients = _coefficients(claim, keys)
+    if coefficients is None:
+        axis = (claim.trend or claim.contrast).axis  # type: ignore[union-attr]
+        evidence.why = f"no finished cells to compare along {axis}"
+        return evidence
+    involved = [keys[i] for i in sorted(coefficients)]
+    seeds = by_seed([selected[k] for k in involved])
+    levels = claim.form in ("at_least", "at_most")
+    name, source = claim.metric, selected
+    pooled_root = claim.metric.startswith("noise_ceiling_") and levels and reliability is not None
+    if pooled_root:  # the ceiling is pooled before its root: the claim is asked of the reliability
+        name = claim.metric.replace("noise_ceiling_", "reliability_")
+        source = {k: (reliability or {}).get(k, {}).get(None) or [] for k in involved}
+        if not all(source.values()):
+            evidence.why = f"no {name} rows behind {claim.metric}"
+            return evidence
+    arms = [(c, units(source[keys[i]], seeds)) for i, c in sorted(coefficients.items()) if c != 0.0]
+    combined = intervals.combine(arms, seeds, intervals.metric_range(name) if levels else None,
+                                 binomial_count([source[k] for k in involved]) if levels and len(involved) == 1
+                                 else None)
+    value: intervals.Statistic | None = combined
+    if combined is not None and pooled_root:
+        root = claim.metric.removeprefix("noise_ceiling_")
+        value = intervals.Mapped(combined, lambda r: float(stats.ceiling(root, np.asarray(r))))
+    evidence.value = value
+    evidence.seeds = _seed_count([selected[k] for k in involved])
+    evidence.test_points = _finite_count([selected[k] for k in involved])
+    _unit_notes(evidence, value, seeds, claim)
+    if kind and levels:
+        evidence.ceiling = _arms_ceiling(reliability, involved, kind)
+    elif kind and claim.contrast is not None and reliability is not None:
+        _contrast_ceilings(evidence, claim, keys, coefficients, selected, reliability, kind)
+    return evidence
+
+
+def _gather_compare(evidence: Evidence, claim: Claim, by_point: ByPoint, points: Sequence[str],
+                    reliability: ByPoint | None, kind: str | None) -> Evidence:
+    assert claim.compare is not None
+    better, than = claim.compare.better, claim.compare.than
+    pairs = {p: (by_point[p][better], by_point[p][than]) for p in points
+             if by_point[p].get(better) and by_point[p].get(than)}
+    if not pairs:
+        evidence.why = f"no cell has both {better} and {than}"
+        return evidence
+    seeds = by_seed([rows for pair in pairs.values() for rows in pair])
+    arms = [(c / len(pairs), ys) for a, b in pairs.values() for c, ys in difference_arms(a, b, seeds)]
+    evidence.value = intervals.combine(arms, seeds)
+    evidence.seeds = _seed_count([a for a, _ in pairs.values()])
+    evidence.test_points = _finite_count([a for a, _ in pairs.values()])
+    _unit_notes(evidence, evidence.value, seeds, claim)
+    if kind:
+        ceiling = _arms_ceiling(reliability, list(pairs), kind)
+        if ceiling:
+            shares = [np.mean([level(rows, claim.metric).value for rows in side])  # type: ignore[union-attr]
+                      for side in zip(*pairs.values(), strict=True)]
+            evidence.notes.append(f"{better} {shares[0] / ceiling:.2f} and {than} {shares[1] / ceiling:.2f} of "
+                                  f"the noise ceiling {ceiling:.2f}")
+    return evidence
+
+
+def _gather_share(evidence: Evidence, claim: Claim, selected: dict[str, list[SeedRows]]) -> Evidence:
+    cells = []
+    for rows in selected.values():
+        for r in rows:
+            if not r.finite:
+                continue
+            if r.replicates is None:
+                evidence.why = "the cells carry no item-level bootstrap replicates (metrics: bootstrap: 0)"
+                return evidence
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                cells.append((r.values, np.nanvar(r.replicates, axis=1)))
+    value = intervals.share(cells)
+    if value.df <= 2:
+        evidence.why = "needs at least 4 test points with replicates in all (3 degrees of freedom)"
+        return evidence
+    if not value.ss > 0:
+        evidence.why = f"{claim.metric} does not vary between test points"
+        return evidence
+    evidence.value = value
+    evidence.seeds = _seed_count(list(selected.values()))
+    evidence.test_points = _finite_count(list(selected.values()))
+    return evidence
+
+
+def _unit_notes(evidence: Evidence, value: intervals.Statistic | None, seeds: bool, claim: Claim) -> None:
+    if isinstance(value, intervals.TMean) and value.dropped:
+        evidence.notes.append(f"{value.dropped} seed{'s' if value.dropped > 1 else ''} left out: not measured at "
+                              "every point the claim compares")
+    if not seeds and claim.metric not in MODEL_QUANTITIES:
+        evidence.notes.append("one seed: the interval is over test points, about this trained model, not over "
+                              "training seeds")
+
+
+def _contrast_ceilings(evidence: Evidence, claim: Claim, keys: Sequence[str], coefficients: dict[int, float],
+                       selected: dict[str, list[SeedRows]], reliability: ByPoint, kind: str) -> None:
+    parts = []
+    for side, sign in (("better", 1.0), ("than", -1.0)):
+        arm = [keys[i] for i, c in coefficients.items() if c * sign > 0]
+        ceiling = _arms_ceiling(reliability, arm, kind)
+        if not ceiling:
+            return
+        mean = float(np.mean([level(selected[k], claim.metric).value for k in arm]))  # type: ignore[union-attr]
+        value = getattr(claim.contrast, side)
+        parts.append(f"at {_shown(value)} {mean / ceiling:.2f} of its noise ceiling {ceiling:.2f}")
+    evidence.notes.append("; ".join(parts))
+
+
+def _coefficients(claim: Claim, keys: Sequence[str]) -> dict[int, float] | None:
+    """Point index -> weight in the statistic (a linear combination of the points' means); None when a trend
+    or contrast finds nothing to compare."""
     axis_spec = claim.trend or claim.contrast
-    if axis_spec is None:  # at_least, at_most, between_test_points: the mean over points
-        return _finish(con, study, claim, form, statistic, float(np.nanmean(point_estimates)),
-                       np.nanmean(joint, axis=0), used, keys)
+    if axis_spec is None:
+        return {i: 1.0 / len(keys) for i in range(len(keys))}
     axis = axis_spec.axis
     groups: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         params = json.loads(k)
-        if axis not in params:
-            continue
-        others = {p: v for p, v in params.items() if p != axis}
-        groups.setdefault(json.dumps(others, sort_keys=True), []).append(i)
-    estimates, replicates = [], []
-    involved: set[int] = set()  # the cells the statistic rests on (their seeds and test points are counted)
+        if axis in params:
+            others = {p: v for p, v in params.items() if p != axis}
+            groups.setdefault(json.dumps(others, sort_keys=True), []).append(i)
     # the rank of an axis value is its place among all the axis's values (0, 1, 2, ...), in numeric order
     levels = sorted({float(json.loads(k)[axis]) for k in keys if _numeric(json.loads(k).get(axis))})
+    per_group: list[dict[int, float]] = []
     for members in groups.values():
         values = [json.loads(keys[i])[axis] for i in members]
         if claim.trend is not None:
             if len(members) < 2 or not all(_numeric(v) for v in values):
                 continue
             ranks = np.array([levels.index(float(v)) for v in values], dtype=float)
-            estimates.append(float(_slope(ranks, np.array([point_estimates[i] for i in members]))))
-            replicates.append(_slope(ranks, joint[members].T))
-            involved.update(members)
+            centred = ranks - ranks.mean()
+            if not (centred * centred).sum() > 0:
+                continue
+            per_group.append({i: float(w) for i, w in zip(members, centred / (centred * centred).sum(),
+                                                          strict=True)})
         else:
             assert claim.contrast is not None
             better = [i for i, v in zip(members, values, strict=True) if _same(v, claim.contrast.better)]
             than = [i for i, v in zip(members, values, strict=True) if _same(v, claim.contrast.than)]
-            if not better or not than:
-                continue
-            estimates.append(point_estimates[better[0]] - point_estimates[than[0]])
-            replicates.append(joint[better[0]] - joint[than[0]])
-            involved.update((better[0], than[0]))
-    if not estimates:
-        return unevaluable(f"no finished cells to compare along {axis}")
-    return _finish(con, study, claim, form, statistic, float(np.mean(estimates)),
-                   np.nanmean(np.stack(replicates), axis=0), [used[i] for i in sorted(involved)],
-                   [keys[i] for i in sorted(involved)])
+            if better and than:
+                per_group.append({better[0]: 1.0, than[0]: -1.0})
+    if not per_group:
+        return None
+    out: dict[int, float] = {}
+    for weights in per_group:
+        for i, w in weights.items():
+            out[i] = out.get(i, 0.0) + w / len(per_group)
+    return out
 
 
-def _finish(con: duckdb.DuckDBPyConnection, study: str, claim: Claim, form: str, statistic: str, estimate: float,
-            replicates: np.ndarray, used: Sequence[Sequence[SeedRows]], points: Sequence[str]) -> Verdict:
-    interval = stats.percentile_interval(replicates)
-    seeds = len({r.repeat for rows in used for r in rows})
-    test_points = sum(int(np.isfinite(r.values).sum()) for rows in used for r in rows)
-    ceiling = None
-    if claim.metric in ("spearman", "pearson") and claim.between_test_points is None and math.isfinite(estimate):
-        rows = per_seed(con, study, f"noise_ceiling_{claim.metric}")
-        values = [stats.mean_over_seeds([r.values for r in rows_]) for (params, _, _), rows_ in rows.items()
-                  if params in points]
-        finite = [v for v in values if math.isfinite(v)]
-        if finite and np.mean(finite) > 0:
-            ceiling = estimate / float(np.mean(finite))
+def _verdict(claim: Claim, low: float, high: float) -> str:
+    if claim.at_least is not None:
+        side = (low >= claim.at_least, high < claim.at_least)
+    elif claim.at_most is not None:
+        side = (high <= claim.at_most, low > claim.at_most)
+    elif claim.between_test_points is not None:
+        side = (low >= claim.between_test_points.at_least, high < claim.between_test_points.at_least)
+    elif claim.trend is not None:
+        side = (high < 0, low > 0) if claim.trend.direction == "down" else (low > 0, high < 0)
+    elif lower_is_better(claim):  # contrast, compare: the better side has the lower metric
+        side = (high < 0, low > 0)
+    else:
+        side = (low > 0, high < 0)
+    return "supported" if side[0] else "contradicted" if side[1] else "unresolved"
+
+
+def _describe(claim: Claim) -> str:
+    lower = " (lower is better)" if lower_is_better(claim) else ""
+    if claim.trend is not None:
+        return f"slope of {claim.metric} per step of {claim.trend.axis}"
+    if claim.contrast is not None:
+        c = claim.contrast
+        return f"{claim.metric} at {c.axis}={_shown(c.better)} minus at {_shown(c.than)}{lower}"
+    if claim.compare is not None:
+        return f"{claim.metric} of {claim.compare.better} minus {claim.compare.than}{lower}"
+    if claim.between_test_points is not None:
+        return f"share of {claim.metric}'s spread between test points that is real"
+    bound = f">= {claim.at_least:g}" if claim.at_least is not None else f"<= {claim.at_most:g}"
+    return f"mean {claim.metric} ({bound})"
+
+
+def decide(evidence: Evidence, level_: float = intervals.LEVEL) -> Verdict:
+    """The verdict of a claim from its evidence, with its interval at ``level_``."""
+    claim = evidence.claim
+    base = dict(claim=claim.name, form=claim.form, statistic=evidence.statistic, seeds=evidence.seeds,
+                test_points=evidence.test_points, threshold=evidence.threshold, level=level_,
+                relative_to_ceiling=None)
+    if evidence.value is None:
+        return Verdict(estimate=math.nan, ci_low=None, ci_high=None, verdict="not evaluable", detail=evidence.why,
+                       **base)  # type: ignore[arg-type]
+    value = evidence.value
+    interval = value.interval(level_)
+    estimate = value.value
+    if evidence.ceiling and math.isfinite(estimate):
+        base["relative_to_ceiling"] = estimate / evidence.ceiling
     if interval is None or not math.isfinite(estimate):
-        return Verdict(claim.name, form, statistic, estimate, None, None, seeds, test_points, "not evaluable",
-                       ceiling, "no interval: the cells carry no bootstrap replicates", _threshold(claim))
-    if claim.metric in MODEL_QUANTITIES and seeds < 2:
-        return Verdict(claim.name, form, statistic, estimate, None, None, seeds, test_points, "not evaluable",
-                       ceiling, f"{claim.metric} is one number per model: an interval needs repeats >= 2 seeds",
-                       _threshold(claim))
-    return Verdict(claim.name, form, statistic, estimate, interval.low, interval.high, seeds, test_points,
-                   _verdict(form, claim, interval.low, interval.high), ceiling, "", _threshold(claim))
+        if claim.metric in MODEL_QUANTITIES and value.units < 2:
+            why = f"{claim.metric} is one number per model: an interval needs repeats >= 2 seeds"
+        else:
+            why = "no interval: fewer than 2 units (seeds, or test points of one seed) with a finite value"
+        return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable", detail=why,
+                       **base)  # type: ignore[arg-type]
+    return Verdict(estimate=estimate, ci_low=interval.low, ci_high=interval.high,
+                   verdict=_verdict(claim, interval.low, interval.high), detail="; ".join(evidence.notes),
+                   p_value=evidence.p_value(), **base)  # type: ignore[arg-type]
+
+
+def family_levels(evidence: Sequence[Evidence], adjust: str, level_: float = intervals.LEVEL) -> list[float]:
+    """The confidence level of each claim's interval: ``level_`` unadjusted, or as Holm's step-down or
+    Bonferroni needs them for a family-wise error of at most 1 - ``level_`` (over the evaluable claims)."""
+    if adjust == "holm":
+        return intervals.holm_levels([e.p_value() for e in evidence], level_)
+    if adjust == "bonferroni":
+        count = sum(e.value is not None for e in evidence)
+        return intervals.bonferroni_levels(len(evidence), level_) if count == len(evidence) else \
+            [1 - (1 - level_) / max(count, 1)] * len(evidence)
+    return [level_] * len(evidence)
+
+
+def evaluate_rows(claims: Sequence[Claim], rows: Sequence[ByPoint], reliability: Sequence[ByPoint | None],
+                  adjust: str = "none") -> list[Verdict]:
+    """Verdicts of a family of claims from in-memory rows (one ``ByPoint`` per claim)."""
+    evidence = [gather(c, r, rel) for c, r, rel in zip(claims, rows, reliability, strict=True)]
+    return [decide(e, lv) for e, lv in zip(evidence, family_levels(evidence, adjust), strict=True)]
+
+
+def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim],
+             adjust: str = "none") -> list[Verdict]:
+    """Every claim of a study, from the rows its tasks stored."""
+    cache: dict[str, ByPoint] = {}
+
+    def rows(metric: str) -> ByPoint:
+        if metric not in cache:
+            cache[metric] = rows_for(con, study, metric)
+        return cache[metric]
+
+    reliability: list[ByPoint | None] = []
+    for claim in claims:
+        if claim.metric in ("spearman", "pearson"):
+            reliability.append(rows(f"reliability_{claim.metric}"))
+        elif claim.metric.startswith("noise_ceiling_"):
+            reliability.append(rows(claim.metric.replace("noise_ceiling_", "reliability_")))
+        else:
+            reliability.append(None)
+    return evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust)
+
+
+def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim) -> Verdict:
+    """One claim on its own (no family adjustment)."""
+    return evaluate(con, study, [claim])[0]
+
+
+def family_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Per study, how many claims it declares and what that means for false verdicts; the † claims."""
+    notes = []
+    for study in dict.fromkeys(r["study"] for r in rows):
+        own = [r for r in rows if r["study"] == study]
+        m, adjust = len(own), own[0]["adjust"] or "none"
+        if adjust == "none":
+            chance = 1 - 0.95 ** m
+            notes.append(f"{study}: {m} claim{'s' if m != 1 else ''}, each interval at 95%" + (
+                f": were every claim's statistic exactly at its line, the chance of at least one verdict other than "
+                f"unresolved would be up to {100 * chance:.0f}%; claims_adjust: holm keeps it at 5%" if m > 1 else ""))
+        else:
+            notes.append(f"{study}: {m} claims, {adjust}-adjusted: at most a 5% chance of any false verdict among them")
+        late = [r for r in own if r["declared_after_results"]]
+        if late:
+            first = min(str(r["declared_at"])[:16] for r in late)
+            notes.append(f"† {len(late)} claim{'s' if len(late) != 1 else ''} declared or edited after the study had "
+                         f"results (from {first} UTC): chosen with the data in view, read them as exploratory")
+    return notes
+
+
+def definition(claim: Claim) -> str:
+    """A claim's definition as canonical JSON (what it asks, whatever its layout in the file)."""
+    return json.dumps(claim.model_dump(mode="json", exclude_none=True), sort_keys=True)
 
 
 def _threshold(claim: Claim) -> float:

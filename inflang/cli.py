@@ -17,6 +17,7 @@ from rich.table import Table
 
 from inflang import __version__
 from inflang import store as store_queries
+from inflang.claims import family_notes
 from inflang.cost import ENGINES
 from inflang.errors import StudyError, UsageError
 from inflang.plan import KINDS, Plan, compile_study
@@ -341,22 +342,36 @@ def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | No
     return table
 
 
-def _claims_rows(db: str | Path, studies: list[str]) -> list[tuple[Any, ...]]:
+def _claims_rows(db: str | Path, studies: list[str]) -> list[dict[str, Any]]:
     return store_queries.claim_rows(db, studies)
 
 
-def _claims_table(rows: list[tuple[Any, ...]], with_study: bool) -> Table:
-    table = Table(title="claims: verdict from the 95% interval (seeds, test points, training points)")
-    for col in (["study"] if with_study else []) + ["claim", "verdict", "statistic", "estimate [95% interval]",
+def _claims_table(rows: list[dict[str, Any]], with_study: bool) -> Table:
+    """The verdicts, marked † where the claim was declared or edited after the study had results."""
+    adjusted = sorted({r["adjust"] for r in rows if r["adjust"] and r["adjust"] != "none"})
+    how = f"{'/'.join(adjusted)}-adjusted intervals" if adjusted else "95% intervals"
+    table = Table(title=f"claims: verdicts from {how} (over seeds; over test points with one seed)")
+    for col in (["study"] if with_study else []) + ["claim", "verdict", "statistic", "estimate [interval]",
                                                      "of ceiling", "seeds", "test points"]:
-        table.add_column(col, no_wrap=col in ("verdict", "estimate [95% interval]"))
+        table.add_column(col, no_wrap=col in ("verdict", "estimate [interval]"))
     colours = {"supported": "green", "contradicted": "red", "unresolved": "yellow"}
-    for study, claim, verdict, est, low, high, statistic, seeds, points, ceiling, detail in rows:
-        shown = f"[{colours.get(verdict, 'magenta')}]{verdict}[/]"
-        cells = [claim, shown, statistic + (f" ({detail})" if detail else ""), _number(est, low, high),
-                 "-" if ceiling is None else f"{ceiling:.2f}", str(seeds), str(points)]
-        table.add_row(*([study] if with_study else []), *cells)
+    for r in rows:
+        verdict = r["verdict"] + (" †" if r["declared_after_results"] else "")
+        shown = f"[{colours.get(r['verdict'], 'magenta')}]{verdict}[/]"
+        level = r["level"]
+        interval = _number(r["estimate"], r["ci_low"], r["ci_high"]) + (
+            f" ({100 * level:.2f}%)" if level is not None and abs(level - 0.95) > 1e-9 else "")
+        ceiling = r["relative_to_ceiling"]
+        cells = [r["claim"], shown, r["statistic"] + (f" ({r['detail']})" if r["detail"] else ""), interval,
+                 "-" if ceiling is None else f"{ceiling:.2f}", str(r["seeds"]), str(r["test_points"])]
+        table.add_row(*([r["study"]] if with_study else []), *cells)
     return table
+
+
+def _print_claims(rows: list[dict[str, Any]], with_study: bool) -> None:
+    out.print(_claims_table(rows, with_study))
+    for line in family_notes(rows):
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 def _print_summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> None:
@@ -437,7 +452,7 @@ def run(
     _print_summary(db, loaded.study.study, None if compiled.selected is None else
                    [c.cell.params for c in compiled.selected_cells()])
     if loaded.study.claims:
-        out.print(_claims_table(_claims_rows(db, [loaded.study.study]), False))
+        _print_claims(_claims_rows(db, [loaded.study.study]), False)
     failed_cells = [c for c, (s, _) in summary.cell_status.items() if s == "failed"]
     out.print(f"ran {summary.ran} tasks, reused {summary.cached}; {len(failed_cells)} of "
               f"{len(summary.cell_status)} cells failed" + (" (messages above; rerun failed tasks with "
@@ -574,14 +589,15 @@ def compare(
         raise _fail(f"error: no '{metric}' rows in {', '.join(studies)}")
     first = studies[0]
     table = Table("swept values", "estimator", title=f"{metric}: mean over seeds and test points [95% interval]; "
-                  "differences paired by seed and test point")
+                  f"differences from {first}, paired by seed and test point")
     for name in [*studies, *(f"{s} - {first}" for s in studies[1:])]:
         table.add_column(name, no_wrap=True)
+    paired_any = False
     for params, estimator in keys:
         cells = []
         for s in studies:
             rows = sides[s].get((params, estimator, metric))
-            pooled = pool((params, estimator, metric), rows, 0) if rows else None
+            pooled = pool((params, estimator, metric), rows) if rows else None
             cells.append(_number(pooled.value, pooled.ci_low, pooled.ci_high) if pooled else "-")
         base = sides[first].get((params, estimator, metric))
         for s in studies[1:]:
@@ -589,11 +605,17 @@ def compare(
             if not base or not other:
                 cells.append("-")
                 continue
-            diff = difference((params, estimator), other, base, 0)
+            diff = difference((params, estimator), other, base)
+            paired_any = True
             verdict = {True: "resolved", False: "not resolved", None: "no interval"}[diff.resolved]
-            cells.append(f"{_number(diff.estimate, diff.ci_low, diff.ci_high)} {verdict}")
+            cells.append(f"{_number(diff.estimate, diff.ci_low, diff.ci_high)} {verdict} "
+                         f"({diff.seeds} seed{'s' if diff.seeds != 1 else ''}, {diff.test_points} test points)")
         table.add_row(label(json.loads(params)), estimator or "-", *cells)
     out.print(table)
+    if not paired_any:
+        out.print(f"nothing pairs: no swept values and estimator that {first} shares with "
+                  f"{', '.join(studies[1:])} (differences need the same swept values on both sides)",
+                  highlight=False)
 
 
 @app.command(name="claims")
@@ -612,7 +634,7 @@ def claims_command(
         raise _fail(f"error: {exc}") from None
     if not rows:
         raise _fail(f"error: {', '.join(studies)} declare no claims (add a claims: section and run again)")
-    out.print(_claims_table(rows, len(studies) > 1))
+    _print_claims(rows, len(studies) > 1)
 
 
 @app.command()
@@ -641,7 +663,7 @@ def report(
         points = None if chosen is None else [p for c, p in registered if c in chosen]
         claim_rows = _claims_rows(db, [study])
         if claim_rows:
-            out.print(_claims_table(claim_rows, False))
+            _print_claims(claim_rows, False)
         _print_summary(db, study, points)
         cols, rows = store_queries.trained_models(db, study)
     except UsageError as exc:

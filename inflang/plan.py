@@ -246,8 +246,10 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         gt_inputs: dict[str, Any] = {"train": train, "ground_truth": gt_dump, "test_points": _dump(s.test_points)}
         if rankings:
             gt_inputs["rankings"] = rankings
-        gt_deps: tuple[str, ...] = (train, *rankings)
         probes = gt.probes_per_repeat
+        if s.metrics.resolved_only and gt.repeats >= 2 and probes:
+            gt_inputs["ceiling_items"] = "resolved"  # the noise ceiling on the items the metrics score
+        gt_deps: tuple[str, ...] = (train, *rankings)
         items = gt.items(facts)
         retrained = (items + 1 + probes) * gt.repeats
         models = retrained + gt.extra_models(facts)

@@ -1,14 +1,18 @@
-"""Seeds as an axis: metrics pooled over the cells that differ only in their seed, and paired differences.
+"""Seeds as an axis: metrics pooled over the cells that differ only in their seed, per-cell aggregates, and
+paired differences, all with the intervals of ``inflang.intervals``.
 
 A study with ``repeats: S`` has S cells per point of its sweep, one per seed. For each sweep point,
-estimator (NULL for noise ceilings) and metric, the pooled row holds
+estimator (NULL for the ground truth's own rows) and metric, the pooled row holds
 - ``value``: the mean over seeds of the mean over test points;
 - ``sd``: the standard deviation of the per-seed means (NULL for one seed);
-- ``ci_low``, ``ci_high``: the 95% hierarchical bootstrap interval (seeds, then test points, then items;
-  ``inflang.stats.seed_replicates``), from the item-level replicates the metrics tasks stored;
+- ``ci_low``, ``ci_high``: the 95% interval over the top level: Student's t over the per-seed means (two or
+  more seeds), else over the one seed's test points;
 - ``seeds`` and ``test_points``: what the numbers rest on.
-The driver writes these rows (``pooled_rows``, read through the ``sweep_results`` view) after every run;
-they are a pure function of the stored per-test-point rows, so rewriting them changes nothing else.
+The noise ceiling is pooled before its square root: the reliability is pooled, and the ceiling and its
+interval are sqrt(max(., 0)) of the reliability's (through the Spearman-Pearson relation for Spearman).
+The driver writes these rows (``pooled_rows``, read through ``sweep_results``) and each task's aggregate over
+its test points (``aggregate_rows``, the ``test_index IS NULL`` rows of ``metrics``) after every run; both
+are pure functions of the stored per-test-point rows.
 """
 
 from __future__ import annotations
@@ -16,15 +20,15 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import numpy as np
 
-from inflang import stats
-from inflang.hashing import derive_seed
-from inflang.store import per_test_point_rows
+from inflang import intervals, stats
+from inflang.store import per_test_point_rows, task_test_point_rows
 
 
 @dataclass
@@ -35,6 +39,16 @@ class SeedRows:
     test_ids: list[int]
     values: np.ndarray
     replicates: np.ndarray | None  # [T, B]
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.values).any())
+
+    def mean(self) -> float:
+        return float(np.mean(self.values[np.isfinite(self.values)])) if self.finite else math.nan
+
+    def by_test_point(self) -> dict[Hashable, float]:
+        return {t: float(v) for t, v in zip(self.test_ids, self.values, strict=True) if math.isfinite(v)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,7 @@ class Pooled:
 
 Key = tuple[str, str | None, str]  # (params JSON, estimator, metric)
 
+
 def per_seed(con: duckdb.DuckDBPyConnection, study: str, metric: str | None = None) -> dict[Key, list[SeedRows]]:
     """Per (swept values, estimator, metric): every seed's per-test-point rows."""
     grouped: dict[Key, dict[int, list[tuple[int, float, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -59,47 +74,139 @@ def per_seed(con: duckdb.DuckDBPyConnection, study: str, metric: str | None = No
         canonical = json.dumps(json.loads(params), sort_keys=True)
         grouped[(canonical, estimator, name)][int(repeat)].append(
             (int(test_index), math.nan if value is None else float(value), replicates))
-    out: dict[Key, list[SeedRows]] = {}
-    for key, seeds in grouped.items():
-        rows = []
-        for repeat, points in sorted(seeds.items()):
-            reps = None
-            if all(p[2] is not None for p in points) and len({len(p[2]) for p in points}) == 1:
-                reps = np.array([p[2] for p in points], dtype=np.float64)
-            values = np.array([p[1] for p in points], dtype=np.float64)
-            if reps is not None:
-                reps[~np.isfinite(values)] = np.nan
-            rows.append(SeedRows(repeat, [p[0] for p in points], values, reps))
-        out[key] = rows
+    return {key: [_seed_rows(repeat, points) for repeat, points in sorted(seeds.items())]
+            for key, seeds in grouped.items()}
+
+
+def _seed_rows(repeat: int, points: Sequence[tuple[int, float, Any]]) -> SeedRows:
+    reps = None
+    if all(p[2] is not None for p in points) and len({len(p[2]) for p in points}) == 1:
+        reps = np.array([p[2] for p in points], dtype=np.float64)
+    values = np.array([p[1] for p in points], dtype=np.float64)
+    if reps is not None:
+        reps[~np.isfinite(values)] = np.nan
+    return SeedRows(repeat, [p[0] for p in points], values, reps)
+
+
+# --- units: seeds when there are two or more, else the one seed's test points -------------------------------
+
+def by_seed(groups: Sequence[Sequence[SeedRows]]) -> bool:
+    """Whether the units are seeds: two or more seeds with a finite value among the rows."""
+    return len({r.repeat for rows in groups for r in rows if r.finite}) >= 2
+
+
+def units(rows: Sequence[SeedRows], seeds: bool) -> dict[Hashable, float]:
+    """unit -> value: per-seed means, or the test points of the (one) seed."""
+    if seeds:
+        return {r.repeat: r.mean() for r in rows if r.finite}
+    out: dict[Hashable, float] = {}
+    for r in rows:
+        if r.finite:
+            out.update(r.by_test_point())
     return out
 
 
-def _seed_means(rows: list[SeedRows]) -> list[float]:
-    return [float(np.mean(r.values[np.isfinite(r.values)])) for r in rows if np.isfinite(r.values).any()]
+def difference_arms(left: Sequence[SeedRows], right: Sequence[SeedRows], seeds: bool) -> list[intervals.Arm]:
+    """The arms of mean(left) - mean(right): one arm of paired differences (per seed, the mean over shared test
+    points of left - right when both measured the same ones, else the difference of the means; per test point
+    of one seed where both have the same test points), or two arms (+1, -1) when test points cannot pair."""
+    if seeds:
+        other = {r.repeat: r for r in right if r.finite}
+        paired: dict[Hashable, float] = {}
+        for a in left:
+            b = other.get(a.repeat)
+            if a.finite and b is not None:
+                paired[a.repeat] = _seed_difference(a, b)
+        return [(1.0, paired)]
+    ones, others = [r for r in left if r.finite], [r for r in right if r.finite]
+    if len(ones) == 1 and len(others) == 1 and ones[0].test_ids == others[0].test_ids:
+        la, lb = ones[0].by_test_point(), others[0].by_test_point()
+        return [(1.0, {t: la[t] - lb[t] for t in la if t in lb})]
+    return [(1.0, units(left, False)), (-1.0, units(right, False))]
 
 
-def pool(key: Key, rows: list[SeedRows], seed: int) -> Pooled:
+def _seed_difference(a: SeedRows, b: SeedRows) -> float:
+    if a.test_ids == b.test_ids:
+        both = np.isfinite(a.values) & np.isfinite(b.values)
+        return float(np.mean(a.values[both] - b.values[both])) if both.any() else math.nan
+    return a.mean() - b.mean()
+
+
+def binomial_count(groups: Sequence[Sequence[SeedRows]]) -> tuple[int, int] | None:
+    """(ones, test points) when every finite per-test-point value is 0 or 1 (a proportion), else None."""
+    values = np.concatenate([r.values[np.isfinite(r.values)] for rows in groups for r in rows] or [np.zeros(0)])
+    if len(values) == 0 or not np.isin(values, (0.0, 1.0)).all():
+        return None
+    return int(values.sum()), len(values)
+
+
+def level(rows: Sequence[SeedRows], metric: str) -> intervals.TMean | None:
+    """The mean over seeds of the mean over test points, with its interval."""
+    seeds = by_seed([rows])
+    return intervals.combine([(1.0, units(rows, seeds))], True, intervals.metric_range(metric),
+                             binomial_count([rows]))
+
+
+def _ceiling_pooled(key: Key, reliability: Pooled) -> Pooled:
+    kind = key[2].removeprefix("noise_ceiling_")
+
+    def root(value: float | None) -> float | None:
+        return None if value is None else float(stats.ceiling(kind, np.asarray(value)))
+
+    value = root(reliability.value) if math.isfinite(reliability.value) else math.nan
+    return Pooled(key[0], key[1], key[2], math.nan if value is None else value, None, root(reliability.ci_low),
+                  root(reliability.ci_high), reliability.seeds, reliability.test_points)
+
+
+def pool(key: Key, rows: list[SeedRows]) -> Pooled:
     """The pooled row of one (swept values, estimator, metric)."""
-    means = _seed_means(rows)
-    value = float(np.mean(means)) if means else math.nan
-    sd = float(np.std(means, ddof=1)) if len(means) >= 2 else None
-    low = high = None
-    usable = [r for r in rows if np.isfinite(r.values).any()]
-    if usable and all(r.replicates is not None for r in usable):
-        count = min(r.replicates.shape[1] for r in usable if r.replicates is not None)
-        rng = np.random.default_rng(derive_seed(seed, *key))
-        interval = stats.percentile_interval(
-            stats.seed_replicates([r.replicates for r in usable if r.replicates is not None], count, rng))
-        if interval is not None:
-            low, high = interval.low, interval.high
-    return Pooled(key[0], key[1], key[2], value, sd, low, high, len(usable),
+    usable = [r for r in rows if r.finite]
+    means = [r.mean() for r in usable]
+    estimate = level(rows, key[2])
+    interval = estimate.interval() if estimate is not None else None
+    value = estimate.value if estimate is not None else math.nan
+    return Pooled(key[0], key[1], key[2], value, float(np.std(means, ddof=1)) if len(means) >= 2 else None,
+                  interval.low if interval else None, interval.high if interval else None, len(usable),
                   sum(int(np.isfinite(r.values).sum()) for r in usable))
+
+
+def pool_rows(grouped: dict[Key, list[SeedRows]]) -> list[Pooled]:
+    """Pooled rows of every key; noise ceilings from the pooled reliability of the same key."""
+    out: dict[Key, Pooled] = {}
+    for key, rows in grouped.items():
+        if not key[2].startswith("noise_ceiling_"):
+            out[key] = pool(key, rows)
+    for key, rows in grouped.items():
+        if key[2].startswith("noise_ceiling_"):
+            reliability = out.get((key[0], key[1], key[2].replace("noise_ceiling_", "reliability_")))
+            out[key] = _ceiling_pooled(key, reliability) if reliability is not None else pool(key, rows)
+    return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1] or "", k[2]))]
 
 
 def pool_study(con: duckdb.DuckDBPyConnection, study: str) -> list[Pooled]:
     """Every pooled row of a study, from the rows its tasks stored."""
-    return [pool(key, rows, derive_seed(study, "pool")) for key, rows in sorted(
-        per_seed(con, study).items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2]))]
+    return pool_rows(per_seed(con, study))
+
+
+# --- per-task aggregates (the test_index NULL rows of ``metrics``) ---------------------------------------------
+
+def task_aggregates(con: duckdb.DuckDBPyConnection, hashes: Sequence[str]) -> dict[str, list[list[Any]]]:
+    """Columns of ``aggregate_rows`` (task_hash, metric, value, n_pairs, ci_low, ci_high) for the given tasks:
+    per metric, the mean over test points with its interval over them (one seed)."""
+    points: dict[Key, list[tuple[int, float, int]]] = defaultdict(list)
+    for task_hash, metric, test_index, value, n_pairs in task_test_point_rows(con, hashes):
+        points[(task_hash, None, metric)].append((int(test_index), math.nan if value is None else float(value),
+                                                  int(n_pairs or 0)))
+    grouped = {key: [SeedRows(0, [p[0] for p in rows], np.array([p[1] for p in rows]), None)]
+               for key, rows in points.items()}
+    columns: dict[str, list[Any]] = {name: [] for name in ("task_hash", "metric", "value", "n_pairs", "ci_low",
+                                                           "ci_high")}
+    for p in pool_rows(grouped):  # the task hash stands where the swept values stand in a study's rows
+        row = (p.params, p.metric, p.value, sum(x[2] for x in points[(p.params, None, p.metric)]), p.ci_low,
+               p.ci_high)
+        for name, value in zip(columns, row, strict=True):
+            columns[name].append(value)
+    return columns
 
 
 @dataclass(frozen=True)
@@ -112,6 +219,7 @@ class Difference:
     ci_low: float | None
     ci_high: float | None
     seeds: int  # seeds present on both sides
+    test_points: int  # test points paired (or, unpaired, the fewer of the two sides)
 
     @property
     def resolved(self) -> bool | None:
@@ -121,24 +229,21 @@ class Difference:
         return self.ci_low > 0 or self.ci_high < 0
 
 
-def difference(key: tuple[str, str | None], left: list[SeedRows], right: list[SeedRows], seed: int) -> Difference:
+def difference(key: tuple[str, str | None], left: list[SeedRows], right: list[SeedRows]) -> Difference:
     """The paired difference of two sides' pooled means: seeds matched by repeat number (unmatched seeds
-    left out), test points paired where both sides measured the same ones."""
-    by_repeat = {r.repeat: r for r in right}
-    matched = [(a, by_repeat[a.repeat]) for a in left if a.repeat in by_repeat
-               and np.isfinite(a.values).any() and np.isfinite(by_repeat[a.repeat].values).any()]
-    if not matched:
-        return Difference(key[0], key[1], math.nan, None, None, 0)
-    estimate = float(np.mean([np.nanmean(a.values) - np.nanmean(b.values) for a, b in matched]))
-    low = high = None
-    if all(a.replicates is not None and b.replicates is not None for a, b in matched):
-        count = min(min(a.replicates.shape[1], b.replicates.shape[1]) for a, b in matched  # type: ignore[union-attr]
-                    )
-        paired = [a.test_ids == b.test_ids for a, b in matched]
-        rng = np.random.default_rng(derive_seed(seed, *key))
-        interval = stats.percentile_interval(stats.paired_seed_replicates(
-            [a.replicates for a, _ in matched], [b.replicates for _, b in matched],  # type: ignore[misc]
-            paired, count, rng))
-        if interval is not None:
-            low, high = interval.low, interval.high
-    return Difference(key[0], key[1], estimate, low, high, len(matched))
+    left out), test points paired where both sides measured the same ones; the interval as ``pool``'s."""
+    seeds = by_seed([left]) and by_seed([right])
+    arms = difference_arms(left, right, seeds)
+    estimate = intervals.combine(arms, True)
+    interval = estimate.interval() if estimate is not None else None
+    matched = {r.repeat for r in left if r.finite} & {r.repeat for r in right if r.finite}
+    if seeds:
+        other = {r.repeat: r for r in right}
+        points = sum(int((np.isfinite(a.values) & np.isfinite(other[a.repeat].values)).sum())
+                     if a.test_ids == other[a.repeat].test_ids else
+                     min(int(np.isfinite(a.values).sum()), int(np.isfinite(other[a.repeat].values).sum()))
+                     for a in left if a.repeat in matched)
+    else:
+        points = estimate.units if estimate is not None else 0
+    return Difference(key[0], key[1], estimate.value if estimate is not None else math.nan,
+                      interval.low if interval else None, interval.high if interval else None, len(matched), points)

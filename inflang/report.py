@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from inflang import store as queries
+from inflang.claims import family_notes
 from inflang.errors import UsageError
 from inflang.sweep import label
 
@@ -43,6 +44,21 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _interval(value: float | None, low: float | None, high: float | None, level: float | None = None) -> str:
+    """0.856 [0.71, 0.95], with the level when it is not 95%; '-' without a value."""
+    if value is None or value != value:
+        return "-"
+    text = f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.2f}, {high:.2f}]"
+    return text + (f" ({100 * level:.2f}%)" if level is not None and abs(level - 0.95) > 1e-9 else "")
+
+
+def _claim_row(r: dict[str, Any]) -> str:
+    cells = [r["claim"], r["verdict"] + (" †" if r["declared_after_results"] else ""), r["statistic"],
+             _interval(r["estimate"], r["ci_low"], r["ci_high"], r["level"]), str(r["seeds"]),
+             str(r["test_points"]), r["detail"] or ""]
+    return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
 def _label(params: str | None) -> str:
@@ -88,8 +104,15 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
         sections.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
-    # 0. the claims, each as its statistic with the 95% interval against the line it has to clear
+    # 0. the claims: a table with the family's notes, then each as its statistic with its interval against the
+    # line it has to clear
     claims = queries.report_claims(db, name)
+    if claims:
+        listed = queries.claim_rows(db, [name])
+        sections.append("<h2>Claims</h2><table><tr><th>claim</th><th>verdict</th><th>statistic</th>"
+                        "<th>estimate [interval]</th><th>seeds</th><th>test points</th><th>detail</th></tr>"
+                        + "".join(_claim_row(r) for r in listed) + "</table>"
+                        + "".join(f"<p>{html.escape(n)}</p>" for n in family_notes(listed)))
     for i, c in enumerate(claims):
         fig, ax = plt.subplots(figsize=(6.0, 1.6))
         colour = {"supported": "tab:green", "contradicted": "tab:red", "unresolved": "tab:orange"}.get(

@@ -24,11 +24,11 @@ from typing import Any, Protocol
 import duckdb
 
 from inflang import artifacts
-from inflang.claims import evaluate
+from inflang.claims import definition, evaluate
 from inflang.errors import StorageError
 from inflang.plan import Plan, Task
-from inflang.pooling import pool_study
-from inflang.store import Store
+from inflang.pooling import pool_study, task_aggregates
+from inflang.store import Store, tasks_without_aggregates
 
 DepBytes = tuple[dict[str, Any], bytes | None]  # a finished dependency: its inputs and its artifact
 
@@ -201,7 +201,7 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
         loaded.study.study, loaded.spec_hash, loaded.spec_yaml, loaded.path,
         [(c.cell.cell_id, c.cell.repeat, c.cell.seed, c.cell.params) for c in plan.cells],
         [(c.cell.cell_id, kind, label, h) for c in plan.cells for kind, label, h in c.all()],
-        loaded.study.description)
+        loaded.study.description, [(c.name, definition(c)) for c in loaded.study.claims])
     summary = RunSummary()
     blocked: dict[str, str] = {}  # hash -> the failed task it depends on
 
@@ -281,6 +281,9 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
                   for _kind, _label, h in cell.all() if blocked.get(h, h) in summary.failed]
         summary.cell_status[cell.cell.cell_id] = ("failed", errors[0]) if errors else ("done", None)
     store.set_cell_status(loaded.study.study, summary.cell_status)
+    store.write_aggregates(task_aggregates(store.con, tasks_without_aggregates(store.con, loaded.study.study)))
     store.write_pooled(loaded.study.study, pool_study(store.con, loaded.study.study))
-    store.write_claims(loaded.study.study, evaluate(store.con, loaded.study.study, loaded.study.claims))
+    claims, adjust = loaded.study.claims, loaded.study.claims_adjust
+    store.write_claims(loaded.study.study, evaluate(store.con, loaded.study.study, claims, adjust), adjust,
+                       [definition(c) for c in claims])
     return summary

@@ -1,6 +1,6 @@
-"""The statistics behind every number inflang prints: agreement metrics, the reliability of a repeated
-ground truth and its noise ceiling, and the hierarchical bootstrap. numpy and scipy only, so the
-metrics task, pooling over seeds and ``inflang compare`` share one implementation.
+"""The quantities behind every number inflang prints: agreement metrics, their item-level bootstrap replicates,
+and the reliability of a repeated ground truth with its noise ceiling. numpy and scipy only, so the metrics
+task, pooling over seeds and ``inflang compare`` share one implementation; intervals are ``inflang.intervals``.
 
 Agreement metrics (per test point, over its items: training points or groups), each vectorised over rows
 of [B, K] arrays so that bootstrap replicates are computed at once:
@@ -9,20 +9,17 @@ of [B, K] arrays so that bootstrap replicates are computed at once:
 - top_k_overlap: |top-k by |estimate| & top-k by |actual|| / k, k = min(top_k, K) (positions, stable order).
 Every metric is NaN with fewer than 3 items; the correlations also when one side is constant.
 
-Hierarchical bootstrap (Efron & Tibshirani 1993; Saravanan et al. 2020 for nested data): a replicate
-resamples seeds, then test points within each drawn seed, then items within each drawn test point, all
-with replacement, and averages the metric over test points and then over seeds. Item draws are seeded by
-(cell seed, test point), so two cells that share a split and a test point draw the same items: differences
-between estimators, or between settings of one seed, are paired at every level.
+Item-level bootstrap (Efron & Tibshirani 1993): per test point, B replicates of its metric over its items
+drawn with replacement, seeded by (cell seed, test point), so two cells that share a split and a test point
+draw the same items. They give each test point's item-level variance (the noise in ``between_test_points``);
+the intervals of means come from the top level of the data (``inflang.intervals``).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
@@ -156,89 +153,3 @@ def ceiling(kind: str, reliability: np.ndarray) -> np.ndarray:
     for Spearman mapped back with ``spearman_from_pearson``. NaN stays NaN."""
     root = np.sqrt(np.clip(np.asarray(reliability, dtype=np.float64), 0.0, None))
     return spearman_from_pearson(root) if kind == "spearman" else root
-
-
-# --- hierarchical bootstrap ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Interval:
-    low: float
-    high: float
-
-
-def _finite_mean(values: np.ndarray, axis: int) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return np.nanmean(values, axis=axis)
-
-
-def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> Interval | None:
-    finite = replicates[np.isfinite(replicates)]
-    if len(finite) < 2:
-        return None
-    tail = 100 * (1 - level) / 2
-    return Interval(float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail)))
-
-
-def test_point_replicates(replicates: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` replicates of the mean over test points: per replicate, test points drawn with replacement
-    (among those with a finite value), each contributing one of its item-level replicates at random.
-    ``replicates`` [T, B]; NaN rows are test points where the metric is undefined."""
-    usable = np.flatnonzero(np.isfinite(replicates).any(axis=1))
-    if len(usable) == 0:
-        return np.full(count, np.nan)
-    rows = replicates[usable]
-    T, B = rows.shape
-    pick = rng.integers(0, T, (count, T))
-    column = rng.integers(0, B, (count, T))
-    return _finite_mean(rows[pick, column], axis=1)
-
-
-def seed_replicates(per_seed: Sequence[np.ndarray], count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` replicates of the mean over seeds of the mean over test points: seeds drawn with
-    replacement, each drawn seed contributing a test-point-level replicate of its own (``per_seed[s]`` is
-    seed s's [T_s, B] item-level replicates)."""
-    inner = np.stack([test_point_replicates(r, count, rng) for r in per_seed])  # [S, count]
-    S = inner.shape[0]
-    if S == 1:
-        return inner[0]
-    pick = rng.integers(0, S, (count, S))
-    column = rng.integers(0, count, (count, S))
-    return _finite_mean(inner[pick, column], axis=1)
-
-
-def paired_seed_replicates(left: Sequence[np.ndarray], right: Sequence[np.ndarray],
-                           paired_points: Sequence[bool], count: int, rng: np.random.Generator) -> np.ndarray:
-    """Replicates of mean(left) - mean(right) over matched seeds (left[s] and right[s] come from the same
-    seed). Seeds are drawn once for both sides; within a seed whose test points are the same on both sides
-    (``paired_points[s]``) the test points and item replicate columns are drawn once too, so the difference
-    is paired at every level (the item draws already are, see the module docstring)."""
-    S = len(left)
-    inner = np.empty((S, count))
-    for s in range(S):
-        a, b = left[s], right[s]
-        if paired_points[s]:
-            both = np.isfinite(a).any(axis=1) & np.isfinite(b).any(axis=1)  # pair only points both sides have
-            a, b = a[both], b[both]
-            T, B = a.shape
-            if T == 0:
-                inner[s] = np.nan
-                continue
-            pick = rng.integers(0, T, (count, T))
-            column = rng.integers(0, min(B, b.shape[1]), (count, T))
-            inner[s] = _finite_mean(a[pick, column], axis=1) - _finite_mean(b[pick, column], axis=1)
-        else:
-            inner[s] = test_point_replicates(a, count, rng) - test_point_replicates(b, count, rng)
-    if S == 1:
-        return inner[0]
-    pick = rng.integers(0, S, (count, S))
-    column = rng.integers(0, count, (count, S))
-    return _finite_mean(inner[pick, column], axis=1)
-
-
-def mean_over_seeds(per_seed_values: Sequence[np.ndarray]) -> float:
-    """The point estimate: the mean over test points within each seed, then over seeds (NaNs skipped)."""
-    means = [float(_finite_mean(np.asarray(v, dtype=np.float64), axis=0)) if np.isfinite(v).any() else math.nan
-             for v in per_seed_values]
-    finite = [m for m in means if math.isfinite(m)]
-    return float(np.mean(finite)) if finite else math.nan

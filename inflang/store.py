@@ -9,6 +9,7 @@ its ``tasks`` entry (status 'done') are written in one transaction: a crash leav
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -57,6 +58,8 @@ CREATE TABLE IF NOT EXISTS actual_rows (task_hash VARCHAR, test_index INTEGER, t
     actual DOUBLE);
 CREATE TABLE IF NOT EXISTS metric_rows (task_hash VARCHAR, test_index INTEGER, metric VARCHAR, value DOUBLE,
     n_pairs INTEGER, ci_low DOUBLE, ci_high DOUBLE);
+CREATE TABLE IF NOT EXISTS aggregate_rows (task_hash VARCHAR, metric VARCHAR, value DOUBLE, n_pairs INTEGER,
+    ci_low DOUBLE, ci_high DOUBLE);
 CREATE TABLE IF NOT EXISTS metric_replicates (task_hash VARCHAR, test_index INTEGER, metric VARCHAR,
     replicates DOUBLE[]);
 CREATE TABLE IF NOT EXISTS ground_truth_results (task_hash VARCHAR PRIMARY KEY, protocol VARCHAR, items INTEGER,
@@ -66,6 +69,8 @@ CREATE TABLE IF NOT EXISTS pooled_rows (study VARCHAR, params JSON, estimator VA
 CREATE TABLE IF NOT EXISTS claims (study VARCHAR, claim VARCHAR, form VARCHAR, statistic VARCHAR, estimate DOUBLE,
     ci_low DOUBLE, ci_high DOUBLE, seeds INTEGER, test_points INTEGER, verdict VARCHAR,
     relative_to_ceiling DOUBLE, detail VARCHAR, position INTEGER, threshold DOUBLE);
+CREATE TABLE IF NOT EXISTS claim_declarations (study VARCHAR, claim VARCHAR, definition VARCHAR,
+    declared_at TIMESTAMP, after_results BOOLEAN);
 CREATE TABLE IF NOT EXISTS response_rows (task_hash VARCHAR, test_index INTEGER, train_index INTEGER,
     response VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS solver_rows (task_hash VARCHAR, train_index INTEGER, grad_norm DOUBLE,
@@ -85,6 +90,12 @@ ALTER TABLE split_rows ADD COLUMN IF NOT EXISTS loss DOUBLE;
 ALTER TABLE split_rows ADD COLUMN IF NOT EXISTS correct BOOLEAN;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS engine VARCHAR;
 ALTER TABLE tasks ADD COLUMN IF NOT EXISTS engine VARCHAR;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS p_value DOUBLE;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS level DOUBLE;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS adjust VARCHAR;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS family INTEGER;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS declared_at TIMESTAMP;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS declared_after_results BOOLEAN;
 """
 
 VIEWS = """
@@ -113,7 +124,12 @@ LEFT JOIN metric_rows res ON res.task_hash = cg.task_hash AND res.metric = 'reso
 
 CREATE OR REPLACE VIEW metrics AS
 SELECT c.study, c.cell_id, c.estimator, m.test_index, m.metric, m.value, m.n_pairs, m.ci_low, m.ci_high
-FROM cell_tasks c JOIN metric_rows m ON m.task_hash = c.task_hash AND c.kind IN ('metrics', 'ground_truth');
+FROM cell_tasks c JOIN metric_rows m ON m.task_hash = c.task_hash AND c.kind IN ('metrics', 'ground_truth')
+WHERE m.test_index IS NOT NULL OR NOT EXISTS (
+    SELECT 1 FROM aggregate_rows a WHERE a.task_hash = m.task_hash AND a.metric = m.metric)
+UNION ALL
+SELECT c.study, c.cell_id, c.estimator, NULL AS test_index, a.metric, a.value, a.n_pairs, a.ci_low, a.ci_high
+FROM cell_tasks c JOIN aggregate_rows a ON a.task_hash = c.task_hash AND c.kind IN ('metrics', 'ground_truth');
 
 CREATE OR REPLACE VIEW responses AS
 SELECT c.study, c.cell_id, r.test_index, r.train_index, r.response, r.value
@@ -150,7 +166,8 @@ GROUP BY ALL;
 Rows = Mapping[str, Mapping[str, Sequence[Any]]]
 
 OUTPUT_TABLES = ("train_results", "split_rows", "curvature_results", "hessian_results", "estimate_rows",
-                 "actual_rows", "metric_rows", "metric_replicates", "ground_truth_results", "group_members",
+                 "actual_rows", "metric_rows", "metric_replicates", "aggregate_rows", "ground_truth_results",
+                 "group_members",
                  "group_actual", "solver_rows", "response_rows")
 
 
@@ -240,8 +257,11 @@ class Store:
 
     def record_study(self, study: str, spec_hash: str, spec_yaml: str, source: str,
                      cells: Sequence[tuple[str, int, int, dict[str, Any]]],
-                     cell_tasks: Sequence[tuple[str, str, str | None, str]], description: str = "") -> None:
-        """Register a study, its cells (status 'pending' unless known) and their task links, atomically."""
+                     cell_tasks: Sequence[tuple[str, str, str | None, str]], description: str = "",
+                     claims: Sequence[tuple[str, str]] = ()) -> None:
+        """Register a study, its cells (status 'pending' unless known) and their task links, and its claims'
+        definitions ((name, canonical JSON): a new or edited one is recorded with the time, and whether some of
+        the study's cells already had results), atomically."""
         now = _now()
         with self.transaction() as con:
             existing = con.execute("SELECT created_at FROM studies WHERE study = ?", [study]).fetchone()
@@ -250,6 +270,13 @@ class Store:
                         "updated_at, inflang_version, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [study, spec_hash, spec_yaml, source, created, now, __version__, description])
             old = dict(con.execute("SELECT cell_id, status FROM cells WHERE study = ?", [study]).fetchall())
+            known = {(c, d) for c, d in con.execute(
+                "SELECT claim, definition FROM claim_declarations WHERE study = ?", [study]).fetchall()}
+            after = "done" in old.values()
+            new = [(study, name, definition, now, after) for name, definition in claims
+                   if (name, definition) not in known]
+            if new:
+                con.executemany("INSERT INTO claim_declarations VALUES (?, ?, ?, ?, ?)", new)
             con.execute("DELETE FROM cells WHERE study = ?", [study])
             con.execute("DELETE FROM cell_tasks WHERE study = ?", [study])
             for cell_id, repeat, seed, params in cells:
@@ -284,15 +311,26 @@ class Store:
                    c.params{columns}
             FROM pooled_rows c""")
 
-    def write_claims(self, study: str, verdicts: Sequence[Any]) -> None:
-        """Replace a study's claim verdicts (``inflang.claims.Verdict``) in one transaction."""
+    def write_claims(self, study: str, verdicts: Sequence[Any], adjust: str = "none",
+                     definitions: Sequence[str] = ()) -> None:
+        """Replace a study's claim verdicts (``inflang.claims.Verdict``) in one transaction, each with when its
+        definition (canonical JSON, in the same order) was first declared."""
         with self.transaction() as con:
             con.execute("DELETE FROM claims WHERE study = ?", [study])
+            declared = {(c, d): (t, a) for c, d, t, a in con.execute(
+                "SELECT claim, definition, min(declared_at), bool_or(after_results) FROM claim_declarations "
+                "WHERE study = ? GROUP BY ALL", [study]).fetchall()}
             if verdicts:
-                con.executemany("INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                [(study, v.claim, v.form, v.statistic, v.estimate, v.ci_low, v.ci_high, v.seeds,
-                                  v.test_points, v.verdict, v.relative_to_ceiling, v.detail, i, v.threshold)
-                                 for i, v in enumerate(verdicts)])
+                con.executemany(
+                    "INSERT INTO claims (study, claim, form, statistic, estimate, ci_low, ci_high, seeds, test_points, "
+                    "verdict, relative_to_ceiling, detail, position, threshold, p_value, level, adjust, family, "
+                    "declared_at, declared_after_results) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                    "?, ?, ?)",
+                    [(study, v.claim, v.form, v.statistic, v.estimate, v.ci_low, v.ci_high, v.seeds, v.test_points,
+                      v.verdict, v.relative_to_ceiling, v.detail, i, v.threshold,
+                      v.p_value if math.isfinite(v.p_value) else None, v.level, adjust, len(verdicts),
+                      *declared.get((v.claim, definitions[i] if i < len(definitions) else ""), (None, None)))
+                     for i, v in enumerate(verdicts)])
 
     def write_pooled(self, study: str, rows: Sequence[Any]) -> None:
         """Replace a study's pooled rows (``inflang.pooling.Pooled``) in one transaction."""
@@ -302,6 +340,17 @@ class Store:
                 con.executemany("INSERT INTO pooled_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                 [(study, r.params, r.estimator, r.metric, r.value, r.sd, r.ci_low, r.ci_high,
                                   r.seeds, r.test_points) for r in rows])
+
+    def write_aggregates(self, columns: Mapping[str, Sequence[Any]]) -> None:
+        """Replace the aggregate rows (``inflang.pooling.task_aggregates``) of the tasks they name."""
+        hashes = sorted(set(columns.get("task_hash", [])))
+        if not hashes:
+            return
+        with self.transaction() as con:
+            con.execute("DELETE FROM aggregate_rows WHERE task_hash IN (SELECT unnest(?::VARCHAR[]))", [hashes])
+            names = list(columns)
+            con.execute(f"INSERT INTO aggregate_rows ({', '.join(names)}) SELECT "
+                        + ", ".join(f"unnest(?) AS {n}" for n in names), [list(columns[n]) for n in names])
 
     def start_run(self, run_id: str, study: str, executor: str, device: str, git_commit: str | None,
                   engine: str | None = None) -> None:
@@ -497,10 +546,12 @@ def summary(path: str | Path, study: str, first: str, second: str, ground: str) 
         ORDER BY p.params, e.estimator""", {"study": study, "first": first, "second": second, "ground": ground})
 
 
-def claim_rows(path: str | Path, studies: Sequence[str]) -> list[tuple[Any, ...]]:
-    return _read(path, """SELECT study, claim, verdict, estimate, ci_low, ci_high, statistic, seeds, test_points,
-                                 relative_to_ceiling, detail FROM claims WHERE study IN (SELECT unnest(?::VARCHAR[]))
-                          ORDER BY study, position""", [list(studies)])[1]
+def claim_rows(path: str | Path, studies: Sequence[str]) -> list[dict[str, Any]]:
+    return _dicts(_read(path, """SELECT study, claim, verdict, estimate, ci_low, ci_high, statistic, seeds,
+                                        test_points, relative_to_ceiling, detail, level, adjust, family, p_value,
+                                        declared_at, declared_after_results
+                                 FROM claims WHERE study IN (SELECT unnest(?::VARCHAR[])) ORDER BY study, position""",
+                        [list(studies)]))
 
 
 def trained_models(path: str | Path, study: str) -> Table:
@@ -578,6 +629,24 @@ def per_test_point_rows(con: duckdb.DuckDBPyConnection, study: str, metric: str 
     """(repeat, swept values, estimator, metric, test index, value, replicates) of every per-test-point metric row
     of a study (of one metric, when given)."""
     return con.execute(PER_TEST_POINT, [study, metric, metric]).fetchall()
+
+
+def tasks_without_aggregates(con: duckdb.DuckDBPyConnection, study: str) -> list[str]:
+    """The study's tasks with per-test-point metric rows but no aggregate rows yet (new, or stored by an
+    earlier version)."""
+    return [h for (h,) in con.execute("""
+        SELECT DISTINCT ct.task_hash FROM cell_tasks ct
+        JOIN metric_rows m ON m.task_hash = ct.task_hash AND m.test_index IS NOT NULL
+        WHERE ct.study = ? AND ct.kind IN ('metrics', 'ground_truth')
+          AND NOT EXISTS (SELECT 1 FROM aggregate_rows a WHERE a.task_hash = ct.task_hash)
+        ORDER BY 1""", [study]).fetchall()]
+
+
+def task_test_point_rows(con: duckdb.DuckDBPyConnection, hashes: Sequence[str]) -> list[tuple[Any, ...]]:
+    """(task hash, metric, test index, value, n_pairs) of the given tasks' per-test-point metric rows."""
+    return con.execute("""SELECT task_hash, metric, test_index, value, n_pairs FROM metric_rows
+                          WHERE task_hash IN (SELECT unnest(?::VARCHAR[])) AND test_index IS NOT NULL
+                          ORDER BY task_hash, metric, test_index""", [list(hashes)]).fetchall()
 
 
 MODEL_QUANTITY = {"hessian_top_eigenvalue": "m.hessian_top_eigenvalues[1]", "test_accuracy": "m.test_accuracy",

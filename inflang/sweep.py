@@ -58,7 +58,8 @@ def grids(doc: Document) -> list[list[list[SweepEntry]]]:
         axes: list[list[SweepEntry]] = []
         for path, values in grid.items():
             at = where + (path,)
-            if path in ("sweep", "extends", "study", "claims") or path.startswith(("sweep.", "study.", "claims.")):
+            if path in ("sweep", "extends", "study", "claims", "claims_adjust") or path.startswith(
+                    ("sweep.", "study.", "claims.")):
                 problems.append(Problem(doc.position(at), _dotted(at), f"'{path}' cannot be swept"))
                 continue
             if not isinstance(values, list):

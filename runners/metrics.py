@@ -3,10 +3,8 @@ ceiling of a repeated ground truth; the statistics themselves are ``inflang.stat
 
 Per test point, over the items (training points or groups) with a finite actual value: the metric and B
 item-level bootstrap replicates of it (items drawn with replacement, seeded by the cell's seed and the
-test point's row id, so every estimator of a cell draws the same items). The aggregate (test_index NULL)
-is the mean over test points (NaNs skipped); its 95% interval resamples test points, then items within
-each (``inflang.stats.test_point_replicates``). Seeds are pooled later, over cells
-(``inflang.pooling``).
+test point's row id, so every estimator of a cell draws the same items). Only per-test-point rows come from
+here: the driver aggregates them over test points and pools them over seeds (``inflang.pooling``).
 
 Noise ceiling (repeats R >= 2), per test point over the items finite in every repeat:
 ``reliability_*`` is the reliability of the R-repeat mean (split-half correlation averaged over the
@@ -42,25 +40,9 @@ def item_seed(cell_seed: int, test_id: int, items: int) -> int:
     return derive_seed(cell_seed, "items", int(test_id), int(items))
 
 
-def _aggregate(name: str, per_point: list[MetricRow], replicates: int, seed: int, n_pairs: int) -> MetricRow:
-    values = np.array([r.value for r in per_point], dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    mean = float(finite.mean()) if len(finite) else float("nan")
-    low = high = None
-    reps = [r.replicates for r in per_point]
-    if replicates and len(finite) and all(r is not None for r in reps):
-        matrix = np.stack([r for r in reps if r is not None])
-        matrix[~np.isfinite(values)] = np.nan
-        rng = np.random.default_rng(derive_seed(seed, "test points", name))
-        interval = stats.percentile_interval(stats.test_point_replicates(matrix, replicates, rng))
-        if interval is not None:
-            low, high = interval.low, interval.high
-    return MetricRow(None, name, mean, n_pairs, low, high)
-
-
 def score(estimates: np.ndarray, actual: np.ndarray, names: list[str], top_k: int = 10,
           replicates: int = stats.REPLICATES, seed: int = 0, test_ids: list[int] | None = None) -> list[MetricRow]:
-    """Rows per test point (with their item replicates) and aggregated, for [T, K] estimates and actual
+    """Rows per test point (with their item replicates), for [T, K] estimates and actual
     values (NaN = not evaluated). ``seed`` is the cell's seed, ``test_ids`` the test points' row ids."""
     T = estimates.shape[0]
     ids = list(range(T)) if test_ids is None else [int(i) for i in test_ids]
@@ -76,13 +58,12 @@ def score(estimates: np.ndarray, actual: np.ndarray, names: list[str], top_k: in
             reps = stats.metric_rows(name, e[d], a[d], top_k) if d is not None and len(e) else None
             per_point.append(MetricRow(t, name, stats.metric(name, e, a, top_k), len(e), replicates=reps))
         rows += per_point
-        rows.append(_aggregate(name, per_point, replicates, seed, int(sum(len(e) for e, _ in pairs))))
     return rows
 
 
 def noise_ceiling(per_repeat: np.ndarray, replicates: int = stats.REPLICATES, seed: int = 0,
                   test_ids: list[int] | None = None) -> list[MetricRow]:
-    """``reliability_*`` and ``noise_ceiling_*`` (spearman, pearson) per test point and averaged, from
+    """``reliability_*`` and ``noise_ceiling_*`` (spearman, pearson) per test point, from
     [R, T, K] repeated measurements (R >= 2; nothing for R = 1)."""
     R, T, _ = per_repeat.shape
     if R < 2:
@@ -105,17 +86,14 @@ def noise_ceiling(per_repeat: np.ndarray, replicates: int = stats.REPLICATES, se
             reliability.append(MetricRow(t, f"reliability_{kind}", rho, K, replicates=reps))
             ceilings.append(MetricRow(t, f"noise_ceiling_{kind}", float(stats.ceiling(kind, np.asarray(rho))), K,
                                       replicates=None if reps is None else stats.ceiling(kind, reps)))
-        total = int(np.isfinite(per_repeat).all(axis=0).sum())
-        for group in (reliability, ceilings):
-            rows += group
-            rows.append(_aggregate(group[0].metric, group, replicates, seed, total))
+        rows += reliability + ceilings
     return rows
 
 
 def resolution_rows(actual: np.ndarray, resolution: np.ndarray) -> list[MetricRow]:
     """``resolution`` (the ground truth's resolution, in the measured quantity's units) and
-    ``below_resolution`` (the fraction of evaluated items with |actual| below it), per test point and
-    averaged, from actual [T, K] (NaN = not evaluated) and resolution [T]."""
+    ``below_resolution`` (the fraction of evaluated items with |actual| below it), per test point, from
+    actual [T, K] (NaN = not evaluated) and resolution [T]."""
     rows: list[MetricRow] = []
     below: list[float] = []
     counts: list[int] = []
@@ -125,9 +103,6 @@ def resolution_rows(actual: np.ndarray, resolution: np.ndarray) -> list[MetricRo
         below.append(float(np.mean(np.abs(values) < resolution[t])) if len(values) else float("nan"))
         rows.append(MetricRow(t, "resolution", float(resolution[t]), len(values)))
     rows += [MetricRow(t, "below_resolution", b, c) for t, (b, c) in enumerate(zip(below, counts, strict=True))]
-    for name, values_ in (("resolution", [float(r) for r in resolution]), ("below_resolution", below)):
-        finite = [v for v in values_ if np.isfinite(v)]
-        rows.append(MetricRow(None, name, float(np.mean(finite)) if finite else float("nan"), int(sum(counts))))
     return rows
 
 
@@ -137,7 +112,6 @@ def gap_rows(a: np.ndarray, b: np.ndarray, prefix: str) -> list[MetricRow]:
     ok = np.isfinite(a) & np.isfinite(b)
     rows: list[MetricRow] = []
     for name in ("spearman", "pearson", "mean_gap", "mean_abs_gap"):
-        values = []
         for t in range(a.shape[0]):
             x, y = a[t][ok[t]], b[t][ok[t]]
             if name == "mean_gap":
@@ -146,9 +120,5 @@ def gap_rows(a: np.ndarray, b: np.ndarray, prefix: str) -> list[MetricRow]:
                 v = float(np.mean(np.abs(x - y))) if len(x) else float("nan")
             else:
                 v = stats.metric(name, x, y)
-            values.append(v)
             rows.append(MetricRow(t, f"{prefix}_{name}", v, int(ok[t].sum())))
-        finite = [v for v in values if np.isfinite(v)]
-        rows.append(MetricRow(None, f"{prefix}_{name}", float(np.mean(finite)) if finite else float("nan"),
-                              int(ok.sum())))
     return rows

@@ -309,7 +309,11 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
         item, norms, its = result.solver
         rows["solver_rows"] = {"train_index": [None if i < 0 else int(d.train_ids[i]) for i in item],
                                "grad_norm": norms, "iterations": its}
-    derived = noise_ceiling(result.per_repeat.cpu().numpy(), seed=s.seed, test_ids=test_ids.tolist())
+    per_repeat = result.per_repeat.cpu().numpy()
+    if inputs.get("ceiling_items") == "resolved" and result.resolution is not None:  # metrics: resolved_only
+        unresolved = np.abs(actual.cpu().numpy()) < result.resolution.cpu().numpy()[:, None]
+        per_repeat = np.where(unresolved[None], np.nan, per_repeat)
+    derived = noise_ceiling(per_repeat, seed=s.seed, test_ids=test_ids.tolist())
     if result.resolution is not None:
         derived += resolution_rows(actual.cpu().numpy(), result.resolution.cpu().numpy())
     derived += result.metric_rows or []

@@ -1,11 +1,13 @@
-"""Per-test-point metrics, their item-level bootstrap replicates and the aggregate's interval, against direct
-numpy computations."""
+"""Per-test-point metrics, their item-level bootstrap replicates, and the aggregate over test points (the
+driver's, ``inflang.pooling``) with its interval, against direct numpy and scipy computations."""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats as sps
 
 from inflang import stats
+from inflang.pooling import SeedRows, level
 from runners.metrics import item_seed, noise_ceiling, score
 
 
@@ -33,9 +35,13 @@ def test_per_test_point_and_mean_aggregate():
     assert np.isclose(rows[(0, "sign_agreement")].value, np.mean(np.sign(est[0]) == np.sign(act[0])))
     top = lambda v: set(np.argsort(-np.abs(v))[:5])  # noqa: E731
     assert rows[(0, "top_k_overlap")].value == len(top(est[0]) & top(act[0])) / 5
-    mean = np.mean([rows[(0, "pearson")].value, rows[(1, "pearson")].value])
-    assert np.isclose(rows[(None, "pearson")].value, mean) and rows[(None, "pearson")].n_pairs == 35
-    assert rows[(None, "pearson")].ci_low is None
+    assert (None, "pearson") not in rows  # the driver aggregates over test points
+    values = np.array([rows[(t, "pearson")].value for t in (0, 1)])
+    found = level([SeedRows(0, [0, 1], values, None)], "pearson")
+    assert found is not None and np.isclose(found.value, values.mean())
+    interval = found.interval()
+    half = sps.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
+    assert interval is not None and np.isclose(interval.low, max(values.mean() - half, -1.0))
 
 
 def test_replicates_resample_the_items_of_each_test_point():
@@ -47,8 +53,6 @@ def test_replicates_resample_the_items_of_each_test_point():
     draws = stats.item_draws(40, 50, item_seed(9, 12, 40))
     expected = [stats.metric("spearman", est[1][d], act[1][d]) for d in draws]
     assert np.allclose(rows[(1, "spearman")].replicates, expected)
-    aggregate = rows[(None, "spearman")]
-    assert aggregate.ci_low < aggregate.value < aggregate.ci_high
     # two estimators of one cell draw the same items: their replicates pair up
     other = by_key(score(est * 2 + 1, act, ["spearman"], replicates=50, seed=9, test_ids=[11, 12, 13]))
     assert np.allclose(other[(1, "spearman")].replicates, expected)
@@ -60,8 +64,11 @@ def test_interval_includes_the_spread_between_test_points():
     rng = np.random.default_rng(2)
     est = rng.normal(size=(3, 200))
     act = np.stack([est[0], -est[1], rng.normal(size=200)]) + 0.01 * rng.normal(size=(3, 200))
-    row = by_key(score(est, act, ["pearson"], replicates=400))[(None, "pearson")]
-    assert row.ci_low < -0.5 and row.ci_high > 0.5
+    rows = by_key(score(est, act, ["pearson"], replicates=400))
+    values = np.array([rows[(t, "pearson")].value for t in range(3)])
+    found = level([SeedRows(0, [0, 1, 2], values, None)], "pearson")
+    interval = found.interval() if found is not None else None
+    assert interval is not None and interval.low < -0.5 and interval.high > 0.5
 
 
 def test_degenerate_inputs_give_nan():
@@ -78,7 +85,7 @@ def test_noise_ceiling_is_the_root_of_the_reliability():
     r = np.mean([np.corrcoef(noisy[a, 0].mean(0), noisy[b, 0].mean(0))[0, 1] for a, b in halves])
     assert np.isclose(rows[(0, "reliability_pearson")].value, 2 * r / (1 + r))
     assert np.isclose(rows[(0, "noise_ceiling_pearson")].value, np.sqrt(2 * r / (1 + r)))
-    assert rows[(None, "noise_ceiling_spearman")].value < 0.99
+    assert rows[(0, "noise_ceiling_spearman")].value < 0.99
     # a negative split-half correlation is reliability below 0 and a ceiling of 0, never a negative ceiling
     anti = np.stack([signal, -signal])
     rows = by_key(noise_ceiling(anti, replicates=0))

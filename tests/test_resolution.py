@@ -107,3 +107,16 @@ def test_probes_that_fill_a_small_ensemble_spread_over_several(write, tmp_path: 
     a, b = rows(small, query), rows(whole, query)
     assert len(a) == len(b) == 4
     assert all(x[1] == pytest.approx(y[1], rel=1e-3, abs=1e-12) for x, y in zip(a, b, strict=True))
+
+
+def test_under_resolved_only_the_noise_ceiling_uses_the_scored_items(write, tmp_path: Path):
+    """The ceiling of a metric must rest on the items the metric scores: with resolved_only, the reliability
+    rows count the resolved items of each test point, as the metric rows do."""
+    db = run(write, tmp_path, "{arch: mlp, depth: 1, width: 8}",
+             "{protocol: loo, start: optimum, optimizer: adam, steps: 1000, repeats: 2, removals: {select: all}}",
+             "{names: [spearman], resolved_only: true}", epochs=2000)
+    counts = rows(db, "SELECT m.test_index, m.n_pairs, r.n_pairs FROM metrics m JOIN metrics r "
+                      "ON r.test_index = m.test_index AND r.metric = 'reliability_spearman' "
+                      "WHERE m.metric = 'spearman' AND m.test_index IS NOT NULL")
+    assert counts and all(scored == ceiling for _, scored, ceiling in counts)
+    assert any(scored < 120 for _, scored, _ in counts)  # some effects are below the resolution

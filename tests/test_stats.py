@@ -1,5 +1,5 @@
-"""Known answers for inflang.stats, by simulation (numpy only): the noise ceiling against the oracle's
-correlation, and the coverage of the hierarchical bootstrap against a known population mean."""
+"""Known answers for inflang.stats and inflang.intervals, by simulation (numpy only): the noise ceiling against
+the oracle's correlation, and the coverage of the pooled interval against a known population mean."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from inflang import stats
+from inflang import intervals, stats
+from inflang.pooling import SeedRows, difference, level
 from runners.metrics import noise_ceiling
 
 
@@ -66,7 +67,7 @@ def test_ceiling_matches_the_oracle_correlation(repeats: int):
     for _ in range(studies):
         t = rng.normal(size=items)
         y = t + sigma * rng.normal(size=(repeats, 1, items))
-        rows = {r.metric: r.value for r in noise_ceiling(y, replicates=0) if r.test is None}
+        rows = {r.metric: r.value for r in noise_ceiling(y, replicates=0) if r.test == 0}
         guess = t + 0.7 * rng.normal(size=items)
         for kind in ("pearson", "spearman"):
             oracle[kind].append(stats.metric(kind, t, y[:, 0].mean(0)))
@@ -88,7 +89,7 @@ def test_a_deterministic_ground_truth_has_ceiling_one():
     rng = np.random.default_rng(1)
     signal = rng.normal(size=(2, 40))
     rows = {(r.test, r.metric): r.value for r in noise_ceiling(np.stack([signal] * 3), replicates=50)}
-    assert rows[(None, "noise_ceiling_spearman")] == pytest.approx(1.0)
+    assert rows[(0, "noise_ceiling_spearman")] == pytest.approx(1.0)
     assert rows[(0, "reliability_pearson")] == pytest.approx(1.0)
     assert noise_ceiling(signal[None]) == []
 
@@ -124,35 +125,59 @@ def _population_mean(kind: str, items: int, rng: np.random.Generator) -> float:
 
 
 @pytest.mark.parametrize("kind,seeds", [("sign_agreement", 1), ("pearson", 1), ("pearson", 5)])
-def test_hierarchical_interval_covers_the_population_mean(kind: str, seeds: int):
-    """95% intervals cover the population mean in 90-98% of simulated studies (10 test points, 60 items,
-    and 5 seeds with a seed effect in the last case); the old interval, which resampled items within fixed
-    test points, covers it far less often."""
+def test_pooled_interval_covers_the_population_mean(kind: str, seeds: int):
+    """95% intervals cover the population mean in 92-98% of simulated studies (10 test points, 60 items, and
+    5 seeds with a seed effect in the last case); an interval over the item replicates alone, which holds the
+    test points fixed, covers it far less often."""
     rng = np.random.default_rng(7)
-    points, items, B, studies = 10, 60, 400, 300
+    points, items, B, studies = 10, 60, 200, 300
     truth = _population_mean(kind, items, rng)
     new = old = 0
     for _ in range(studies):
-        per_seed = []
-        for e, a in _simulated_study(rng, seeds, points, items, kind, seed_sd=0.1 if seeds > 1 else 0.0):
+        rows, item_means = [], []
+        for s, (e, a) in enumerate(_simulated_study(rng, seeds, points, items, kind,
+                                                    seed_sd=0.1 if seeds > 1 else 0.0)):
+            values = stats.metric_rows(kind, e, a)
+            rows.append(SeedRows(s, list(range(points)), values, None))
             reps = np.stack([stats.metric_rows(kind, e[t][d], a[t][d]) for t in range(points)
                              for d in [stats.item_draws(items, B, int(rng.integers(1 << 30)))]])
-            per_seed.append(reps)
-        interval = stats.percentile_interval(stats.seed_replicates(per_seed, B, rng))
+            item_means.append(reps.mean(axis=0))
+        found = level(rows, kind)
+        assert found is not None
+        interval = found.interval()
         assert interval is not None
         new += interval.low <= truth <= interval.high
-        within = stats.percentile_interval(np.mean([r.mean(axis=0) for r in per_seed], axis=0))
-        assert within is not None
-        old += within.low <= truth <= within.high
-    assert 0.90 <= new / studies <= 0.98, new / studies
+        low, high = np.percentile(np.mean(item_means, axis=0), [2.5, 97.5])
+        old += low <= truth <= high
+    assert 0.92 <= new / studies <= 0.98, new / studies
     assert old / studies < 0.8, old / studies
 
 
 def test_paired_difference_of_identical_sides_is_zero_and_unresolved():
     rng = np.random.default_rng(3)
-    reps = [rng.normal(size=(4, 100)) for _ in range(3)]
-    diff = stats.paired_seed_replicates(reps, reps, [True] * 3, 200, rng)
-    assert np.all(diff == 0)
-    shifted = [r + 0.5 for r in reps]
-    interval = stats.percentile_interval(stats.paired_seed_replicates(shifted, reps, [True] * 3, 200, rng))
-    assert interval is not None and interval.low == pytest.approx(0.5) and interval.high == pytest.approx(0.5)
+    sides = [SeedRows(s, list(range(4)), rng.normal(size=4), None) for s in range(3)]
+    same = difference(("{}", "exact"), sides, sides)
+    assert same.estimate == 0 and same.ci_low == 0 and same.ci_high == 0 and same.resolved is False
+    shifted = [SeedRows(r.repeat, r.test_ids, r.values + 0.5, None) for r in sides]
+    moved = difference(("{}", "exact"), shifted, sides)
+    assert moved.ci_low == pytest.approx(0.5) and moved.ci_high == pytest.approx(0.5) and moved.seeds == 3
+    assert moved.test_points == 12
+
+
+def test_a_proportion_of_all_ones_gets_the_exact_binomial_bound():
+    """30 of 30 test points flipped: not [1, 1] but Clopper-Pearson's [0.884, 1]."""
+    found = level([SeedRows(0, list(range(30)), np.ones(30), None)], "flipped")
+    assert found is not None
+    interval = found.interval()
+    assert interval is not None and interval.low == pytest.approx(0.025 ** (1 / 30)) and interval.high == 1.0
+    assert intervals.clopper_pearson(0, 10).high == pytest.approx(1 - 0.025 ** (1 / 10))
+
+
+def test_two_seeds_give_the_t_interval_with_one_degree_of_freedom():
+    rows = [SeedRows(0, [0, 1], np.array([0.5, 0.7]), None), SeedRows(1, [0, 1], np.array([0.7, 0.9]), None)]
+    found = level(rows, "pearson")
+    assert found is not None and found.df == 1 and found.value == pytest.approx(0.7)
+    interval = found.interval()
+    assert interval is not None
+    # seed means 0.6 and 0.8: se = 0.1, t_1 = 12.7; the high end is clipped at the correlation's 1
+    assert interval.low == pytest.approx(0.7 - sps.t.ppf(0.975, 1) * 0.1) and interval.high == 1.0

@@ -21,6 +21,9 @@ MODEL_QUANTITIES = ("hessian_top_eigenvalue", "test_accuracy", "test_loss", "tra
 # quantities of the ground truth itself (estimator NULL in metrics)
 GROUND_TRUTH_METRICS = ("noise_ceiling_spearman", "noise_ceiling_pearson", "reliability_spearman",
                         "reliability_pearson", "resolution", "below_resolution")
+# metrics where a lower value is the better one (a contrast or comparison on them claims a negative difference)
+LOWER_IS_BETTER = ("flip_k", "flip_k_capped", "median_flip_k", "resolution", "below_resolution", "test_loss",
+                   "train_loss")
 
 
 class TrendSpec(Spec):
@@ -71,6 +74,10 @@ class Claim(Spec):
     at_least: float | None = Field(None, description="the metric's mean is at least this")
     at_most: float | None = Field(None, description="the metric's mean is at most this")
     between_test_points: BetweenTestPointsSpec | None = None
+    better: Literal["higher", "lower"] | None = Field(
+        None, description="for contrast and compare: whether the better side has the higher or the lower metric "
+        "(default: lower for flip_k, flip_k_capped, median_flip_k, losses, resolution, below_resolution and "
+        "*_mean_abs_gap; higher otherwise)")
 
     @property
     def form(self) -> str:
@@ -88,4 +95,15 @@ class Claim(Spec):
                              f"between_test_points (found {', '.join(forms) or 'none'})")
         if self.compare is not None and self.estimator is not None:
             raise ValueError("compare names its two estimators itself; leave out 'estimator'")
+        if self.better is not None and self.contrast is None and self.compare is None:
+            raise ValueError("'better' says which direction is better in a contrast or compare; the other forms "
+                             "say it themselves (trend direction, at_least, at_most)")
         return self
+
+
+def lower_is_better(claim: Claim) -> bool:
+    """Whether a lower metric is the better one for this claim (``better``, else the metric's default)."""
+    if claim.better is not None:
+        return claim.better == "lower"
+    name = claim.metric.removeprefix("random_")
+    return name in LOWER_IS_BETTER or name.endswith("_mean_abs_gap")

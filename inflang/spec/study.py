@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, WithJsonSchema, field_validator
 
@@ -48,6 +48,9 @@ class Study(Spec):
     claims: list[Claim] = Field(default_factory=list, description="hypotheses, each answered with a verdict "
                                 "backed by an interval (trend, contrast, compare, at_least, at_most, "
                                 "between_test_points)")
+    claims_adjust: Literal["none", "holm", "bonferroni"] = Field(
+        "none", description="family-wise intervals for the study's claims: none (each at 95%), holm (Holm's "
+        "step-down: at most a 5% chance of any false verdict) or bonferroni (every interval at 1 - 0.05/m)")
     sweep: SweepGrid | list[SweepGrid] | None = Field(
         None, description="dotted paths to lists of values (cartesian product), or a list of such maps (union)")
 

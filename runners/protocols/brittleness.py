@@ -26,8 +26,7 @@ import math
 import numpy as np
 import torch
 
-from inflang import stats
-from inflang.hashing import derive_seed
+from inflang import intervals, stats
 from inflang.spec import BrittlenessProtocol
 from runners.ensemble import stack
 from runners.errors import TaskFailure
@@ -109,20 +108,18 @@ def run(spec: BrittlenessProtocol, p: Problem, rankings: Rankings, seed: int) ->
         for s in range(S):
             rows = [(t * S + s) * len(grid) + g for g in range(len(grid))]
             flip_k[s, t] = first_flip(flips[rows], grid)
-    baseline = flip_rows(flip_k[-1], decided, max(grid), stats.REPLICATES, derive_seed(seed, "baseline"),
-                         BASELINE + "_") if spec.random else []
+    baseline = flip_rows(flip_k[-1], decided, max(grid), stats.REPLICATES, BASELINE + "_") if spec.random else []
     return GroundTruth(per_repeat=per_repeat, members=weights == 0, probes=retrained.probes, floor=retrained.floor,
                        extra={"flip_k": torch.as_tensor(flip_k), "decided": torch.as_tensor(decided)},
                        metric_rows=baseline)
 
 
-def flip_rows(ks: np.ndarray, decided: np.ndarray, max_k: int, replicates: int, seed: int,
-              prefix: str = "") -> list[MetricRow]:
+def flip_rows(ks: np.ndarray, decided: np.ndarray, max_k: int, replicates: int, prefix: str = "") -> list[MetricRow]:
     """Per test point flip_k (NaN when not flipped), flip_k_capped (not flipped counts as 2 max(k), so means
     and comparisons keep every point) and flipped (0 or 1); over them flip_rate and median_flip_k (see the
     module doc). Undecided points (``decided`` False) are NaN throughout. flip_k_capped and flipped carry
     constant replicates (there are no items to resample), so pooling and claims resample their test points
-    and seeds; flip_rate's interval resamples the test points."""
+    and seeds; flip_rate's interval is the exact (Clopper-Pearson) interval of its count."""
     ks = np.where(decided, ks, np.nan)
     flipped = np.where(decided, (~np.isnan(ks)).astype(float), np.nan)
     capped = np.where(decided, np.where(np.isnan(ks), 2.0 * max_k, ks), np.nan)
@@ -137,13 +134,9 @@ def flip_rows(ks: np.ndarray, decided: np.ndarray, max_k: int, replicates: int, 
              for t, f in enumerate(flipped)]
     kept = flipped[np.isfinite(flipped)]
     rate = float(kept.mean()) if len(kept) else math.nan
-    low = high = None
-    if replicates and len(kept):
-        draws = stats.test_point_replicates(kept[:, None], replicates, np.random.default_rng(seed))
-        interval = stats.percentile_interval(draws)
-        if interval is not None:
-            low, high = interval.low, interval.high
-    rows.append(MetricRow(None, f"{prefix}flip_rate", rate, len(kept), low, high))
+    exact = intervals.clopper_pearson(int(kept.sum()), len(kept)) if len(kept) else None
+    rows.append(MetricRow(None, f"{prefix}flip_rate", rate, len(kept), exact.low if exact else None,
+                          exact.high if exact else None))
     rows.append(MetricRow(None, f"{prefix}median_flip_k", median_flip(ks[np.asarray(decided, dtype=bool)]),
                           len(kept)))
     return rows
@@ -155,7 +148,7 @@ def metrics(spec: BrittlenessProtocol, s: Scoring) -> list[MetricRow]:
         return []
     extra = s.ground_truth.extra
     return flip_rows(extra["flip_k"].cpu().numpy()[s.ranking], extra["decided"].cpu().numpy().astype(bool),
-                     max(spec.k), s.bootstrap, s.seed)
+                     max(spec.k), s.bootstrap)
 
 
 PROTOCOL = Protocol(run=run, metrics=metrics)

@@ -1,0 +1,238 @@
+"""Intervals and tests for every number inflang prints: one definition, used by the cell and sweep rows, claims,
+``inflang compare`` and the report (docs/language.md, "Statistics"). numpy and scipy only.
+
+The data are nested: seeds (training runs), test points within a seed, training points (items) within a test
+point. An interval is computed from the **top level** only, which carries the variance of every level below it
+exactly once (the sample variance of cluster means is unbiased for the variance of the cluster mean, wherever
+the variance lies): the units are the seeds when the numbers rest on two or more, else the test points of the
+one seed (then the interval is about that trained model, not about training seeds).
+
+- ``TMean``: a linear combination theta = sum_a c_a mean_u(y_{a,u}) of arms a (sweep points, or estimator
+  differences at a point) measured on units u. Paired when every arm has the same units (seeds always pair on
+  the seeds all arms have): d_u = sum_a c_a y_{a,u}, theta = mean d, se = sd(d) / sqrt(n), t with n - 1
+  degrees of freedom. Otherwise Welch: se^2 = sum_a c_a^2 s_a^2 / n_a, Welch-Satterthwaite degrees of freedom.
+  Student's t quantiles make the interval exact for normal unit values at any n >= 2, so 2 seeds give an
+  honest (wide, t_1 = 12.7) interval rather than a bootstrap's narrow one. Levels of bounded metrics are
+  clipped to their range; a level of a 0/1 quantity (e.g. ``flipped``) is at least as wide as the exact
+  Clopper-Pearson interval of its pooled count.
+- ``Share``: the share of the spread of a metric between test points that is real rather than item noise,
+  sigma_b^2 / (sigma_b^2 + sigma_e^2), from the pooled within-cell sum of squares SS on df = sum_c (T_c - 1)
+  degrees of freedom and the pooled item-level variance W (each test point's item-bootstrap variance, weighted
+  by T_c - 1): E[SS / df] = sigma_b^2 + W. Estimate 1 - W (df - 2) / SS, unbiased under normality
+  (E[(df - 2) / SS] = 1 / E[SS / df]); interval from SS / (sigma_b^2 + W) ~ chi^2_df.
+- ``p_value``: the smallest alpha at which the (1 - alpha) interval excludes a threshold (the dual of the
+  interval, for every kind); ``holm`` adjusts a family of claims (Holm 1979).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+LEVEL = 0.95
+
+# The range a metric's value lies in (levels are clipped to it; differences are not).
+_CORRELATIONS = ("pearson", "spearman", "kendall")
+_FRACTIONS = ("sign_agreement", "top_k_overlap", "flipped", "flip_rate", "below_resolution")
+
+
+def metric_range(metric: str) -> tuple[float, float] | None:
+    """(low, high) of a metric's possible values, or None when it is unbounded."""
+    if metric in _FRACTIONS or metric.startswith("noise_ceiling_") or metric.endswith(("_flipped", "_flip_rate")):
+        return (0.0, 1.0)
+    if metric in _CORRELATIONS or metric.startswith("reliability_") or metric.endswith(
+            tuple(f"_{c}" for c in _CORRELATIONS)):
+        return (-1.0, 1.0)
+    return None
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+
+    def excludes(self, value: float) -> bool:
+        return value < self.low or value > self.high
+
+
+def clopper_pearson(successes: int, trials: int, level: float = LEVEL) -> Interval:
+    """The exact binomial interval of a proportion (e.g. 30 of 30: [0.884, 1])."""
+    alpha = 1 - level
+    low = 0.0 if successes == 0 else float(sps.beta.ppf(alpha / 2, successes, trials - successes + 1))
+    high = 1.0 if successes == trials else float(sps.beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
+    return Interval(low, high)
+
+
+@dataclass(frozen=True)
+class TMean:
+    """theta with standard error ``se`` on ``df`` degrees of freedom (Student's t)."""
+
+    value: float
+    se: float
+    df: float
+    units: int  # how many independent units (seeds or test points) it rests on
+    dropped: int = 0  # units left out because an arm did not have them (paired seeds)
+    bounds: tuple[float, float] | None = None
+    binomial: tuple[int, int] | None = None  # (successes, trials) of a 0/1 quantity's pooled count
+
+    def interval(self, level: float = LEVEL) -> Interval | None:
+        if not (math.isfinite(self.value) and math.isfinite(self.se) and self.df >= 1):
+            return None
+        q = float(sps.t.ppf(1 - (1 - level) / 2, self.df))
+        low, high = self.value - q * self.se, self.value + q * self.se
+        if self.binomial is not None:
+            exact = clopper_pearson(*self.binomial, level)
+            low, high = min(low, exact.low), max(high, exact.high)
+        if self.bounds is not None:
+            low, high = max(low, self.bounds[0]), min(high, self.bounds[1])
+        return Interval(low, high)
+
+
+@dataclass(frozen=True)
+class Share:
+    """The real share of the between-test-point spread (module docstring): SS on df, pooled item variance W."""
+
+    ss: float
+    df: int
+    within: float
+    units: int  # (cell, test point) pairs
+
+    @property
+    def value(self) -> float:
+        if self.df <= 2 or not self.ss > 0 or not math.isfinite(self.within):
+            return math.nan
+        return 1 - self.within * (self.df - 2) / self.ss
+
+    def interval(self, level: float = LEVEL) -> Interval | None:
+        if not math.isfinite(self.value):
+            return None
+        tail = (1 - level) / 2
+        q_low, q_high = sps.chi2.ppf(tail, self.df), sps.chi2.ppf(1 - tail, self.df)
+        return Interval(1 - self.within * q_high / self.ss, 1 - self.within * q_low / self.ss)
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """An increasing function of another statistic (the noise ceiling of a pooled reliability): its value and
+    interval are the function of the other's."""
+
+    inner: TMean | Share
+    function: Callable[[float], float]
+
+    @property
+    def value(self) -> float:
+        return self.function(self.inner.value)
+
+    @property
+    def units(self) -> int:
+        return self.inner.units
+
+    def interval(self, level: float = LEVEL) -> Interval | None:
+        found = self.inner.interval(level)
+        return None if found is None else Interval(self.function(found.low), self.function(found.high))
+
+
+Statistic = TMean | Share | Mapped
+
+
+def p_value(statistic: Statistic, threshold: float) -> float:
+    """The smallest alpha whose (1 - alpha) interval excludes ``threshold`` (two-sided; 1 when even a point
+    interval does not; NaN without an interval)."""
+    if statistic.interval(LEVEL) is None:
+        return math.nan
+    low, high = 1e-12, 1.0 - 1e-12
+    if _excludes(statistic, 1 - low, threshold):
+        return low
+    if not _excludes(statistic, 1 - high, threshold):
+        return 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        if _excludes(statistic, 1 - mid, threshold):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def _excludes(statistic: Statistic, level: float, threshold: float) -> bool:
+    interval = statistic.interval(level)
+    return interval is not None and interval.excludes(threshold)
+
+
+def holm_levels(p_values: Sequence[float], level: float = LEVEL) -> list[float]:
+    """Per claim, the confidence level of its interval under Holm's step-down procedure for the family: the
+    claim with the i-th smallest p (i = 0, 1, ...) is tested at alpha / (m - i) while every smaller p was
+    rejected; from the first claim not rejected on, every interval is at the level of that step. The
+    verdicts read off these intervals are Holm's decisions, family-wise error <= alpha."""
+    alpha = 1 - level
+    finite = [i for i, p in enumerate(p_values) if math.isfinite(p)]
+    m = len(finite)
+    levels = [level] * len(p_values)
+    step_level = level
+    stopped = False
+    for rank, i in enumerate(sorted(finite, key=lambda j: p_values[j])):
+        if not stopped:
+            step_level = 1 - alpha / (m - rank)
+            stopped = p_values[i] >= alpha / (m - rank)
+        levels[i] = step_level
+    return levels
+
+
+def bonferroni_levels(count: int, level: float = LEVEL) -> list[float]:
+    """Every claim's interval at 1 - alpha / m: simultaneous coverage >= 1 - alpha for m claims."""
+    return [1 - (1 - level) / max(count, 1)] * count
+
+
+# --- builders --------------------------------------------------------------------------------------------
+
+Arm = tuple[float, Mapping[Hashable, float]]  # (coefficient, unit -> value)
+
+
+def combine(arms: Sequence[Arm], pair_on_common: bool, bounds: tuple[float, float] | None = None,
+            binomial: tuple[int, int] | None = None) -> TMean | None:
+    """theta = sum_a c_a mean(y_a) with its t-interval (module docstring). ``pair_on_common``: pair on the
+    units every arm has even when some arm has more (seeds, which are matched by design); otherwise arms pair
+    only when their units are identical (test points), else Welch. None when no unit is finite."""
+    values = [{u: float(v) for u, v in ys.items() if math.isfinite(v)} for _, ys in arms]
+    if not values or any(not v for v in values):
+        return None
+    common = set(values[0]).intersection(*values[1:])
+    identical = all(set(v) == common for v in values)
+    if identical or (pair_on_common and len(common) >= 2):
+        units = sorted(common, key=repr)
+        d = np.array([sum(c * v[u] for (c, _), v in zip(arms, values, strict=True)) for u in units])
+        n = len(d)
+        se = float(d.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
+        dropped = len(set().union(*values)) - n
+        return TMean(float(d.mean()), se, n - 1, n, dropped, bounds, binomial)
+    means, parts, dfs = [], [], []
+    for (c, _), v in zip(arms, values, strict=True):
+        y = np.array(list(v.values()))
+        means.append(c * float(y.mean()))
+        parts.append(c * c * float(y.var(ddof=1)) / len(y) if len(y) >= 2 else math.nan)
+        dfs.append(len(y) - 1)
+    total = sum(parts)
+    if not math.isfinite(total):
+        return TMean(sum(means), math.nan, 0, min(len(v) for v in values), 0, bounds, binomial)
+    df = total ** 2 / sum(p * p / d for p, d in zip(parts, dfs, strict=True)) if total > 0 else float(min(dfs))
+    return TMean(sum(means), math.sqrt(total), df, min(len(v) for v in values), 0, bounds, binomial)
+
+
+def share(cells: Sequence[tuple[np.ndarray, np.ndarray]]) -> Share:
+    """The real share of the between-test-point spread from cells' (metric values [T], item-bootstrap variances
+    [T]) (test points where both are finite; cells with fewer than 2 are left out)."""
+    ss, df, weighted, units = 0.0, 0, 0.0, 0
+    for values, within in cells:
+        ok = np.isfinite(values) & np.isfinite(within)
+        v, w = values[ok], within[ok]
+        if len(v) < 2:
+            continue
+        ss += float(((v - v.mean()) ** 2).sum())
+        df += len(v) - 1
+        weighted += (len(v) - 1) * float(w.mean())
+        units += len(v)
+    return Share(ss, df, weighted / df if df else math.nan, units)
