@@ -2,17 +2,22 @@
 
     import inflang
     study = inflang.load("studies/quickstart.yaml")
-    summary = inflang.run(study, db="inflang.duckdb")
+    results = inflang.run(study, db="inflang.duckdb", select=["depth=2"], workers=2)
+    results.table                                     # the summary: sweep_results rows of the study, as dicts
+    results.claims, results.diagnostics               # verdicts and health checks; results.df() for pandas
     con = inflang.connect("inflang.duckdb")           # a read-only DuckDB connection
-    con.sql("SELECT * FROM metrics").df()             # pandas, if installed (.pl() for polars)
+    con.sql("SELECT * FROM metrics").df()             # pandas (pip install 'inflang[pandas]'; .pl() for polars)
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
+from inflang import store as queries
 from inflang.plan import Plan, compile_study
 from inflang.pricing import Rates, Workload
 from inflang.scheduler import Events, RunSummary, execute
@@ -30,15 +35,53 @@ def plan(study: LoadedStudy | str | Path) -> Plan:
     return compile_study(study if isinstance(study, LoadedStudy) else load_study(study))
 
 
-def run(study: LoadedStudy | str | Path, db: str | Path = "inflang.duckdb", *, memory_budget: int | None = None,
-        threads: int = 1, retry_failed: bool = False, device: str = "cpu", engine: str | None = None) -> RunSummary:
-    """Run a study into ``db`` (finished tasks are reused) on ``device`` (cpu | cuda | cuda:N | auto) with the
-    retraining ``engine`` (auto | compiled | eager; None: INFLANG_ENGINE or auto); returns the scheduler's
-    RunSummary."""
+@dataclass
+class Results:
+    """What ``run`` returns: the run's counts (``summary``) and the study's results as the CLI prints them."""
+
+    summary: RunSummary
+    table: list[dict[str, Any]] = field(default_factory=list)  # sweep_results rows: one per point, estimator, metric
+    claims: list[dict[str, Any]] = field(default_factory=list)  # the claims table's rows
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)  # the health checks that warn
+
+    @property
+    def ran(self) -> int:
+        return self.summary.ran
+
+    @property
+    def cached(self) -> int:
+        return self.summary.cached
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return self.summary.failed
+
+    def df(self) -> Any:
+        """``table`` as a pandas DataFrame (pip install 'inflang[pandas]')."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Results.df() needs pandas: pip install 'inflang[pandas]'") from None
+        return pd.DataFrame(self.table)
+
+
+def run(study: LoadedStudy | str | Path, db: str | Path = "inflang.duckdb", *, select: list[str] | None = None,
+        workers: int = 1, memory_budget: int | None = None, threads: int = 1, retry_failed: bool = False,
+        device: str = "cpu", engine: str | None = None) -> Results:
+    """Run a study into ``db`` (finished tasks are reused), only the cells ``select`` picks (as ``--select``:
+    "depth=2", "model={arch: cnn}"; None: every cell), in ``workers`` processes, on ``device`` (cpu | cuda |
+    cuda:N | auto) with the retraining ``engine`` (auto | compiled | eager; None: INFLANG_ENGINE or auto);
+    returns its Results (raises inflang.errors.UsageError for a ``select`` that matches nothing)."""
+    from inflang.selector import select as select_cells
+
     compiled = plan(study)
+    compiled = compiled.select(select_cells(select, [(c.cell.cell_id, c.cell.params) for c in compiled.cells]))
+    name = compiled.study.study.study
     with Store(db) as store:
-        return execute_plan(compiled, store, memory_budget=memory_budget, threads=threads,
-                            retry_failed=retry_failed, device=device, engine=engine)
+        summary = execute_plan(compiled, store, memory_budget=memory_budget, threads=threads, workers=workers,
+                               retry_failed=retry_failed, device=device, engine=engine)
+    return Results(summary, queries.pooled_results(db, name), queries.claim_rows(db, [name]),
+                   queries.study_diagnostics(db, name))
 
 
 def execute_plan(compiled: Plan, store: Store, *, memory_budget: int | None = None, threads: int = 1,
@@ -66,7 +109,7 @@ def calibrate(workloads: dict[str, Workload], rates: Rates, device: str = "cpu",
     device that is not here."""
     import torch
 
-    from runners.calibrate import seconds_per_model_step
+    from runners.calibrate import seconds_per_model_step, seconds_per_newton_refit
     from runners.device import configure, resolve
 
     where = resolve(device)
@@ -75,8 +118,13 @@ def calibrate(workloads: dict[str, Workload], rates: Rates, device: str = "cpu",
     torch.set_num_threads(threads)
     try:
         for key, work in workloads.items():
-            seconds, _ = seconds_per_model_step(work.spec, work.models, work.engine, where)
-            rates.put(key, seconds)
+            if work.spec.get("solver") == "newton":
+                per_refit, hessian = seconds_per_newton_refit(work.spec, work.models, where)
+                rates.put(key, per_refit)
+                rates.put(key + "/hessian", hessian)
+            else:
+                seconds, _ = seconds_per_model_step(work.spec, work.models, work.engine, where)
+                rates.put(key, seconds)
     finally:
         torch.set_num_threads(before)
         rates.save()

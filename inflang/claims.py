@@ -26,16 +26,17 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import duckdb
 import numpy as np
 
 from inflang import intervals, stats
+from inflang.diagnostics import claim_health
 from inflang.pooling import SeedRows, binomial_count, by_seed, difference_arms, level, per_seed, units
 from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim, lower_is_better
-from inflang.store import model_quantity_rows
+from inflang.store import cells_of, diagnostic_rows, model_quantity_rows
 
 GAP_METRICS = tuple(f"{prefix}_{name}" for prefix in ("influence_vs_pbrf", "influence_vs_retrained",
                                                         "pbrf_vs_converged_loo", "converged_loo_vs_retrained")
@@ -60,6 +61,7 @@ class Verdict:
     threshold: float = 0.0  # the line the interval has to clear: at_least/at_most, or 0 for differences
     p_value: float = math.nan  # the smallest alpha whose (1 - alpha) interval excludes the threshold
     level: float = intervals.LEVEL  # the interval's confidence level (below 0.95 never; above it when adjusted)
+    health: str = ""  # the health checks that warn in the cells the claim rests on (inflang.diagnostics)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -504,7 +506,28 @@ def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim]
             reliability.append(rows(claim.metric.replace("noise_ceiling_", "reliability_")))
         else:
             reliability.append(None)
-    return evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust)
+    verdicts = evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust)
+    found = diagnostic_rows(con, study)
+    if not found:
+        return verdicts
+    cells = cells_of(con, study)
+    return [replace(v, health=claim_health(found, _claim_cells(c, cells), _subjects(c)))
+            for v, c in zip(verdicts, claims, strict=True)]
+
+
+def _claim_cells(claim: Claim, cells: Sequence[tuple[str, Params]]) -> set[str]:
+    """The cells a claim rests on: those matching ``where``, and for a contrast those at its two values."""
+    kept = {c for c, p in cells if _matches(p, claim.where)}
+    if claim.contrast is not None:
+        axis, sides = claim.contrast.axis, (claim.contrast.better, claim.contrast.than)
+        kept = {c for c, p in cells if c in kept and axis in p and any(_same(p[axis], v) for v in sides)}
+    return kept
+
+
+def _subjects(claim: Claim) -> set[str]:
+    if claim.compare is not None:
+        return {claim.compare.better, claim.compare.than}
+    return {claim.estimator} if claim.estimator else set()
 
 
 def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim) -> Verdict:

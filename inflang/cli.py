@@ -19,6 +19,7 @@ from inflang import __version__
 from inflang import store as store_queries
 from inflang.claims import family_notes
 from inflang.cost import ENGINES
+from inflang.diagnostics import summary_lines
 from inflang.errors import StudyError, UsageError
 from inflang.plan import KINDS, Plan, compile_study
 from inflang.scheduler import Events
@@ -111,7 +112,7 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
                                     "for (default: INFLANG_ENGINE or auto).", show_default=False)) -> None:
     """Show the tasks a study compiles into: which are cached, which would run, and their cost (model-steps,
     FLOPs and, once measured here with --calibrate, time). Data files need not exist yet."""
-    from inflang.pricing import Rates, duration, flops_text, price, unmeasured
+    from inflang.pricing import Rates, duration, flops_text, price, timed, unmeasured
 
     if engine is not None and engine not in ENGINES:
         raise _fail(f"error: --engine: '{engine}' is not one of {', '.join(ENGINES)}")
@@ -168,7 +169,7 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
         chunks = sum(t.chunks(budget) for t in todo)
         flops = sum(t.model_flops(budget) for t in todo)
         total_flops += flops
-        priced = [prices[t.hash] for t in todo if t.cost_steps]
+        priced = [prices[t.hash] for t in todo if timed(t)]
         missing = sum(p.seconds is None for p in priced)
         unpriced += missing
         seconds = sum(p.seconds or 0.0 for p in priced)
@@ -181,15 +182,16 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     out.print(f"to run: {total_steps:,} model-steps of training (one optimizer step of one model each), "
               f"{flops_text(total_flops)} in matmuls and convolutions; retraining runs its models as batched "
               "ensembles, in the chunks shown")
-    if not total_steps:
+    if not total_steps and not any(timed(t) for t in todo_all):
         return
     if unpriced:
         out.print(f"time: {unpriced} (re)training task(s) have no rate measured for {device}, {threads} "
-                  f"thread(s), the {engine} engine; --calibrate measures them here (a few steps each)")
+                  f"thread(s), the {engine} engine; --calibrate measures them here (a few steps each; Newton "
+                  "refits by a few refits)")
     else:
         out.print(f"time: about {duration(total_seconds)} of training and retraining on {device} with {threads} "
                   f"thread(s) and the {engine} engine, from rates measured on this machine (without compile "
-                  "time, curvature, estimates and metrics)")
+                  "time, curvature, estimates and metrics; Newton refits at their measured seconds per refit)")
     missing_files = _missing_files(compiled)
     if missing_files:
         out.print(f"note: {missing_files}; task hashes cover the files once they are there")
@@ -211,19 +213,50 @@ def _missing_files(compiled: Plan) -> str | None:
 
 
 class _RichEvents(Events):
-    """Progress bars per task kind plus a bar of models retrained."""
+    """Progress bars per task kind (elapsed and remaining time) plus a bar of models retrained; at the start,
+    the price of the pending training and retraining from the rates measured here (``inflang.pricing``)."""
 
-    def __init__(self, console: Console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def __init__(self, console: Console, pricing: tuple[int | None, str, str, int] | None = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
+        self.console = console
         self.progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=False)
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                                 transient=False)
+        self.pricing = pricing  # (memory budget, engine, device, threads)
         self.bars: dict[str, Any] = {}
         self.models_bar: Any = None
         self.models_total = 0
         self.models_done = 0  # planned models of the finished ground-truth tasks
 
+    def _price(self, pending: list[Any]) -> None:
+        if self.pricing is None:
+            return
+        from inflang.pricing import Rates, duration, price, timed
+
+        budget, engine, device, threads = self.pricing
+        training = [t for t in pending if timed(t)]
+        if not training:
+            return
+        found = price(training, budget, engine, device, threads, Rates())
+        known = [p.seconds for p in found.values() if p.seconds is not None]
+        if len(known) == len(training):
+            self.console.print(f"priced at about {duration(sum(known))} of training and retraining here (rates "
+                               "measured on this machine; estimates, metrics and compiling come on top)",
+                               highlight=False)
+        else:
+            self.console.print(f"{len(training) - len(known)} of {len(training)} training tasks have no measured "
+                               "rate here: inflang plan STUDY --calibrate prices them", highlight=False)
+
     def start(self, plan: Plan, pending: list[Any]) -> None:
+        self._price(pending)
         counts = {k: 0 for k in KINDS}
         models = 0
         for t in pending:
@@ -318,8 +351,8 @@ def _failures(db: str | Path, study: str, points: list[dict[str, Any]] | None = 
 def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> Table:
     _, rows = _summary(db, study, points)
     first, second, ground = SUMMARY_NAMES[_summary_kind(db, study)]
-    table = Table(title=f"'{study}': mean over test points and seeds, 95% interval (seeds, test points, "
-                        "training points)")
+    table = Table(title=f"'{study}': mean over test points and seeds, 95% interval (t over seeds; over test "
+                        "points with one seed)")
     with_ceiling = any(r[8] is not None for r in rows)
     columns = ["swept values", "estimator", first, second] + ([ground] if with_ceiling else [])
     with_resolution = any(r[16] is not None for r in rows)
@@ -356,13 +389,14 @@ def _claims_table(rows: list[dict[str, Any]], with_study: bool) -> Table:
         table.add_column(col, no_wrap=col in ("verdict", "estimate [interval]"))
     colours = {"supported": "green", "contradicted": "red", "unresolved": "yellow"}
     for r in rows:
-        verdict = r["verdict"] + (" †" if r["declared_after_results"] else "")
+        verdict = r["verdict"] + (" †" if r["declared_after_results"] else "") + (" ⚠" if r["health"] else "")
         shown = f"[{colours.get(r['verdict'], 'magenta')}]{verdict}[/]"
         level = r["level"]
         interval = _number(r["estimate"], r["ci_low"], r["ci_high"]) + (
             f" ({100 * level:.2f}%)" if level is not None and abs(level - 0.95) > 1e-9 else "")
         ceiling = r["relative_to_ceiling"]
-        cells = [r["claim"], shown, r["statistic"] + (f" ({r['detail']})" if r["detail"] else ""), interval,
+        notes = "; ".join(n for n in (r["detail"], f"⚠ health: {r['health']}" if r["health"] else "") if n)
+        cells = [r["claim"], shown, r["statistic"] + (f" ({notes})" if notes else ""), interval,
                  "-" if ceiling is None else f"{ceiling:.2f}", str(r["seeds"]), str(r["test_points"])]
         table.add_row(*([r["study"]] if with_study else []), *cells)
     return table
@@ -372,6 +406,20 @@ def _print_claims(rows: list[dict[str, Any]], with_study: bool) -> None:
     out.print(_claims_table(rows, with_study))
     for line in family_notes(rows):
         out.print(line, highlight=False, soft_wrap=True)
+    if any(r["health"] for r in rows):
+        out.print("⚠ the claim rests on cells where a health check warns (inflang report shows them; "
+                  "docs/language.md, Diagnostics)", highlight=False, soft_wrap=True)
+
+
+def _print_diagnostics(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> None:
+    """One line per kind of problem the health checks found, with its cells (of the given sweep points)."""
+    cells = dict(store_queries.cell_params(db, study))
+    found = [r for r in store_queries.study_diagnostics(db, study)
+             if points is None or cells.get(r["cell_id"]) in points]
+    if not found:
+        return
+    for line in summary_lines(found, cells):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> None:
@@ -429,7 +477,8 @@ def run(
     from inflang.errors import StorageError
     from runners.errors import SetupError
 
-    events = _RichEvents(err)
+    err.print(f"results go to {Path(db).resolve()}", highlight=False)
+    events = _RichEvents(err, (budget, engine or os.environ.get("INFLANG_ENGINE", "auto"), device, threads))
     try:
         summary = execute_plan(compiled, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
                                events=events, workers=workers, executor=executor, address=address, device=device,
@@ -449,8 +498,9 @@ def run(
                     130) from None
     events.stop()
     store.close()
-    _print_summary(db, loaded.study.study, None if compiled.selected is None else
-                   [c.cell.params for c in compiled.selected_cells()])
+    chosen = None if compiled.selected is None else [c.cell.params for c in compiled.selected_cells()]
+    _print_summary(db, loaded.study.study, chosen)
+    _print_diagnostics(db, loaded.study.study, chosen)
     if loaded.study.claims:
         _print_claims(_claims_rows(db, [loaded.study.study]), False)
     failed_cells = [c for c, (s, _) in summary.cell_status.items() if s == "failed"]
@@ -665,6 +715,7 @@ def report(
         if claim_rows:
             _print_claims(claim_rows, False)
         _print_summary(db, study, points)
+        _print_diagnostics(db, study, points)
         cols, rows = store_queries.trained_models(db, study)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None

@@ -6,9 +6,12 @@ Task kinds, and what each one's hash covers (besides ``TASK_FORMAT``):
   extra models an estimator such as ``trak`` averages over) -> trained parameters, split, losses;
 - ``curvature``: train -> eigendecomposition of the objective's Hessian (shared by every damping value);
 - ``hessian``: curvature, ``hessian:`` -> top and minimum eigenvalues, trace;
+- ``diagnose``: train, the curvature settings of ``diagnostics:`` -> the trained objective's gradient norm,
+  its Hessian's extreme eigenvalues (Lanczos) and trace (Hutchinson): what the health checks read;
 - ``estimate``: train (+ curvature), the estimator's fields (not its label), test_points, measure -> scores;
 - ``ground_truth``: train, ``ground_truth`` (with each ranking's ``by`` replaced by that estimate task's
-  hash), test_points, and the estimate tasks whose rankings it follows -> actual effects;
+  hash), test_points, and the estimate tasks whose rankings it follows (and ``ceiling_items: resolved``
+  under ``metrics: {resolved_only: true}``) -> actual effects;
 - ``metrics``: estimate, ground_truth, metrics, the cell's seed (it seeds the bootstrap's item draws) ->
   correlations and their bootstrap replicates.
 Two cells that train the same model share one ``train`` task; changing one estimator's damping changes
@@ -28,7 +31,7 @@ from inflang.spec.study import study_facts
 from inflang.validate import Cell, LoadedStudy
 
 TASK_FORMAT = 3
-KINDS = ("train", "curvature", "hessian", "estimate", "ground_truth", "metrics")
+KINDS = ("train", "curvature", "hessian", "diagnose", "estimate", "ground_truth", "metrics")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class CellTasks:
     train: str
     curvature: dict[str, str]  # curvature kind (hessian, ggn) -> task
     hessian: str | None
+    diagnose: str | None = None  # the trained model's gradient norm and curvature (health checks)
     replicas: list[str] = field(default_factory=list)  # extra independently trained models (trak's models: M)
     estimates: dict[str, str] = field(default_factory=dict)
     ground_truth: str | None = None
@@ -106,6 +110,8 @@ class CellTasks:
         out += [("curvature", None, h) for h in self.curvature.values()]
         if self.hessian:
             out.append(("hessian", None, self.hessian))
+        if self.diagnose:
+            out.append(("diagnose", None, self.diagnose))
         out += [("estimate", label, h) for label, h in self.estimates.items()]
         if self.ground_truth:
             out.append(("ground_truth", None, self.ground_truth))
@@ -217,7 +223,11 @@ def compile_study(loaded: LoadedStudy) -> Plan:
                             (curvature["hessian"],))
         elif s.hessian is not None:
             hessian = b.add("hessian", {"train": train, "hessian": _dump(s.hessian)}, (train,))
-        ct = CellTasks(cell=cell, train=train, curvature=curvature, hessian=hessian)
+        diagnose = None
+        if s.diagnostics.curvature:
+            diagnose = b.add("diagnose", {"train": train, "diagnostics": _dump(s.diagnostics.curvature_settings())},
+                             (train,))
+        ct = CellTasks(cell=cell, train=train, curvature=curvature, hessian=hessian, diagnose=diagnose)
         gt = s.ground_truth
         for est in s.estimators:
             reads = curvature[est.curvature_kind] if est.curvature_kind else None
@@ -253,14 +263,18 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         items = gt.items(facts)
         retrained = (items + 1 + probes) * gt.repeats
         models = retrained + gt.extra_models(facts)
-        retrain_steps = gt.retrain_steps(train_steps)
+        # Newton refits take no optimizer steps: they are priced per refit (``inflang.pricing``), not as steps
+        retrain_steps = 0 if gt.converged else gt.retrain_steps(train_steps)
+        newton = retrained if gt.converged else gt.extra_models(facts)
         member = member_bytes(s.model.n_params(info), s.model.activations_per_example(info),
                               s.training.batch_size or n_train, ITEMSIZE[s.training.dtype])
+        gt_workload = None
+        if retrain_steps or newton:
+            gt_workload = {**workload, "steps": retrain_steps, "newton_refits": newton, "n_train": n_train}
         ct.ground_truth = b.add("ground_truth", gt_inputs, gt_deps, retrain_steps * retrained, models,
                                 member_bytes=member, chunk=gt.batch if isinstance(gt.batch, int) else None,
                                 repeats=gt.repeats, probes=probes, items=items,
-                                flops=retrain_steps * retrained * step_flops,
-                                workload={**workload, "steps": retrain_steps} if retrain_steps else None)
+                                flops=retrain_steps * retrained * step_flops, workload=gt_workload)
         for label, estimate in ct.estimates.items():
             ct.metrics[label] = b.add("metrics", {"estimate": estimate, "ground_truth": ct.ground_truth,
                                                   "metrics": _dump(s.metrics), "seed": cell.seed},

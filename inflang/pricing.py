@@ -10,6 +10,12 @@ model, batch and dtype, on random data of its shape, with its chunk's models up 
 the device (and for CUDA the GPU's model), the thread count, the engine, torch's version and this machine's
 processor, so a plan prices itself from then on without running anything.
 
+Newton refits (``solver: newton``, and the decomposition's converged refits) take no optimizer steps: a task
+with ``newton_refits`` is priced as the seconds of its chord Hessian plus the seconds of one refit times its
+refits, both measured by ``--calibrate`` on the task's model and training-set size with random data, each
+refit leaving one point out of a solved optimum as a study's do (``runners.calibrate``); real data can take
+more or fewer iterations than random data (an Iris MLP priced at 3.9 s ran in 4.1 s).
+
 How far to trust it: curvature, estimates, metrics and compile time are left out (the estimate errs short by
 them; retraining is the cost that matters). A task is timed at the ensemble size most of its chunks have
 (``Task.typical_chunk``), capped for the calibration: a model-step costs about as much or less in a larger
@@ -35,6 +41,7 @@ from inflang.plan import Plan, Task
 from inflang.spec import ModelSpec
 
 CALIBRATION_MODELS = 32
+NEWTON_CALIBRATION_MODELS = 8
 _MODELS: TypeAdapter[Any] = TypeAdapter(ModelSpec)
 CALIBRATION_FLOPS = 5e10  # per calibration step (all its models): about a second of a large CNN's step here
 
@@ -118,6 +125,24 @@ class Rates:
         self.changed = False
 
 
+def newton_workload_of(task: Task) -> Workload | None:
+    """The Newton refits of a ground-truth task (their model and training-set size); None without any."""
+    if task.workload is None or not task.workload.get("newton_refits"):
+        return None
+    spec = {k: v for k, v in task.workload.items() if k not in ("engine", "steps", "newton_refits", "batch")}
+    return Workload({**spec, "solver": "newton"}, min(NEWTON_CALIBRATION_MODELS, task.workload["newton_refits"]),
+                    "newton")
+
+
+def newton_seconds(task: Task, work: Workload, device: str, threads: int, rates: Rates) -> float | None:
+    """The chord Hessian once plus each of the task's refits at the measured seconds per refit."""
+    per_refit = rates.get(work.key(device, threads))
+    hessian = rates.get(work.key(device, threads) + "/hessian")
+    if per_refit is None or hessian is None or task.workload is None:
+        return None
+    return hessian + per_refit * int(task.workload["newton_refits"])
+
+
 def workload_of(task: Task, budget: int | None, engine: str) -> Workload | None:
     """The step a training or retraining task repeats, at its largest ensemble; None for other tasks."""
     if task.workload is None or not task.cost_steps:
@@ -126,7 +151,7 @@ def workload_of(task: Task, budget: int | None, engine: str) -> Workload | None:
     step_flops = task.flops / task.cost_steps  # one model-step
     chunk = task.typical_chunk(budget)
     models = max(1, min(chunk, CALIBRATION_MODELS, int(CALIBRATION_FLOPS // max(step_flops, 1))))
-    spec = {k: v for k, v in task.workload.items() if k != "engine"}
+    spec = {k: v for k, v in task.workload.items() if k not in ("engine", "newton_refits", "n_train")}
     model = _MODELS.validate_python(spec["model"])
     # the engine's own exclusions (runners.engine.fixed_structure): dropout masks and BatchNorm statistics
     fixed = not getattr(model, "dropout", 0.0) and getattr(model, "norm", "none") != "batch"
@@ -150,10 +175,22 @@ def price(tasks: list[Task], budget: int | None, engine: str, device: str, threa
           rates: Rates) -> dict[str, Price]:
     out = {}
     for task in tasks:
+        parts: list[float | None] = []
         work = workload_of(task, budget, engine)
-        rate = rates.get(work.key(device, threads)) if work is not None else None
-        out[task.hash] = Price(task.model_flops(budget), None if rate is None else rate * task.model_steps(budget))
+        if work is not None:
+            rate = rates.get(work.key(device, threads))
+            parts.append(None if rate is None else rate * task.model_steps(budget))
+        refits = newton_workload_of(task)
+        if refits is not None:
+            parts.append(newton_seconds(task, refits, device, threads, rates))
+        seconds = None if not parts or any(p is None for p in parts) else sum(p for p in parts if p is not None)
+        out[task.hash] = Price(task.model_flops(budget), seconds)
     return out
+
+
+def timed(task: Task) -> bool:
+    """Whether pricing gives the task a time: it trains (steps) or refits by Newton."""
+    return bool(task.cost_steps) or bool(task.workload and task.workload.get("newton_refits"))
 
 
 def unmeasured(plan: Plan, tasks: list[Task], budget: int | None, engine: str, device: str, threads: int,
@@ -161,11 +198,11 @@ def unmeasured(plan: Plan, tasks: list[Task], budget: int | None, engine: str, d
     """The distinct workloads of ``tasks`` that have no measured rate yet, by key."""
     missing: dict[str, Workload] = {}
     for task in tasks:
-        work = workload_of(task, budget, engine)
-        if work is not None:
-            key = work.key(device, threads)
-            if rates.get(key) is None:
-                missing.setdefault(key, work)
+        for work in (workload_of(task, budget, engine), newton_workload_of(task)):
+            if work is not None:
+                key = work.key(device, threads)
+                if rates.get(key) is None:
+                    missing.setdefault(key, work)
     return missing
 
 

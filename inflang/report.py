@@ -5,7 +5,7 @@ Figures (PNG files under DIR/figures, also embedded in DIR/report.html):
    *selected* test points (``test_points:``; e.g. the median of the 10 highest-loss points, not of the test
    set), with the identity line (Basu et al. 2021, Fig. 1); for the first ``MAX_SCATTERS`` cells, the
    report says which ones it shows, and ``--select`` picks others;
-2. Spearman and Pearson (mean over seeds and test points, with the 95% hierarchical bootstrap interval as
+2. Spearman and Pearson (mean over seeds and test points, with the 95% interval (inflang.intervals) as
    error bars) against each swept numeric axis, with the ground truth's noise ceiling as a band when it was
    measured;
 3. the Hessian's top eigenvalue against each swept numeric axis (when `hessian:` was asked for);
@@ -24,7 +24,9 @@ from typing import Any
 
 from inflang import store as queries
 from inflang.claims import family_notes
+from inflang.diagnostics import summary_lines
 from inflang.errors import UsageError
+from inflang.spec.estimators import RANK_ONLY_NAMES
 from inflang.sweep import label
 
 
@@ -55,10 +57,64 @@ def _interval(value: float | None, low: float | None, high: float | None, level:
 
 
 def _claim_row(r: dict[str, Any]) -> str:
-    cells = [r["claim"], r["verdict"] + (" †" if r["declared_after_results"] else ""), r["statistic"],
-             _interval(r["estimate"], r["ci_low"], r["ci_high"], r["level"]), str(r["seeds"]),
-             str(r["test_points"]), r["detail"] or ""]
+    cells = [r["claim"], r["verdict"] + (" †" if r["declared_after_results"] else "") + (" ⚠" if r["health"] else ""),
+             r["statistic"], _interval(r["estimate"], r["ci_low"], r["ci_high"], r["level"]), str(r["seeds"]),
+             str(r["test_points"]), "; ".join(n for n in (r["detail"], f"health: {r['health']}" if r["health"] else "")
+                                             if n)]
     return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+
+
+def _ranks(values: tuple[float, ...]) -> tuple[float, ...]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    for r, i in enumerate(order):
+        ranks[i] = float(r)
+    return tuple(ranks)
+
+
+def _rank_only(names: dict[str, str]) -> set[str]:
+    """The labels whose estimators give raw scores, not predicted changes (``ranks_only``)."""
+    return {label for label, name in names.items() if name in RANK_ONLY_NAMES}
+
+
+def _without(params: dict[str, Any], axis: str) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k != axis}
+
+
+def _facets(axis: str, params: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Other swept values (JSON) -> the sweep points (params JSON) with them, for the points that sweep axis."""
+    out: dict[str, set[str]] = {}
+    for p in params:
+        if axis in p:
+            out.setdefault(json.dumps(_without(p, axis), sort_keys=True), set()).add(json.dumps(p, sort_keys=True))
+    return dict(sorted(out.items())) or {"{}": set()}
+
+
+def _correlation_panel(ax: Any, pooled: list[dict[str, Any]], axis: str) -> None:
+    """Spearman and Pearson of each estimator against ``axis`` (mean, 95% interval), and the noise ceiling."""
+    for metric, style in (("spearman", "-o"), ("pearson", "--s")):
+        for est in sorted({r["estimator"] for r in pooled if r["estimator"]}):
+            rows = sorted(((json.loads(r["params"])[axis], r) for r in pooled
+                           if r["estimator"] == est and r["metric"] == metric), key=lambda t: t[0])
+            if not rows:
+                continue
+            xs = [x for x, _ in rows]
+            values = [r["value"] for _, r in rows]
+            if all(r["ci_low"] is not None for _, r in rows):
+                below = [v - r["ci_low"] for v, (_, r) in zip(values, rows, strict=True)]
+                above = [r["ci_high"] - v for v, (_, r) in zip(values, rows, strict=True)]
+                ax.errorbar(xs, values, yerr=[below, above], fmt=style, label=f"{est} {metric}", ms=4, capsize=3)
+            else:
+                ax.plot(xs, values, style, label=f"{est} {metric}", ms=4)
+    ceiling = sorted((json.loads(r["params"])[axis], r["value"]) for r in pooled
+                     if r["metric"] == "noise_ceiling_spearman")
+    if ceiling:
+        ax.fill_between([x for x, _ in ceiling], [v for _, v in ceiling], 1.0, color="grey", alpha=0.2,
+                        label="above the noise ceiling")
+    ax.set_xlabel(axis)
+    _integer_ticks(ax, [json.loads(r["params"])[axis] for r in pooled])
+    ax.set_ylabel("correlation (mean, 95% interval)")
+    ax.legend(fontsize=7)
 
 
 def _label(params: str | None) -> str:
@@ -126,9 +182,10 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
         ax.set_title(f"{c['claim']}: {c['verdict']} ({c['seeds']} seeds, {c['test_points']} test points)", fontsize=9)
         save(fig, f"claim-{i}", f"Claim '{c['claim']}': {c['verdict']}")
 
-    # 1. scatter per cell: hardest and median-loss test points
+    # 1. scatter per cell: hardest and median-loss test points (rank-only scores as ranks)
     points = queries.scatter_test_points(db, name)
     pairs = queries.measured_pairs(db, name)
+    rank_only = _rank_only(queries.estimator_names(db, name))
     for cell in cells[:MAX_SCATTERS]:
         chosen = [p for p in points if p["cell_id"] == cell["cell_id"]]
         estimators = sorted({p["estimator"] for p in pairs if p["cell_id"] == cell["cell_id"]})
@@ -144,59 +201,63 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
                 if not xy:
                     continue
                 xs, ys = zip(*xy, strict=True)
+                if est in rank_only:  # a raw score has no scale of its own: compare orders, not values
+                    xs, ys = _ranks(xs), _ranks(ys)
                 ax.scatter(xs, ys, s=10, alpha=0.7)
                 lo, hi = min(min(xs), min(ys)), max(max(xs), max(ys))
                 ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
                 ax.set_title(f"{est}, {point['which']} selected test point {point['test_index']}", fontsize=9)
-                ax.set_xlabel("estimated change")
-                ax.set_ylabel("actual change")
-        fig.suptitle(f"cell {cell['cell_id']}: {_label(cell['params'])}", fontsize=10)
+                ax.set_xlabel("rank of the score" if est in rank_only else "estimated change")
+                ax.set_ylabel("rank of the actual change" if est in rank_only else "actual change")
+        seed = f"seed {cell['repeat']} of the sweep point (cell seed {cell['seed']})"
+        fig.suptitle(f"cell {cell['cell_id']}: {_label(cell['params'])}, {seed}", fontsize=10)
         save(fig, f"scatter-{cell['cell_id']}", "Estimated vs actual change for the highest-loss and the median-loss "
-             f"of the selected test points, {_label(cell['params'])}")
+             f"of the selected test points, {_label(cell['params'])}, {seed}"
+             + ("; rank-only scores (" + ", ".join(sorted(set(estimators) & rank_only)) + ") against ranks"
+                if set(estimators) & rank_only else ""))
 
-    # 2. and 3. against each swept numeric axis
-    kept = {c["cell_id"] for c in cells}
-    results = [r for r in queries.cell_metric_results(db, name) if r["cell_id"] in kept]
+    # 2. and 3. against each swept numeric axis, one panel per combination of the other swept values
+    results = [r for r in queries.cell_metric_results(db, name) if selected is None or r["cell_id"] in selected]
     pooled = [r for r in queries.pooled_results(db, name) if json.loads(r["params"] or "{}") in swept]
     eigenvalues = queries.top_eigenvalues(db, name)
     for axis in _numeric_axes(cells):
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for metric, style in (("spearman", "-o"), ("pearson", "--s")):
-            for est in sorted({r["estimator"] for r in pooled if r["estimator"]}):
-                rows = sorted(((json.loads(r["params"])[axis], r) for r in pooled
-                               if r["estimator"] == est and r["metric"] == metric
-                               and axis in json.loads(r["params"] or "{}")), key=lambda t: t[0])
-                if not rows:
-                    continue
-                axis_values = [x for x, _ in rows]
-                values = [r["value"] for _, r in rows]
-                if all(r["ci_low"] is not None for _, r in rows):
-                    below = [v - r["ci_low"] for v, (_, r) in zip(values, rows, strict=True)]
-                    above = [r["ci_high"] - v for v, (_, r) in zip(values, rows, strict=True)]
-                    ax.errorbar(axis_values, values, yerr=[below, above], fmt=style, label=f"{est} {metric}", ms=4,
-                                capsize=3)
-                else:
-                    ax.plot(axis_values, values, style, label=f"{est} {metric}", ms=4)
-        ceiling = sorted((json.loads(r["params"])[axis], r["value"]) for r in pooled
-                         if r["metric"] == "noise_ceiling_spearman" and axis in json.loads(r["params"] or "{}"))
-        if ceiling:
-            ax.fill_between([x for x, _ in ceiling], [v for _, v in ceiling], 1.0, color="grey", alpha=0.2,
-                            label="above the noise ceiling")
-        ax.set_xlabel(axis)
-        _integer_ticks(ax, [json.loads(r["params"])[axis] for r in pooled if axis in json.loads(r["params"] or "{}")])
-        ax.set_ylabel("correlation (mean, 95% interval)")
-        ax.legend(fontsize=7)
-        save(fig, f"correlation-{axis}", f"Correlation against {axis}")
-        tops = sorted((json.loads(c["params"])[axis], eigenvalues[c["cell_id"]]) for c in cells
-                      if eigenvalues.get(c["cell_id"]) is not None
-                      and axis in json.loads(c["params"] or "{}"))
+        facets = _facets(axis, [json.loads(r["params"] or "{}") for r in pooled])
+        fig, axes = plt.subplots(1, len(facets), figsize=(5.5 * len(facets), 3.8), squeeze=False, sharey=True)
+        for ax, (others, members) in zip(axes[0], facets.items(), strict=True):
+            facet = [r for r in pooled if json.dumps(_without(json.loads(r["params"] or "{}"), axis),
+                                                      sort_keys=True) == others and r["params"] in members]
+            _correlation_panel(ax, facet, axis)
+            ax.set_title(_label(others) if others != "{}" else "", fontsize=9)
+        save(fig, f"correlation-{axis}", f"Correlation against {axis}" + (
+            ", one panel per value of the other swept axes" if len(facets) > 1 else ""))
+        tops: dict[str, list[tuple[Any, float]]] = {}
+        for c in cells:
+            params = json.loads(c["params"] or "{}")
+            top = eigenvalues.get(c["cell_id"])
+            if top is not None and axis in params:
+                tops.setdefault(json.dumps(_without(params, axis), sort_keys=True), []).append((params[axis], top))
         if tops:
             fig, ax = plt.subplots(figsize=(5.5, 3.6))
-            ax.plot([x for x, _ in tops], [v for _, v in tops], "o")
+            for key, values in sorted(tops.items()):
+                values.sort(key=lambda t: t[0])
+                ax.plot([x for x, _ in values], [v for _, v in values], "o", label=_label(key) if key != "{}" else None)
             ax.set_xlabel(axis)
-            _integer_ticks(ax, [x for x, _ in tops])
-            ax.set_ylabel("top Hessian eigenvalue")
-            save(fig, f"eigenvalue-{axis}", f"Top Hessian eigenvalue against {axis}")
+            _integer_ticks(ax, [x for v in tops.values() for x, _ in v])
+            ax.set_ylabel("top Hessian eigenvalue (each seed a point)")
+            if len(tops) > 1:
+                ax.legend(fontsize=7)
+            save(fig, f"eigenvalue-{axis}", f"Top Hessian eigenvalue against {axis}" + (
+                ", one colour per value of the other swept axes" if len(tops) > 1 else ""))
+
+    # the numbers behind the figures: every pooled row, per sweep point
+    if pooled:
+        body = "".join(f"<tr><td>{html.escape(_label(r['params']))}</td><td>{html.escape(r['estimator'] or '-')}</td>"
+                       f"<td>{html.escape(r['metric'])}</td><td>{_interval(r['value'], r['ci_low'], r['ci_high'])}</td>"
+                       f"<td>{r['seeds']} x {r['test_points']}</td></tr>" for r in pooled)
+        sections.append("<h2>Numbers</h2><p>Per sweep point, the mean over seeds of the mean over test points with "
+                        "its 95% interval (t over seeds; over test points with one seed); estimator '-' marks the "
+                        "ground truth's own rows.</p><table><tr><th>swept values</th><th>estimator</th><th>metric"
+                        "</th><th>mean [95% interval]</th><th>seeds x test points</th></tr>" + body + "</table>")
 
     # 4. the error decomposition (ground_truth.decompose), stacked per cell
     terms = [("influence_vs_pbrf_mean_gap", "influence - PBRF"),
@@ -224,6 +285,18 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
         ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
         save(fig, "decomposition", f"Where the gap between {estimator} and retraining comes from (Bae et al. 2022)")
 
+    health = queries.study_diagnostics(db, name)
+    if selected is not None:
+        health = [r for r in health if r["cell_id"] in selected]
+    if health:
+        by_cell = {c["cell_id"]: json.loads(c["params"] or "{}") for c in cells}
+        lines = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(health, by_cell))
+        body = "".join(f"<tr><td>{html.escape(r['check'])}</td><td>{html.escape(r['subject'])}</td>"
+                       f"<td>{html.escape(_label(json.dumps(by_cell.get(r['cell_id'], {}))))}</td>"
+                       f"<td>{r['value']:.3g}</td><td>{r['threshold']:g}</td></tr>" for r in health
+                       if r["value"] is not None)
+        sections.insert(0, f"<h2>Health checks</h2><ul>{lines}</ul><table><tr><th>check</th><th>subject</th>"
+                           f"<th>cell</th><th>value</th><th>threshold</th></tr>{body}</table>")
     drawn = min(len(cells), MAX_SCATTERS)
     shown = (f"Scatter plots are drawn for the first {drawn} of {len(cells)} cells (in the order of their swept "
              "values); choose others with inflang report --select." if len(cells) > MAX_SCATTERS else

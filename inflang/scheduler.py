@@ -25,6 +25,7 @@ import duckdb
 
 from inflang import artifacts
 from inflang.claims import definition, evaluate
+from inflang.diagnostics import diagnose
 from inflang.errors import StorageError
 from inflang.plan import Plan, Task
 from inflang.pooling import pool_study, task_aggregates
@@ -280,8 +281,19 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
         errors = [f"{plan.tasks[blocked.get(h, h)].kind} failed: {summary.failed[blocked.get(h, h)]}"
                   for _kind, _label, h in cell.all() if blocked.get(h, h) in summary.failed]
         summary.cell_status[cell.cell.cell_id] = ("failed", errors[0]) if errors else ("done", None)
-    store.set_cell_status(loaded.study.study, summary.cell_status)
+    # a cell left out by --select is done only when every task it reads is (a new estimator leaves it pending)
+    others: dict[str, tuple[str, str | None]] = {}
+    for cell in plan.cells:
+        if cell.cell.cell_id not in summary.cell_status:
+            states = [runner.status.get(h, ("pending", None, None)) for _kind, _label, h in cell.all()]
+            failed = [f"{plan.tasks[h].kind} failed: {state[1]}" for (_kind, _label, h), state in
+                      zip(cell.all(), states, strict=True) if state[0] == "failed"]
+            others[cell.cell.cell_id] = (("failed", failed[0]) if failed else
+                                         ("done", None) if all(state[0] == "done" for state in states) else
+                                         ("pending", None))
+    store.set_cell_status(loaded.study.study, {**others, **summary.cell_status})
     store.write_aggregates(task_aggregates(store.con, tasks_without_aggregates(store.con, loaded.study.study)))
+    store.write_diagnostics(loaded.study.study, diagnose(store.con, plan.cells))
     store.write_pooled(loaded.study.study, pool_study(store.con, loaded.study.study))
     claims, adjust = loaded.study.claims, loaded.study.claims_adjust
     store.write_claims(loaded.study.study, evaluate(store.con, loaded.study.study, claims, adjust), adjust,

@@ -28,7 +28,8 @@ training:
   weight_decay: 0.01           # objective = mean loss + weight_decay / 2 * ||theta||^2
   dtype: float64
 
-estimators:                    # exact | cg | lissa | arnoldi | kfac | ekfac | datainf | trak | tracin | ...
+estimators:                    # exact | cg | lissa | arnoldi | kfac | ekfac | datainf | trak | tracin |
+                               # representer | grad_dot | grad_cos
   - name: exact
     damping: 0.001             # (H + damping I)^-1
     negative: abs              # what to do with negative curvature: error | abs | clip
@@ -38,7 +39,7 @@ test_points:
   count: 3
 
 ground_truth:
-  protocol: loo                # loo | pbrf | group | lds
+  protocol: loo                # loo | pbrf | group | lds | brittleness
   start: optimum               # optimum (warm start) | scratch
   steps: 1000
   removals:
@@ -46,8 +47,16 @@ ground_truth:
 
 metrics: [pearson, spearman]   # also kendall, sign_agreement, top_k_overlap
 
+repeats: 3                     # seeds per cell: intervals over seeds need at least 2
+
 sweep:                         # one cell per combination
   model.depth: [1, 2]
+
+claims:                        # optional: hypotheses, each answered with a verdict and its interval
+  - name: deeper is worse
+    metric: spearman
+    estimator: exact
+    trend: {{axis: model.depth, direction: down}}
 """
 
 

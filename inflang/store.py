@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -69,6 +70,11 @@ CREATE TABLE IF NOT EXISTS pooled_rows (study VARCHAR, params JSON, estimator VA
 CREATE TABLE IF NOT EXISTS claims (study VARCHAR, claim VARCHAR, form VARCHAR, statistic VARCHAR, estimate DOUBLE,
     ci_low DOUBLE, ci_high DOUBLE, seeds INTEGER, test_points INTEGER, verdict VARCHAR,
     relative_to_ceiling DOUBLE, detail VARCHAR, position INTEGER, threshold DOUBLE);
+CREATE TABLE IF NOT EXISTS diagnosis_results (task_hash VARCHAR PRIMARY KEY, grad_norm DOUBLE, objective DOUBLE,
+    top_eigenvalue DOUBLE, min_eigenvalue DOUBLE, trace DOUBLE, n_params INTEGER, examples INTEGER);
+CREATE TABLE IF NOT EXISTS estimate_notes (task_hash VARCHAR, note VARCHAR, value DOUBLE);
+CREATE TABLE IF NOT EXISTS diagnostics (study VARCHAR, cell_id VARCHAR, subject VARCHAR, "check" VARCHAR,
+    value DOUBLE, threshold DOUBLE, severity VARCHAR, message VARCHAR);
 CREATE TABLE IF NOT EXISTS claim_declarations (study VARCHAR, claim VARCHAR, definition VARCHAR,
     declared_at TIMESTAMP, after_results BOOLEAN);
 CREATE TABLE IF NOT EXISTS response_rows (task_hash VARCHAR, test_index INTEGER, train_index INTEGER,
@@ -96,6 +102,8 @@ ALTER TABLE claims ADD COLUMN IF NOT EXISTS adjust VARCHAR;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS family INTEGER;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS declared_at TIMESTAMP;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS declared_after_results BOOLEAN;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS health VARCHAR;
+ALTER TABLE solver_rows ADD COLUMN IF NOT EXISTS start_grad_norm DOUBLE;
 """
 
 VIEWS = """
@@ -140,7 +148,7 @@ SELECT c.study, c.cell_id, g.protocol, g.items, g.repeats, g.dropped, c.task_has
 FROM cell_tasks c JOIN ground_truth_results g ON g.task_hash = c.task_hash AND c.kind = 'ground_truth';
 
 CREATE OR REPLACE VIEW refits AS
-SELECT c.study, c.cell_id, s.train_index, s.grad_norm, s.iterations
+SELECT c.study, c.cell_id, s.train_index, s.grad_norm, s.iterations, s.start_grad_norm
 FROM cell_tasks c JOIN solver_rows s ON s.task_hash = c.task_hash AND c.kind = 'ground_truth';
 
 CREATE OR REPLACE VIEW influence_pairs AS
@@ -167,8 +175,8 @@ Rows = Mapping[str, Mapping[str, Sequence[Any]]]
 
 OUTPUT_TABLES = ("train_results", "split_rows", "curvature_results", "hessian_results", "estimate_rows",
                  "actual_rows", "metric_rows", "metric_replicates", "aggregate_rows", "ground_truth_results",
-                 "group_members",
-                 "group_actual", "solver_rows", "response_rows")
+                 "group_members", "group_actual", "solver_rows", "response_rows", "diagnosis_results",
+                 "estimate_notes")
 
 
 def _sql_key(key: str) -> str:
@@ -324,11 +332,10 @@ class Store:
                 con.executemany(
                     "INSERT INTO claims (study, claim, form, statistic, estimate, ci_low, ci_high, seeds, test_points, "
                     "verdict, relative_to_ceiling, detail, position, threshold, p_value, level, adjust, family, "
-                    "declared_at, declared_after_results) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                    "?, ?, ?)",
+                    "health, declared_at, declared_after_results) VALUES (" + ", ".join(["?"] * 21) + ")",
                     [(study, v.claim, v.form, v.statistic, v.estimate, v.ci_low, v.ci_high, v.seeds, v.test_points,
                       v.verdict, v.relative_to_ceiling, v.detail, i, v.threshold,
-                      v.p_value if math.isfinite(v.p_value) else None, v.level, adjust, len(verdicts),
+                      v.p_value if math.isfinite(v.p_value) else None, v.level, adjust, len(verdicts), v.health,
                       *declared.get((v.claim, definitions[i] if i < len(definitions) else ""), (None, None)))
                      for i, v in enumerate(verdicts)])
 
@@ -340,6 +347,15 @@ class Store:
                 con.executemany("INSERT INTO pooled_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                 [(study, r.params, r.estimator, r.metric, r.value, r.sd, r.ci_low, r.ci_high,
                                   r.seeds, r.test_points) for r in rows])
+
+    def write_diagnostics(self, study: str, found: Sequence[Any]) -> None:
+        """Replace a study's health checks (``inflang.diagnostics.Diagnostic``) in one transaction."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM diagnostics WHERE study = ?", [study])
+            if found:
+                con.executemany("INSERT INTO diagnostics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [(study, d.cell_id, d.subject, d.check, d.value if math.isfinite(d.value) else None,
+                                  d.threshold, d.severity, d.message) for d in found])
 
     def write_aggregates(self, columns: Mapping[str, Sequence[Any]]) -> None:
         """Replace the aggregate rows (``inflang.pooling.task_aggregates``) of the tasks they name."""
@@ -492,12 +508,13 @@ def missing_studies(path: str | Path, names: Sequence[str]) -> list[str]:
 def studies_overview(path: str | Path) -> Table:
     """``inflang ls``: cells by status and the last run, per study."""
     return _read(path, """
+        WITH last AS (SELECT study, max(ended_at) AS ended FROM runs GROUP BY study)
         SELECT s.study, count(c.cell_id) AS cells,
                count(c.cell_id) FILTER (WHERE c.status = 'done') AS done,
                count(c.cell_id) FILTER (WHERE c.status = 'failed') AS failed,
                count(c.cell_id) FILTER (WHERE c.status = 'pending') AS pending,
-               strftime(max(r.ended_at), '%Y-%m-%d %H:%M') AS last_run, any_value(s.description) AS description
-        FROM studies s LEFT JOIN cells c USING (study) LEFT JOIN runs r USING (study)
+               strftime(any_value(last.ended), '%Y-%m-%d %H:%M') AS last_run, any_value(s.description) AS description
+        FROM studies s LEFT JOIN cells c USING (study) LEFT JOIN last USING (study)
         GROUP BY s.study ORDER BY s.study""")
 
 
@@ -549,7 +566,7 @@ def summary(path: str | Path, study: str, first: str, second: str, ground: str) 
 def claim_rows(path: str | Path, studies: Sequence[str]) -> list[dict[str, Any]]:
     return _dicts(_read(path, """SELECT study, claim, verdict, estimate, ci_low, ci_high, statistic, seeds,
                                         test_points, relative_to_ceiling, detail, level, adjust, family, p_value,
-                                        declared_at, declared_after_results
+                                        declared_at, declared_after_results, health
                                  FROM claims WHERE study IN (SELECT unnest(?::VARCHAR[])) ORDER BY study, position""",
                         [list(studies)]))
 
@@ -570,8 +587,15 @@ def referenced_tasks(path: str | Path) -> set[str]:
 
 
 def report_cells(path: str | Path, study: str) -> list[dict[str, Any]]:
-    return _dicts(_read(path, 'SELECT cell_id, params, status, error FROM cells WHERE study = ? '
+    return _dicts(_read(path, 'SELECT cell_id, params, status, error, "repeat", seed FROM cells WHERE study = ? '
                               'ORDER BY params, "repeat"', [study]))
+
+
+def estimator_names(path: str | Path, study: str) -> dict[str, str]:
+    """Estimator label -> estimator name (``estimators: - name:``) of a study's estimate tasks."""
+    return dict(_read(path, """SELECT DISTINCT ct.estimator, json_extract_string(t.inputs, '$.estimator.name')
+                               FROM cell_tasks ct JOIN tasks t USING (task_hash)
+                               WHERE ct.study = ? AND ct.kind = 'estimate'""", [study])[1])
 
 
 def report_claims(path: str | Path, study: str) -> list[dict[str, Any]]:
@@ -604,8 +628,9 @@ def cell_metric_results(path: str | Path, study: str) -> list[dict[str, Any]]:
 
 
 def pooled_results(path: str | Path, study: str) -> list[dict[str, Any]]:
-    return _dicts(_read(path, "SELECT params, estimator, metric, value, ci_low, ci_high FROM sweep_results "
-                              "WHERE study = ?", [study]))
+    return _dicts(_read(path, "SELECT params, estimator, metric, value, ci_low, ci_high, seeds, test_points "
+                              "FROM sweep_results WHERE study = ? ORDER BY params, estimator NULLS FIRST, metric",
+                        [study]))
 
 
 def top_eigenvalues(path: str | Path, study: str) -> dict[str, float | None]:
@@ -647,6 +672,55 @@ def task_test_point_rows(con: duckdb.DuckDBPyConnection, hashes: Sequence[str]) 
     return con.execute("""SELECT task_hash, metric, test_index, value, n_pairs FROM metric_rows
                           WHERE task_hash IN (SELECT unnest(?::VARCHAR[])) AND test_index IS NOT NULL
                           ORDER BY task_hash, metric, test_index""", [list(hashes)]).fetchall()
+
+
+def diagnostic_inputs(con: duckdb.DuckDBPyConnection, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """What the health checks read of the given tasks: ``diagnosis`` (diagnose tasks' rows), ``train_loss``
+    (train tasks), ``notes`` (estimate tasks' notes), ``retrain_ratio`` (ground truths' median final / initial
+    refit gradient norm) and ``aggregates`` (ground truths' below_resolution and noise_ceiling_spearman)."""
+    params = [list(hashes)]
+    within = "task_hash IN (SELECT unnest(?::VARCHAR[]))"
+    out: dict[str, dict[str, Any]] = {"diagnosis": {}, "train_loss": {}, "notes": defaultdict(dict),
+                                      "retrain_ratio": {}, "aggregates": defaultdict(dict)}
+    for h, g, obj, top, low, trace in con.execute(
+            f"SELECT task_hash, grad_norm, objective, top_eigenvalue, min_eigenvalue, trace FROM diagnosis_results "
+            f"WHERE {within}", params).fetchall():
+        out["diagnosis"][h] = {"grad_norm": g, "objective": obj, "top_eigenvalue": top, "min_eigenvalue": low,
+                               "trace": trace}
+    out["train_loss"] = dict(con.execute(f"SELECT task_hash, train_loss FROM train_results WHERE {within}",
+                                         params).fetchall())
+    for h, note, value in con.execute(f"SELECT task_hash, note, value FROM estimate_notes WHERE {within}",
+                                      params).fetchall():
+        out["notes"][h][note] = value
+    out["retrain_ratio"] = dict(con.execute(
+        f"SELECT task_hash, median(grad_norm / start_grad_norm) FROM solver_rows WHERE {within} "
+        "AND start_grad_norm > 0 GROUP BY task_hash", params).fetchall())
+    for h, metric, value in con.execute(
+            f"SELECT task_hash, metric, value FROM aggregate_rows WHERE {within} "
+            "AND metric IN ('below_resolution', 'noise_ceiling_spearman')", params).fetchall():
+        out["aggregates"][h][metric] = value
+    return out
+
+
+def cells_of(con: duckdb.DuckDBPyConnection, study: str) -> list[tuple[str, dict[str, Any]]]:
+    """(cell id, swept values) of every cell of a study."""
+    return [(c, json.loads(p or "{}")) for c, p in
+            con.execute("SELECT cell_id, params FROM cells WHERE study = ? ORDER BY cell_id", [study]).fetchall()]
+
+
+def diagnostic_rows(con: duckdb.DuckDBPyConnection, study: str) -> list[dict[str, Any]]:
+    cursor = con.execute('SELECT cell_id, subject, "check", value, threshold, severity, message FROM diagnostics '
+                         'WHERE study = ? ORDER BY "check", subject, cell_id', [study])
+    return [dict(zip([d[0] for d in cursor.description or []], r, strict=True)) for r in cursor.fetchall()]
+
+
+def study_diagnostics(path: str | Path, study: str) -> list[dict[str, Any]]:
+    """The diagnostics of a study, for the CLI and the report."""
+    with Store(path, read_only=True) as s:
+        if not s.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'diagnostics'"
+                             ).fetchone()[0]:  # type: ignore[index]
+            return []
+        return diagnostic_rows(s.con, study)
 
 
 MODEL_QUANTITY = {"hessian_top_eigenvalue": "m.hessian_top_eigenvalues[1]", "test_accuracy": "m.test_accuracy",

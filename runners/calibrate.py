@@ -1,4 +1,5 @@
-"""Measured engine rates for pricing a plan (``inflang.pricing``): seconds per model-step of a task's step.
+"""Measured rates for pricing a plan (``inflang.pricing``): seconds per model-step of a task's step, and per
+iteration of a Newton refit (with the seconds of its chord Hessian).
 
 The task's model is built at its dtype on the requested device, its ensemble (``models`` copies) trained on
 random inputs and labels of its shape and batch size with the engine the run would use: one step first
@@ -9,6 +10,7 @@ few [M, P] operations.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -17,8 +19,12 @@ from pydantic import TypeAdapter
 
 from inflang.spec import ModelSpec
 from runners import engine as engines
+from runners.curvature import objective_hessian
 from runners.ensemble import UpdateRule, multiply_adds, stack, train_ensemble, weighted_cross_entropy
+from runners.errors import TaskFailure
 from runners.models import build
+from runners.newton import newton_refit
+from runners.objective import FlatModel
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -61,3 +67,43 @@ def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, d
         # 0): the difference of two runs is ``steps`` steps alone
         seconds = max(train(steps + 1) - train(1), 1e-9)
     return seconds / (steps * models), chosen
+
+
+def seconds_per_newton_refit(workload: dict[str, Any], models: int, device: str = "cpu") -> tuple[float, float]:
+    """(seconds one Newton refit takes, seconds of the chord Hessian) for the workload's model on ``n_train``
+    random points, as a leave-one-out study runs them: the full objective is first solved to its optimum (not
+    timed), its explicit Hessian taken there (timed once), then ``models`` refits, each without one point, solved
+    from that optimum to the study's tolerance (timed). Where the random problem has no positive definite
+    optimum, the refits start from the initialisation and run 12 iterations instead."""
+    dtype = _DTYPES[workload["dtype"]]
+    shape = tuple(workload["shape"] or (workload["features"],))
+    classes, n = int(workload["classes"]), int(workload["n_train"])
+    module = build(TypeAdapter(ModelSpec).validate_python(workload["model"]), shape, classes, 0, dtype).to(device)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(n, *shape, generator=generator, dtype=dtype, device="cpu").to(device)
+    if workload.get("regression"):
+        y = torch.randn(n, classes, generator=generator, dtype=dtype, device="cpu").to(device)
+    else:
+        y = torch.randint(0, classes, (n,), generator=generator, device="cpu").to(device)
+    wd, tol = 0.01, 1e-10 if dtype == torch.float64 else 1e-5
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    with torch.device(device):
+        flat = FlatModel(module, params)
+        start, converged = flat.theta.detach(), False
+        with contextlib.suppress(TaskFailure):  # the optimum of the full objective, by damped Newton
+            H = objective_hessian(module, params, x, y, wd)
+            start = newton_refit(module, params, x, y, torch.ones(1, n, dtype=dtype), wd, H, tol, 200,
+                                 1.0).theta[0]
+            converged = True
+        optimum = flat.unflatten(start)
+        began = time.perf_counter()
+        H0 = objective_hessian(module, optimum, x, y, wd)
+        hessian = time.perf_counter() - began
+        weights = torch.ones(models, n, dtype=dtype)
+        weights[torch.arange(models), torch.arange(models) % n] = 0.0
+        began = time.perf_counter()
+        with contextlib.suppress(TaskFailure):  # a refit that needs more than the iterations allowed
+            newton_refit(module, optimum, x, y, weights, wd, H0, tol if converged else 0.0,
+                         100 if converged else 12, 1e-3 if converged else 1.0)
+        seconds = time.perf_counter() - began
+    return seconds / models, hessian

@@ -180,7 +180,8 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
                    anchor: Stacked | None = None, proximity: float = 0.0,
                    on_step: Callable[[int, Stacked], bool | None] | None = None,
                    lr_name: str = "the retraining lr", noise_seed: int = 0,
-                   tolerate_divergence: bool = False, engine: str | None = None) -> Stacked:
+                   tolerate_divergence: bool = False, engine: str | None = None,
+                   gradient_norms: list[tuple[Tensor, Tensor]] | None = None) -> Stacked:
     """Train M models together from ``start`` ([M, ...] per parameter) on the inputs x [n, d].
 
     Model m minimises data_term(...)[m] + weight_decay/2 ||theta_m||^2 + proximity/2 ||theta_m - anchor_m||^2.
@@ -197,6 +198,9 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
     module, and updated by each model's own training-mode forward passes, as ``nn.BatchNorm`` does.
     ``engine`` (eager | compiled | auto; None: the task's ``--engine``) picks how each step's gradient is
     computed (``runners.engine``); the arithmetic is the same, the rounding not.
+    With a ``gradient_norms`` list, full-batch training of a deterministic model appends each model's
+    ||gradient of its objective|| at the start and at the end ([M] each): how far training took it towards a
+    stationary point (nothing is appended for minibatches or dropout, where a step's gradient is noisy).
     Returns the final stacked parameters and buffers; raises DivergenceError if any model's loss is not
     finite.
     """
@@ -222,11 +226,16 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
                 name = "eager"
         if name == "eager":
             gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity, centre)
+        measure = gradient_norms is not None and seeded is None and (batch_size is None or batch_size >= x.shape[0])
+        before = gradient(flat, x, None, False)[1].norm(dim=1) if measure else None
         with torch.random.fork_rng(devices=devices, enabled=seeded is not None):
             out = _train(layout, flat, buffers, x, rule, steps, batch_size, order_seeds, gradient, opt, on_step,
                          lr_name, seeded, tolerate_divergence)
             engines.record(name)
-            return out
+        if gradient_norms is not None and before is not None:
+            after = gradient(layout.flatten(out).detach(), x, None, False)[1].norm(dim=1)
+            gradient_norms.append((before.detach().cpu(), after.detach().cpu()))
+        return out
     finally:
         module.train(was_training)
 

@@ -24,6 +24,7 @@ from inflang.spec import (
     AnyEstimator,
     AnyModel,
     AnyProtocol,
+    CurvatureSettings,
     DatasetSpec,
     EstimatorSpec,
     GroundTruthSpec,
@@ -36,6 +37,8 @@ from inflang.spec import (
 from runners import data as datasets
 from runners import models
 from runners.curvature import CURVATURES, Spectrum, hutchinson_trace, lanczos_extremes, spectrum
+from runners.device import generator as seeded_generator
+from runners.device import here
 from runners.errors import TaskFailure
 from runners.estimators import ESTIMATORS, EstimatorInputs
 from runners.estimators.common import hessian_vector_products
@@ -206,6 +209,33 @@ def run_hessian(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> O
         "trace": [trace], "n_negative": [negative]}})
 
 
+def run_diagnose(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
+    """The trained model's health: ||grad L(theta)|| of the training objective (all training points, weight decay
+    included) and L itself, and on at most ``examples`` training points (a seeded subset) the Hessian's extreme
+    eigenvalues (Lanczos Ritz values) and its trace (Hutchinson)."""
+    settings = CurvatureSettings.model_validate(inputs["diagnostics"])
+    s, model = trained_setup(deps[inputs["train"]])
+    s.module.eval()
+    flat = FlatModel(s.module, model.params)
+    d, wd, smooth = s.data, s.training.weight_decay, s.training.label_smoothing
+    theta = flat.theta.detach().requires_grad_(True)
+    loss = flat.objective(theta, d.x_train, d.y_train, wd, smooth)
+    (grad,) = torch.autograd.grad(loss, theta)
+    n, P = int(d.x_train.shape[0]), int(theta.numel())
+    seed = derive_seed(s.seed, "diagnose")
+    x, y = d.x_train, d.y_train
+    if n > settings.examples:
+        keep = here(torch.randperm(n, generator=seeded_generator(seed), device="cpu")[: settings.examples])
+        x, y = x[keep], y[keep]
+    values = lanczos_extremes(lambda v: hessian_vector_products(flat, x, y, wd, v[None], smoothing=smooth)[0], P,
+                              settings.iterations, seed)
+    trace = hutchinson_trace(lambda v: hessian_vector_products(flat, x, y, wd, v, smoothing=smooth), P,
+                             settings.trace_samples, seed + 1)
+    return Output({}, {"diagnosis_results": {
+        "grad_norm": [float(grad.norm())], "objective": [float(loss.detach())], "top_eigenvalue": [float(values[-1])],
+        "min_eigenvalue": [float(values[0])], "trace": [trace], "n_params": [P], "examples": [int(x.shape[0])]}})
+
+
 def _test_selection(s: TrainSetup, params: dict[str, Tensor], inputs: dict[str, Any],
                     measure: str) -> tuple[np.ndarray, np.ndarray]:
     """(positions in the test split, dataset row ids) of the selected test points; param_change_norm
@@ -258,9 +288,13 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
     if not bool(torch.isfinite(scores).all()):
         raise TaskFailure(f"estimator '{spec.name}' produced non-finite scores; raise its damping")
     T, n = scores.shape
-    return Output(Estimate(scores, idx, torch.as_tensor(test_ids)).to_arrays(), {"estimate_rows": {
+    rows: dict[str, dict[str, list[Any]]] = {"estimate_rows": {
         "test_index": np.repeat(test_ids, n).tolist(), "train_index": np.tile(d.train_ids, T).tolist(),
-        "estimate": scores.reshape(-1).tolist()}})
+        "estimate": scores.reshape(-1).tolist()}}
+    if estimator_inputs.notes:  # what the estimator observed about its own approximation (health checks)
+        rows["estimate_notes"] = {"note": list(estimator_inputs.notes),
+                                  "value": [float(v) for v in estimator_inputs.notes.values()]}
+    return Output(Estimate(scores, idx, torch.as_tensor(test_ids)).to_arrays(), rows)
 
 
 def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:
@@ -309,6 +343,10 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
         item, norms, its = result.solver
         rows["solver_rows"] = {"train_index": [None if i < 0 else int(d.train_ids[i]) for i in item],
                                "grad_norm": norms, "iterations": its}
+    elif result.convergence is not None:  # warm-start gradient retraining: how far each refit got
+        item, starts, ends = result.convergence
+        rows["solver_rows"] = {"train_index": [int(d.train_ids[i]) for i in item], "grad_norm": ends,
+                               "iterations": [None] * len(item), "start_grad_norm": starts}
     per_repeat = result.per_repeat.cpu().numpy()
     if inputs.get("ceiling_items") == "resolved" and result.resolution is not None:  # metrics: resolved_only
         unresolved = np.abs(actual.cpu().numpy()) < result.resolution.cpu().numpy()[:, None]
@@ -370,6 +408,7 @@ RUNNERS: dict[str, Callable[[dict[str, Any], dict[str, Dep], Context], Output]] 
     "train": run_train,
     "curvature": run_curvature,
     "hessian": run_hessian,
+    "diagnose": run_diagnose,
     "estimate": run_estimate,
     "ground_truth": run_ground_truth,
     "metrics": run_metrics,

@@ -62,7 +62,7 @@ def test_rerun_computes_nothing_and_adds_no_rows(finished: Path, tiny_study: Pat
     before = counts(finished)
     result = invoke("run", str(tiny_study), "--db", str(finished))
     assert result.exit_code == 0
-    assert "ran 0 tasks, reused 5" in result.output
+    assert "ran 0 tasks, reused 6" in result.output
     assert counts(finished) == before
 
 
@@ -70,7 +70,7 @@ def test_changed_damping_reruns_only_that_estimator(finished: Path, tiny_study: 
     tiny_study.write_text(tiny_study.read_text().replace("damping: 0.0", "damping: 0.5"))
     result = invoke("run", str(tiny_study), "--db", str(finished))
     assert result.exit_code == 0
-    assert "ran 2 tasks, reused 3" in result.output
+    assert "ran 2 tasks, reused 4" in result.output
     plan = invoke("plan", str(tiny_study), "--db", str(finished))
     assert plan.exit_code == 0 and "to run: 0 model-steps" in plan.output
 
@@ -142,7 +142,7 @@ def test_failed_cell_is_recorded_and_others_finish(write, tmp_path: Path):
 
 def test_validate_plan_schema_report(tiny_study: Path, finished: Path, tmp_path: Path):
     result = invoke("validate", str(tiny_study))
-    assert result.exit_code == 0 and "1 cells, 5 tasks" in result.output
+    assert result.exit_code == 0 and "1 cells, 6 tasks" in result.output
     schema = invoke("schema")
     assert json.loads(schema.output)["title"] == "Study"
     report = invoke("report", "tiny", "--db", str(finished), "--out", str(tmp_path / "rep"))

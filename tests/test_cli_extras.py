@@ -141,7 +141,7 @@ def test_init_writes_a_study_that_validates(tmp_path: Path):
 def test_python_api(tiny_study: Path, tmp_path: Path):
     study = inflang.load(tiny_study)
     summary = inflang.run(study, db=tmp_path / "api.duckdb")
-    assert summary.ran == 5 and not summary.failed
+    assert summary.ran == 6 and not summary.failed
     con = inflang.connect(tmp_path / "api.duckdb")
     assert con.execute("SELECT count(*) FROM metrics WHERE test_index IS NULL AND estimator IS NOT NULL"
                        ).fetchone()[0] == 2
@@ -208,3 +208,51 @@ def test_seeds_are_pooled_with_their_spread(write, tmp_path: Path):
         assert depth == depth_ and len(values) == 3 and seeds == 3 and points == 9
         assert value == pytest.approx(np.mean(values)) and sd == pytest.approx(np.std(values, ddof=1))
         assert low < value < high
+
+
+def test_ls_counts_each_cell_once_across_reruns(swept: Path, tmp_path: Path):
+    assert runner.invoke(app, ["run", str(tmp_path / "swept.yaml"), "--db", str(swept)]).exit_code == 0
+    overview = duckdb.connect(str(swept), read_only=True)
+    assert overview.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
+    overview.close()
+    result = runner.invoke(app, ["ls", "--db", str(swept)])
+    line = next(x for x in result.output.splitlines() if "swept" in x)
+    assert [c.strip() for c in line.split("│")[2:6]] == ["2", "2", "0", "0"]  # cells, done, failed, pending
+
+
+def test_a_cell_is_done_only_when_all_its_tasks_are(swept: Path, tmp_path: Path):
+    """A new estimator run on one sweep point leaves the other point's cell pending (it has tasks to run)."""
+    study = tmp_path / "swept.yaml"
+    study.write_text(study.read_text().replace("{name: grad_dot}]", "{name: grad_dot}, {name: grad_cos}]"))
+    result = runner.invoke(app, ["run", str(study), "--db", str(swept), "--select", "depth=2"])
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(swept), read_only=True)
+    statuses = dict(con.execute("""SELECT json_extract_string(params, '$."model.depth"'), status FROM cells""")
+                    .fetchall())
+    con.close()
+    assert statuses == {"1": "pending", "2": "done"}
+    plan = runner.invoke(app, ["plan", str(study), "--db", str(swept)])
+    assert plan.exit_code == 0 and "to run" in plan.output
+
+
+def test_compare_says_what_it_paired_and_when_nothing_pairs(swept: Path, write, tmp_path: Path):
+    other = write("other.yaml", (tmp_path / "swept.yaml").read_text().replace("study: swept", "study: deeper")
+                  .replace("model.depth: [1, 2]", "model.depth: [3]"))
+    assert runner.invoke(app, ["run", str(other), "--db", str(swept)]).exit_code == 0
+    result = runner.invoke(app, ["compare", "swept", "deeper", "--db", str(swept)], terminal_width=200)
+    assert result.exit_code == 0 and "nothing pairs" in result.output
+    twin = write("twin.yaml", (tmp_path / "swept.yaml").read_text().replace("study: swept", "study: twin"))
+    assert runner.invoke(app, ["run", str(twin), "--db", str(swept)]).exit_code == 0
+    same = runner.invoke(app, ["compare", "swept", "twin", "--db", str(swept)], terminal_width=200)
+    assert "(1 seed, 3 test points)" in same.output and "nothing pairs" not in same.output
+
+
+def test_python_api_takes_select_and_workers_and_returns_results(tiny_study: Path, tmp_path: Path):
+    results = inflang.run(tiny_study, db=tmp_path / "api.duckdb", select=None, workers=1)
+    assert results.ran == 6 and not results.failed
+    metrics = {(r["estimator"], r["metric"]) for r in results.table}
+    assert any(m == "spearman" for _, m in metrics) and results.claims == []
+    frame = results.df()
+    assert len(frame) == len(results.table) and "value" in frame.columns
+    with pytest.raises(inflang.errors.UsageError):
+        inflang.run(tiny_study, db=tmp_path / "api.duckdb", select=["depth=9"])

@@ -63,7 +63,7 @@ def test_crash_between_artifact_and_commit_is_repaired(tiny_study: Path, tmp_pat
     assert list((tmp_path / ".inflang").rglob("*.pt"))  # the artifact was written
     monkeypatch.setattr(Store, "write_task", original)
     result = runner.invoke(app, ["run", str(tiny_study), "--db", str(db)])
-    assert result.exit_code == 0 and "ran 2 tasks, reused 3" in result.output
+    assert result.exit_code == 0 and "ran 2 tasks, reused 4" in result.output
     for table in ("influence", "metrics", "models", "splits"):
         sql = f"SELECT * EXCLUDE (study) FROM {table} ORDER BY ALL"
         if table == "models":

@@ -10,6 +10,7 @@ from inflang.spec.dataset import (
     ImageFolderDataset,
     SyntheticDataset,
 )
+from inflang.spec.diagnostics import CurvatureSettings, DiagnosticsSpec
 from inflang.spec.estimators import (
     AnyEstimator,
     ArnoldiEstimator,
@@ -57,7 +58,7 @@ __all__ = [
     "ImageFolderDataset",
     "ResnetModel", "VggModel",
     "DataInfEstimator", "RepresenterEstimator", "TracinEstimator", "KfacEstimator", "EkfacEstimator", "TrakEstimator",
-    "BrittlenessProtocol",
+    "BrittlenessProtocol", "CurvatureSettings", "DiagnosticsSpec",
     "AnyDataset", "AnyEstimator", "AnyModel", "AnyProtocol", "ArnoldiEstimator", "BUNDLED", "BundledDataset",
     "CgEstimator", "CnnModel", "DatasetInfo", "DatasetSpec", "EstimatorSpec",
     "ExactEstimator", "FileDataset", "GradCosEstimator", "GradDotEstimator", "GroundTruthSpec",

@@ -8,7 +8,7 @@ A new estimator is one model here (added to ``EstimatorSpec``) plus one module i
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -25,6 +25,7 @@ class EstimatorBase(Spec):
     dense_hessian: ClassVar[bool] = False  # forms a P x P matrix (refused above max_params)
     ranks_only: ClassVar[bool] = False  # a raw score, not a predicted change
     predicts_parameter_change: ClassVar[bool] = False  # has an estimate for measure: param_change_norm
+    assumes_optimum: ClassVar[bool] = False  # inverts curvature at the trained model: assumes a stationary point
 
     @property
     def trained_models(self) -> int:
@@ -46,6 +47,7 @@ class ExactEstimator(EstimatorBase):
 
     name: Literal["exact"]
     predicts_parameter_change: ClassVar[bool] = True
+    assumes_optimum: ClassVar[bool] = True
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     curvature: Literal["hessian", "ggn"] = Field(
         "hessian", description="hessian: the objective's Hessian; ggn: its Gauss-Newton matrix "
@@ -66,6 +68,7 @@ class CgEstimator(EstimatorBase):
 
     name: Literal["cg"]
     predicts_parameter_change: ClassVar[bool] = True
+    assumes_optimum: ClassVar[bool] = True
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     max_iter: int = Field(1000, ge=1, description="CG iterations at most")
     tol: float = Field(1e-10, gt=0, lt=1, description="stop when ||residual|| <= tol * ||g_test||")
@@ -80,6 +83,7 @@ class LissaEstimator(EstimatorBase):
 
     name: Literal["lissa"]
     predicts_parameter_change: ClassVar[bool] = True
+    assumes_optimum: ClassVar[bool] = True
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     scale: float = Field(10.0, gt=0, description="s; must exceed the largest eigenvalue of H + lambda I")
     recursion_depth: int = Field(5000, ge=1, description="J, iterations per repeat")
@@ -93,6 +97,7 @@ class ArnoldiEstimator(EstimatorBase):
 
     name: Literal["arnoldi"]
     predicts_parameter_change: ClassVar[bool] = True
+    assumes_optimum: ClassVar[bool] = True
     damping: float = Field(0.001, ge=0, description="added to every kept eigenvalue")
     arnoldi_dim: int = Field(200, ge=1, description="Krylov iterations (capped at the parameter count)")
     top_k: int = Field(50, ge=1, description="eigenpairs kept, by largest |eigenvalue|")
@@ -142,6 +147,7 @@ class DataInfEstimator(EstimatorBase):
 
     name: Literal["datainf"]
     predicts_parameter_change: ClassVar[bool] = True
+    assumes_optimum: ClassVar[bool] = True
     damping: float | None = Field(None, gt=0, description="lambda_l for every layer; default 0.1 x the mean "
                                   "eigenvalue of G_l (its trace over its size), per layer")
 
@@ -150,6 +156,7 @@ class KroneckerEstimator(EstimatorBase):
     """What K-FAC and EK-FAC share: the output factor they build the Kronecker factors from."""
 
     predicts_parameter_change: ClassVar[bool] = True
+    assumes_optimum: ClassVar[bool] = True
     fisher: Literal["expected", "empirical"] = Field(
         "expected", description="expected: output factor from diag(p) - p p^T (the Gauss-Newton matrix, exact "
         "expectation over labels); empirical: from the true-label gradient p - y (the empirical Fisher)")
@@ -191,6 +198,9 @@ AnyEstimator = (ExactEstimator | CgEstimator | LissaEstimator | ArnoldiEstimator
                 | GradCosEstimator | TracinEstimator | RepresenterEstimator | DataInfEstimator | KfacEstimator
                 | EkfacEstimator | TrakEstimator)
 EstimatorSpec = Annotated[AnyEstimator, Field(discriminator="name")]
+# names of the estimators whose scores rank training points but predict no change (grad_dot, trak, ...)
+RANK_ONLY_NAMES = frozenset(get_args(cls.model_fields["name"].annotation)[0] for cls in get_args(AnyEstimator)
+                            if cls.ranks_only)
 
 def estimator_label(spec: AnyEstimator) -> str:
     return spec.display

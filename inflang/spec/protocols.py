@@ -35,6 +35,7 @@ class StudyFacts:
     batch_norm: bool
     labels: tuple[str, ...]  # estimator labels
     estimators: tuple[str, ...]  # estimator names, in the same order
+    dropout: float = 0.0  # the model's dropout rate
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,11 @@ class LooProtocol(Retraining):
                           "Newton refits minimise the evaluation-mode objective; BatchNorm trains on batch "
                           "statistics and evaluates on running ones", "use solver: gradient (the default) or "
                           "norm: group"))
+        if facts.dropout and (self.solver == "newton" or self.decompose):
+            found.append((("ground_truth", "solver" if self.solver == "newton" else "decompose"),
+                          f"Newton refits converge on a deterministic objective; with dropout {facts.dropout:g} the "
+                          "model trains on a random one, so there is no refit to converge to",
+                          "use solver: gradient (the default), or model.dropout: 0"))
         return found
 
 

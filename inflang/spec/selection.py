@@ -51,8 +51,8 @@ class MetricsSpec(Spec):
                                     min_length=1,
                                     description="pearson | spearman | kendall | sign_agreement | top_k_overlap")
     top_k: int = Field(10, ge=1, description="k of top_k_overlap (precision at k of the top-|estimate| items)")
-    bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap replicates for the 95% intervals "
-                           "(test points, then items, and seeds when pooled); 0 = no intervals")
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="item-level bootstrap replicates per test point "
+                           "(the training-point noise that between_test_points claims need); 0 = none")
     resolved_only: bool = Field(False, description="score only the items whose |actual| reaches the ground "
                                 "truth's resolution (ground_truth.resolution_probes); default: every item")
 

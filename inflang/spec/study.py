@@ -10,6 +10,7 @@ from pydantic import Field, WithJsonSchema, field_validator
 from inflang.spec.base import Spec
 from inflang.spec.claims import Claim
 from inflang.spec.dataset import DatasetSpec
+from inflang.spec.diagnostics import DiagnosticsSpec
 from inflang.spec.estimators import (
     ArnoldiEstimator,
     EstimatorSpec,
@@ -44,6 +45,9 @@ class Study(Spec):
     metrics: Annotated[MetricsSpec, WithJsonSchema(METRICS_JSON_SCHEMA)] = Field(
         default_factory=MetricsSpec, description="a list of metric names, or {names: [...], top_k: k, bootstrap: B}")
     hessian: HessianSpec | None = Field(None, description="optional curvature diagnostics")
+    diagnostics: DiagnosticsSpec = Field(default_factory=DiagnosticsSpec, description="the health checks' "
+                                         "thresholds (damping, stationarity, interpolation, convergence, resolution, "
+                                         "noise ceiling, LiSSA, Arnoldi, K-FAC)")
     repeats: int = Field(1, ge=1, le=1000, description="independent seeds of every cell")
     claims: list[Claim] = Field(default_factory=list, description="hypotheses, each answered with a verdict "
                                 "backed by an interval (trend, contrast, compare, at_least, at_most, "
@@ -91,7 +95,8 @@ def study_facts(study: Study) -> StudyFacts:
                       classes=1 if info.regression else info.classes, regression=info.regression,
                       batch_norm=getattr(study.model, "norm", None) == "batch",
                       labels=tuple(estimator_label(e) for e in study.estimators),
-                      estimators=tuple(e.name for e in study.estimators))
+                      estimators=tuple(e.name for e in study.estimators),
+                      dropout=float(getattr(study.model, "dropout", 0.0) or 0.0))
 
 
 def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from inflang.spec import ArnoldiEstimator
-from runners.curvature import krylov_basis
+from runners.curvature import hutchinson_trace, krylov_basis
 from runners.errors import TaskFailure
 from runners.estimators.common import EstimatorInputs, inverse_scores
 
@@ -29,4 +29,9 @@ def arnoldi_scores(spec: ArnoldiEstimator, inputs: EstimatorInputs) -> Tensor:
     if bool((shifted <= 0).any()):
         raise TaskFailure(f"arnoldi: a kept eigenvalue of H + damping I is <= 0 (smallest {float(e.min()):.3g}); "
                           "raise damping or lower top_k")
+    # the share of tr(H) the kept eigenvalues hold (Hutchinson's estimate of the trace): little of it means the
+    # estimate rests on a few directions of a spread-out spectrum
+    trace = hutchinson_trace(lambda V: inputs.hvp(V.to(inputs.flat.theta.dtype)), P, 8, inputs.seed + 1)
+    if trace > 0:
+        inputs.notes["arnoldi_mass"] = float(e.abs().sum()) / trace
     return inverse_scores(inputs, lambda X: ((X @ U) / shifted) @ U.T)

@@ -40,6 +40,8 @@ class EstimatorInputs:
     checkpoint_buffers: list[dict[str, Tensor]] = field(default_factory=list)
     replica_buffers: list[dict[str, Tensor]] = field(default_factory=list)
     memory_budget: int | None = None  # bytes of per-example gradients computed at once (None: GRADIENT_BYTES)
+    # what an estimator observed about its own approximation (kfac_uncovered, arnoldi_mass): health checks
+    notes: dict[str, float] = field(default_factory=dict)
     _cache: dict[str, Tensor] = field(default_factory=dict)
 
     @property

@@ -90,6 +90,8 @@ def kronecker_layers(inputs: EstimatorInputs) -> list[KroneckerLayer]:
         layers.append(KroneckerLayer(path, module, weight, bias))
     if not layers:
         raise TaskFailure("kfac/ekfac: none of the selected parameters belongs to a Linear or Conv2d layer")
+    covered = sum(c.stop - c.start for layer in layers for c in (layer.weight, layer.bias) if c is not None)
+    inputs.notes["kfac_uncovered"] = 1.0 - covered / sum(sizes[k] for k in names)  # treated as zero curvature
     return layers
 
 

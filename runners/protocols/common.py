@@ -84,6 +84,9 @@ class GroundTruth:
     dropped: int = 0  # items whose measurement was not finite and were dropped (lds, nan: drop)
     # converged solvers: per model (item position, -1 for the control), final gradient norm, iterations
     solver: tuple[list[int], list[float], list[int]] | None = None
+    # warm-start gradient retraining: per model (training point position), gradient norm of its objective at the
+    # start and at the end
+    convergence: tuple[list[int], list[float], list[float]] | None = None
     # decomposition: other responses to the same removals, [T, K] each (converged_loo, pbrf)
     responses: dict[str, Tensor] | None = None
     extra: dict[str, Tensor] | None = None  # protocol-specific arrays, saved with the artifact (brittleness: flip_k)
@@ -165,6 +168,8 @@ class Retrained:
     probes: Tensor
     floor: Tensor  # [T] the rounding unit of the measured quantity itself (see ``rounding_floor``)
     control: Tensor  # [R, T] the measured quantity of each repeat's control
+    # warm-start full-batch retraining: ||grad|| of each removal's objective at the start and end, [R, K] each
+    gradients: tuple[Tensor, Tensor] | None = None
 
 
 def rounding_floor(control: Tensor, dtype: torch.dtype) -> Tensor:
@@ -191,6 +196,7 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor, mean_over: s
     out = torch.zeros(R, K, T, dtype=torch.float64)
     probes = torch.zeros(R, spec.probes_per_repeat, T, dtype=torch.float64)
     control = torch.zeros(R, T, dtype=torch.float64)
+    norms = torch.full((2, R, K), float("nan"), dtype=torch.float64)
     names = [k for k, _ in p.module.named_parameters()]
     for r, seed in enumerate(p.setup.order_seeds):
         start = p.setup.trained if spec.start_from == "optimum" else p.setup.inits[r]
@@ -206,13 +212,16 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor, mean_over: s
                     starts[k][1:1 + extra] = shifted[k][done:done + extra]
             monitor = (stopping_monitor(p.module, p.training, p.validation, p.n, count)
                        if spec.start_from == "scratch" else None)  # scratch retraining replays training's stop rule
+            measured_norms: list[tuple[Tensor, Tensor]] | None = [] if spec.start_from == "optimum" else None
             with retraining():
                 final = train_ensemble(p.module, starts, p.x_train, rule, steps, p.training.batch_size,
                                        [seed] * count,
                                        weighted_cross_entropy(p.y_train, w, p.training.label_smoothing,
                                                               normalise=mean_over),
                                        on_step=monitor, noise_seed=p.setup.noise_seed(r),
-                                       tolerate_divergence=tolerate_divergence)
+                                       tolerate_divergence=tolerate_divergence, gradient_norms=measured_norms)
+            for which, values in enumerate(measured_norms[0] if measured_norms else ()):
+                norms[which, r, lo:hi] = values[1 + extra:].to(torch.float64)
             if monitor is not None:
                 final = monitor.result(final)
             measured = measure_ensemble(p.module, final, p.x_test, p.y_test, spec.measure)
@@ -225,7 +234,8 @@ def retrain_weighted(spec: Retraining, p: Problem, weights: Tensor, mean_over: s
             control[r] = measured[0]
             if p.progress is not None:
                 p.progress(count)
-    return Retrained(out, probes, rounding_floor(control, p.x_train.dtype), control)
+    return Retrained(out, probes, rounding_floor(control, p.x_train.dtype), control,
+                     (norms[0], norms[1]) if bool(torch.isfinite(norms).any()) else None)
 
 
 def resolution(probes: Tensor, repeats: int, floor: Tensor) -> Tensor:

@@ -75,9 +75,13 @@ def leave_one_out(spec: LooProtocol, p: Problem, removals: list[np.ndarray]) -> 
     retrained = retrain_weighted(spec, p, weights)
     result = GroundTruth(per_repeat=pointwise(retrained.effects, items, removals, p.n), probes=retrained.probes,
                          floor=retrained.floor)
+    if retrained.gradients is not None:
+        start, end = retrained.gradients  # [R, K]
+        result.convergence = ([int(i) for _ in range(start.shape[0]) for i in items], start.reshape(-1).tolist(),
+                              end.reshape(-1).tolist())
     if spec.decompose:
         loo = converged(spec, p, items, removals, weights)
-        result.solver = loo.solver
+        result.solver, result.convergence = loo.solver, None  # solver_rows hold the converged refits
         result.responses = {"converged_loo": loo.actual, "pbrf": pbrf_newton(spec, p, items, removals)}
     return result
 
