@@ -21,18 +21,35 @@ from inflang import store as queries
 from inflang.plan import Plan, compile_study
 from inflang.pricing import Rates, Workload
 from inflang.scheduler import Events, RunSummary, execute
+from inflang.spec import Study
+from inflang.spec.base import CodeFields
 from inflang.store import Store, check_db_path
 from inflang.validate import LoadedStudy, load_study
 
 
+def code_folders(study: Study) -> list[str]:
+    """The folders a study's own code is looked for in (its custom dataset, model and estimators)."""
+    specs = [study.dataset, study.model, *study.estimators]
+    return [s.folder for s in specs if isinstance(s, CodeFields) and s.folder is not None]
+
+
+def probe_code(study: Study) -> Study:
+    """A study with its own code's sizes learned by running it once (``runners.custom.probe``; torch is imported
+    only for a study that names code of its own)."""
+    from runners.custom import probe
+
+    return probe(study)
+
+
 def load(path: str | Path) -> LoadedStudy:
-    """Load and validate a study file (raises inflang.errors.StudyError with every problem placed)."""
-    return load_study(path)
+    """Load and validate a study file, running its own code (if any) once to learn its sizes (raises
+    inflang.errors.StudyError with every problem placed)."""
+    return load_study(path, probe=probe_code)
 
 
 def plan(study: LoadedStudy | str | Path) -> Plan:
     """The content-addressed tasks a study compiles into."""
-    return compile_study(study if isinstance(study, LoadedStudy) else load_study(study))
+    return compile_study(study if isinstance(study, LoadedStudy) else load(study))
 
 
 @dataclass
@@ -96,8 +113,9 @@ def execute_plan(compiled: Plan, store: Store, *, memory_budget: int | None = No
 
     events = events or Events()
     datasets = [c.cell.study.dataset for c in compiled.selected_cells()]
+    folders = [f for c in compiled.selected_cells() for f in code_folders(c.cell.study)]
     backend = open_backend(executor, workers, threads, memory_budget, device, address, gpus_per_task, datasets,
-                           events.models_retrained, engine)
+                           events.models_retrained, engine, folders[0] if folders else None)
     here = backend.device if executor != "ray" else "cpu"  # a missing dependency is rebuilt in this process
     return execute(compiled, store, backend, compute_here(memory_budget, here, backend.engine),
                    retry_failed=retry_failed, events=events, threads=threads)

@@ -243,9 +243,11 @@ def _seed_count(rows: Sequence[Sequence[SeedRows]]) -> int:
     return len({r.repeat for group in rows for r in group if r.finite})
 
 
-def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None) -> Evidence:
+def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
+           axis_values: Sequence[Any] | None = None) -> Evidence:
     """The statistic of one claim from its rows (``rows_for``); ``reliability``: the rows of
-    ``reliability_<metric>`` for ceilings (claims on spearman or pearson)."""
+    ``reliability_<metric>`` for ceilings (claims on spearman or pearson); ``axis_values``: every value the
+    study sweeps a trend's axis over (ranks count them whether or not their cells finished)."""
     evidence = Evidence(claim, _describe(claim))
     points = sorted(k for k in by_point if _matches(json.loads(k), claim.where))
     if not points:
@@ -262,7 +264,7 @@ def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None) 
     if claim.between_test_points is not None:
         return _gather_share(evidence, claim, selected)
     keys = list(selected)
-    coefficients = _coefficients(claim, keys)
+    coefficients = _coefficients(claim, keys, axis_values)
     if coefficients is None:
         axis = (claim.trend or claim.contrast).axis  # type: ignore[union-attr]
         evidence.why = f"no finished cells to compare along {axis}"
@@ -280,7 +282,7 @@ def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None) 
             return evidence
     arms = [(c, units(source[keys[i]], seeds)) for i, c in sorted(coefficients.items()) if c != 0.0]
     combined = intervals.combine(arms, seeds, intervals.metric_range(name) if levels else None,
-                                 binomial_count([source[k] for k in involved]) if levels and len(involved) == 1
+                                 binomial_count(name, [source[k] for k in involved]) if levels and len(involved) == 1
                                  else None)
     value: intervals.Statistic | None = combined
     if combined is not None and pooled_root:
@@ -348,8 +350,12 @@ def _gather_share(evidence: Evidence, claim: Claim, selected: dict[str, list[See
 
 
 def _unit_notes(evidence: Evidence, value: intervals.Statistic | None, seeds: bool, claim: Claim) -> None:
+    if isinstance(value, intervals.TMean) and value.se == 0 and value.units >= 2:
+        evidence.notes.append(f"every {'seed' if seeds else 'test point'} gives the same value: the interval has no "
+                              "width, and says only that no variation was seen")
     if isinstance(value, intervals.TMean) and value.dropped:
-        evidence.notes.append(f"{value.dropped} seed{'s' if value.dropped > 1 else ''} left out: not measured at "
+        unit = "seed" if seeds else "test point"
+        evidence.notes.append(f"{value.dropped} {unit}{'s' if value.dropped > 1 else ''} left out: not measured at "
                               "every point the claim compares")
     if not seeds and claim.metric not in MODEL_QUANTITIES:
         evidence.notes.append("one seed: the interval is over test points, about this trained model, not over "
@@ -370,7 +376,8 @@ def _contrast_ceilings(evidence: Evidence, claim: Claim, keys: Sequence[str], co
     evidence.notes.append("; ".join(parts))
 
 
-def _coefficients(claim: Claim, keys: Sequence[str]) -> dict[int, float] | None:
+def _coefficients(claim: Claim, keys: Sequence[str], axis_values: Sequence[Any] | None = None
+                  ) -> dict[int, float] | None:
     """Point index -> weight in the statistic (a linear combination of the points' means); None when a trend
     or contrast finds nothing to compare."""
     axis_spec = claim.trend or claim.contrast
@@ -384,12 +391,15 @@ def _coefficients(claim: Claim, keys: Sequence[str]) -> dict[int, float] | None:
             others = {p: v for p, v in params.items() if p != axis}
             groups.setdefault(json.dumps(others, sort_keys=True), []).append(i)
     # the rank of an axis value is its place among all the axis's values (0, 1, 2, ...), in numeric order
-    levels = sorted({float(json.loads(k)[axis]) for k in keys if _numeric(json.loads(k).get(axis))})
+    swept = axis_values if axis_values is not None else [json.loads(k).get(axis) for k in keys]
+    levels = sorted({float(v) for v in swept if _numeric(v)})
     per_group: list[dict[int, float]] = []
     for members in groups.values():
         values = [json.loads(keys[i])[axis] for i in members]
         if claim.trend is not None:
             if len(members) < 2 or not all(_numeric(v) for v in values):
+                continue
+            if not all(float(v) in levels for v in values):
                 continue
             ranks = np.array([levels.index(float(v)) for v in values], dtype=float)
             centred = ranks - ranks.mean()
@@ -413,12 +423,13 @@ def _coefficients(claim: Claim, keys: Sequence[str]) -> dict[int, float] | None:
 
 
 def _verdict(claim: Claim, low: float, high: float) -> str:
+    """Strictly on one side of the line (an interval that reaches it is unresolved, as its p-value says)."""
     if claim.at_least is not None:
-        side = (low >= claim.at_least, high < claim.at_least)
+        side = (low > claim.at_least, high < claim.at_least)
     elif claim.at_most is not None:
-        side = (high <= claim.at_most, low > claim.at_most)
+        side = (high < claim.at_most, low > claim.at_most)
     elif claim.between_test_points is not None:
-        side = (low >= claim.between_test_points.at_least, high < claim.between_test_points.at_least)
+        side = (low > claim.between_test_points.at_least, high < claim.between_test_points.at_least)
     elif claim.trend is not None:
         side = (high < 0, low > 0) if claim.trend.direction == "down" else (low > 0, high < 0)
     elif lower_is_better(claim):  # contrast, compare: the better side has the lower metric
@@ -474,17 +485,18 @@ def family_levels(evidence: Sequence[Evidence], adjust: str, level_: float = int
     Bonferroni needs them for a family-wise error of at most 1 - ``level_`` (over the evaluable claims)."""
     if adjust == "holm":
         return intervals.holm_levels([e.p_value() for e in evidence], level_)
-    if adjust == "bonferroni":
-        count = sum(e.value is not None for e in evidence)
-        return intervals.bonferroni_levels(len(evidence), level_) if count == len(evidence) else \
-            [1 - (1 - level_) / max(count, 1)] * len(evidence)
+    if adjust == "bonferroni":  # over the claims that have an interval, as Holm's
+        count = sum(math.isfinite(e.p_value()) for e in evidence)
+        return [1 - (1 - level_) / max(count, 1)] * len(evidence)
     return [level_] * len(evidence)
 
 
 def evaluate_rows(claims: Sequence[Claim], rows: Sequence[ByPoint], reliability: Sequence[ByPoint | None],
-                  adjust: str = "none") -> list[Verdict]:
-    """Verdicts of a family of claims from in-memory rows (one ``ByPoint`` per claim)."""
-    evidence = [gather(c, r, rel) for c, r, rel in zip(claims, rows, reliability, strict=True)]
+                  adjust: str = "none", cells: Sequence[Params] | None = None) -> list[Verdict]:
+    """Verdicts of a family of claims from in-memory rows (one ``ByPoint`` per claim); ``cells``: the swept
+    values of every cell of the study (a trend's ranks count every swept value)."""
+    evidence = [gather(c, r, rel, _axis_values(c, cells)) for c, r, rel in zip(claims, rows, reliability,
+                                                                                 strict=True)]
     return [decide(e, lv) for e, lv in zip(evidence, family_levels(evidence, adjust), strict=True)]
 
 
@@ -506,13 +518,20 @@ def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim]
             reliability.append(rows(claim.metric.replace("noise_ceiling_", "reliability_")))
         else:
             reliability.append(None)
-    verdicts = evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust)
+    cells = cells_of(con, study)
+    verdicts = evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust, [p for _, p in cells])
     found = diagnostic_rows(con, study)
     if not found:
         return verdicts
-    cells = cells_of(con, study)
     return [replace(v, health=claim_health(found, _claim_cells(c, cells), _subjects(c)))
             for v, c in zip(verdicts, claims, strict=True)]
+
+
+def _axis_values(claim: Claim, cells: Sequence[Params] | None) -> list[Any] | None:
+    """Every value a trend's axis takes among the cells matching the claim's ``where`` (None: no cells given)."""
+    if claim.trend is None or cells is None:
+        return None
+    return [p[claim.trend.axis] for p in cells if claim.trend.axis in p and _matches(p, claim.where)]
 
 
 def _claim_cells(claim: Claim, cells: Sequence[tuple[str, Params]]) -> set[str]:

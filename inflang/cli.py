@@ -17,6 +17,7 @@ from rich.table import Table
 
 from inflang import __version__
 from inflang import store as store_queries
+from inflang.api import probe_code
 from inflang.claims import family_notes
 from inflang.cost import ENGINES
 from inflang.diagnostics import summary_lines
@@ -49,9 +50,11 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(path: str, require_files: bool = True) -> LoadedStudy:
+def _load(path: str, require_files: bool = True, probe: bool = False) -> LoadedStudy:
+    """The validated study; with ``probe`` its own code (if it names any) is imported and run once to learn its
+    sizes (``inflang plan`` and ``run``; ``validate`` only finds the code)."""
     try:
-        return load_study(path, require_files)
+        return load_study(path, require_files, probe_code if probe else None)
     except StudyError as exc:
         raise _fail(str(exc)) from None
 
@@ -119,7 +122,7 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     engine = engine or os.environ.get("INFLANG_ENGINE", "auto")
     if engine not in ENGINES:
         raise _fail(f"error: INFLANG_ENGINE: '{engine}' is not one of {', '.join(ENGINES)}")
-    loaded = _load(study, require_files=False)
+    loaded = _load(study, require_files=False, probe=True)
     compiled = _selected(compile_study(loaded), select)
     budget = _parse_bytes(memory_budget)
     states = _task_states(compiled, db)
@@ -466,7 +469,7 @@ def run(
             import ray  # noqa: F401
         except ImportError:
             raise _fail("error: --executor ray needs Ray: pip install 'inflang[ray]'") from None
-    loaded = _load(study)
+    loaded = _load(study, probe=True)
     compiled = _selected(compile_study(loaded), select)
     budget = _parse_bytes(memory_budget)
     try:

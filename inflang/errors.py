@@ -55,6 +55,15 @@ class StudyError(Exception):
         return cls([Problem(position, path, message, hint)])
 
 
+class CodeProblem(Exception):
+    """The study's own code (``module:callable``) failed a check when it was imported or called to learn its
+    sizes: at ``path`` in the study (e.g. ("dataset", "loader")), with a one-line message."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str, hint: str | None = None) -> None:
+        self.path, self.message, self.hint = path, message, hint
+        super().__init__(message)
+
+
 class UsageError(Exception):
     """Bad command-line input that is not a study file (a database path, a query); exit code 2."""
 

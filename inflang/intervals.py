@@ -40,6 +40,11 @@ _CORRELATIONS = ("pearson", "spearman", "kendall")
 _FRACTIONS = ("sign_agreement", "top_k_overlap", "flipped", "flip_rate", "below_resolution")
 
 
+def is_proportion(metric: str) -> bool:
+    """A metric that is 0 or 1 per test point by definition (whether a prediction flipped)."""
+    return metric == "flipped" or metric.endswith("_flipped") or metric == "flip_rate"
+
+
 def metric_range(metric: str) -> tuple[float, float] | None:
     """(low, high) of a metric's possible values, or None when it is unbounded."""
     if metric in _FRACTIONS or metric.startswith("noise_ceiling_") or metric.endswith(("_flipped", "_flip_rate")):
@@ -194,15 +199,19 @@ Arm = tuple[float, Mapping[Hashable, float]]  # (coefficient, unit -> value)
 
 def combine(arms: Sequence[Arm], pair_on_common: bool, bounds: tuple[float, float] | None = None,
             binomial: tuple[int, int] | None = None) -> TMean | None:
-    """theta = sum_a c_a mean(y_a) with its t-interval (module docstring). ``pair_on_common``: pair on the
-    units every arm has even when some arm has more (seeds, which are matched by design); otherwise arms pair
-    only when their units are identical (test points), else Welch. None when no unit is finite."""
+    """theta = sum_a c_a mean(y_a) with its t-interval (module docstring). Arms pair on the units they all have
+    (the others are left out and counted in ``dropped``): with ``pair_on_common`` (seeds, matched by design)
+    whenever at least 2 are shared; otherwise (test points) when the shared ones are at least 2 and at least
+    half of every arm's, so that a test point missing at one point does not unpair test points the points
+    share. Arms whose units mostly differ (each sweep point chose its own test points) are independent: Welch.
+    None when no unit is finite."""
     values = [{u: float(v) for u, v in ys.items() if math.isfinite(v)} for _, ys in arms]
     if not values or any(not v for v in values):
         return None
     common = set(values[0]).intersection(*values[1:])
     identical = all(set(v) == common for v in values)
-    if identical or (pair_on_common and len(common) >= 2):
+    mostly_shared = len(common) >= 2 and all(2 * len(common) >= len(v) for v in values)
+    if identical or (len(common) >= 2 and pair_on_common) or mostly_shared:
         units = sorted(common, key=repr)
         d = np.array([sum(c * v[u] for (c, _), v in zip(arms, values, strict=True)) for u in units])
         n = len(d)

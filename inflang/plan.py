@@ -3,12 +3,14 @@
 Task kinds, and what each one's hash covers (besides ``TASK_FORMAT``):
 - ``train``: dataset (its fields but ``root``, and for file datasets a digest of the files' names, sizes
   and contents: ``inflang.datadigest``), model, training, the cell's seed (and a replica number for the
-  extra models an estimator such as ``trak`` averages over) -> trained parameters, split, losses;
+  extra models an estimator such as ``trak`` averages over); for the study's own loader or factory the digest
+  of its code (``inflang.code``) instead of its ``folder`` -> trained parameters, split, losses;
 - ``curvature``: train -> eigendecomposition of the objective's Hessian (shared by every damping value);
 - ``hessian``: curvature, ``hessian:`` -> top and minimum eigenvalues, trace;
 - ``diagnose``: train, the curvature settings of ``diagnostics:`` -> the trained objective's gradient norm,
   its Hessian's extreme eigenvalues (Lanczos) and trace (Hutchinson): what the health checks read;
-- ``estimate``: train (+ curvature), the estimator's fields (not its label), test_points, measure -> scores;
+- ``estimate``: train (+ curvature), the estimator's fields (not its label; for a custom scorer its code's
+  digest, not its folder), test_points, measure -> scores;
 - ``ground_truth``: train, ``ground_truth`` (with each ranking's ``by`` replaced by that estimate task's
   hash), test_points, and the estimate tasks whose rankings it follows (and ``ceiling_items: resolved``
   under ``metrics: {resolved_only: true}``) -> actual effects;
@@ -23,10 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from inflang.code import digest as code_digest
 from inflang.cost import ITEMSIZE, chunk_bounds, member_bytes, models_per_chunk
 from inflang.datadigest import DigestCache, dataset_digest
 from inflang.hashing import canonical_hash
-from inflang.spec import estimator_label
+from inflang.spec import CustomDataset, CustomEstimator, CustomModel, estimator_label
 from inflang.spec.study import study_facts
 from inflang.validate import Cell, LoadedStudy
 
@@ -202,9 +205,15 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         data_key = s.dataset.model_dump_json()
         if data_key not in digests:
             digests[data_key] = dataset_digest(s.dataset, cache)
-        train_hashed = {**train_inputs, "dataset": _dump(s.dataset, ("download", "mirror", "root"))}
+        # where data and code lie is not part of a hash; what the code is, is
+        train_hashed = {**train_inputs, "dataset": _dump(s.dataset, ("download", "mirror", "root", "folder")),
+                        "model": _dump(s.model, ("folder",))}
         if digests[data_key] is not None:
             train_hashed["data"] = digests[data_key]
+        if isinstance(s.dataset, CustomDataset):
+            train_hashed["data_code"] = code_digest(s.dataset.loader, s.dataset.folder, s.dataset.code)
+        if isinstance(s.model, CustomModel):
+            train_hashed["model_code"] = code_digest(s.model.factory, s.model.folder, s.model.code)
         info = s.dataset.info()
         batch = min(s.training.batch_size or n_train, n_train)
         step_flops = 6 * batch * s.model.multiply_adds(info)
@@ -241,8 +250,12 @@ def compile_study(loaded: LoadedStudy) -> Plan:
                                                "test_points": _dump(s.test_points), "measure": gt.measure}
             if replicas:
                 estimate_inputs["replicas"] = replicas
+            estimate_hashed = None
+            if isinstance(est, CustomEstimator):  # the scorer's code, not where it lies
+                estimate_hashed = {**estimate_inputs, "estimator": _dump(est, ("label", "folder")),
+                                   "estimator_code": code_digest(est.scorer, est.folder, est.code)}
             ct.estimates[estimator_label(est)] = b.add(
-                "estimate", estimate_inputs, (train, *([reads] if reads else []), *replicas))
+                "estimate", estimate_inputs, (train, *([reads] if reads else []), *replicas), hashed=estimate_hashed)
         facts = study_facts(s)
         # the rankings the protocol follows are estimate tasks: dependencies whose hashes stand where the file
         # names their labels, so the hash covers what ranks, not what it is called; ``rankings`` lists them

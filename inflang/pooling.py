@@ -122,7 +122,7 @@ def difference_arms(left: Sequence[SeedRows], right: Sequence[SeedRows], seeds: 
     if len(ones) == 1 and len(others) == 1 and ones[0].test_ids == others[0].test_ids:
         la, lb = ones[0].by_test_point(), others[0].by_test_point()
         return [(1.0, {t: la[t] - lb[t] for t in la if t in lb})]
-    return [(1.0, units(left, False)), (-1.0, units(right, False))]
+    return [(1.0, units(ones, False)), (-1.0, units(others, False))]
 
 
 def _seed_difference(a: SeedRows, b: SeedRows) -> float:
@@ -132,8 +132,11 @@ def _seed_difference(a: SeedRows, b: SeedRows) -> float:
     return a.mean() - b.mean()
 
 
-def binomial_count(groups: Sequence[Sequence[SeedRows]]) -> tuple[int, int] | None:
-    """(ones, test points) when every finite per-test-point value is 0 or 1 (a proportion), else None."""
+def binomial_count(metric: str, groups: Sequence[Sequence[SeedRows]]) -> tuple[int, int] | None:
+    """(ones, test points) of a metric that is 0 or 1 per test point by definition (``flipped``), else None (a
+    correlation that happens to be 1 everywhere is not a proportion)."""
+    if not intervals.is_proportion(metric):
+        return None
     values = np.concatenate([r.values[np.isfinite(r.values)] for rows in groups for r in rows] or [np.zeros(0)])
     if len(values) == 0 or not np.isin(values, (0.0, 1.0)).all():
         return None
@@ -144,7 +147,7 @@ def level(rows: Sequence[SeedRows], metric: str) -> intervals.TMean | None:
     """The mean over seeds of the mean over test points, with its interval."""
     seeds = by_seed([rows])
     return intervals.combine([(1.0, units(rows, seeds))], True, intervals.metric_range(metric),
-                             binomial_count([rows]))
+                             binomial_count(metric, [rows]))
 
 
 def _ceiling_pooled(key: Key, reliability: Pooled) -> Pooled:
@@ -230,20 +233,20 @@ class Difference:
 
 
 def difference(key: tuple[str, str | None], left: list[SeedRows], right: list[SeedRows]) -> Difference:
-    """The paired difference of two sides' pooled means: seeds matched by repeat number (unmatched seeds
-    left out), test points paired where both sides measured the same ones; the interval as ``pool``'s."""
-    seeds = by_seed([left]) and by_seed([right])
-    arms = difference_arms(left, right, seeds)
-    estimate = intervals.combine(arms, True)
+    """The paired difference of two sides' pooled means: seeds matched by repeat number (unmatched seeds left
+    out); with two or more matched seeds the t-interval over their per-seed differences, with one the interval
+    over that seed's test points (paired where both sides measured the same ones); the interval as ``pool``'s."""
+    ones = {r.repeat: r for r in left if r.finite}
+    others = {r.repeat: r for r in right if r.finite}
+    matched = sorted(set(ones) & set(others))
+    if not matched:
+        return Difference(key[0], key[1], math.nan, None, None, 0, 0)
+    seeds = len(matched) >= 2
+    a, b = [ones[r] for r in matched], [others[r] for r in matched]
+    estimate = intervals.combine(difference_arms(a, b, seeds), seeds)
     interval = estimate.interval() if estimate is not None else None
-    matched = {r.repeat for r in left if r.finite} & {r.repeat for r in right if r.finite}
-    if seeds:
-        other = {r.repeat: r for r in right}
-        points = sum(int((np.isfinite(a.values) & np.isfinite(other[a.repeat].values)).sum())
-                     if a.test_ids == other[a.repeat].test_ids else
-                     min(int(np.isfinite(a.values).sum()), int(np.isfinite(other[a.repeat].values).sum()))
-                     for a in left if a.repeat in matched)
-    else:
-        points = estimate.units if estimate is not None else 0
+    points = sum(int((np.isfinite(x.values) & np.isfinite(y.values)).sum()) if x.test_ids == y.test_ids else
+                 min(int(np.isfinite(x.values).sum()), int(np.isfinite(y.values).sum()))
+                 for x, y in zip(a, b, strict=True))
     return Difference(key[0], key[1], estimate.value if estimate is not None else math.nan,
                       interval.low if interval else None, interval.high if interval else None, len(matched), points)

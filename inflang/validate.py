@@ -9,16 +9,19 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from inflang.errors import Problem, StudyError, did_you_mean
+from inflang.code import CodeNotFound, missing_extra
+from inflang.code import locate as locate_code
+from inflang.errors import CodeProblem, Problem, StudyError, did_you_mean
 from inflang.hashing import canonical_hash, derive_seed
 from inflang.reader import Document, PathKey, load
-from inflang.spec import FileDataset, Study, semantic_problems
+from inflang.spec import CustomDataset, CustomEstimator, CustomModel, FileDataset, Study, semantic_problems
 from inflang.spec.dataset import ImageFolderDataset, expected_files, scan_folder
 from inflang.sweep import Params, SweepEntry, apply, expand, split_path
 
@@ -179,9 +182,14 @@ def _dotted(path: PathKey) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _validate(data: dict[str, Any], doc: Document, locate: Any, require_files: bool = True) -> Study:
+Probe = Callable[[Study], Study]  # runs a study's own code to learn its sizes (runners.custom.probe)
+
+
+def _validate(data: dict[str, Any], doc: Document, locate: Any, require_files: bool = True,
+              probe: Probe | None = None) -> Study:
     try:
-        study = _with_data_files(Study.model_validate(data), doc, locate, require_files)
+        study = _with_code(_with_data_files(Study.model_validate(data), doc, locate, require_files), doc, locate,
+                           probe)
     except ValidationError as exc:
         problems: list[Problem] = []
         seen: set[str] = set()
@@ -211,6 +219,44 @@ def _cell_locator(doc: Document, entries: list[SweepEntry]) -> Any:
     return locate
 
 
+def _with_code(study: Study, doc: Document, locate: Any, probe: Probe | None) -> Study:
+    """Point the study's own code (custom dataset, model, estimators) at the study file's folder, find each
+    module's file (importing nothing), and with ``probe`` import and run it to learn its sizes."""
+    folder = str(Path(doc.file).parent.resolve())
+    found: list[tuple[PathKey, Any, str]] = []  # (path, spec, reference field)
+    if isinstance(study.dataset, CustomDataset):
+        found.append((("dataset",), study.dataset, "loader"))
+    if isinstance(study.model, CustomModel):
+        found.append((("model",), study.model, "factory"))
+    found += [(("estimators", i), e, "scorer") for i, e in enumerate(study.estimators)
+              if isinstance(e, CustomEstimator)]
+    if not found:
+        return study
+    placed: dict[PathKey, Any] = {}
+    for path, spec, field_name in found:
+        spec = spec if spec.folder is not None else spec.model_copy(update={"folder": folder})
+        reference = getattr(spec, field_name)
+        try:
+            locate_code(reference, spec.folder)
+        except CodeNotFound as exc:
+            raise StudyError.at(locate(path + (field_name,), True), _dotted(path + (field_name,)), str(exc),
+                                "put the module beside the study file, or install it") from None
+        missing = missing_extra(spec.folder, spec.code)
+        if missing:
+            raise StudyError.at(locate(path + ("code",), True), _dotted(path + ("code",)),
+                                f"no file {missing[0]} in {spec.folder}", None)
+        placed[path] = spec
+    estimators = [placed.get(("estimators", i), e) for i, e in enumerate(study.estimators)]
+    study = study.model_copy(update={"dataset": placed.get(("dataset",), study.dataset),
+                                     "model": placed.get(("model",), study.model), "estimators": estimators})
+    if probe is None:
+        return study
+    try:
+        return probe(study)
+    except CodeProblem as exc:
+        raise StudyError.at(locate(exc.path, True), _dotted(exc.path), exc.message, exc.hint) from None
+
+
 def _with_data_files(study: Study, doc: Document, locate: Any, require_files: bool = True) -> Study:
     """Resolve a file dataset's ``root`` against the study file's folder and check its files are there
     (unless ``require_files`` is False: ``inflang plan`` prices a study before its files are fetched)."""
@@ -237,7 +283,7 @@ def _with_data_files(study: Study, doc: Document, locate: Any, require_files: bo
     return study.model_copy(update={"dataset": dataset})
 
 
-def validate_document(doc: Document, require_files: bool = True) -> LoadedStudy:
+def validate_document(doc: Document, require_files: bool = True, probe: Probe | None = None) -> LoadedStudy:
     """Validate every cell of the study's sweep (the file itself when it has none), times its repeats.
 
     Only cells have to be valid: the file without its sweep need not be a study of its own, so a sweep can
@@ -265,7 +311,7 @@ def validate_document(doc: Document, require_files: bool = True) -> LoadedStudy:
                                     f"'{entry.path}' does not name a field of the study"))
             continue
         try:
-            cell_study = _validate(data, doc, _cell_locator(doc, entries), require_files)
+            cell_study = _validate(data, doc, _cell_locator(doc, entries), require_files, probe)
         except StudyError as exc:
             label = ", ".join(f"{k}={v!r}" for k, v in params.items())
             for p in exc.problems:
@@ -286,7 +332,7 @@ def validate_document(doc: Document, require_files: bool = True) -> LoadedStudy:
         raise StudyError(problems)
     base_data = {k: v for k, v in doc.data.items() if k != "sweep"}
     try:  # the study as written, for its study-level fields; a sweep may be what makes it valid
-        study = _validate(base_data, doc, lambda path, value: doc.position(path, value), require_files)
+        study = _validate(base_data, doc, lambda path, value: doc.position(path, value), require_files, probe)
     except StudyError:
         study = valid[0]
     from inflang.claims import claim_problems
@@ -297,7 +343,9 @@ def validate_document(doc: Document, require_files: bool = True) -> LoadedStudy:
     return LoadedStudy(path=doc.file, document=doc, study=study, cells=cells)
 
 
-def load_study(path: str | Path, require_files: bool = True) -> LoadedStudy:
+def load_study(path: str | Path, require_files: bool = True, probe: Probe | None = None) -> LoadedStudy:
     """Load, validate and expand a study file; raises StudyError with every problem placed. With
-    ``require_files=False`` a file dataset's missing files are no error (for pricing; nothing can run)."""
-    return validate_document(load(path), require_files)
+    ``require_files=False`` a file dataset's missing files are no error (for pricing; nothing can run). A study
+    that names its own code has each module's file found; with ``probe`` (``inflang plan`` and ``run``), the
+    code is imported and run once to learn its sizes, and what fails there is a problem at its place too."""
+    return validate_document(load(path), require_files, probe)

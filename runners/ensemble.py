@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,7 +27,7 @@ from runners.batches import batch_order
 from runners.compiled import CompileUnavailable, compiled_gradient
 from runners.device import here
 from runners.errors import DivergenceError
-from runners.objective import per_example_loss
+from runners.objective import per_example_loss, vmap_failure
 
 Stacked = dict[str, Tensor]
 
@@ -150,14 +152,39 @@ def weighted_cross_entropy(y: Tensor, weights: Tensor, smoothing: float = 0.0, n
     return term
 
 
+SEQUENTIAL: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules vmap cannot batch: one model at a time
+_SAID: set[str] = set()
+
+
 def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bool = False) -> Tensor:
     """Logits [M, b, C] of every model: on shared inputs x [b, d], or with ``per_model`` on x [M, b, d].
     ``params`` may hold stacked buffers too (each model's running statistics). In training mode every model
     draws the same dropout masks (common random numbers: a removal is compared with its control under the
-    same noise)."""
-    call = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, 0 if per_model else None),
-                randomness="same")
-    return call(params, x)
+    same noise). A module that ``vmap`` cannot batch (a study's own network with data-dependent control flow or
+    in-place state) runs one model at a time, each from the same random state, said once on stderr."""
+    if module not in SEQUENTIAL:
+        call = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, 0 if per_model else None),
+                    randomness="same")
+        try:
+            return call(params, x)
+        except RuntimeError as exc:
+            if not vmap_failure(exc):
+                raise
+            SEQUENTIAL.add(module)
+            if type(module).__qualname__ not in _SAID:  # once per network class in a process
+                _SAID.add(type(module).__qualname__)
+                print(f"inflang: {type(module).__name__} cannot be batched over models "
+                      f"({str(exc).splitlines()[0][:120]}); retraining its models one at a time", file=sys.stderr)
+    count = next(iter(params.values())).shape[0]
+    devices = [x.device] if x.device.type == "cuda" else []
+    state = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+    out = []
+    for m in range(count):
+        torch.set_rng_state(state[0])  # every model draws what the first drew: common random numbers
+        for d, cuda_state in zip(devices, state[1], strict=True):
+            torch.cuda.set_rng_state(cuda_state, d)
+        out.append(functional_call(module, {k: v[m] for k, v in params.items()}, (x[m] if per_model else x,)))
+    return torch.stack(out)
 
 
 def stochastic(module: nn.Module) -> bool:

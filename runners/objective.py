@@ -92,3 +92,11 @@ class FlatModel:
     def objective(self, theta: Tensor, x: Tensor, y: Tensor, weight_decay: float, smoothing: float = 0.0) -> Tensor:
         data = per_example_loss(self.logits(theta, x), y, smoothing).mean()
         return data + 0.5 * weight_decay * (theta * theta).sum()
+
+
+def vmap_failure(exc: BaseException) -> bool:
+    """Whether an error is torch.func's refusal to batch a module (``.item()``, data-dependent control flow, an
+    operation without a batching rule), as a study's own network may cause; callers then loop instead."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        word in text for word in ("vmap", "batching rule", "data-dependent", "functorch"))

@@ -194,3 +194,64 @@ def test_claims_that_name_what_the_study_lacks_are_errors_with_positions(write, 
     problem = info.value.problems[0]
     assert problem.path.startswith(where) and message in problem.message, (problem.path, problem.message)
     assert problem.position.line == text.count("\n")  # the claim's line
+
+
+def rows_of(values: dict[str, dict[int, float]], repeat: int = 0) -> list:
+    from inflang.pooling import SeedRows
+
+    return [SeedRows(repeat, sorted(v), np.array([v[t] for t in sorted(v)]), None) for v in values.values()]
+
+
+def test_one_missing_test_point_keeps_the_others_paired():
+    """One seed, the same 10 test points at two sweep points, one undefined at the second: the 9 shared ones
+    pair (a test-point effect shared by both points cancels), rather than falling back to Welch."""
+    from inflang.claims import evaluate_rows
+    from inflang.pooling import SeedRows
+
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 0.3, 10)  # each test point's own difficulty, the same at both points
+    a = 0.5 + shared + rng.normal(0, 0.01, 10)
+    b = 0.6 + shared + rng.normal(0, 0.01, 10)
+    b[3] = np.nan
+    by_point = {json.dumps({"x": 0}): {"e": [SeedRows(0, list(range(10)), a, None)]},
+                json.dumps({"x": 1}): {"e": [SeedRows(0, list(range(10)), b, None)]}}
+    claim = Claim(name="c", metric="spearman", estimator="e", contrast={"axis": "x", "better": 1, "than": 0})
+    (v,) = evaluate_rows([claim], [by_point], [None])
+    assert v.verdict == "supported" and v.ci_high - v.ci_low < 0.05, v  # Welch would span the shared spread
+    assert "1 test point left out" in v.detail
+
+
+def test_compare_matches_seeds_by_repeat_and_never_merges_them():
+    """One side with 2 seeds, the other with 1: the matched seed's test points are compared, not a mixture."""
+    from inflang.pooling import SeedRows, difference
+
+    left = [SeedRows(0, [0, 1, 2], np.array([1.0, 1.1, 1.2]), None),
+            SeedRows(1, [0, 1, 2], np.array([5.0, 5.1, 5.2]), None)]
+    right = [SeedRows(0, [0, 1, 2], np.array([0.0, 0.1, 0.2]), None)]
+    d = difference(("{}", "e"), left, right)
+    assert d.estimate == pytest.approx(1.0) and d.seeds == 1 and d.test_points == 3
+
+
+def test_a_correlation_of_one_everywhere_is_not_a_proportion():
+    """Exact influence on a linear model: Spearman 1 at every test point. Its interval is the data's (no width,
+    and said so), not the binomial bound of a proportion, so at_least 0.95 is supported."""
+    from inflang.claims import evaluate_rows
+    from inflang.pooling import SeedRows
+
+    by_point = {"{}": {"exact": [SeedRows(0, list(range(30)), np.ones(30), None)]}}
+    claim = Claim(name="c", metric="spearman", estimator="exact", at_least=0.95)
+    (v,) = evaluate_rows([claim], [by_point], [None])
+    assert v.verdict == "supported" and v.ci_low == 1.0 and "no width" in v.detail
+
+
+def test_trend_ranks_count_every_swept_value():
+    """A sweep over 1, 2, 3 whose middle cell did not finish: the step from 1 to 3 is two ranks."""
+    from inflang.claims import evaluate_rows
+    from inflang.pooling import SeedRows
+
+    by_point = {json.dumps({"x": x}): {"e": [SeedRows(s, [0, 1], np.array([0.1 * x + 0.01 * s] * 2), None)
+                                             for s in range(3)]} for x in (1, 3)}
+    claim = Claim(name="c", metric="spearman", estimator="e", trend={"axis": "x", "direction": "up"})
+    cells = [{"x": x} for x in (1, 2, 3)]
+    (v,) = evaluate_rows([claim], [by_point], [None], cells=cells)
+    assert v.estimate == pytest.approx(0.1)  # 0.2 over two ranks, not one

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 
-from inflang.spec.base import Spec
+from inflang.code import check_reference
+from inflang.spec.base import CodeFields, Spec
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,11 @@ class DatasetInfo:
     test_rows: int | None = None  # rows of the official test split, if the dataset has one
     shape: tuple[int, ...] | None = None  # image shape (channels, height, width) for image datasets
     regression: bool = False  # real-valued targets and the squared-error loss
+    known: bool = True  # False: a custom loader not run yet (inflang validate): sizes are placeholders
+
+
+# the placeholder of a custom dataset whose loader has not run: large enough that no size check refuses it
+UNKNOWN = DatasetInfo(rows=10**9, features=1, classes=2, known=False)
 
 
 BUNDLED: dict[str, DatasetInfo] = {
@@ -237,5 +243,29 @@ class ImageFolderDataset(DatasetBase):
                            classes=max(1, len(layout.classes)), test_rows=test, shape=shape)
 
 
-AnyDataset = BundledDataset | SyntheticDataset | FileDataset | ImageFolderDataset
+class CustomDataset(DatasetBase, CodeFields):
+    """The study's own data: ``loader`` (module:callable) is called with ``args`` and returns (x, y): arrays or
+    tensors, x [n, ...] of features (images [n, channels, height, width]), y [n] of integer class labels (or
+    float targets, [n] or [n, targets], for regression with the squared error). Row ids are positions in what
+    it returns. ``inflang plan`` and ``run`` call it once to learn its sizes; ``validate`` only finds it."""
+
+    name: Literal["custom"]
+    loader: str = Field(description="module:callable returning (x, y), e.g. my_data:spirals")
+    _facts: DatasetInfo | None = PrivateAttr(default=None)
+
+    @field_validator("loader")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        return check_reference(value)
+
+    def info(self) -> DatasetInfo:
+        return self._facts if self._facts is not None else UNKNOWN
+
+    def with_facts(self, facts: DatasetInfo) -> CustomDataset:
+        copy = self.model_copy()
+        copy._facts = facts
+        return copy
+
+
+AnyDataset = BundledDataset | SyntheticDataset | FileDataset | ImageFolderDataset | CustomDataset
 DatasetSpec = Annotated[AnyDataset, Field(discriminator="name")]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, get_args
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from inflang.spec.base import Spec
+from inflang.code import check_reference
+from inflang.spec.base import CodeFields, Spec
 
 
 class EstimatorBase(Spec):
@@ -23,7 +24,7 @@ class EstimatorBase(Spec):
 
     uses_curvature: ClassVar[bool] = False  # needs an eigendecomposition of the curvature (a shared task)
     dense_hessian: ClassVar[bool] = False  # forms a P x P matrix (refused above max_params)
-    ranks_only: ClassVar[bool] = False  # a raw score, not a predicted change
+    # every estimator states ranks_only (a raw score, not a predicted change); a custom one per instance
     predicts_parameter_change: ClassVar[bool] = False  # has an estimate for measure: param_change_norm
     assumes_optimum: ClassVar[bool] = False  # inverts curvature at the trained model: assumes a stationary point
 
@@ -48,6 +49,7 @@ class ExactEstimator(EstimatorBase):
     name: Literal["exact"]
     predicts_parameter_change: ClassVar[bool] = True
     assumes_optimum: ClassVar[bool] = True
+    ranks_only: ClassVar[bool] = False
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     curvature: Literal["hessian", "ggn"] = Field(
         "hessian", description="hessian: the objective's Hessian; ggn: its Gauss-Newton matrix "
@@ -69,6 +71,7 @@ class CgEstimator(EstimatorBase):
     name: Literal["cg"]
     predicts_parameter_change: ClassVar[bool] = True
     assumes_optimum: ClassVar[bool] = True
+    ranks_only: ClassVar[bool] = False
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     max_iter: int = Field(1000, ge=1, description="CG iterations at most")
     tol: float = Field(1e-10, gt=0, lt=1, description="stop when ||residual|| <= tol * ||g_test||")
@@ -84,6 +87,7 @@ class LissaEstimator(EstimatorBase):
     name: Literal["lissa"]
     predicts_parameter_change: ClassVar[bool] = True
     assumes_optimum: ClassVar[bool] = True
+    ranks_only: ClassVar[bool] = False
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     scale: float = Field(10.0, gt=0, description="s; must exceed the largest eigenvalue of H + lambda I")
     recursion_depth: int = Field(5000, ge=1, description="J, iterations per repeat")
@@ -98,6 +102,7 @@ class ArnoldiEstimator(EstimatorBase):
     name: Literal["arnoldi"]
     predicts_parameter_change: ClassVar[bool] = True
     assumes_optimum: ClassVar[bool] = True
+    ranks_only: ClassVar[bool] = False
     damping: float = Field(0.001, ge=0, description="added to every kept eigenvalue")
     arnoldi_dim: int = Field(200, ge=1, description="Krylov iterations (capped at the parameter count)")
     top_k: int = Field(50, ge=1, description="eigenpairs kept, by largest |eigenvalue|")
@@ -148,6 +153,7 @@ class DataInfEstimator(EstimatorBase):
     name: Literal["datainf"]
     predicts_parameter_change: ClassVar[bool] = True
     assumes_optimum: ClassVar[bool] = True
+    ranks_only: ClassVar[bool] = False
     damping: float | None = Field(None, gt=0, description="lambda_l for every layer; default 0.1 x the mean "
                                   "eigenvalue of G_l (its trace over its size), per layer")
 
@@ -157,6 +163,7 @@ class KroneckerEstimator(EstimatorBase):
 
     predicts_parameter_change: ClassVar[bool] = True
     assumes_optimum: ClassVar[bool] = True
+    ranks_only: ClassVar[bool] = False
     fisher: Literal["expected", "empirical"] = Field(
         "expected", description="expected: output factor from diag(p) - p p^T (the Gauss-Newton matrix, exact "
         "expectation over labels); empirical: from the true-label gradient p - y (the empirical Fisher)")
@@ -194,13 +201,30 @@ class TrakEstimator(EstimatorBase):
     damping: float = Field(0.0, ge=0, description="added to Phi^T Phi before the (pseudo-)inverse")
 
 
+class CustomEstimator(EstimatorBase, CodeFields):
+    """The study's own attribution method: ``scorer`` (module:callable) is called as scorer(inputs, **args) with
+    the ``EstimatorInputs`` every built-in estimator receives (docs/language.md, "Your own code") and returns
+    scores [T, n_train]: the predicted change of each selected test point's measured quantity when each
+    training point is removed (LANGUAGE.md's sign), or with ``ranks_only`` a raw score that only ranks."""
+
+    name: Literal["custom"]
+    scorer: str = Field(description="module:callable returning scores [T, n_train], e.g. my_methods:half_grad_dot")
+    ranks_only: bool = Field(False, description="a raw score that ranks training points, not a predicted change "
+                             "(as grad_dot)")
+
+    @field_validator("scorer")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        return check_reference(value)
+
+
 AnyEstimator = (ExactEstimator | CgEstimator | LissaEstimator | ArnoldiEstimator | GradDotEstimator
                 | GradCosEstimator | TracinEstimator | RepresenterEstimator | DataInfEstimator | KfacEstimator
-                | EkfacEstimator | TrakEstimator)
+                | EkfacEstimator | TrakEstimator | CustomEstimator)
 EstimatorSpec = Annotated[AnyEstimator, Field(discriminator="name")]
 # names of the estimators whose scores rank training points but predict no change (grad_dot, trak, ...)
 RANK_ONLY_NAMES = frozenset(get_args(cls.model_fields["name"].annotation)[0] for cls in get_args(AnyEstimator)
-                            if cls.ranks_only)
+                            if getattr(cls, "ranks_only", None) is True)
 
 def estimator_label(spec: AnyEstimator) -> str:
     return spec.display

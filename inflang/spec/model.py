@@ -9,11 +9,13 @@ about 6 b multiply_adds FLOPs: 2 forward, 4 backward), and whether it is ``convo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, field_validator
 
-from inflang.spec.base import Spec
+from inflang.code import check_reference
+from inflang.spec.base import CodeFields, Spec
 from inflang.spec.dataset import DatasetInfo
 
 Activation = Literal["tanh", "relu", "gelu", "selu", "sigmoid"]
@@ -280,6 +282,50 @@ class ResnetModel(Spec):
         return self._walk(info)[2]
 
 
-AnyModel = LogregModel | MlpModel | CnnModel | LenetModel | VggModel | ResnetModel
+@dataclass(frozen=True)
+class ModelFacts:
+    """What probing a custom model's factory found (``runners.custom``): its sizes, counted by hooks."""
+
+    n_params: int
+    activations: int  # layer outputs kept per example (Linear and Conv2d, before and after their activation)
+    multiply_adds: int  # of one example's forward pass through its Linear and Conv2d layers
+    convolutional: bool
+
+
+class CustomModel(CodeFields):
+    """The study's own network: ``factory`` (module:callable) is called as factory(input_shape, classes, **args)
+    and returns a ``torch.nn.Module`` mapping inputs [b, *input_shape] to outputs [b, classes]. Its sizes (for
+    checks and pricing) are counted from one forward pass when ``inflang plan`` or ``run`` probes it; a
+    estimate: layers other than Linear and Conv2d are not in the FLOP count."""
+
+    arch: Literal["custom"]
+    factory: str = Field(description="module:callable building the nn.Module, e.g. my_nets:gated_mlp")
+    _facts: ModelFacts | None = PrivateAttr(default=None)
+
+    @field_validator("factory")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        return check_reference(value)
+
+    @property
+    def convolutional(self) -> bool:
+        return self._facts.convolutional if self._facts is not None else False
+
+    def with_facts(self, facts: ModelFacts) -> CustomModel:
+        copy = self.model_copy()
+        copy._facts = facts
+        return copy
+
+    def n_params(self, info: DatasetInfo) -> int:
+        return self._facts.n_params if self._facts is not None else 0
+
+    def activations_per_example(self, info: DatasetInfo) -> int:
+        return self._facts.activations if self._facts is not None else 0
+
+    def multiply_adds(self, info: DatasetInfo) -> int:
+        return self._facts.multiply_adds if self._facts is not None else 0
+
+
+AnyModel = LogregModel | MlpModel | CnnModel | LenetModel | VggModel | ResnetModel | CustomModel
 ModelSpec = Annotated[AnyModel, Field(discriminator="arch")]
 IMAGE_ARCHS = ("cnn", "lenet", "vgg", "resnet")

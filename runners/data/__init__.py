@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from runners.custom import load_custom
 from runners.data.bundled import load_bundled
 from runners.data.cifar import load_cifar
 from runners.data.idx import load_mnist
@@ -27,6 +28,7 @@ LOADERS: dict[str, Callable[[Any], RawData]] = {
     "cifar10": load_cifar,
     "cifar100": load_cifar,
     "imagefolder": load_imagefolder,
+    "custom": load_custom,
 }
 
 

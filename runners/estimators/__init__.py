@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
+from runners.custom import custom_scores
 from runners.estimators.arnoldi import arnoldi_scores
 from runners.estimators.cg import cg_scores
 from runners.estimators.common import EstimatorInputs
@@ -39,6 +40,7 @@ ESTIMATORS: dict[str, Callable[[Any, EstimatorInputs], Tensor]] = {
     "kfac": kfac_scores,
     "ekfac": ekfac_scores,
     "trak": trak_scores,
+    "custom": custom_scores,
 }
 
 __all__ = ["ESTIMATORS", "EstimatorInputs"]

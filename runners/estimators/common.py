@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from runners.curvature import Spectrum
-from runners.objective import MEASURES, PARAM_CHANGE, FlatModel, per_example_loss
+from runners.objective import MEASURES, PARAM_CHANGE, FlatModel, per_example_loss, vmap_failure
 
 
 @dataclass
@@ -157,9 +157,17 @@ def per_example_gradients(flat: FlatModel, fn: Callable[[Tensor, Tensor], Tensor
 
     per_row = max(1, int(flat.theta.numel()) * flat.theta.element_size())
     step = max(1, (budget or GRADIENT_BYTES) // per_row)
-    many = vmap(grad(one), in_dims=(None, 0, 0))
-    parts = [many(flat.theta, x[lo:lo + step], y[lo:lo + step]) for lo in range(0, int(x.shape[0]), step)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    if flat.module not in UNBATCHED_EXAMPLES:
+        many = vmap(grad(one), in_dims=(None, 0, 0))
+        try:
+            parts = [many(flat.theta, x[lo:lo + step], y[lo:lo + step]) for lo in range(0, int(x.shape[0]), step)]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+        except RuntimeError as exc:
+            if not vmap_failure(exc):
+                raise
+            UNBATCHED_EXAMPLES.add(flat.module)
+    theta = flat.theta.detach().requires_grad_(True)  # a module vmap cannot batch: one example at a time
+    return torch.stack([torch.autograd.grad(one(theta, x[i], y[i]), theta)[0] for i in range(int(x.shape[0]))])
 
 
 def gradients(flat: FlatModel, x: Tensor, y: Tensor, measure: str = "loss", smoothing: float = 0.0,
@@ -172,6 +180,7 @@ def gradients(flat: FlatModel, x: Tensor, y: Tensor, measure: str = "loss", smoo
 
 
 UNBATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules whose double backward cannot be batched
+UNBATCHED_EXAMPLES: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules vmap cannot batch over examples
 
 
 def hessian_vector_products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay: float, vectors: Tensor,

@@ -54,10 +54,13 @@ class InProcess:
 
 def open_backend(executor: str, workers: int, threads: int, memory_budget: int | None, device: str,
                  address: str | None, gpus_per_task: float, datasets: Sequence[AnyDataset],
-                 progress: Callable[[int], None] | None = None, engine: str | None = None) -> Any:
+                 progress: Callable[[int], None] | None = None, engine: str | None = None,
+                 code_folder: str | None = None) -> Any:
     """A backend for ``executor`` (local, or ray) with ``workers`` processes, after setting this process up
     and fetching the datasets' missing files (``download: true``). Its ``device`` is the resolved device, its
-    ``engine`` the retraining engine (``runners.engine``; None: INFLANG_ENGINE or auto)."""
+    ``engine`` the retraining engine (``runners.engine``; None: INFLANG_ENGINE or auto). ``code_folder``: the
+    folder a study's own modules are in; local workers import them from there, and a Ray cluster receives it
+    as the tasks' working directory (``runners.custom``)."""
     engine = engines.parse(engine) if engine is not None else engines.default()
     torch.set_num_threads(threads)
     if executor == "ray":
@@ -72,7 +75,7 @@ def open_backend(executor: str, workers: int, threads: int, memory_budget: int |
     if executor == "ray":
         from runners.executors.ray import RayBackend
 
-        backend = RayBackend(address, workers, memory_budget, device, gpus_per_task, engine)
+        backend = RayBackend(address, workers, memory_budget, device, gpus_per_task, engine, code_folder)
     elif workers > 1:
         from runners.executors.pool import ProcessPool
 

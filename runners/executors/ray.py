@@ -53,7 +53,7 @@ class RayBackend:
     reports_progress = False  # the scheduler counts a retraining task's models when it finishes
 
     def __init__(self, address: str | None, workers: int, memory_budget: int | None, device: str = "cpu",
-                 gpus_per_task: float = 1.0, engine: str | None = None) -> None:
+                 gpus_per_task: float = 1.0, engine: str | None = None, code_folder: str | None = None) -> None:
         import ray
 
         self.ray = ray
@@ -65,6 +65,8 @@ class RayBackend:
             else:
                 check_reachable(address)
                 os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # no wall of retry warnings
+                if code_folder is not None:  # the study's own modules, for nodes that do not share this disk
+                    options["runtime_env"] = {"working_dir": code_folder}
             try:
                 ray.init(address=address, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from runners.custom import build_custom
 from runners.device import current
 from runners.models.cnn import build_cnn, build_lenet
 from runners.models.mlp import build_logreg, build_mlp
@@ -24,6 +25,7 @@ BUILDERS: dict[str, Callable[[Any, tuple[int, ...], int], nn.Module]] = {
     "lenet": build_lenet,
     "vgg": build_vgg,
     "resnet": build_resnet,
+    "custom": build_custom,
 }
 
 

@@ -118,8 +118,9 @@ def flip_rows(ks: np.ndarray, decided: np.ndarray, max_k: int, replicates: int, 
     """Per test point flip_k (NaN when not flipped), flip_k_capped (not flipped counts as 2 max(k), so means
     and comparisons keep every point) and flipped (0 or 1); over them flip_rate and median_flip_k (see the
     module doc). Undecided points (``decided`` False) are NaN throughout. flip_k_capped and flipped carry
-    constant replicates (there are no items to resample), so pooling and claims resample their test points
-    and seeds; flip_rate's interval is the exact (Clopper-Pearson) interval of its count."""
+    constant replicates (there are no items to resample); pooling and claims take their intervals over seeds
+    (or test points with one seed), flipped's never narrower than the exact binomial one; flip_rate's
+    interval is the exact (Clopper-Pearson) interval of its count."""
     ks = np.where(decided, ks, np.nan)
     flipped = np.where(decided, (~np.isnan(ks)).astype(float), np.nan)
     capped = np.where(decided, np.where(np.isnan(ks), 2.0 * max_k, ks), np.nan)
