@@ -173,6 +173,7 @@ def claim_problems(claims: Sequence[Claim], cells: Sequence[tuple[Params, Any]])
 # --- evaluation --------------------------------------------------------------------------------------------
 
 ByPoint = dict[str, dict[str | None, list[SeedRows]]]  # params JSON -> estimator -> seeds' rows
+MIN_SEEDS = 3  # seeds a claim about training seeds needs (with one seed, claims are about that trained model)
 
 
 @dataclass
@@ -187,6 +188,7 @@ class Evidence:
     test_points: int = 0
     ceiling: float | None = None
     notes: list[str] = field(default_factory=list)
+    by_seeds: bool = False  # its units are seeds (else the test points of one seed)
 
     @property
     def threshold(self) -> float:
@@ -291,6 +293,7 @@ def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
     evidence.value = value
     evidence.seeds = _seed_count([selected[k] for k in involved])
     evidence.test_points = _finite_count([selected[k] for k in involved])
+    evidence.by_seeds = seeds
     _unit_notes(evidence, value, seeds, claim)
     if kind and levels:
         evidence.ceiling = _arms_ceiling(reliability, involved, kind)
@@ -313,6 +316,7 @@ def _gather_compare(evidence: Evidence, claim: Claim, by_point: ByPoint, points:
     evidence.value = intervals.combine(arms, seeds)
     evidence.seeds = _seed_count([a for a, _ in pairs.values()])
     evidence.test_points = _finite_count([a for a, _ in pairs.values()])
+    evidence.by_seeds = seeds
     _unit_notes(evidence, evidence.value, seeds, claim)
     if kind:
         ceiling = _arms_ceiling(reliability, list(pairs), kind)
@@ -464,13 +468,18 @@ def decide(evidence: Evidence, level_: float = intervals.LEVEL) -> Verdict:
         return Verdict(estimate=math.nan, ci_low=None, ci_high=None, verdict="not evaluable", detail=evidence.why,
                        **base)  # type: ignore[arg-type]
     value = evidence.value
+    if evidence.by_seeds and value.units < MIN_SEEDS:
+        return Verdict(estimate=value.value, ci_low=None, ci_high=None, verdict="not evaluable",
+                       detail=f"needs at least {MIN_SEEDS} seeds measured at every point it compares (found "
+                       f"{value.units}): a t interval from 2 rests on one degree of freedom, so its width is mostly "
+                       "chance; add repeats", **base)  # type: ignore[arg-type]
     interval = value.interval(level_)
     estimate = value.value
     if evidence.ceiling and math.isfinite(estimate):
         base["relative_to_ceiling"] = estimate / evidence.ceiling
     if interval is None or not math.isfinite(estimate):
         if claim.metric in MODEL_QUANTITIES and value.units < 2:
-            why = f"{claim.metric} is one number per model: an interval needs repeats >= 2 seeds"
+            why = f"{claim.metric} is one number per model: an interval needs repeats >= {MIN_SEEDS} seeds"
         else:
             why = "no interval: fewer than 2 units (seeds, or test points of one seed) with a finite value"
         return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable", detail=why,

@@ -72,9 +72,10 @@ def _ranks(values: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(ranks)
 
 
-def _rank_only(names: dict[str, str]) -> set[str]:
-    """The labels whose estimators give raw scores, not predicted changes (``ranks_only``)."""
-    return {label for label, name in names.items() if name in RANK_ONLY_NAMES}
+def _rank_only(names: dict[str, tuple[str, bool]]) -> set[str]:
+    """The labels whose estimators give raw scores, not predicted changes (``ranks_only``, by name or a custom
+    estimator's own field)."""
+    return {label for label, (name, flag) in names.items() if name in RANK_ONLY_NAMES or flag}
 
 
 def _without(params: dict[str, Any], axis: str) -> dict[str, Any]:

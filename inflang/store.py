@@ -591,11 +591,15 @@ def report_cells(path: str | Path, study: str) -> list[dict[str, Any]]:
                               'ORDER BY params, "repeat"', [study]))
 
 
-def estimator_names(path: str | Path, study: str) -> dict[str, str]:
-    """Estimator label -> estimator name (``estimators: - name:``) of a study's estimate tasks."""
-    return dict(_read(path, """SELECT DISTINCT ct.estimator, json_extract_string(t.inputs, '$.estimator.name')
-                               FROM cell_tasks ct JOIN tasks t USING (task_hash)
-                               WHERE ct.study = ? AND ct.kind = 'estimate'""", [study])[1])
+def estimator_names(path: str | Path, study: str) -> dict[str, tuple[str, bool]]:
+    """Estimator label -> (estimator name, its ``ranks_only`` field: a custom estimator's) of a study's
+    estimate tasks."""
+    found = _read(path, """SELECT DISTINCT ct.estimator, json_extract_string(t.inputs, '$.estimator.name'),
+                                  coalesce(TRY_CAST(json_extract(t.inputs, '$.estimator.ranks_only') AS BOOLEAN),
+                                           false)
+                           FROM cell_tasks ct JOIN tasks t USING (task_hash)
+                           WHERE ct.study = ? AND ct.kind = 'estimate'""", [study])[1]
+    return {label: (name, bool(flag)) for label, name, flag in found}
 
 
 def report_claims(path: str | Path, study: str) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ so locations are walked against the data to find the node a user wrote.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import types
 import typing
@@ -22,7 +23,7 @@ from inflang.errors import CodeProblem, Problem, StudyError, did_you_mean
 from inflang.hashing import canonical_hash, derive_seed
 from inflang.reader import Document, PathKey, load
 from inflang.spec import CustomDataset, CustomEstimator, CustomModel, FileDataset, Study, semantic_problems
-from inflang.spec.dataset import ImageFolderDataset, expected_files, scan_folder
+from inflang.spec.dataset import ImageFolderDataset, Mnist1dDataset, expected_files, scan_folder
 from inflang.sweep import Params, SweepEntry, apply, expand, split_path
 
 
@@ -234,7 +235,8 @@ def _with_code(study: Study, doc: Document, locate: Any, probe: Probe | None) ->
         return study
     placed: dict[PathKey, Any] = {}
     for path, spec, field_name in found:
-        spec = spec if spec.folder is not None else spec.model_copy(update={"folder": folder})
+        where = folder if spec.folder is None else str((Path(doc.file).parent / spec.folder).resolve())
+        spec = spec.model_copy(update={"folder": where})  # a relative folder: against the study file's
         reference = getattr(spec, field_name)
         try:
             locate_code(reference, spec.folder)
@@ -259,7 +261,11 @@ def _with_code(study: Study, doc: Document, locate: Any, probe: Probe | None) ->
 
 def _with_data_files(study: Study, doc: Document, locate: Any, require_files: bool = True) -> Study:
     """Resolve a file dataset's ``root`` against the study file's folder and check its files are there
-    (unless ``require_files`` is False: ``inflang plan`` prices a study before its files are fetched)."""
+    (unless ``require_files`` is False: ``inflang plan`` prices a study before its files are fetched); check
+    that a generated dataset's package is installed."""
+    if isinstance(study.dataset, Mnist1dDataset) and require_files and importlib.util.find_spec("mnist1d") is None:
+        raise StudyError.at(locate(("dataset", "name"), True), "dataset.name", "mnist1d is made by the mnist1d "
+                            "package, which is not installed", "pip install 'inflang[mnist1d]'")
     if not isinstance(study.dataset, FileDataset | ImageFolderDataset):
         return study
     root = Path(study.dataset.root)

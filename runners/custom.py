@@ -9,13 +9,14 @@ collide; a module found on the Python path is imported as usual.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
 import importlib.util
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +35,56 @@ class CodeError(Exception):
     """What is wrong with a callable or what it returned, in one line (no position: the caller adds it)."""
 
 
+_LOADED: dict[tuple[str, str | None, str], Any] = {}  # (module, folder, digest of its file) -> module
+
+
 def _load_module(name: str, folder: str | None) -> Any:
+    """The module, imported with ``folder`` first on the path only while it loads; every module loaded from the
+    folder (the module, its package, the neighbours it imports) is then taken out of ``sys.modules`` again, so
+    another study's folder with modules of the same names imports its own, and an edited file is loaded anew
+    (its digest keys the cache)."""
     path = locate(f"{name}:x", folder)
-    if folder is not None and folder not in sys.path:
-        sys.path.insert(0, folder)  # the module's own imports of its neighbours
-    inside = folder is not None and Path(folder).resolve() in path.parents and "." not in name
-    if not inside:
-        return importlib.import_module(name)
-    unique = f"inflang_code_{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}_{name}"
-    if unique in sys.modules:
-        return sys.modules[unique]
-    spec = importlib.util.spec_from_file_location(unique, path)
-    if spec is None or spec.loader is None:
-        raise CodeError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[unique] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[unique]
-        raise
+    key = (name, folder, hashlib.sha256(path.read_bytes()).hexdigest())
+    if key in _LOADED:
+        return _LOADED[key]
+    if folder is None or Path(folder).resolve() not in path.parents:
+        module = importlib.import_module(name)  # an installed module: imported as usual
+        _LOADED[key] = module
+        return module
+    root = str(Path(folder).resolve())
+    for k in [k for k in sys.modules if k == name or k.startswith(f"{name}.")]:
+        del sys.modules[k]
+    with on_path(root):
+        module = importlib.import_module(name)
+    _LOADED[key] = module
     return module
+
+
+@contextlib.contextmanager
+def on_path(root: str | None) -> Iterator[None]:
+    """``root`` first on the import path while inside (the study's modules, and what they import, even lazily
+    when called), and every module loaded from it taken out of ``sys.modules`` afterwards (another folder's
+    modules of the same names are then its own)."""
+    if root is None:
+        yield
+        return
+    for k in [k for k, m in sys.modules.items() if _within(m, root)]:
+        del sys.modules[k]
+    sys.path.insert(0, root)
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        sys.path.remove(root)
+        for k in [k for k, m in sys.modules.items() if _within(m, root)]:
+            del sys.modules[k]
+
+
+def _within(module: Any, root: str) -> bool:
+    origin = getattr(module, "__file__", None)
+    if not origin:
+        return False
+    return str(Path(origin).resolve()).startswith(root + "/")
 
 
 def resolve(reference: str, folder: str | None) -> Callable[..., Any]:
@@ -65,7 +95,7 @@ def resolve(reference: str, folder: str | None) -> Callable[..., Any]:
         module = _load_module(name, folder)
     except CodeNotFound as exc:
         raise CodeError(str(exc)) from None
-    except Exception as exc:  # the user's module raised while it was imported
+    except (Exception, SystemExit) as exc:  # the user's module raised (or exited) while it was imported
         raise CodeError(f"importing {name} raised {type(exc).__name__}: {_first_line(exc)}") from None
     if not hasattr(module, attribute):
         defined = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
@@ -82,9 +112,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _call(reference: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _call(reference: str, folder: str | None, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    root = str(Path(folder).resolve()) if folder is not None and Path(folder).is_dir() else None
     try:
-        return function(*args, **kwargs)
+        with on_path(root):
+            return function(*args, **kwargs)
     except Exception as exc:
         raise CodeError(f"{reference} raised {type(exc).__name__}: {_first_line(exc)}") from None
 
@@ -103,7 +135,7 @@ def _array(value: Any, what: str) -> np.ndarray:
 def loaded(spec: CustomDataset) -> tuple[np.ndarray, np.ndarray, int]:
     """(x, y, classes) from the loader, checked: x [n, ...] finite floats, y [n] integer labels >= 0 (classes =
     max + 1) or floats (regression: y [n, targets], classes = targets)."""
-    out = _call(spec.loader, resolve(spec.loader, spec.folder), **spec.args)
+    out = _call(spec.loader, spec.folder, resolve(spec.loader, spec.folder), **spec.args)
     if not isinstance(out, tuple | list) or len(out) != 2:
         raise CodeError(f"{spec.loader} must return (x, y), not a {type(out).__name__}")
     x, y = _array(out[0], "x"), _array(out[1], "y")
@@ -164,7 +196,7 @@ def build_custom(spec: CustomModel, shape: tuple[int, ...], classes: int) -> nn.
 
 
 def _module(spec: CustomModel, shape: tuple[int, ...], classes: int) -> nn.Module:
-    module = _call(spec.factory, resolve(spec.factory, spec.folder), tuple(shape), classes, **spec.args)
+    module = _call(spec.factory, spec.folder, resolve(spec.factory, spec.folder), tuple(shape), classes, **spec.args)
     if not isinstance(module, nn.Module):
         raise CodeError(f"{spec.factory} returned a {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -200,7 +232,7 @@ def model_facts(spec: CustomModel, info: DatasetInfo) -> ModelFacts:
 def custom_scores(spec: CustomEstimator, inputs: Any) -> Tensor:
     """``runners.estimators`` entry: scorer(inputs, **args) -> [T, n_train], checked."""
     try:
-        scores = _call(spec.scorer, resolve(spec.scorer, spec.folder), inputs, **spec.args)
+        scores = _call(spec.scorer, spec.folder, resolve(spec.scorer, spec.folder), inputs, **spec.args)
         try:
             scores = torch.as_tensor(scores)
         except Exception:

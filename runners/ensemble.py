@@ -254,17 +254,29 @@ def train_ensemble(module: nn.Module, start: Stacked, x: Tensor, rule: UpdateRul
         if name == "eager":
             gradient = _gradients(name, module, layout, buffers, data_term, rule.weight_decay, proximity, centre)
         measure = gradient_norms is not None and seeded is None and (batch_size is None or batch_size >= x.shape[0])
-        before = gradient(flat, x, None, False)[1].norm(dim=1) if measure else None
+        before = _gradient_norms(gradient, flat, x, buffers) if measure else None
         with torch.random.fork_rng(devices=devices, enabled=seeded is not None):
             out = _train(layout, flat, buffers, x, rule, steps, batch_size, order_seeds, gradient, opt, on_step,
                          lr_name, seeded, tolerate_divergence)
             engines.record(name)
         if gradient_norms is not None and before is not None:
-            after = gradient(layout.flatten(out).detach(), x, None, False)[1].norm(dim=1)
-            gradient_norms.append((before.detach().cpu(), after.detach().cpu()))
+            after = _gradient_norms(gradient, layout.flatten(out).detach(), x, buffers)
+            gradient_norms.append((before, after))
         return out
     finally:
         module.train(was_training)
+
+
+def _gradient_norms(gradient: Gradient, flat: Tensor, x: Tensor, buffers: Stacked) -> Tensor:
+    """[M] ||full-batch gradient|| of each model's objective, leaving the running statistics (BatchNorm) as
+    they were: measuring must not change what training computes."""
+    saved = {k: b.clone() for k, b in buffers.items()}
+    try:
+        return gradient(flat, x, None, False)[1].norm(dim=1).detach().cpu()
+    finally:
+        with torch.no_grad():
+            for k, b in buffers.items():
+                b.copy_(saved[k])
 
 
 def _compile_shapes(gradient: Gradient, flat: Tensor, x: Tensor, batch_size: int | None, steps: int,
@@ -361,15 +373,15 @@ def _train(layout: Layout, flat: Tensor, buffers: Stacked, x: Tensor, rule: Upda
 
 
 def activations_per_example(module: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Layer outputs kept per example: pre- and post-activation of every Linear and Conv2d layer (the count
-    inflang's model specs state analytically)."""
+    """Layer outputs kept per example: pre- and post-activation of every Linear and convolution layer (the
+    count inflang's model specs state analytically)."""
     count = 0
 
     def hook(layer: nn.Module, args: object, output: Tensor) -> None:
         nonlocal count
         count += 2 * output[0].numel()
 
-    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
         with torch.no_grad():
@@ -382,19 +394,20 @@ def activations_per_example(module: nn.Module, input_shape: tuple[int, ...]) -> 
 
 
 def multiply_adds(module: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-adds of one example's forward pass through every Linear and Conv2d layer (a training step
-    costs about 6 batch multiply_adds FLOPs: 2 forward, 4 backward)."""
+    """Multiply-adds of one example's forward pass through every Linear and convolution layer (a Linear on a
+    sequence counts once per token; a training step costs about 6 batch multiply_adds FLOPs: 2 forward, 4
+    backward)."""
     total = 0
 
     def hook(layer: nn.Module, args: object, output: Tensor) -> None:
         nonlocal total
         if isinstance(layer, nn.Linear):
-            total += layer.in_features * layer.out_features
-        elif isinstance(layer, nn.Conv2d):
-            kernel = layer.kernel_size[0] * layer.kernel_size[1]
+            total += output[0].numel() * layer.in_features
+        elif isinstance(layer, nn.Conv1d | nn.Conv2d):
+            kernel = math.prod(layer.kernel_size)
             total += output[0].numel() * layer.in_channels * kernel // layer.groups
 
-    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
     handles = [m.register_forward_hook(hook) for m in layers]
     was_training = module.training
     try:

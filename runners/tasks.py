@@ -18,6 +18,7 @@ from pydantic import TypeAdapter
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from inflang.code import digest as code_digest
 from inflang.hashing import derive_seed
 from inflang.spec import (
     AnyDataset,
@@ -25,6 +26,8 @@ from inflang.spec import (
     AnyModel,
     AnyProtocol,
     CurvatureSettings,
+    CustomDataset,
+    CustomEstimator,
     DatasetSpec,
     EstimatorSpec,
     GroundTruthSpec,
@@ -39,9 +42,10 @@ from runners import models
 from runners.curvature import CURVATURES, Spectrum, hutchinson_trace, lanczos_extremes, spectrum
 from runners.device import generator as seeded_generator
 from runners.device import here
+from runners.ensemble import activations_per_example
 from runners.errors import TaskFailure
 from runners.estimators import ESTIMATORS, EstimatorInputs
-from runners.estimators.common import hessian_vector_products
+from runners.estimators.common import GRADIENT_BYTES, hessian_vector_products
 from runners.metrics import MetricRow, gap_rows, noise_ceiling, resolution_rows
 from runners.objective import PARAM_CHANGE, FlatModel, correct, per_example_loss
 from runners.outputs import Checkpoint, Curvature, Estimate, HessianDiagnostics, MeasuredEffects, TrainedModel
@@ -102,7 +106,9 @@ class TrainSetup:
 
 
 @functools.lru_cache(maxsize=8)
-def _raw(dataset_json: str) -> datasets.RawData:
+def _raw(dataset_json: str, code: str | None = None) -> datasets.RawData:
+    """A dataset's rows, cached per process by its fields (and for a study's own loader by its code's digest,
+    so an edited loader is called again)."""
     return datasets.load_raw(TypeAdapter(DatasetSpec).validate_json(dataset_json))
 
 
@@ -112,7 +118,8 @@ def setup_from(train_inputs: dict[str, Any]) -> TrainSetup:
     training = TrainingSpec.model_validate(train_inputs["training"])
     seed = int(train_inputs["seed"])
     dtype = _DTYPES[training.dtype]
-    data = datasets.prepare(dataset, _raw(dataset.model_dump_json()), derive_seed(seed, "split"), dtype,
+    code = code_digest(dataset.loader, dataset.folder, dataset.code) if isinstance(dataset, CustomDataset) else None
+    data = datasets.prepare(dataset, _raw(dataset.model_dump_json(), code), derive_seed(seed, "split"), dtype,
                             tuple(train_inputs.get("held_out", ())), training.early_stopping)
     replica = int(train_inputs.get("replica", 0))
     init_seed = derive_seed(seed, "init", *(("replica", replica) if replica else ()))
@@ -219,20 +226,34 @@ def run_diagnose(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
     flat = FlatModel(s.module, model.params)
     d, wd, smooth = s.data, s.training.weight_decay, s.training.label_smoothing
     theta = flat.theta.detach().requires_grad_(True)
-    loss = flat.objective(theta, d.x_train, d.y_train, wd, smooth)
-    (grad,) = torch.autograd.grad(loss, theta)
     n, P = int(d.x_train.shape[0]), int(theta.numel())
+    # chunks of training points whose activations fit the memory budget (a large network's full batch need not)
+    per_example = 3 * max(1, activations_per_example(s.module, d.input_shape)) * d.x_train.element_size()
+    rows = max(1, (ctx.memory_budget or GRADIENT_BYTES) // per_example)
+    grad = wd * theta.detach().clone()
+    loss = 0.5 * wd * float((theta.detach() ** 2).sum())
+    for lo in range(0, n, rows):
+        part = flat.objective(theta, d.x_train[lo:lo + rows], d.y_train[lo:lo + rows], 0.0, smooth)
+        share = min(rows, n - lo) / n
+        grad += share * torch.autograd.grad(part, theta)[0]
+        loss += share * float(part.detach())
     seed = derive_seed(s.seed, "diagnose")
     x, y = d.x_train, d.y_train
     if n > settings.examples:
         keep = here(torch.randperm(n, generator=seeded_generator(seed), device="cpu")[: settings.examples])
         x, y = x[keep], y[keep]
-    values = lanczos_extremes(lambda v: hessian_vector_products(flat, x, y, wd, v[None], smoothing=smooth)[0], P,
-                              settings.iterations, seed)
-    trace = hutchinson_trace(lambda v: hessian_vector_products(flat, x, y, wd, v, smoothing=smooth), P,
-                             settings.trace_samples, seed + 1)
+
+    def hvp(v: Tensor) -> Tensor:  # H v = sum over chunks of (their share) H_chunk v, weight decay once
+        total = torch.zeros_like(v)
+        for lo in range(0, int(x.shape[0]), rows):
+            share = min(rows, int(x.shape[0]) - lo) / int(x.shape[0])
+            total += share * hessian_vector_products(flat, x[lo:lo + rows], y[lo:lo + rows], wd, v, smoothing=smooth)
+        return total
+
+    values = lanczos_extremes(lambda v: hvp(v[None])[0], P, settings.iterations, seed)
+    trace = hutchinson_trace(hvp, P, settings.trace_samples, seed + 1)
     return Output({}, {"diagnosis_results": {
-        "grad_norm": [float(grad.norm())], "objective": [float(loss.detach())], "top_eigenvalue": [float(values[-1])],
+        "grad_norm": [float(grad.norm())], "objective": [loss], "top_eigenvalue": [float(values[-1])],
         "min_eigenvalue": [float(values[0])], "trace": [trace], "n_params": [P], "examples": [int(x.shape[0])]}})
 
 
@@ -278,7 +299,8 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
     estimator_inputs = EstimatorInputs(
         module=s.module, params=params, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test[idx],
         y_test=d.y_test[idx], measure=inputs["measure"], weight_decay=s.training.weight_decay,
-        seed=derive_seed(s.seed, "estimator", inputs["estimator"]), spectrum=spectrum_,
+        seed=derive_seed(s.seed, "estimator", {k: v for k, v in inputs["estimator"].items() if k != "folder"}),
+        spectrum=spectrum_,
         checkpoints=checkpoints, selected=selected_parameters(spec.params, s.module),
         checkpoint_buffers=checkpoint_buffers,
         replica_buffers=[r.buffers for r in replicas], smoothing=s.training.label_smoothing,
@@ -286,6 +308,8 @@ def run_estimate(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
         memory_budget=ctx.memory_budget // 4 if ctx.memory_budget else None)
     scores = ESTIMATORS[spec.name](spec, estimator_inputs).to(torch.float64)
     if not bool(torch.isfinite(scores).all()):
+        if isinstance(spec, CustomEstimator):
+            raise TaskFailure(f"custom estimator: {spec.scorer} returned non-finite scores")
         raise TaskFailure(f"estimator '{spec.name}' produced non-finite scores; raise its damping")
     T, n = scores.shape
     rows: dict[str, dict[str, list[Any]]] = {"estimate_rows": {

@@ -220,7 +220,7 @@ def test_a_module_vmap_cannot_batch_is_retrained_one_model_at_a_time(folder: Pat
 
             def forward(self, x):
                 out = self.inner(x)
-                if self.branch and float(out.abs().sum()) < 0:  # never true, but vmap cannot know
+                if self.branch and float(out.detach().abs().sum()) < 0:  # never true, but vmap cannot know
                     return -out
                 return out
 
@@ -237,3 +237,58 @@ def test_a_module_vmap_cannot_batch_is_retrained_one_model_at_a_time(folder: Pat
     plain, branchy = influence(db, "plain"), influence(db, "branchy")
     assert len(plain) == len(branchy) and all(a[:3] == b[:3] and (a[4] is None or abs(a[4] - b[4]) < 1e-10)
                                               for a, b in zip(plain, branchy, strict=True))
+
+
+def test_two_folders_with_modules_of_the_same_names_each_import_their_own(tmp_path: Path):
+    """In one process (a notebook), two studies whose my_nets.py import a neighbour helper.py of their own:
+    each builds its own network; an edited module is loaded anew."""
+    from runners.custom import resolve
+
+    sizes = {}
+    for name, width in (("a", 3), ("b", 5)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "helper.py").write_text(f"WIDTH = {width}\n")
+        (folder / "my_nets.py").write_text("import torch\nimport helper\n"
+                                           "def net(shape, classes):\n    return torch.nn.Linear(helper.WIDTH, 2)\n")
+        sizes[name] = resolve("my_nets:net", str(folder))((1,), 2).in_features
+    assert sizes == {"a": 3, "b": 5}
+    (tmp_path / "a" / "my_nets.py").write_text("import torch\ndef net(shape, classes):\n"
+                                               "    return torch.nn.Linear(7, 2)\n")
+    assert resolve("my_nets:net", str(tmp_path / "a"))((1,), 2).in_features == 7
+
+
+def test_a_relative_folder_is_the_study_files_not_the_working_directorys(folder: Path, monkeypatch):
+    code = folder / "code"
+    code.mkdir()
+    for name in MODULES:
+        (code / name).write_text((folder / name).read_text())
+        (folder / name).unlink()
+    (folder / "c.yaml").write_text(CUSTOM.format(name="custom").replace(
+        'loader: "my_data:iris",', 'loader: "my_data:iris", folder: code,').replace(
+        'factory: "my_nets:our_mlp",', 'factory: "my_nets:our_mlp", folder: code,').replace(
+        'scorer: "my_methods:half_grad_dot",', 'scorer: "my_methods:half_grad_dot", folder: code,'))
+    monkeypatch.chdir("/")
+    assert runner.invoke(app, ["plan", str(folder / "c.yaml"), "--db", str(folder / "r.duckdb")]).exit_code == 0
+
+
+def test_measuring_the_refits_gradients_leaves_running_statistics_alone():
+    """Warm-start retraining measures each model's gradient before and after; with BatchNorm, those extra
+    training-mode passes must not move the running statistics training computes."""
+    import torch
+    from torch import nn
+
+    from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 2, (16,))
+    start = stack({k: v.detach() for k, v in [*module.named_parameters(), *module.named_buffers()]}, 2)
+    rule = UpdateRule(optimizer="sgd", lr=0.1, weight_decay=0.0, momentum=0.0)
+    weights = torch.ones(2, 16, dtype=torch.float64)
+    plain = train_ensemble(module, {k: v.clone() for k, v in start.items()}, x, rule, 3, None, [0, 0],
+                           weighted_cross_entropy(y, weights), engine="eager")
+    norms: list = []
+    measured = train_ensemble(module, {k: v.clone() for k, v in start.items()}, x, rule, 3, None, [0, 0],
+                              weighted_cross_entropy(y, weights), engine="eager", gradient_norms=norms)
+    assert norms and all(torch.equal(plain[k], measured[k]) for k in plain)

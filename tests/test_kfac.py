@@ -217,7 +217,7 @@ def test_last_layer_and_parameter_change(mlp):
 def test_no_kronecker_layer_selected_fails_clearly(mlp):
     module, params, x, y = mlp
     inputs = EstimatorInputs(module, params, x, y, x[:2], y[:2], "test_loss", 0.0, 0, selected=[])
-    with pytest.raises(TaskFailure, match="Linear or Conv2d"):
+    with pytest.raises(TaskFailure, match="Linear, Conv1d or Conv2d"):
         ESTIMATORS["kfac"](KfacEstimator(name="kfac"), inputs)
 
 

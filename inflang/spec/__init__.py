@@ -9,6 +9,7 @@ from inflang.spec.dataset import (
     DatasetSpec,
     FileDataset,
     ImageFolderDataset,
+    Mnist1dDataset,
     SyntheticDataset,
 )
 from inflang.spec.diagnostics import CurvatureSettings, DiagnosticsSpec
@@ -41,6 +42,7 @@ from inflang.spec.model import (
     ModelFacts,
     ModelSpec,
     ResnetModel,
+    TransformerModel,
     VggModel,
 )
 from inflang.spec.protocols import (
@@ -63,7 +65,7 @@ __all__ = [
     "ResnetModel", "VggModel",
     "DataInfEstimator", "RepresenterEstimator", "TracinEstimator", "KfacEstimator", "EkfacEstimator", "TrakEstimator",
     "BrittlenessProtocol", "CurvatureSettings", "DiagnosticsSpec", "CustomDataset", "CustomEstimator", "CustomModel",
-    "ModelFacts",
+    "ModelFacts", "TransformerModel", "Mnist1dDataset",
     "AnyDataset", "AnyEstimator", "AnyModel", "AnyProtocol", "ArnoldiEstimator", "BUNDLED", "BundledDataset",
     "CgEstimator", "CnnModel", "DatasetInfo", "DatasetSpec", "EstimatorSpec",
     "ExactEstimator", "FileDataset", "GradCosEstimator", "GradDotEstimator", "GroundTruthSpec",

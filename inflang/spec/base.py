@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # fields added after studies were run and cached: left out of dumps (hence of task hashes) while they hold
+    # their defaults, so adding one keeps every finished task
+    late_fields: ClassVar[tuple[str, ...]] = ()
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        data = super().model_dump(**kwargs)
+        for name in self.late_fields:
+            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        return data
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        if not self.late_fields:
+            return super().model_dump_json(**kwargs)
+        return json.dumps(self.model_dump(mode="json", **kwargs))
 
 
 class CodeFields(BaseModel):

@@ -243,6 +243,19 @@ class ImageFolderDataset(DatasetBase):
                            classes=max(1, len(layout.classes)), test_rows=test, shape=shape)
 
 
+class Mnist1dDataset(DatasetBase):
+    """MNIST-1D (Greydanus 2020, "Scaling Down Deep Learning"): 5,000 signals of length 40 in 10 classes, made
+    offline and deterministically by the ``mnist1d`` package's ``make_dataset`` with its default arguments
+    (pip install 'inflang[mnist1d]'); its official split, 4,000 training and 1,000 test signals. Each signal is
+    a (1, 40) sequence: ``cnn`` convolves it in 1D, ``transformer`` reads its 40 steps as tokens, ``mlp``
+    flattens it. Row ids are positions in make_dataset's output, training signals first."""
+
+    name: Literal["mnist1d"]
+
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(rows=5000, features=40, classes=10, test_rows=1000, shape=(1, 40))
+
+
 class CustomDataset(DatasetBase, CodeFields):
     """The study's own data: ``loader`` (module:callable) is called with ``args`` and returns (x, y): arrays or
     tensors, x [n, ...] of features (images [n, channels, height, width]), y [n] of integer class labels (or
@@ -267,5 +280,5 @@ class CustomDataset(DatasetBase, CodeFields):
         return copy
 
 
-AnyDataset = BundledDataset | SyntheticDataset | FileDataset | ImageFolderDataset | CustomDataset
+AnyDataset = BundledDataset | SyntheticDataset | FileDataset | ImageFolderDataset | Mnist1dDataset | CustomDataset
 DatasetSpec = Annotated[AnyDataset, Field(discriminator="name")]

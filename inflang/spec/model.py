@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from inflang.code import check_reference
 from inflang.spec.base import CodeFields, Spec
@@ -79,44 +79,59 @@ def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 
 class CnnModel(Spec):
     """The small convolutional network of Koh & Liang's MNIST experiment, scaled by ``channels`` and
-    ``depth``: ``depth`` blocks of a 3x3 convolution (stride 2, padding 1) and an activation, then a linear
-    layer on the flattened feature map."""
+    ``depth``: ``depth`` blocks of a ``kernel`` x ``kernel`` convolution (stride 2, ``padding``) and an
+    activation, then a linear layer on the flattened feature map. On 1D signals (a dataset of shape
+    (channels, length), such as mnist1d) the convolutions are 1D: with kernel 5, padding 1, 3 blocks of 25
+    channels and relu it is Greydanus's (2020) MNIST-1D CNN."""
 
     convolutional: ClassVar[bool] = True  # has convolutions (the engine choice depends on it)
+    late_fields: ClassVar[tuple[str, ...]] = ("kernel", "padding")
 
     arch: Literal["cnn"]
     depth: int = Field(2, ge=1, le=8, description="convolution blocks (each halves the image side)")
     channels: int = Field(16, ge=1, le=1024, description="channels of every convolution")
     activation: Activation = Field("tanh", description="tanh | relu | gelu | selu | sigmoid")
+    kernel: int = Field(3, ge=1, le=15, description="the convolutions' kernel size")
+    padding: int = Field(1, ge=0, le=7, description="the convolutions' zero padding")
 
-    def feature_maps(self, info: DatasetInfo) -> list[tuple[int, int, int]]:
-        c, h, w = info.shape or (1, 1, info.features)
+    def feature_maps(self, info: DatasetInfo) -> list[tuple[int, ...]]:
+        """(channels, *spatial) after each block: (c, h, w) for images, (c, length) for 1D signals."""
+        shape = info.shape or (1, 1, info.features)
+        spatial = list(shape[1:])
         maps = []
         for _ in range(self.depth):
-            h, w = conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1)
-            maps.append((self.channels, h, w))
+            spatial = [conv_out(size, self.kernel, 2, self.padding) for size in spatial]
+            maps.append((self.channels, *spatial))
         return maps
+
+    def _taps(self, info: DatasetInfo) -> int:
+        return self.kernel ** (len(info.shape or (1, 1, 1)) - 1)  # kernel elements per input channel
 
     def n_params(self, info: DatasetInfo) -> int:
         c_in = (info.shape or (1,))[0]
         convs = 0
-        for c_out, _, _ in self.feature_maps(info):
-            convs += c_in * c_out * 9 + c_out
+        for c_out, *_ in self.feature_maps(info):
+            convs += c_in * c_out * self._taps(info) + c_out
             c_in = c_out
-        c, h, w = self.feature_maps(info)[-1]
-        return convs + c * h * w * info.classes + info.classes
+        return convs + _size(self.feature_maps(info)[-1]) * info.classes + info.classes
 
     def activations_per_example(self, info: DatasetInfo) -> int:
-        return 2 * (sum(c * h * w for c, h, w in self.feature_maps(info)) + info.classes)
+        return 2 * (sum(_size(m) for m in self.feature_maps(info)) + info.classes)
 
     def multiply_adds(self, info: DatasetInfo) -> int:
         c_in = (info.shape or (1,))[0]
         total = 0
-        for c_out, h, w in self.feature_maps(info):
-            total += c_out * h * w * c_in * 9
-            c_in = c_out
-        c, h, w = self.feature_maps(info)[-1]
-        return total + c * h * w * info.classes
+        for feature_map in self.feature_maps(info):
+            total += _size(feature_map) * c_in * self._taps(info)
+            c_in = feature_map[0]
+        return total + _size(self.feature_maps(info)[-1]) * info.classes
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
 
 
 class LenetModel(Spec):
@@ -282,6 +297,59 @@ class ResnetModel(Spec):
         return self._walk(info)[2]
 
 
+class TransformerModel(Spec):
+    """A small transformer encoder over the input's steps: a signal (channels, length) is ``length`` tokens of
+    ``channels`` features (an image's pixels, a table's features one per token); each token embedded by a
+    Linear layer plus a learned position embedding, then ``depth`` pre-norm blocks of multi-head
+    self-attention (query, key, value and output projections as Linear layers, so K-FAC and EK-FAC factor them)
+    and an MLP (``mlp_ratio`` x ``width`` hidden units, gelu), each with a residual connection; a final
+    LayerNorm, mean pooling over tokens and a linear head. Dropout after the attention and MLP outputs."""
+
+    convolutional: ClassVar[bool] = False
+
+    arch: Literal["transformer"]
+    width: int = Field(32, ge=2, le=4096, description="the token embedding's size")
+    heads: int = Field(4, ge=1, le=64, description="attention heads (must divide width)")
+    depth: int = Field(2, ge=1, le=48, description="transformer blocks")
+    mlp_ratio: int = Field(2, ge=1, le=8, description="hidden units of each block's MLP, per width")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the attention and MLP outputs (training only)")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TransformerModel:
+        if self.width % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide width ({self.width})")
+        return self
+
+    @staticmethod
+    def tokens(info: DatasetInfo) -> tuple[int, int]:
+        """(tokens, features per token) of the dataset's inputs."""
+        if info.shape is None:
+            return info.features, 1
+        return info.features // info.shape[0], info.shape[0]
+
+    def _linears(self, info: DatasetInfo) -> list[tuple[int, int, int]]:
+        """(tokens it runs on, in, out) of every Linear layer."""
+        tokens, channels = self.tokens(info)
+        w, hidden = self.width, self.width * self.mlp_ratio
+        block = [(tokens, w, w)] * 4 + [(tokens, w, hidden), (tokens, hidden, w)]
+        return [(tokens, channels, w)] + block * self.depth + [(1, w, info.classes)]
+
+    def n_params(self, info: DatasetInfo) -> int:
+        tokens, _ = self.tokens(info)
+        linear = sum(i * o + o for _, i, o in self._linears(info))
+        norms = 2 * self.width * (2 * self.depth + 1)
+        return linear + norms + tokens * self.width
+
+    def activations_per_example(self, info: DatasetInfo) -> int:
+        tokens, _ = self.tokens(info)
+        return 2 * sum(t * o for t, _, o in self._linears(info)) + self.depth * self.heads * tokens * tokens
+
+    def multiply_adds(self, info: DatasetInfo) -> int:
+        """The Linear layers' and the attention's two matmuls (scores and weighted values)."""
+        tokens, _ = self.tokens(info)
+        return sum(t * i * o for t, i, o in self._linears(info)) + self.depth * 2 * tokens * tokens * self.width
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     """What probing a custom model's factory found (``runners.custom``): its sizes, counted by hooks."""
@@ -326,6 +394,6 @@ class CustomModel(CodeFields):
         return self._facts.multiply_adds if self._facts is not None else 0
 
 
-AnyModel = LogregModel | MlpModel | CnnModel | LenetModel | VggModel | ResnetModel | CustomModel
+AnyModel = LogregModel | MlpModel | CnnModel | LenetModel | VggModel | ResnetModel | TransformerModel | CustomModel
 ModelSpec = Annotated[AnyModel, Field(discriminator="arch")]
 IMAGE_ARCHS = ("cnn", "lenet", "vgg", "resnet")

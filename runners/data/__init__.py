@@ -13,6 +13,7 @@ from runners.data.bundled import load_bundled
 from runners.data.cifar import load_cifar
 from runners.data.idx import load_mnist
 from runners.data.imagefolder import load_imagefolder
+from runners.data.mnist1d import load_mnist1d
 from runners.data.split import Prepared, RawData, prepare
 from runners.data.synthetic import load_synthetic
 
@@ -28,6 +29,7 @@ LOADERS: dict[str, Callable[[Any], RawData]] = {
     "cifar10": load_cifar,
     "cifar100": load_cifar,
     "imagefolder": load_imagefolder,
+    "mnist1d": load_mnist1d,
     "custom": load_custom,
 }
 

@@ -36,10 +36,10 @@ CHUNK_ELEMENTS = 20_000_000  # layer-output gradients held at once (examples x c
 
 @dataclass(frozen=True)
 class KroneckerLayer:
-    """A Linear or Conv2d module and where its weight and bias sit in the estimator's gradient vector."""
+    """A Linear, Conv1d or Conv2d module and where its weight and bias sit in the estimator's gradient vector."""
 
     path: str
-    module: nn.Linear | nn.Conv2d
+    module: nn.Linear | nn.Conv1d | nn.Conv2d
     weight: slice | None
     bias: slice | None
 
@@ -77,19 +77,19 @@ def kronecker_layers(inputs: EstimatorInputs) -> list[KroneckerLayer]:
 
     layers = []
     for path, module in inputs.module.named_modules():
-        if not isinstance(module, nn.Linear | nn.Conv2d):
+        if not isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
             continue
         prefix = f"{path}." if path else ""
         weight, bias = cols(f"{prefix}weight"), cols(f"{prefix}bias")
         if weight is None and bias is None:
             continue
-        if isinstance(module, nn.Conv2d) and (module.groups != 1 or isinstance(module.padding, str)
-                                              or module.padding_mode != "zeros"):
+        if isinstance(module, nn.Conv1d | nn.Conv2d) and (module.groups != 1 or isinstance(module.padding, str)
+                                                          or module.padding_mode != "zeros"):
             raise TaskFailure(f"kfac: convolution '{path}' uses groups, string padding or non-zero padding mode; "
                               "only plain convolutions are Kronecker-factored")
         layers.append(KroneckerLayer(path, module, weight, bias))
     if not layers:
-        raise TaskFailure("kfac/ekfac: none of the selected parameters belongs to a Linear or Conv2d layer")
+        raise TaskFailure("kfac/ekfac: none of the selected parameters belongs to a Linear, Conv1d or Conv2d layer")
     covered = sum(c.stop - c.start for layer in layers for c in (layer.weight, layer.bias) if c is not None)
     inputs.notes["kfac_uncovered"] = 1.0 - covered / sum(sizes[k] for k in names)  # treated as zero curvature
     return layers
@@ -106,11 +106,16 @@ def output_hessian_root(logits: Tensor, regression: bool = False) -> Tensor:
 
 
 def _patches(layer: KroneckerLayer, inp: Tensor) -> Tensor:
-    """A layer's inputs as [N, T, in (+1)]: a Conv2d's unfolded patches (T positions), extended by 1 for a bias."""
+    """A layer's inputs as [N, T, in (+1)]: a convolution's unfolded patches (T positions; a Conv1d's as a
+    1 x length image), extended by 1 for a bias."""
     m = layer.module
     if isinstance(m, nn.Conv2d):
         assert not isinstance(m.padding, str)  # refused in kronecker_layers
         a = F.unfold(inp, m.kernel_size, m.dilation, m.padding, m.stride).transpose(1, 2)
+    elif isinstance(m, nn.Conv1d):
+        assert not isinstance(m.padding, str)
+        a = F.unfold(inp.unsqueeze(2), (1, m.kernel_size[0]), (1, m.dilation[0]), (0, m.padding[0]),
+                     (1, m.stride[0])).transpose(1, 2)
     else:
         a = inp.reshape(inp.shape[0], -1, inp.shape[-1])
     parts = [a] if layer.weight is not None else []
@@ -121,7 +126,7 @@ def _patches(layer: KroneckerLayer, inp: Tensor) -> Tensor:
 
 def _outputs(layer: KroneckerLayer, grad: Tensor) -> Tensor:
     """A layer's output gradients as [N, T, out]."""
-    if isinstance(layer.module, nn.Conv2d):
+    if isinstance(layer.module, nn.Conv1d | nn.Conv2d):
         return grad.flatten(2).transpose(1, 2)
     return grad.reshape(grad.shape[0], -1, grad.shape[-1])
 

@@ -17,6 +17,7 @@ from runners.device import current
 from runners.models.cnn import build_cnn, build_lenet
 from runners.models.mlp import build_logreg, build_mlp
 from runners.models.resnet import build_resnet, build_vgg
+from runners.models.transformer import build_transformer
 
 BUILDERS: dict[str, Callable[[Any, tuple[int, ...], int], nn.Module]] = {
     "logreg": build_logreg,
@@ -25,6 +26,7 @@ BUILDERS: dict[str, Callable[[Any, tuple[int, ...], int], nn.Module]] = {
     "lenet": build_lenet,
     "vgg": build_vgg,
     "resnet": build_resnet,
+    "transformer": build_transformer,
     "custom": build_custom,
 }
 

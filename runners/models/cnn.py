@@ -9,13 +9,22 @@ from runners.models.mlp import ACTIVATIONS
 
 
 def build_cnn(spec: CnnModel, shape: tuple[int, ...], classes: int) -> nn.Module:
-    channels_in, h, w = shape if len(shape) == 3 else (1, 1, shape[-1])
+    """Conv2d blocks on images (c, h, w) and tables (a 1 x 1 x features image), Conv1d on signals (c, length)."""
+    if len(shape) == 2:
+        channels_in, spatial, conv = shape[0], [shape[1]], nn.Conv1d
+    else:
+        channels_in, h, w = shape if len(shape) == 3 else (1, 1, shape[-1])
+        spatial, conv = [h, w], nn.Conv2d  # type: ignore[assignment]
     layers: list[nn.Module] = []
     for _ in range(spec.depth):
-        layers += [nn.Conv2d(channels_in, spec.channels, 3, stride=2, padding=1), ACTIVATIONS[spec.activation]()]
+        layers += [conv(channels_in, spec.channels, spec.kernel, stride=2, padding=spec.padding),
+                   ACTIVATIONS[spec.activation]()]
         channels_in = spec.channels
-        h, w = (h + 1) // 2, (w + 1) // 2
-    layers += [nn.Flatten(), nn.Linear(spec.channels * h * w, classes)]
+        spatial = [(size + 2 * spec.padding - spec.kernel) // 2 + 1 for size in spatial]
+    size = spec.channels
+    for s in spatial:
+        size *= s
+    layers += [nn.Flatten(), nn.Linear(size, classes)]
     return nn.Sequential(*layers)
 
 
