@@ -388,7 +388,9 @@ def table(rows: list[dict[str, Any]], keys: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results to this file")
-    parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke test, not the benchmark)")
+    parser.add_argument("--quick", action="store_true", help="one case per model family (the Iris MLP and the digits "
+                        "CNN), float32 on one thread, half the steps, best of 2, no scaling or Newton runs: minutes, "
+                        "not the README's table")
     parser.add_argument("--full-sequential", action="store_true", help="time every sequential model")
     parser.add_argument("--only-newton", action="store_true", help="only the converged-refit comparison")
     parser.add_argument("--only", help="only the cases whose name contains this (and no scaling or Newton runs)")
@@ -397,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     global DEVICE, REPEATS
     DEVICE = torch.device(args.device)
-    REPEATS = max(1, args.repeats)
+    REPEATS = 2 if args.quick else max(1, args.repeats)
     if DEVICE.type == "cuda":
         from runners.device import configure
 
@@ -407,19 +409,23 @@ def main(argv: list[str] | None = None) -> None:
         rows = newton_cases(sample or 121)
         print(table(rows, list(rows[0])))
         return
-    div = 10 if args.quick else 1
+    div = 2 if args.quick else 1
     cases = [
         Case("iris-mlp-2x16 full batch", "iris", 2, 16, 120, 1000 // div, None),
         Case("digits-mlp-2x32 minibatch 64", "digits", 2, 32, 200, 500 // div, 64),
         Case("digits-cnn-2x8 minibatch 64", "digits", 2, 8, 200, 500 // div, 64, arch="cnn"),
     ]
+    if args.quick:  # one case per model family
+        cases = [cases[0], cases[2]]
     if args.only:
         cases = [c for c in cases if args.only in c.name]
     sample = None if args.full_sequential else 12
     results: list[dict[str, Any]] = []
+    dtypes = (torch.float32,) if args.quick else (torch.float32, torch.float64)
     for case in cases:
-        for dtype in (torch.float32, torch.float64):
-            for threads in ((1, 2) if DEVICE.type == "cpu" else (1,)):  # a GPU's speed is not the CPU threads'
+        for dtype in dtypes:
+            thread_counts = (1,) if args.quick or DEVICE.type != "cpu" else (1, 2)  # a GPU's speed is not the CPU's
+            for threads in thread_counts:
                 results.append(measure(case, dtype, threads, sample))
                 print(f"measured {case.name} {dtype} threads={threads}", flush=True)
     keys = ["case", "dtype", "threads", "models", "steps", "sequential_s", "engine_s", "speedup",
@@ -446,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         verdict = "meets" if r["compiled_over_eager"] >= 2 else "misses"
         print(f"\ncompiled vs eager on the Iris MLP (float32, 1 thread): {r['compiled_over_eager']}x steady, "
               f"{r['compiled_first_over_eager']}x counting the compile; target 2x: {verdict} it")
-    if args.only:
+    if args.only or args.quick:
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump({"results": results}, fh, indent=2)

@@ -29,23 +29,30 @@ from runners.objective import FlatModel
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def _model_and_data(workload: dict[str, Any], rows: int, device: str) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """The workload's model and ``rows`` random inputs and labels (targets for regression) of its shape, made on
+    the CPU (a CPU generator cannot fill a CUDA tensor) and moved to ``device``."""
+    dtype = _DTYPES[workload["dtype"]]
+    shape = tuple(workload["shape"] or (workload["features"],))
+    classes = int(workload["classes"])
+    module = build(TypeAdapter(ModelSpec).validate_python(workload["model"]), shape, classes, 0, dtype).to(device)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(rows, *shape, generator=generator, dtype=dtype, device="cpu").to(device)
+    if workload.get("regression"):
+        y = torch.randn(rows, classes, generator=generator, dtype=dtype, device="cpu").to(device)
+    else:
+        y = torch.randint(0, classes, (rows,), generator=generator, device="cpu").to(device)
+    return module, x, y
+
+
 def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, device: str = "cpu",
                            steps: int | None = None) -> tuple[float, str]:
     """(seconds one model-step takes, the engine that ran it) for ``models`` models trained together on the
     ``workload`` (``inflang.plan.Task.workload``) for ``steps`` timed steps (default: 3, or 1 when one step
     of the ensemble costs more than 1e10 FLOPs)."""
-    dtype = _DTYPES[workload["dtype"]]
-    shape = tuple(workload["shape"] or (workload["features"],))
-    classes = int(workload["classes"])
     batch = int(workload["batch"])
-    # model and data are made on the CPU (a CPU generator cannot fill a CUDA tensor) and then moved
-    module = build(TypeAdapter(ModelSpec).validate_python(workload["model"]), shape, classes, 0, dtype).to(device)
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(batch, *shape, generator=generator, dtype=dtype, device="cpu").to(device)
-    if workload.get("regression"):
-        y = torch.randn(batch, classes, generator=generator, dtype=dtype, device="cpu").to(device)
-    else:
-        y = torch.randint(0, classes, (batch,), generator=generator, device="cpu").to(device)
+    module, x, y = _model_and_data(workload, batch, device)
+    dtype, shape = x.dtype, tuple(x.shape[1:])
     with torch.device(device):
         weights = torch.ones(models, batch, dtype=dtype)
         start = stack({k: v.detach() for k, v in module.named_parameters()}, models)
@@ -75,16 +82,9 @@ def seconds_per_newton_refit(workload: dict[str, Any], models: int, device: str 
     timed), its explicit Hessian taken there (timed once), then ``models`` refits, each without one point, solved
     from that optimum to the study's tolerance (timed). Where the random problem has no positive definite
     optimum, the refits start from the initialisation and run 12 iterations instead."""
-    dtype = _DTYPES[workload["dtype"]]
-    shape = tuple(workload["shape"] or (workload["features"],))
-    classes, n = int(workload["classes"]), int(workload["n_train"])
-    module = build(TypeAdapter(ModelSpec).validate_python(workload["model"]), shape, classes, 0, dtype).to(device)
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(n, *shape, generator=generator, dtype=dtype, device="cpu").to(device)
-    if workload.get("regression"):
-        y = torch.randn(n, classes, generator=generator, dtype=dtype, device="cpu").to(device)
-    else:
-        y = torch.randint(0, classes, (n,), generator=generator, device="cpu").to(device)
+    n = int(workload["n_train"])
+    module, x, y = _model_and_data(workload, n, device)
+    dtype = x.dtype
     wd, tol = 0.01, 1e-10 if dtype == torch.float64 else 1e-5
     params = {k: v.detach() for k, v in module.named_parameters()}
     with torch.device(device):

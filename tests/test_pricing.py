@@ -134,3 +134,30 @@ def test_pricing_picks_the_engine_the_run_would():
     assert workload_of(task(cnn), None, "auto").engine == "eager"
     assert workload_of(task(cnn, "float64"), None, "auto").engine == "compiled"
     assert workload_of(task({"arch": "vgg", "depth": 11, "norm": "batch"}, "float64"), None, "auto").engine == "eager"
+
+
+def test_newton_refits_are_priced_from_a_measured_refit(tmp_path: Path):
+    """A solver: newton task takes no optimizer steps: its price is the chord Hessian's seconds plus its refits
+    at the seconds one refit takes, both measured (random data of the task's size), and no step rate."""
+    from inflang.plan import compile_study
+    from inflang.pricing import newton_workload_of, price, workload_of
+    from inflang.validate import load_study
+    from runners.calibrate import seconds_per_newton_refit
+
+    study = tmp_path / "n.yaml"
+    study.write_text("study: newton\ndataset: {name: iris, test_size: 30}\nmodel: {arch: logreg}\n"
+                     "training: {optimizer: lbfgs, lr: 1.0, epochs: 50, weight_decay: 0.01, dtype: float64}\n"
+                     "estimators: [{name: exact}]\ntest_points: {count: 2}\n"
+                     "ground_truth: {protocol: loo, solver: newton, removals: {select: random, k: 10}}\n")
+    plan = compile_study(load_study(study))
+    (task,) = [t for t in plan.tasks.values() if t.kind == "ground_truth"]
+    assert task.cost_steps == 0 and workload_of(task, None, "eager") is None
+    work = newton_workload_of(task)
+    assert work is not None and task.workload is not None and task.workload["newton_refits"] == 11 + 4  # + probes
+    per_refit, hessian = seconds_per_newton_refit(work.spec, work.models)
+    assert per_refit > 0 and hessian > 0
+    rates = Rates(tmp_path / "rates.json")
+    rates.put(work.key("cpu", 1), per_refit)
+    rates.put(work.key("cpu", 1) + "/hessian", hessian)
+    priced = price([task], None, "eager", "cpu", 1, rates)[task.hash].seconds
+    assert priced == pytest.approx(hessian + 15 * per_refit)
