@@ -33,7 +33,7 @@ import duckdb
 import numpy as np
 
 from inflang import intervals, stats
-from inflang.diagnostics import claim_health
+from inflang.diagnostics import GROUND_TRUTH, MODEL, claim_health
 from inflang.pooling import SeedRows, binomial_count, by_seed, difference_arms, level, per_seed, units
 from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim, lower_is_better
 from inflang.store import cells_of, diagnostic_rows, model_quantity_rows
@@ -553,9 +553,15 @@ def _claim_cells(claim: Claim, cells: Sequence[tuple[str, Params]]) -> set[str]:
 
 
 def _subjects(claim: Claim) -> set[str]:
+    """Whose health a claim's verdict depends on: a model quantity the model's; a ground-truth quantity the
+    model's and the ground truth's; an agreement metric those and its estimators'."""
+    if claim.metric in MODEL_QUANTITIES:
+        return {MODEL}
+    if _ground_metric(claim.metric):
+        return {MODEL, GROUND_TRUTH}
     if claim.compare is not None:
-        return {claim.compare.better, claim.compare.than}
-    return {claim.estimator} if claim.estimator else set()
+        return {claim.compare.better, claim.compare.than, MODEL, GROUND_TRUTH}
+    return {MODEL, GROUND_TRUTH} | ({claim.estimator} if claim.estimator else set())
 
 
 def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim) -> Verdict:

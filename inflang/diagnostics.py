@@ -172,11 +172,11 @@ def summary_lines(rows: Sequence[dict[str, Any]], cells: dict[str, dict[str, Any
 
 
 def claim_health(rows: Sequence[dict[str, Any]], cell_ids: set[str], subjects: set[str]) -> str:
-    """The health note of a claim: the checks that warn in the cells it rests on, for its estimators, the model
-    and the ground truth ('' when none)."""
+    """The health note of a claim: the checks that warn in the cells it rests on, for the subjects it reads
+    (its estimators, "model", "ground truth"; '' when none)."""
     counts: dict[str, set[str]] = defaultdict(set)
     for r in rows:
-        if r["cell_id"] in cell_ids and (r["subject"] in subjects or r["subject"] in (MODEL, GROUND_TRUTH)):
+        if r["cell_id"] in cell_ids and r["subject"] in subjects:
             counts[r["check"] if r["subject"] in (MODEL, GROUND_TRUTH) else f"{r['check']} ({r['subject']})"].add(
                 r["cell_id"])
     return "; ".join(f"{k} {len(v)}/{len(cell_ids)} cells" for k, v in sorted(counts.items()))
