@@ -80,7 +80,7 @@ class TMean:
     se: float
     df: float
     units: int  # how many independent units (seeds or test points) it rests on
-    dropped: int = 0  # units left out because an arm did not have them (paired seeds)
+    dropped: int = 0  # units left out because an arm did not have them (pairing on the shared ones)
     bounds: tuple[float, float] | None = None
     binomial: tuple[int, int] | None = None  # (successes, trials) of a 0/1 quantity's pooled count
 
