@@ -35,9 +35,13 @@ def split(reference: str) -> tuple[str, str]:
 
 
 def locate(reference: str, folder: str | None) -> Path:
-    """The source file of the reference's module: ``folder/a/b.py`` or ``folder/a/b/__init__.py`` for module
-    ``a.b``, else where the Python path has it. Raises CodeNotFound."""
-    module, _ = split(reference)
+    """The source file of the reference's module (``locate_module``). Raises CodeNotFound."""
+    return locate_module(split(reference)[0], folder)
+
+
+def locate_module(module: str, folder: str | None) -> Path:
+    """A module's source file: ``folder/a/b.py`` or ``folder/a/b/__init__.py`` for module ``a.b``, else where
+    the Python path has it. Raises CodeNotFound."""
     if folder is not None:
         base = Path(folder).joinpath(*module.split("."))
         for candidate in (base.with_suffix(".py"), base / "__init__.py"):

@@ -151,14 +151,15 @@ def level(rows: Sequence[SeedRows], metric: str) -> intervals.TMean | None:
 
 
 def _ceiling_pooled(key: Key, reliability: Pooled) -> Pooled:
+    """The noise ceiling row from the pooled reliability's: its value and bounds through ``stats.ceiling``
+    (which keeps NaN)."""
     kind = key[2].removeprefix("noise_ceiling_")
 
     def root(value: float | None) -> float | None:
         return None if value is None else float(stats.ceiling(kind, np.asarray(value)))
 
-    value = root(reliability.value) if math.isfinite(reliability.value) else math.nan
-    return Pooled(key[0], key[1], key[2], math.nan if value is None else value, None, root(reliability.ci_low),
-                  root(reliability.ci_high), reliability.seeds, reliability.test_points)
+    return Pooled(key[0], key[1], key[2], float(stats.ceiling(kind, np.asarray(reliability.value))), None,
+                  root(reliability.ci_low), root(reliability.ci_high), reliability.seeds, reliability.test_points)
 
 
 def pool(key: Key, rows: list[SeedRows]) -> Pooled:

@@ -2,9 +2,10 @@
 factory or scorer and check what it returns, and probe a study's code once for its sizes (``inflang plan``
 and ``run`` do, through ``probe``; workers import the code again from the folder the task names).
 
-A module beside the study is loaded from its file under a name that carries its content's digest, so an
-edited module is loaded afresh even in a long-lived process, and two studies' modules of the same name do not
-collide; a module found on the Python path is imported as usual.
+A module beside the study is imported with its folder first on the path only while it loads or is called,
+and taken out of ``sys.modules`` again, so two studies' modules of the same names do not collide; the loaded
+module is cached by its file's digest, so an edited one is loaded afresh even in a long-lived process. A
+module found on the Python path is imported as usual.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import functools
 import hashlib
 import importlib
-import importlib.util
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from inflang.code import CodeNotFound, digest, locate, split
+from inflang.code import CodeNotFound, digest, locate_module, split
 from inflang.errors import CodeProblem
 from inflang.spec import CustomDataset, CustomEstimator, CustomModel, ModelFacts, Study
 from inflang.spec.dataset import DatasetInfo
@@ -43,7 +43,7 @@ def _load_module(name: str, folder: str | None) -> Any:
     folder (the module, its package, the neighbours it imports) is then taken out of ``sys.modules`` again, so
     another study's folder with modules of the same names imports its own, and an edited file is loaded anew
     (its digest keys the cache)."""
-    path = locate(f"{name}:x", folder)
+    path = locate_module(name, folder)
     key = (name, folder, hashlib.sha256(path.read_bytes()).hexdigest())
     if key in _LOADED:
         return _LOADED[key]
