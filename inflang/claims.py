@@ -34,7 +34,17 @@ import numpy as np
 
 from inflang import intervals, stats
 from inflang.diagnostics import GROUND_TRUTH, MODEL, claim_health
-from inflang.pooling import SeedRows, binomial_count, by_seed, difference_arms, level, per_seed, units
+from inflang.pooling import (
+    SeedRows,
+    binomial_count,
+    by_seed,
+    difference_arms,
+    finite_count,
+    level,
+    per_seed,
+    seed_count,
+    units,
+)
 from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim, lower_is_better
 from inflang.store import cells_of, diagnostic_rows, model_quantity_rows
 
@@ -237,14 +247,6 @@ def _arms_ceiling(reliability: ByPoint | None, points: Sequence[str], kind: str)
     return float(np.mean(kept)) if kept and len(kept) == len(found) else None
 
 
-def _finite_count(rows: Sequence[Sequence[SeedRows]]) -> int:
-    return sum(int(np.isfinite(r.values).sum()) for group in rows for r in group if r.finite)
-
-
-def _seed_count(rows: Sequence[Sequence[SeedRows]]) -> int:
-    return len({r.repeat for group in rows for r in group if r.finite})
-
-
 def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
            axis_values: Sequence[Any] | None = None) -> Evidence:
     """The statistic of one claim from its rows (``rows_for``); ``reliability``: the rows of
@@ -291,8 +293,8 @@ def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
         root = claim.metric.removeprefix("noise_ceiling_")
         value = intervals.Mapped(combined, lambda r: float(stats.ceiling(root, np.asarray(r))))
     evidence.value = value
-    evidence.seeds = _seed_count([selected[k] for k in involved])
-    evidence.test_points = _finite_count([selected[k] for k in involved])
+    evidence.seeds = seed_count([selected[k] for k in involved])
+    evidence.test_points = finite_count([selected[k] for k in involved])
     evidence.by_seeds = seeds
     _unit_notes(evidence, value, seeds, claim)
     if kind and levels:
@@ -314,8 +316,8 @@ def _gather_compare(evidence: Evidence, claim: Claim, by_point: ByPoint, points:
     seeds = by_seed([rows for pair in pairs.values() for rows in pair])
     arms = [(c / len(pairs), ys) for a, b in pairs.values() for c, ys in difference_arms(a, b, seeds)]
     evidence.value = intervals.combine(arms, seeds)
-    evidence.seeds = _seed_count([a for a, _ in pairs.values()])
-    evidence.test_points = _finite_count([a for a, _ in pairs.values()])
+    evidence.seeds = seed_count([a for a, _ in pairs.values()])
+    evidence.test_points = finite_count([a for a, _ in pairs.values()])
     evidence.by_seeds = seeds
     _unit_notes(evidence, evidence.value, seeds, claim)
     if kind:
@@ -348,8 +350,8 @@ def _gather_share(evidence: Evidence, claim: Claim, selected: dict[str, list[See
         evidence.why = f"{claim.metric} does not vary between test points"
         return evidence
     evidence.value = value
-    evidence.seeds = _seed_count(list(selected.values()))
-    evidence.test_points = _finite_count(list(selected.values()))
+    evidence.seeds = seed_count(list(selected.values()))
+    evidence.test_points = finite_count(list(selected.values()))
     return evidence
 
 
@@ -494,9 +496,8 @@ def family_levels(evidence: Sequence[Evidence], adjust: str, level_: float = int
     Bonferroni needs them for a family-wise error of at most 1 - ``level_`` (over the evaluable claims)."""
     if adjust == "holm":
         return intervals.holm_levels([e.p_value() for e in evidence], level_)
-    if adjust == "bonferroni":  # over the claims that have an interval, as Holm's
-        count = sum(math.isfinite(e.p_value()) for e in evidence)
-        return [1 - (1 - level_) / max(count, 1)] * len(evidence)
+    if adjust == "bonferroni":
+        return intervals.bonferroni_levels([e.p_value() for e in evidence], level_)
     return [level_] * len(evidence)
 
 

@@ -187,9 +187,11 @@ def holm_levels(p_values: Sequence[float], level: float = LEVEL) -> list[float]:
     return levels
 
 
-def bonferroni_levels(count: int, level: float = LEVEL) -> list[float]:
-    """Every claim's interval at 1 - alpha / m: simultaneous coverage >= 1 - alpha for m claims."""
-    return [1 - (1 - level) / max(count, 1)] * count
+def bonferroni_levels(p_values: Sequence[float], level: float = LEVEL) -> list[float]:
+    """Every claim's interval at 1 - alpha / m, m the claims with a finite p (an interval), as Holm's:
+    simultaneous coverage >= 1 - alpha for the m claims."""
+    count = sum(math.isfinite(p) for p in p_values)
+    return [1 - (1 - level) / max(count, 1)] * len(p_values)
 
 
 # --- builders --------------------------------------------------------------------------------------------

@@ -90,9 +90,19 @@ def _seed_rows(repeat: int, points: Sequence[tuple[int, float, Any]]) -> SeedRow
 
 # --- units: seeds when there are two or more, else the one seed's test points -------------------------------
 
+def seed_count(groups: Sequence[Sequence[SeedRows]]) -> int:
+    """Seeds with a finite value among the rows."""
+    return len({r.repeat for rows in groups for r in rows if r.finite})
+
+
+def finite_count(groups: Sequence[Sequence[SeedRows]]) -> int:
+    """(seed, test point) values that are finite among the rows."""
+    return sum(int(np.isfinite(r.values).sum()) for rows in groups for r in rows if r.finite)
+
+
 def by_seed(groups: Sequence[Sequence[SeedRows]]) -> bool:
     """Whether the units are seeds: two or more seeds with a finite value among the rows."""
-    return len({r.repeat for rows in groups for r in rows if r.finite}) >= 2
+    return seed_count(groups) >= 2
 
 
 def units(rows: Sequence[SeedRows], seeds: bool) -> dict[Hashable, float]:
@@ -164,14 +174,13 @@ def _ceiling_pooled(key: Key, reliability: Pooled) -> Pooled:
 
 def pool(key: Key, rows: list[SeedRows]) -> Pooled:
     """The pooled row of one (swept values, estimator, metric)."""
-    usable = [r for r in rows if r.finite]
-    means = [r.mean() for r in usable]
+    means = [r.mean() for r in rows if r.finite]
     estimate = level(rows, key[2])
     interval = estimate.interval() if estimate is not None else None
     value = estimate.value if estimate is not None else math.nan
     return Pooled(key[0], key[1], key[2], value, float(np.std(means, ddof=1)) if len(means) >= 2 else None,
-                  interval.low if interval else None, interval.high if interval else None, len(usable),
-                  sum(int(np.isfinite(r.values).sum()) for r in usable))
+                  interval.low if interval else None, interval.high if interval else None, seed_count([rows]),
+                  finite_count([rows]))
 
 
 def pool_rows(grouped: dict[Key, list[SeedRows]]) -> list[Pooled]:

@@ -181,3 +181,12 @@ def test_two_seeds_give_the_t_interval_with_one_degree_of_freedom():
     assert interval is not None
     # seed means 0.6 and 0.8: se = 0.1, t_1 = 12.7; the high end is clipped at the correlation's 1
     assert interval.low == pytest.approx(0.7 - sps.t.ppf(0.975, 1) * 0.1) and interval.high == 1.0
+
+
+def test_family_levels_follow_holm_and_bonferroni_by_hand():
+    """Three claims with an interval (p 0.01, 0.04, 0.03) and one without: Holm tests 0.01 at 0.05/3 (rejected),
+    then 0.03 at 0.05/2 (kept), and every later claim stays at that step's level; Bonferroni puts all at
+    1 - 0.05/3, counting only the claims with an interval."""
+    p = [0.01, 0.04, float("nan"), 0.03]
+    assert intervals.holm_levels(p) == pytest.approx([1 - 0.05 / 3, 0.975, 0.95, 0.975])
+    assert intervals.bonferroni_levels(p) == pytest.approx([1 - 0.05 / 3] * 4)
