@@ -591,6 +591,12 @@ def family_notes(rows: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def marked_verdict(row: dict[str, Any]) -> str:
+    """A claims-table row's verdict with its marks: † declared or edited after the study had results, ⚠ a health
+    check warns in the cells it rests on."""
+    return row["verdict"] + (" †" if row["declared_after_results"] else "") + (" ⚠" if row["health"] else "")
+
+
 def definition(claim: Claim) -> str:
     """A claim's definition as canonical JSON (what it asks, whatever its layout in the file)."""
     return json.dumps(claim.model_dump(mode="json", exclude_none=True), sort_keys=True)

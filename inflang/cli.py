@@ -18,10 +18,11 @@ from rich.table import Table
 from inflang import __version__
 from inflang import store as store_queries
 from inflang.api import probe_code
-from inflang.claims import family_notes
+from inflang.claims import family_notes, marked_verdict
 from inflang.cost import ENGINES
 from inflang.diagnostics import summary_lines
 from inflang.errors import StudyError, UsageError
+from inflang.intervals import interval_text
 from inflang.plan import KINDS, Plan, compile_study
 from inflang.scheduler import Events
 from inflang.spec.study import is_study_name
@@ -336,15 +337,6 @@ def _summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = N
     return columns, rows
 
 
-def _number(value: float | None, low: float | None = None, high: float | None = None) -> str:
-    """0.856 [0.712, 0.951]; '-' for a missing or NaN value."""
-    if value is None or math.isnan(value):
-        return "-"
-    if low is None or high is None:
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.2f}, {high:.2f}]"
-
-
 def _failures(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str]]:
     """(cell id, swept values, message) of every failed cell (of the given sweep points)."""
     return [(c, label(p) if p else "-", e) for c, p, e in store_queries.failed_cells(db, study)
@@ -369,8 +361,8 @@ def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | No
         status = "done" if not failed and not pending else ", ".join(
             part for part in (f"{failed} of {cells} cells failed" if failed else "",
                               f"{pending} pending" if pending else "") if part)
-        values = [swept, estimator or "-", _number(sp, sp_lo, sp_hi), _number(pe, pe_lo, pe_hi)]
-        values += [_number(ce, ce_lo, ce_hi)] if with_ceiling else []
+        values = [swept, estimator or "-", interval_text(sp, sp_lo, sp_hi), interval_text(pe, pe_lo, pe_hi)]
+        values += [interval_text(ce, ce_lo, ce_hi)] if with_ceiling else []
         if with_resolution:
             values.append("-" if below is None or math.isnan(below) else f"{100 * below:.1f}%")
         values += [f"{seeds} x {round(points / seeds)}" if seeds else "-", status]
@@ -392,11 +384,8 @@ def _claims_table(rows: list[dict[str, Any]], with_study: bool) -> Table:
         table.add_column(col, no_wrap=col in ("verdict", "estimate [interval]"))
     colours = {"supported": "green", "contradicted": "red", "unresolved": "yellow"}
     for r in rows:
-        verdict = r["verdict"] + (" †" if r["declared_after_results"] else "") + (" ⚠" if r["health"] else "")
-        shown = f"[{colours.get(r['verdict'], 'magenta')}]{verdict}[/]"
-        level = r["level"]
-        interval = _number(r["estimate"], r["ci_low"], r["ci_high"]) + (
-            f" ({100 * level:.2f}%)" if level is not None and abs(level - 0.95) > 1e-9 else "")
+        shown = f"[{colours.get(r['verdict'], 'magenta')}]{marked_verdict(r)}[/]"
+        interval = interval_text(r["estimate"], r["ci_low"], r["ci_high"], r["level"])
         ceiling = r["relative_to_ceiling"]
         notes = "; ".join(n for n in (r["detail"], f"⚠ health: {r['health']}" if r["health"] else "") if n)
         cells = [r["claim"], shown, r["statistic"] + (f" ({notes})" if notes else ""), interval,
@@ -651,7 +640,7 @@ def compare(
         for s in studies:
             rows = sides[s].get((params, estimator, metric))
             pooled = pool((params, estimator, metric), rows) if rows else None
-            cells.append(_number(pooled.value, pooled.ci_low, pooled.ci_high) if pooled else "-")
+            cells.append(interval_text(pooled.value, pooled.ci_low, pooled.ci_high) if pooled else "-")
         base = sides[first].get((params, estimator, metric))
         for s in studies[1:]:
             other = sides[s].get((params, estimator, metric))
@@ -661,7 +650,7 @@ def compare(
             diff = difference((params, estimator), other, base)
             paired_any = True
             verdict = {True: "resolved", False: "not resolved", None: "no interval"}[diff.resolved]
-            cells.append(f"{_number(diff.estimate, diff.ci_low, diff.ci_high)} {verdict} "
+            cells.append(f"{interval_text(diff.estimate, diff.ci_low, diff.ci_high)} {verdict} "
                          f"({diff.seeds} seed{'s' if diff.seeds != 1 else ''}, {diff.test_points} test points)")
         table.add_row(label(json.loads(params)), estimator or "-", *cells)
     out.print(table)

@@ -194,6 +194,15 @@ def bonferroni_levels(p_values: Sequence[float], level: float = LEVEL) -> list[f
     return [1 - (1 - level) / max(count, 1)] * len(p_values)
 
 
+def interval_text(value: float | None, low: float | None = None, high: float | None = None,
+                  level: float | None = None) -> str:
+    """0.856 [0.71, 0.95], with its level when that is not 95% (" (97.50%)"); '-' for a missing or NaN value."""
+    if value is None or math.isnan(value):
+        return "-"
+    text = f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.2f}, {high:.2f}]"
+    return text + (f" ({100 * level:.2f}%)" if level is not None and abs(level - LEVEL) > 1e-9 else "")
+
+
 # --- builders --------------------------------------------------------------------------------------------
 
 Arm = tuple[float, Mapping[Hashable, float]]  # (coefficient, unit -> value)

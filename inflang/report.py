@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from inflang import store as queries
-from inflang.claims import family_notes
+from inflang.claims import family_notes, marked_verdict
 from inflang.diagnostics import summary_lines
 from inflang.errors import UsageError
+from inflang.intervals import interval_text
 from inflang.spec.estimators import RANK_ONLY_NAMES
 from inflang.sweep import label
 
@@ -48,19 +49,11 @@ def _pyplot() -> Any:
     return plt
 
 
-def _interval(value: float | None, low: float | None, high: float | None, level: float | None = None) -> str:
-    """0.856 [0.71, 0.95], with the level when it is not 95%; '-' without a value."""
-    if value is None or value != value:
-        return "-"
-    text = f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.2f}, {high:.2f}]"
-    return text + (f" ({100 * level:.2f}%)" if level is not None and abs(level - 0.95) > 1e-9 else "")
-
-
 def _claim_row(r: dict[str, Any]) -> str:
-    cells = [r["claim"], r["verdict"] + (" †" if r["declared_after_results"] else "") + (" ⚠" if r["health"] else ""),
-             r["statistic"], _interval(r["estimate"], r["ci_low"], r["ci_high"], r["level"]), str(r["seeds"]),
-             str(r["test_points"]), "; ".join(n for n in (r["detail"], f"health: {r['health']}" if r["health"] else "")
-                                             if n)]
+    notes = "; ".join(n for n in (r["detail"], f"health: {r['health']}" if r["health"] else "") if n)
+    cells = [r["claim"], marked_verdict(r), r["statistic"],
+             interval_text(r["estimate"], r["ci_low"], r["ci_high"], r["level"]), str(r["seeds"]),
+             str(r["test_points"]), notes]
     return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
@@ -163,13 +156,12 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
 
     # 0. the claims: a table with the family's notes, then each as its statistic with its interval against the
     # line it has to clear
-    claims = queries.report_claims(db, name)
+    claims = queries.claim_rows(db, [name])
     if claims:
-        listed = queries.claim_rows(db, [name])
         sections.append("<h2>Claims</h2><table><tr><th>claim</th><th>verdict</th><th>statistic</th>"
                         "<th>estimate [interval]</th><th>seeds</th><th>test points</th><th>detail</th></tr>"
-                        + "".join(_claim_row(r) for r in listed) + "</table>"
-                        + "".join(f"<p>{html.escape(n)}</p>" for n in family_notes(listed)))
+                        + "".join(_claim_row(r) for r in claims) + "</table>"
+                        + "".join(f"<p>{html.escape(n)}</p>" for n in family_notes(claims)))
     for i, c in enumerate(claims):
         fig, ax = plt.subplots(figsize=(6.0, 1.6))
         colour = {"supported": "tab:green", "contradicted": "tab:red", "unresolved": "tab:orange"}.get(
@@ -253,7 +245,8 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
     # the numbers behind the figures: every pooled row, per sweep point
     if pooled:
         body = "".join(f"<tr><td>{html.escape(_label(r['params']))}</td><td>{html.escape(r['estimator'] or '-')}</td>"
-                       f"<td>{html.escape(r['metric'])}</td><td>{_interval(r['value'], r['ci_low'], r['ci_high'])}</td>"
+                       f"<td>{html.escape(r['metric'])}</td>"
+                       f"<td>{interval_text(r['value'], r['ci_low'], r['ci_high'])}</td>"
                        f"<td>{r['seeds']} x {r['test_points']}</td></tr>" for r in pooled)
         sections.append("<h2>Numbers</h2><p>Per sweep point, the mean over seeds of the mean over test points with "
                         "its 95% interval (t over seeds; over test points with one seed); estimator '-' marks the "

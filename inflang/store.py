@@ -566,7 +566,7 @@ def summary(path: str | Path, study: str, first: str, second: str, ground: str) 
 def claim_rows(path: str | Path, studies: Sequence[str]) -> list[dict[str, Any]]:
     return _dicts(_read(path, """SELECT study, claim, verdict, estimate, ci_low, ci_high, statistic, seeds,
                                         test_points, relative_to_ceiling, detail, level, adjust, family, p_value,
-                                        declared_at, declared_after_results, health
+                                        declared_at, declared_after_results, health, form, threshold
                                  FROM claims WHERE study IN (SELECT unnest(?::VARCHAR[])) ORDER BY study, position""",
                         [list(studies)]))
 
@@ -600,11 +600,6 @@ def estimator_names(path: str | Path, study: str) -> dict[str, tuple[str, bool]]
                            FROM cell_tasks ct JOIN tasks t USING (task_hash)
                            WHERE ct.study = ? AND ct.kind = 'estimate'""", [study])[1]
     return {label: (name, bool(flag)) for label, name, flag in found}
-
-
-def report_claims(path: str | Path, study: str) -> list[dict[str, Any]]:
-    return _dicts(_read(path, "SELECT claim, form, statistic, estimate, ci_low, ci_high, verdict, seeds, test_points, "
-                              "threshold FROM claims WHERE study = ? ORDER BY position", [study]))
 
 
 def scatter_test_points(path: str | Path, study: str) -> list[dict[str, Any]]:
