@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from inflang.code import check_reference
 
 
 class Spec(BaseModel):
@@ -38,3 +40,10 @@ class CodeFields(BaseModel):
                             "contents the results depend on; the callable's own module file always counts")
     folder: str | None = Field(None, description="where the module is looked for first (default: the study "
                                "file's folder); not part of any hash")
+
+    # the module:callable each subclass calls, whichever of these it has (a dataset's loader, a model's
+    # factory, an estimator's scorer)
+    @field_validator("loader", "factory", "scorer", check_fields=False)
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        return check_reference(value)

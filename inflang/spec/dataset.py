@@ -15,7 +15,6 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from inflang.code import check_reference
 from inflang.spec.base import CodeFields, Spec
 
 
@@ -265,11 +264,6 @@ class CustomDataset(DatasetBase, CodeFields):
     name: Literal["custom"]
     loader: str = Field(description="module:callable returning (x, y), e.g. my_data:spirals")
     _facts: DatasetInfo | None = PrivateAttr(default=None)
-
-    @field_validator("loader")
-    @classmethod
-    def _reference(cls, value: str) -> str:
-        return check_reference(value)
 
     def info(self) -> DatasetInfo:
         return self._facts if self._facts is not None else UNKNOWN

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from inflang.code import check_reference
 from inflang.spec.base import CodeFields, Spec
 
 
@@ -211,11 +210,6 @@ class CustomEstimator(EstimatorBase, CodeFields):
     scorer: str = Field(description="module:callable returning scores [T, n_train], e.g. my_methods:half_grad_dot")
     ranks_only: bool = Field(False, description="a raw score that ranks training points, not a predicted change "
                              "(as grad_dot)")
-
-    @field_validator("scorer")
-    @classmethod
-    def _reference(cls, value: str) -> str:
-        return check_reference(value)
 
 
 AnyEstimator = (ExactEstimator | CgEstimator | LissaEstimator | ArnoldiEstimator | GradDotEstimator

@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
-from inflang.code import check_reference
 from inflang.spec.base import CodeFields, Spec
 from inflang.spec.dataset import DatasetInfo
 
@@ -369,11 +368,6 @@ class CustomModel(CodeFields):
     arch: Literal["custom"]
     factory: str = Field(description="module:callable building the nn.Module, e.g. my_nets:gated_mlp")
     _facts: ModelFacts | None = PrivateAttr(default=None)
-
-    @field_validator("factory")
-    @classmethod
-    def _reference(cls, value: str) -> str:
-        return check_reference(value)
 
     @property
     def convolutional(self) -> bool:
