@@ -14,7 +14,6 @@ import contextlib
 import functools
 import hashlib
 import importlib
-import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,7 +111,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _call(reference: str, folder: str | None, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _call(reference: str, folder: str | None, /, *args: Any, **kwargs: Any) -> Any:
+    """The referenced callable's result (``resolve``'s CodeError as it is); CodeError when the call raises."""
+    function = resolve(reference, folder)
     root = str(Path(folder).resolve()) if folder is not None and Path(folder).is_dir() else None
     try:
         with on_path(root):
@@ -135,7 +136,7 @@ def _array(value: Any, what: str) -> np.ndarray:
 def loaded(spec: CustomDataset) -> tuple[np.ndarray, np.ndarray, int]:
     """(x, y, classes) from the loader, checked: x [n, ...] finite floats, y [n] integer labels >= 0 (classes =
     max + 1) or floats (regression: y [n, targets], classes = targets)."""
-    out = _call(spec.loader, spec.folder, resolve(spec.loader, spec.folder), **spec.args)
+    out = _call(spec.loader, spec.folder, **spec.args)
     if not isinstance(out, tuple | list) or len(out) != 2:
         raise CodeError(f"{spec.loader} must return (x, y), not a {type(out).__name__}")
     x, y = _array(out[0], "x"), _array(out[1], "y")
@@ -196,7 +197,7 @@ def build_custom(spec: CustomModel, shape: tuple[int, ...], classes: int) -> nn.
 
 
 def _module(spec: CustomModel, shape: tuple[int, ...], classes: int) -> nn.Module:
-    module = _call(spec.factory, spec.folder, resolve(spec.factory, spec.folder), tuple(shape), classes, **spec.args)
+    module = _call(spec.factory, spec.folder, tuple(shape), classes, **spec.args)
     if not isinstance(module, nn.Module):
         raise CodeError(f"{spec.factory} returned a {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -232,7 +233,7 @@ def model_facts(spec: CustomModel, info: DatasetInfo) -> ModelFacts:
 def custom_scores(spec: CustomEstimator, inputs: Any) -> Tensor:
     """``runners.estimators`` entry: scorer(inputs, **args) -> [T, n_train], checked."""
     try:
-        scores = _call(spec.scorer, spec.folder, resolve(spec.scorer, spec.folder), inputs, **spec.args)
+        scores = _call(spec.scorer, spec.folder, inputs, **spec.args)
         try:
             scores = torch.as_tensor(scores)
         except Exception:
@@ -265,7 +266,7 @@ def probe(study: Study) -> Study:
             raise CodeProblem(("dataset", "loader"), str(exc)) from None
     if isinstance(model, CustomModel):
         try:
-            model = model.with_facts(_model_facts(model.model_dump_json(), json.dumps(_info_key(dataset.info())),
+            model = model.with_facts(_model_facts(model.model_dump_json(), dataset.info(),
                                                   digest(model.factory, model.folder, model.code)))
         except CodeError as exc:
             raise CodeProblem(("model", "factory"), str(exc)) from None
@@ -278,14 +279,6 @@ def probe(study: Study) -> Study:
     return study.model_copy(update={"dataset": dataset, "model": model})
 
 
-def _info_key(info: DatasetInfo) -> dict[str, Any]:
-    return {"rows": info.rows, "features": info.features, "classes": info.classes,
-            "shape": list(info.shape) if info.shape else None, "regression": info.regression}
-
-
 @functools.lru_cache(maxsize=64)
-def _model_facts(spec_json: str, info_json: str, code_digest: str) -> ModelFacts:
-    info = json.loads(info_json)
-    facts = DatasetInfo(rows=info["rows"], features=info["features"], classes=info["classes"],
-                        shape=tuple(info["shape"]) if info["shape"] else None, regression=info["regression"])
-    return model_facts(CustomModel.model_validate_json(spec_json), facts)
+def _model_facts(spec_json: str, info: DatasetInfo, code_digest: str) -> ModelFacts:  # DatasetInfo: frozen
+    return model_facts(CustomModel.model_validate_json(spec_json), info)
