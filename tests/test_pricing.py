@@ -35,7 +35,7 @@ MNIST = DatasetInfo(rows=70000, features=784, classes=10, shape=(1, 28, 28))
 ])
 def test_spec_multiply_adds_match_the_built_model(model: dict, info: DatasetInfo):
     """The analytic count the plan prices with equals the count of the module runners build (hooks on every
-    Linear and Conv2d layer)."""
+    Linear, Conv1d and Conv2d layer)."""
     spec = TypeAdapter(ModelSpec).validate_python(model)
     shape = info.shape or (info.features,)
     module = build(spec, shape, info.classes, 0, __import__("torch").float32)

@@ -2,13 +2,14 @@
 
 A new architecture is one model here (added to ``ModelSpec``) plus one module in ``runners/models``.
 Each model states its parameter count, the layer outputs it keeps per example and the multiply-adds of one
-example's forward pass through its Linear and Conv2d layers, from the dataset's shape alone, so the compiler
+example's forward pass through its Linear, Conv1d and Conv2d layers, from the dataset's shape alone, so the compiler
 can check sizes and price a study without building it (a training step of one model on a batch of b costs
 about 6 b multiply_adds FLOPs: 2 forward, 4 backward), and whether it is ``convolutional``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
@@ -93,15 +94,24 @@ class CnnModel(Spec):
     kernel: int = Field(3, ge=1, le=15, description="the convolutions' kernel size")
     padding: int = Field(1, ge=0, le=7, description="the convolutions' zero padding")
 
-    def feature_maps(self, info: DatasetInfo) -> list[tuple[int, ...]]:
-        """(channels, *spatial) after each block: (c, h, w) for images, (c, length) for 1D signals."""
-        shape = info.shape or (1, 1, info.features)
+    stride: ClassVar[int] = 2  # of every convolution
+
+    def maps(self, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """(channels, *spatial) after each block for inputs of ``shape``: (c, h, w) for images, (c, length) for
+        1D signals (Conv1d), and a table's (features,) as a 1 x 1 x features image. ``runners.models.cnn``
+        builds the network from these."""
+        if len(shape) == 1:
+            shape = (1, 1, shape[0])
         spatial = list(shape[1:])
         maps = []
         for _ in range(self.depth):
-            spatial = [conv_out(size, self.kernel, 2, self.padding) for size in spatial]
+            spatial = [conv_out(size, self.kernel, self.stride, self.padding) for size in spatial]
             maps.append((self.channels, *spatial))
         return maps
+
+    def feature_maps(self, info: DatasetInfo) -> list[tuple[int, ...]]:
+        """``maps`` of the dataset's inputs."""
+        return self.maps(info.shape or (info.features,))
 
     def _taps(self, info: DatasetInfo) -> int:
         return self.kernel ** (len(info.shape or (1, 1, 1)) - 1)  # kernel elements per input channel
@@ -112,25 +122,18 @@ class CnnModel(Spec):
         for c_out, *_ in self.feature_maps(info):
             convs += c_in * c_out * self._taps(info) + c_out
             c_in = c_out
-        return convs + _size(self.feature_maps(info)[-1]) * info.classes + info.classes
+        return convs + math.prod(self.feature_maps(info)[-1]) * info.classes + info.classes
 
     def activations_per_example(self, info: DatasetInfo) -> int:
-        return 2 * (sum(_size(m) for m in self.feature_maps(info)) + info.classes)
+        return 2 * (sum(math.prod(m) for m in self.feature_maps(info)) + info.classes)
 
     def multiply_adds(self, info: DatasetInfo) -> int:
         c_in = (info.shape or (1,))[0]
         total = 0
         for feature_map in self.feature_maps(info):
-            total += _size(feature_map) * c_in * self._taps(info)
+            total += math.prod(feature_map) * c_in * self._taps(info)
             c_in = feature_map[0]
-        return total + _size(self.feature_maps(info)[-1]) * info.classes
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
+        return total + math.prod(self.feature_maps(info)[-1]) * info.classes
 
 
 class LenetModel(Spec):
@@ -320,32 +323,37 @@ class TransformerModel(Spec):
         return self
 
     @staticmethod
-    def tokens(info: DatasetInfo) -> tuple[int, int]:
-        """(tokens, features per token) of the dataset's inputs."""
-        if info.shape is None:
-            return info.features, 1
-        return info.features // info.shape[0], info.shape[0]
+    def tokens(shape: tuple[int, ...]) -> tuple[int, int]:
+        """(tokens, features per token) of inputs of ``shape``: a signal (channels, length) is length tokens of
+        channels features, an image (c, h, w) h x w tokens of c, a table's (features,) one token per feature.
+        ``runners.models.transformer`` builds the network from these."""
+        if len(shape) == 1:
+            return shape[0], 1
+        return math.prod(shape[1:]), shape[0]
+
+    def _tokens(self, info: DatasetInfo) -> tuple[int, int]:
+        return self.tokens(info.shape or (info.features,))
 
     def _linears(self, info: DatasetInfo) -> list[tuple[int, int, int]]:
         """(tokens it runs on, in, out) of every Linear layer."""
-        tokens, channels = self.tokens(info)
+        tokens, channels = self._tokens(info)
         w, hidden = self.width, self.width * self.mlp_ratio
         block = [(tokens, w, w)] * 4 + [(tokens, w, hidden), (tokens, hidden, w)]
         return [(tokens, channels, w)] + block * self.depth + [(1, w, info.classes)]
 
     def n_params(self, info: DatasetInfo) -> int:
-        tokens, _ = self.tokens(info)
+        tokens, _ = self._tokens(info)
         linear = sum(i * o + o for _, i, o in self._linears(info))
         norms = 2 * self.width * (2 * self.depth + 1)
         return linear + norms + tokens * self.width
 
     def activations_per_example(self, info: DatasetInfo) -> int:
-        tokens, _ = self.tokens(info)
+        tokens, _ = self._tokens(info)
         return 2 * sum(t * o for t, _, o in self._linears(info)) + self.depth * self.heads * tokens * tokens
 
     def multiply_adds(self, info: DatasetInfo) -> int:
         """The Linear layers' and the attention's two matmuls (scores and weighted values)."""
-        tokens, _ = self.tokens(info)
+        tokens, _ = self._tokens(info)
         return sum(t * i * o for t, i, o in self._linears(info)) + self.depth * 2 * tokens * tokens * self.width
 
 
@@ -354,8 +362,8 @@ class ModelFacts:
     """What probing a custom model's factory found (``runners.custom``): its sizes, counted by hooks."""
 
     n_params: int
-    activations: int  # layer outputs kept per example (Linear and Conv2d, before and after their activation)
-    multiply_adds: int  # of one example's forward pass through its Linear and Conv2d layers
+    activations: int  # layer outputs kept per example (Linear, Conv1d and Conv2d, before and after their activation)
+    multiply_adds: int  # of one example's forward pass through its Linear, Conv1d and Conv2d layers
     convolutional: bool
 
 
@@ -363,7 +371,7 @@ class CustomModel(CodeFields):
     """The study's own network: ``factory`` (module:callable) is called as factory(input_shape, classes, **args)
     and returns a ``torch.nn.Module`` mapping inputs [b, *input_shape] to outputs [b, classes]. Its sizes (for
     checks and pricing) are counted from one forward pass when ``inflang plan`` or ``run`` probes it; a
-    estimate: layers other than Linear and Conv2d are not in the FLOP count."""
+    estimate: layers other than Linear, Conv1d and Conv2d are not in the FLOP count."""
 
     arch: Literal["custom"]
     factory: str = Field(description="module:callable building the nn.Module, e.g. my_nets:gated_mlp")

@@ -1,15 +1,16 @@
 """K-FAC influence (Martens & Grosse 2015; Grosse & Martens 2016 for convolutions; Grosse et al. 2023).
 
-The Gauss-Newton matrix is approximated by one Kronecker product per Linear or Conv2d layer l,
+The Gauss-Newton matrix is approximated by one Kronecker product per Linear, Conv1d or Conv2d layer l,
     G_l ~ A_l (x) S_l,   A_l = (1/n) sum_i sum_t a_it a_it^T,   S_l = (1/n) sum_i (1/T) sum_t sum_k g_itk g_itk^T,
-with a_it the layer's input at spatial position t (a Conv2d's unfolded patch, a Linear's input, T = 1),
+with a_it the layer's input at spatial position t (a convolution's unfolded patch, a Linear's input, T = 1),
 extended by a constant 1 for the bias, and g_itk = J_s,i^T L_ik the backpropagated columns of a square root
 of the output Hessian, L_i L_i^T = diag(p_i) - p_i p_i^T (column c: sqrt(p_ic) (e_c - p_i); the exact
 expectation over labels, not a sampled one). With the layer's gradient written as a matrix V [out, in(+1)],
 (G_l + (weight_decay + damping) I)^-1 vec(V) = Q_S [(Q_S^T V Q_A) / (s_o a_j + weight_decay + damping)] Q_A^T
 for A = Q_A diag(a) Q_A^T, S = Q_S diag(s) Q_S^T. The estimate is LANGUAGE.md's
 (1/n) g_test^T (G + (weight_decay + damping) I)^-1 g_i with G block-diagonal over layers; parameters that
-belong to no Linear or Conv2d layer (normalisation scales) are left out of the product, as in kronfluence.
+belong to no Linear, Conv1d or Conv2d layer (normalisation scales) are left out of the product, as in
+kronfluence.
 Default damping: 0.1 x the mean of the layer's eigenvalues (s_o a_j over the grid).
 ``fisher: empirical`` replaces the columns of L_i by the single true-label gradient p_i - target_i (the
 empirical Fisher, as dattri's EK-FAC and kronfluence's ``use_empirical_fisher``).
@@ -66,7 +67,7 @@ class KroneckerLayer:
 
 
 def kronecker_layers(inputs: EstimatorInputs) -> list[KroneckerLayer]:
-    """The Linear/Conv2d layers with a selected weight or bias, in module order."""
+    """The Linear, Conv1d and Conv2d layers with a selected weight or bias, in module order."""
     flat = inputs.flat
     names = inputs.selected if inputs.selected is not None else flat.names
     sizes = dict(zip(flat.names, flat.sizes, strict=True))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from inflang.spec import CnnModel, LenetModel
@@ -9,22 +11,17 @@ from runners.models.mlp import ACTIVATIONS
 
 
 def build_cnn(spec: CnnModel, shape: tuple[int, ...], classes: int) -> nn.Module:
-    """Conv2d blocks on images (c, h, w) and tables (a 1 x 1 x features image), Conv1d on signals (c, length)."""
-    if len(shape) == 2:
-        channels_in, spatial, conv = shape[0], [shape[1]], nn.Conv1d
-    else:
-        channels_in, h, w = shape if len(shape) == 3 else (1, 1, shape[-1])
-        spatial, conv = [h, w], nn.Conv2d  # type: ignore[assignment]
+    """Conv2d blocks on images (c, h, w) and tables (a 1 x 1 x features image), Conv1d on signals (c, length);
+    the feature maps are the spec's (``CnnModel.maps``, which prices the network too)."""
+    channels_in = shape[0] if len(shape) > 1 else 1
+    conv: type[nn.Conv1d | nn.Conv2d] = nn.Conv1d if len(shape) == 2 else nn.Conv2d
+    maps = spec.maps(shape)
     layers: list[nn.Module] = []
-    for _ in range(spec.depth):
-        layers += [conv(channels_in, spec.channels, spec.kernel, stride=2, padding=spec.padding),
+    for channels, *_ in maps:
+        layers += [conv(channels_in, channels, spec.kernel, stride=spec.stride, padding=spec.padding),
                    ACTIVATIONS[spec.activation]()]
-        channels_in = spec.channels
-        spatial = [(size + 2 * spec.padding - spec.kernel) // 2 + 1 for size in spatial]
-    size = spec.channels
-    for s in spatial:
-        size *= s
-    layers += [nn.Flatten(), nn.Linear(size, classes)]
+        channels_in = channels
+    layers += [nn.Flatten(), nn.Linear(math.prod(maps[-1]), classes)]
     return nn.Sequential(*layers)
 
 

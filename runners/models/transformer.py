@@ -57,11 +57,7 @@ class Transformer(nn.Module):
 
 
 def build_transformer(spec: TransformerModel, shape: tuple[int, ...], classes: int) -> nn.Module:
-    """Tokens: a signal (channels, length) gives length tokens of channels features; an image its pixels; a
-    table one token per feature."""
-    if len(shape) == 1:
-        tokens, channels = shape[0], 1
-    else:
-        channels = shape[0]
-        tokens = math.prod(shape[1:])
+    """Tokens as the spec counts them (``TransformerModel.tokens``): a signal (channels, length) gives length
+    tokens of channels features; an image its pixels; a table one token per feature."""
+    tokens, channels = spec.tokens(shape)
     return Transformer(spec, tokens, channels, classes)
