@@ -249,14 +249,15 @@ class Store:
             raise
         self.con.execute("COMMIT")
 
-    def has_schema(self) -> bool:
+    def has_table(self, name: str) -> bool:
+        """Whether the database has the table (a read-only Store may open one no run has written)."""
         found = self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'tasks'").fetchone()
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()
         return bool(found and found[0])
 
     def task_status(self, hashes: Sequence[str]) -> dict[str, tuple[str, str | None, str | None]]:
         """hash -> (status, error, artifact sha256) for the given tasks that have a record."""
-        if not hashes or not self.has_schema():
+        if not hashes or not self.has_table("tasks"):
             return {}
         rows = self.con.execute(
             "SELECT task_hash, status, error, artifact_sha256 FROM tasks WHERE task_hash IN "
@@ -716,8 +717,7 @@ def diagnostic_rows(con: duckdb.DuckDBPyConnection, study: str) -> list[dict[str
 def study_diagnostics(path: str | Path, study: str) -> list[dict[str, Any]]:
     """The diagnostics of a study, for the CLI and the report."""
     with Store(path, read_only=True) as s:
-        if not s.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'diagnostics'"
-                             ).fetchone()[0]:  # type: ignore[index]
+        if not s.has_table("diagnostics"):
             return []
         return diagnostic_rows(s.con, study)
 
