@@ -37,9 +37,10 @@ def default_budget() -> int:
 
     Fixed rather than read from the free memory, so that a study is chunked (and, with BatchNorm, whose batch
     statistics are reduced in an order that depends on the ensemble's size, computed) the same on a busy and
-    an idle machine. Under the eager engine, models without BatchNorm give the same bits at any chunking; the
-    compiled engine's graphs are specialised to the ensemble's size, so there another chunking (or budget)
-    changes the last bits."""
+    an idle machine. Under the eager engine, float64 models without BatchNorm give the same bits at any
+    chunking (tested); in float32, torch's vectorised elementwise kernels round the last few elements of a
+    tensor in scalar code, so a model's last bits can depend on the ensemble's size; the compiled engine's
+    graphs are specialised to the ensemble's size, so there another chunking (or budget) changes the last bits."""
     return DEFAULT_BUDGET
 
 

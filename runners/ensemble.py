@@ -23,6 +23,7 @@ from torch.func import functional_call, vmap
 
 from inflang.cost import member_bytes, models_per_chunk
 from runners import engine as engines
+from runners import stacked
 from runners.batches import batch_order
 from runners.compiled import CompileUnavailable, compiled_gradient
 from runners.device import here
@@ -161,7 +162,12 @@ def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bo
     ``params`` may hold stacked buffers too (each model's running statistics). In training mode every model
     draws the same dropout masks (common random numbers: a removal is compared with its control under the
     same noise). A module that ``vmap`` cannot batch (a study's own network with data-dependent control flow or
-    in-place state) runs one model at a time, each from the same random state, said once on stderr."""
+    in-place state) runs one model at a time, each from the same random state, said once on stderr.
+    A plain convolutional stack (``runners.stacked.supports``) runs without vmap, its convolutions as matmuls
+    batched over models (``runners.stacked``)."""
+    how = stacked.chosen(module, x)
+    if how != "vmap":
+        return stacked.forward(module, params, x, per_model, how)  # type: ignore[arg-type]
     if module not in SEQUENTIAL:
         call = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, 0 if per_model else None),
                     randomness="same")
