@@ -54,6 +54,26 @@ def test_hvp_matches_the_explicit_hessian(problem):
     assert rel(inputs.hvp(v), v @ H) < 1e-10
 
 
+def test_hvp_in_chunks_of_examples(problem, monkeypatch):
+    """Over more layer outputs than one pass holds, the products are summed over chunks of examples (weighted
+    by their share, weight decay once), on the minibatch too, and equal the one-pass products."""
+    from runners.estimators import common
+
+    inputs, _, H = problem
+    products = common._products
+    v = torch.randn(3, H.shape[0], dtype=torch.float64)
+    batch = torch.arange(0, 40, 3)
+    whole, minibatch = inputs.hvp(v), inputs.hvp(v, batch)
+    assert common._activations(inputs.module, (3,)) == 2 * (4 + 3)  # both layers' outputs, kept twice
+    monkeypatch.setattr(common, "HVP_ELEMENTS", 14 * 7)  # at most 7 examples a pass: 40 in 6 passes
+    passes = []
+    monkeypatch.setattr(common, "_products", lambda *a: passes.append(len(a[1])) or products(*a))
+    assert rel(inputs.hvp(v), whole) < 1e-12
+    assert rel(inputs.hvp(v, batch), minibatch) < 1e-12
+    assert rel(inputs.hvp(v), v @ H) < 1e-10
+    assert passes[:6] == [6, 7, 7, 6, 7, 7] and passes[6:8] == [7, 7]
+
+
 def test_cg_matches_exact(problem):
     inputs, damping, _ = problem
     exact = scores(ExactEstimator(name="exact", damping=damping), inputs)

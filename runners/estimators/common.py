@@ -183,14 +183,47 @@ UNBATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules whose doubl
 UNBATCHED_EXAMPLES: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules vmap cannot batch over examples
 
 
+HVP_ELEMENTS = 20_000_000  # layer outputs (examples x outputs per example) of one double-backward pass
+ACTIVATIONS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], int]] = weakref.WeakKeyDictionary()
+
+
 def hessian_vector_products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay: float, vectors: Tensor,
                             batch: Tensor | None = None, smoothing: float = 0.0) -> Tensor:
-    """Rows H v_k of the objective's Hessian (on ``batch``, or all points) times each row of ``vectors``: one
-    batched double backward, or one per vector for modules whose double backward has no batching rule
-    (GroupNorm's), remembered per module so that iterative solvers try the batched pass once."""
-    theta = flat.theta.detach().requires_grad_(True)
+    """Rows H v_k of the objective's Hessian (on ``batch``, or all points) times each row of ``vectors``, over
+    the examples in chunks of at most HVP_ELEMENTS layer outputs: each chunk's mean-loss products weighted by
+    its share of the examples, weight decay added once. ResNet-20 on 2,000 32x32 images (one thread): 14 s
+    for one vector and 107 s for ten (1.2 GB peak) in chunks of 49-50 examples, against 38 s and 270 s (15 GB)
+    in one pass; a network small enough for one chunk is computed as before, in one pass."""
     xb, yb = (x, y) if batch is None else (x[batch], y[batch])
-    loss = flat.objective(theta, xb, yb, weight_decay, smoothing)
+    n = int(xb.shape[0])
+    rows = max(1, HVP_ELEMENTS // max(1, _activations(flat.module, tuple(xb.shape[1:]))))
+    if rows >= n:
+        return _products(flat, xb, yb, weight_decay, vectors, smoothing)
+    chunks = -(-n // rows)  # as few as the limit allows, of equal size to one example
+    bounds = [i * n // chunks for i in range(chunks + 1)]
+    total = weight_decay * vectors
+    for lo, hi in itertools.pairwise(bounds):
+        total += (hi - lo) / n * _products(flat, xb[lo:hi], yb[lo:hi], 0.0, vectors, smoothing)
+    return total
+
+
+def _activations(module: nn.Module, shape: tuple[int, ...]) -> int:
+    """Layer outputs kept per example (``activations_per_example``), counted once per module and input shape."""
+    from runners.ensemble import activations_per_example  # here: runners.ensemble loads the training engines
+
+    known = ACTIVATIONS.setdefault(module, {})
+    if shape not in known:
+        known[shape] = activations_per_example(module, shape)
+    return known[shape]
+
+
+def _products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay: float, vectors: Tensor, smoothing: float
+              ) -> Tensor:
+    """H v_k on (x, y) in one pass: one batched double backward, or one per vector for modules whose double
+    backward has no batching rule (GroupNorm's), remembered per module so that iterative solvers try the
+    batched pass once."""
+    theta = flat.theta.detach().requires_grad_(True)
+    loss = flat.objective(theta, x, y, weight_decay, smoothing)
     (g,) = torch.autograd.grad(loss, theta, create_graph=True)
     v = vectors.to(theta.dtype)
     if flat.module not in UNBATCHED:
