@@ -74,6 +74,26 @@ def test_hvp_in_chunks_of_examples(problem, monkeypatch):
     assert passes[:6] == [6, 7, 7, 6, 7, 7] and passes[6:8] == [7, 7]
 
 
+def test_training_gradients_in_chunks_and_streamed(problem):
+    """Per-example gradients computed a few rows a pass equal those of one pass; scores' products with the
+    training gradients take them a chunk at a time when no estimator cached them, and keep none."""
+    from dataclasses import replace
+
+    from runners.estimators.common import gradient_rows
+
+    inputs, _, _ = problem
+    whole = inputs.train_gradients()
+    per_row = inputs.dim * 8 + 3 * 14 * 8  # float64 gradients and three per layer output (14 an example)
+    fresh = replace(inputs, memory_budget=7 * per_row, _cache={})
+    assert gradient_rows(fresh.flat, fresh.x_train, fresh.memory_budget) == 7
+    M = torch.randn(3, inputs.dim, dtype=torch.float64)
+    products = fresh.train_products(M)
+    assert not fresh._cache  # nothing kept
+    assert rel(products, M @ whole.T) < 1e-12
+    assert rel(fresh.train_gradients(), whole) < 1e-12  # in 6 passes of 7 rows and one of 5
+    assert rel(fresh.train_products(M), M @ whole.T) < 1e-12  # from the cache now
+
+
 def test_cg_matches_exact(problem):
     inputs, damping, _ = problem
     exact = scores(ExactEstimator(name="exact", damping=damping), inputs)
