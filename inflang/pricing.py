@@ -158,7 +158,7 @@ def workload_of(task: Task, budget: int | None, engine: str) -> Workload | None:
     if not fixed:
         requested = "eager"
     elif requested == "auto":  # auto decides on the whole chunk, not on the calibration's share of it
-        compiles = auto_compiles(chunk * int(spec["steps"]), model.convolutional, spec["dtype"])
+        compiles = auto_compiles(chunk * int(spec["steps"]), model.convolutional, spec["dtype"], model.stacked)
         requested = "compiled" if compiles else "eager"
     return Workload(spec, models, requested)
 

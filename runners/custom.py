@@ -206,6 +206,7 @@ def _module(spec: CustomModel, shape: tuple[int, ...], classes: int) -> nn.Modul
 def model_facts(spec: CustomModel, info: DatasetInfo) -> ModelFacts:
     """Sizes of the factory's module for the dataset (one forward pass of two examples, float64), checking
     that it maps [b, *input_shape] to [b, classes]."""
+    from runners import stacked
     from runners.ensemble import activations_per_example, multiply_adds
 
     shape = info.shape or (info.features,)
@@ -225,7 +226,8 @@ def model_facts(spec: CustomModel, info: DatasetInfo) -> ModelFacts:
     convolutional = any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in module.modules())
     return ModelFacts(n_params=sum(p.numel() for p in module.parameters()),
                       activations=activations_per_example(module, shape),
-                      multiply_adds=multiply_adds(module, shape), convolutional=convolutional)
+                      multiply_adds=multiply_adds(module, shape), convolutional=convolutional,
+                      stacked=stacked.supports(module))
 
 
 # --- estimators --------------------------------------------------------------------------------------------

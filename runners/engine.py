@@ -3,8 +3,9 @@
 ``eager`` runs every operation as its own kernel (``runners.ensemble``); ``compiled`` fuses each step's
 gradient with torch.compile (``runners.compiled``); ``auto`` (the default) compiles where it pays and can
 hold: models without dropout or BatchNorm (the eager engine's per-step random masks and running statistics
-are what make dropout runs repeat and scratch replays match), without convolutions unless in float64 (where
-measured faster; ``inflang.cost.auto_compiles``), in ensembles of at least ``AUTO_MIN_MODEL_STEPS`` models x
+are what make dropout runs repeat and scratch replays match), not plain convolutional stacks (the convolution
+engine, ``runners.stacked``, is faster eager), other convolutional models only in float64 (where measured
+faster; ``inflang.cost.auto_compiles``), in ensembles of at least ``AUTO_MIN_MODEL_STEPS`` models x
 steps (e.g. 100 models for 1,000 steps), so that compiling, 2-30 s per shape and process, is paid back
 (small models are bound by per-step overhead, not FLOPs, so the count is of steps). The choice depends
 only on the task and the memory budget (model, dtype, ensemble size, steps; the default budget is fixed),
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from inflang.cost import ENGINES, auto_compiles
+from runners import stacked
 from runners.errors import SetupError
 
 _current = os.environ.get("INFLANG_ENGINE", "auto")
@@ -83,7 +85,7 @@ def choose(module: nn.Module, model_steps: int, requested: str | None = None) ->
         return "compiled"
     convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
     dtype = str(next(module.parameters()).dtype).removeprefix("torch.")
-    return "compiled" if auto_compiles(model_steps, convolutional, dtype) else "eager"
+    return "compiled" if auto_compiles(model_steps, convolutional, dtype, stacked.supports(module)) else "eager"
 
 
 def record(name: str) -> None:

@@ -22,9 +22,9 @@ with each convolution done one of these ways (``STRATEGIES``):
 A layer whose input every model shares (the first, on a full batch or a shared minibatch) reads it through a
 stride-0 batch, so each model's products are computed exactly as in an ensemble of one. In float64 a model's
 numbers do not depend on the ensemble's size (tested, so chunking changes no bits; in float32 torch's
-elementwise kernels already break that, with or without this module). tanh is computed as 2 sigmoid(2x) - 1:
-the same function, whose CPU kernel is vectorised where torch's tanh is not (10x faster here; within 2e-7 of it
-in float32 and 4e-16 in float64).
+elementwise kernels already break that, with or without this module). tanh is computed as 2 sigmoid(2x) - 1
+(``_Tanh``): the same function, whose CPU kernel is vectorised where torch's tanh is not (1.6-3x faster here;
+within 2e-7 of it in float32 and 4e-16 in float64).
 
 Which strategy runs is fixed per dtype and device (``STRATEGY``, the fastest measured by
 ``benchmarks/retrain.py``), never by timing. Inside ``torch.compile`` (the compiled engine) convolutions go
@@ -42,6 +42,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
+from torch.nn.utils import parametrize
 
 STRATEGIES = ("vmap", "grouped", "channels_last", "loop", "im2col", "matmul")
 # measured with benchmarks/retrain.py --convolutions on the 2-core machine (README, "Retraining engine")
@@ -69,21 +71,44 @@ def strategy(name: str) -> Iterator[None]:
 
 
 def _plain_conv(layer: nn.Module) -> bool:
-    return (isinstance(layer, nn.Conv1d | nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
-            and not isinstance(layer.padding, str))
+    return bool(type(layer) in (nn.Conv1d, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
+                and not isinstance(layer.padding, str))
+
+
+def _plain(layer: nn.Module) -> bool:
+    """Exactly a torch layer (no subclass, whose forward may differ), without hooks or parametrizations, which
+    this module's own arithmetic would skip."""
+    hooks = (layer._forward_hooks, layer._forward_pre_hooks, layer._backward_hooks, layer._backward_pre_hooks)
+    return not any(hooks) and not parametrize.is_parametrized(layer)
 
 
 def supports(module: nn.Module) -> bool:
-    """Whether ``module`` is a stack this module computes: an nn.Sequential (no buffers, no dropout) of
-    convolutions (ungrouped, numeric zero padding), Linear, Flatten, pooling and elementwise activations,
-    with at least one convolution (otherwise vmap's batched matmuls are already what this would do)."""
-    if not isinstance(module, nn.Sequential) or any(True for _ in module.buffers()):
+    """Whether ``module`` is a stack this module computes: exactly an nn.Sequential (no buffers, hooks or
+    parametrizations) of convolutions (ungrouped, numeric zero padding) and pooling, then one Flatten(1, -1),
+    then Linear layers, with elementwise activations anywhere, and at least one convolution (otherwise vmap's
+    batched matmuls are already what this would do)."""
+    if type(module) is not nn.Sequential or any(True for _ in module.buffers()) or not _plain(module):
         return False
-    layers = list(module)
-    if any(isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) != (1, -1) for m in layers):
+    if any((module_hooks._global_forward_hooks, module_hooks._global_forward_pre_hooks,
+            module_hooks._global_backward_hooks, module_hooks._global_backward_pre_hooks)):
         return False
-    return (any(_plain_conv(m) for m in layers)
-            and all(_plain_conv(m) or isinstance(m, (nn.Linear, nn.Flatten, *_ELEMENTWISE, *_POOLS)) for m in layers))
+    flat = False  # convolutions and pooling before the Flatten, Linear layers after it
+    for layer in module:
+        if not _plain(layer):
+            return False
+        if type(layer) is nn.Flatten:
+            if flat or (layer.start_dim, layer.end_dim) != (1, -1):
+                return False
+            flat = True
+        elif _plain_conv(layer) or type(layer) in _POOLS:
+            if flat or getattr(layer, "return_indices", False):
+                return False
+        elif type(layer) is nn.Linear:
+            if not flat:
+                return False
+        elif type(layer) not in _ELEMENTWISE:
+            return False
+    return any(_plain_conv(m) for m in module)
 
 
 def chosen(module: nn.Module, x: Tensor) -> str:
@@ -138,8 +163,8 @@ def forward(module: nn.Sequential, params: dict[str, Tensor], x: Tensor, per_mod
                 h = pooled.unflatten(0, moved.shape[:lead + 1]).movedim(0, -1)
             else:
                 h = layer(h) if shared else layer(h.flatten(0, 1)).unflatten(0, (count, -1))
-        elif isinstance(layer, nn.Tanh):  # torch's CPU tanh is scalar code (10x sigmoid's time): the same function
-            h = _Tanh.apply(h)
+        elif isinstance(layer, nn.Tanh) and h.device.type == "cpu":  # torch's CPU tanh: scalar code, 1.6-3x slower
+            h = _Tanh.apply(h, not shared)
         else:  # elementwise
             h = layer(h)
     if layout == "last":
@@ -284,18 +309,24 @@ class _Patches(torch.autograd.Function):
 
 
 class _Tanh(torch.autograd.Function):
-    """tanh(x) = 2 sigmoid(2x) - 1, the same function as torch.tanh, whose CPU kernel is scalar code here
-    (about 10x sigmoid's time); the backward is torch's own, grad (1 - tanh^2)."""
+    """tanh(x) = 2 sigmoid(2x) - 1, the same function as torch.tanh, whose CPU kernel is scalar code here (one
+    thread, per element: float32 3.4 ns against 1.05 ns this way, float64 3.8 against 2.3). The sigmoid runs
+    once per model on its own slab (``per_model``), so that which of a model's elements fall in the vector
+    kernel's scalar tail (which rounds differently) does not depend on the ensemble's size; 2x and -1 are exact
+    or correctly rounded either way. The backward is torch's own, grad (1 - tanh^2)."""
 
     @staticmethod
-    def forward(x: Tensor) -> Tensor:
-        return torch.sigmoid(x * 2).mul_(2).sub_(1)
+    def forward(x: Tensor, per_model: bool) -> Tensor:
+        out = x * 2
+        for slab in (out.unbind(0) if per_model else (out,)):
+            slab.sigmoid_()
+        return out.mul_(2).sub_(1)
 
     @staticmethod
     def setup_context(ctx: object, inputs: tuple[object, ...], output: Tensor) -> None:
         ctx.save_for_backward(output)  # type: ignore[attr-defined]
 
     @staticmethod
-    def backward(ctx: object, grad: Tensor) -> Tensor:
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:
         (out,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return torch.ops.aten.tanh_backward(grad, out)
+        return torch.ops.aten.tanh_backward(grad, out), None

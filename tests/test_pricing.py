@@ -132,7 +132,10 @@ def test_pricing_picks_the_engine_the_run_would():
     assert workload_of(task({**mlp, "dropout": 0.1}), None, "auto").engine == "eager"
     assert workload_of(task({**mlp, "dropout": 0.1}), None, "compiled").engine == "eager"
     assert workload_of(task(cnn), None, "auto").engine == "eager"
-    assert workload_of(task(cnn, "float64"), None, "auto").engine == "compiled"
+    assert workload_of(task(cnn, "float64"), None, "auto").engine == "eager"  # the convolution engine
+    resnet = {"arch": "resnet", "depth": 20, "norm": "none"}
+    assert workload_of(task(resnet, "float64"), None, "auto").engine == "compiled"
+    assert workload_of(task({"arch": "vgg", "depth": 11}, "float64"), None, "auto").engine == "eager"
     assert workload_of(task({"arch": "vgg", "depth": 11, "norm": "batch"}, "float64"), None, "auto").engine == "eager"
 
 

@@ -58,7 +58,8 @@ def test_every_strategy_is_the_same_function_as_vmap(how: str):
         assert stacked.supports(module), name
         params = _stacked_params(module, 3, 1)
         for per_model in (False, True):
-            x = torch.randn(*((3,) if per_model else ()), 5, *shape, dtype=torch.float64)
+            x = torch.randn(*((3,) if per_model else ()), 5, *shape, dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(5))
             ours = _logits_and_grads(_ours(module, x, per_model, how), params)
             reference = _logits_and_grads(_vmap(module, x, per_model), params)
             torch.testing.assert_close(ours[0], reference[0], rtol=1e-12, atol=1e-12, msg=f"{name}, {per_model}")
@@ -73,8 +74,9 @@ def test_a_model_computes_the_same_bits_in_any_ensemble():
     for name, (spec, shape) in CASES.items():
         module = build(spec, shape, 5, 0, torch.float64)
         params = _stacked_params(module, 7, 2)
+        g = torch.Generator().manual_seed(4)
         for per_model in (False, True):
-            x = torch.randn(*((7,) if per_model else ()), 6, *shape, dtype=torch.float64)
+            x = torch.randn(*((7,) if per_model else ()), 6, *shape, dtype=torch.float64, generator=g)
             how = stacked.chosen(module, x)
             assert how != "vmap"
             whole = _logits_and_grads(_ours(module, x, per_model, how), params)
@@ -94,18 +96,40 @@ def test_only_plain_convolutional_stacks_are_taken():
     assert not stacked.supports(nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"), nn.Flatten(), nn.Linear(8, 2)))
     assert not stacked.supports(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(0), nn.Linear(8, 2)))
     assert stacked.supports(build(CnnModel(arch="cnn", depth=2, channels=4), (1, 8, 8), 3, 0, torch.float32))
+    # a Linear before the Flatten (it would act on the last axis), pooling after it, a pool returning indices
+    assert not stacked.supports(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(6, 2), nn.Flatten()))
+    assert not stacked.supports(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.MaxPool1d(2)))
+    assert not stacked.supports(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2, return_indices=True)))
+
+    class Scaled(nn.Conv2d):  # a subclass's forward may differ from the convolution this module computes
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    assert not stacked.supports(nn.Sequential(Scaled(1, 2, 3), nn.Flatten(), nn.Linear(8, 2)))
+    with_hook = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    handle = with_hook[0].register_forward_hook(lambda module, args, out: out * 2)
+    assert not stacked.supports(with_hook)
+    handle.remove()
+    assert stacked.supports(with_hook)
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, out: None)
+    assert not stacked.supports(with_hook)
+    handle.remove()
+    nn.utils.parametrizations.weight_norm(with_hook[2])
+    assert not stacked.supports(with_hook)
     with pytest.raises(ValueError, match="not one of"), stacked.strategy("fast"):
         pass
 
 
 def test_tanh_through_sigmoid_is_tanh():
     x = torch.linspace(-30, 30, 20001, dtype=torch.float64)
-    torch.testing.assert_close(stacked._Tanh.apply(x), torch.tanh(x), rtol=0, atol=4e-16)
+    for per_model in (False, True):
+        torch.testing.assert_close(stacked._Tanh.apply(x.view(3, -1), per_model).flatten(), torch.tanh(x),
+                                   rtol=0, atol=4e-16)
     x32 = x.float()
-    torch.testing.assert_close(stacked._Tanh.apply(x32), torch.tanh(x32), rtol=0, atol=3e-7)
-    leaf = torch.randn(20, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(stacked._Tanh.apply, (leaf,))
-    torch.testing.assert_close(torch.func.grad(lambda v: stacked._Tanh.apply(v).sum())(leaf.detach()),
+    torch.testing.assert_close(stacked._Tanh.apply(x32, False), torch.tanh(x32), rtol=0, atol=3e-7)
+    leaf = torch.randn(4, 5, dtype=torch.float64, requires_grad=True, generator=torch.Generator().manual_seed(0))
+    assert torch.autograd.gradcheck(lambda v: stacked._Tanh.apply(v, True), (leaf,))
+    torch.testing.assert_close(torch.func.grad(lambda v: stacked._Tanh.apply(v, True).sum())(leaf.detach()),
                                1 - torch.tanh(leaf.detach()) ** 2)
 
 

@@ -35,6 +35,7 @@ class LogregModel(Spec):
     """Multinomial logistic regression: logits = W x + b (convex with weight decay > 0)."""
 
     convolutional: ClassVar[bool] = False  # has convolutions (the engine choice depends on it)
+    stacked: ClassVar[bool] = False  # a plain convolutional stack (runners.stacked)
 
     arch: Literal["logreg"]
 
@@ -53,6 +54,7 @@ class MlpModel(Spec):
     (images are flattened first). The Iris networks of Basu et al. 2021, Sec. 5.1."""
 
     convolutional: ClassVar[bool] = False  # has convolutions (the engine choice depends on it)
+    stacked: ClassVar[bool] = False  # a plain convolutional stack (runners.stacked)
 
     arch: Literal["mlp"]
     depth: int = Field(2, ge=1, le=64, description="number of hidden layers")
@@ -85,6 +87,7 @@ class CnnModel(Spec):
     channels and relu it is Greydanus's (2020) MNIST-1D CNN."""
 
     convolutional: ClassVar[bool] = True  # has convolutions (the engine choice depends on it)
+    stacked: ClassVar[bool] = True  # a plain layer stack: retrained by the convolution engine
     late_fields: ClassVar[tuple[str, ...]] = ("kernel", "padding")
 
     arch: Literal["cnn"]
@@ -141,6 +144,7 @@ class LenetModel(Spec):
     activation and 2x2 average pooling, then fully connected layers of 120 and 84 units."""
 
     convolutional: ClassVar[bool] = True  # has convolutions (the engine choice depends on it)
+    stacked: ClassVar[bool] = True  # a plain layer stack: retrained by the convolution engine
 
     arch: Literal["lenet"]
     activation: Activation = Field("tanh", description="tanh | relu | gelu | selu | sigmoid")
@@ -190,6 +194,11 @@ class VggModel(Spec):
     norm: Literal["batch", "group", "none"] = Field("none", description="batch | group (up to 8 groups) | none")
     activation: Activation = Field("relu", description="tanh | relu | gelu | selu | sigmoid")
 
+    @property
+    def stacked(self) -> bool:
+        """Without normalisation, a plain layer stack: retrained by the convolution engine (runners.stacked)."""
+        return self.norm == "none"
+
     def channels(self) -> list[int | str]:
         return [max(1, int(round(c * self.width_multiplier))) if isinstance(c, int) else c
                 for c in VGG_LAYERS[self.depth]]
@@ -237,6 +246,7 @@ class ResnetModel(Spec):
     (stacked buffers), training on batch statistics and evaluating on running ones as ``nn.BatchNorm`` does."""
 
     convolutional: ClassVar[bool] = True  # has convolutions (the engine choice depends on it)
+    stacked: ClassVar[bool] = False  # a plain convolutional stack (runners.stacked)
 
     arch: Literal["resnet"]
     depth: Literal[20, 32, 56, 18, 50] = Field(20, description="20 | 32 | 56 (CIFAR-style) | 18 | 50 (ImageNet)")
@@ -308,6 +318,7 @@ class TransformerModel(Spec):
     LayerNorm, mean pooling over tokens and a linear head. Dropout after the attention and MLP outputs."""
 
     convolutional: ClassVar[bool] = False
+    stacked: ClassVar[bool] = False  # a plain convolutional stack (runners.stacked)
 
     arch: Literal["transformer"]
     width: int = Field(32, ge=2, le=4096, description="the token embedding's size")
@@ -365,6 +376,7 @@ class ModelFacts:
     activations: int  # layer outputs kept per example (Linear, Conv1d and Conv2d, before and after their activation)
     multiply_adds: int  # of one example's forward pass through its Linear, Conv1d and Conv2d layers
     convolutional: bool
+    stacked: bool = False  # a plain convolutional stack, retrained by the convolution engine (runners.stacked)
 
 
 class CustomModel(CodeFields):
@@ -380,6 +392,10 @@ class CustomModel(CodeFields):
     @property
     def convolutional(self) -> bool:
         return self._facts.convolutional if self._facts is not None else False
+
+    @property
+    def stacked(self) -> bool:
+        return self._facts.stacked if self._facts is not None else False
 
     def with_facts(self, facts: ModelFacts) -> CustomModel:
         copy = self.model_copy()
