@@ -22,16 +22,20 @@ from runners.estimators.kfac import Factors, kronecker_factors, kronecker_invers
 
 
 def corrected_eigenvalues(inputs: EstimatorInputs, factors: Factors) -> Factors:
-    """The same eigenbasis with the grid replaced by the curvature's diagonal in it (a second data pass)."""
+    """The same eigenbasis with the grid replaced by the curvature's diagonal in it (a second data pass). Each
+    example's pseudo-gradient matrix G_ik = sum_t g_itk a_it^T [out, in] is formed first and then rotated,
+    Q_S^T G_ik Q_A, which costs out in (out + in) per example instead of rotating its T positions' inputs and
+    outputs (T (in^2 + out^2)); a chunk in the model's dtype, summed over chunks in float64."""
     grid = [torch.zeros_like(g) for g in factors.grid]
     for chunk in layer_statistics(inputs, factors.layers, factors.fisher):
         for j, (a, g) in enumerate(chunk):
-            a_rot = a @ factors.q_a[j]  # [N, T, in]
-            g_rot = g @ factors.q_s[j]  # [N, K, T, out]
+            q_a, q_s = factors.q_a[j].to(a.dtype), factors.q_s[j].to(a.dtype)
             if a.shape[1] == 1:  # one position: the projected matrix is an outer product
-                grid[j] += torch.einsum("nko,ni->oi", g_rot[:, :, 0] ** 2, a_rot[:, 0] ** 2)
+                part = torch.einsum("nko,ni->oi", (g[:, :, 0] @ q_s) ** 2, (a[:, 0] @ q_a) ** 2)
             else:
-                grid[j] += (torch.einsum("nkto,nti->nkoi", g_rot, a_rot) ** 2).sum((0, 1))
+                rotated = q_s.T @ torch.einsum("nkto,nti->nkoi", g, a) @ q_a  # [N, K, out, in]
+                part = (rotated * rotated).sum((0, 1))
+            grid[j] += part.to(torch.float64)
     return Factors(factors.layers, factors.q_a, factors.q_s, [g / inputs.n for g in grid], factors.fisher)
 
 

@@ -108,7 +108,7 @@ def output_hessian_root(logits: Tensor, regression: bool = False) -> Tensor:
 
 def _patches(layer: KroneckerLayer, inp: Tensor) -> Tensor:
     """A layer's inputs as [N, T, in (+1)]: a convolution's unfolded patches (T positions; a Conv1d's as a
-    1 x length image), extended by 1 for a bias."""
+    1 x length image), extended by 1 for a bias (one copy, written in place)."""
     m = layer.module
     if isinstance(m, nn.Conv2d):
         assert not isinstance(m.padding, str)  # refused in kronecker_layers
@@ -119,10 +119,14 @@ def _patches(layer: KroneckerLayer, inp: Tensor) -> Tensor:
                      (1, m.stride[0])).transpose(1, 2)
     else:
         a = inp.reshape(inp.shape[0], -1, inp.shape[-1])
-    parts = [a] if layer.weight is not None else []
-    if layer.bias is not None:
-        parts.append(torch.ones(*a.shape[:2], 1, dtype=a.dtype))
-    return torch.cat(parts, dim=2)
+    if layer.bias is None:
+        return a
+    width = a.shape[2] if layer.weight is not None else 0
+    out = a.new_empty(*a.shape[:2], width + 1)
+    if width:
+        out[..., :width] = a
+    out[..., width] = 1.0
+    return out
 
 
 def _outputs(layer: KroneckerLayer, grad: Tensor) -> Tensor:
@@ -165,7 +169,8 @@ def layer_statistics(inputs: EstimatorInputs, layers: list[KroneckerLayer], fish
                      ) -> Iterator[list[tuple[Tensor, Tensor]]]:
     """Per chunk of training examples, per layer: (inputs a [N, T, in(+1)], pseudo-gradients g [N, K, T, out]),
     g[:, k] the output gradients backpropagated from column k of the output Hessian's root (``expected``, the
-    Gauss-Newton matrix) or from the true-label loss gradient (``empirical``, K = 1) (float64)."""
+    Gauss-Newton matrix) or from the true-label loss gradient (``empirical``, K = 1), in the model's dtype
+    (a chunk's sums are taken in it and accumulated over chunks in float64, as kronfluence does)."""
     params = {k: v.detach().requires_grad_(True) for k, v in inputs.params.items()}
     x = inputs.x_train
     with torch.no_grad():
@@ -186,8 +191,8 @@ def layer_statistics(inputs: EstimatorInputs, layers: list[KroneckerLayer], fish
                    for k in range(classes)]
         chunk = []
         for j, layer in enumerate(layers):
-            a = _patches(layer, seen[layer.path][0].detach()).to(torch.float64)
-            g = torch.stack([_outputs(layer, col[j]) for col in columns], dim=1).to(torch.float64)
+            a = _patches(layer, seen[layer.path][0].detach())
+            g = torch.stack([_outputs(layer, col[j]) for col in columns], dim=1)
             chunk.append((a, g))
         yield chunk
 
@@ -211,8 +216,8 @@ def kronecker_factors(inputs: EstimatorInputs, layers: list[KroneckerLayer], fis
     for chunk in layer_statistics(inputs, layers, fisher):
         for j, (a, g) in enumerate(chunk):
             T = a.shape[1]
-            a_part = torch.einsum("ntp,ntq->pq", a, a)
-            s_part = torch.einsum("nktp,nktq->pq", g, g) / T
+            a_part = torch.einsum("ntp,ntq->pq", a, a).to(torch.float64)
+            s_part = torch.einsum("nktp,nktq->pq", g, g).to(torch.float64) / T
             A[j] = a_part if A[j].numel() == 0 else A[j] + a_part
             S[j] = s_part if S[j].numel() == 0 else S[j] + s_part
     q_a, q_s, grid = [], [], []
