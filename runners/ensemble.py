@@ -389,11 +389,14 @@ def activations_per_example(module: nn.Module, input_shape: tuple[int, ...]) -> 
 
     layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
     handles = [m.register_forward_hook(hook) for m in layers]
+    was_training = module.training
     try:
+        module.eval()  # a training-mode pass would overwrite BatchNorm's running statistics with this zero input
         with torch.no_grad():
             dtype = next(module.parameters()).dtype
             module(torch.zeros(1, *input_shape, dtype=dtype))
     finally:
+        module.train(was_training)
         for h in handles:
             h.remove()
     return count

@@ -90,7 +90,7 @@ def test_training_gradients_in_chunks_and_streamed(problem):
     products = fresh.train_products(M)
     assert not fresh._cache  # nothing kept
     assert rel(products, M @ whole.T) < 1e-12
-    assert rel(fresh.train_gradients(), whole) < 1e-12  # in 6 passes of 7 rows and one of 5
+    assert rel(fresh.train_gradients(), whole) < 1e-12  # in 5 passes of 7 rows and one of 5
     assert rel(fresh.train_products(M), M @ whole.T) < 1e-12  # from the cache now
 
 

@@ -91,7 +91,11 @@ def test_representer_points_on_logistic_regression():
     assert np.allclose(ours, expected, rtol=1e-10)
 
 
-def test_datainf_matches_its_closed_form(setup):
+@pytest.mark.parametrize("cast", [None, 40])
+def test_datainf_matches_its_closed_form(setup, monkeypatch, cast: int | None):
+    """Also with the gradients cast to float64 a few rows at a time (40 entries: 2-3 rows of a layer)."""
+    if cast is not None:
+        monkeypatch.setattr("runners.estimators.datainf.CAST_ELEMENTS", cast)
     module, x, y, trained = setup
     inputs = EstimatorInputs(module, trained.params, x, y, x[:2], y[:2], "test_loss", 0.05, 0)
     ours = ESTIMATORS["datainf"](DataInfEstimator(name="datainf", damping=0.01), inputs).numpy()

@@ -35,22 +35,34 @@ def layer_slices(inputs: EstimatorInputs) -> list[slice]:
     return [slice(a, b) for a, b in bounds.values()]
 
 
+CAST_ELEMENTS = 1 << 23  # gradient entries cast to float64 at once (64 MB)
+
+
 def datainf_inverse(spec: DataInfEstimator, inputs: EstimatorInputs) -> Callable[[Tensor], Tensor]:
-    G = inputs.train_gradients()  # [n, P]
+    """The per-layer Sherman-Morrison average as a map X [K, P] -> rows of that matrix times X (float64),
+    from the training gradients in the model's dtype, cast to float64 a block of rows at a time (never a
+    float64 copy of all of them: 4.3 GB on ResNet-20 with 2,000 examples)."""
+    G = inputs.train_gradients(native=True)  # [n, P]
     n = inputs.n
     parts = []
     for cols in layer_slices(inputs):
         g = G[:, cols]
-        norms = (g * g).sum(1)
+        step = max(1, CAST_ELEMENTS // max(1, g.shape[1]))
+        blocks = [slice(lo, lo + step) for lo in range(0, n, step)]
+        norms = torch.cat([(g[rows].to(torch.float64) ** 2).sum(1) for rows in blocks])
         lam = spec.damping if spec.damping is not None else 0.1 * float(norms.mean()) / g.shape[1]
-        parts.append((cols, g, norms, max(inputs.weight_decay + lam, 1e-12)))
+        parts.append((cols, g, blocks, norms, max(inputs.weight_decay + lam, 1e-12)))
 
     def apply(X: Tensor) -> Tensor:
         out = torch.zeros_like(X)
-        for cols, g, norms, lam in parts:
+        for cols, g, blocks, norms, lam in parts:
             x = X[:, cols]
-            coef = (x @ g.T) / (lam + norms)  # [K, n]
-            out[:, cols] = (n * x - coef @ g) / (n * lam)
+            total = n * x
+            for rows in blocks:
+                block = g[rows].to(torch.float64)
+                coef = (x @ block.T) / (lam + norms[rows])  # [K, rows]
+                total -= coef @ block
+            out[:, cols] = total / (n * lam)
         return out
 
     return apply
