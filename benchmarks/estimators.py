@@ -321,13 +321,14 @@ def agreement(peer: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
 
 def targets(row: dict[str, Any]) -> list[str]:
     """The targets a peer's row misses: inflang at least as fast (peer/inflang time >= 1), inflang's peak
-    memory at most 1.5x the peer's, and for EK-FAC against kronfluence a Pearson correlation >= 0.99."""
+    memory at most 1.5x the peer's (not judged where the peer's measured growth is not positive), and for
+    EK-FAC against kronfluence a Pearson correlation >= 0.99 (a missing or NaN correlation misses it)."""
     missed = []
-    if "peer_over_inflang" in row and row["peer_over_inflang"] < TIME_TARGET:
+    if "peer_over_inflang" in row and not row["peer_over_inflang"] >= TIME_TARGET:
         missed.append("time")
-    if "inflang_mb" in row and row["inflang_mb"] > MEMORY_TARGET * max(row["peak_mb"], 0.0):
+    if "inflang_mb" in row and row["peak_mb"] > 0 and not row["inflang_mb"] <= MEMORY_TARGET * row["peak_mb"]:
         missed.append("memory")
-    if (row["estimator"], row["implementation"]) in PEARSON_TARGETS and row.get("pearson", 0.0) < PEARSON_TARGET:
+    if (row["estimator"], row["implementation"]) in PEARSON_TARGETS and not row.get("pearson", 0.0) >= PEARSON_TARGET:
         missed.append("pearson")
     return missed
 
@@ -388,16 +389,20 @@ def main() -> None:
             mine = run_one([sys.executable, str(Path(__file__).resolve()), "--worker", str(path), name, str(out)],
                            out, timeout, limit)
             rows.append({"estimator": name, "implementation": "inflang", **_summary(mine, None)})
+            _progress(rows[-1])
             reference = np.array(mine["scores"]) if "scores" in mine else None
             for peer in PEERS.get(name, []) if args.peers_python else []:
                 if (name, peer) in PEERS_LEFT_OUT.get(args.problem, {}):
                     rows.append({"estimator": name, "implementation": peer,
                                  "error": "left out: " + PEERS_LEFT_OUT[args.problem][(name, peer)]})
+                    _progress(rows[-1])
                     continue
                 out = Path(tmp) / f"{peer}-{name}.json"
                 result = run_one([args.peers_python, str(HERE / "peers.py"), str(path), peer, name, str(out)],
                                  out, timeout, limit)
                 row = {"estimator": name, "implementation": peer, **_summary(result, reference)}
+                if "error" in mine and "error" not in row:
+                    row["missed"] = ["inflang failed"]
                 if "seconds" in mine and "seconds" in row:
                     row["peer_over_inflang"] = row["seconds"] / mine["seconds"]
                     row["inflang_mb"] = mine["peak_mb"]
@@ -405,6 +410,7 @@ def main() -> None:
                         row["memory_inflang_over_peer"] = mine["peak_mb"] / row["peak_mb"]
                     row["missed"] = targets(row)
                 rows.append(row)
+                _progress(row)
     if args.json:
         print(json.dumps(rows, indent=1))
         return
@@ -424,6 +430,11 @@ def main() -> None:
     for (estimator, peer), note in PEER_NOTES.items():
         if any(r["estimator"] == estimator and r["implementation"] == peer for r in rows):
             print(f"{estimator} / {peer}: {note}")
+
+
+def _progress(row: dict[str, Any]) -> None:
+    """Each row on stderr as it is measured, so that a run cut short (a GPU lease's end) keeps what it did."""
+    print("row: " + json.dumps(row), file=sys.stderr, flush=True)
 
 
 def _summary(result: dict[str, Any], reference: np.ndarray | None) -> dict[str, Any]:

@@ -154,7 +154,7 @@ def perturbed(start: dict[str, Tensor], names: list[str], probes: int, seed: int
     out = stack(start, probes)
     for k in names:
         v = out[k]
-        z = torch.randn(v.shape, generator=generator, dtype=torch.float64).to(device=v.device)
+        z = torch.randn(v.shape, generator=generator, dtype=torch.float64, device="cpu").to(device=v.device)
         out[k] = nudged(v, z)
     return out
 

@@ -123,7 +123,7 @@ def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[n
     if extra:  # resolution probes: the control refitted from a start a rounding unit away (common.perturbed)
         z = torch.randn(extra, P, generator=torch.Generator().manual_seed(derive_seed(p.setup.order_seeds[0],
                                                                                       "resolution probes")),
-                        dtype=torch.float64).to(device=theta.device, dtype=theta.dtype)
+                        dtype=torch.float64, device="cpu").to(device=theta.device, dtype=theta.dtype)
         starts[1:1 + extra] = nudged(theta.expand(extra, P), z)
     refit = newton_refit(p.module, p.setup.trained, p.x_train, p.y_train, all_weights, p.training.weight_decay,
                          H0, tol, spec.max_iter, spec.damping, hessian_chunk=max(1, budget // (32 * P * P)),
