@@ -11,21 +11,24 @@ ITEMSIZE = {"float32": 4, "float64": 8}
 
 ENGINES = ("auto", "compiled", "eager")  # the retraining engines (runners.engine)
 AUTO_MIN_MODEL_STEPS = 100_000  # auto compiles an ensemble of at least this many models x steps
+STACKED_DEVICES = ("cpu",)  # where the convolution engine runs (the devices of runners.stacked.STRATEGY)
 
 
-def auto_compiles(model_steps: int, convolutional: bool, dtype: str, stacked: bool = False) -> bool:
+def auto_compiles(model_steps: int, convolutional: bool, dtype: str, stacked: bool = False,
+                  device: str = "cpu") -> bool:
     """Whether ``--engine auto`` compiles an ensemble of ``model_steps`` models x steps, chosen by measurement
     (``benchmarks/retrain.py`` on this 2-core machine): compiled steps are 1.4-2.0x faster than eager ones for
     MLPs in float32 (1.15-1.7x in float64). A plain convolutional stack (``stacked``: cnn, lenet, vgg without
     normalisation, a study's own nn.Sequential of such layers) retrains eagerly on the convolution engine
-    (runners.stacked), 1.7x faster than compiled in float32 and 2.0x in float64 on the digits CNN at one
-    thread (inductor writes its batched matmuls as loops, so compiled steps keep vmap's grouped convolutions).
-    Other convolutional models (resnet) keep those grouped convolutions either way: compiling the rest of the
-    step gained 1.2-1.4x in float64 and nothing in float32. Compiling costs 2-30 s per shape on a cold
+    (runners.stacked) on the devices it covers (``STACKED_DEVICES``): 1.1x faster than compiled in float32
+    and 1.6x in float64 on the digits CNN at one thread (inductor writes its batched matmuls as loops, so
+    compiled steps keep vmap's grouped convolutions). Other convolutional models (resnet, and every one on a
+    GPU) keep those grouped convolutions either way: compiling the rest of the step gained 1.2-1.4x in
+    float64 and nothing in float32. Compiling costs 2-30 s per shape on a cold
     inductor cache and about a second from its on-disk cache: at ``AUTO_MIN_MODEL_STEPS`` (~2 s saved per
     100,000 Iris-MLP model-steps) a cold compile about breaks even (the quickstart: 72.6 s against 73.0 s
     eager) and a warm one pays (57.8 s)."""
-    if model_steps < AUTO_MIN_MODEL_STEPS or stacked:
+    if model_steps < AUTO_MIN_MODEL_STEPS or (stacked and device.split(":")[0] in STACKED_DEVICES):
         return False
     return not convolutional or dtype == "float64"
 

@@ -220,6 +220,8 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         workload = {"model": _dump(s.model), "shape": list(info.shape) if info.shape else None,
                     "features": info.features, "classes": info.classes, "regression": info.regression,
                     "dtype": s.training.dtype, "batch": batch}
+        if isinstance(s.model, CustomModel):  # the probed module's facts, which its dump leaves out
+            workload["facts"] = s.model.engine_facts()
         train = b.add("train", train_inputs, (), train_steps, 1, hashed=train_hashed, flops=train_steps * step_flops,
                       workload={**workload, "steps": train_steps, "engine": "eager"})
         exact_diagnostics = s.hessian is not None and s.hessian.method == "exact"

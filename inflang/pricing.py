@@ -143,7 +143,7 @@ def newton_seconds(task: Task, work: Workload, device: str, threads: int, rates:
     return hessian + per_refit * int(task.workload["newton_refits"])
 
 
-def workload_of(task: Task, budget: int | None, engine: str) -> Workload | None:
+def workload_of(task: Task, budget: int | None, engine: str, device: str = "cpu") -> Workload | None:
     """The step a training or retraining task repeats, at its largest ensemble; None for other tasks."""
     if task.workload is None or not task.cost_steps:
         return None
@@ -153,12 +153,14 @@ def workload_of(task: Task, budget: int | None, engine: str) -> Workload | None:
     models = max(1, min(chunk, CALIBRATION_MODELS, int(CALIBRATION_FLOPS // max(step_flops, 1))))
     spec = {k: v for k, v in task.workload.items() if k not in ("engine", "newton_refits", "n_train")}
     model = _MODELS.validate_python(spec["model"])
+    facts = spec.get("facts") or {}  # a study's own model: what probing its module found
     # the engine's own exclusions (runners.engine.fixed_structure): dropout masks and BatchNorm statistics
-    fixed = not getattr(model, "dropout", 0.0) and getattr(model, "norm", "none") != "batch"
+    fixed = facts.get("fixed", not getattr(model, "dropout", 0.0) and getattr(model, "norm", "none") != "batch")
     if not fixed:
         requested = "eager"
     elif requested == "auto":  # auto decides on the whole chunk, not on the calibration's share of it
-        compiles = auto_compiles(chunk * int(spec["steps"]), model.convolutional, spec["dtype"], model.stacked)
+        compiles = auto_compiles(chunk * int(spec["steps"]), facts.get("convolutional", model.convolutional),
+                                 spec["dtype"], facts.get("stacked", model.stacked), device)
         requested = "compiled" if compiles else "eager"
     return Workload(spec, models, requested)
 
@@ -176,7 +178,7 @@ def price(tasks: list[Task], budget: int | None, engine: str, device: str, threa
     out = {}
     for task in tasks:
         parts: list[float | None] = []
-        work = workload_of(task, budget, engine)
+        work = workload_of(task, budget, engine, device)
         if work is not None:
             rate = rates.get(work.key(device, threads))
             parts.append(None if rate is None else rate * task.model_steps(budget))
@@ -198,7 +200,7 @@ def unmeasured(plan: Plan, tasks: list[Task], budget: int | None, engine: str, d
     """The distinct workloads of ``tasks`` that have no measured rate yet, by key."""
     missing: dict[str, Workload] = {}
     for task in tasks:
-        for work in (workload_of(task, budget, engine), newton_workload_of(task)):
+        for work in (workload_of(task, budget, engine, device), newton_workload_of(task)):
             if work is not None:
                 key = work.key(device, threads)
                 if rates.get(key) is None:

@@ -207,6 +207,7 @@ def model_facts(spec: CustomModel, info: DatasetInfo) -> ModelFacts:
     """Sizes of the factory's module for the dataset (one forward pass of two examples, float64), checking
     that it maps [b, *input_shape] to [b, classes]."""
     from runners import stacked
+    from runners.engine import fixed_structure
     from runners.ensemble import activations_per_example, multiply_adds
 
     shape = info.shape or (info.features,)
@@ -227,7 +228,7 @@ def model_facts(spec: CustomModel, info: DatasetInfo) -> ModelFacts:
     return ModelFacts(n_params=sum(p.numel() for p in module.parameters()),
                       activations=activations_per_example(module, shape),
                       multiply_adds=multiply_adds(module, shape), convolutional=convolutional,
-                      stacked=stacked.supports(module))
+                      stacked=stacked.supports(module), fixed=fixed_structure(module))
 
 
 # --- estimators --------------------------------------------------------------------------------------------

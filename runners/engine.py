@@ -28,6 +28,7 @@ from torch import nn
 
 from inflang.cost import ENGINES, auto_compiles
 from runners import stacked
+from runners.device import current as current_device
 from runners.errors import SetupError
 
 _current = os.environ.get("INFLANG_ENGINE", "auto")
@@ -85,7 +86,9 @@ def choose(module: nn.Module, model_steps: int, requested: str | None = None) ->
         return "compiled"
     convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
     dtype = str(next(module.parameters()).dtype).removeprefix("torch.")
-    return "compiled" if auto_compiles(model_steps, convolutional, dtype, stacked.supports(module)) else "eager"
+    device = current_device().type  # the task's device context
+    compiles = auto_compiles(model_steps, convolutional, dtype, stacked.supports(module), device)
+    return "compiled" if compiles else "eager"
 
 
 def record(name: str) -> None:

@@ -317,7 +317,7 @@ class _Tanh(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, per_model: bool) -> Tensor:
-        out = x * 2
+        out = (x * 2).contiguous()  # a model's slab contiguous whatever the layout (grouped outputs are not)
         for slab in (out.unbind(0) if per_model else (out,)):
             slab.sigmoid_()
         return out.mul_(2).sub_(1)

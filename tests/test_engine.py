@@ -97,6 +97,12 @@ def test_choice_follows_the_model_and_the_work():
     residual = ResidualConv()  # not a plain stack: vmap's grouped convolutions, compiled in float64 (1.3x)
     assert engine.choose(residual, 10**9, "auto") == "eager"
     assert engine.choose(residual.double(), 10**9, "auto") == "compiled"
+    with torch.device("meta"):  # a device the convolution engine does not cover: as any convolutional model
+        assert engine.choose(conv32.double(), 10**9, "auto") == "compiled"
+    from inflang.cost import STACKED_DEVICES
+    from runners.stacked import STRATEGY
+
+    assert set(STACKED_DEVICES) == {device for device, _ in STRATEGY}
     # multiply-adds of one example's forward pass (the benchmark's and the plan's FLOP count), by hand
     assert multiply_adds(mlp, (4,)) == 4 * 6 + 6 * 6 + 6 * 3
     conv, _, _, _ = _problem(conv=True)

@@ -136,6 +136,17 @@ def test_pricing_picks_the_engine_the_run_would():
     resnet = {"arch": "resnet", "depth": 20, "norm": "none"}
     assert workload_of(task(resnet, "float64"), None, "auto").engine == "compiled"
     assert workload_of(task({"arch": "vgg", "depth": 11}, "float64"), None, "auto").engine == "eager"
+    # on a GPU the convolution engine does not run: compiled grouped convolutions in float64, as for resnet
+    assert workload_of(task(cnn, "float64"), None, "auto", "cuda:0").engine == "compiled"
+    # a study's own model: the probed facts travel in the workload (a dump of the spec leaves them out)
+    own = {"arch": "custom", "factory": "nets:conv_stack"}
+    custom = task(own)
+    custom.workload["facts"] = {"convolutional": True, "stacked": True, "fixed": True}
+    assert workload_of(custom, None, "auto").engine == "eager"
+    custom.workload["facts"] = {"convolutional": False, "stacked": False, "fixed": True}
+    assert workload_of(custom, None, "auto").engine == "compiled"
+    custom.workload["facts"] = {"convolutional": False, "stacked": False, "fixed": False}  # dropout inside
+    assert workload_of(custom, None, "auto").engine == "eager"
     assert workload_of(task({"arch": "vgg", "depth": 11, "norm": "batch"}, "float64"), None, "auto").engine == "eager"
 
 

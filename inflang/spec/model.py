@@ -377,6 +377,7 @@ class ModelFacts:
     multiply_adds: int  # of one example's forward pass through its Linear, Conv1d and Conv2d layers
     convolutional: bool
     stacked: bool = False  # a plain convolutional stack, retrained by the convolution engine (runners.stacked)
+    fixed: bool = True  # no dropout and no buffers: the compiled engine may run it (runners.engine.fixed_structure)
 
 
 class CustomModel(CodeFields):
@@ -396,6 +397,13 @@ class CustomModel(CodeFields):
     @property
     def stacked(self) -> bool:
         return self._facts.stacked if self._facts is not None else False
+
+    def engine_facts(self) -> dict[str, bool]:
+        """What the engine choice needs from the probed module, for a plan's workload (a dump of the spec
+        leaves the probed facts out)."""
+        facts = self._facts
+        return {"convolutional": self.convolutional, "stacked": self.stacked,
+                "fixed": facts.fixed if facts is not None else True}
 
     def with_facts(self, facts: ModelFacts) -> CustomModel:
         copy = self.model_copy()
