@@ -20,13 +20,13 @@ def auto_compiles(model_steps: int, convolutional: bool, dtype: str, stacked: bo
     (``benchmarks/retrain.py`` on this 2-core machine): compiled steps are 1.4-2.0x faster than eager ones for
     MLPs in float32 (1.15-1.7x in float64). A plain convolutional stack (``stacked``: cnn, lenet, vgg without
     normalisation, a study's own nn.Sequential of such layers) retrains eagerly on the convolution engine
-    (runners.stacked) on the devices it covers (``STACKED_DEVICES``): 1.1x faster than compiled in float32
-    and 1.6x in float64 on the digits CNN at one thread (inductor writes its batched matmuls as loops, so
-    compiled steps keep vmap's grouped convolutions). Other convolutional models (resnet, and every one on a
-    GPU) keep those grouped convolutions either way: compiling the rest of the step gained 1.2-1.4x in
-    float64 and nothing in float32. Compiling costs 2-30 s per shape on a cold
-    inductor cache and about a second from its on-disk cache: at ``AUTO_MIN_MODEL_STEPS`` (~2 s saved per
-    100,000 Iris-MLP model-steps) a cold compile about breaks even (the quickstart: 72.6 s against 73.0 s
+    (runners.stacked) on the devices it covers (``STACKED_DEVICES``): on the digits CNN at one thread as fast
+    as compiled in float32 (1.1x, within run-to-run noise) and 1.6x faster in float64 (inductor writes its
+    batched matmuls as loops, so compiled steps keep vmap's grouped convolutions). Other convolutional
+    models (resnet, and every one on a GPU) keep those grouped convolutions either way: compiling the rest
+    of the step gained 1.2-1.4x in float64 and nothing in float32. Compiling costs 2-30 s per shape on a
+    cold inductor cache and about a second from its on-disk cache: at ``AUTO_MIN_MODEL_STEPS`` (~2 s saved
+    per 100,000 Iris-MLP model-steps) a cold compile about breaks even (the quickstart: 72.6 s against 73.0 s
     eager) and a warm one pays (57.8 s)."""
     if model_steps < AUTO_MIN_MODEL_STEPS or (stacked and device.split(":")[0] in STACKED_DEVICES):
         return False
