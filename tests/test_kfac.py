@@ -262,7 +262,8 @@ def test_per_example_gradients_are_the_same_in_chunks(mlp):
     flat = FlatModel(module, params)
     whole = gradients(flat, x, y)
     chunked = gradients(flat, x, y, budget=7 * flat.theta.numel() * 8)  # 7 rows at a time
-    assert torch.equal(whole, chunked)
+    # rows of 7 and of all 30 may run different matmul kernels (AVX2 vs AVX-512 blocking): equal to rounding
+    torch.testing.assert_close(chunked, whole, rtol=1e-13, atol=1e-16)
     assert np.allclose(whole.numpy(), per_example_grads(module, params, x, y), rtol=1e-12, atol=1e-15)
 
 

@@ -49,9 +49,9 @@ def test_specs_count_what_the_modules_have(spec):
 def test_a_transformer_study_runs_every_estimator_family(write, tmp_path: Path):
     study = write("t.yaml", """\
         study: attention
-        dataset: {name: mnist1d, test_size: 20, subsample: 150}
-        model: {arch: transformer, width: 8, heads: 2, depth: 1}
-        training: {optimizer: adam, lr: 0.01, epochs: 3, batch_size: 50, weight_decay: 0.01, dtype: float64}
+        dataset: {name: mnist1d, test_size: 20, subsample: 40}
+        model: {arch: transformer, width: 4, heads: 2, depth: 1}
+        training: {optimizer: adam, lr: 0.01, epochs: 3, batch_size: 10, weight_decay: 0.01, dtype: float64}
         estimators:
           - {name: exact, damping: 0.01, negative: abs}
           - {name: ekfac}
