@@ -27,7 +27,7 @@ from inflang.plan import KINDS, Plan, compile_study
 from inflang.scheduler import Events
 from inflang.spec.study import is_study_name
 from inflang.store import Store, run_query, write_parquet
-from inflang.sweep import label
+from inflang.sweep import label, seeds_by_points
 from inflang.validate import LoadedStudy, load_study
 
 app = typer.Typer(
@@ -365,7 +365,7 @@ def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | No
         values += [interval_text(ce, ce_lo, ce_hi)] if with_ceiling else []
         if with_resolution:
             values.append("-" if below is None or math.isnan(below) else f"{100 * below:.1f}%")
-        values += [f"{seeds} x {round(points / seeds)}" if seeds else "-", status]
+        values += [seeds_by_points(seeds, points), status]
         table.add_row(*values)
     return table
 
@@ -589,8 +589,9 @@ def init(
 
 
 @app.command(name="ls")
+@app.command(name="status", help="Alias of ls: the studies in a database, their cells and last run.")
 def list_studies(db: str = typer.Option("inflang.duckdb", help=DB_HELP)) -> None:
-    """List the studies in a database with their cells and when they last ran."""
+    """List the studies in a database with their cells and when they last ran (alias: status)."""
     try:
         columns, rows = store_queries.studies_overview(db)
     except UsageError as exc:
@@ -666,16 +667,22 @@ def claims_command(
     db: str = typer.Option("inflang.duckdb", help=DB_HELP),
 ) -> None:
     """Print the verdicts of the studies' claims: supported, contradicted, unresolved or not evaluable, each
-    with its statistic and 95% interval (claims are evaluated by inflang run)."""
+    with its statistic and 95% interval (claims are evaluated by inflang run). A study not in the database is
+    named on one line and the others are shown; exit code 2 only when none is there."""
     try:
         missing = store_queries.missing_studies(db, studies)
-        if missing:
-            raise UsageError(f"no study {', '.join(missing)} in {db}")
-        rows = _claims_rows(db, studies)
+        found = [s for s in studies if s not in missing]
+        if not found:
+            known = ", ".join(store_queries.study_names(db)) or "none"
+            raise UsageError(f"no study {', '.join(missing)} in {db} (studies there: {known})")
+        rows = _claims_rows(db, found)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
+    if missing:
+        err.print(f"note: no study {', '.join(missing)} in {db} (not run into it yet?); showing "
+                  f"{', '.join(found)}", markup=False, highlight=False, soft_wrap=True)
     if not rows:
-        raise _fail(f"error: {', '.join(studies)} declare no claims (add a claims: section and run again)")
+        raise _fail(f"error: {', '.join(found)} declare no claims (add a claims: section and run again)")
     _print_claims(rows, len(studies) > 1)
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+import textwrap
 from pathlib import Path
 
+import duckdb
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -21,3 +25,91 @@ def test_the_readme_shows_the_quickstart_file_as_it_is():
     assert block is not None
     shown = yaml.safe_load(block.group(1))
     assert shown == yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small 'quickstart': depth swept over integers, two seeds of two test points, one claim."""
+    folder = tmp_path_factory.mktemp("quick")
+    (folder / "q.yaml").write_text(textwrap.dedent("""\
+        study: quickstart
+        dataset: {name: iris, test_size: 30}
+        model: {arch: mlp, depth: 1, width: 4}
+        training: {optimizer: adam, lr: 0.05, epochs: 60, weight_decay: 0.01, dtype: float64}
+        estimators: [{name: exact, damping: 0.01, negative: abs}]
+        test_points: {count: 2}
+        ground_truth: {protocol: loo, steps: 10, removals: {select: random, k: 6}}
+        metrics: [spearman, pearson]
+        repeats: 2
+        sweep:
+          model.depth: [1, 2]
+        claims:
+          - {name: ranks well, metric: spearman, estimator: exact, at_least: 0.5}
+        """))
+    db = folder / "r.duckdb"
+    result = runner.invoke(app, ["run", str(folder / "q.yaml"), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def test_the_terminal_and_the_report_say_seeds_x_test_points_alike(quick: Path, tmp_path: Path):
+    terminal = runner.invoke(app, ["report", "quickstart", "--db", str(quick)])
+    assert terminal.exit_code == 0, terminal.output
+    assert "2 x 2" in terminal.output and "2 x 4" not in terminal.output
+    pytest.importorskip("matplotlib")
+    assert runner.invoke(app, ["report", "quickstart", "--db", str(quick), "--out", str(tmp_path)]).exit_code == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "<td>2 x 2</td>" in page and "<td>2 x 4</td>" not in page
+
+
+def test_claims_of_studies_some_of_which_are_missing(quick: Path):
+    some = runner.invoke(app, ["claims", "quickstart", "paper-iris-depth", "--db", str(quick)])
+    assert some.exit_code == 0, some.output
+    assert "no study paper-iris-depth" in some.output and "ranks well" in some.output
+    none = runner.invoke(app, ["claims", "paper-iris-depth", "--db", str(quick)])
+    assert none.exit_code == 2 and "no study paper-iris-depth" in none.output and "quickstart" in none.output
+
+
+def test_an_integer_sweep_stays_integer_in_sweep_results(quick: Path):
+    con = duckdb.connect(str(quick), read_only=True)
+    try:
+        depths = con.execute('SELECT DISTINCT "model.depth" FROM sweep_results ORDER BY 1').fetchall()
+        kind = con.execute('SELECT typeof("model.depth") FROM cell_results LIMIT 1').fetchone()
+    finally:
+        con.close()
+    assert depths == [(1,), (2,)] and all(isinstance(d, int) for (d,) in depths) and kind == ("BIGINT",)
+
+
+def test_swept_type_widens_from_integers_to_numbers_to_text():
+    from inflang.store import _swept_type
+
+    assert _swept_type(None, 3) == "BIGINT" and _swept_type("BIGINT", 0.5) == "DOUBLE"
+    assert _swept_type("DOUBLE", 2) == "DOUBLE" and _swept_type("BIGINT", "relu") == "VARCHAR"
+    assert _swept_type(None, True) == "VARCHAR" and _swept_type("VARCHAR", 1) == "VARCHAR"
+
+
+def test_results_table_has_the_swept_paths_as_columns(quick: Path):
+    from inflang import store
+
+    table = store.pooled_results(quick, "quickstart")
+    assert table and all(r["model.depth"] in (1, 2) for r in table)
+    assert {"params", "estimator", "metric", "value", "ci_low", "ci_high", "seeds", "test_points"} <= set(table[0])
+
+
+def test_every_influence_example_query_is_per_study(quick: Path):
+    from inflang.examples import EXAMPLES
+
+    for title, sql in EXAMPLES:
+        if "FROM influence" in sql:
+            assert "study = 'quickstart'" in sql, title
+    (one,) = [sql for title, sql in EXAMPLES if "one test point" in title]
+    result = runner.invoke(app, ["query", one, "--db", str(quick), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert found and len({(r["cell_id"], r["test_index"]) for r in found}) == 1
+
+
+def test_status_is_ls(quick: Path):
+    listed = runner.invoke(app, ["ls", "--db", str(quick)])
+    status = runner.invoke(app, ["status", "--db", str(quick)])
+    assert status.exit_code == 0 and status.output == listed.output and "quickstart" in status.output
