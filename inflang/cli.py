@@ -60,6 +60,21 @@ def _load(path: str, require_files: bool = True, probe: bool = False) -> LoadedS
         raise _fail(str(exc)) from None
 
 
+FLOAT_LABELS = "warning: labels are float: regression with the squared error; return integers for classification"
+
+
+def _warn_float_labels(loaded: LoadedStudy) -> None:
+    """One positioned line when the study's own loader returns whole-number float targets (0.0/1.0): documented
+    as regression with the squared error, and rarely what was meant."""
+    from inflang.errors import Problem
+    from inflang.spec import CustomDataset
+
+    if any(isinstance(c.study.dataset, CustomDataset) and c.study.dataset.info().whole_targets for c in loaded.cells):
+        where = loaded.document.position(("dataset", "loader"), True)
+        err.print(Problem(where, "dataset.loader", FLOAT_LABELS).format(), markup=False, highlight=False,
+                  soft_wrap=True)
+
+
 @app.command()
 def validate(study: str = STUDY_ARG) -> None:
     """Check a study file and print the cells it would run. Nothing is written."""
@@ -124,6 +139,7 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     if engine not in ENGINES:
         raise _fail(f"error: INFLANG_ENGINE: '{engine}' is not one of {', '.join(ENGINES)}")
     loaded = _load(study, require_files=False, probe=True)
+    _warn_float_labels(loaded)
     compiled = _selected(compile_study(loaded), select)
     budget = _parse_bytes(memory_budget)
     states = _task_states(compiled, db)
@@ -183,9 +199,13 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
                       f"{steps:,}" if steps else "-", flops_text(flops) if flops else "-",
                       duration(seconds) if priced and not missing else "-")
     out.print(table)
+    loops = _loops(compiled)
+    batched = [] if any(" over models " in line for line in loops) else ["retraining runs its models as batched "
+                                                                          "ensembles"]
+    how = "; ".join(batched + loops)
     out.print(f"to run: {total_steps:,} model-steps of training (one optimizer step of one model each), "
-              f"{flops_text(total_flops)} in matmuls and convolutions; retraining runs its models as batched "
-              "ensembles, in the chunks shown")
+              f"{flops_text(total_flops)} in matmuls and convolutions; {how}, in the chunks shown",
+              highlight=False, markup=False, soft_wrap=bool(loops))
     if not total_steps and not any(timed(t) for t in todo_all):
         return
     if unpriced:
@@ -199,6 +219,18 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     missing_files = _missing_files(compiled)
     if missing_files:
         out.print(f"note: {missing_files}; task hashes cover the files once they are there")
+
+
+def _loops(compiled: Plan) -> list[str]:
+    """What the run will compute one at a time because vmap cannot batch the study's own module (its probe)."""
+    from inflang.spec import CustomModel
+
+    found: list[str] = []
+    for cell in compiled.selected_cells():
+        model = cell.cell.study.model
+        if isinstance(model, CustomModel):
+            found += [line for line in model.loops() if line not in found]
+    return found
 
 
 def _missing_files(compiled: Plan) -> str | None:
@@ -289,6 +321,9 @@ class _RichEvents(Events):
             done = self.progress.tasks[self.models_bar].completed
             self.progress.update(self.models_bar, completed=min(done + count, self.models_total))
 
+    def notice(self, text: str) -> None:
+        self.console.print(f"inflang: {text}", markup=False, highlight=False, soft_wrap=True)
+
     def stop(self) -> None:
         self.progress.stop()
 
@@ -355,8 +390,8 @@ def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | No
     for col in columns:
         numeric = col in (first, second, ground, "below resolution")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
-    for (params, estimator, sp, sp_lo, sp_hi, pe, pe_lo, pe_hi, ce, ce_lo, ce_hi, seeds, points, cells, failed,
-         pending, below) in rows:
+    for (params, estimator, sp, sp_lo, sp_hi, pe, pe_lo, pe_hi, ce, ce_lo, ce_hi, seeds, test_points, cells,
+         failed, pending, below) in rows:
         swept = label(json.loads(params)) if params else "-"
         status = "done" if not failed and not pending else ", ".join(
             part for part in (f"{failed} of {cells} cells failed" if failed else "",
@@ -365,7 +400,7 @@ def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | No
         values += [interval_text(ce, ce_lo, ce_hi)] if with_ceiling else []
         if with_resolution:
             values.append("-" if below is None or math.isnan(below) else f"{100 * below:.1f}%")
-        values += [seeds_by_points(seeds, points), status]
+        values += [seeds_by_points(seeds, test_points), status]
         table.add_row(*values)
     return table
 
@@ -459,6 +494,7 @@ def run(
         except ImportError:
             raise _fail("error: --executor ray needs Ray: pip install 'inflang[ray]'") from None
     loaded = _load(study, probe=True)
+    _warn_float_labels(loaded)
     compiled = _selected(compile_study(loaded), select)
     budget = _parse_bytes(memory_budget)
     try:
