@@ -211,7 +211,7 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     if unpriced:
         out.print(f"time: {unpriced} (re)training task(s) have no rate measured for {device}, {threads} "
                   f"thread(s), the {engine} engine; --calibrate measures them here (a few steps each; Newton "
-                  "refits by a few refits)")
+                  "refits by a few refits)", highlight=False, soft_wrap=True)
     else:
         out.print(f"time: about {duration(total_seconds)} of training and retraining on {device} with {threads} "
                   f"thread(s) and the {engine} engine, from rates measured on this machine (without compile "
@@ -252,7 +252,8 @@ class _RichEvents(Events):
     """Progress bars per task kind (elapsed and remaining time) plus a bar of models retrained; at the start,
     the price of the pending training and retraining from the rates measured here (``inflang.pricing``)."""
 
-    def __init__(self, console: Console, pricing: tuple[int | None, str, str, int] | None = None) -> None:
+    def __init__(self, console: Console, pricing: tuple[int | None, str, str, int] | None = None,
+                 study_path: str = "STUDY.yaml") -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -267,6 +268,7 @@ class _RichEvents(Events):
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
                                  transient=False)
         self.pricing = pricing  # (memory budget, engine, device, threads)
+        self.study_path = study_path  # for the command the price hint prints
         self.bars: dict[str, Any] = {}
         self.models_bar: Any = None
         self.models_total = 0
@@ -286,10 +288,17 @@ class _RichEvents(Events):
         if len(known) == len(training):
             self.console.print(f"priced at about {duration(sum(known))} of training and retraining here (rates "
                                "measured on this machine; estimates, metrics and compiling come on top)",
-                               highlight=False)
-        else:
-            self.console.print(f"{len(training) - len(known)} of {len(training)} training tasks have no measured "
-                               "rate here: inflang plan STUDY --calibrate prices them", highlight=False)
+                               highlight=False, soft_wrap=True)
+            return
+        missing = [t for t in training if found[t.hash].seconds is None]
+        counts = [f"{n} {what} task{'s' if n != 1 else ''}" for what, n in (
+            ("training", sum(t.kind == "train" for t in missing)),
+            ("retraining", sum(t.kind != "train" for t in missing))) if n]
+        command = f"inflang plan {_quoted(self.study_path)} --calibrate" + (
+            f" --device {device}" if device != "cpu" else "") + (f" --threads {threads}" if threads != 1 else "") + (
+            f" --engine {engine}" if engine != "auto" else "")
+        self.console.print(f"{' and '.join(counts)} have no rate measured here; {command} prices them",
+                           highlight=False, markup=False, soft_wrap=True)
 
     def start(self, plan: Plan, pending: list[Any]) -> None:
         self._price(pending)
@@ -326,6 +335,13 @@ class _RichEvents(Events):
 
     def stop(self) -> None:
         self.progress.stop()
+
+
+def _quoted(path: str) -> str:
+    """A path as a shell command takes it."""
+    import shlex
+
+    return shlex.quote(path)
 
 
 def _parse_bytes(text: str | None) -> int | None:
@@ -506,7 +522,7 @@ def run(
     from runners.errors import SetupError
 
     err.print(f"results go to {Path(db).resolve()}", highlight=False)
-    events = _RichEvents(err, (budget, engine or os.environ.get("INFLANG_ENGINE", "auto"), device, threads))
+    events = _RichEvents(err, (budget, engine or os.environ.get("INFLANG_ENGINE", "auto"), device, threads), study)
     try:
         summary = execute_plan(compiled, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
                                events=events, workers=workers, executor=executor, address=address, device=device,

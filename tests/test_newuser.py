@@ -13,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from inflang.cli import app
+from tests.conftest import TINY
 
 runner = CliRunner()
 ROOT = Path(__file__).parent.parent
@@ -113,3 +114,25 @@ def test_status_is_ls(quick: Path):
     listed = runner.invoke(app, ["ls", "--db", str(quick)])
     status = runner.invoke(app, ["status", "--db", str(quick)])
     assert status.exit_code == 0 and status.output == listed.output and "quickstart" in status.output
+
+
+def test_the_price_hint_at_run_counts_training_and_retraining_and_names_the_file(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("INFLANG_CACHE", str(tmp_path / "cache"))
+    study = tmp_path / "a folder" / "tiny.yaml"
+    study.parent.mkdir()
+    study.write_text(TINY.replace("epochs: 200", "epochs: 20").replace("steps: 100", "steps: 10")
+                     + "repeats: 3\n")
+    result = runner.invoke(app, ["run", str(study), "--db", str(tmp_path / "r.duckdb"), "--engine", "eager"])
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if "have no rate measured" in x]
+    assert line == (f"3 training tasks and 3 retraining tasks have no rate measured here; inflang plan "
+                    f"'{study}' --calibrate --engine eager prices them")
+
+
+def test_init_says_how_to_bring_your_own_model_data_and_method(tmp_path: Path):
+    result = runner.invoke(app, ["init", "mine", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "mine.yaml").read_text()
+    for words in ("arch: custom", "factory:", "name: custom, loader:", "name: custom, scorer:"):
+        assert words in text, words
+    assert runner.invoke(app, ["validate", str(tmp_path / "mine.yaml")]).exit_code == 0
