@@ -104,8 +104,8 @@ def _task_states(plan: Plan, db: str) -> dict[str, str]:
 
 MEMORY_HELP = ("Memory for one retraining chunk, e.g. 4GB (default 2GB, fixed so that results do not depend on "
                "the free memory).")
-SELECT_HELP = ("Work on these cells only: path=value conditions joined by commas (model.depth=3, "
-               "depth=3,weight_decay=0.001) or a cell id prefix; repeat the option for a union.")
+SELECT_HELP = ("Work on these cells only: path=value conditions joined by commas (e.g. model.depth=3 or "
+               "depth=3,lr=0.1) or a cell id prefix; repeat the option for a union.")
 
 
 def _selected(plan_: Plan, expressions: list[str] | None) -> Plan:
@@ -830,6 +830,18 @@ def schema() -> None:
 def version() -> None:
     """Print the inflang version."""
     out.print(__version__)
+
+
+def _reflowed(text: str) -> str:
+    """A docstring with each paragraph on one line: rich help keeps a docstring's line breaks, which then fall
+    mid-phrase at any terminal width."""
+    import inspect
+
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+for _command in app.registered_commands:
+    _command.help = _reflowed(_command.help or (_command.callback.__doc__ if _command.callback else None) or "")
 
 
 def main() -> None:

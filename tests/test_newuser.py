@@ -136,3 +136,26 @@ def test_init_says_how_to_bring_your_own_model_data_and_method(tmp_path: Path):
     for words in ("arch: custom", "factory:", "name: custom, loader:", "name: custom, scorer:"):
         assert words in text, words
     assert runner.invoke(app, ["validate", str(tmp_path / "mine.yaml")]).exit_code == 0
+
+
+def _commands() -> dict[str, str]:
+    import typer
+
+    group = typer.main.get_command(app)
+    return {name: command.help or "" for name, command in group.commands.items()}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("width", ["80", "120"])
+def test_help_texts_break_only_between_words(width: str):
+    """Every help, at 80 and 120 columns: nothing cut with an ellipsis, and each command's description flows as
+    whole paragraphs (a docstring's own line breaks would fall mid-phrase)."""
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": width, "TERM": "dumb"})
+    assert top.exit_code == 0 and "…" not in top.output
+    for name, text in _commands().items():
+        shown = runner.invoke(app, [name, "--help"], env={"COLUMNS": width, "TERM": "dumb"})
+        assert shown.exit_code == 0 and "…" not in shown.output, (name, shown.output)
+        lines = [line.strip() for line in shown.output.splitlines() if line.strip() and line.strip()[0] not in "│╭╰"]
+        flowing = " ".join(" ".join(lines).split())
+        for paragraph in text.split("\n\n"):
+            assert " ".join(paragraph.replace("\\[", "[").split()) in flowing, (name, paragraph)
+        assert all("\n" not in p for p in text.split("\n\n")), name
