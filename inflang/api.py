@@ -3,7 +3,7 @@
     import inflang
     study = inflang.load("studies/quickstart.yaml")
     results = inflang.run(study, db="inflang.duckdb", select=["depth=2"], workers=2)
-    results.table                                     # the summary: sweep_results rows of the study, as dicts
+    results.table                                     # sweep_results rows of the study (its swept paths as columns)
     results.claims, results.diagnostics               # verdicts and health checks; results.df() for pandas
     con = inflang.connect("inflang.duckdb")           # a read-only DuckDB connection
     con.sql("SELECT * FROM metrics").df()             # pandas (pip install 'inflang[pandas]'; .pl() for polars)

@@ -27,7 +27,7 @@ from inflang.plan import KINDS, Plan, compile_study
 from inflang.scheduler import Events
 from inflang.spec.study import is_study_name
 from inflang.store import Store, run_query, write_parquet
-from inflang.sweep import label
+from inflang.sweep import label, seeds_by_points
 from inflang.validate import LoadedStudy, load_study
 
 app = typer.Typer(
@@ -60,6 +60,21 @@ def _load(path: str, require_files: bool = True, probe: bool = False) -> LoadedS
         raise _fail(str(exc)) from None
 
 
+FLOAT_LABELS = "warning: labels are float: regression with the squared error; return integers for classification"
+
+
+def _warn_float_labels(loaded: LoadedStudy) -> None:
+    """One positioned line when the study's own loader returns whole-number float targets (0.0/1.0): documented
+    as regression with the squared error, and rarely what was meant."""
+    from inflang.errors import Problem
+    from inflang.spec import CustomDataset
+
+    if any(isinstance(c.study.dataset, CustomDataset) and c.study.dataset.info().whole_targets for c in loaded.cells):
+        where = loaded.document.position(("dataset", "loader"), True)
+        err.print(Problem(where, "dataset.loader", FLOAT_LABELS).format(), markup=False, highlight=False,
+                  soft_wrap=True)
+
+
 @app.command()
 def validate(study: str = STUDY_ARG) -> None:
     """Check a study file and print the cells it would run. Nothing is written."""
@@ -89,8 +104,8 @@ def _task_states(plan: Plan, db: str) -> dict[str, str]:
 
 MEMORY_HELP = ("Memory for one retraining chunk, e.g. 4GB (default 2GB, fixed so that results do not depend on "
                "the free memory).")
-SELECT_HELP = ("Work on these cells only: path=value conditions joined by commas (model.depth=3, "
-               "depth=3,weight_decay=0.001) or a cell id prefix; repeat the option for a union.")
+SELECT_HELP = ("Work on these cells only: path=value conditions joined by commas (e.g. model.depth=3 or "
+               "depth=3,lr=0.1) or a cell id prefix; repeat the option for a union.")
 
 
 def _selected(plan_: Plan, expressions: list[str] | None) -> Plan:
@@ -124,6 +139,7 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     if engine not in ENGINES:
         raise _fail(f"error: INFLANG_ENGINE: '{engine}' is not one of {', '.join(ENGINES)}")
     loaded = _load(study, require_files=False, probe=True)
+    _warn_float_labels(loaded)
     compiled = _selected(compile_study(loaded), select)
     budget = _parse_bytes(memory_budget)
     states = _task_states(compiled, db)
@@ -183,15 +199,19 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
                       f"{steps:,}" if steps else "-", flops_text(flops) if flops else "-",
                       duration(seconds) if priced and not missing else "-")
     out.print(table)
+    loops = _loops(compiled)
+    batched = [] if any(" over models " in line for line in loops) else ["retraining runs its models as batched "
+                                                                          "ensembles"]
+    how = "; ".join(batched + loops)
     out.print(f"to run: {total_steps:,} model-steps of training (one optimizer step of one model each), "
-              f"{flops_text(total_flops)} in matmuls and convolutions; retraining runs its models as batched "
-              "ensembles, in the chunks shown")
+              f"{flops_text(total_flops)} in matmuls and convolutions; {how}, in the chunks shown",
+              highlight=False, markup=False, soft_wrap=bool(loops))
     if not total_steps and not any(timed(t) for t in todo_all):
         return
     if unpriced:
         out.print(f"time: {unpriced} (re)training task(s) have no rate measured for {device}, {threads} "
                   f"thread(s), the {engine} engine; --calibrate measures them here (a few steps each; Newton "
-                  "refits by a few refits)")
+                  "refits by a few refits)", highlight=False, soft_wrap=True)
     else:
         out.print(f"time: about {duration(total_seconds)} of training and retraining on {device} with {threads} "
                   f"thread(s) and the {engine} engine, from rates measured on this machine (without compile "
@@ -199,6 +219,18 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     missing_files = _missing_files(compiled)
     if missing_files:
         out.print(f"note: {missing_files}; task hashes cover the files once they are there")
+
+
+def _loops(compiled: Plan) -> list[str]:
+    """What the run will compute one at a time because vmap cannot batch the study's own module (its probe)."""
+    from inflang.spec import CustomModel
+
+    found: list[str] = []
+    for cell in compiled.selected_cells():
+        model = cell.cell.study.model
+        if isinstance(model, CustomModel):
+            found += [line for line in model.loops() if line not in found]
+    return found
 
 
 def _missing_files(compiled: Plan) -> str | None:
@@ -220,7 +252,8 @@ class _RichEvents(Events):
     """Progress bars per task kind (elapsed and remaining time) plus a bar of models retrained; at the start,
     the price of the pending training and retraining from the rates measured here (``inflang.pricing``)."""
 
-    def __init__(self, console: Console, pricing: tuple[int | None, str, str, int] | None = None) -> None:
+    def __init__(self, console: Console, pricing: tuple[int | None, str, str, int] | None = None,
+                 study_path: str = "STUDY.yaml") -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -235,6 +268,7 @@ class _RichEvents(Events):
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
                                  transient=False)
         self.pricing = pricing  # (memory budget, engine, device, threads)
+        self.study_path = study_path  # for the command the price hint prints
         self.bars: dict[str, Any] = {}
         self.models_bar: Any = None
         self.models_total = 0
@@ -254,10 +288,17 @@ class _RichEvents(Events):
         if len(known) == len(training):
             self.console.print(f"priced at about {duration(sum(known))} of training and retraining here (rates "
                                "measured on this machine; estimates, metrics and compiling come on top)",
-                               highlight=False)
-        else:
-            self.console.print(f"{len(training) - len(known)} of {len(training)} training tasks have no measured "
-                               "rate here: inflang plan STUDY --calibrate prices them", highlight=False)
+                               highlight=False, soft_wrap=True)
+            return
+        missing = [t for t in training if found[t.hash].seconds is None]
+        counts = [f"{n} {what} task{'s' if n != 1 else ''}" for what, n in (
+            ("training", sum(t.kind == "train" for t in missing)),
+            ("retraining", sum(t.kind != "train" for t in missing))) if n]
+        command = f"inflang plan {_quoted(self.study_path)} --calibrate" + (
+            f" --device {device}" if device != "cpu" else "") + (f" --threads {threads}" if threads != 1 else "") + (
+            f" --engine {engine}" if engine != "auto" else "")
+        self.console.print(f"{' and '.join(counts)} have no rate measured here; {command} prices them",
+                           highlight=False, markup=False, soft_wrap=True)
 
     def start(self, plan: Plan, pending: list[Any]) -> None:
         self._price(pending)
@@ -289,8 +330,18 @@ class _RichEvents(Events):
             done = self.progress.tasks[self.models_bar].completed
             self.progress.update(self.models_bar, completed=min(done + count, self.models_total))
 
+    def notice(self, text: str) -> None:
+        self.console.print(f"inflang: {text}", markup=False, highlight=False, soft_wrap=True)
+
     def stop(self) -> None:
         self.progress.stop()
+
+
+def _quoted(path: str) -> str:
+    """A path as a shell command takes it."""
+    import shlex
+
+    return shlex.quote(path)
 
 
 def _parse_bytes(text: str | None) -> int | None:
@@ -355,8 +406,8 @@ def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | No
     for col in columns:
         numeric = col in (first, second, ground, "below resolution")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
-    for (params, estimator, sp, sp_lo, sp_hi, pe, pe_lo, pe_hi, ce, ce_lo, ce_hi, seeds, points, cells, failed,
-         pending, below) in rows:
+    for (params, estimator, sp, sp_lo, sp_hi, pe, pe_lo, pe_hi, ce, ce_lo, ce_hi, seeds, test_points, cells,
+         failed, pending, below) in rows:
         swept = label(json.loads(params)) if params else "-"
         status = "done" if not failed and not pending else ", ".join(
             part for part in (f"{failed} of {cells} cells failed" if failed else "",
@@ -365,7 +416,7 @@ def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | No
         values += [interval_text(ce, ce_lo, ce_hi)] if with_ceiling else []
         if with_resolution:
             values.append("-" if below is None or math.isnan(below) else f"{100 * below:.1f}%")
-        values += [f"{seeds} x {round(points / seeds)}" if seeds else "-", status]
+        values += [seeds_by_points(seeds, test_points), status]
         table.add_row(*values)
     return table
 
@@ -459,6 +510,7 @@ def run(
         except ImportError:
             raise _fail("error: --executor ray needs Ray: pip install 'inflang[ray]'") from None
     loaded = _load(study, probe=True)
+    _warn_float_labels(loaded)
     compiled = _selected(compile_study(loaded), select)
     budget = _parse_bytes(memory_budget)
     try:
@@ -470,7 +522,7 @@ def run(
     from runners.errors import SetupError
 
     err.print(f"results go to {Path(db).resolve()}", highlight=False)
-    events = _RichEvents(err, (budget, engine or os.environ.get("INFLANG_ENGINE", "auto"), device, threads))
+    events = _RichEvents(err, (budget, engine or os.environ.get("INFLANG_ENGINE", "auto"), device, threads), study)
     try:
         summary = execute_plan(compiled, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
                                events=events, workers=workers, executor=executor, address=address, device=device,
@@ -589,8 +641,9 @@ def init(
 
 
 @app.command(name="ls")
+@app.command(name="status", help="Alias of ls: the studies in a database, their cells and last run.")
 def list_studies(db: str = typer.Option("inflang.duckdb", help=DB_HELP)) -> None:
-    """List the studies in a database with their cells and when they last ran."""
+    """List the studies in a database with their cells and when they last ran (alias: status)."""
     try:
         columns, rows = store_queries.studies_overview(db)
     except UsageError as exc:
@@ -666,16 +719,22 @@ def claims_command(
     db: str = typer.Option("inflang.duckdb", help=DB_HELP),
 ) -> None:
     """Print the verdicts of the studies' claims: supported, contradicted, unresolved or not evaluable, each
-    with its statistic and 95% interval (claims are evaluated by inflang run)."""
+    with its statistic and 95% interval (claims are evaluated by inflang run). A study not in the database is
+    named on one line and the others are shown; exit code 2 only when none is there."""
     try:
         missing = store_queries.missing_studies(db, studies)
-        if missing:
-            raise UsageError(f"no study {', '.join(missing)} in {db}")
-        rows = _claims_rows(db, studies)
+        found = [s for s in studies if s not in missing]
+        if not found:
+            known = ", ".join(store_queries.study_names(db)) or "none"
+            raise UsageError(f"no study {', '.join(missing)} in {db} (studies there: {known})")
+        rows = _claims_rows(db, found)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
+    if missing:
+        err.print(f"note: no study {', '.join(missing)} in {db} (not run into it yet?); showing "
+                  f"{', '.join(found)}", markup=False, highlight=False, soft_wrap=True)
     if not rows:
-        raise _fail(f"error: {', '.join(studies)} declare no claims (add a claims: section and run again)")
+        raise _fail(f"error: {', '.join(found)} declare no claims (add a claims: section and run again)")
     _print_claims(rows, len(studies) > 1)
 
 
@@ -771,6 +830,18 @@ def schema() -> None:
 def version() -> None:
     """Print the inflang version."""
     out.print(__version__)
+
+
+def _reflowed(text: str) -> str:
+    """A docstring with each paragraph on one line: rich help keeps a docstring's line breaks, which then fall
+    mid-phrase at any terminal width."""
+    import inspect
+
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+for _command in app.registered_commands:
+    _command.help = _reflowed(_command.help or (_command.callback.__doc__ if _command.callback else None) or "")
 
 
 def main() -> None:

@@ -18,19 +18,21 @@ EXAMPLES: list[tuple[str, str]] = [
      "round(c.value, 3) AS spearman, round(m.hessian_top_eigenvalues[1], 2) AS top_eigenvalue "
      "FROM cell_results c JOIN models m USING (study, cell_id) WHERE c.study = 'paper-iris-depth' "
      "AND c.metric = 'spearman' ORDER BY ALL"),
-    ("Estimated vs actual effect of every evaluated removal for one test point",
-     "SELECT train_index, estimate, actual FROM influence WHERE actual IS NOT NULL AND test_index = "
-     "(SELECT min(test_index) FROM influence) ORDER BY abs(actual) DESC LIMIT 20"),
+    ("Estimated vs actual effect of every evaluated removal for one test point of one cell of a study",
+     "WITH one AS (SELECT cell_id, min(test_index) AS test_index FROM influence WHERE study = 'quickstart' "
+     "GROUP BY cell_id ORDER BY cell_id LIMIT 1) SELECT i.cell_id, i.test_index, i.estimator, i.train_index, "
+     "i.estimate, i.actual FROM influence i JOIN one USING (cell_id, test_index) WHERE i.study = 'quickstart' "
+     "AND i.actual IS NOT NULL ORDER BY abs(i.actual) DESC LIMIT 20"),
     ("Each cell's Spearman next to the ground truth's noise ceiling",
      "SELECT m.study, m.cell_id, m.estimator, round(m.value, 3) AS spearman, round(n.value, 3) AS ceiling "
      "FROM metrics m JOIN metrics n ON n.cell_id = m.cell_id AND n.metric = 'noise_ceiling_spearman' "
      "AND n.test_index IS NULL WHERE m.metric = 'spearman' AND m.test_index IS NULL"),
     ("Removals whose sign the estimate got wrong, largest actual effect first",
      "SELECT study, cell_id, estimator, test_index, train_index, estimate, actual FROM influence "
-     "WHERE sign(estimate) <> sign(actual) ORDER BY abs(actual) DESC LIMIT 20"),
+     "WHERE study = 'quickstart' AND sign(estimate) <> sign(actual) ORDER BY abs(actual) DESC LIMIT 20"),
     ("Mislabelled training points (label_noise) ranked by self-influence proxy |estimate|",
      "SELECT p.study, p.cell_id, p.train_index, p.label_flipped, avg(abs(p.estimate)) AS strength "
-     "FROM influence_pairs p GROUP BY ALL ORDER BY strength DESC LIMIT 20"),
+     "FROM influence_pairs p WHERE p.study = 'quickstart' GROUP BY ALL ORDER BY strength DESC LIMIT 20"),
     ("Trained models: size, accuracy and curvature",
      "SELECT study, cell_id, n_params, round(test_accuracy, 3) AS accuracy, hessian_top_eigenvalues, "
      "hessian_min_eigenvalue FROM models ORDER BY study, cell_id"),
@@ -42,5 +44,9 @@ EXAMPLES: list[tuple[str, str]] = [
 ]
 
 
+HEADER = ("-- Queries over every study, or over one: 'quickstart' (or 'paper-iris-depth', the paper's table) "
+          "stands for your study's name.\n\n")
+
+
 def text() -> str:
-    return "\n\n".join(f"-- {title}\n{sql};" for title, sql in EXAMPLES) + "\n"
+    return HEADER + "\n\n".join(f"-- {title}\n{sql};" for title, sql in EXAMPLES) + "\n"

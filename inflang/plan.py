@@ -220,8 +220,9 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         workload = {"model": _dump(s.model), "shape": list(info.shape) if info.shape else None,
                     "features": info.features, "classes": info.classes, "regression": info.regression,
                     "dtype": s.training.dtype, "batch": batch}
-        if isinstance(s.model, CustomModel):  # the probed module's facts, which its dump leaves out
-            workload["facts"] = s.model.engine_facts()
+        if isinstance(s.model, CustomModel):  # the probed module's facts, which its dump leaves out, and what its
+            workload["facts"] = s.model.engine_facts()  # code is: a rate measured before an edit is not reused
+            workload["code"] = train_hashed["model_code"]
         train = b.add("train", train_inputs, (), train_steps, 1, hashed=train_hashed, flops=train_steps * step_flops,
                       workload={**workload, "steps": train_steps, "engine": "eager"})
         exact_diagnostics = s.hessian is not None and s.hessian.method == "exact"

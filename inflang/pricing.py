@@ -6,7 +6,8 @@ control of its own), each about 6 b multiply_adds FLOPs (the model spec's count 
 measured by ``inflang plan --calibrate`` (``runners.calibrate``): a few steps of the task's own ensemble (its
 model, batch and dtype, on random data of its shape, with its chunk's models up to ``CALIBRATION_MODELS`` and
 ``CALIBRATION_FLOPS`` per step) on the requested device, threads and engine. Measured rates are kept in
-``rates.json`` beside the data digests (``~/.cache/inflang`` or ``INFLANG_CACHE``), keyed by the workload,
+``rates.json`` beside the data digests (``~/.cache/inflang`` or ``INFLANG_CACHE``), keyed by the workload
+(for a study's own model also its code's digest and whether vmap batches it: an edit is measured again),
 the device (and for CUDA the GPU's model), the thread count, the engine, torch's version and this machine's
 processor, so a plan prices itself from then on without running anything.
 

@@ -28,7 +28,7 @@ from inflang.diagnostics import summary_lines
 from inflang.errors import UsageError
 from inflang.intervals import interval_text
 from inflang.spec.estimators import RANK_ONLY_NAMES
-from inflang.sweep import label
+from inflang.sweep import label, seeds_by_points
 
 
 @dataclass
@@ -247,11 +247,12 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
         body = "".join(f"<tr><td>{html.escape(_label(r['params']))}</td><td>{html.escape(r['estimator'] or '-')}</td>"
                        f"<td>{html.escape(r['metric'])}</td>"
                        f"<td>{interval_text(r['value'], r['ci_low'], r['ci_high'])}</td>"
-                       f"<td>{r['seeds']} x {r['test_points']}</td></tr>" for r in pooled)
+                       f"<td>{seeds_by_points(r['seeds'], r['test_points'])}</td></tr>" for r in pooled)
         sections.append("<h2>Numbers</h2><p>Per sweep point, the mean over seeds of the mean over test points with "
-                        "its 95% interval (t over seeds; over test points with one seed); estimator '-' marks the "
-                        "ground truth's own rows.</p><table><tr><th>swept values</th><th>estimator</th><th>metric"
-                        "</th><th>mean [95% interval]</th><th>seeds x test points</th></tr>" + body + "</table>")
+                        "its 95% interval (t over seeds; over test points with one seed), on seeds x test points per "
+                        "seed; estimator '-' marks the ground truth's own rows.</p><table><tr><th>swept values</th>"
+                        "<th>estimator</th><th>metric</th><th>mean [95% interval]</th><th>seeds x test points</th>"
+                        "</tr>" + body + "</table>")
 
     # 4. the error decomposition (ground_truth.decompose), stacked per cell
     terms = [("influence_vs_pbrf_mean_gap", "influence - PBRF"),

@@ -12,6 +12,7 @@ metrics are pooled over seeds and its claims evaluated.
 from __future__ import annotations
 
 import subprocess
+import sys
 import traceback
 import uuid
 from collections import OrderedDict
@@ -41,6 +42,7 @@ class Result(Protocol):
     artifact: bytes | None
     seconds: float
     engine: str | None  # the retraining engines that computed it (runners.engine), None without retraining
+    looped: tuple[str, ...]  # what it ran one at a time because vmap could not batch the module, and why
 
 
 Compute = Callable[[str, dict[str, Any], dict[str, DepBytes]], Result]  # rebuild one task in this process
@@ -70,6 +72,10 @@ class Events:
     def task_finished(self, task: Task, status: str) -> None: ...
 
     def models_retrained(self, count: int) -> None: ...
+
+    def notice(self, text: str) -> None:
+        """A line the user should see once per run (a study's own module computed one at a time)."""
+        print(f"inflang: {text}", file=sys.stderr)
 
 
 class RunLog:
@@ -221,6 +227,7 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
                 summary.cached += 1
     events.start(plan, waiting)
     running = 0
+    noticed: set[str] = set()
 
     def failure_cause(task: Task) -> str | None:
         for d in task.deps:
@@ -272,7 +279,12 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
                 continue
             runner.finish(task, result)
             log.line(f"done {task.kind} {task.hash} in {result.seconds:.3f} s"
-                     + (f" ({result.engine} engine)" if result.engine else ""))
+                     + (f" (engine: {result.engine})" if result.engine else ""))
+            for sentence in getattr(result, "looped", ()):
+                log.line(f"looped {task.kind} {task.hash}: {sentence}")
+                if sentence not in noticed:  # once per run, however many tasks and workers
+                    noticed.add(sentence)
+                    events.notice(sentence)
             if not backend.reports_progress and task.kind == "ground_truth":
                 events.models_retrained(task.models)
             summary.ran += 1

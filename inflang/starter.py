@@ -14,12 +14,16 @@ seed: 0                        # every random choice (split, init, batch order, 
 dataset:
   name: iris                   # iris | digits | breast_cancer | wine | synthetic | mnist | cifar10 | ...
   test_size: 30                # an int (points) or a fraction in (0, 1)
+  # your own data: name: custom, loader: "my_data:load" (a module beside this file), args: {{...}};
+  # load(**args) returns (x, y): y integer class labels (float y trains a regression)
 
 model:
   arch: mlp                    # logreg | mlp | cnn | lenet | vgg | resnet
   depth: 1
   width: 8
   activation: tanh
+  # your own network: arch: custom, factory: "my_nets:make", args: {{...}};
+  # make(input_shape, classes, **args) returns a torch.nn.Module mapping [b, *input_shape] to [b, classes]
 
 training:
   optimizer: adam              # sgd | adam | lbfgs
@@ -33,6 +37,8 @@ estimators:                    # exact | cg | lissa | arnoldi | kfac | ekfac | d
   - name: exact
     damping: 0.001             # (H + damping I)^-1
     negative: abs              # what to do with negative curvature: error | abs | clip
+  # your own method: - {{name: custom, scorer: "my_methods:score", args: {{...}}, label: mine}};
+  #   score(inputs, **args) returns [test points, training points] (docs/language.md, "Your own code")
 
 test_points:
   select: highest_loss         # highest_loss | median_loss | random | misclassified | indices

@@ -183,6 +183,16 @@ def _sql_key(key: str) -> str:
     return key.replace('"', "").replace("'", "")
 
 
+def _swept_type(before: str | None, value: Any) -> str:
+    """The column type of a swept path once ``value`` is seen too: BIGINT while every value is an integer,
+    DOUBLE while every value is a number, else VARCHAR."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or before == "VARCHAR":
+        return "VARCHAR"
+    if isinstance(value, int) and before in (None, "BIGINT"):
+        return "BIGINT"
+    return "DOUBLE"
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -301,14 +311,13 @@ class Store:
         """(Re)create the cell_results view (aggregated metrics per cell and estimator) and the
         sweep_results view (pooled over seeds), with every swept path of every study as a column of its own
         (NULL where a study does not sweep it)."""
-        keys: dict[str, bool] = {}
+        keys: dict[str, str] = {}  # swept path -> its column's type
         for (params,) in self.con.execute("SELECT DISTINCT params FROM cells").fetchall():
             for key, value in json.loads(params or "{}").items():
-                numeric = isinstance(value, int | float) and not isinstance(value, bool)
-                keys[key] = keys.get(key, True) and numeric
+                keys[key] = _swept_type(keys.get(key), value)
         columns = "".join(
-            f", {'TRY_CAST(' if numeric else ''}json_extract_string(c.params, '$.\"{_sql_key(k)}\"')"
-            f"{' AS DOUBLE)' if numeric else ''} AS \"{_sql_key(k)}\"" for k, numeric in sorted(keys.items()))
+            f", {'TRY_CAST(' if kind != 'VARCHAR' else ''}json_extract_string(c.params, '$.\"{_sql_key(k)}\"')"
+            f"{f' AS {kind})' if kind != 'VARCHAR' else ''} AS \"{_sql_key(k)}\"" for k, kind in sorted(keys.items()))
         self.con.execute(f"""
             CREATE OR REPLACE VIEW cell_results AS
             SELECT c.study, c.cell_id, c."repeat", c.status, m.estimator, m.metric, m.value, m.ci_low, m.ci_high,
@@ -628,9 +637,13 @@ def cell_metric_results(path: str | Path, study: str) -> list[dict[str, Any]]:
 
 
 def pooled_results(path: str | Path, study: str) -> list[dict[str, Any]]:
-    return _dicts(_read(path, "SELECT params, estimator, metric, value, ci_low, ci_high, seeds, test_points "
-                              "FROM sweep_results WHERE study = ? ORDER BY params, estimator NULLS FIRST, metric",
-                        [study]))
+    """The study's sweep_results rows, with its own swept paths as columns (as sweep_results has them)."""
+    found = _read(path, "SELECT DISTINCT params FROM cells WHERE study = ?", [study])[1]
+    swept = sorted({k for (params,) in found for k in json.loads(params or "{}")})
+    columns = "".join(f', "{_sql_key(k)}"' for k in swept)
+    return _dicts(_read(path, f"SELECT params{columns}, estimator, metric, value, sd, ci_low, ci_high, seeds, "
+                              "test_points FROM sweep_results WHERE study = ? ORDER BY params, estimator NULLS FIRST, "
+                              "metric", [study]))
 
 
 def top_eigenvalues(path: str | Path, study: str) -> dict[str, float | None]:

@@ -137,3 +137,11 @@ def label(params: Params, empty: str = "-") -> str:
     short = [k.rsplit(".", 1)[-1] for k in params]
     names = [s if short.count(s) == 1 else k for s, k in zip(short, params, strict=True)]
     return ", ".join(f"{n}={_value(v)}" for n, v in zip(names, params.values(), strict=True)) or empty
+
+
+def seeds_by_points(seeds: int | None, test_points: int | None) -> str:
+    """What a pooled number rests on, as the terminal and the HTML report print it: seeds x test points per
+    seed (``test_points`` counts them over all seeds), '-' without seeds."""
+    if not seeds:
+        return "-"
+    return f"{seeds} x {round((test_points or 0) / seeds)}"

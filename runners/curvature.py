@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
+from runners import engine as engines
 from runners.device import generator as seeded_generator
 from runners.device import here
 from runners.objective import FlatModel, output_hessian, vmap_failure
@@ -42,6 +43,7 @@ def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y
     except RuntimeError as exc:  # a module vmap cannot batch (a study's own network): row by row
         if not vmap_failure(exc):
             raise
+        engines.looped("Hessian rows", module, exc, "taking the Hessian row by row")
         theta = flat.theta.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(flat.objective(theta, x, y, weight_decay, smoothing), theta, create_graph=True)
         H = torch.stack([torch.autograd.grad(g[i], theta, retain_graph=True)[0] for i in range(theta.numel())])

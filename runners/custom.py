@@ -183,7 +183,8 @@ def dataset_facts(spec: CustomDataset) -> DatasetInfo:
     x, y, classes = loaded(spec)
     return DatasetInfo(rows=int(x.shape[0]), features=int(np.prod(x.shape[1:])), classes=classes,
                        shape=tuple(int(s) for s in x.shape[1:]) if x.ndim > 2 else None,
-                       regression=bool(y.dtype.kind == "f"))
+                       regression=bool(y.dtype.kind == "f"),
+                       whole_targets=bool(y.dtype.kind == "f" and np.all(y == np.round(y))))
 
 
 # --- models ------------------------------------------------------------------------------------------------
@@ -225,10 +226,42 @@ def model_facts(spec: CustomModel, info: DatasetInfo) -> ModelFacts:
         raise CodeError(f"the module from {spec.factory} maps inputs {(2, *shape)} to {found}; expected "
                         f"(2, {info.classes}) (one output per class, or per regression target)")
     convolutional = any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in module.modules())
+    plain_stack = stacked.supports(module)  # retrained by the convolution engine, without vmap
+    over_models, over_examples = batching(module, shape)
     return ModelFacts(n_params=sum(p.numel() for p in module.parameters()),
                       activations=activations_per_example(module, shape),
                       multiply_adds=multiply_adds(module, shape), convolutional=convolutional,
-                      stacked=stacked.supports(module), fixed=fixed_structure(module))
+                      stacked=plain_stack, fixed=fixed_structure(module), name=type(module).__name__,
+                      unbatched=None if plain_stack else over_models, unbatched_examples=over_examples)
+
+
+def batching(module: nn.Module, shape: tuple[int, ...]) -> tuple[str | None, str | None]:
+    """Why vmap cannot batch ``module`` (float64, two inputs of zeros) over two models, and why not its
+    per-example gradients over the examples (None where it can): what the run will do one at a time."""
+    from torch.func import functional_call, grad, vmap
+
+    from runners.engine import first_line
+    from runners.objective import vmap_failure
+
+    x = torch.zeros(2, *shape, dtype=torch.float64)
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    two = {k: torch.stack([v, v]) for k, v in params.items()}
+
+    def one(p: dict[str, Tensor], xi: Tensor) -> Tensor:
+        return functional_call(module, p, (xi.unsqueeze(0),)).sum()
+
+    def refusal(attempt: Callable[[], Any]) -> str | None:
+        try:
+            with torch.random.fork_rng(devices=[]):
+                attempt()
+        except Exception as exc:  # any other error: the run meets it where it can say more
+            return first_line(exc) if vmap_failure(exc) else None
+        return None
+
+    models = refusal(lambda: vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, None),
+                                  randomness="same")(two, x))
+    examples = refusal(lambda: vmap(grad(one), in_dims=(None, 0))(params, x))
+    return models, examples
 
 
 # --- estimators --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from runners.errors import SetupError
 
 _current = os.environ.get("INFLANG_ENGINE", "auto")
 _used: set[str] = set()
+_looped: dict[str, str] = {}  # what the current task ran one at a time (vmap could not batch it) -> the sentence
 _unavailable: str | None = None  # why compiling failed in this process, once it has
 
 
@@ -54,13 +55,13 @@ def current() -> str:
 def selected(name: str | None) -> Iterator[set[str]]:
     """Compute under engine ``name`` (None: the process default, INFLANG_ENGINE or auto); yields the set of
     engines that trained ensembles inside, filled as they run."""
-    global _current, _used
-    before, used_before = _current, _used
-    _current, _used = (parse(name) if name is not None else _current), set()
+    global _current, _used, _looped
+    before, used_before, looped_before = _current, _used, _looped
+    _current, _used, _looped = (parse(name) if name is not None else _current), set(), {}
     try:
         yield _used
     finally:
-        _current, _used = before, used_before
+        _current, _used, _looped = before, used_before, looped_before
 
 
 def default() -> str:
@@ -101,3 +102,22 @@ def unavailable(reason: str) -> None:
     if _unavailable is None:
         _unavailable = reason
         print(f"inflang: compiled engine unavailable ({reason}); using the eager engine", file=sys.stderr)
+
+
+def looped(what: str, module: nn.Module, exc: BaseException | str, then: str) -> None:
+    """Record that the current task computes ``what`` (models, examples, Hessian rows) one at a time because vmap
+    cannot batch ``module``: why (the error's first line, whole) and what happens instead (``then``). The task's
+    rows, the run's log and one line on the terminal per run say so (``loops``; the driver prints)."""
+    reason = exc if isinstance(exc, str) else first_line(exc)
+    _looped.setdefault(what, f"{type(module).__name__} cannot be batched over {what} ({reason}); {then}")
+
+
+def loops() -> tuple[str, ...]:
+    """What the current task ran one at a time and why, one sentence per part (empty: everything was batched)."""
+    return tuple(_looped.values())
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line, whole (its type where it has no text)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,8 +152,8 @@ def weighted_cross_entropy(y: Tensor, weights: Tensor, smoothing: float = 0.0, n
     return term
 
 
-SEQUENTIAL: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules vmap cannot batch: one model at a time
-_SAID: set[str] = set()
+SEQUENTIAL: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()  # modules vmap cannot batch
+# (one model at a time) -> why
 
 
 def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bool = False) -> Tensor:
@@ -162,7 +161,8 @@ def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bo
     ``params`` may hold stacked buffers too (each model's running statistics). In training mode every model
     draws the same dropout masks (common random numbers: a removal is compared with its control under the
     same noise). A module that ``vmap`` cannot batch (a study's own network with data-dependent control flow or
-    in-place state) runs one model at a time, each from the same random state, said once on stderr.
+    in-place state) runs one model at a time, each from the same random state, recorded with the task
+    (``runners.engine.looped``: its rows, the run's log and one line per run say so).
     A plain convolutional stack (``runners.stacked.supports``) runs without vmap, its convolutions as matmuls
     batched over models (``runners.stacked``)."""
     how = stacked.chosen(module, x)
@@ -176,11 +176,8 @@ def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bo
         except RuntimeError as exc:
             if not vmap_failure(exc):
                 raise
-            SEQUENTIAL.add(module)
-            if type(module).__qualname__ not in _SAID:  # once per network class in a process
-                _SAID.add(type(module).__qualname__)
-                print(f"inflang: {type(module).__name__} cannot be batched over models "
-                      f"({str(exc).splitlines()[0][:120]}); retraining its models one at a time", file=sys.stderr)
+            SEQUENTIAL[module] = engines.first_line(exc)
+    engines.looped("models", module, SEQUENTIAL[module], "retraining its models one at a time")
     count = next(iter(params.values())).shape[0]
     devices = [x.device] if x.device.type == "cuda" else []
     state = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]

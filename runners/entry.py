@@ -30,7 +30,9 @@ class Done:
     rows: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     artifact: bytes | None = None
     seconds: float = 0.0
-    engine: str | None = None  # the engines that retrained its ensembles ('compiled', 'eager', both joined by +)
+    engine: str | None = None  # the engines that retrained its ensembles ('compiled', 'eager', both joined by +),
+    # followed by '(looped: ...)' where a part ran one at a time
+    looped: tuple[str, ...] = ()  # what ran one at a time because vmap could not batch the module, and why
 
 
 def serialise(arrays: dict[str, Tensor]) -> bytes:
@@ -54,5 +56,9 @@ def run(kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes], memory_bud
     with engines.selected(engine) as used:
         out, _ = run_task(kind, inputs, ready, Context(memory_budget=memory_budget, progress=progress,
                                                        device=device))
+        looped = engines.loops()
     artifact = serialise(out.arrays) if out.arrays else None
-    return Done(out.rows, artifact, time.perf_counter() - start, "+".join(sorted(used)) or None)
+    name = "+".join(sorted(used)) or None
+    if looped:  # tasks.engine says so: the loops ran eagerly
+        name = f"{name or 'eager'} (looped: {'; '.join(looped)})"
+    return Done(out.rows, artifact, time.perf_counter() - start, name, looped)

@@ -232,8 +232,20 @@ def test_a_module_vmap_cannot_batch_is_retrained_one_model_at_a_time(folder: Pat
     (folder / "s.yaml").write_text(CUSTOM.format(name="branchy"))
     db = folder / "r.duckdb"
     run(folder / "c.yaml", db)
+    planned = runner.invoke(app, ["plan", str(folder / "s.yaml"), "--db", str(db)])
+    assert planned.exit_code == 0, planned.output
+    assert "Branching cannot be batched over models (" in planned.output
+    assert "as batched ensembles" not in planned.output
     result = run(folder / "s.yaml", db)
     assert result.output.count("cannot be batched over models") == 1
+    (line,) = [x for x in result.output.splitlines() if "cannot be batched over models" in x]
+    reason = line.split("(", 1)[1].rsplit(")", 1)[0]
+    assert reason in planned.output and reason.endswith(".")  # whole: vmap's first line, not cut mid-word
+    engines = rows(db, "SELECT engine FROM tasks WHERE kind = 'ground_truth' AND engine LIKE "
+                       "'eager (looped: Branching cannot be batched over models%'")
+    assert len(engines) == 1 and reason in engines[0][0], rows(db, "SELECT kind, engine FROM tasks")
+    (log,) = sorted((folder / ".inflang" / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime)[-1:]
+    assert "looped ground_truth" in log.read_text() and reason in log.read_text()
     plain, branchy = influence(db, "plain"), influence(db, "branchy")
     assert len(plain) == len(branchy) and all(a[:3] == b[:3] and (a[4] is None or abs(a[4] - b[4]) < 1e-10)
                                               for a, b in zip(plain, branchy, strict=True))
@@ -292,3 +304,76 @@ def test_measuring_the_refits_gradients_leaves_running_statistics_alone():
     measured = train_ensemble(module, {k: v.clone() for k, v in start.items()}, x, rule, 3, None, [0, 0],
                               weighted_cross_entropy(y, weights), engine="eager", gradient_norms=norms)
     assert norms and all(torch.equal(plain[k], measured[k]) for k in plain)
+
+
+BRANCH_ON_INPUTS = """\
+    import torch
+    from inflang.spec import MlpModel
+    from runners.models.mlp import build_mlp
+
+    class OnInputs(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            if float(x.detach().abs().sum()) < 0:  # branches on the inputs only: models batch, examples do not
+                x = -x
+            return self.inner(x)
+
+    def our_mlp(input_shape, classes, width=8):
+        return OnInputs(build_mlp(MlpModel(arch="mlp", depth=1, width=width), input_shape, classes))
+    """
+
+
+def test_per_example_gradients_taken_one_at_a_time_are_said_once_per_run_with_workers(folder: Path):
+    """A network vmap batches over models but not over examples: plan says the per-example gradients loop, and a
+    run with two workers says so once (not once per worker process), and records it with the task."""
+    (folder / "my_nets.py").write_text(textwrap.dedent(BRANCH_ON_INPUTS))
+    (folder / "c.yaml").write_text(CUSTOM.format(name="inputs"))
+    db = folder / "r.duckdb"
+    planned = runner.invoke(app, ["plan", str(folder / "c.yaml"), "--db", str(db)])
+    assert planned.exit_code == 0, planned.output
+    assert "OnInputs cannot be batched over examples (" in planned.output
+    assert "over models" not in planned.output and "as batched ensembles" in planned.output, planned.output[-1500:]
+    result = run(folder / "c.yaml", db, "--workers", "2")
+    assert result.output.count("OnInputs cannot be batched over examples") == 1, result.output
+    assert rows(db, "SELECT count(*) FROM tasks WHERE kind = 'estimate' AND engine LIKE "
+                    "'eager (looped: OnInputs cannot be batched over examples%'")[0][0] >= 1
+
+
+def test_float_zero_one_labels_warn_at_the_loader(folder: Path):
+    (folder / "my_data.py").write_text(textwrap.dedent("""\
+        import numpy as np
+        from sklearn.datasets import load_iris
+
+        def iris():
+            bunch = load_iris()
+            return np.asarray(bunch.data, dtype=np.float64), (np.asarray(bunch.target) == 1).astype(np.float64)
+        """))
+    (folder / "my_nets.py").write_text(textwrap.dedent(MODULES["my_nets.py"]).replace("width=8", "width=4"))
+    study = folder / "c.yaml"
+    study.write_text(CUSTOM.format(name="floats"))
+    db = folder / "r.duckdb"
+    expected = (f"{study}:2:"  # the loader's value, on line 2
+                ": dataset.loader: warning: labels are float: regression with the squared error; return integers "
+                "for classification")
+    planned = runner.invoke(app, ["plan", str(study), "--db", str(db)])
+    assert planned.exit_code == 0 and planned.output.count("labels are float") == 1, planned.output
+    (line,) = [x for x in planned.output.splitlines() if "labels are float" in x]
+    assert line.startswith(f"{study}:2:") and line.endswith(expected.split(":2:", 1)[1]), line
+    assert run(study, db).output.count("labels are float") == 1
+    (folder / "my_data.py").write_text(textwrap.dedent(MODULES["my_data.py"]))  # integer labels: no warning
+    assert "labels are float" not in runner.invoke(app, ["plan", str(study), "--db", str(db)]).output
+
+
+def test_a_rate_measured_before_the_module_changed_is_not_reused(folder: Path, monkeypatch):
+    monkeypatch.setenv("INFLANG_CACHE", str(folder / "cache"))
+    (folder / "c.yaml").write_text(CUSTOM.format(name="priced"))
+    plan = ["plan", str(folder / "c.yaml"), "--db", str(folder / "r.duckdb"), "--engine", "eager"]
+    calibrated = runner.invoke(app, [*plan, "--calibrate"])
+    assert calibrated.exit_code == 0 and "time: about" in calibrated.output, calibrated.output
+    assert "time: about" in runner.invoke(app, plan).output  # measured: priced from the cache
+    (folder / "my_nets.py").write_text((folder / "my_nets.py").read_text() + "\n# edited\n")
+    edited = runner.invoke(app, plan)
+    assert edited.exit_code == 0 and "have no rate measured" in edited.output, edited.output

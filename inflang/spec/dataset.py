@@ -29,6 +29,7 @@ class DatasetInfo:
     shape: tuple[int, ...] | None = None  # image shape (channels, height, width) for image datasets
     regression: bool = False  # real-valued targets and the squared-error loss
     known: bool = True  # False: a custom loader not run yet (inflang validate): sizes are placeholders
+    whole_targets: bool = False  # regression targets that are all whole numbers (e.g. 0/1 labels given as floats)
 
 
 # the placeholder of a custom dataset whose loader has not run: large enough that no size check refuses it

@@ -378,6 +378,9 @@ class ModelFacts:
     convolutional: bool
     stacked: bool = False  # a plain convolutional stack, retrained by the convolution engine (runners.stacked)
     fixed: bool = True  # no dropout and no buffers: the compiled engine may run it (runners.engine.fixed_structure)
+    name: str = "the module"  # its class name
+    unbatched: str | None = None  # why vmap cannot batch it over models (retraining loops over them), else None
+    unbatched_examples: str | None = None  # why vmap cannot batch its per-example gradients, else None
 
 
 class CustomModel(CodeFields):
@@ -399,11 +402,26 @@ class CustomModel(CodeFields):
         return self._facts.stacked if self._facts is not None else False
 
     def engine_facts(self) -> dict[str, bool]:
-        """What the engine choice needs from the probed module, for a plan's workload (a dump of the spec
-        leaves the probed facts out)."""
+        """What the engine choice (and a measured rate) depends on in the probed module, for a plan's workload (a
+        dump of the spec leaves the probed facts out)."""
         facts = self._facts
         return {"convolutional": self.convolutional, "stacked": self.stacked,
-                "fixed": facts.fixed if facts is not None else True}
+                "fixed": facts.fixed if facts is not None else True,
+                "batches": facts is None or facts.unbatched is None}
+
+    def loops(self) -> list[str]:
+        """What runs one model or one example at a time because vmap cannot batch the probed module, and why."""
+        facts = self._facts
+        if facts is None:
+            return []
+        found = []
+        if facts.unbatched is not None:
+            found.append(f"{facts.name} cannot be batched over models ({facts.unbatched}): retraining runs its "
+                         "models one at a time")
+        if facts.unbatched_examples is not None:
+            found.append(f"{facts.name} cannot be batched over examples ({facts.unbatched_examples}): its "
+                         "per-example gradients and Hessian are taken one example (one row) at a time")
+        return found
 
     def with_facts(self, facts: ModelFacts) -> CustomModel:
         copy = self.model_copy()

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
+from runners import engine as engines
 from runners.curvature import Spectrum
 from runners.objective import MEASURES, PARAM_CHANGE, FlatModel, per_example_loss, vmap_failure
 
@@ -194,7 +195,9 @@ def per_example_gradients(flat: FlatModel, fn: Callable[[Tensor, Tensor], Tensor
         except RuntimeError as exc:
             if not vmap_failure(exc):
                 raise
-            UNBATCHED_EXAMPLES.add(flat.module)
+            UNBATCHED_EXAMPLES[flat.module] = engines.first_line(exc)
+    engines.looped("examples", flat.module, UNBATCHED_EXAMPLES[flat.module],
+                   "taking per-example gradients one example at a time")
     theta = flat.theta.detach().requires_grad_(True)  # a module vmap cannot batch: one example at a time
     return torch.stack([torch.autograd.grad(one(theta, x[i], y[i]), theta)[0] for i in range(int(x.shape[0]))])
 
@@ -209,7 +212,8 @@ def gradients(flat: FlatModel, x: Tensor, y: Tensor, measure: str = "loss", smoo
 
 
 UNBATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules whose double backward cannot be batched
-UNBATCHED_EXAMPLES: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules vmap cannot batch over examples
+UNBATCHED_EXAMPLES: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()  # modules vmap
+# cannot batch over examples -> why
 
 
 HVP_ELEMENTS = 20_000_000  # layer outputs (examples x outputs per example) of one double-backward pass
