@@ -285,9 +285,10 @@ def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
             evidence.why = f"no {name} rows behind {claim.metric}"
             return evidence
     arms = [(c, units(source[keys[i]], seeds)) for i, c in sorted(coefficients.items()) if c != 0.0]
+    # a 0/1 quantity's level is a proportion: its interval is at least the exact binomial one of the successes
+    # and trials pooled over every point it covers (never the no-width t interval of all ones)
     combined = intervals.combine(arms, seeds, intervals.metric_range(name) if levels else None,
-                                 binomial_count(name, [source[k] for k in involved]) if levels and len(involved) == 1
-                                 else None)
+                                 binomial_count(name, [source[k] for k in involved]) if levels else None)
     value: intervals.Statistic | None = combined
     if combined is not None and pooled_root:
         root = claim.metric.removeprefix("noise_ceiling_")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 from typer.testing import CliRunner
 
 from inflang.claims import evaluate_one
@@ -255,3 +256,47 @@ def test_trend_ranks_count_every_swept_value():
     cells = [{"x": x} for x in (1, 2, 3)]
     (v,) = evaluate_rows([claim], [by_point], [None], cells=cells)
     assert v.estimate == pytest.approx(0.1)  # 0.2 over two ranks, not one
+
+
+def one_seed_points(values: dict[int, np.ndarray], estimator: str = "e", repeat: int = 0) -> dict:
+    """In-memory rows (``ByPoint``): sweep point x -> one seed whose test points 0..T-1 have these values."""
+    from inflang.pooling import SeedRows
+
+    return {json.dumps({"x": x}): {estimator: [SeedRows(repeat, list(range(len(v))), np.asarray(v, float), None)]}
+            for x, v in values.items()}
+
+
+def test_a_zero_one_metric_gets_the_exact_binomial_interval_pooled_over_every_point():
+    """flipped = 1 at all 10 test points of two identical sweep points: the level is a proportion of 20 of 20,
+    whose exact (Clopper-Pearson) interval is scipy's [0.832, 1], so at_least 0.99 is unresolved; the t interval
+    over the test points alone is [1, 1] and said "supported"."""
+    from inflang.claims import evaluate_rows
+
+    by_point = one_seed_points({0: np.ones(10), 1: np.ones(10)}, "exact")
+    claim = Claim(name="c", metric="flipped", estimator="exact", at_least=0.99)
+    (v,) = evaluate_rows([claim], [by_point], [None])
+    exact = sps.binomtest(20, 20).proportion_ci(0.95, method="exact")
+    assert v.verdict == "unresolved", v
+    assert v.ci_low == pytest.approx(exact.low) and v.ci_high == 1.0
+
+
+def test_a_zero_one_level_over_two_points_covers_its_proportion():
+    """One seed, two sweep points, 10 test points each, every test point flipping with probability p: the 95%
+    interval of the level covers p in at least 93% of 300 simulated studies, and at_least p is (falsely)
+    supported in at most 5% (before: 18% coverage at p = 0.99, the t interval of all ones having no width)."""
+    from inflang.claims import decide, gather
+
+    rng = np.random.default_rng(11)
+    for p in (0.05, 0.5, 0.9, 0.99):
+        claim = Claim(name="c", metric="flipped", estimator="exact", at_least=p)
+        covered = supported = 0
+        for _ in range(300):
+            flips = (rng.random((2, 10)) < p).astype(float)
+            evidence = gather(claim, one_seed_points({0: flips[0], 1: flips[1]}, "exact"))
+            assert evidence.value is not None
+            interval = evidence.value.interval()
+            assert interval is not None
+            covered += interval.low <= p <= interval.high
+            supported += decide(evidence).verdict == "supported"
+        assert covered / 300 >= 0.93 and supported / 300 <= 0.05, (p, covered, supported)
+
