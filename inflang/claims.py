@@ -289,6 +289,9 @@ def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
     # and trials pooled over every point it covers (never the no-width t interval of all ones)
     combined = intervals.combine(arms, seeds, intervals.metric_range(name) if levels else None,
                                  binomial_count(name, [source[k] for k in involved]) if levels else None)
+    if combined is None:
+        evidence.why = "a point the claim compares has no finite value"
+        return evidence
     value: intervals.Statistic | None = combined
     if combined is not None and pooled_root:
         root = claim.metric.removeprefix("noise_ceiling_")
@@ -483,6 +486,11 @@ def decide(evidence: Evidence, level_: float = intervals.LEVEL) -> Verdict:
     if interval is None or not math.isfinite(estimate):
         if claim.metric in MODEL_QUANTITIES and value.units < 2:
             why = f"{claim.metric} is one number per model: an interval needs repeats >= {MIN_SEEDS} seeds"
+        elif isinstance(value, intervals.TMean) and value.paired and value.units < 2:
+            unit = "seeds" if evidence.by_seeds else "test points"
+            why = (f"fewer than 2 {unit} finite at every point the claim compares (found {value.units}; the points "
+                   f"share their {unit}, so they pair on those finite in all of them, and {value.dropped} "
+                   "measured at only some were left out)")
         else:
             why = "no interval: fewer than 2 units (seeds, or test points of one seed) with a finite value"
         return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable", detail=why,

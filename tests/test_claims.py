@@ -300,3 +300,36 @@ def test_a_zero_one_level_over_two_points_covers_its_proportion():
             supported += decide(evidence).verdict == "supported"
         assert covered / 300 >= 0.93 and supported / 300 <= 0.05, (p, covered, supported)
 
+
+def test_test_points_pair_on_their_ids_whichever_are_undefined():
+    """One seed, the same 10 test points at two sweep points (a large test-point effect both share), 3 undefined
+    at one point and 4 others at the other: only 3 shared test points are finite in both, fewer than half of
+    each point's finite ones, yet the points share their test points, so they pair on those 3 (scipy's paired t
+    interval), not Welch over the two points' unpaired test points."""
+    from inflang.claims import evaluate_rows
+
+    rng = np.random.default_rng(5)
+    shared = rng.normal(0, 0.3, 10)
+    a = 0.5 + shared + rng.normal(0, 0.01, 10)
+    b = 0.6 + shared + rng.normal(0, 0.01, 10)
+    a[[0, 1, 2]] = np.nan
+    b[[3, 4, 5, 6]] = np.nan
+    claim = Claim(name="c", metric="spearman", estimator="e", contrast={"axis": "x", "better": 1, "than": 0})
+    (v,) = evaluate_rows([claim], [one_seed_points({0: a, 1: b})], [None])
+    paired = sps.ttest_rel(b[7:], a[7:]).confidence_interval(0.95)
+    assert (v.ci_low, v.ci_high) == pytest.approx((paired.low, paired.high)), v
+    assert v.verdict == "supported" and "7 test points left out" in v.detail
+
+
+def test_fewer_than_two_shared_finite_test_points_are_not_evaluable():
+    """The same 4 test points at both points, each undefined at one point or the other but one: no pairs to
+    take a spread from, so not evaluable, and the detail says why (not a Welch interval over unpaired points)."""
+    from inflang.claims import evaluate_rows
+
+    a = np.array([0.5, 0.6, np.nan, np.nan])
+    b = np.array([0.7, np.nan, 0.8, 0.9])
+    claim = Claim(name="c", metric="spearman", estimator="e", contrast={"axis": "x", "better": 1, "than": 0})
+    (v,) = evaluate_rows([claim], [one_seed_points({0: a, 1: b})], [None])
+    assert v.verdict == "not evaluable" and v.ci_low is None, v
+    assert "fewer than 2 test points" in v.detail and "finite at every point" in v.detail, v.detail
+
