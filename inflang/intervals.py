@@ -11,7 +11,8 @@ one seed (then the interval is about that trained model, not about training seed
   differences at a point) measured on units u. Paired when every arm has the same units (seeds always pair on
   the seeds all arms have), judged on the units' ids, not on which values are finite: d_u = sum_a c_a y_{a,u}
   over the shared units finite in every arm, theta = mean d, se = sd(d) / sqrt(n), t with n - 1 degrees of
-  freedom (no interval below 2 such units). Otherwise Welch: se^2 = sum_a c_a^2 s_a^2 / n_a, Welch-Satterthwaite degrees of freedom.
+  freedom (no interval below 2 such units). Otherwise Welch: se^2 = sum_a c_a^2 s_a^2 / n_a,
+  Welch-Satterthwaite degrees of freedom.
   Student's t quantiles make the interval exact for normal unit values at any n >= 2, so 2 seeds give an
   honest (wide, t_1 = 12.7) interval rather than a bootstrap's narrow one. Levels of bounded metrics are
   clipped to their range; a level of a 0/1 quantity (e.g. ``flipped``) is at least as wide as the exact
