@@ -205,7 +205,17 @@ class Evidence:
         return _threshold(self.claim)
 
     def p_value(self) -> float:
-        return math.nan if self.value is None else intervals.p_value(self.value, self.threshold)
+        """NaN without a verdict (no statistic, or an interval of no width), so a family does not count it."""
+        if self.value is None or _no_width(self.value):
+            return math.nan
+        return intervals.p_value(self.value, self.threshold)
+
+
+def _no_width(value: intervals.Statistic) -> bool:
+    """Whether the statistic's interval has no width: every unit gave the same value (an exact interval, such as
+    a proportion's Clopper-Pearson, never has)."""
+    interval = value.interval(intervals.LEVEL)
+    return interval is not None and not interval.high > interval.low
 
 
 def _model_rows(con: duckdb.DuckDBPyConnection, study: str, quantity: str) -> dict[str, list[SeedRows]]:
@@ -360,9 +370,6 @@ def _gather_share(evidence: Evidence, claim: Claim, selected: dict[str, list[See
 
 
 def _unit_notes(evidence: Evidence, value: intervals.Statistic | None, seeds: bool, claim: Claim) -> None:
-    if isinstance(value, intervals.TMean) and value.se == 0 and value.units >= 2:
-        evidence.notes.append(f"every {'seed' if seeds else 'test point'} gives the same value: the interval has no "
-                              "width, and says only that no variation was seen")
     if isinstance(value, intervals.TMean) and value.dropped:
         unit = "seed" if seeds else "test point"
         evidence.notes.append(f"{value.dropped} {unit}{'s' if value.dropped > 1 else ''} left out: not measured at "
@@ -495,9 +502,26 @@ def decide(evidence: Evidence, level_: float = intervals.LEVEL) -> Verdict:
             why = "no interval: fewer than 2 units (seeds, or test points of one seed) with a finite value"
         return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable", detail=why,
                        **base)  # type: ignore[arg-type]
+    if _no_width(value):
+        return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable",
+                       detail=_no_spread(evidence, value), **base)  # type: ignore[arg-type]
     return Verdict(estimate=estimate, ci_low=interval.low, ci_high=interval.high,
                    verdict=_verdict(claim, interval.low, interval.high), detail="; ".join(evidence.notes),
                    p_value=evidence.p_value(), **base)  # type: ignore[arg-type]
+
+
+def _no_spread(evidence: Evidence, value: intervals.Statistic) -> str:
+    """Why an interval of no width gives no verdict."""
+    if isinstance(value, intervals.Share):
+        why = "the item bootstrap shows no variation within any test point"
+    else:
+        unit = "seed" if evidence.by_seeds else "test point"
+        inner = value.inner if isinstance(value, intervals.Mapped) else value
+        what = "the same difference" if evidence.claim.form in ("trend", "contrast", "compare") else "the same value"
+        why = f"every {unit} gives {what}" if isinstance(inner, intervals.TMean) and inner.units >= 2 else \
+            "the data show no variation"
+    return (f"no spread: {why}, so the interval has no width; it would say only that no variation was seen, not "
+            "how far the value could be from its line")
 
 
 def family_levels(evidence: Sequence[Evidence], adjust: str, level_: float = intervals.LEVEL) -> list[float]:

@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as sps
 from typer.testing import CliRunner
 
+from inflang import intervals
 from inflang.claims import evaluate_one
 from inflang.cli import app
 from inflang.errors import StudyError
@@ -157,7 +158,7 @@ def test_claims_end_to_end_on_logistic_regression(write, tmp_path: Path):
     verdicts = dict(rows(db, "SELECT claim, verdict FROM claims WHERE study = 'convex'"))
     assert verdicts == {"exact beats gradient similarity": "supported",
                         "gradient similarity beats exact": "contradicted",
-                        "top_k changes nothing": "unresolved",  # the same model twice: a difference of exactly 0
+                        "top_k changes nothing": "not evaluable",  # the same model twice: exactly 0, no spread
                         "linear models are accurate": "supported"}
     assert "claims: verdict" in result.output and "supported" in result.output
     # editing a claim reruns nothing but the claim evaluation
@@ -234,15 +235,17 @@ def test_compare_matches_seeds_by_repeat_and_never_merges_them():
 
 
 def test_a_correlation_of_one_everywhere_is_not_a_proportion():
-    """Exact influence on a linear model: Spearman 1 at every test point. Its interval is the data's (no width,
-    and said so), not the binomial bound of a proportion, so at_least 0.95 is supported."""
+    """Exact influence on a linear model: Spearman 1 at every test point. Its pooled interval is the data's (no
+    width), not the binomial bound of a proportion; a claim on it has no spread to decide on."""
     from inflang.claims import evaluate_rows
-    from inflang.pooling import SeedRows
+    from inflang.pooling import SeedRows, level
 
-    by_point = {"{}": {"exact": [SeedRows(0, list(range(30)), np.ones(30), None)]}}
+    rows = [SeedRows(0, list(range(30)), np.ones(30), None)]
+    found = level(rows, "spearman")
+    assert found is not None and found.interval() == intervals.Interval(1.0, 1.0)
     claim = Claim(name="c", metric="spearman", estimator="exact", at_least=0.95)
-    (v,) = evaluate_rows([claim], [by_point], [None])
-    assert v.verdict == "supported" and v.ci_low == 1.0 and "no width" in v.detail
+    (v,) = evaluate_rows([claim], [{"{}": {"exact": rows}}], [None])
+    assert v.verdict == "not evaluable" and v.estimate == 1.0 and "no spread" in v.detail
 
 
 def test_trend_ranks_count_every_swept_value():
@@ -332,4 +335,20 @@ def test_fewer_than_two_shared_finite_test_points_are_not_evaluable():
     (v,) = evaluate_rows([claim], [one_seed_points({0: a, 1: b})], [None])
     assert v.verdict == "not evaluable" and v.ci_low is None, v
     assert "fewer than 2 test points" in v.detail and "finite at every point" in v.detail, v.detail
+
+
+def test_an_interval_of_no_width_is_not_evaluable():
+    """Spearman exactly 1 at every test point of the one seed: the data show no spread, so at_least 0.95 gets
+    no verdict (and no p-value to count in a family); a difference of exactly 0 between two identical models
+    neither."""
+    from inflang.claims import evaluate_rows
+
+    ones = one_seed_points({0: np.ones(30)}, "exact")
+    claim = Claim(name="c", metric="spearman", estimator="exact", at_least=0.95)
+    (v,) = evaluate_rows([claim], [ones], [None])
+    assert v.verdict == "not evaluable" and "no spread" in v.detail and np.isnan(v.p_value), v
+    same = np.random.default_rng(2).normal(0.5, 0.1, 8)
+    contrast = Claim(name="c", metric="spearman", estimator="e", contrast={"axis": "x", "better": 1, "than": 0})
+    (d,) = evaluate_rows([contrast], [one_seed_points({0: same, 1: same})], [None])
+    assert d.verdict == "not evaluable" and "no spread" in d.detail, d
 
