@@ -199,6 +199,7 @@ class Evidence:
     ceiling: float | None = None
     notes: list[str] = field(default_factory=list)
     by_seeds: bool = False  # its units are seeds (else the test points of one seed)
+    steps: list[tuple[str, intervals.TMean]] = field(default_factory=list)  # a trend's adjacent steps
 
     @property
     def threshold(self) -> float:
@@ -311,6 +312,11 @@ def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
     evidence.test_points = finite_count([selected[k] for k in involved])
     evidence.by_seeds = seeds
     _unit_notes(evidence, value, seeds, claim)
+    if claim.trend is not None:
+        for label, weights in _steps(claim, keys):
+            step = intervals.combine([(c, units(source[keys[i]], seeds)) for i, c in weights.items()], seeds)
+            if step is not None:
+                evidence.steps.append((label, step))
     if kind and levels:
         evidence.ceiling = _arms_ceiling(reliability, involved, kind)
     elif kind and claim.contrast is not None and reliability is not None:
@@ -439,6 +445,51 @@ def _coefficients(claim: Claim, keys: Sequence[str], axis_values: Sequence[Any] 
     return out
 
 
+def _steps(claim: Claim, keys: Sequence[str]) -> list[tuple[str, dict[int, float]]]:
+    """A trend's adjacent steps: per pair of axis values next to each other among a combination of the other
+    swept values' finished points, (label, point index -> weight) of metric(next) - metric(this), averaged over
+    the combinations that have both; none when the points hold fewer than 3 values of the axis (one step is
+    the trend itself)."""
+    assert claim.trend is not None
+    axis = claim.trend.axis
+    groups: dict[str, list[tuple[float, int, Any]]] = {}
+    for i, k in enumerate(keys):
+        params = json.loads(k)
+        if _numeric(params.get(axis)):
+            others = json.dumps({p: v for p, v in params.items() if p != axis}, sort_keys=True)
+            groups.setdefault(others, []).append((float(params[axis]), i, params[axis]))
+    if len({v for members in groups.values() for v, _, _ in members}) < 3:
+        return []
+    pairs: dict[tuple[float, float], list[tuple[int, int]]] = {}
+    shown: dict[tuple[float, float], str] = {}
+    for members in groups.values():
+        ordered = sorted(members)
+        for (a, i, va), (b, j, vb) in zip(ordered, ordered[1:], strict=False):
+            pairs.setdefault((a, b), []).append((i, j))
+            shown.setdefault((a, b), f"{axis} {_shown(va)} -> {_shown(vb)}")
+    out = []
+    for step in sorted(pairs):
+        weights: dict[int, float] = {}
+        for i, j in pairs[step]:
+            weights[j] = weights.get(j, 0.0) + 1 / len(pairs[step])
+            weights[i] = weights.get(i, 0.0) - 1 / len(pairs[step])
+        out.append((shown[step], weights))
+    return out
+
+
+def _against(claim: Claim, evidence: Evidence, level_: float) -> list[str]:
+    """A trend's adjacent steps whose interval lies strictly against its direction, in words."""
+    assert claim.trend is not None
+    up = claim.trend.direction == "up"
+    out = []
+    for label, step in evidence.steps:
+        found = step.interval(level_)
+        if found is not None and (found.high < 0 if up else found.low > 0):
+            out.append(f"{label} {'falls' if up else 'rises'}, "
+                       f"{intervals.interval_text(step.value, found.low, found.high, level_)}")
+    return out
+
+
 def _verdict(claim: Claim, low: float, high: float) -> str:
     """Strictly on one side of the line (an interval that reaches it is unresolved, as its p-value says)."""
     if claim.at_least is not None:
@@ -505,8 +556,15 @@ def decide(evidence: Evidence, level_: float = intervals.LEVEL) -> Verdict:
     if _no_width(value):
         return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable",
                        detail=_no_spread(evidence, value), **base)  # type: ignore[arg-type]
+    verdict = _verdict(claim, interval.low, interval.high)
+    notes = list(evidence.notes)
+    if claim.trend is not None and verdict != "contradicted":
+        against = _against(claim, evidence, level_)
+        if against:  # a slope resolved one way with a step resolved the other is not a trend that way
+            notes.insert(0, "not monotone: " + "; ".join(against))
+            verdict = "unresolved"
     return Verdict(estimate=estimate, ci_low=interval.low, ci_high=interval.high,
-                   verdict=_verdict(claim, interval.low, interval.high), detail="; ".join(evidence.notes),
+                   verdict=verdict, detail="; ".join(notes),
                    p_value=evidence.p_value(), **base)  # type: ignore[arg-type]
 
 

@@ -352,3 +352,34 @@ def test_an_interval_of_no_width_is_not_evaluable():
     (d,) = evaluate_rows([contrast], [one_seed_points({0: same, 1: same})], [None])
     assert d.verdict == "not evaluable" and "no spread" in d.detail, d
 
+
+def seeded_points(means: dict[int, float], seeds: int = 5, points: int = 10, noise: float = 0.01,
+                  seed: int = 0) -> dict:
+    """In-memory rows: sweep point x -> ``seeds`` seeds of ``points`` test points around the given mean."""
+    from inflang.pooling import SeedRows
+
+    rng = np.random.default_rng(seed)
+    return {json.dumps({"x": x}): {"e": [SeedRows(s, list(range(points)), m + rng.normal(0, noise, points), None)
+                                         for s in range(seeds)]} for x, m in means.items()}
+
+
+def test_a_trend_with_a_step_resolved_against_it_is_not_supported():
+    """Means 0.50 / 0.90 / 0.55 along x = 1, 2, 3: the rank slope (0.55 - 0.50) / 2 is resolved up, but the step
+    2 -> 3 falls by 0.35 (resolved: scipy's paired t interval over the seeds' differences), so 'trend up' is
+    unresolved and says which step; 'trend down' is contradicted; a monotone 0.50 / 0.52 / 0.55 is supported."""
+    from inflang.claims import evaluate_rows
+
+    by_point = seeded_points({1: 0.50, 2: 0.90, 3: 0.55})
+    up = Claim(name="c", metric="spearman", estimator="e", trend={"axis": "x", "direction": "up"})
+    down = Claim(name="c", metric="spearman", estimator="e", trend={"axis": "x", "direction": "down"})
+    (v,) = evaluate_rows([up], [by_point], [None])
+    assert v.ci_low > 0 and v.verdict == "unresolved", v
+    two, three = ([r.mean() for r in by_point[json.dumps({"x": x})]["e"]] for x in (2, 3))
+    step = sps.ttest_rel(three, two).confidence_interval(0.95)
+    assert f"not monotone: x 2 -> 3 falls, {np.mean(three) - np.mean(two):.3f} " \
+           f"[{step.low:.2f}, {step.high:.2f}]" in v.detail, v.detail
+    (w,) = evaluate_rows([down], [by_point], [None])
+    assert w.verdict == "contradicted", w
+    (m,) = evaluate_rows([up], [seeded_points({1: 0.50, 2: 0.52, 3: 0.55})], [None])
+    assert m.verdict == "supported" and "not monotone" not in m.detail, m
+
