@@ -259,10 +259,31 @@ def _arms_ceiling(reliability: ByPoint | None, points: Sequence[str], kind: str)
 
 
 def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
-           axis_values: Sequence[Any] | None = None) -> Evidence:
+           axis_values: Sequence[Any] | None = None, test_points: str | None = None) -> Evidence:
     """The statistic of one claim from its rows (``rows_for``); ``reliability``: the rows of
     ``reliability_<metric>`` for ceilings (claims on spearman or pearson); ``axis_values``: every value the
-    study sweeps a trend's axis over (ranks count them whether or not their cells finished)."""
+    study sweeps a trend's axis over (ranks count them whether or not their cells finished); ``test_points``:
+    the study's ``test_points.select`` (a swept ``test_points.select`` overrides it per point)."""
+    evidence = _gather(claim, by_point, reliability, axis_values)
+    points = sorted(k for k in by_point if _matches(json.loads(k), claim.where))
+    fixed = bool(points) and all(_selection(json.loads(k), test_points) == "indices" for k in points)
+    if fixed and evidence.by_seeds and evidence.value is not None and claim.metric not in MODEL_QUANTITIES \
+            and claim.between_test_points is None:
+        evidence.notes.append("the same test points in every seed: the interval over seeds is about these fixed "
+                              "test points (select: indices), not the population of test points")
+    return evidence
+
+
+def _selection(params: Params, default: str | None) -> str | None:
+    """A point's ``test_points.select``: swept (as a path or within a swept ``test_points``), else the study's."""
+    if "test_points.select" in params:
+        return params["test_points.select"]
+    swept = params.get("test_points")
+    return swept.get("select", "highest_loss") if isinstance(swept, dict) else default
+
+
+def _gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None,
+            axis_values: Sequence[Any] | None) -> Evidence:
     evidence = Evidence(claim, _describe(claim))
     points = sorted(k for k in by_point if _matches(json.loads(k), claim.where))
     if not points:
@@ -593,17 +614,20 @@ def family_levels(evidence: Sequence[Evidence], adjust: str, level_: float = int
 
 
 def evaluate_rows(claims: Sequence[Claim], rows: Sequence[ByPoint], reliability: Sequence[ByPoint | None],
-                  adjust: str = "none", cells: Sequence[Params] | None = None) -> list[Verdict]:
+                  adjust: str = "none", cells: Sequence[Params] | None = None,
+                  test_points: str | None = None) -> list[Verdict]:
     """Verdicts of a family of claims from in-memory rows (one ``ByPoint`` per claim); ``cells``: the swept
-    values of every cell of the study (a trend's ranks count every swept value)."""
-    evidence = [gather(c, r, rel, _axis_values(c, cells)) for c, r, rel in zip(claims, rows, reliability,
-                                                                                 strict=True)]
+    values of every cell of the study (a trend's ranks count every swept value); ``test_points``: the study's
+    ``test_points.select`` (with ``indices`` a seed-level interval is about those test points)."""
+    evidence = [gather(c, r, rel, _axis_values(c, cells), test_points)
+                for c, r, rel in zip(claims, rows, reliability, strict=True)]
     return [decide(e, lv) for e, lv in zip(evidence, family_levels(evidence, adjust), strict=True)]
 
 
 def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim],
-             adjust: str = "none") -> list[Verdict]:
-    """Every claim of a study, from the rows its tasks stored."""
+             adjust: str = "none", test_points: str | None = None) -> list[Verdict]:
+    """Every claim of a study, from the rows its tasks stored; ``test_points``: the study's
+    ``test_points.select``."""
     cache: dict[str, ByPoint] = {}
 
     def rows(metric: str) -> ByPoint:
@@ -620,7 +644,8 @@ def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim]
         else:
             reliability.append(None)
     cells = cells_of(con, study)
-    verdicts = evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust, [p for _, p in cells])
+    verdicts = evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust, [p for _, p in cells],
+                             test_points)
     found = diagnostic_rows(con, study)
     if not found:
         return verdicts
@@ -656,9 +681,10 @@ def _subjects(claim: Claim) -> set[str]:
     return {MODEL, GROUND_TRUTH} | ({claim.estimator} if claim.estimator else set())
 
 
-def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim) -> Verdict:
+def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim, test_points: str | None = None
+                 ) -> Verdict:
     """One claim on its own (no family adjustment)."""
-    return evaluate(con, study, [claim])[0]
+    return evaluate(con, study, [claim], test_points=test_points)[0]
 
 
 def family_notes(rows: list[dict[str, Any]]) -> list[str]:

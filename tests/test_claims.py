@@ -383,3 +383,16 @@ def test_a_trend_with_a_step_resolved_against_it_is_not_supported():
     (m,) = evaluate_rows([up], [seeded_points({1: 0.50, 2: 0.52, 3: 0.55})], [None])
     assert m.verdict == "supported" and "not monotone" not in m.detail, m
 
+
+def test_fixed_test_points_make_a_seed_level_interval_about_them():
+    """select: indices (the same test points in every seed): the interval over seeds is about those test points,
+    and the verdict says so; other selections do not."""
+    from inflang.claims import evaluate_rows
+
+    by_point = seeded_points({1: 0.5})
+    claim = Claim(name="c", metric="spearman", estimator="e", at_least=0.4)
+    (fixed,) = evaluate_rows([claim], [by_point], [None], test_points="indices")
+    assert fixed.verdict == "supported"
+    assert "about these fixed test points (select: indices), not the population of test points" in fixed.detail
+    (drawn,) = evaluate_rows([claim], [by_point], [None], test_points="random")
+    assert "select: indices" not in drawn.detail
