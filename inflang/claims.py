@@ -14,9 +14,11 @@ mean over test points:
 Each of the first four is a linear combination of the points' means, so its interval is one t-interval over
 the top level (seeds, paired across points; the test points of the one seed when there is only one). The
 verdict is ``supported`` when the interval lies on the claimed side (of 0, or of the threshold),
-``contradicted`` when it lies on the other, ``unresolved`` otherwise, and ``not evaluable`` when cells the
-claim needs failed or the data cannot give an interval. For metrics where lower is better (``flip_k``,
-losses, gaps; or ``better: lower``) a contrast or comparison claims a negative difference. With
+``contradicted`` when it lies on the other, ``unresolved`` otherwise (and for a trend whose slope is resolved
+but one of whose adjacent steps is resolved against it), and ``not evaluable`` when cells the claim needs
+failed, the data cannot give an interval, or the interval has no width (no spread). For metrics where lower
+is better (``flip_k``, losses, gaps; or ``better: lower``) a contrast or comparison claims a negative
+difference. With
 ``claims_adjust`` the intervals of the study's claims are widened as a family (Holm or Bonferroni).
 """
 
