@@ -14,9 +14,11 @@ mean over test points:
 Each of the first four is a linear combination of the points' means, so its interval is one t-interval over
 the top level (seeds, paired across points; the test points of the one seed when there is only one). The
 verdict is ``supported`` when the interval lies on the claimed side (of 0, or of the threshold),
-``contradicted`` when it lies on the other, ``unresolved`` otherwise, and ``not evaluable`` when cells the
-claim needs failed or the data cannot give an interval. For metrics where lower is better (``flip_k``,
-losses, gaps; or ``better: lower``) a contrast or comparison claims a negative difference. With
+``contradicted`` when it lies on the other, ``unresolved`` otherwise (and for a trend whose slope is resolved
+but one of whose adjacent steps is resolved against it), and ``not evaluable`` when cells the claim needs
+failed, the data cannot give an interval, or the interval has no width (no spread). For metrics where lower
+is better (``flip_k``, losses, gaps; or ``better: lower``) a contrast or comparison claims a negative
+difference. With
 ``claims_adjust`` the intervals of the study's claims are widened as a family (Holm or Bonferroni).
 """
 
@@ -199,13 +201,24 @@ class Evidence:
     ceiling: float | None = None
     notes: list[str] = field(default_factory=list)
     by_seeds: bool = False  # its units are seeds (else the test points of one seed)
+    steps: list[tuple[str, intervals.TMean]] = field(default_factory=list)  # a trend's adjacent steps
 
     @property
     def threshold(self) -> float:
         return _threshold(self.claim)
 
     def p_value(self) -> float:
-        return math.nan if self.value is None else intervals.p_value(self.value, self.threshold)
+        """NaN without a verdict (no statistic, or an interval of no width), so a family does not count it."""
+        if self.value is None or _no_width(self.value):
+            return math.nan
+        return intervals.p_value(self.value, self.threshold)
+
+
+def _no_width(value: intervals.Statistic) -> bool:
+    """Whether the statistic's interval has no width: every unit gave the same value (an exact interval, such as
+    a proportion's Clopper-Pearson, never has)."""
+    interval = value.interval(intervals.LEVEL)
+    return interval is not None and not interval.high > interval.low
 
 
 def _model_rows(con: duckdb.DuckDBPyConnection, study: str, quantity: str) -> dict[str, list[SeedRows]]:
@@ -248,10 +261,31 @@ def _arms_ceiling(reliability: ByPoint | None, points: Sequence[str], kind: str)
 
 
 def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
-           axis_values: Sequence[Any] | None = None) -> Evidence:
+           axis_values: Sequence[Any] | None = None, test_points: str | None = None) -> Evidence:
     """The statistic of one claim from its rows (``rows_for``); ``reliability``: the rows of
     ``reliability_<metric>`` for ceilings (claims on spearman or pearson); ``axis_values``: every value the
-    study sweeps a trend's axis over (ranks count them whether or not their cells finished)."""
+    study sweeps a trend's axis over (ranks count them whether or not their cells finished); ``test_points``:
+    the study's ``test_points.select`` (a swept ``test_points.select`` overrides it per point)."""
+    evidence = _gather(claim, by_point, reliability, axis_values)
+    points = sorted(k for k in by_point if _matches(json.loads(k), claim.where))
+    fixed = bool(points) and all(_selection(json.loads(k), test_points) == "indices" for k in points)
+    if fixed and evidence.by_seeds and evidence.value is not None and claim.metric not in MODEL_QUANTITIES \
+            and claim.between_test_points is None:
+        evidence.notes.append("the same test points in every seed: the interval over seeds is about these fixed "
+                              "test points (select: indices), not the population of test points")
+    return evidence
+
+
+def _selection(params: Params, default: str | None) -> str | None:
+    """A point's ``test_points.select``: swept (as a path or within a swept ``test_points``), else the study's."""
+    if "test_points.select" in params:
+        return params["test_points.select"]
+    swept = params.get("test_points")
+    return swept.get("select", "highest_loss") if isinstance(swept, dict) else default
+
+
+def _gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None,
+            axis_values: Sequence[Any] | None) -> Evidence:
     evidence = Evidence(claim, _describe(claim))
     points = sorted(k for k in by_point if _matches(json.loads(k), claim.where))
     if not points:
@@ -285,9 +319,13 @@ def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
             evidence.why = f"no {name} rows behind {claim.metric}"
             return evidence
     arms = [(c, units(source[keys[i]], seeds)) for i, c in sorted(coefficients.items()) if c != 0.0]
+    # a 0/1 quantity's level is a proportion: its interval is at least the exact binomial one of the successes
+    # and trials pooled over every point it covers (never the no-width t interval of all ones)
     combined = intervals.combine(arms, seeds, intervals.metric_range(name) if levels else None,
-                                 binomial_count(name, [source[k] for k in involved]) if levels and len(involved) == 1
-                                 else None)
+                                 binomial_count(name, [source[k] for k in involved]) if levels else None)
+    if combined is None:
+        evidence.why = "a point the claim compares has no finite value"
+        return evidence
     value: intervals.Statistic | None = combined
     if combined is not None and pooled_root:
         root = claim.metric.removeprefix("noise_ceiling_")
@@ -297,6 +335,11 @@ def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
     evidence.test_points = finite_count([selected[k] for k in involved])
     evidence.by_seeds = seeds
     _unit_notes(evidence, value, seeds, claim)
+    if claim.trend is not None:
+        for label, weights in _steps(claim, keys):
+            step = intervals.combine([(c, units(source[keys[i]], seeds)) for i, c in weights.items()], seeds)
+            if step is not None:
+                evidence.steps.append((label, step))
     if kind and levels:
         evidence.ceiling = _arms_ceiling(reliability, involved, kind)
     elif kind and claim.contrast is not None and reliability is not None:
@@ -356,9 +399,6 @@ def _gather_share(evidence: Evidence, claim: Claim, selected: dict[str, list[See
 
 
 def _unit_notes(evidence: Evidence, value: intervals.Statistic | None, seeds: bool, claim: Claim) -> None:
-    if isinstance(value, intervals.TMean) and value.se == 0 and value.units >= 2:
-        evidence.notes.append(f"every {'seed' if seeds else 'test point'} gives the same value: the interval has no "
-                              "width, and says only that no variation was seen")
     if isinstance(value, intervals.TMean) and value.dropped:
         unit = "seed" if seeds else "test point"
         evidence.notes.append(f"{value.dropped} {unit}{'s' if value.dropped > 1 else ''} left out: not measured at "
@@ -428,6 +468,51 @@ def _coefficients(claim: Claim, keys: Sequence[str], axis_values: Sequence[Any] 
     return out
 
 
+def _steps(claim: Claim, keys: Sequence[str]) -> list[tuple[str, dict[int, float]]]:
+    """A trend's adjacent steps: per pair of axis values next to each other among a combination of the other
+    swept values' finished points, (label, point index -> weight) of metric(next) - metric(this), averaged over
+    the combinations that have both; none when the points hold fewer than 3 values of the axis (one step is
+    the trend itself)."""
+    assert claim.trend is not None
+    axis = claim.trend.axis
+    groups: dict[str, list[tuple[float, int, Any]]] = {}
+    for i, k in enumerate(keys):
+        params = json.loads(k)
+        if _numeric(params.get(axis)):
+            others = json.dumps({p: v for p, v in params.items() if p != axis}, sort_keys=True)
+            groups.setdefault(others, []).append((float(params[axis]), i, params[axis]))
+    if len({v for members in groups.values() for v, _, _ in members}) < 3:
+        return []
+    pairs: dict[tuple[float, float], list[tuple[int, int]]] = {}
+    shown: dict[tuple[float, float], str] = {}
+    for members in groups.values():
+        ordered = sorted(members)
+        for (a, i, va), (b, j, vb) in zip(ordered, ordered[1:], strict=False):
+            pairs.setdefault((a, b), []).append((i, j))
+            shown.setdefault((a, b), f"{axis} {_shown(va)} -> {_shown(vb)}")
+    out = []
+    for step in sorted(pairs):
+        weights: dict[int, float] = {}
+        for i, j in pairs[step]:
+            weights[j] = weights.get(j, 0.0) + 1 / len(pairs[step])
+            weights[i] = weights.get(i, 0.0) - 1 / len(pairs[step])
+        out.append((shown[step], weights))
+    return out
+
+
+def _against(claim: Claim, evidence: Evidence, level_: float) -> list[str]:
+    """A trend's adjacent steps whose interval lies strictly against its direction, in words."""
+    assert claim.trend is not None
+    up = claim.trend.direction == "up"
+    out = []
+    for label, step in evidence.steps:
+        found = step.interval(level_)
+        if found is not None and (found.high < 0 if up else found.low > 0):
+            out.append(f"{label} {'falls' if up else 'rises'}, "
+                       f"{intervals.interval_text(step.value, found.low, found.high, level_)}")
+    return out
+
+
 def _verdict(claim: Claim, low: float, high: float) -> str:
     """Strictly on one side of the line (an interval that reaches it is unresolved, as its p-value says)."""
     if claim.at_least is not None:
@@ -482,13 +567,42 @@ def decide(evidence: Evidence, level_: float = intervals.LEVEL) -> Verdict:
     if interval is None or not math.isfinite(estimate):
         if claim.metric in MODEL_QUANTITIES and value.units < 2:
             why = f"{claim.metric} is one number per model: an interval needs repeats >= {MIN_SEEDS} seeds"
+        elif isinstance(value, intervals.TMean) and value.paired and value.units < 2:
+            unit = "seeds" if evidence.by_seeds else "test points"
+            why = (f"fewer than 2 {unit} finite at every point the claim compares (found {value.units}; the points "
+                   f"share their {unit}, so they pair on those finite in all of them, and {value.dropped} "
+                   "measured at only some were left out)")
         else:
             why = "no interval: fewer than 2 units (seeds, or test points of one seed) with a finite value"
         return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable", detail=why,
                        **base)  # type: ignore[arg-type]
+    if _no_width(value):
+        return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable",
+                       detail=_no_spread(evidence, value), **base)  # type: ignore[arg-type]
+    verdict = _verdict(claim, interval.low, interval.high)
+    notes = list(evidence.notes)
+    if claim.trend is not None and verdict != "contradicted":
+        against = _against(claim, evidence, level_)
+        if against:  # a slope resolved one way with a step resolved the other is not a trend that way
+            notes.insert(0, "not monotone: " + "; ".join(against))
+            verdict = "unresolved"
     return Verdict(estimate=estimate, ci_low=interval.low, ci_high=interval.high,
-                   verdict=_verdict(claim, interval.low, interval.high), detail="; ".join(evidence.notes),
+                   verdict=verdict, detail="; ".join(notes),
                    p_value=evidence.p_value(), **base)  # type: ignore[arg-type]
+
+
+def _no_spread(evidence: Evidence, value: intervals.Statistic) -> str:
+    """Why an interval of no width gives no verdict."""
+    if isinstance(value, intervals.Share):
+        why = "the item bootstrap shows no variation within any test point"
+    else:
+        unit = "seed" if evidence.by_seeds else "test point"
+        inner = value.inner if isinstance(value, intervals.Mapped) else value
+        what = "the same difference" if evidence.claim.form in ("trend", "contrast", "compare") else "the same value"
+        why = f"every {unit} gives {what}" if isinstance(inner, intervals.TMean) and inner.units >= 2 else \
+            "the data show no variation"
+    return (f"no spread: {why}, so the interval has no width; it would say only that no variation was seen, not "
+            "how far the value could be from its line")
 
 
 def family_levels(evidence: Sequence[Evidence], adjust: str, level_: float = intervals.LEVEL) -> list[float]:
@@ -502,17 +616,20 @@ def family_levels(evidence: Sequence[Evidence], adjust: str, level_: float = int
 
 
 def evaluate_rows(claims: Sequence[Claim], rows: Sequence[ByPoint], reliability: Sequence[ByPoint | None],
-                  adjust: str = "none", cells: Sequence[Params] | None = None) -> list[Verdict]:
+                  adjust: str = "none", cells: Sequence[Params] | None = None,
+                  test_points: str | None = None) -> list[Verdict]:
     """Verdicts of a family of claims from in-memory rows (one ``ByPoint`` per claim); ``cells``: the swept
-    values of every cell of the study (a trend's ranks count every swept value)."""
-    evidence = [gather(c, r, rel, _axis_values(c, cells)) for c, r, rel in zip(claims, rows, reliability,
-                                                                                 strict=True)]
+    values of every cell of the study (a trend's ranks count every swept value); ``test_points``: the study's
+    ``test_points.select`` (with ``indices`` a seed-level interval is about those test points)."""
+    evidence = [gather(c, r, rel, _axis_values(c, cells), test_points)
+                for c, r, rel in zip(claims, rows, reliability, strict=True)]
     return [decide(e, lv) for e, lv in zip(evidence, family_levels(evidence, adjust), strict=True)]
 
 
 def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim],
-             adjust: str = "none") -> list[Verdict]:
-    """Every claim of a study, from the rows its tasks stored."""
+             adjust: str = "none", test_points: str | None = None) -> list[Verdict]:
+    """Every claim of a study, from the rows its tasks stored; ``test_points``: the study's
+    ``test_points.select``."""
     cache: dict[str, ByPoint] = {}
 
     def rows(metric: str) -> ByPoint:
@@ -529,7 +646,8 @@ def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim]
         else:
             reliability.append(None)
     cells = cells_of(con, study)
-    verdicts = evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust, [p for _, p in cells])
+    verdicts = evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust, [p for _, p in cells],
+                             test_points)
     found = diagnostic_rows(con, study)
     if not found:
         return verdicts
@@ -565,9 +683,10 @@ def _subjects(claim: Claim) -> set[str]:
     return {MODEL, GROUND_TRUTH} | ({claim.estimator} if claim.estimator else set())
 
 
-def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim) -> Verdict:
+def evaluate_one(con: duckdb.DuckDBPyConnection, study: str, claim: Claim, test_points: str | None = None
+                 ) -> Verdict:
     """One claim on its own (no family adjustment)."""
-    return evaluate(con, study, [claim])[0]
+    return evaluate(con, study, [claim], test_points=test_points)[0]
 
 
 def family_notes(rows: list[dict[str, Any]]) -> list[str]:

@@ -9,8 +9,10 @@ one seed (then the interval is about that trained model, not about training seed
 
 - ``TMean``: a linear combination theta = sum_a c_a mean_u(y_{a,u}) of arms a (sweep points, or estimator
   differences at a point) measured on units u. Paired when every arm has the same units (seeds always pair on
-  the seeds all arms have): d_u = sum_a c_a y_{a,u}, theta = mean d, se = sd(d) / sqrt(n), t with n - 1
-  degrees of freedom. Otherwise Welch: se^2 = sum_a c_a^2 s_a^2 / n_a, Welch-Satterthwaite degrees of freedom.
+  the seeds all arms have), judged on the units' ids, not on which values are finite: d_u = sum_a c_a y_{a,u}
+  over the shared units finite in every arm, theta = mean d, se = sd(d) / sqrt(n), t with n - 1 degrees of
+  freedom (no interval below 2 such units). Otherwise Welch: se^2 = sum_a c_a^2 s_a^2 / n_a,
+  Welch-Satterthwaite degrees of freedom.
   Student's t quantiles make the interval exact for normal unit values at any n >= 2, so 2 seeds give an
   honest (wide, t_1 = 12.7) interval rather than a bootstrap's narrow one. Levels of bounded metrics are
   clipped to their range; a level of a 0/1 quantity (e.g. ``flipped``) is at least as wide as the exact
@@ -83,6 +85,7 @@ class TMean:
     dropped: int = 0  # units left out because an arm did not have them (pairing on the shared ones)
     bounds: tuple[float, float] | None = None
     binomial: tuple[int, int] | None = None  # (successes, trials) of a 0/1 quantity's pooled count
+    paired: bool = False  # the arms paired on their shared units (else Welch over independent arms)
 
     def interval(self, level: float = LEVEL) -> Interval | None:
         if not (math.isfinite(self.value) and math.isfinite(self.se) and self.df >= 1):
@@ -210,25 +213,30 @@ Arm = tuple[float, Mapping[Hashable, float]]  # (coefficient, unit -> value)
 
 def combine(arms: Sequence[Arm], pair_on_common: bool, bounds: tuple[float, float] | None = None,
             binomial: tuple[int, int] | None = None) -> TMean | None:
-    """theta = sum_a c_a mean(y_a) with its t-interval (module docstring). Arms pair on the units they all have
-    (the others are left out and counted in ``dropped``): with ``pair_on_common`` (seeds, matched by design)
-    whenever at least 2 are shared; otherwise (test points) when the shared ones are at least 2 and at least
-    half of every arm's, so that a test point missing at one point does not unpair test points the points
-    share. Arms whose units mostly differ (each sweep point chose its own test points) are independent: Welch.
-    None when no unit is finite."""
+    """theta = sum_a c_a mean(y_a) with its t-interval (module docstring). An arm maps each unit it was measured
+    on to its value, NaN where the value is undefined; whether arms pair is decided on the units they were
+    measured on (their ids), never on which values are finite: they pair when every arm has the same units,
+    with ``pair_on_common`` (seeds, matched by design) whenever at least 2 are shared, otherwise (test points)
+    when the shared ones are at least 2 and at least half of every arm's. Paired arms use the shared units whose
+    value is finite in every arm (the others are counted in ``dropped``); fewer than 2 such units give no
+    interval (df 0, ``paired``). Arms whose units mostly differ (each sweep point chose its own test points) are
+    independent: Welch over each arm's finite values. None when an arm has no finite value."""
+    ids = [set(ys) for _, ys in arms]
     values = [{u: float(v) for u, v in ys.items() if math.isfinite(v)} for _, ys in arms]
     if not values or any(not v for v in values):
         return None
-    common = set(values[0]).intersection(*values[1:])
-    identical = all(set(v) == common for v in values)
-    mostly_shared = len(common) >= 2 and all(2 * len(common) >= len(v) for v in values)
+    common = ids[0].intersection(*ids[1:])
+    identical = all(i == common for i in ids)
+    mostly_shared = len(common) >= 2 and all(2 * len(common) >= len(i) for i in ids)
     if identical or (len(common) >= 2 and pair_on_common) or mostly_shared:
-        units = sorted(common, key=repr)
+        units = sorted((u for u in common if all(u in v for v in values)), key=repr)
         d = np.array([sum(c * v[u] for (c, _), v in zip(arms, values, strict=True)) for u in units])
         n = len(d)
-        se = float(d.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
         dropped = len(set().union(*values)) - n
-        return TMean(float(d.mean()), se, n - 1, n, dropped, bounds, binomial)
+        if n < 2:
+            return TMean(float(d.mean()) if n else math.nan, math.nan, 0, n, dropped, bounds, binomial, True)
+        se = float(d.std(ddof=1) / math.sqrt(n))
+        return TMean(float(d.mean()), se, n - 1, n, dropped, bounds, binomial, True)
     means, parts, dfs = [], [], []
     for (c, _), v in zip(arms, values, strict=True):
         y = np.array(list(v.values()))

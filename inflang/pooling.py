@@ -48,7 +48,8 @@ class SeedRows:
         return float(np.mean(self.values[np.isfinite(self.values)])) if self.finite else math.nan
 
     def by_test_point(self) -> dict[Hashable, float]:
-        return {t: float(v) for t, v in zip(self.test_ids, self.values, strict=True) if math.isfinite(v)}
+        """test id -> value, NaN where undefined (which test points a seed has is its ids, not its finite values)."""
+        return {t: float(v) for t, v in zip(self.test_ids, self.values, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,10 @@ def by_seed(groups: Sequence[Sequence[SeedRows]]) -> bool:
 
 
 def units(rows: Sequence[SeedRows], seeds: bool) -> dict[Hashable, float]:
-    """unit -> value: per-seed means, or the test points of the (one) seed."""
+    """unit -> value: per-seed means, or the test points of the (one) seed (NaN where undefined, so that
+    ``intervals.combine`` pairs on the units measured, not on the finite ones)."""
     if seeds:
-        return {r.repeat: r.mean() for r in rows if r.finite}
+        return {r.repeat: r.mean() for r in rows}
     out: dict[Hashable, float] = {}
     for r in rows:
         if r.finite:

@@ -308,6 +308,6 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
     store.write_diagnostics(loaded.study.study, diagnose(store.con, plan.cells))
     store.write_pooled(loaded.study.study, pool_study(store.con, loaded.study.study))
     claims, adjust = loaded.study.claims, loaded.study.claims_adjust
-    store.write_claims(loaded.study.study, evaluate(store.con, loaded.study.study, claims, adjust), adjust,
-                       [definition(c) for c in claims])
+    verdicts = evaluate(store.con, loaded.study.study, claims, adjust, loaded.study.test_points.select)
+    store.write_claims(loaded.study.study, verdicts, adjust, [definition(c) for c in claims])
     return summary

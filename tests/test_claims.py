@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 from typer.testing import CliRunner
 
+from inflang import intervals
 from inflang.claims import evaluate_one
 from inflang.cli import app
 from inflang.errors import StudyError
@@ -156,7 +158,7 @@ def test_claims_end_to_end_on_logistic_regression(write, tmp_path: Path):
     verdicts = dict(rows(db, "SELECT claim, verdict FROM claims WHERE study = 'convex'"))
     assert verdicts == {"exact beats gradient similarity": "supported",
                         "gradient similarity beats exact": "contradicted",
-                        "top_k changes nothing": "unresolved",  # the same model twice: a difference of exactly 0
+                        "top_k changes nothing": "not evaluable",  # the same model twice: exactly 0, no spread
                         "linear models are accurate": "supported"}
     assert "claims: verdict" in result.output and "supported" in result.output
     # editing a claim reruns nothing but the claim evaluation
@@ -233,15 +235,17 @@ def test_compare_matches_seeds_by_repeat_and_never_merges_them():
 
 
 def test_a_correlation_of_one_everywhere_is_not_a_proportion():
-    """Exact influence on a linear model: Spearman 1 at every test point. Its interval is the data's (no width,
-    and said so), not the binomial bound of a proportion, so at_least 0.95 is supported."""
+    """Exact influence on a linear model: Spearman 1 at every test point. Its pooled interval is the data's (no
+    width), not the binomial bound of a proportion; a claim on it has no spread to decide on."""
     from inflang.claims import evaluate_rows
-    from inflang.pooling import SeedRows
+    from inflang.pooling import SeedRows, level
 
-    by_point = {"{}": {"exact": [SeedRows(0, list(range(30)), np.ones(30), None)]}}
+    rows = [SeedRows(0, list(range(30)), np.ones(30), None)]
+    found = level(rows, "spearman")
+    assert found is not None and found.interval() == intervals.Interval(1.0, 1.0)
     claim = Claim(name="c", metric="spearman", estimator="exact", at_least=0.95)
-    (v,) = evaluate_rows([claim], [by_point], [None])
-    assert v.verdict == "supported" and v.ci_low == 1.0 and "no width" in v.detail
+    (v,) = evaluate_rows([claim], [{"{}": {"exact": rows}}], [None])
+    assert v.verdict == "not evaluable" and v.estimate == 1.0 and "no spread" in v.detail
 
 
 def test_trend_ranks_count_every_swept_value():
@@ -255,3 +259,140 @@ def test_trend_ranks_count_every_swept_value():
     cells = [{"x": x} for x in (1, 2, 3)]
     (v,) = evaluate_rows([claim], [by_point], [None], cells=cells)
     assert v.estimate == pytest.approx(0.1)  # 0.2 over two ranks, not one
+
+
+def one_seed_points(values: dict[int, np.ndarray], estimator: str = "e", repeat: int = 0) -> dict:
+    """In-memory rows (``ByPoint``): sweep point x -> one seed whose test points 0..T-1 have these values."""
+    from inflang.pooling import SeedRows
+
+    return {json.dumps({"x": x}): {estimator: [SeedRows(repeat, list(range(len(v))), np.asarray(v, float), None)]}
+            for x, v in values.items()}
+
+
+def test_a_zero_one_metric_gets_the_exact_binomial_interval_pooled_over_every_point():
+    """flipped = 1 at all 10 test points of two identical sweep points: the level is a proportion of 20 of 20,
+    whose exact (Clopper-Pearson) interval is scipy's [0.832, 1], so at_least 0.99 is unresolved; the t interval
+    over the test points alone is [1, 1] and said "supported"."""
+    from inflang.claims import evaluate_rows
+
+    by_point = one_seed_points({0: np.ones(10), 1: np.ones(10)}, "exact")
+    claim = Claim(name="c", metric="flipped", estimator="exact", at_least=0.99)
+    (v,) = evaluate_rows([claim], [by_point], [None])
+    exact = sps.binomtest(20, 20).proportion_ci(0.95, method="exact")
+    assert v.verdict == "unresolved", v
+    assert v.ci_low == pytest.approx(exact.low) and v.ci_high == 1.0
+
+
+def test_a_zero_one_level_over_two_points_covers_its_proportion():
+    """One seed, two sweep points, 10 test points each, every test point flipping with probability p: the 95%
+    interval of the level covers p in at least 93% of 300 simulated studies, and at_least p is (falsely)
+    supported in at most 5% (before: 18% coverage at p = 0.99, the t interval of all ones having no width)."""
+    from inflang.claims import decide, gather
+
+    rng = np.random.default_rng(11)
+    for p in (0.05, 0.5, 0.9, 0.99):
+        claim = Claim(name="c", metric="flipped", estimator="exact", at_least=p)
+        covered = supported = 0
+        for _ in range(300):
+            flips = (rng.random((2, 10)) < p).astype(float)
+            evidence = gather(claim, one_seed_points({0: flips[0], 1: flips[1]}, "exact"))
+            assert evidence.value is not None
+            interval = evidence.value.interval()
+            assert interval is not None
+            covered += interval.low <= p <= interval.high
+            supported += decide(evidence).verdict == "supported"
+        assert covered / 300 >= 0.93 and supported / 300 <= 0.05, (p, covered, supported)
+
+
+def test_test_points_pair_on_their_ids_whichever_are_undefined():
+    """One seed, the same 10 test points at two sweep points (a large test-point effect both share), 3 undefined
+    at one point and 4 others at the other: only 3 shared test points are finite in both, fewer than half of
+    each point's finite ones, yet the points share their test points, so they pair on those 3 (scipy's paired t
+    interval), not Welch over the two points' unpaired test points."""
+    from inflang.claims import evaluate_rows
+
+    rng = np.random.default_rng(5)
+    shared = rng.normal(0, 0.3, 10)
+    a = 0.5 + shared + rng.normal(0, 0.01, 10)
+    b = 0.6 + shared + rng.normal(0, 0.01, 10)
+    a[[0, 1, 2]] = np.nan
+    b[[3, 4, 5, 6]] = np.nan
+    claim = Claim(name="c", metric="spearman", estimator="e", contrast={"axis": "x", "better": 1, "than": 0})
+    (v,) = evaluate_rows([claim], [one_seed_points({0: a, 1: b})], [None])
+    paired = sps.ttest_rel(b[7:], a[7:]).confidence_interval(0.95)
+    assert (v.ci_low, v.ci_high) == pytest.approx((paired.low, paired.high)), v
+    assert v.verdict == "supported" and "7 test points left out" in v.detail
+
+
+def test_fewer_than_two_shared_finite_test_points_are_not_evaluable():
+    """The same 4 test points at both points, each undefined at one point or the other but one: no pairs to
+    take a spread from, so not evaluable, and the detail says why (not a Welch interval over unpaired points)."""
+    from inflang.claims import evaluate_rows
+
+    a = np.array([0.5, 0.6, np.nan, np.nan])
+    b = np.array([0.7, np.nan, 0.8, 0.9])
+    claim = Claim(name="c", metric="spearman", estimator="e", contrast={"axis": "x", "better": 1, "than": 0})
+    (v,) = evaluate_rows([claim], [one_seed_points({0: a, 1: b})], [None])
+    assert v.verdict == "not evaluable" and v.ci_low is None, v
+    assert "fewer than 2 test points" in v.detail and "finite at every point" in v.detail, v.detail
+
+
+def test_an_interval_of_no_width_is_not_evaluable():
+    """Spearman exactly 1 at every test point of the one seed: the data show no spread, so at_least 0.95 gets
+    no verdict (and no p-value to count in a family); a difference of exactly 0 between two identical models
+    neither."""
+    from inflang.claims import evaluate_rows
+
+    ones = one_seed_points({0: np.ones(30)}, "exact")
+    claim = Claim(name="c", metric="spearman", estimator="exact", at_least=0.95)
+    (v,) = evaluate_rows([claim], [ones], [None])
+    assert v.verdict == "not evaluable" and "no spread" in v.detail and np.isnan(v.p_value), v
+    same = np.random.default_rng(2).normal(0.5, 0.1, 8)
+    contrast = Claim(name="c", metric="spearman", estimator="e", contrast={"axis": "x", "better": 1, "than": 0})
+    (d,) = evaluate_rows([contrast], [one_seed_points({0: same, 1: same})], [None])
+    assert d.verdict == "not evaluable" and "no spread" in d.detail, d
+
+
+def seeded_points(means: dict[int, float], seeds: int = 5, points: int = 10, noise: float = 0.01,
+                  seed: int = 0) -> dict:
+    """In-memory rows: sweep point x -> ``seeds`` seeds of ``points`` test points around the given mean."""
+    from inflang.pooling import SeedRows
+
+    rng = np.random.default_rng(seed)
+    return {json.dumps({"x": x}): {"e": [SeedRows(s, list(range(points)), m + rng.normal(0, noise, points), None)
+                                         for s in range(seeds)]} for x, m in means.items()}
+
+
+def test_a_trend_with_a_step_resolved_against_it_is_not_supported():
+    """Means 0.50 / 0.90 / 0.55 along x = 1, 2, 3: the rank slope (0.55 - 0.50) / 2 is resolved up, but the step
+    2 -> 3 falls by 0.35 (resolved: scipy's paired t interval over the seeds' differences), so 'trend up' is
+    unresolved and says which step; 'trend down' is contradicted; a monotone 0.50 / 0.52 / 0.55 is supported."""
+    from inflang.claims import evaluate_rows
+
+    by_point = seeded_points({1: 0.50, 2: 0.90, 3: 0.55})
+    up = Claim(name="c", metric="spearman", estimator="e", trend={"axis": "x", "direction": "up"})
+    down = Claim(name="c", metric="spearman", estimator="e", trend={"axis": "x", "direction": "down"})
+    (v,) = evaluate_rows([up], [by_point], [None])
+    assert v.ci_low > 0 and v.verdict == "unresolved", v
+    two, three = ([r.mean() for r in by_point[json.dumps({"x": x})]["e"]] for x in (2, 3))
+    step = sps.ttest_rel(three, two).confidence_interval(0.95)
+    assert f"not monotone: x 2 -> 3 falls, {np.mean(three) - np.mean(two):.3f} " \
+           f"[{step.low:.2f}, {step.high:.2f}]" in v.detail, v.detail
+    (w,) = evaluate_rows([down], [by_point], [None])
+    assert w.verdict == "contradicted", w
+    (m,) = evaluate_rows([up], [seeded_points({1: 0.50, 2: 0.52, 3: 0.55})], [None])
+    assert m.verdict == "supported" and "not monotone" not in m.detail, m
+
+
+def test_fixed_test_points_make_a_seed_level_interval_about_them():
+    """select: indices (the same test points in every seed): the interval over seeds is about those test points,
+    and the verdict says so; other selections do not."""
+    from inflang.claims import evaluate_rows
+
+    by_point = seeded_points({1: 0.5})
+    claim = Claim(name="c", metric="spearman", estimator="e", at_least=0.4)
+    (fixed,) = evaluate_rows([claim], [by_point], [None], test_points="indices")
+    assert fixed.verdict == "supported"
+    assert "about these fixed test points (select: indices), not the population of test points" in fixed.detail
+    (drawn,) = evaluate_rows([claim], [by_point], [None], test_points="random")
+    assert "select: indices" not in drawn.detail
