@@ -140,7 +140,7 @@ def image_problem(tiny: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
     layer, so inflang's K-FAC/EK-FAC and kronfluence cover all of them (both leave norm scales out of the
     Kronecker product, the Hessian-based peers would not), and inflang's Hessian-vector products stay batched
     (GroupNorm's double backward has no batching rule: one vector at a time). ``tiny`` (checking the benchmark
-    itself): 16x16 images, a quarter of the width (17,000 parameters), 300 to train on."""
+    itself): 16x16 images, a quarter of the width (17,000 parameters), 300 to train on for 5 epochs."""
     from inflang.spec import ResnetModel, SyntheticDataset
     from runners.data import load_raw, prepare
 
@@ -153,7 +153,7 @@ def image_problem(tiny: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor], 
             "shape": [3, side, side], "classes": data.classes}
     tensors = {"x_train": data.x_train, "y_train": data.y_train, "x_test": data.x_test[:10],
                "y_test": data.y_test[:10], "x_held": data.x_test, "y_held": data.y_test}
-    training = {"lr": 0.003, "epochs": 60, "batch_size": 32} if tiny else {"lr": 0.001, "epochs": 10, "batch_size": 64}
+    training = {"lr": 0.003, "epochs": 5, "batch_size": 32} if tiny else {"lr": 0.001, "epochs": 10, "batch_size": 64}
     return arch, tensors, training
 
 
