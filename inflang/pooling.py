@@ -238,8 +238,9 @@ class Difference:
 
     @property
     def resolved(self) -> bool | None:
-        """True when the interval excludes 0, False when it contains it, None without an interval."""
-        if self.ci_low is None or self.ci_high is None:
+        """True when the interval excludes 0, False when it contains it, None without an interval or with one of
+        no width (no spread between the paired units: nothing to resolve against, as a claim's "no spread")."""
+        if self.ci_low is None or self.ci_high is None or self.ci_low == self.ci_high:
             return None
         return self.ci_low > 0 or self.ci_high < 0
 

@@ -73,7 +73,7 @@ def test_compare_two_studies(swept: Path, write, tmp_path: Path):
     twin = write("twin.yaml", (tmp_path / "swept.yaml").read_text().replace("study: swept", "study: twin"))
     assert runner.invoke(app, ["run", str(twin), "--db", str(swept)]).exit_code == 0
     same = runner.invoke(app, ["compare", "swept", "twin", "--db", str(swept)])
-    assert same.output.count("0.000 [0.00, 0.00] not resolved") == 4, same.output  # the same tasks: no difference
+    assert same.output.count("0.000 [0.00, 0.00] no spread") == 4, same.output  # the same tasks: no difference
     missing = runner.invoke(app, ["compare", "swept", "nope", "--db", str(swept)])
     assert missing.exit_code == 2 and "no study nope" in missing.output
 

@@ -157,11 +157,13 @@ def test_paired_difference_of_identical_sides_is_zero_and_unresolved():
     rng = np.random.default_rng(3)
     sides = [SeedRows(s, list(range(4)), rng.normal(size=4), None) for s in range(3)]
     same = difference(("{}", "exact"), sides, sides)
-    assert same.estimate == 0 and same.ci_low == 0 and same.ci_high == 0 and same.resolved is False
+    assert same.estimate == 0 and same.ci_low == 0 and same.ci_high == 0 and same.resolved is None
     shifted = [SeedRows(r.repeat, r.test_ids, r.values + 0.5, None) for r in sides]
     moved = difference(("{}", "exact"), shifted, sides)
     assert moved.ci_low == pytest.approx(0.5) and moved.ci_high == pytest.approx(0.5) and moved.seeds == 3
     assert moved.test_points == 12
+    # a shift with no spread around it is not "resolved": the interval has no width to resolve with
+    assert moved.resolved is None if moved.ci_low == moved.ci_high else moved.resolved is True
 
 
 def test_a_proportion_of_all_ones_gets_the_exact_binomial_bound():
