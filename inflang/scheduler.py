@@ -1,8 +1,9 @@
-"""The scheduler: runs a plan's tasks in dependency order on a backend and is the only writer of the
-database and the artifacts. Torch-free: a backend (``runners.executors.backends``) computes tasks from their
+"""The scheduler: runs a plan's tasks in dependency order on a backend; in a run, it alone writes the database and
+the artifacts. Torch-free: a backend (``runners.executors.backends``) computes tasks from their
 inputs and their dependencies' artifact bytes, and hands back rows and an artifact.
 
-A task whose record says 'done' is not run again; its artifact is read only if a pending task needs it, and
+A task whose record says 'done' is not run again (also one that another run into the same database finishes
+while this one waits to start it); its artifact is read only if a pending task needs it, and
 recomputed in this process (deterministically) if it is missing or its bytes do not match the recorded
 hash. A task that raises is recorded as 'failed' with its message; tasks depending on it are skipped, and
 every other task goes on. Failed tasks are retried only with ``retry_failed``. After the tasks, the study's
@@ -239,6 +240,14 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
         events.task_finished(task, "failed")
 
     while waiting or running:
+        for key, state in store.finished_elsewhere([t.hash for t in waiting]).items():
+            if state[0] == "done":  # another run into the same database finished it meanwhile
+                task = plan.tasks[key]
+                runner.status[key] = state
+                waiting.remove(task)
+                summary.cached += 1
+                log.line(f"reused {task.kind} {key}: finished by another run")
+                events.task_finished(task, "cached")
         for task in list(waiting):
             cause = failure_cause(task)
             if cause is not None:
@@ -291,11 +300,11 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
             others[cell.cell.cell_id] = (("failed", failed[0]) if failed else
                                          ("done", None) if all(state[0] == "done" for state in states) else
                                          ("pending", None))
-    store.set_cell_status(loaded.study.study, {**others, **summary.cell_status})
-    store.write_aggregates(task_aggregates(store.con, tasks_without_aggregates(store.con, loaded.study.study)))
-    store.write_diagnostics(loaded.study.study, diagnose(store.con, plan.cells))
-    store.write_pooled(loaded.study.study, pool_study(store.con, loaded.study.study))
-    claims, adjust = loaded.study.claims, loaded.study.claims_adjust
-    store.write_claims(loaded.study.study, evaluate(store.con, loaded.study.study, claims, adjust), adjust,
-                       [definition(c) for c in claims])
+    study, claims, adjust = loaded.study.study, loaded.study.claims, loaded.study.claims_adjust
+    with store.transaction() as con:  # one write: readers see the cells' states and what is pooled from them
+        store.set_cell_status(study, {**others, **summary.cell_status})
+        store.write_aggregates(task_aggregates(con, tasks_without_aggregates(con, study)))
+        store.write_diagnostics(study, diagnose(con, plan.cells))
+        store.write_pooled(study, pool_study(con, study))
+        store.write_claims(study, evaluate(con, study, claims, adjust), adjust, [definition(c) for c in claims])
     return summary
