@@ -4,6 +4,10 @@ Task outputs live in tables keyed by the task's hash (``train_results``, ``estim
 shared by several cells or studies is stored once. The tables of LANGUAGE.md (``models``, ``influence``,
 ``metrics``, ``splits``) are views joining those outputs to cells through ``cell_tasks``. A task's rows and
 its ``tasks`` entry (status 'done') are written in one transaction: a crash leaves no half-written task.
+
+Several processes share one database: each opens it for one read or one write only (``access``), under the lock
+file ``<db>.lock`` (shared to read, exclusive to write), so queries answer while runs write and several runs
+write at once. ``snapshot`` gives a long-lived reader a private copy that holds nothing.
 """
 
 from __future__ import annotations
@@ -224,7 +228,7 @@ class _Held:
 _HELD: dict[str, _Held] = {}  # resolved path -> the access this process holds
 _GUARDS: dict[str, threading.RLock] = {}  # resolved path -> what serialises this process's threads on it
 _GUARDS_LOCK = threading.Lock()
-_STAMPS: dict[str, tuple[Any, ...]] = {}  # resolved path -> the files' state after this process's last write
+_STAMPS: dict[str, tuple[Any, ...]] = {}  # resolved path -> the files' state when this process last wrote or looked
 
 
 def lock_path(path: Path) -> Path:
