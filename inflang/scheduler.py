@@ -27,7 +27,7 @@ import duckdb
 from inflang import artifacts
 from inflang.claims import definition, evaluate
 from inflang.diagnostics import diagnose
-from inflang.errors import StorageError
+from inflang.errors import StorageError, UsageError
 from inflang.plan import Plan, Task
 from inflang.pooling import pool_study, task_aggregates
 from inflang.store import Store, tasks_without_aggregates
@@ -165,8 +165,9 @@ def execute(plan: Plan, store: Store, backend: Backend, compute: Compute, *, ret
     try:
         summary = _schedule(plan, store, backend, _Artifacts(plan, store, compute), retry_failed, events, log)
     except BaseException as exc:
-        store.end_run(run_id, "interrupted", 0, 0, 0)
-        log.line(f"interrupted: {type(exc).__name__}")
+        if not isinstance(exc, UsageError):  # a database that stayed busy is not waited for a second time
+            store.end_run(run_id, "interrupted", 0, 0, 0)
+        log.line(f"interrupted: {type(exc).__name__}: {_message(exc)}")
         log.close()
         raise
     finally:

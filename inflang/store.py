@@ -272,8 +272,8 @@ class _Wait:
     def __call__(self, holder: str) -> None:
         waited = time.monotonic() - self.start
         if waited >= self.limit:
-            raise UsageError(f"{self.path}: the database is still in use by {holder} after {waited:.0f} s of "
-                             f"waiting; try again later (or set {WAIT_ENV} to wait longer)")
+            raise UsageError(f"{self.path}: the database is still in use by {holder} after "
+                             f"{round(waited, 1):g} s of waiting; try again later (or set {WAIT_ENV} to wait longer)")
         if not self.told and waited >= NOTICE_AFTER:
             sys.stderr.write(f"waiting for the database {self.path}: {holder} is using it\n")
             sys.stderr.flush()
