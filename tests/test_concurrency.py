@@ -235,3 +235,11 @@ def test_snapshot_of_a_missing_database_is_a_usage_error(tmp_path: Path):
         inflang.connect(tmp_path / "none.duckdb")
 
 
+
+
+def test_a_writing_connect_is_the_database_itself(small_db: Path):
+    con = inflang.connect(small_db, read_only=False)
+    con.execute("CREATE TABLE notes (note VARCHAR)")
+    assert study_names(small_db) == ["s"]  # a read in the same process shares its instance
+    con.close()
+    assert rows(small_db, "SELECT count(*) FROM notes") == [(0,)]
