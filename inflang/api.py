@@ -5,7 +5,7 @@
     results = inflang.run(study, db="inflang.duckdb", select=["depth=2"], workers=2)
     results.table                                     # sweep_results rows of the study (its swept paths as columns)
     results.claims, results.diagnostics               # verdicts and health checks; results.df() for pandas
-    con = inflang.connect("inflang.duckdb")           # a read-only DuckDB connection
+    con = inflang.connect("inflang.duckdb")           # a read-only snapshot: runs go on while it is open
     con.sql("SELECT * FROM metrics").df()             # pandas (pip install 'inflang[pandas]'; .pl() for polars)
 """
 
@@ -149,6 +149,14 @@ def calibrate(workloads: dict[str, Workload], rates: Rates, device: str = "cpu",
 
 
 def connect(db: str | Path = "inflang.duckdb", read_only: bool = True) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection to the results (read-only unless asked); use .df() / .pl() / .fetchall()."""
+    """A DuckDB connection to the results; use .sql(...).df() / .pl() / .fetchall().
+
+    Read-only (the default): a snapshot of the database as of the call (a private copy, taken in the moment no
+    run is writing), which holds nothing: runs go on writing while it is open, and it does not see what they
+    write after the call; call ``connect()`` again for newer rows. The copy costs a read of the file.
+    ``read_only=False``: the database itself, writable; while it is open every run and query on the database
+    waits (up to INFLANG_DB_WAIT seconds), so close it soon."""
     path = check_db_path(db)
-    return duckdb.connect(str(path), read_only=read_only)
+    if read_only:
+        return queries.snapshot(path)
+    return queries.writable(path)

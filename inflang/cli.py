@@ -535,6 +535,10 @@ def run(
         events.stop()
         store.close()
         raise _fail(f"error: {exc}", 1) from None
+    except UsageError as exc:  # the database stayed in use by another process longer than INFLANG_DB_WAIT
+        events.stop()
+        store.close()
+        raise _fail(f"error: {exc}") from None
     except KeyboardInterrupt:
         events.stop()
         store.close()
@@ -673,8 +677,8 @@ def compare(
         missing = store_queries.missing_studies(db, studies)
         if missing:
             raise UsageError(f"no study {', '.join(missing)} in {db}")
-        with Store(db, read_only=True) as store:
-            sides = {s: per_seed(store.con, s, metric.replace("'", "")) for s in studies}
+        with Store(db, read_only=True).reading() as con:
+            sides = {s: per_seed(con, s, metric.replace("'", "")) for s in studies}
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
     from inflang.pooling import pool

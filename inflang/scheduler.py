@@ -1,8 +1,9 @@
-"""The scheduler: runs a plan's tasks in dependency order on a backend and is the only writer of the
-database and the artifacts. Torch-free: a backend (``runners.executors.backends``) computes tasks from their
+"""The scheduler: runs a plan's tasks in dependency order on a backend; in a run, it alone writes the database and
+the artifacts. Torch-free: a backend (``runners.executors.backends``) computes tasks from their
 inputs and their dependencies' artifact bytes, and hands back rows and an artifact.
 
-A task whose record says 'done' is not run again; its artifact is read only if a pending task needs it, and
+A task whose record says 'done' is not run again (also one that another run into the same database finishes
+while this one waits to start it); its artifact is read only if a pending task needs it, and
 recomputed in this process (deterministically) if it is missing or its bytes do not match the recorded
 hash. A task that raises is recorded as 'failed' with its message; tasks depending on it are skipped, and
 every other task goes on. Failed tasks are retried only with ``retry_failed``. After the tasks, the study's
@@ -27,7 +28,7 @@ import duckdb
 from inflang import artifacts
 from inflang.claims import definition, evaluate
 from inflang.diagnostics import diagnose
-from inflang.errors import StorageError
+from inflang.errors import StorageError, UsageError
 from inflang.plan import Plan, Task
 from inflang.pooling import pool_study, task_aggregates
 from inflang.store import Store, tasks_without_aggregates
@@ -170,8 +171,9 @@ def execute(plan: Plan, store: Store, backend: Backend, compute: Compute, *, ret
     try:
         summary = _schedule(plan, store, backend, _Artifacts(plan, store, compute), retry_failed, events, log)
     except BaseException as exc:
-        store.end_run(run_id, "interrupted", 0, 0, 0)
-        log.line(f"interrupted: {type(exc).__name__}")
+        if not isinstance(exc, UsageError):  # a database that stayed busy is not waited for a second time
+            store.end_run(run_id, "interrupted", 0, 0, 0)
+        log.line(f"interrupted: {type(exc).__name__}: {_message(exc)}")
         log.close()
         raise
     finally:
@@ -246,6 +248,14 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
         events.task_finished(task, "failed")
 
     while waiting or running:
+        for key, state in store.finished_elsewhere([t.hash for t in waiting]).items():
+            if state[0] == "done":  # another run into the same database finished it meanwhile
+                task = plan.tasks[key]
+                runner.status[key] = state
+                waiting.remove(task)
+                summary.cached += 1
+                log.line(f"reused {task.kind} {key}: finished by another run")
+                events.task_finished(task, "cached")
         for task in list(waiting):
             cause = failure_cause(task)
             if cause is not None:
@@ -303,11 +313,12 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
             others[cell.cell.cell_id] = (("failed", failed[0]) if failed else
                                          ("done", None) if all(state[0] == "done" for state in states) else
                                          ("pending", None))
-    store.set_cell_status(loaded.study.study, {**others, **summary.cell_status})
-    store.write_aggregates(task_aggregates(store.con, tasks_without_aggregates(store.con, loaded.study.study)))
-    store.write_diagnostics(loaded.study.study, diagnose(store.con, plan.cells))
-    store.write_pooled(loaded.study.study, pool_study(store.con, loaded.study.study))
-    claims, adjust = loaded.study.claims, loaded.study.claims_adjust
-    verdicts = evaluate(store.con, loaded.study.study, claims, adjust, loaded.study.test_points.select)
-    store.write_claims(loaded.study.study, verdicts, adjust, [definition(c) for c in claims])
+    study, claims, adjust = loaded.study.study, loaded.study.claims, loaded.study.claims_adjust
+    with store.transaction() as con:  # one write: readers see the cells' states and what is pooled from them
+        store.set_cell_status(study, {**others, **summary.cell_status})
+        store.write_aggregates(task_aggregates(con, tasks_without_aggregates(con, study)))
+        store.write_diagnostics(study, diagnose(con, plan.cells))
+        store.write_pooled(study, pool_study(con, study))
+        verdicts = evaluate(con, study, claims, adjust, loaded.study.test_points.select)
+        store.write_claims(study, verdicts, adjust, [definition(c) for c in claims])
     return summary

@@ -4,16 +4,28 @@ Task outputs live in tables keyed by the task's hash (``train_results``, ``estim
 shared by several cells or studies is stored once. The tables of LANGUAGE.md (``models``, ``influence``,
 ``metrics``, ``splits``) are views joining those outputs to cells through ``cell_tasks``. A task's rows and
 its ``tasks`` entry (status 'done') are written in one transaction: a crash leaves no half-written task.
+
+Several processes share one database: each opens it for one read or one write only (``access``), under the lock
+file ``<db>.lock`` (shared to read, exclusive to write), so queries answer while runs write and several runs
+write at once. ``snapshot`` gives a long-lived reader a private copy that holds nothing.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -170,6 +182,8 @@ LEFT JOIN metric_rows res ON res.task_hash = cg.task_hash AND res.metric = 'reso
 GROUP BY ALL;
 """
 
+TaskState = tuple[str, str | None, str | None]  # a task's record: status, error, artifact sha256
+
 # Outputs of a task: table name -> column name -> values (one list per column, equal lengths).
 Rows = Mapping[str, Mapping[str, Sequence[Any]]]
 
@@ -204,8 +218,271 @@ def check_db_path(path: str | Path) -> Path:
     return p
 
 
+# --- access: one process writes at a time, readers share; nobody holds the database between accesses --------
+
+WAIT_ENV = "INFLANG_DB_WAIT"  # seconds an access waits for the database before giving up (default 600)
+NOTICE_AFTER = 2.0  # seconds of waiting before the one line on stderr that says so
+
+
+@dataclass
+class _Held:
+    """This process's current access to one database: its connection, whether it writes, and how deeply
+    accesses are nested in it."""
+
+    con: duckdb.DuckDBPyConnection
+    write: bool
+    depth: int = 1
+    in_transaction: bool = False
+
+
+_HELD: dict[str, _Held] = {}  # resolved path -> the access this process holds
+_GUARDS: dict[str, threading.RLock] = {}  # resolved path -> what serialises this process's threads on it
+_GUARDS_LOCK = threading.Lock()
+_STAMPS: dict[str, tuple[Any, ...]] = {}  # resolved path -> the files' state when this process last wrote or looked
+
+
+def lock_path(path: Path) -> Path:
+    """The inter-process lock file beside a database: ``<db>.lock``."""
+    return path.with_name(path.name + ".lock")
+
+
+def _key(path: Path) -> str:
+    return str(path.resolve())
+
+
+def _guard(key: str) -> threading.RLock:
+    with _GUARDS_LOCK:
+        return _GUARDS.setdefault(key, threading.RLock())
+
+
+def _stamp(path: Path) -> tuple[Any, ...]:
+    """What changes when any process writes the database: the database and WAL files' size and mtime."""
+    out: list[Any] = []
+    for p in (path, path.with_name(path.name + ".wal")):
+        try:
+            st = p.stat()
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+class _Wait:
+    """A bounded wait for the database: sleeps a little more each time, prints one line to stderr once it has
+    waited ``NOTICE_AFTER`` seconds, and raises UsageError after ``INFLANG_DB_WAIT`` seconds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.start, self.delay, self.told = path, time.monotonic(), 0.002, False
+        raw = os.environ.get(WAIT_ENV, "600")
+        try:
+            self.limit = float(raw)
+        except ValueError:
+            raise UsageError(f"{WAIT_ENV}={raw!r}: not a number of seconds") from None
+
+    def __call__(self, holder: str) -> None:
+        waited = time.monotonic() - self.start
+        if waited >= self.limit:
+            raise UsageError(f"{self.path}: the database is still in use by {holder} after "
+                             f"{round(waited, 1):g} s of waiting; try again later (or set {WAIT_ENV} to wait longer)")
+        if not self.told and waited >= NOTICE_AFTER:
+            sys.stderr.write(f"waiting for the database {self.path}: {holder} is using it\n")
+            sys.stderr.flush()
+            self.told = True
+        time.sleep(min(self.delay, max(self.limit - waited, 0.0)))
+        self.delay = min(self.delay * 2, 0.05)
+
+
+def _lock_file(path: Path, write: bool) -> int | None:
+    """An open descriptor of the lock file (created if need be); None for a reader that may not create it."""
+    target = lock_path(path.resolve())
+    try:
+        return os.open(target, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if not write:
+            try:
+                return os.open(target, os.O_RDONLY)
+            except OSError:
+                return None  # a read-only folder: DuckDB's own file lock still keeps a writer out
+        raise UsageError(f"{path}: cannot create the lock file {target} ({exc.strerror or exc})") from None
+
+
+def _connect(path: Path, write: bool, wait: _Wait) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection, retried while a process outside inflang's lock (the duckdb CLI, a notebook's
+    writing connection) holds the file."""
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=not write)
+        except duckdb.IOException as exc:
+            text = str(exc)
+            if "could not set lock" not in text.lower():
+                raise UsageError(f"{path}: cannot open the database ({text.splitlines()[0]})") from None
+            wait("another process")
+        except duckdb.ConnectionException as exc:
+            # this process already has the file open with the other read_only setting (a raw duckdb.connect or
+            # inflang.connect(read_only=False)): a read can share that instance, a write cannot
+            if write:
+                raise UsageError(f"{path}: this process holds a read-only connection to the database; close it "
+                                 "before writing") from None
+            try:
+                return duckdb.connect(str(path))
+            except duckdb.Error:
+                raise UsageError(f"{path}: cannot open the database ({str(exc).splitlines()[0]})") from None
+        except duckdb.Error as exc:
+            raise UsageError(f"{path}: not a DuckDB database ({str(exc).splitlines()[0]})") from None
+
+
+@contextmanager
+def _locked(path: Path, write: bool, wait: _Wait) -> Iterator[None]:
+    """Hold the lock file of ``path`` (shared to read, exclusive to write), waiting for it as ``wait`` says."""
+    fd = _lock_file(path, write)
+    try:
+        if fd is not None:
+            while True:
+                try:
+                    fcntl.flock(fd, (fcntl.LOCK_EX if write else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    wait("another inflang process")
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+@contextmanager
+def access(path: Path, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the database for one read or one write, under the lock file, closed at the end (a
+    writer's close checkpoints, so the next reader opens a complete file). Nested accesses in one process share
+    the outermost one's connection (a read inside a write reads through the writer); a write inside a read
+    raises RuntimeError. Threads of one process take turns."""
+    key = _key(path)
+    with _guard(key):
+        held = _HELD.get(key)
+        if held is not None:
+            if write and not held.write:
+                raise RuntimeError(f"{path}: a write nested inside a read of the same database")
+            held.depth += 1
+            try:
+                yield held.con
+            finally:
+                held.depth -= 1
+            return
+        wait = _Wait(path)
+        with _locked(path, write, wait):
+            con = _connect(path, write, wait)
+            _HELD[key] = _Held(con, write)
+            try:
+                yield con
+            finally:
+                del _HELD[key]
+                con.close()
+                if write:
+                    _STAMPS[key] = _stamp(path)
+
+
+def _nested(path: Path) -> bool:
+    """Whether this access to ``path`` is nested in another of this process (it shares that connection)."""
+    held = _HELD.get(_key(path))
+    return held is not None and held.depth > 1
+
+
+def changed_elsewhere(path: Path) -> bool:
+    """Whether another process may have written the database since this process last wrote it (or last called
+    ``mark_seen``); True when this process has not written it."""
+    key = _key(path)
+    return _STAMPS.get(key) != _stamp(path)
+
+
+def mark_seen(path: Path) -> None:
+    """Note the database's current state as seen (``changed_elsewhere`` is False until someone writes)."""
+    _STAMPS[_key(path)] = _stamp(path)
+
+
+def snapshot(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a private copy of the database as of now: the file (and any WAL) is copied
+    under the shared lock into a temporary folder, opened, and the folder removed at once (the open connection
+    keeps the bytes until it closes), so holding the connection blocks no run and leaves nothing behind."""
+    db = check_db_path(path)
+    if not db.exists():
+        raise UsageError(f"{db}: no such database; run a study first (inflang run STUDY.yaml)")
+    folder = Path(tempfile.mkdtemp(prefix="inflang-snapshot-"))
+    try:
+        with _guard(_key(db)):
+            wal = db.with_name(db.name + ".wal")
+            if _key(db) in _HELD:  # this process holds the lock already (a read or a write around this call)
+                _copy(db, wal, folder)
+            else:
+                with _locked(db, False, _Wait(db)):
+                    _copy(db, wal, folder)
+        try:
+            return duckdb.connect(str(folder / db.name), read_only=True,
+                                  config={"temp_directory": tempfile.gettempdir()})
+        except duckdb.Error as exc:
+            raise UsageError(f"{db}: not a DuckDB database ({str(exc).splitlines()[0]})") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def writable(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A writing connection to the database itself, opened when no inflang process is using it (waiting as
+    ``access`` does); it holds DuckDB's own lock until closed, and inflang processes wait for it meanwhile."""
+    db = check_db_path(path)
+    with _guard(_key(db)):
+        if _key(db) in _HELD:
+            raise RuntimeError(f"{db}: a writing connection opened inside an access of the same database")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{db}: cannot create the folder {db.parent} for the database "
+                             f"({exc.strerror or exc})") from None
+        wait = _Wait(db)
+        with _locked(db, True, wait):
+            return _connect(db, True, wait)
+
+
+def _copy(db: Path, wal: Path, folder: Path) -> None:
+    shutil.copyfile(db, folder / db.name)
+    if wal.exists():
+        shutil.copyfile(wal, folder / wal.name)
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()
+    return bool(found and found[0])
+
+
+def _refresh_cell_results(con: duckdb.DuckDBPyConnection) -> None:
+    keys: dict[str, str] = {}  # swept path -> its column's type
+    for (params,) in con.execute("SELECT DISTINCT params FROM cells").fetchall():
+        for key, value in json.loads(params or "{}").items():
+            keys[key] = _swept_type(keys.get(key), value)
+    columns = "".join(
+        f", {'TRY_CAST(' if kind != 'VARCHAR' else ''}json_extract_string(c.params, '$.\"{_sql_key(k)}\"')"
+        f"{f' AS {kind})' if kind != 'VARCHAR' else ''} AS \"{_sql_key(k)}\"" for k, kind in sorted(keys.items()))
+    con.execute(f"""
+        CREATE OR REPLACE VIEW cell_results AS
+        SELECT c.study, c.cell_id, c."repeat", c.status, m.estimator, m.metric, m.value, m.ci_low, m.ci_high,
+               m.n_pairs, c.params{columns}
+        FROM cells c JOIN metrics m ON m.study = c.study AND m.cell_id = c.cell_id AND m.test_index IS NULL""")
+    con.execute(f"""
+        CREATE OR REPLACE VIEW sweep_results AS
+        SELECT c.study, c.estimator, c.metric, c.value, c.sd, c.ci_low, c.ci_high, c.seeds, c.test_points,
+               c.params{columns}
+        FROM pooled_rows c""")
+
+
+def _task_status(con: duckdb.DuckDBPyConnection, hashes: Sequence[str]) -> dict[str, TaskState]:
+    if not _has_table(con, "tasks"):
+        return {}
+    rows = con.execute("SELECT task_hash, status, error, artifact_sha256 FROM tasks WHERE task_hash IN "
+                       "(SELECT unnest(?::VARCHAR[]))", [list(hashes)]).fetchall()
+    return {h: (s, e, a) for h, s, e, a in rows}
+
+
 class Store:
-    """One DuckDB database. Open with ``read_only=True`` for queries and plans."""
+    """One DuckDB database, opened for the length of each read or write only (``access``), so several
+    processes share it. A writing Store creates or migrates the schema once, when constructed; a read-only
+    one (queries, plans) writes nothing."""
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = check_db_path(path)
@@ -218,22 +495,12 @@ class Store:
             except OSError as exc:
                 raise UsageError(f"{self.path}: cannot create the folder {self.path.parent} for the database "
                                  f"({exc.strerror or exc})") from None
-        try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as exc:
-            text = str(exc)
-            if "lock" in text.lower():
-                raise UsageError(f"{self.path}: the database is in use by another inflang process; "
-                                 "wait for it to finish and try again") from None
-            raise UsageError(f"{self.path}: cannot open the database ({text.splitlines()[0]})") from None
-        except duckdb.Error as exc:
-            raise UsageError(f"{self.path}: not a DuckDB database ({str(exc).splitlines()[0]})") from None
-        if not read_only:
-            self.con.execute(TABLES)
-            self.con.execute(MIGRATIONS)
-            self.con.execute(VIEWS)
-            self.refresh_cell_results()
-            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            with self.transaction() as con:
+                con.execute(TABLES)
+                con.execute(MIGRATIONS)
+                con.execute(VIEWS)
+                self.refresh_cell_results()
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
     @property
     def artifacts(self) -> Path:
@@ -241,7 +508,7 @@ class Store:
         return self.path.parent / ".inflang"
 
     def close(self) -> None:
-        self.con.close()
+        """Nothing to release: a Store holds the database only inside ``reading`` and ``transaction``."""
 
     def __enter__(self) -> Store:
         return self
@@ -250,29 +517,52 @@ class Store:
         self.close()
 
     @contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for the reads of one block, under the shared lock (other processes may read, none
+        writes); inside ``transaction`` it is the writing connection."""
+        with access(self.path, write=False) as con:
+            yield con
+
+    @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            yield self.con
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
+        """A writing connection under the exclusive lock, in one transaction committed at the end (rolled back
+        on an exception); a transaction nested in another joins it."""
+        if self.read_only:
+            raise RuntimeError(f"{self.path}: a write through a read-only Store")
+        with access(self.path, write=True) as con:
+            held = _HELD[_key(self.path)]
+            if held.in_transaction:
+                yield con
+                return
+            held.in_transaction = True
+            try:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            finally:
+                held.in_transaction = False
 
     def has_table(self, name: str) -> bool:
         """Whether the database has the table (a read-only Store may open one no run has written)."""
-        found = self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()
-        return bool(found and found[0])
+        with self.reading() as con:
+            return _has_table(con, name)
 
-    def task_status(self, hashes: Sequence[str]) -> dict[str, tuple[str, str | None, str | None]]:
+    def task_status(self, hashes: Sequence[str]) -> dict[str, TaskState]:
         """hash -> (status, error, artifact sha256) for the given tasks that have a record."""
-        if not hashes or not self.has_table("tasks"):
+        if not hashes:
             return {}
-        rows = self.con.execute(
-            "SELECT task_hash, status, error, artifact_sha256 FROM tasks WHERE task_hash IN "
-            "(SELECT unnest(?::VARCHAR[]))", [list(hashes)]).fetchall()
-        return {h: (s, e, a) for h, s, e, a in rows}
+        with self.reading() as con:
+            mark_seen(self.path)  # under the lock nobody writes: what is read is the state stamped
+            return _task_status(con, hashes)
+
+    def finished_elsewhere(self, hashes: Sequence[str]) -> dict[str, TaskState]:
+        """``task_status`` of the given tasks when another process may have written the database since this
+        one last wrote or read the statuses; {} (without opening it) when none did."""
+        return self.task_status(hashes) if hashes and changed_elsewhere(self.path) else {}
 
     def record_study(self, study: str, spec_hash: str, spec_yaml: str, source: str,
                      cells: Sequence[tuple[str, int, int, dict[str, Any]]],
@@ -311,23 +601,8 @@ class Store:
         """(Re)create the cell_results view (aggregated metrics per cell and estimator) and the
         sweep_results view (pooled over seeds), with every swept path of every study as a column of its own
         (NULL where a study does not sweep it)."""
-        keys: dict[str, str] = {}  # swept path -> its column's type
-        for (params,) in self.con.execute("SELECT DISTINCT params FROM cells").fetchall():
-            for key, value in json.loads(params or "{}").items():
-                keys[key] = _swept_type(keys.get(key), value)
-        columns = "".join(
-            f", {'TRY_CAST(' if kind != 'VARCHAR' else ''}json_extract_string(c.params, '$.\"{_sql_key(k)}\"')"
-            f"{f' AS {kind})' if kind != 'VARCHAR' else ''} AS \"{_sql_key(k)}\"" for k, kind in sorted(keys.items()))
-        self.con.execute(f"""
-            CREATE OR REPLACE VIEW cell_results AS
-            SELECT c.study, c.cell_id, c."repeat", c.status, m.estimator, m.metric, m.value, m.ci_low, m.ci_high,
-                   m.n_pairs, c.params{columns}
-            FROM cells c JOIN metrics m ON m.study = c.study AND m.cell_id = c.cell_id AND m.test_index IS NULL""")
-        self.con.execute(f"""
-            CREATE OR REPLACE VIEW sweep_results AS
-            SELECT c.study, c.estimator, c.metric, c.value, c.sd, c.ci_low, c.ci_high, c.seeds, c.test_points,
-                   c.params{columns}
-            FROM pooled_rows c""")
+        with self.transaction() as con:
+            _refresh_cell_results(con)
 
     def write_claims(self, study: str, verdicts: Sequence[Any], adjust: str = "none",
                      definitions: Sequence[str] = ()) -> None:
@@ -419,7 +694,12 @@ class Store:
                          engine])
 
     def fail_task(self, task_hash: str, kind: str, inputs: dict[str, Any], error: str, seconds: float) -> None:
+        """Record a task's failure, dropping any rows of an earlier attempt; a 'done' record (another run into
+        the same database finished the task) is kept as it is."""
         with self.transaction() as con:
+            found = con.execute("SELECT status FROM tasks WHERE task_hash = ?", [task_hash]).fetchone()
+            if found and found[0] == "done":
+                return
             for table in OUTPUT_TABLES:
                 con.execute(f"DELETE FROM {table} WHERE task_hash = ?", [task_hash])
             con.execute("INSERT OR REPLACE INTO tasks (task_hash, kind, inputs, status, error, seconds, "
@@ -457,10 +737,11 @@ def check_read_only(sql: str) -> None:
 def _read_only_result(path: str | Path, sql: str, fetch: Any) -> Any:
     """``fetch(cursor)`` of a checked query on a read-only connection with file access switched off."""
     check_read_only(sql)
-    with Store(path, read_only=True) as store:
-        store.con.execute("SET enable_external_access = false")
+    with Store(path, read_only=True).reading() as con:
+        if not _nested(Path(path)):  # a connection of its own: file access goes off with it
+            con.execute("SET enable_external_access = false")
         try:
-            return fetch(store.con.execute(sql))
+            return fetch(con.execute(sql))
         except duckdb.Error as exc:
             raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
 
@@ -491,9 +772,9 @@ Table = tuple[list[str], list[tuple[Any, ...]]]
 
 def _read(path: str | Path, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Table:
     """A trusted (named) query with parameters, on a read-only connection."""
-    with Store(path, read_only=True) as store:
+    with Store(path, read_only=True).reading() as con:
         try:
-            cursor = store.con.execute(sql, params if isinstance(params, dict) else list(params))
+            cursor = con.execute(sql, params if isinstance(params, dict) else list(params))
             return [d[0] for d in cursor.description or []], cursor.fetchall()
         except duckdb.Error as exc:
             raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
@@ -729,10 +1010,8 @@ def diagnostic_rows(con: duckdb.DuckDBPyConnection, study: str) -> list[dict[str
 
 def study_diagnostics(path: str | Path, study: str) -> list[dict[str, Any]]:
     """The diagnostics of a study, for the CLI and the report."""
-    with Store(path, read_only=True) as s:
-        if not s.has_table("diagnostics"):
-            return []
-        return diagnostic_rows(s.con, study)
+    with Store(path, read_only=True).reading() as con:
+        return diagnostic_rows(con, study) if _has_table(con, "diagnostics") else []
 
 
 MODEL_QUANTITY = {"hessian_top_eigenvalue": "m.hessian_top_eigenvalues[1]", "test_accuracy": "m.test_accuracy",

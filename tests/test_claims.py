@@ -51,8 +51,14 @@ def fake_study(path: Path, table: dict[tuple[tuple[tuple[str, float], ...], str]
     return store
 
 
+def judged(store: Store, claim: Claim):
+    """The claim evaluated on the fake study, on a connection held for this read only."""
+    with store.reading() as con:
+        return evaluate_one(con, "fake", claim)
+
+
 def verdict(store: Store, **claim) -> str:
-    return evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", **claim)).verdict
+    return judged(store, Claim(name="c", metric="spearman", **claim)).verdict
 
 
 def test_each_form_is_supported_contradicted_or_unresolved_where_it_should_be(tmp_path: Path):
@@ -76,14 +82,14 @@ def test_each_form_is_supported_contradicted_or_unresolved_where_it_should_be(tm
     assert verdict(store, estimator="exact", at_least=0.98, where={d: 1}) == "contradicted"
     assert verdict(store, estimator="exact", at_least=0.9, where={d: 1}) == "unresolved"
     assert verdict(store, estimator="grad_dot", at_most=0.4) == "supported"
-    result = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
-                                                   trend=down))
+    result = judged(store, Claim(name="c", metric="spearman", estimator="exact",
+                                 trend=down))
     assert result.estimate == pytest.approx(-0.2, abs=0.03) and result.seeds == 4 and result.test_points == 96
-    pair = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
-                                                 contrast={"axis": d, "better": 1, "than": 3}))
+    pair = judged(store, Claim(name="c", metric="spearman", estimator="exact",
+                               contrast={"axis": d, "better": 1, "than": 3}))
     assert pair.test_points == 64  # the two compared cells' 4 seeds x 8 points, not the third cell's
-    missing = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
-                                                    at_least=0.5, where={d: 7}))
+    missing = judged(store, Claim(name="c", metric="spearman", estimator="exact",
+                                  at_least=0.5, where={d: 7}))
     assert missing.verdict == "not evaluable"
     store.close()
 
@@ -93,8 +99,8 @@ def test_trend_ranks_mixed_integer_and_float_axis_values_in_numeric_order(tmp_pa
     w = "training.weight_decay"
     table = {(((w, 0),), "exact"): [0.5], (((w, 0.001),), "exact"): [0.7], (((w, 0.01),), "exact"): [0.9]}
     store = fake_study(tmp_path / "m.duckdb", table)
-    up = evaluate_one(store.con, "fake", Claim(name="c", metric="spearman", estimator="exact",
-                                               trend={"axis": w, "direction": "up"}))
+    up = judged(store, Claim(name="c", metric="spearman", estimator="exact",
+                             trend={"axis": w, "direction": "up"}))
     assert up.verdict == "supported" and up.estimate == pytest.approx(0.2, abs=0.03)
     assert verdict(store, estimator="exact", at_most=0.5) == "contradicted"
     store.close()
@@ -121,11 +127,11 @@ def test_between_test_points_sees_real_spread(tmp_path: Path):
     values = rng.normal(0.5, 0.3, 12)
     claim = Claim(name="c", metric="spearman", estimator="exact", between_test_points={"at_least": 0.5})
     store = one_cell(tmp_path / "b.duckdb", values, values[:, None] + rng.normal(0, 0.02, (12, 300)))
-    real = evaluate_one(store.con, "fake", claim)
+    real = judged(store, claim)
     assert real.verdict == "supported" and real.estimate > 0.9
     store.close()
     noisy = one_cell(tmp_path / "n.duckdb", values, values[:, None] + rng.normal(0, 0.3, (12, 300)))
-    weak = evaluate_one(noisy.con, "fake", claim)
+    weak = judged(noisy, claim)
     assert weak.verdict in ("contradicted", "unresolved") and weak.estimate < 0.5
     noisy.close()
 
