@@ -11,6 +11,11 @@ import pytest
 # retrain tiny ensembles. tests/test_engine.py runs the compiled engine against it (--engine overrides this).
 os.environ.setdefault("INFLANG_ENGINE", "eager")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share the two cores: one torch thread each, not two
+    import torch
+
+    torch.set_num_threads(1)
+
 TINY = """\
 study: tiny
 seed: 3

@@ -42,7 +42,8 @@ def test_converged_refits_resolve_to_machine_precision_and_adam_warm_starts_do_n
     # the quickstart's recipe: trained to a near-stationary point, where Adam's normalised steps amplify
     # rounding differences
     adam = run(write, tmp_path / "adam", "{arch: mlp, depth: 1, width: 8}",
-               "{protocol: loo, start: optimum, optimizer: adam, steps: 1000, removals: {select: random, k: 30}}", epochs=2000)
+               "{protocol: loo, start: optimum, optimizer: adam, steps: 1000, removals: {select: random, k: 30}}",
+               epochs=2000)
     ((coarse,),) = rows(adam, "SELECT value FROM metrics WHERE metric = 'resolution' AND test_index IS NULL")
     assert coarse > 1000 * fine
     flags = rows(adam, "SELECT count(*) FILTER (WHERE resolved), count(*) FILTER (WHERE NOT resolved), "
@@ -113,7 +114,8 @@ def test_under_resolved_only_the_noise_ceiling_uses_the_scored_items(write, tmp_
     """The ceiling of a metric must rest on the items the metric scores: with resolved_only, the reliability
     rows count the resolved items of each test point, as the metric rows do."""
     db = run(write, tmp_path, "{arch: mlp, depth: 1, width: 8}",
-             "{protocol: loo, start: optimum, optimizer: adam, steps: 1000, repeats: 2, removals: {select: random, k: 30}}",
+             "{protocol: loo, start: optimum, optimizer: adam, steps: 1000, repeats: 2, "
+             "removals: {select: random, k: 30}}",
              "{names: [spearman], resolved_only: true}", epochs=2000)
     counts = rows(db, "SELECT m.test_index, m.n_pairs, r.n_pairs FROM metrics m JOIN metrics r "
                       "ON r.test_index = m.test_index AND r.metric = 'reliability_spearman' "
