@@ -83,7 +83,14 @@ def _within(module: Any, root: str) -> bool:
     origin = getattr(module, "__file__", None)
     if not origin:
         return False
-    return str(Path(origin).resolve()).startswith(root + "/")
+    return _real(origin).startswith(root + "/")
+
+
+@functools.lru_cache(maxsize=None)
+def _real(origin: str) -> str:
+    """A module file's resolved path, once per process: ``on_path`` checks every loaded module (thousands with
+    torch) on entry and exit, and resolving each every time cost seconds per task."""
+    return str(Path(origin).resolve())
 
 
 def resolve(reference: str, folder: str | None) -> Callable[..., Any]:
