@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,12 @@ def execute_plan(compiled: Plan, store: Store, *, memory_budget: int | None = No
     ``workers`` processes, or Ray) and let the scheduler run the plan's selected tasks on it. Raises
     ``runners.errors.SetupError`` when the run cannot start and ``inflang.errors.StorageError`` when results
     cannot be written."""
+    events = events or Events()
+    if executor == "local" and not _pending(compiled, store, retry_failed):
+        idle = _Idle(device, engine or os.environ.get("INFLANG_ENGINE", "auto"), workers)
+        return execute(compiled, store, idle, idle.compute, retry_failed=retry_failed, events=events, threads=threads)
     from runners.executors import compute_here, open_backend  # torch is imported only when something runs
 
-    events = events or Events()
     datasets = [c.cell.study.dataset for c in compiled.selected_cells()]
     folders = [f for c in compiled.selected_cells() for f in code_folders(c.cell.study)]
     backend = open_backend(executor, workers, threads, memory_budget, device, address, gpus_per_task, datasets,
@@ -119,6 +123,37 @@ def execute_plan(compiled: Plan, store: Store, *, memory_budget: int | None = No
     here = backend.device if executor != "ray" else "cpu"  # a missing dependency is rebuilt in this process
     return execute(compiled, store, backend, compute_here(memory_budget, here, backend.engine),
                    retry_failed=retry_failed, events=events, threads=threads)
+
+
+def _pending(compiled: Plan, store: Store, retry_failed: bool) -> bool:
+    """Whether any selected task has still to run (no record, or failed and ``retry_failed``)."""
+    selected = list(compiled.selected_tasks())
+    status = store.task_status(selected)
+    return any(h not in status or (status[h][0] == "failed" and retry_failed) for h in selected)
+
+
+class _Idle:
+    """The backend of a run with nothing to compute (a rerun of a finished study): it records the run and
+    pools the results without starting torch or any worker; ``submit`` is never called."""
+
+    capacity = 1
+    reports_progress = False
+
+    def __init__(self, device: str, engine: str, workers: int) -> None:
+        self.device, self.engine = device, engine
+        self.where = "local" if workers == 1 else f"local x{workers}"
+
+    def submit(self, key: str, kind: str, inputs: dict[str, Any], deps: dict[str, Any]) -> None:
+        raise RuntimeError(f"a run with nothing to compute was handed {kind} task {key}")
+
+    def wait(self) -> list[tuple[str, Any, BaseException | None, float]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def compute(self, kind: str, inputs: dict[str, Any], deps: dict[str, Any]) -> Any:
+        raise RuntimeError(f"a run with nothing to compute was asked to rebuild {kind}")
 
 
 def calibrate(workloads: dict[str, Workload], rates: Rates, device: str = "cpu", threads: int = 1) -> None:
