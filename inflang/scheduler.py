@@ -303,18 +303,20 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
         errors = [f"{plan.tasks[blocked.get(h, h)].kind} failed: {summary.failed[blocked.get(h, h)]}"
                   for _kind, _label, h in cell.all() if blocked.get(h, h) in summary.failed]
         summary.cell_status[cell.cell.cell_id] = ("failed", errors[0]) if errors else ("done", None)
-    # a cell left out by --select is done only when every task it reads is (a new estimator leaves it pending)
-    others: dict[str, tuple[str, str | None]] = {}
-    for cell in plan.cells:
-        if cell.cell.cell_id not in summary.cell_status:
-            states = [runner.status.get(h, ("pending", None, None)) for _kind, _label, h in cell.all()]
+    study, claims, adjust = loaded.study.study, loaded.study.claims, loaded.study.claims_adjust
+    with store.transaction() as con:  # one write: readers see the cells' states and what is pooled from them
+        # a cell left out by --select is done only when every task it reads is (a new estimator leaves it
+        # pending), read now: another run of the study (another --select) may have finished its tasks meanwhile
+        outside = [c for c in plan.cells if c.cell.cell_id not in summary.cell_status]
+        now = store.task_status([h for c in outside for _kind, _label, h in c.all()])
+        others: dict[str, tuple[str, str | None]] = {}
+        for cell in outside:
+            states = [now.get(h, ("pending", None, None)) for _kind, _label, h in cell.all()]
             failed = [f"{plan.tasks[h].kind} failed: {state[1]}" for (_kind, _label, h), state in
                       zip(cell.all(), states, strict=True) if state[0] == "failed"]
             others[cell.cell.cell_id] = (("failed", failed[0]) if failed else
                                          ("done", None) if all(state[0] == "done" for state in states) else
                                          ("pending", None))
-    study, claims, adjust = loaded.study.study, loaded.study.claims, loaded.study.claims_adjust
-    with store.transaction() as con:  # one write: readers see the cells' states and what is pooled from them
         store.set_cell_status(study, {**others, **summary.cell_status})
         store.write_aggregates(task_aggregates(con, tasks_without_aggregates(con, study)))
         store.write_diagnostics(study, diagnose(con, plan.cells))

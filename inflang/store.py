@@ -239,6 +239,7 @@ _HELD: dict[str, _Held] = {}  # resolved path -> the access this process holds
 _GUARDS: dict[str, threading.RLock] = {}  # resolved path -> what serialises this process's threads on it
 _GUARDS_LOCK = threading.Lock()
 _STAMPS: dict[str, tuple[Any, ...]] = {}  # resolved path -> the files' state when this process last wrote or looked
+_NEWS: set[str] = set()  # resolved paths another process wrote between two of this process's writes, unread since
 
 
 def lock_path(path: Path) -> Path:
@@ -369,6 +370,8 @@ def access(path: Path, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
             return
         wait = _Wait(path)
         with _locked(path, write, wait):
+            if write and _STAMPS.get(key) != _stamp(path):
+                _NEWS.add(key)  # someone wrote since this process last did: remembered past this write's stamp
             con = _connect(path, write, wait)
             _HELD[key] = _Held(con, write)
             try:
@@ -390,12 +393,14 @@ def changed_elsewhere(path: Path) -> bool:
     """Whether another process may have written the database since this process last wrote it (or last called
     ``mark_seen``); True when this process has not written it."""
     key = _key(path)
-    return _STAMPS.get(key) != _stamp(path)
+    return key in _NEWS or _STAMPS.get(key) != _stamp(path)
 
 
 def mark_seen(path: Path) -> None:
     """Note the database's current state as seen (``changed_elsewhere`` is False until someone writes)."""
-    _STAMPS[_key(path)] = _stamp(path)
+    key = _key(path)
+    _STAMPS[key] = _stamp(path)
+    _NEWS.discard(key)
 
 
 def snapshot(path: str | Path) -> duckdb.DuckDBPyConnection:

@@ -79,13 +79,14 @@ def files(tmp_path: Path) -> list[Path]:
 def test_three_runs_at_once_land_every_row_once_while_readers_read(tmp_path: Path, reference):
     db = tmp_path / "one.duckdb"
     runs = [cli("run", str(f), "--db", str(db), cwd=tmp_path) for f in files(tmp_path)]
-    reads = 0
+    counts: list[int] = []
     while any(p.poll() is None for p in runs):  # queries and ls answer all along (from what has landed)
         if db.exists():
-            assert run_query(db, "SELECT count(*) FROM tasks")[1][0][0] >= 0
-            studies_overview(db)
-            reads += 1
+            counts.append(run_query(db, "SELECT count(*) FROM tasks WHERE status = 'done'")[1][0][0])
+            assert {name for name, *_ in studies_overview(db)[1]} <= set(STUDIES)
         time.sleep(0.2)
+    reads = len(counts)
+    assert counts == sorted(counts)  # what has landed stays landed
     for proc in runs:
         code, out = finish(proc)
         assert code == 0, out
@@ -226,6 +227,11 @@ def test_a_run_notices_only_what_others_wrote(small_db: Path):
     subprocess.run([sys.executable, "-c", code, str(small_db)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert store.finished_elsewhere(["t"]) == {"t": ("done", None, None)}
     assert store.finished_elsewhere(["t"]) == {}  # seen
+    # another run's write between two of this run's writes is news after this run's own write too
+    code_v = code.replace("write_task('t'", "write_task('v'")
+    subprocess.run([sys.executable, "-c", code_v, str(small_db)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    store.write_task("u", "train", {}, {}, 0.0, None)
+    assert store.finished_elsewhere(["v"]) == {"v": ("done", None, None)}
     store.fail_task("t", "train", {}, "boom", 0.0)  # another run's finished task is kept
     assert store.task_status(["t"]) == {"t": ("done", None, None)}
 
@@ -243,3 +249,25 @@ def test_a_writing_connect_is_the_database_itself(small_db: Path):
     assert study_names(small_db) == ["s"]  # a read in the same process shares its instance
     con.close()
     assert rows(small_db, "SELECT count(*) FROM notes") == [(0,)]
+
+
+def test_a_cell_another_run_finished_meanwhile_is_done(tmp_path: Path):
+    """Two runs of one study with other --select at once: each marks the other's cells from the task states at
+    its end, not at its start (the other's cells were left pending)."""
+    from inflang.api import execute_plan, plan
+    from inflang.scheduler import Events
+
+    study = tmp_path / "s.yaml"
+    study.write_text(TINY + "sweep:\n  training.weight_decay: [0.01, 0.1]\n")
+    db = tmp_path / "one.duckdb"
+
+    class OtherRunMeanwhile(Events):
+        def start(self, plan_, pending) -> None:  # this run has read the task states: the other runs now
+            code, out = finish(cli("run", str(study), "--db", str(db), "--select", "weight_decay=0.1", cwd=tmp_path))
+            assert code == 0, out
+
+    compiled = plan(study)
+    chosen = compiled.select([c.cell.cell_id for c in compiled.cells if c.cell.params["training.weight_decay"] == 0.01])
+    with Store(db) as store:
+        execute_plan(chosen, store, events=OtherRunMeanwhile())
+    assert rows(db, "SELECT status, count(*) FROM cells GROUP BY ALL") == [("done", 2)]
