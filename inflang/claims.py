@@ -215,10 +215,8 @@ class Evidence:
 
 
 def _no_width(value: intervals.Statistic) -> bool:
-    """Whether the statistic's interval has no width: every unit gave the same value (an exact interval, such as
-    a proportion's Clopper-Pearson, never has)."""
-    interval = value.interval(intervals.LEVEL)
-    return interval is not None and not interval.high > interval.low
+    """Whether the statistic's interval has no width up to rounding (``intervals.no_spread``)."""
+    return value.interval(intervals.LEVEL) is not None and intervals.no_spread(value)
 
 
 def _model_rows(con: duckdb.DuckDBPyConnection, study: str, quantity: str) -> dict[str, list[SeedRows]]:

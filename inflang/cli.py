@@ -707,8 +707,7 @@ def compare(
             diff = difference((params, estimator), other, base)
             paired_any = True
             verdict = {True: "resolved", False: "not resolved",
-                       None: "no spread" if diff.ci_low is not None and diff.ci_low == diff.ci_high
-                       else "no interval"}[diff.resolved]
+                       None: "no spread" if diff.no_spread else "no interval"}[diff.resolved]
             cells.append(f"{interval_text(diff.estimate, diff.ci_low, diff.ci_high)} {verdict} "
                          f"({diff.seeds} seed{'s' if diff.seeds != 1 else ''}, {diff.test_points} test points)")
         table.add_row(label(json.loads(params)), estimator or "-", *cells)

@@ -155,6 +155,26 @@ class Mapped:
 
 Statistic = TMean | Share | Mapped
 
+NO_SPREAD = 1e-12  # a spread below this, relative to the values, is rounding: the units all gave the same value
+
+
+def no_spread(statistic: Statistic) -> bool:
+    """Whether the statistic's interval has no width up to rounding: every unit gave the same value (or the same
+    difference). Judged on the statistic itself, before any mapping (a noise ceiling's root maps every
+    reliability at or below 0 to 0) or bound; an exact binomial interval always has width."""
+    if isinstance(statistic, Mapped):
+        return no_spread(statistic.inner)
+    if isinstance(statistic, Share):
+        return math.isfinite(statistic.value) and statistic.within <= NO_SPREAD * statistic.ss
+    if statistic.binomial is not None or not (math.isfinite(statistic.value) and math.isfinite(statistic.se)):
+        return False
+    return statistic.se <= NO_SPREAD * max(1.0, abs(statistic.value))
+
+
+def width_is_rounding(low: float, high: float) -> bool:
+    """Whether an interval [low, high] is a point up to rounding (``no_spread`` for a bare interval)."""
+    return high - low <= NO_SPREAD * max(1.0, abs(low), abs(high))
+
 
 def p_value(statistic: Statistic, threshold: float) -> float:
     """The smallest alpha whose (1 - alpha) interval excludes ``threshold`` (two-sided; 1 when even a point

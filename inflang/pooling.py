@@ -237,10 +237,17 @@ class Difference:
     test_points: int  # test points paired (or, unpaired, the fewer of the two sides)
 
     @property
+    def no_spread(self) -> bool:
+        """Whether the interval is a point up to rounding (every paired unit differs by the same amount)."""
+        if self.ci_low is None or self.ci_high is None:
+            return False
+        return intervals.width_is_rounding(self.ci_low, self.ci_high)
+
+    @property
     def resolved(self) -> bool | None:
         """True when the interval excludes 0, False when it contains it, None without an interval or with one of
         no width (no spread between the paired units: nothing to resolve against, as a claim's "no spread")."""
-        if self.ci_low is None or self.ci_high is None or self.ci_low == self.ci_high:
+        if self.ci_low is None or self.ci_high is None or self.no_spread:
             return None
         return self.ci_low > 0 or self.ci_high < 0
 

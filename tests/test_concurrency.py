@@ -229,7 +229,8 @@ def test_a_run_notices_only_what_others_wrote(small_db: Path):
     assert store.finished_elsewhere(["t"]) == {}  # seen
     # another run's write between two of this run's writes is news after this run's own write too
     code_v = code.replace("write_task('t'", "write_task('v'")
-    subprocess.run([sys.executable, "-c", code_v, str(small_db)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run([sys.executable, "-c", code_v, str(small_db)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
     store.write_task("u", "train", {}, {}, 0.0, None)
     assert store.finished_elsewhere(["v"]) == {"v": ("done", None, None)}
     store.fail_task("t", "train", {}, "boom", 0.0)  # another run's finished task is kept

@@ -162,8 +162,8 @@ def test_paired_difference_of_identical_sides_is_zero_and_unresolved():
     moved = difference(("{}", "exact"), shifted, sides)
     assert moved.ci_low == pytest.approx(0.5) and moved.ci_high == pytest.approx(0.5) and moved.seeds == 3
     assert moved.test_points == 12
-    # a shift with no spread around it is not "resolved": the interval has no width to resolve with
-    assert moved.resolved is None if moved.ci_low == moved.ci_high else moved.resolved is True
+    # a shift with no spread around it (its interval a point up to rounding) is not "resolved"
+    assert moved.no_spread and moved.resolved is None
 
 
 def test_a_proportion_of_all_ones_gets_the_exact_binomial_bound():
@@ -192,3 +192,24 @@ def test_family_levels_follow_holm_and_bonferroni_by_hand():
     p = [0.01, 0.04, float("nan"), 0.03]
     assert intervals.holm_levels(p) == pytest.approx([1 - 0.05 / 3, 0.975, 0.95, 0.975])
     assert intervals.bonferroni_levels(p) == pytest.approx([1 - 0.05 / 3] * 4)
+
+
+def test_no_spread_is_judged_up_to_rounding_and_before_any_mapping():
+    """A difference of 0.1 at every unit, computed as b - a in floating point, has a spread of rounding only: no
+    spread (before, its interval of width 5e-17 gave a verdict at p = 1e-12). A noise ceiling whose pooled
+    reliability lies at or below 0 maps to [0, 0] but has spread: it gets a verdict (contradicted below 0.5)."""
+    import math
+
+    from inflang import claims, intervals
+
+    a = np.array([0.31, 0.47, 0.52, 0.68])
+    diffs = (a + 0.1) - a
+    rounding = intervals.TMean(float(diffs.mean()), float(diffs.std(ddof=1) / 2), 3, 4)
+    assert 0 < rounding.se < 1e-15 and intervals.no_spread(rounding) and claims._no_width(rounding)
+    ceiling = intervals.Mapped(intervals.TMean(-0.3, 0.05, 3, 4), lambda r: math.sqrt(max(r, 0.0)))
+    found = ceiling.interval()
+    assert found is not None and found.low == found.high == 0.0
+    assert not intervals.no_spread(ceiling) and not claims._no_width(ceiling)
+    assert not intervals.no_spread(intervals.TMean(0.5, 0.0, 3, 4, binomial=(2, 4)))  # exact: always has width
+    assert intervals.width_is_rounding(0.09999999999999998, 0.10000000000000003)
+    assert not intervals.width_is_rounding(0.1, 0.1 + 1e-9)
