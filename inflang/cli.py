@@ -547,10 +547,14 @@ def run(
     events.stop()
     store.close()
     chosen = None if compiled.selected is None else [c.cell.params for c in compiled.selected_cells()]
-    _print_summary(db, loaded.study.study, chosen)
-    _print_diagnostics(db, loaded.study.study, chosen)
-    if loaded.study.claims:
-        _print_claims(_claims_rows(db, [loaded.study.study]), False)
+    try:  # the results are saved; reading them back can still find the database busy for too long
+        _print_summary(db, loaded.study.study, chosen)
+        _print_diagnostics(db, loaded.study.study, chosen)
+        if loaded.study.claims:
+            _print_claims(_claims_rows(db, [loaded.study.study]), False)
+    except UsageError as exc:
+        raise _fail(f"error: {exc} (the run's results are saved: inflang report {loaded.study.study} shows "
+                    "them)") from None
     failed_cells = [c for c, (s, _) in summary.cell_status.items() if s == "failed"]
     out.print(f"ran {summary.ran} tasks, reused {summary.cached}; {len(failed_cells)} of "
               f"{len(summary.cell_status)} cells failed" + (" (messages above; rerun failed tasks with "

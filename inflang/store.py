@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -220,7 +220,8 @@ def check_db_path(path: str | Path) -> Path:
 
 # --- access: one process writes at a time, readers share; nobody holds the database between accesses --------
 
-WAIT_ENV = "INFLANG_DB_WAIT"  # seconds an access waits for the database before giving up (default 600)
+WAIT_ENV = "INFLANG_DB_WAIT"  # seconds an access waits for the database before giving up
+READ_WAIT = 600.0  # a read's default; a write waits without limit unless INFLANG_DB_WAIT is set
 NOTICE_AFTER = 2.0  # seconds of waiting before the one line on stderr that says so
 
 
@@ -233,6 +234,7 @@ class _Held:
     write: bool
     depth: int = 1
     in_transaction: bool = False
+    shared: bool = False  # an instance this process opened outside inflang: its settings are not ours to change
 
 
 _HELD: dict[str, _Held] = {}  # resolved path -> the access this process holds
@@ -272,11 +274,11 @@ class _Wait:
     """A bounded wait for the database: sleeps a little more each time, prints one line to stderr once it has
     waited ``NOTICE_AFTER`` seconds, and raises UsageError after ``INFLANG_DB_WAIT`` seconds."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, write: bool) -> None:
         self.path, self.start, self.delay, self.told = path, time.monotonic(), 0.002, False
-        raw = os.environ.get(WAIT_ENV, "600")
-        try:
-            self.limit = float(raw)
+        raw = os.environ.get(WAIT_ENV)
+        try:  # a writer (a run, perhaps hours in) waits for as long as it takes unless told otherwise
+            self.limit = float(raw) if raw is not None else math.inf if write else READ_WAIT
         except ValueError:
             raise UsageError(f"{WAIT_ENV}={raw!r}: not a number of seconds") from None
 
@@ -307,29 +309,54 @@ def _lock_file(path: Path, write: bool) -> int | None:
         raise UsageError(f"{path}: cannot create the lock file {target} ({exc.strerror or exc})") from None
 
 
-def _connect(path: Path, write: bool, wait: _Wait) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection, retried while a process outside inflang's lock (the duckdb CLI, a notebook's
-    writing connection) holds the file."""
-    while True:
+class _Busy(Exception):
+    """A process outside inflang's lock (the duckdb CLI, a notebook's writing connection) holds the file."""
+
+
+def _connect(path: Path, write: bool) -> tuple[duckdb.DuckDBPyConnection, bool]:
+    """A DuckDB connection and whether it shares an instance this process opened outside inflang (a raw
+    ``duckdb.connect`` or ``inflang.connect(read_only=False)``: a read shares it); _Busy while another process
+    holds DuckDB's own lock on the file."""
+    try:
+        return duckdb.connect(str(path), read_only=not write), False
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "could not set lock" not in text.lower():
+            raise UsageError(f"{path}: cannot open the database ({text.splitlines()[0]})") from None
+        raise _Busy() from None
+    except duckdb.ConnectionException as exc:
+        if write:
+            raise UsageError(f"{path}: this process holds a read-only connection to the database; close it "
+                             "before writing") from None
         try:
-            return duckdb.connect(str(path), read_only=not write)
-        except duckdb.IOException as exc:
-            text = str(exc)
-            if "could not set lock" not in text.lower():
-                raise UsageError(f"{path}: cannot open the database ({text.splitlines()[0]})") from None
-            wait("another process")
-        except duckdb.ConnectionException as exc:
-            # this process already has the file open with the other read_only setting (a raw duckdb.connect or
-            # inflang.connect(read_only=False)): a read can share that instance, a write cannot
-            if write:
-                raise UsageError(f"{path}: this process holds a read-only connection to the database; close it "
-                                 "before writing") from None
+            return duckdb.connect(str(path)), True
+        except duckdb.Error:
+            raise UsageError(f"{path}: cannot open the database ({str(exc).splitlines()[0]})") from None
+    except duckdb.Error as exc:
+        raise UsageError(f"{path}: not a DuckDB database ({str(exc).splitlines()[0]})") from None
+
+
+@contextmanager
+def _opened(path: Path, write: bool, wait: _Wait,
+            closed: Callable[[], None] | None = None) -> Iterator[tuple[duckdb.DuckDBPyConnection, bool]]:
+    """The lock file held (shared to read, exclusive to write) and a DuckDB connection open, until the block
+    ends. While another process holds DuckDB's own lock, the lock file is let go between tries, so this
+    process's other accesses (and other inflang processes) are not held up by the wait."""
+    while True:
+        with _locked(path, write, wait):
             try:
-                return duckdb.connect(str(path))
-            except duckdb.Error:
-                raise UsageError(f"{path}: cannot open the database ({str(exc).splitlines()[0]})") from None
-        except duckdb.Error as exc:
-            raise UsageError(f"{path}: not a DuckDB database ({str(exc).splitlines()[0]})") from None
+                con, shared = _connect(path, write)
+            except _Busy:
+                pass
+            else:
+                try:
+                    yield con, shared
+                finally:
+                    con.close()
+                    if closed is not None:  # still under the lock file: nobody else has written since
+                        closed()
+                return
+        wait("another process")
 
 
 @contextmanager
@@ -368,25 +395,24 @@ def access(path: Path, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
             finally:
                 held.depth -= 1
             return
-        wait = _Wait(path)
-        with _locked(path, write, wait):
+        def stamp() -> None:
+            _STAMPS[key] = _stamp(path)
+
+        with _opened(path, write, _Wait(path, write), stamp if write else None) as (con, shared):
             if write and _STAMPS.get(key) != _stamp(path):
                 _NEWS.add(key)  # someone wrote since this process last did: remembered past this write's stamp
-            con = _connect(path, write, wait)
-            _HELD[key] = _Held(con, write)
+            _HELD[key] = _Held(con, write, shared=shared)
             try:
                 yield con
             finally:
                 del _HELD[key]
-                con.close()
-                if write:
-                    _STAMPS[key] = _stamp(path)
 
 
 def _nested(path: Path) -> bool:
-    """Whether this access to ``path`` is nested in another of this process (it shares that connection)."""
+    """Whether this access to ``path`` shares a connection: nested in another access of this process, or on an
+    instance this process opened outside inflang."""
     held = _HELD.get(_key(path))
-    return held is not None and held.depth > 1
+    return held is not None and (held.depth > 1 or held.shared)
 
 
 def changed_elsewhere(path: Path) -> bool:
@@ -416,8 +442,8 @@ def snapshot(path: str | Path) -> duckdb.DuckDBPyConnection:
             wal = db.with_name(db.name + ".wal")
             if _key(db) in _HELD:  # this process holds the lock already (a read or a write around this call)
                 _copy(db, wal, folder)
-            else:
-                with _locked(db, False, _Wait(db)):
+            else:  # an open read-only connection keeps writers outside inflang (a notebook's) off the file too
+                with _opened(db, False, _Wait(db, False)):
                     _copy(db, wal, folder)
         try:
             return duckdb.connect(str(folder / db.name), read_only=True,
@@ -440,9 +466,14 @@ def writable(path: str | Path) -> duckdb.DuckDBPyConnection:
         except OSError as exc:
             raise UsageError(f"{db}: cannot create the folder {db.parent} for the database "
                              f"({exc.strerror or exc})") from None
-        wait = _Wait(db)
-        with _locked(db, True, wait):
-            return _connect(db, True, wait)
+        wait = _Wait(db, True)
+        while True:
+            with _locked(db, True, wait):
+                try:
+                    return _connect(db, True)[0]
+                except _Busy:
+                    pass
+            wait("another process")
 
 
 def _copy(db: Path, wal: Path, folder: Path) -> None:

@@ -272,3 +272,43 @@ def test_a_cell_another_run_finished_meanwhile_is_done(tmp_path: Path):
     with Store(db) as store:
         execute_plan(chosen, store, events=OtherRunMeanwhile())
     assert rows(db, "SELECT status, count(*) FROM cells GROUP BY ALL") == [("done", 2)]
+
+
+def test_writers_wait_without_limit_unless_told_and_readers_ten_minutes(small_db: Path, monkeypatch):
+    import math
+
+    monkeypatch.delenv("INFLANG_DB_WAIT", raising=False)
+    assert store_module._Wait(small_db, True).limit == math.inf  # a run hours in is not aborted by a long read
+    assert store_module._Wait(small_db, False).limit == 600.0
+    monkeypatch.setenv("INFLANG_DB_WAIT", "5")
+    assert store_module._Wait(small_db, True).limit == 5.0
+
+
+def test_a_query_leaves_this_processs_own_writing_connection_as_it_was(small_db: Path, tmp_path: Path):
+    con = inflang.connect(small_db, read_only=False)
+    try:
+        assert run_query(small_db, "SELECT 1")[1] == [(1,)]  # shares con's instance: no settings of its own
+        con.execute(f"COPY (SELECT 1 AS x) TO '{tmp_path / 'x.csv'}'")  # file access still on
+    finally:
+        con.close()
+    assert (tmp_path / "x.csv").is_file()
+
+
+def test_a_writer_waiting_for_a_foreign_connection_lets_go_of_the_lock_file(small_db: Path):
+    """Another process's run waits while a notebook here holds a writing connection; meanwhile this process's
+    own reads answer at once (the waiting writer does not sit on the lock file)."""
+    con = inflang.connect(small_db, read_only=False)
+    try:
+        code = ("import sys; from inflang.store import Store; "
+                "Store(sys.argv[1]).write_task('w', 'train', {}, {}, 0, None)")
+        writer = subprocess.Popen([sys.executable, "-c", code, str(small_db)], env={**os.environ,
+                                  "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.5)
+        start = time.monotonic()
+        study_names(small_db)
+        assert time.monotonic() - start < 1.0
+        assert writer.poll() is None  # still waiting for this process's connection
+    finally:
+        con.close()
+    assert writer.wait(timeout=60) == 0
+    assert "waiting for the database" in (writer.stderr.read() if writer.stderr else "")
