@@ -71,3 +71,18 @@ def _private_digest_cache(tmp_path_factory):
 
     os.environ["INFLANG_CACHE"] = str(tmp_path_factory.mktemp("digest-cache"))
     yield
+
+
+# Modules whose tests run long (real processes, Ray, compiles, calibration): handed out first, so that the two
+# xdist workers end on short tests instead of one waiting for the other's last long one.
+LONG_FIRST = ("test_resume", "test_custom", "test_concurrency", "test_engine", "test_pricing", "test_mnist1d",
+              "test_diagnostics", "test_benchmarks", "test_everyday", "test_resolution")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    def module(item: pytest.Item) -> str:
+        found = getattr(item, "module", None)
+        return found.__name__.rsplit(".", 1)[-1] if found is not None else ""
+
+    items.sort(key=lambda item: rank.get(module(item), len(LONG_FIRST)))

@@ -182,7 +182,8 @@ def test_an_interpolating_study_is_flagged_in_the_run_the_report_and_its_claims(
     does not: the run prints both warnings, the report lists them, and a claim on those cells carries them."""
     text = WINE.read_text().replace("repeats: 3", "repeats: 1").replace("model.dropout: [0.0, 0.1]",
                                                                           "model.dropout: [0.0]")
-    text = text.replace("k: 60", "k: 12").replace("recursion_depth: 2000", "recursion_depth: 500")
+    text = text.replace("k: 60", "k: 8").replace("recursion_depth: 2000", "recursion_depth: 100").replace(
+        "steps: 1000", "steps: 200")
     text = text.replace("estimators:\n  - {name: exact, damping: 0.001, negative: abs}\n  - {name: ekfac}\n",
                         "estimators:\n  - {name: exact, damping: 0.001, negative: abs}\n")
     db = tmp_path / "w.duckdb"

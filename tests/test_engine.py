@@ -196,10 +196,14 @@ def _run(study: Path, db: Path, *extra: str) -> subprocess.CompletedProcess[str]
 def test_engine_is_recorded_and_rows_agree(write, tmp_path: Path):
     """--engine compiled from the CLI: runs.engine and tasks.engine say so, and the influence rows' actual
     effects agree with an eager run to rounding."""
+    from typer.testing import CliRunner
+
+    from inflang.cli import app
+
     study = write("engines.yaml", STUDY)
-    for name in ("compiled", "eager"):
-        done = _run(study, tmp_path / f"{name}.duckdb", "--engine", name)
-        assert done.returncode == 0, done.stderr
+    for name in ("compiled", "eager"):  # in this process: the CLI's engine option is what is under test
+        done = CliRunner().invoke(app, ["run", str(study), "--db", str(tmp_path / f"{name}.duckdb"), "--engine", name])
+        assert done.exit_code == 0, done.output
     rows = {}
     for name in ("compiled", "eager"):
         with duckdb.connect(str(tmp_path / f"{name}.duckdb"), read_only=True) as con:
