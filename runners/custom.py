@@ -86,10 +86,10 @@ def _within(module: Any, root: str) -> bool:
     return _real(origin).startswith(root + "/")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _real(origin: str) -> str:
     """A module file's resolved path, once per process: ``on_path`` checks every loaded module (thousands with
-    torch) on entry and exit, and resolving each every time cost seconds per task."""
+    torch) on entry and exit, and resolving each path every time dominated a small task."""
     return str(Path(origin).resolve())
 
 

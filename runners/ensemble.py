@@ -325,6 +325,15 @@ def _gradients(name: str, module: nn.Module, layout: Layout, buffers: Stacked, d
     return eager
 
 
+def _seed_streams(seed: int, device: torch.device) -> None:
+    """Seed the random streams dropout draws from on ``device``: what ``torch.manual_seed`` does for it, without
+    also queueing the seeding of every CUDA device on a CPU run (torch records a stack trace for each such call
+    while CUDA is not initialised, which costs more than the step of a small model)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+
+
 def _train(layout: Layout, flat: Tensor, buffers: Stacked, x: Tensor, rule: UpdateRule, steps: int,
            batch_size: int | None, order_seeds: list[int], gradient: Gradient, opt: _Optimizer,
            on_step: Callable[[int, Stacked], bool | None] | None, lr_name: str, noise_seed: int | None,
@@ -337,7 +346,7 @@ def _train(layout: Layout, flat: Tensor, buffers: Stacked, x: Tensor, rule: Upda
     frozen = torch.zeros(count, dtype=torch.bool)  # diverged models (tolerate_divergence)
     for step in range(steps):
         if noise_seed is not None:
-            torch.manual_seed(step_seed(noise_seed, step))
+            _seed_streams(step_seed(noise_seed, step), flat.device)
         idx_each = [next(o) for o in orders]
         batch: Batch
         if idx_each[0] is None:

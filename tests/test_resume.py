@@ -18,10 +18,10 @@ STUDY = """\
 study: killed
 dataset: {name: iris, test_size: 30}
 model: {arch: mlp, depth: 1, width: 6, dropout: 0.1}
-training: {optimizer: adam, lr: 0.02, epochs: 150, weight_decay: 0.01}
+training: {optimizer: adam, lr: 0.02, epochs: 80, weight_decay: 0.01}
 estimators: [{name: exact, damping: 0.01, negative: abs}, {name: grad_dot}]
 test_points: {count: 2}
-ground_truth: {protocol: loo, start: scratch, repeats: 2, removals: {select: random, k: 20}}
+ground_truth: {protocol: loo, start: scratch, repeats: 2, removals: {select: random, k: 10}}
 sweep:
   model.width: [4, 6, 8]
 """
