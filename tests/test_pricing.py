@@ -78,7 +78,8 @@ def test_full_size_study_is_priced_without_its_files(tmp_path: Path):
     assert first.returncode == 0, first.stderr
     assert "PFLOP" in first.stdout and "--calibrate measures them" in first.stdout
     assert "the small_mnist files are not in" in first.stdout
-    cell = ["--select", "training.weight_decay=0.001", "--select", "ground_truth.removals.select=top_k"]
+    cell = ["--select", "training.weight_decay=0.001", "--select", "ground_truth.removals.select=top_k",
+            "--memory-budget", "64MB"]  # small ensembles: quick to calibrate
     priced = _plan(study, "--db", db, "--calibrate", "--engine", "eager", *cell, cache=tmp_path)
     assert priced.returncode == 0, priced.stderr
     assert "calibrating" in priced.stderr
