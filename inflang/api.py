@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,29 @@ def probe_code(study: Study) -> Study:
     return probe(study)
 
 
+FLOAT_LABELS = "warning: labels are float: regression with the squared error; return integers for classification"
+
+
+def float_label_warning(loaded: LoadedStudy) -> str | None:
+    """One positioned line when the study's own loader returns whole-number float targets (0.0/1.0): documented
+    as regression with the squared error, and rarely what was meant; None otherwise."""
+    from inflang.errors import Problem
+    from inflang.spec import CustomDataset
+
+    if any(isinstance(c.study.dataset, CustomDataset) and c.study.dataset.info().whole_targets for c in loaded.cells):
+        return Problem(loaded.document.position(("dataset", "loader"), True), "dataset.loader", FLOAT_LABELS).format()
+    return None
+
+
 def load(path: str | Path) -> LoadedStudy:
     """Load and validate a study file, running its own code (if any) once to learn its sizes (raises
-    inflang.errors.StudyError with every problem placed)."""
-    return load_study(path, probe=probe_code)
+    inflang.errors.StudyError with every problem placed); a loader returning float 0/1 labels gives a
+    UserWarning (``float_label_warning``), as the CLI prints it."""
+    loaded = load_study(path, probe=probe_code)
+    line = float_label_warning(loaded)
+    if line is not None:
+        warnings.warn(line, UserWarning, stacklevel=2)
+    return loaded
 
 
 def plan(study: LoadedStudy | str | Path) -> Plan:

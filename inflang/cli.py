@@ -60,19 +60,13 @@ def _load(path: str, require_files: bool = True, probe: bool = False) -> LoadedS
         raise _fail(str(exc)) from None
 
 
-FLOAT_LABELS = "warning: labels are float: regression with the squared error; return integers for classification"
-
-
 def _warn_float_labels(loaded: LoadedStudy) -> None:
-    """One positioned line when the study's own loader returns whole-number float targets (0.0/1.0): documented
-    as regression with the squared error, and rarely what was meant."""
-    from inflang.errors import Problem
-    from inflang.spec import CustomDataset
+    """The positioned line of ``api.float_label_warning``, when there is one."""
+    from inflang.api import float_label_warning
 
-    if any(isinstance(c.study.dataset, CustomDataset) and c.study.dataset.info().whole_targets for c in loaded.cells):
-        where = loaded.document.position(("dataset", "loader"), True)
-        err.print(Problem(where, "dataset.loader", FLOAT_LABELS).format(), markup=False, highlight=False,
-                  soft_wrap=True)
+    line = float_label_warning(loaded)
+    if line is not None:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

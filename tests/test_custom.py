@@ -363,6 +363,10 @@ def test_float_zero_one_labels_warn_at_the_loader(folder: Path):
     (line,) = [x for x in planned.output.splitlines() if "labels are float" in x]
     assert line.startswith(f"{study}:2:") and line.endswith(expected.split(":2:", 1)[1]), line
     assert run(study, db).output.count("labels are float") == 1
+    import inflang
+
+    with pytest.warns(UserWarning, match="labels are float: regression with the squared error"):
+        inflang.load(study)  # the Python API says it too
     (folder / "my_data.py").write_text(textwrap.dedent(MODULES["my_data.py"]))  # integer labels: no warning
     assert "labels are float" not in runner.invoke(app, ["plan", str(study), "--db", str(db)]).output
 
