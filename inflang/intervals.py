@@ -31,23 +31,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from inflang.stats import scipy_stats
 
 LEVEL = 0.95
 
 # The range a metric's value lies in (levels are clipped to it; differences are not).
 _CORRELATIONS = ("pearson", "spearman", "kendall")
 _FRACTIONS = ("sign_agreement", "top_k_overlap", "flipped", "flip_rate", "below_resolution")
-
-
-def _scipy_stats() -> Any:
-    """scipy.stats, imported when an interval or rank is first computed: commands that compute none (ls, query,
-    validate, plan) start without it."""
-    from scipy import stats
-
-    return stats
 
 
 def is_proportion(metric: str) -> bool:
@@ -77,7 +70,7 @@ class Interval:
 def clopper_pearson(successes: int, trials: int, level: float = LEVEL) -> Interval:
     """The exact binomial interval of a proportion (e.g. 30 of 30: [0.884, 1])."""
     alpha = 1 - level
-    beta = _scipy_stats().beta
+    beta = scipy_stats().beta
     low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, trials - successes + 1))
     high = 1.0 if successes == trials else float(beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
     return Interval(low, high)
@@ -99,7 +92,7 @@ class TMean:
     def interval(self, level: float = LEVEL) -> Interval | None:
         if not (math.isfinite(self.value) and math.isfinite(self.se) and self.df >= 1):
             return None
-        q = float(_scipy_stats().t.ppf(1 - (1 - level) / 2, self.df))
+        q = float(scipy_stats().t.ppf(1 - (1 - level) / 2, self.df))
         low, high = self.value - q * self.se, self.value + q * self.se
         if self.binomial is not None:
             exact = clopper_pearson(*self.binomial, level)
@@ -128,7 +121,7 @@ class Share:
         if not math.isfinite(self.value):
             return None
         tail = (1 - level) / 2
-        q_low, q_high = _scipy_stats().chi2.ppf(tail, self.df), _scipy_stats().chi2.ppf(1 - tail, self.df)
+        q_low, q_high = scipy_stats().chi2.ppf(tail, self.df), scipy_stats().chi2.ppf(1 - tail, self.df)
         return Interval(1 - self.within * q_high / self.ss, 1 - self.within * q_low / self.ss)
 
 

@@ -28,9 +28,9 @@ REPLICATES = 1000  # default bootstrap replicates
 MAX_SPLITS = 50  # split-halves averaged for the reliability (all of them when there are fewer)
 
 
-def _scipy_stats() -> Any:
-    """scipy.stats, imported when an interval or rank is first computed: commands that compute none (ls, query,
-    validate, plan) start without it."""
+def scipy_stats() -> Any:
+    """scipy.stats, imported when an interval or rank is first computed (here and in ``inflang.intervals``):
+    commands that compute none (ls, query, validate, plan) start without it."""
     from scipy import stats
 
     return stats
@@ -70,7 +70,7 @@ def metric_rows(name: str, est: np.ndarray, act: np.ndarray, top_k: int = 10) ->
     if name == "pearson":
         return _pearson_rows(est, act)
     if name == "spearman":
-        return _pearson_rows(_scipy_stats().rankdata(est, axis=-1), _scipy_stats().rankdata(act, axis=-1))
+        return _pearson_rows(scipy_stats().rankdata(est, axis=-1), scipy_stats().rankdata(act, axis=-1))
     if name == "kendall":
         flat_e, flat_a = est.reshape(-1, K), act.reshape(-1, K)
         out = np.empty(flat_e.shape[0])
@@ -78,7 +78,7 @@ def metric_rows(name: str, est: np.ndarray, act: np.ndarray, top_k: int = 10) ->
             warnings.simplefilter("ignore")
             for b in range(flat_e.shape[0]):
                 e, a = flat_e[b], flat_a[b]
-                out[b] = np.nan if np.ptp(e) == 0 or np.ptp(a) == 0 else _scipy_stats().kendalltau(e, a).statistic
+                out[b] = np.nan if np.ptp(e) == 0 or np.ptp(a) == 0 else scipy_stats().kendalltau(e, a).statistic
         return out.reshape(est.shape[:-1])
     raise KeyError(name)
 

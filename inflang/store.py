@@ -337,26 +337,35 @@ def _connect(path: Path, write: bool) -> tuple[duckdb.DuckDBPyConnection, bool]:
 
 
 @contextmanager
-def _opened(path: Path, write: bool, wait: _Wait,
-            closed: Callable[[], None] | None = None) -> Iterator[tuple[duckdb.DuckDBPyConnection, bool]]:
-    """The lock file held (shared to read, exclusive to write) and a DuckDB connection open, until the block
-    ends. While another process holds DuckDB's own lock, the lock file is let go between tries, so this
-    process's other accesses (and other inflang processes) are not held up by the wait."""
+def _connected(path: Path, write: bool, wait: _Wait) -> Iterator[tuple[duckdb.DuckDBPyConnection, bool]]:
+    """The lock file held (shared to read, exclusive to write) and ``_connect``'s connection made, until the
+    block ends; closing the connection is the caller's. While another process holds DuckDB's own lock, the lock
+    file is let go between tries, so this process's other accesses (and other inflang processes) are not held
+    up by the wait."""
     while True:
         with _locked(path, write, wait):
             try:
-                con, shared = _connect(path, write)
+                found = _connect(path, write)
             except _Busy:
                 pass
             else:
-                try:
-                    yield con, shared
-                finally:
-                    con.close()
-                    if closed is not None:  # still under the lock file: nobody else has written since
-                        closed()
+                yield found
                 return
         wait("another process")
+
+
+@contextmanager
+def _opened(path: Path, write: bool, wait: _Wait,
+            closed: Callable[[], None] | None = None) -> Iterator[tuple[duckdb.DuckDBPyConnection, bool]]:
+    """``_connected``, the connection closed at the end of the block, then ``closed`` called while the lock
+    file is still held."""
+    with _connected(path, write, wait) as (con, shared):
+        try:
+            yield con, shared
+        finally:
+            con.close()
+            if closed is not None:  # still under the lock file: nobody else has written since
+                closed()
 
 
 @contextmanager
@@ -395,6 +404,7 @@ def access(path: Path, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
             finally:
                 held.depth -= 1
             return
+
         def stamp() -> None:
             _STAMPS[key] = _stamp(path)
 
@@ -466,14 +476,8 @@ def writable(path: str | Path) -> duckdb.DuckDBPyConnection:
         except OSError as exc:
             raise UsageError(f"{db}: cannot create the folder {db.parent} for the database "
                              f"({exc.strerror or exc})") from None
-        wait = _Wait(db, True)
-        while True:
-            with _locked(db, True, wait):
-                try:
-                    return _connect(db, True)[0]
-                except _Busy:
-                    pass
-            wait("another process")
+        with _connected(db, True, _Wait(db, True)) as (con, _):
+            return con
 
 
 def _copy(db: Path, wal: Path, folder: Path) -> None:
