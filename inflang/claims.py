@@ -10,16 +10,17 @@ mean over test points:
 - ``compare``: the mean over points of metric(better estimator) - metric(other estimator), paired per seed
   and test point;
 - ``between_test_points``: the share of the metric's spread between test points that is real rather than
-  item noise, from variance components pooled over every cell the claim covers (``inflang.intervals.Share``).
+  item noise, summed over every cell the claim covers and jackknifed over the distinct test points
+  (``inflang.intervals.Share``).
 Each of the first four is a linear combination of the points' means, so its interval is one t-interval over
 the top level (seeds, paired across points; the test points of the one seed when there is only one). The
-verdict is ``supported`` when the interval lies on the claimed side (of 0, or of the threshold),
-``contradicted`` when it lies on the other, ``unresolved`` otherwise (and for a trend whose slope is resolved
-but one of whose adjacent steps is resolved against it), and ``not evaluable`` when cells the claim needs
-failed, the data cannot give an interval, or the interval has no width (no spread). For metrics where lower
-is better (``flip_k``, losses, gaps; or ``better: lower``) a contrast or comparison claims a negative
-difference. With
-``claims_adjust`` the intervals of the study's claims are widened as a family (Holm or Bonferroni).
+verdict is ``supported`` when the interval lies on the claimed side (of 0, or of the threshold), ``contradicted``
+when it lies on the other, ``negligible`` when a trend, contrast or compare declares ``smallest_effect`` and its
+interval lies inside +-smallest_effect, ``unresolved`` otherwise (and for a trend whose slope is resolved but one of
+whose adjacent steps is resolved against it), and ``not evaluable`` when cells the claim needs failed, the data
+cannot give an interval, or the interval has no width (no spread). For metrics where lower is better (``flip_k``,
+losses, gaps; or ``better: lower``) a contrast or comparison claims a negative difference. With ``claims_adjust``
+the intervals of the study's claims are widened as a family (Holm or Bonferroni).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from inflang import intervals, stats
 from inflang.diagnostics import GROUND_TRUTH, MODEL, claim_health
 from inflang.pooling import (
     SeedRows,
+    at_bound,
     binomial_count,
     by_seed,
     difference_arms,
@@ -47,8 +49,10 @@ from inflang.pooling import (
     seed_count,
     units,
 )
+from inflang.pricing import duration
+from inflang.settle import settle
 from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim, lower_is_better
-from inflang.store import cells_of, diagnostic_rows, model_quantity_rows
+from inflang.store import cells_of, diagnostic_rows, model_quantity_rows, seed_seconds
 
 GAP_METRICS = tuple(f"{prefix}_{name}" for prefix in ("influence_vs_pbrf", "influence_vs_retrained",
                                                         "pbrf_vs_converged_loo", "converged_loo_vs_retrained")
@@ -67,13 +71,18 @@ class Verdict:
     ci_high: float | None
     seeds: int
     test_points: int  # (cell, test point) pairs the statistic rests on
-    verdict: str  # supported | contradicted | unresolved | not evaluable
+    verdict: str  # supported | contradicted | negligible | unresolved | not evaluable
     relative_to_ceiling: float | None = None
     detail: str = ""
     threshold: float = 0.0  # the line the interval has to clear: at_least/at_most, or 0 for differences
     p_value: float = math.nan  # the smallest alpha whose (1 - alpha) interval excludes the threshold
     level: float = intervals.LEVEL  # the interval's confidence level (below 0.95 never; above it when adjusted)
     health: str = ""  # the health checks that warn in the cells the claim rests on (inflang.diagnostics)
+    seeds_needed: int | None = None  # unresolved: fixed seeds that would resolve it with 80% power (inflang.settle)
+    seeds_to_negligible: int | None = None  # with smallest_effect: seeds to call the observed effect negligible
+    seeds_for_smallest_effect: int | None = None  # with smallest_effect: seeds to resolve an effect of that size
+    settle: str = ""  # what would settle it, in words, with the price of the seeds where it is known
+    settle_seconds: float | None = None  # the measured seconds the added seeds of ``seeds_needed`` would take
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -208,10 +217,16 @@ class Evidence:
         return _threshold(self.claim)
 
     def p_value(self) -> float:
-        """NaN without a verdict (no statistic, or an interval of no width), so a family does not count it."""
-        if self.value is None or _no_width(self.value):
+        """NaN without a verdict (no statistic, an interval of no width, or most units at the bound), so a family
+        does not count it."""
+        if self.value is None or _no_width(self.value) or _crowded(self.value):
             return math.nan
         return intervals.p_value(self.value, self.threshold)
+
+
+def _crowded(value: intervals.Statistic) -> bool:
+    inner = value.inner if isinstance(value, intervals.Mapped) else value
+    return isinstance(inner, intervals.TMean) and inner.crowded
 
 
 def _no_width(value: intervals.Statistic) -> bool:
@@ -320,7 +335,10 @@ def _gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None,
     # a 0/1 quantity's level is a proportion: its interval is at least the exact binomial one of the successes
     # and trials pooled over every point it covers (never the no-width t interval of all ones)
     combined = intervals.combine(arms, seeds, intervals.metric_range(name) if levels else None,
-                                 binomial_count(name, [source[k] for k in involved]) if levels else None)
+                                 binomial_count(name, [source[k] for k in involved]) if levels else None,
+                                 fisher=levels and intervals.is_correlation(name))
+    if combined is not None:
+        combined = replace(combined, at_bound=at_bound(name, [source[k] for k in involved], seeds))
     if combined is None:
         evidence.why = "a point the claim compares has no finite value"
         return evidence
@@ -356,7 +374,9 @@ def _gather_compare(evidence: Evidence, claim: Claim, by_point: ByPoint, points:
         return evidence
     seeds = by_seed([rows for pair in pairs.values() for rows in pair])
     arms = [(c / len(pairs), ys) for a, b in pairs.values() for c, ys in difference_arms(a, b, seeds)]
-    evidence.value = intervals.combine(arms, seeds)
+    combined = intervals.combine(arms, seeds)
+    rows = [side for pair in pairs.values() for side in pair]
+    evidence.value = None if combined is None else replace(combined, at_bound=at_bound(claim.metric, rows, seeds))
     evidence.seeds = seed_count([a for a, _ in pairs.values()])
     evidence.test_points = finite_count([a for a, _ in pairs.values()])
     evidence.by_seeds = seeds
@@ -382,13 +402,17 @@ def _gather_share(evidence: Evidence, claim: Claim, selected: dict[str, list[See
                 return evidence
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                cells.append((r.values, np.nanvar(r.replicates, axis=1)))
+                cells.append((r.test_ids, r.values, np.nanvar(r.replicates, axis=1)))
     value = intervals.share(cells)
-    if value.df <= 2:
-        evidence.why = "needs at least 4 test points with replicates in all (3 degrees of freedom)"
+    if value.clusters < intervals.MIN_TEST_POINTS:
+        evidence.why = (f"needs at least {intervals.MIN_TEST_POINTS} distinct test points with replicates (found "
+                        f"{value.clusters}): the spread between test points is estimated over them")
         return evidence
-    if not value.ss > 0:
+    if not value.spread > 0:
         evidence.why = f"{claim.metric} does not vary between test points"
+        return evidence
+    if not math.isfinite(value.estimate):
+        evidence.why = "one test point carries the whole spread between test points: leaving it out leaves none"
         return evidence
     evidence.value = value
     evidence.seeds = seed_count(list(selected.values()))
@@ -543,8 +567,15 @@ def _describe(claim: Claim) -> str:
     return f"mean {claim.metric} ({bound})"
 
 
+def settled(evidence: Evidence, verdict: Verdict) -> Verdict:
+    """The verdict with what would settle it (``inflang.settle``: seeds needed at 80% power, in words)."""
+    what = settle(evidence.claim, evidence.value, evidence.by_seeds, verdict.verdict, verdict.detail,
+                  verdict.level, verdict.seeds)
+    return replace(verdict, seeds_needed=what.seeds_needed, seeds_to_negligible=what.seeds_to_negligible,
+                   seeds_for_smallest_effect=what.seeds_for_smallest_effect, settle=what.note)
+
+
 def decide(evidence: Evidence, level_: float = intervals.LEVEL) -> Verdict:
-    """The verdict of a claim from its evidence, with its interval at ``level_``."""
     claim = evidence.claim
     base = dict(claim=claim.name, form=claim.form, statistic=evidence.statistic, seeds=evidence.seeds,
                 test_points=evidence.test_points, threshold=evidence.threshold, level=level_,
@@ -577,9 +608,24 @@ def decide(evidence: Evidence, level_: float = intervals.LEVEL) -> Verdict:
     if _no_width(value):
         return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable",
                        detail=_no_spread(evidence, value), **base)  # type: ignore[arg-type]
+    inner = value.inner if isinstance(value, intervals.Mapped) else value
+    if isinstance(inner, intervals.TMean) and inner.crowded and inner.at_bound is not None:
+        unit = "seeds' means" if evidence.by_seeds else "test points"
+        every = "" if claim.form in ("at_least", "at_most") else " at every point and estimator the claim compares"
+        return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable",
+                       detail=f"{inner.at_bound[0]} of {inner.at_bound[1]} {unit} give {claim.metric} exactly at its "
+                       f"bound{every}: the statistic depends on how far the few others fall, which too few units "
+                       "show for an interval to cover; add test points or seeds", **base)  # type: ignore[arg-type]
     verdict = _verdict(claim, interval.low, interval.high)
     notes = list(evidence.notes)
-    if claim.trend is not None and verdict != "contradicted":
+    smallest = claim.smallest_effect
+    if smallest is not None and -smallest < interval.low and interval.high < smallest:
+        # both one-sided tests reject an effect of +-smallest_effect (each at (1 - level) / 2)
+        if verdict != "unresolved":
+            notes.insert(0, f"resolved {'above' if interval.low > 0 else 'below'} 0, but by less than the "
+                         f"smallest effect that matters ({smallest:g})")
+        verdict = "negligible"
+    if claim.trend is not None and verdict not in ("contradicted", "negligible"):
         against = _against(claim, evidence, level_)
         if against:  # a slope resolved one way with a step resolved the other is not a trend that way
             notes.insert(0, "not monotone: " + "; ".join(against))
@@ -615,13 +661,15 @@ def family_levels(evidence: Sequence[Evidence], adjust: str, level_: float = int
 
 def evaluate_rows(claims: Sequence[Claim], rows: Sequence[ByPoint], reliability: Sequence[ByPoint | None],
                   adjust: str = "none", cells: Sequence[Params] | None = None,
-                  test_points: str | None = None) -> list[Verdict]:
+                  test_points: str | None = None, with_settle: bool = False) -> list[Verdict]:
     """Verdicts of a family of claims from in-memory rows (one ``ByPoint`` per claim); ``cells``: the swept
     values of every cell of the study (a trend's ranks count every swept value); ``test_points``: the study's
-    ``test_points.select`` (with ``indices`` a seed-level interval is about those test points)."""
+    ``test_points.select`` (with ``indices`` a seed-level interval is about those test points); with
+    ``with_settle``, also what would settle each unresolved one (``settled``)."""
     evidence = [gather(c, r, rel, _axis_values(c, cells), test_points)
                 for c, r, rel in zip(claims, rows, reliability, strict=True)]
-    return [decide(e, lv) for e, lv in zip(evidence, family_levels(evidence, adjust), strict=True)]
+    found = [decide(e, lv) for e, lv in zip(evidence, family_levels(evidence, adjust), strict=True)]
+    return [settled(e, v) for e, v in zip(evidence, found, strict=True)] if with_settle else found
 
 
 def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim],
@@ -645,12 +693,26 @@ def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim]
             reliability.append(None)
     cells = cells_of(con, study)
     verdicts = evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust, [p for _, p in cells],
-                             test_points)
+                             test_points, with_settle=True)
+    verdicts = [_priced(v, seed_seconds(con, study, sorted(_claim_cells(c, cells)))) for v, c in
+                zip(verdicts, claims, strict=True)]
     found = diagnostic_rows(con, study)
     if not found:
         return verdicts
     return [replace(v, health=claim_health(found, _claim_cells(c, cells), _subjects(c)))
             for v, c in zip(verdicts, claims, strict=True)]
+
+
+def _priced(verdict: Verdict, per_seed: float | None) -> Verdict:
+    """The price of the seeds a verdict needs beyond those it has: the added seeds (to resolve it, else to call it
+    negligible) times the mean measured seconds of one seed's tasks in the cells the claim reads."""
+    needed = verdict.seeds_needed if verdict.seeds_needed is not None else verdict.seeds_to_negligible
+    if needed is None or per_seed is None or needed <= verdict.seeds:
+        return verdict
+    seconds = (needed - verdict.seeds) * per_seed
+    what = "" if needed == verdict.seeds_needed else " (to call it negligible)"
+    return replace(verdict, settle_seconds=seconds, settle=f"{verdict.settle}; {needed - verdict.seeds} more seeds"
+                   f"{what} of its cells take about {duration(seconds)} here (measured: {duration(per_seed)} a seed)")
 
 
 def _axis_values(claim: Claim, cells: Sequence[Params] | None) -> list[Any] | None:
@@ -696,10 +758,12 @@ def family_notes(rows: list[dict[str, Any]]) -> list[str]:
         if adjust == "none":
             chance = 1 - 0.95 ** m
             notes.append(f"{study}: {m} claim{'s' if m != 1 else ''}, each interval at 95%" + (
-                f": were every claim's statistic exactly at its line, the chance of at least one verdict other than "
-                f"unresolved would be up to {100 * chance:.0f}%; claims_adjust: holm keeps it at 5%" if m > 1 else ""))
+                f": were every claim's statistic exactly at its line, the chance of at least one verdict supported "
+                f"or contradicted would be up to {100 * chance:.0f}%; claims_adjust: holm keeps it at 5%"
+                if m > 1 else ""))
         else:
-            notes.append(f"{study}: {m} claims, {adjust}-adjusted: at most a 5% chance of any false verdict among them")
+            notes.append(f"{study}: {m} claims, {adjust}-adjusted: at most a 5% chance of any false supported or "
+                         "contradicted among them")
         late = [r for r in own if r["declared_after_results"]]
         if late:
             first = min(str(r["declared_at"])[:16] for r in late)

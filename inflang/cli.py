@@ -200,6 +200,7 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     out.print(f"to run: {total_steps:,} model-steps of training (one optimizer step of one model each), "
               f"{flops_text(total_flops)} in matmuls and convolutions; {how}, in the chunks shown",
               highlight=False, markup=False, soft_wrap=bool(loops))
+    _pilot_note(loaded, db)
     if not total_steps and not any(timed(t) for t in todo_all):
         return
     if unpriced:
@@ -213,6 +214,18 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     missing_files = _missing_files(compiled)
     if missing_files:
         out.print(f"note: {missing_files}; task hashes cover the files once they are there")
+
+
+def _pilot_note(loaded: Any, db: str) -> None:
+    """Before a study's first results, say that the seeds its claims need follow from a pilot's spread."""
+    declared = loaded.study.claims
+    if not declared or (Path(db).exists() and store_queries.claim_rows(db, [loaded.study.study])):
+        return
+    repeats = loaded.study.repeats
+    pilot = "this run is that pilot" if repeats >= 3 else f"repeats: {repeats} is too few for one (at least 3)"
+    out.print(f"claims: {len(declared)} declared; how many seeds settle them follows from the spread between seeds "
+              f"of a pilot run ({pilot}); inflang claims then says, for each unresolved claim, the seeds it needs "
+              "and their time", highlight=False, soft_wrap=True)
 
 
 def _loops(compiled: Plan) -> list[str]:
@@ -427,7 +440,7 @@ def _claims_table(rows: list[dict[str, Any]], with_study: bool) -> Table:
     for col in (["study"] if with_study else []) + ["claim", "verdict", "statistic", "estimate [interval]",
                                                      "of ceiling", "seeds", "test points"]:
         table.add_column(col, no_wrap=col in ("verdict", "estimate [interval]"))
-    colours = {"supported": "green", "contradicted": "red", "unresolved": "yellow"}
+    colours = {"supported": "green", "contradicted": "red", "negligible": "cyan", "unresolved": "yellow"}
     for r in rows:
         shown = f"[{colours.get(r['verdict'], 'magenta')}]{marked_verdict(r)}[/]"
         interval = interval_text(r["estimate"], r["ci_low"], r["ci_high"], r["level"])
@@ -441,6 +454,10 @@ def _claims_table(rows: list[dict[str, Any]], with_study: bool) -> Table:
 
 def _print_claims(rows: list[dict[str, Any]], with_study: bool) -> None:
     out.print(_claims_table(rows, with_study))
+    for r in rows:
+        if r.get("settle"):
+            where = f"{r['study']}: " if with_study else ""
+            out.print(f"to settle {where}'{r['claim']}': {r['settle']}", highlight=False, soft_wrap=True)
     for line in family_notes(rows):
         out.print(line, highlight=False, soft_wrap=True)
     if any(r["health"] for r in rows):
@@ -721,9 +738,9 @@ def claims_command(
     studies: list[str] = typer.Argument(..., help="One or more study names.", show_default=False),
     db: str = typer.Option("inflang.duckdb", help=DB_HELP),
 ) -> None:
-    """Print the verdicts of the studies' claims: supported, contradicted, unresolved or not evaluable, each
-    with its statistic and 95% interval (claims are evaluated by inflang run). A study not in the database is
-    named on one line and the others are shown; exit code 2 only when none is there."""
+    """Print the verdicts of the studies' claims: supported, contradicted, negligible, unresolved or not
+    evaluable, each with its statistic and 95% interval (claims are evaluated by inflang run). A study not in
+    the database is named on one line and the others are shown; exit code 2 only when none is there."""
     try:
         missing = store_queries.missing_studies(db, studies)
         found = [s for s in studies if s not in missing]

@@ -16,12 +16,19 @@ one seed (then the interval is about that trained model, not about training seed
   Student's t quantiles make the interval exact for normal unit values at any n >= 2, so 2 seeds give an
   honest (wide, t_1 = 12.7) interval rather than a bootstrap's narrow one. Levels of bounded metrics are
   clipped to their range; a level of a 0/1 quantity (e.g. ``flipped``) is at least as wide as the exact
-  Clopper-Pearson interval of its pooled count.
+  Clopper-Pearson interval of its pooled count. A level of a correlation (values in [-1, 1]) is the union of that
+  interval and Fisher's: with z_u = atanh(d_u) (a unit value of exactly +-1, whose z is infinite, counted as the
+  most extreme z among the units inside the bounds), mean zbar, sd s_z, the t interval zbar +- q s_z / sqrt(n) of
+  the mean z mapped to the mean correlation as E tanh(N(., s_z^2)) at each end, which follows the skew of values
+  near the bound and, unlike tanh(zbar), is about the mean correlation (tanh(mean z) lies above it).
 - ``Share``: the share of the spread of a metric between test points that is real rather than item noise,
-  sigma_b^2 / (sigma_b^2 + sigma_e^2), from the pooled within-cell sum of squares SS on df = sum_c (T_c - 1)
-  degrees of freedom and the pooled item-level variance W (each test point's item-bootstrap variance, weighted
-  by T_c - 1): E[SS / df] = sigma_b^2 + W. Estimate 1 - W (df - 2) / SS, unbiased under normality
-  (E[(df - 2) / SS] = 1 / E[SS / df]); interval from SS / (sigma_b^2 + W) ~ chi^2_df.
+  sigma_b^2 / (sigma_b^2 + sigma_e^2), estimated as 1 - B / A with A = sum_c sum_t (y_ct - mean_c y)^2
+  T_c / (T_c - 1) (E = sum_c T_c (sigma_b^2 + W)) and B = sum_c sum_t w_ct (the item-bootstrap variances). Test
+  points are clusters, by id: a test point that several cells (sweep points, seeds) share carries its effect
+  into each of them, so the delete-one-test-point jackknife over the K distinct test points (each deletion
+  recomputing the cell means it touches) gives the estimate (bias-corrected, K theta - (K - 1) mean
+  theta_(k), at most 1) and its standard error; the interval is Student's t on K - 1 degrees of freedom, at
+  most 1.
 - ``p_value``: the smallest alpha at which the (1 - alpha) interval excludes a threshold (the dual of the
   interval, for every kind); ``holm`` adjusts a family of claims (Holm 1979).
 """
@@ -58,6 +65,11 @@ def metric_range(metric: str) -> tuple[float, float] | None:
     return None
 
 
+def is_correlation(metric: str) -> bool:
+    """A metric in [-1, 1] (a correlation or a reliability), whose level also gets Fisher's z interval."""
+    return metric_range(metric) == (-1.0, 1.0)
+
+
 @dataclass(frozen=True)
 class Interval:
     low: float
@@ -76,6 +88,16 @@ def clopper_pearson(successes: int, trials: int, level: float = LEVEL) -> Interv
     return Interval(low, high)
 
 
+_NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(40)
+_WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
+
+
+def fisher_mean(z: float, sd: float) -> float:
+    """E tanh(Z) for Z ~ N(z, sd^2) (Gauss-Hermite, 40 nodes): the mean correlation of units whose Fisher z is
+    normal with mean z and standard deviation sd (below tanh(z): tanh is concave above 0)."""
+    return float((np.tanh(z + sd * _NODES) * _WEIGHTS).sum())
+
+
 @dataclass(frozen=True)
 class TMean:
     """theta with standard error ``se`` on ``df`` degrees of freedom (Student's t)."""
@@ -88,12 +110,26 @@ class TMean:
     bounds: tuple[float, float] | None = None
     binomial: tuple[int, int] | None = None  # (successes, trials) of a 0/1 quantity's pooled count
     paired: bool = False  # the arms paired on their shared units (else Welch over independent arms)
+    fisher: tuple[float, float, float] | None = None  # (mean, se, sd) of atanh of the unit values (a correlation)
+    at_bound: tuple[int, int] | None = None  # (units whose every value lies at a bounded metric's bound, units)
+
+    @property
+    def crowded(self) -> bool:
+        """More than ``AT_BOUND`` of the units have every value exactly at the bound while the units still differ:
+        the statistic depends on how far the few others fall, which they show too rarely for an interval to
+        cover."""
+        return self.at_bound is not None and self.at_bound[0] > AT_BOUND * self.at_bound[1] \
+            and not no_spread(self)
 
     def interval(self, level: float = LEVEL) -> Interval | None:
         if not (math.isfinite(self.value) and math.isfinite(self.se) and self.df >= 1):
             return None
         q = float(scipy_stats().t.ppf(1 - (1 - level) / 2, self.df))
         low, high = self.value - q * self.se, self.value + q * self.se
+        if self.fisher is not None and all(math.isfinite(x) for x in self.fisher) \
+                and self.se > NO_SPREAD * max(1.0, abs(self.value)):  # (no spread: the units' one value)
+            z, z_se, z_sd = self.fisher
+            low, high = min(low, fisher_mean(z - q * z_se, z_sd)), max(high, fisher_mean(z + q * z_se, z_sd))
         if self.binomial is not None:
             exact = clopper_pearson(*self.binomial, level)
             low, high = min(low, exact.low), max(high, exact.high)
@@ -104,25 +140,29 @@ class TMean:
 
 @dataclass(frozen=True)
 class Share:
-    """The real share of the between-test-point spread (module docstring): SS on df, pooled item variance W."""
+    """The real share of the between-test-point spread (module docstring): the jackknife estimate over test
+    points and its standard error; ``spread`` (A) and ``noise`` (B) as summed over every cell."""
 
-    ss: float
-    df: int
-    within: float
+    estimate: float
+    se: float
+    clusters: int  # K: distinct test points
+    spread: float
+    noise: float
     units: int  # (cell, test point) pairs
 
     @property
     def value(self) -> float:
-        if self.df <= 2 or not self.ss > 0 or not math.isfinite(self.within):
-            return math.nan
-        return 1 - self.within * (self.df - 2) / self.ss
+        return self.estimate
+
+    @property
+    def df(self) -> float:
+        return self.clusters - 1
 
     def interval(self, level: float = LEVEL) -> Interval | None:
-        if not math.isfinite(self.value):
+        if not (math.isfinite(self.estimate) and math.isfinite(self.se) and self.clusters >= 2):
             return None
-        tail = (1 - level) / 2
-        q_low, q_high = scipy_stats().chi2.ppf(tail, self.df), scipy_stats().chi2.ppf(1 - tail, self.df)
-        return Interval(1 - self.within * q_high / self.ss, 1 - self.within * q_low / self.ss)
+        q = float(scipy_stats().t.ppf(1 - (1 - level) / 2, self.df))
+        return Interval(self.estimate - q * self.se, min(self.estimate + q * self.se, 1.0))
 
 
 @dataclass(frozen=True)
@@ -158,7 +198,7 @@ def no_spread(statistic: Statistic) -> bool:
     if isinstance(statistic, Mapped):
         return no_spread(statistic.inner)
     if isinstance(statistic, Share):
-        return math.isfinite(statistic.value) and statistic.within <= NO_SPREAD * statistic.ss
+        return math.isfinite(statistic.value) and statistic.noise <= NO_SPREAD * statistic.spread
     if statistic.binomial is not None or not (math.isfinite(statistic.value) and math.isfinite(statistic.se)):
         return False
     return statistic.se <= NO_SPREAD * max(1.0, abs(statistic.value))
@@ -231,10 +271,20 @@ def interval_text(value: float | None, low: float | None = None, high: float | N
 # --- builders --------------------------------------------------------------------------------------------
 
 Arm = tuple[float, Mapping[Hashable, float]]  # (coefficient, unit -> value)
+MIN_TEST_POINTS = 10  # distinct test points below which ``share`` gives no interval
+AT_BOUND = 0.5  # above this share of a bounded level's units exactly at the bound, no interval (``TMean.crowded``)
+
+
+def fisher_z(values: np.ndarray) -> np.ndarray:
+    """atanh of correlations, a value of exactly +-1 (whose z is infinite) counted as the most extreme z among the
+    values inside the bounds, with its sign (all at the bounds: +-7.25, the z of 1 - 1e-6)."""
+    inside = values[np.abs(values) < 1]
+    cap = float(np.abs(np.arctanh(inside)).max()) if len(inside) else math.atanh(1 - 1e-6)
+    return np.clip(np.arctanh(np.clip(values, -1 + 1e-15, 1 - 1e-15)), -cap, cap)
 
 
 def combine(arms: Sequence[Arm], pair_on_common: bool, bounds: tuple[float, float] | None = None,
-            binomial: tuple[int, int] | None = None) -> TMean | None:
+            binomial: tuple[int, int] | None = None, fisher: bool = False) -> TMean | None:
     """theta = sum_a c_a mean(y_a) with its t-interval (module docstring). An arm maps each unit it was measured
     on to its value, NaN where the value is undefined; whether arms pair is decided on the units they were
     measured on (their ids), never on which values are finite: they pair when every arm has the same units,
@@ -242,7 +292,8 @@ def combine(arms: Sequence[Arm], pair_on_common: bool, bounds: tuple[float, floa
     when the shared ones are at least 2 and at least half of every arm's. Paired arms use the shared units whose
     value is finite in every arm (the others are counted in ``dropped``); fewer than 2 such units give no
     interval (df 0, ``paired``). Arms whose units mostly differ (each sweep point chose its own test points) are
-    independent: Welch over each arm's finite values. None when an arm has no finite value."""
+    independent: Welch over each arm's finite values. None when an arm has no finite value. ``fisher`` (a level
+    of a correlation, paired): also the t statistics of atanh(d_u), whose interval joins the raw one."""
     ids = [set(ys) for _, ys in arms]
     values = [{u: float(v) for u, v in ys.items() if math.isfinite(v)} for _, ys in arms]
     if not values or any(not v for v in values):
@@ -258,7 +309,10 @@ def combine(arms: Sequence[Arm], pair_on_common: bool, bounds: tuple[float, floa
         if n < 2:
             return TMean(float(d.mean()) if n else math.nan, math.nan, 0, n, dropped, bounds, binomial, True)
         se = float(d.std(ddof=1) / math.sqrt(n))
-        return TMean(float(d.mean()), se, n - 1, n, dropped, bounds, binomial, True)
+        z = fisher_z(d) if fisher else None
+        moments = (float(z.mean()), float(z.std(ddof=1) / math.sqrt(n)), float(z.std(ddof=1))) if z is not None \
+            else None
+        return TMean(float(d.mean()), se, n - 1, n, dropped, bounds, binomial, True, moments)
     means, parts, dfs = [], [], []
     for (c, _), v in zip(arms, values, strict=True):
         y = np.array(list(v.values()))
@@ -272,17 +326,40 @@ def combine(arms: Sequence[Arm], pair_on_common: bool, bounds: tuple[float, floa
     return TMean(sum(means), math.sqrt(total), df, min(len(v) for v in values), 0, bounds, binomial)
 
 
-def share(cells: Sequence[tuple[np.ndarray, np.ndarray]]) -> Share:
-    """The real share of the between-test-point spread from cells' (metric values [T], item-bootstrap variances
-    [T]) (test points where both are finite; cells with fewer than 2 are left out)."""
-    ss, df, weighted, units = 0.0, 0, 0.0, 0
-    for values, within in cells:
+def share(cells: Sequence[tuple[Sequence[Hashable], np.ndarray, np.ndarray]]) -> Share:
+    """The real share of the between-test-point spread from cells' (test ids [T], metric values [T],
+    item-bootstrap variances [T]) (test points where both are finite; cells with fewer than 2 are left out):
+    1 - B / A, jackknifed over the distinct test ids (module docstring): leaving test point k out of every cell
+    that has it recomputes those cells' means and T_c / (T_c - 1) (a cell left with one point drops out).
+    NaN estimate and se below ``MIN_TEST_POINTS`` distinct test points."""
+    change_a: dict[Hashable, float] = {}
+    change_b: dict[Hashable, float] = {}
+    total_a, total_b, units = 0.0, 0.0, 0
+    for ids, values, within in cells:
         ok = np.isfinite(values) & np.isfinite(within)
         v, w = values[ok], within[ok]
-        if len(v) < 2:
+        t = len(v)
+        if t < 2:
             continue
-        ss += float(((v - v.mean()) ** 2).sum())
-        df += len(v) - 1
-        weighted += (len(v) - 1) * float(w.mean())
-        units += len(v)
-    return Share(ss, df, weighted / df if df else math.nan, units)
+        squares = (v - v.mean()) ** 2
+        ss = float(squares.sum())
+        a_cell, b_cell = ss * t / (t - 1), float(w.sum())
+        if t >= 3:  # the sum of squares without point j: ss - squares_j t / (t - 1), over t - 2 degrees of freedom
+            a_without = (ss - squares * t / (t - 1)) * (t - 1) / (t - 2)
+            b_without = b_cell - w
+        else:
+            a_without, b_without = np.zeros(t), np.zeros(t)
+        kept = [i for i, keep in zip(ids, ok, strict=True) if keep]
+        for k, a_k, b_k in zip(kept, a_without, b_without, strict=True):
+            change_a[k] = change_a.get(k, 0.0) + float(a_k) - a_cell
+            change_b[k] = change_b.get(k, 0.0) + float(b_k) - b_cell
+        total_a, total_b, units = total_a + a_cell, total_b + b_cell, units + t
+    k = len(change_a)
+    d_a, d_b = np.array(list(change_a.values())), np.array([change_b[i] for i in change_a])
+    if k < MIN_TEST_POINTS or not total_a > 0 or np.any(total_a + d_a <= 0):
+        return Share(math.nan, math.nan, k, total_a, total_b, units)
+    whole = 1 - total_b / total_a
+    left_out = 1 - (total_b + d_b) / (total_a + d_a)
+    estimate = min(k * whole - (k - 1) * float(left_out.mean()), 1.0)
+    se = math.sqrt((k - 1) / k * float(((left_out - left_out.mean()) ** 2).sum()))
+    return Share(estimate, se, k, total_a, total_b, units)

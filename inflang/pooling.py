@@ -21,7 +21,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import duckdb
@@ -155,11 +155,27 @@ def binomial_count(metric: str, groups: Sequence[Sequence[SeedRows]]) -> tuple[i
     return int(values.sum()), len(values)
 
 
+def at_bound(metric: str, groups: Sequence[Sequence[SeedRows]], seeds: bool) -> tuple[int, int] | None:
+    """(units whose every finite value among the groups lies exactly at a bound of the metric, units with a finite
+    value): the units are seeds (their means) or the one seed's test points. None for unbounded metrics and
+    0/1 proportions (whose interval is exact)."""
+    bounds = intervals.metric_range(metric)
+    if bounds is None or intervals.is_proportion(metric):
+        return None
+    found: dict[Hashable, bool] = {}
+    for rows in groups:
+        for unit, value in units(rows, seeds).items():
+            if math.isfinite(value):
+                found[unit] = found.get(unit, True) and value in bounds
+    return sum(found.values()), len(found)
+
+
 def level(rows: Sequence[SeedRows], metric: str) -> intervals.TMean | None:
     """The mean over seeds of the mean over test points, with its interval."""
     seeds = by_seed([rows])
-    return intervals.combine([(1.0, units(rows, seeds))], True, intervals.metric_range(metric),
-                             binomial_count(metric, [rows]))
+    found = intervals.combine([(1.0, units(rows, seeds))], True, intervals.metric_range(metric),
+                              binomial_count(metric, [rows]), fisher=intervals.is_correlation(metric))
+    return None if found is None else replace(found, at_bound=at_bound(metric, [rows], seeds))
 
 
 def _ceiling_pooled(key: Key, reliability: Pooled) -> Pooled:
@@ -179,6 +195,8 @@ def pool(key: Key, rows: list[SeedRows]) -> Pooled:
     means = [r.mean() for r in rows if r.finite]
     estimate = level(rows, key[2])
     interval = estimate.interval() if estimate is not None else None
+    if estimate is not None and estimate.crowded:  # most units at the bound: no interval covers
+        interval = None
     value = estimate.value if estimate is not None else math.nan
     return Pooled(key[0], key[1], key[2], value, float(np.std(means, ddof=1)) if len(means) >= 2 else None,
                   interval.low if interval else None, interval.high if interval else None, seed_count([rows]),

@@ -50,7 +50,8 @@ def _pyplot() -> Any:
 
 
 def _claim_row(r: dict[str, Any]) -> str:
-    notes = "; ".join(n for n in (r["detail"], f"health: {r['health']}" if r["health"] else "") if n)
+    notes = "; ".join(n for n in (r["detail"], f"health: {r['health']}" if r["health"] else "",
+                                  f"to settle: {r['settle']}" if r.get("settle") else "") if n)
     cells = [r["claim"], marked_verdict(r), r["statistic"],
              interval_text(r["estimate"], r["ci_low"], r["ci_high"], r["level"]), str(r["seeds"]),
              str(r["test_points"]), notes]
@@ -164,7 +165,8 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
                         + "".join(f"<p>{html.escape(n)}</p>" for n in family_notes(claims)))
     for i, c in enumerate(claims):
         fig, ax = plt.subplots(figsize=(6.0, 1.6))
-        colour = {"supported": "tab:green", "contradicted": "tab:red", "unresolved": "tab:orange"}.get(
+        colour = {"supported": "tab:green", "contradicted": "tab:red", "negligible": "tab:cyan",
+                  "unresolved": "tab:orange"}.get(
             c["verdict"], "grey")
         if c["estimate"] is not None and c["ci_low"] is not None:
             ax.errorbar([c["estimate"]], [0], xerr=[[c["estimate"] - c["ci_low"]], [c["ci_high"] - c["estimate"]]],

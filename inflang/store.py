@@ -116,6 +116,11 @@ ALTER TABLE claims ADD COLUMN IF NOT EXISTS declared_at TIMESTAMP;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS declared_after_results BOOLEAN;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS health VARCHAR;
 ALTER TABLE solver_rows ADD COLUMN IF NOT EXISTS start_grad_norm DOUBLE;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_needed INTEGER;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_to_negligible INTEGER;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_for_smallest_effect INTEGER;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS settle VARCHAR;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS settle_seconds DOUBLE;
 """
 
 VIEWS = """
@@ -657,12 +662,14 @@ class Store:
                 con.executemany(
                     "INSERT INTO claims (study, claim, form, statistic, estimate, ci_low, ci_high, seeds, test_points, "
                     "verdict, relative_to_ceiling, detail, position, threshold, p_value, level, adjust, family, "
-                    "health, declared_at, declared_after_results) VALUES (" + ", ".join(["?"] * 21) + ")",
+                    "health, declared_at, declared_after_results, seeds_needed, seeds_to_negligible, "
+                    "seeds_for_smallest_effect, settle, settle_seconds) VALUES (" + ", ".join(["?"] * 26) + ")",
                     [(study, v.claim, v.form, v.statistic, v.estimate, v.ci_low, v.ci_high, v.seeds, v.test_points,
                       v.verdict, v.relative_to_ceiling, v.detail, i, v.threshold,
                       v.p_value if math.isfinite(v.p_value) else None, v.level, adjust, len(verdicts), v.health,
-                      *declared.get((v.claim, definitions[i] if i < len(definitions) else ""), (None, None)))
-                     for i, v in enumerate(verdicts)])
+                      *declared.get((v.claim, definitions[i] if i < len(definitions) else ""), (None, None)),
+                      v.seeds_needed, v.seeds_to_negligible, v.seeds_for_smallest_effect, v.settle or None,
+                      v.settle_seconds) for i, v in enumerate(verdicts)])
 
     def write_pooled(self, study: str, rows: Sequence[Any]) -> None:
         """Replace a study's pooled rows (``inflang.pooling.Pooled``) in one transaction."""
@@ -895,11 +902,10 @@ def summary(path: str | Path, study: str, first: str, second: str, ground: str) 
 
 
 def claim_rows(path: str | Path, studies: Sequence[str]) -> list[dict[str, Any]]:
-    return _dicts(_read(path, """SELECT study, claim, verdict, estimate, ci_low, ci_high, statistic, seeds,
-                                        test_points, relative_to_ceiling, detail, level, adjust, family, p_value,
-                                        declared_at, declared_after_results, health, form, threshold
-                                 FROM claims WHERE study IN (SELECT unnest(?::VARCHAR[])) ORDER BY study, position""",
-                        [list(studies)]))
+    """Every column of the studies' claims (a database written before a column was added lacks it: read it
+    with ``.get``)."""
+    return _dicts(_read(path, """SELECT * FROM claims WHERE study IN (SELECT unnest(?::VARCHAR[]))
+                                 ORDER BY study, position""", [list(studies)]))
 
 
 def trained_models(path: str | Path, study: str) -> Table:
@@ -1040,6 +1046,17 @@ def cells_of(con: duckdb.DuckDBPyConnection, study: str) -> list[tuple[str, dict
     """(cell id, swept values) of every cell of a study."""
     return [(c, json.loads(p or "{}")) for c, p in
             con.execute("SELECT cell_id, params FROM cells WHERE study = ? ORDER BY cell_id", [study]).fetchall()]
+
+
+def seed_seconds(con: duckdb.DuckDBPyConnection, study: str, cell_ids: Sequence[str]) -> float | None:
+    """The mean over seeds of the seconds one seed's tasks took in these cells (each task counted once per seed,
+    however many of the cells share it); None when none was timed."""
+    found = con.execute(
+        'SELECT avg(seconds) FROM (SELECT c."repeat", sum(t.seconds) AS seconds FROM (SELECT DISTINCT c."repeat", '
+        "ct.task_hash FROM cell_tasks ct JOIN cells c USING (study, cell_id) WHERE ct.study = ? AND ct.cell_id IN "
+        "(SELECT unnest(?::VARCHAR[]))) c JOIN tasks t USING (task_hash) WHERE t.status = 'done' "
+        'GROUP BY c."repeat")', [study, list(cell_ids)]).fetchone()
+    return None if found is None or found[0] is None else float(found[0])
 
 
 def diagnostic_rows(con: duckdb.DuckDBPyConnection, study: str) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
-from inflang import stats
+from inflang import intervals, stats
 from inflang.pooling import SeedRows, level
 from runners.metrics import item_seed, noise_ceiling, score
 
@@ -40,8 +40,11 @@ def test_per_test_point_and_mean_aggregate():
     found = level([SeedRows(0, [0, 1], values, None)], "pearson")
     assert found is not None and np.isclose(found.value, values.mean())
     interval = found.interval()
-    half = sps.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
-    assert interval is not None and np.isclose(interval.low, max(values.mean() - half, -1.0))
+    q = sps.t.ppf(0.975, 1)
+    z = np.arctanh(values)  # a correlation's level: the union of the t interval and Fisher's (E tanh at its ends)
+    fisher = intervals.fisher_mean(z.mean() - q * z.std(ddof=1) / np.sqrt(2), z.std(ddof=1))
+    low = min(values.mean() - q * values.std(ddof=1) / np.sqrt(2), fisher)
+    assert interval is not None and np.isclose(interval.low, max(low, -1.0))
 
 
 def test_replicates_resample_the_items_of_each_test_point():

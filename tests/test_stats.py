@@ -175,14 +175,34 @@ def test_a_proportion_of_all_ones_gets_the_exact_binomial_bound():
     assert intervals.clopper_pearson(0, 10).high == pytest.approx(1 - 0.025 ** (1 / 10))
 
 
+def mean_tanh(mean: float, sd: float) -> float:
+    """E tanh(Z), Z ~ N(mean, sd^2), by adaptive quadrature."""
+    from scipy.integrate import quad
+
+    return float(quad(lambda x: np.tanh(x) * sps.norm.pdf(x, mean, sd), -np.inf, np.inf)[0])
+
+
+def test_fisher_z_counts_a_correlation_of_one_as_the_most_extreme_other_value():
+    found = intervals.fisher_z(np.array([1.0, 0.9, -0.5, -1.0]))
+    assert found == pytest.approx([np.arctanh(0.9), np.arctanh(0.9), np.arctanh(-0.5), -np.arctanh(0.9)])
+    assert intervals.fisher_mean(0.7, 0.4) == pytest.approx(mean_tanh(0.7, 0.4), abs=1e-9)
+
+
 def test_two_seeds_give_the_t_interval_with_one_degree_of_freedom():
     rows = [SeedRows(0, [0, 1], np.array([0.5, 0.7]), None), SeedRows(1, [0, 1], np.array([0.7, 0.9]), None)]
     found = level(rows, "pearson")
     assert found is not None and found.df == 1 and found.value == pytest.approx(0.7)
     interval = found.interval()
     assert interval is not None
-    # seed means 0.6 and 0.8: se = 0.1, t_1 = 12.7; the high end is clipped at the correlation's 1
-    assert interval.low == pytest.approx(0.7 - sps.t.ppf(0.975, 1) * 0.1) and interval.high == 1.0
+    # seed means 0.6 and 0.8: se = 0.1, t_1 = 12.7; the high end is clipped at the correlation's 1. A
+    # correlation's level joins Fisher's interval: the t interval of the mean of atanh(0.6), atanh(0.8), each end
+    # mapped to E tanh(N(end, sd_z^2)) (here by quadrature)
+    z = np.arctanh([0.6, 0.8])
+    fisher_low = mean_tanh(z.mean() - sps.t.ppf(0.975, 1) * z.std(ddof=1) / np.sqrt(2), z.std(ddof=1))
+    assert interval.low == pytest.approx(min(0.7 - sps.t.ppf(0.975, 1) * 0.1, fisher_low)) and interval.high == 1.0
+    raw = level(rows, "mean_gap")  # an unbounded metric: the t interval alone
+    assert raw is not None and raw.interval() == intervals.Interval(0.7 - sps.t.ppf(0.975, 1) * 0.1,
+                                                                    0.7 + sps.t.ppf(0.975, 1) * 0.1)
 
 
 def test_family_levels_follow_holm_and_bonferroni_by_hand():

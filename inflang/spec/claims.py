@@ -50,8 +50,10 @@ class CompareSpec(Spec):
 
 
 class BetweenTestPointsSpec(Spec):
-    """How much of the variance of the metric between test points is real: max(0, 1 - (mean item-level
-    bootstrap variance of a test point's metric) / (variance of the metric across test points)), in [0, 1]."""
+    """How much of the variance of the metric between test points is real: 1 - (item-level bootstrap variance
+    of the test points' metric) / (their variance around their cell's mean), summed over the cells and
+    jackknifed over the distinct test points (``inflang.intervals.share``); at most 1, below 0 where the test
+    points vary less than item noise alone would make them."""
 
     at_least: float = Field(ge=0, le=1, description="the share of the spread between test points that is "
                             "claimed to be real (e.g. 0.5)")
@@ -78,6 +80,10 @@ class Claim(Spec):
         None, description="for contrast and compare: whether the better side has the higher or the lower metric "
         "(default: lower for flip_k, flip_k_capped, median_flip_k, losses, resolution, below_resolution and "
         "*_mean_abs_gap; higher otherwise)")
+    smallest_effect: float | None = Field(
+        None, gt=0, description="for trend, contrast and compare: the smallest effect that matters, in the "
+        "statistic's units (metric units, per step for a trend); an interval inside +-smallest_effect gives the "
+        "verdict negligible")
 
     @property
     def form(self) -> str:
@@ -95,6 +101,9 @@ class Claim(Spec):
                              f"between_test_points (found {', '.join(forms) or 'none'})")
         if self.compare is not None and self.estimator is not None:
             raise ValueError("compare names its two estimators itself; leave out 'estimator'")
+        if self.smallest_effect is not None and self.form not in ("trend", "contrast", "compare"):
+            raise ValueError("smallest_effect applies to trend, contrast and compare (an effect that can be "
+                             f"negligible); a {self.form} claim keeps its threshold")
         if self.better is not None and self.contrast is None and self.compare is None:
             raise ValueError("'better' says which direction is better in a contrast or compare; the other forms "
                              "say it themselves (trend direction, at_least, at_most)")

@@ -54,7 +54,8 @@ class Study(Spec):
                                 "between_test_points)")
     claims_adjust: Literal["none", "holm", "bonferroni"] = Field(
         "none", description="family-wise intervals for the study's claims: none (each at 95%), holm (Holm's "
-        "step-down: at most a 5% chance of any false verdict) or bonferroni (every interval at 1 - 0.05/m)")
+        "step-down: at most a 5% chance of any false supported or contradicted) or bonferroni (every interval "
+        "at 1 - 0.05/m)")
     sweep: SweepGrid | list[SweepGrid] | None = Field(
         None, description="dotted paths to lists of values (cartesian product), or a list of such maps (union)")
 
