@@ -214,7 +214,7 @@ class Evidence:
 
     @property
     def threshold(self) -> float:
-        return _threshold(self.claim)
+        return self.claim.threshold
 
     def p_value(self) -> float:
         """NaN without a verdict (no statistic, an interval of no width, or most units at the bound), so a family
@@ -781,13 +781,3 @@ def marked_verdict(row: dict[str, Any]) -> str:
 def definition(claim: Claim) -> str:
     """A claim's definition as canonical JSON (what it asks, whatever its layout in the file)."""
     return json.dumps(claim.model_dump(mode="json", exclude_none=True), sort_keys=True)
-
-
-def _threshold(claim: Claim) -> float:
-    if claim.at_least is not None:
-        return claim.at_least
-    if claim.at_most is not None:
-        return claim.at_most
-    if claim.between_test_points is not None:
-        return claim.between_test_points.at_least
-    return 0.0

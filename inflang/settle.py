@@ -39,7 +39,7 @@ def settle(claim: Any, value: intervals.Statistic | None, by_seeds: bool, verdic
         and 2 <= value.units < power.MIN_SEEDS and "seeds" in detail
     if not (verdict == "unresolved" or short_of_seeds) or value is None:
         return Settle()
-    threshold = _threshold(claim)
+    threshold = float(claim.threshold)
     if isinstance(value, intervals.Share):
         return _test_points(value, threshold, level)
     if isinstance(value, intervals.Mapped):
@@ -115,12 +115,3 @@ def _test_points(value: intervals.Share, threshold: float, level: float) -> Sett
     shown = f"more than {power.MAX_SEEDS}" if needed is None else str(needed)
     return Settle(note=f"about {shown} distinct test points would resolve the observed share from {threshold:g} "
                   f"with 80% power (now {k}; more seeds add test points only where each seed selects its own)")
-
-
-def _threshold(claim: Any) -> float:
-    for name in ("at_least", "at_most"):
-        if getattr(claim, name, None) is not None:
-            return float(getattr(claim, name))
-    if getattr(claim, "between_test_points", None) is not None:
-        return float(claim.between_test_points.at_least)
-    return 0.0

@@ -92,6 +92,18 @@ class Claim(Spec):
                 return name
         raise ValueError("no form")
 
+    @property
+    def threshold(self) -> float:
+        """The line the claim's interval has to clear: its at_least / at_most / between_test_points share, else 0
+        (a difference)."""
+        if self.at_least is not None:
+            return self.at_least
+        if self.at_most is not None:
+            return self.at_most
+        if self.between_test_points is not None:
+            return self.between_test_points.at_least
+        return 0.0
+
     @model_validator(mode="after")
     def _one_form(self) -> Claim:
         forms = [n for n in ("trend", "contrast", "compare", "at_least", "at_most", "between_test_points")
