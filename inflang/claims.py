@@ -49,6 +49,7 @@ from inflang.pooling import (
     seed_count,
     units,
 )
+from inflang.power import MIN_SEEDS  # seeds a claim about training seeds needs
 from inflang.pricing import duration
 from inflang.settle import settle
 from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim, lower_is_better
@@ -194,7 +195,6 @@ def claim_problems(claims: Sequence[Claim], cells: Sequence[tuple[Params, Any]])
 # --- evaluation --------------------------------------------------------------------------------------------
 
 ByPoint = dict[str, dict[str | None, list[SeedRows]]]  # params JSON -> estimator -> seeds' rows
-MIN_SEEDS = 3  # seeds a claim about training seeds needs (with one seed, claims are about that trained model)
 
 
 @dataclass

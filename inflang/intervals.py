@@ -88,6 +88,11 @@ def clopper_pearson(successes: int, trials: int, level: float = LEVEL) -> Interv
     return Interval(low, high)
 
 
+def t_quantile(level: float, df: float) -> float:
+    """The two-sided Student's t quantile of a ``level`` interval on ``df`` degrees of freedom."""
+    return float(scipy_stats().t.ppf(1 - (1 - level) / 2, df))
+
+
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(40)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
 
@@ -124,10 +129,9 @@ class TMean:
     def interval(self, level: float = LEVEL) -> Interval | None:
         if not (math.isfinite(self.value) and math.isfinite(self.se) and self.df >= 1):
             return None
-        q = float(scipy_stats().t.ppf(1 - (1 - level) / 2, self.df))
+        q = t_quantile(level, self.df)
         low, high = self.value - q * self.se, self.value + q * self.se
-        if self.fisher is not None and all(math.isfinite(x) for x in self.fisher) \
-                and self.se > NO_SPREAD * max(1.0, abs(self.value)):  # (no spread: the units' one value)
+        if self.fisher is not None and all(math.isfinite(x) for x in self.fisher) and not no_spread(self):
             z, z_se, z_sd = self.fisher
             low, high = min(low, fisher_mean(z - q * z_se, z_sd)), max(high, fisher_mean(z + q * z_se, z_sd))
         if self.binomial is not None:
@@ -161,7 +165,7 @@ class Share:
     def interval(self, level: float = LEVEL) -> Interval | None:
         if not (math.isfinite(self.estimate) and math.isfinite(self.se) and self.clusters >= 2):
             return None
-        q = float(scipy_stats().t.ppf(1 - (1 - level) / 2, self.df))
+        q = t_quantile(level, self.df)
         return Interval(self.estimate - q * self.se, min(self.estimate + q * self.se, 1.0))
 
 

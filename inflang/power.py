@@ -25,22 +25,19 @@ from collections.abc import Callable
 
 import numpy as np
 
+from inflang.intervals import t_quantile
 from inflang.stats import scipy_stats
 
 POWER = 0.8
 MAX_SEEDS = 1000  # beyond this, "more than 1000"
-MIN_SEEDS = 3  # a claim over seeds needs at least 3 (inflang.claims.MIN_SEEDS)
-
-
-def _quantile(level: float, df: float) -> float:
-    return float(scipy_stats().t.ppf(1 - (1 - level) / 2, df))
+MIN_SEEDS = 3  # a claim over seeds needs at least 3: with 2, a t interval's width is mostly chance
 
 
 def t_power(delta: float, sd: float, n: int, level: float) -> float:
     """P(the two-sided t interval over n unit values of sd excludes the threshold), true shift delta."""
     if sd <= 0:
         return 1.0 if delta != 0 else 0.0
-    q = _quantile(level, n - 1)
+    q = t_quantile(level, n - 1)
     nct = scipy_stats().nct
     ncp = abs(delta) * math.sqrt(n) / sd
     return float(nct.sf(q, n - 1, ncp) + nct.cdf(-q, n - 1, ncp))
@@ -50,7 +47,7 @@ def tost_power(delta: float, sd: float, margin: float, n: int, level: float) -> 
     """P(the two-sided interval lies inside (-margin, +margin)), true effect delta (|delta| < margin)."""
     if sd <= 0:
         return 1.0 if abs(delta) < margin else 0.0
-    q = _quantile(level, n - 1)
+    q = t_quantile(level, n - 1)
     nct = scipy_stats().nct
     upper = nct.sf(q, n - 1, (margin - delta) * math.sqrt(n) / sd)
     lower = nct.sf(q, n - 1, (margin + delta) * math.sqrt(n) / sd)
