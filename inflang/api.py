@@ -26,7 +26,7 @@ from inflang.scheduler import Events, RunSummary, execute
 from inflang.spec import Study
 from inflang.spec.base import CodeFields
 from inflang.store import Store, check_db_path
-from inflang.validate import LoadedStudy, load_study
+from inflang.validate import LoadedStudy, load_study, with_repeats
 
 
 def code_folders(study: Study) -> list[str]:
@@ -112,7 +112,8 @@ def run(study: LoadedStudy | str | Path, db: str | Path = "inflang.duckdb", *, s
     returns its Results (raises inflang.errors.UsageError for a ``select`` that matches nothing)."""
     from inflang.selector import select as select_cells
 
-    compiled = plan(study)
+    loaded = study if isinstance(study, LoadedStudy) else load(study)
+    compiled = plan(with_repeats(loaded, queries.study_added_repeats(db, loaded.study.study)))
     compiled = compiled.select(select_cells(select, [(c.cell.cell_id, c.cell.params) for c in compiled.cells]))
     name = compiled.study.study.study
     with Store(db) as store:

@@ -51,9 +51,17 @@ from inflang.pooling import (
 )
 from inflang.power import MIN_SEEDS  # seeds a claim about training seeds needs
 from inflang.pricing import duration
+from inflang.sequential import Design
 from inflang.settle import settle
 from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim, lower_is_better
-from inflang.store import cells_of, diagnostic_rows, model_quantity_rows, seed_seconds
+from inflang.store import (
+    added_seconds,
+    cells_of,
+    diagnostic_rows,
+    model_quantity_rows,
+    seed_seconds,
+    sequential_designs,
+)
 
 GAP_METRICS = tuple(f"{prefix}_{name}" for prefix in ("influence_vs_pbrf", "influence_vs_retrained",
                                                         "pbrf_vs_converged_loo", "converged_loo_vs_retrained")
@@ -84,6 +92,9 @@ class Verdict:
     seeds_for_smallest_effect: int | None = None  # with smallest_effect: seeds to resolve an effect of that size
     settle: str = ""  # what would settle it, in words, with the price of the seeds where it is known
     settle_seconds: float | None = None  # the measured seconds the added seeds of ``seeds_needed`` would take
+    max_seeds: int | None = None  # judged sequentially (``inflang.sequential``), with looks up to this many seeds
+    seeds_added: int | None = None  # sequential: the seeds it reads beyond those it had when its looks began
+    seconds_added: float | None = None  # sequential: the measured seconds of the tasks of those added seeds
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -649,27 +660,77 @@ def _no_spread(evidence: Evidence, value: intervals.Statistic) -> str:
             "how far the value could be from its line")
 
 
-def family_levels(evidence: Sequence[Evidence], adjust: str, level_: float = intervals.LEVEL) -> list[float]:
+def family_levels(evidence: Sequence[Evidence], adjust: str, level_: float = intervals.LEVEL,
+                  designs: Sequence[Design | None] | None = None) -> list[float]:
     """The confidence level of each claim's interval: ``level_`` unadjusted, or as Holm's step-down or
-    Bonferroni needs them for a family-wise error of at most 1 - ``level_`` (over the evaluable claims)."""
+    Bonferroni needs them for a family-wise error of at most 1 - ``level_`` (over the evaluable claims). A claim
+    judged sequentially (its ``designs`` entry) enters with its overall p-value and gets the per-look level of
+    its share of alpha (``inflang.sequential``)."""
+    plans = list(designs) if designs is not None else [None] * len(evidence)
+    p_values = [e.p_value() if d is None else d.overall_p(e.p_value()) for e, d in zip(evidence, plans, strict=True)]
     if adjust == "holm":
-        return intervals.holm_levels([e.p_value() for e in evidence], level_)
-    if adjust == "bonferroni":
-        return intervals.bonferroni_levels([e.p_value() for e in evidence], level_)
-    return [level_] * len(evidence)
+        overall = intervals.holm_levels(p_values, level_)
+    elif adjust == "bonferroni":
+        overall = intervals.bonferroni_levels(p_values, level_)
+    else:
+        overall = [level_] * len(evidence)
+    return [lv if d is None else d.look_level(lv) for lv, d in zip(overall, plans, strict=True)]
 
 
 def evaluate_rows(claims: Sequence[Claim], rows: Sequence[ByPoint], reliability: Sequence[ByPoint | None],
                   adjust: str = "none", cells: Sequence[Params] | None = None,
-                  test_points: str | None = None, with_settle: bool = False) -> list[Verdict]:
+                  test_points: str | None = None, with_settle: bool = False,
+                  designs: Sequence[Design | None] | None = None) -> list[Verdict]:
     """Verdicts of a family of claims from in-memory rows (one ``ByPoint`` per claim); ``cells``: the swept
     values of every cell of the study (a trend's ranks count every swept value); ``test_points``: the study's
     ``test_points.select`` (with ``indices`` a seed-level interval is about those test points); with
-    ``with_settle``, also what would settle each unresolved one (``settled``)."""
+    ``with_settle``, also what would settle each unresolved one (``settled``); ``designs``: per claim, its
+    sequential design (None: fixed seeds), whose rows are to be cut to one look already (``first_seeds``)."""
+    plans = list(designs) if designs is not None else [None] * len(claims)
+    looks = [0 if d is None else look_seeds(c, r, d.seeds) for c, r, d in zip(claims, rows, plans, strict=True)]
+    rows = [r if d is None else first_seeds(r, n) for r, d, n in zip(rows, plans, looks, strict=True)]
+    reliability = [r if d is None or r is None else first_seeds(r, n)
+                   for r, d, n in zip(reliability, plans, looks, strict=True)]
     evidence = [gather(c, r, rel, _axis_values(c, cells), test_points)
                 for c, r, rel in zip(claims, rows, reliability, strict=True)]
-    found = [decide(e, lv) for e, lv in zip(evidence, family_levels(evidence, adjust), strict=True)]
-    return [settled(e, v) for e, v in zip(evidence, found, strict=True)] if with_settle else found
+    found = [decide(e, lv) for e, lv in zip(evidence, family_levels(evidence, adjust, designs=plans), strict=True)]
+    found = [v if d is None else _sequential(v, d, n) for v, d, n in zip(found, plans, looks, strict=True)]
+    return [_beyond(settled(e, v)) for e, v in zip(evidence, found, strict=True)] if with_settle else found
+
+
+def _beyond(verdict: Verdict) -> Verdict:
+    """A sequential verdict whose seeds needed lie past its design's last look says so."""
+    needed = verdict.seeds_needed
+    if verdict.max_seeds is None or needed is None or needed <= verdict.max_seeds:
+        return verdict
+    return replace(verdict, settle=f"{verdict.settle} (at each look's level; past this claim's last look, "
+                   f"{verdict.max_seeds} seeds, which its sequential design fixed)")
+
+
+def _sequential(verdict: Verdict, design: Design, look: int) -> Verdict:
+    """A verdict read at a look (``look`` seeds) of its sequential design: its overall p-value, the design in its
+    detail."""
+    said = design.describe(look, verdict.level)
+    return replace(verdict, p_value=design.overall_p(verdict.p_value), max_seeds=design.last,
+                   seeds_added=max(look - design.first, 0), detail="; ".join(d for d in (verdict.detail, said) if d))
+
+
+def look_seeds(claim: Claim, by_point: ByPoint, most: int) -> int:
+    """A sequential claim's look: n, the fewest seeds any point it reads has without a gap (repeats 0 .. n-1),
+    at most ``most``; the look reads those n seeds of every point (``first_seeds``), so it depends on n alone,
+    however the seeds were added to the points its cells share with other claims."""
+    n = most
+    for key in sorted(claim_cells(claim, [(k, json.loads(k)) for k in by_point])):
+        for seeds in by_point[key].values():
+            present = {r.repeat for r in seeds}
+            n = min(n, next(i for i in range(len(present) + 1) if i not in present))
+    return n
+
+
+def first_seeds(by_point: ByPoint, n: int) -> ByPoint:
+    """The rows of the first ``n`` seeds (repeats 0 .. n-1) of every point."""
+    return {k: {e: [r for r in seeds if r.repeat < n] for e, seeds in by_estimator.items()}
+            for k, by_estimator in by_point.items()}
 
 
 def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim],
@@ -692,14 +753,19 @@ def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim]
         else:
             reliability.append(None)
     cells = cells_of(con, study)
+    recorded = sequential_designs(con, study)
+    designs = [Design(*recorded[key]) if (key := (c.name, definition(c))) in recorded else None for c in claims]
     verdicts = evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust, [p for _, p in cells],
-                             test_points, with_settle=True)
-    verdicts = [_priced(v, seed_seconds(con, study, sorted(_claim_cells(c, cells)))) for v, c in
+                             test_points, with_settle=True, designs=designs)
+    verdicts = [_priced(v, seed_seconds(con, study, sorted(claim_cells(c, cells)))) for v, c in
                 zip(verdicts, claims, strict=True)]
+    verdicts = [v if d is None else replace(v, seconds_added=added_seconds(
+        con, study, sorted(claim_cells(c, cells)), d.first, v.seeds)) for v, c, d in
+        zip(verdicts, claims, designs, strict=True)]
     found = diagnostic_rows(con, study)
     if not found:
         return verdicts
-    return [replace(v, health=claim_health(found, _claim_cells(c, cells), _subjects(c)))
+    return [replace(v, health=claim_health(found, claim_cells(c, cells), _subjects(c)))
             for v, c in zip(verdicts, claims, strict=True)]
 
 
@@ -722,7 +788,7 @@ def _axis_values(claim: Claim, cells: Sequence[Params] | None) -> list[Any] | No
     return [p[claim.trend.axis] for p in cells if claim.trend.axis in p and _matches(p, claim.where)]
 
 
-def _claim_cells(claim: Claim, cells: Sequence[tuple[str, Params]]) -> set[str]:
+def claim_cells(claim: Claim, cells: Sequence[tuple[str, Params]]) -> set[str]:
     """The cells a claim rests on: those matching ``where``, and for a contrast those at its two values."""
     kept = {c for c, p in cells if _matches(p, claim.where)}
     if claim.contrast is not None:
@@ -764,6 +830,12 @@ def family_notes(rows: list[dict[str, Any]]) -> list[str]:
         else:
             notes.append(f"{study}: {m} claims, {adjust}-adjusted: at most a 5% chance of any false supported or "
                          "contradicted among them")
+        sequential = [r for r in own if r.get("sequential")]
+        if sequential:
+            notes.append(f"{study}: {len(sequential)} claim{'s' if len(sequential) != 1 else ''} judged sequentially "
+                         f"(--until-settled, looks up to {max(r['max_seeds'] for r in sequential)} seeds): each "
+                         "look's interval is at the level shown, so that all of a claim's looks together err no more "
+                         "often than the level above")
         late = [r for r in own if r["declared_after_results"]]
         if late:
             first = min(str(r["declared_at"])[:16] for r in late)

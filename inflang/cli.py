@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,14 @@ from inflang.diagnostics import summary_lines
 from inflang.errors import StudyError, UsageError
 from inflang.intervals import interval_text
 from inflang.plan import KINDS, Plan, compile_study
+from inflang.pricing import duration
+from inflang.rounds import parse_duration
 from inflang.scheduler import Events
+from inflang.sequential import DEFAULT_MAX_SEEDS
 from inflang.spec.study import is_study_name
 from inflang.store import Store, run_query, write_parquet
 from inflang.sweep import label, seeds_by_points
-from inflang.validate import LoadedStudy, load_study
+from inflang.validate import LoadedStudy, load_study, with_repeats
 
 app = typer.Typer(
     name="inflang",
@@ -134,6 +138,10 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
         raise _fail(f"error: INFLANG_ENGINE: '{engine}' is not one of {', '.join(ENGINES)}")
     loaded = _load(study, require_files=False, probe=True)
     _warn_float_labels(loaded)
+    try:  # with the seeds --until-settled added, which later runs keep
+        loaded = with_repeats(loaded, store_queries.study_added_repeats(db, loaded.study.study))
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
     compiled = _selected(compile_study(loaded), select)
     budget = _parse_bytes(memory_budget)
     states = _task_states(compiled, db)
@@ -280,6 +288,7 @@ class _RichEvents(Events):
         self.models_bar: Any = None
         self.models_total = 0
         self.models_done = 0  # planned models of the finished ground-truth tasks
+        self.models_live = 0  # what the bar shows: those, and the models retrained so far in running tasks
 
     def _price(self, pending: list[Any]) -> None:
         if self.pricing is None:
@@ -308,6 +317,9 @@ class _RichEvents(Events):
                            highlight=False, markup=False, soft_wrap=True)
 
     def start(self, plan: Plan, pending: list[Any]) -> None:
+        for bar in list(self.progress.task_ids):  # a later round of --until-settled: bars of its own tasks
+            self.progress.remove_task(bar)
+        self.bars, self.models_bar, self.models_total, self.models_done, self.models_live = {}, None, 0, 0, 0
         self._price(pending)
         counts = {k: 0 for k in KINDS}
         models = 0
@@ -330,18 +342,27 @@ class _RichEvents(Events):
         if task.kind == "ground_truth" and self.models_bar is not None:
             # the plan's count is exact except for top_k unions (an upper bound): the bar is trued up per task
             self.models_done += task.models
-            self.progress.update(self.models_bar, completed=min(self.models_done, self.models_total))
+            self.models_live = min(self.models_done, self.models_total)
+            self.progress.update(self.models_bar, completed=self.models_live)
 
     def models_retrained(self, count: int) -> None:
         if self.models_bar is not None:
-            done = self.progress.tasks[self.models_bar].completed
-            self.progress.update(self.models_bar, completed=min(done + count, self.models_total))
+            self.models_live = min(self.models_live + count, self.models_total)
+            self.progress.update(self.models_bar, completed=self.models_live)
 
     def notice(self, text: str) -> None:
         self.console.print(f"inflang: {text}", markup=False, highlight=False, soft_wrap=True)
 
     def stop(self) -> None:
         self.progress.stop()
+
+
+def _rounds_summary(summaries: list[Any]) -> Any:
+    """One summary of the rounds of --until-settled: the tasks every round ran, those reused from before the
+    command, and the last round's cells, failures and log."""
+    last = summaries[-1]
+    ran = sum(s.ran for s in summaries)
+    return replace(last, ran=ran, cached=max(last.cached - (ran - last.ran), 0))
 
 
 def _quoted(path: str) -> str:
@@ -436,6 +457,8 @@ def _claims_table(rows: list[dict[str, Any]], with_study: bool) -> Table:
     """The verdicts, marked † where the claim was declared or edited after the study had results."""
     adjusted = sorted({r["adjust"] for r in rows if r["adjust"] and r["adjust"] != "none"})
     how = f"{'/'.join(adjusted)}-adjusted intervals" if adjusted else "95% intervals"
+    if any(r.get("sequential") for r in rows):
+        how += ", at each sequential look's level"
     table = Table(title=f"claims: verdicts from {how} (over seeds; over test points with one seed)")
     for col in (["study"] if with_study else []) + ["claim", "verdict", "statistic", "estimate [interval]",
                                                      "of ceiling", "seeds", "test points"]:
@@ -505,11 +528,19 @@ def run(
                                "each step with torch.compile; auto (the default, or INFLANG_ENGINE) compiles "
                                "retraining long enough to pay for it. Recorded in runs.engine and tasks.engine.",
                                show_default=False),
+    until_settled: bool = typer.Option(False, "--until-settled", help="After the study's seeds, add seeds "
+                                       "round by round to the cells of unresolved claims, judging them "
+                                       "sequentially, until each settles (docs/language.md, Run until settled)."),
+    time_budget: str = typer.Option(None, "--time-budget", help="With --until-settled: stop adding rounds once "
+                                    "the next would pass this wall-clock time (90s, 30m, 2h).", show_default=False),
+    max_seeds: int = typer.Option(None, "--max-seeds", min=1, help="With --until-settled: the last look's seeds "
+                                  f"(default {DEFAULT_MAX_SEEDS}; fixed for a claim by its first such run).",
+                                  show_default=False),
 ) -> None:
     """Run a study: train, estimate, retrain for ground truth, score; results go to the database.
 
     Finished tasks are reused, so an interrupted run resumes where it stopped and a finished study
-    computes nothing when run again.
+    computes nothing when run again. Seeds that --until-settled added are kept by later runs.
     """
     if executor not in ("local", "ray"):
         raise _fail(f"error: --executor: '{executor}' is not one of local, ray")
@@ -520,9 +551,22 @@ def run(
             import ray  # noqa: F401
         except ImportError:
             raise _fail("error: --executor ray needs Ray: pip install 'inflang[ray]'") from None
+    if not until_settled and (time_budget is not None or max_seeds is not None):
+        raise _fail(f"error: {'--time-budget' if time_budget is not None else '--max-seeds'} goes with "
+                    "--until-settled")
+    if until_settled and select:
+        raise _fail("error: --until-settled judges the study's claims over all their cells: leave out --select")
+    try:
+        seconds = None if time_budget is None else parse_duration(time_budget)
+    except ValueError as exc:
+        raise _fail(f"error: --time-budget: {exc}") from None
     loaded = _load(study, probe=True)
     _warn_float_labels(loaded)
-    compiled = _selected(compile_study(loaded), select)
+    try:
+        extended = with_repeats(loaded, store_queries.study_added_repeats(db, loaded.study.study))
+        compiled = _selected(compile_study(extended), select)
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
     budget = _parse_bytes(memory_budget)
     try:
         store = Store(db)
@@ -534,10 +578,30 @@ def run(
 
     err.print(f"results go to {Path(db).resolve()}", highlight=False)
     events = _RichEvents(err, (budget, engine or os.environ.get("INFLANG_ENGINE", "auto"), device, threads), study)
+
+    summaries: list[Any] = []
+
+    def execute_once(plan_: Plan) -> Any:
+        summaries.append(execute_plan(plan_, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
+                                      events=events, workers=workers, executor=executor, address=address,
+                                      device=device, gpus_per_task=gpus_per_task, engine=engine))
+        return summaries[-1]
+
+    rounds = None
     try:
-        summary = execute_plan(compiled, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
-                               events=events, workers=workers, executor=executor, address=address, device=device,
-                               gpus_per_task=gpus_per_task, engine=engine)
+        if until_settled:
+            from inflang.rounds import run_until_settled
+
+            rounds = run_until_settled(loaded, store, lambda cells: execute_once(compile_study(cells)), seconds,
+                                       max_seeds, lambda text: err.print(text, highlight=False, markup=False))
+            compiled = compile_study(with_repeats(loaded, store.added_repeats(loaded.study.study)))
+            summary = _rounds_summary(summaries)
+        else:
+            summary = execute_once(compiled)
+    except StudyError as exc:
+        events.stop()
+        store.close()
+        raise _fail(str(exc)) from None
     except SetupError as exc:
         events.stop()
         store.close()
@@ -570,6 +634,10 @@ def run(
     out.print(f"ran {summary.ran} tasks, reused {summary.cached}; {len(failed_cells)} of "
               f"{len(summary.cell_status)} cells failed" + (" (messages above; rerun failed tasks with "
                                                             "--retry-failed)" if failed_cells else ""))
+    if rounds is not None:
+        out.print(f"until settled: {rounds.rounds} round{'s' if rounds.rounds != 1 else ''} added "
+                  f"{rounds.cells_added} seed cells in {duration(rounds.seconds)}; stopped: {rounds.stopped}",
+                  highlight=False, soft_wrap=True)
     if summary.log:
         out.print(f"log: {summary.log}", highlight=False)
     if failed_cells:

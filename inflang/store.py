@@ -94,6 +94,10 @@ CREATE TABLE IF NOT EXISTS response_rows (task_hash VARCHAR, test_index INTEGER,
 CREATE TABLE IF NOT EXISTS solver_rows (task_hash VARCHAR, train_index INTEGER, grad_norm DOUBLE,
     iterations INTEGER);
 CREATE TABLE IF NOT EXISTS group_members (task_hash VARCHAR, group_index INTEGER, train_index INTEGER);
+CREATE TABLE IF NOT EXISTS seed_additions (study VARCHAR, point VARCHAR, repeats INTEGER,
+    PRIMARY KEY (study, point));
+CREATE TABLE IF NOT EXISTS sequential_claims (study VARCHAR, claim VARCHAR, definition VARCHAR, first_seeds INTEGER,
+    last_seeds INTEGER, started_at TIMESTAMP, settled_seeds INTEGER, PRIMARY KEY (study, claim, definition));
 CREATE TABLE IF NOT EXISTS group_actual (task_hash VARCHAR, test_index INTEGER, group_index INTEGER,
     actual DOUBLE);
 """
@@ -121,6 +125,10 @@ ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_to_negligible INTEGER;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_for_smallest_effect INTEGER;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS settle VARCHAR;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS settle_seconds DOUBLE;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS sequential BOOLEAN;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS max_seeds INTEGER;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_added INTEGER;
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS seconds_added DOUBLE;
 """
 
 VIEWS = """
@@ -663,13 +671,51 @@ class Store:
                     "INSERT INTO claims (study, claim, form, statistic, estimate, ci_low, ci_high, seeds, test_points, "
                     "verdict, relative_to_ceiling, detail, position, threshold, p_value, level, adjust, family, "
                     "health, declared_at, declared_after_results, seeds_needed, seeds_to_negligible, "
-                    "seeds_for_smallest_effect, settle, settle_seconds) VALUES (" + ", ".join(["?"] * 26) + ")",
+                    "seeds_for_smallest_effect, settle, settle_seconds, sequential, max_seeds, seeds_added, "
+                    "seconds_added) VALUES (" + ", ".join(["?"] * 30) + ")",
                     [(study, v.claim, v.form, v.statistic, v.estimate, v.ci_low, v.ci_high, v.seeds, v.test_points,
                       v.verdict, v.relative_to_ceiling, v.detail, i, v.threshold,
                       v.p_value if math.isfinite(v.p_value) else None, v.level, adjust, len(verdicts), v.health,
                       *declared.get((v.claim, definitions[i] if i < len(definitions) else ""), (None, None)),
                       v.seeds_needed, v.seeds_to_negligible, v.seeds_for_smallest_effect, v.settle or None,
-                      v.settle_seconds) for i, v in enumerate(verdicts)])
+                      v.settle_seconds, v.max_seeds is not None, v.max_seeds, v.seeds_added, v.seconds_added)
+                     for i, v in enumerate(verdicts)])
+
+    def added_repeats(self, study: str) -> dict[str, int]:
+        """Sweep point (``inflang.validate.point_key``) -> seeds in all, where ``--until-settled`` added some."""
+        with self.reading() as con:
+            return added_repeats(con, study)
+
+    def add_repeats(self, study: str, repeats: Mapping[str, int]) -> None:
+        """Raise the seeds of these sweep points to the given totals (never lower them), in one transaction: a
+        run killed after this resumes with the added cells, and a plain run keeps them."""
+        if not repeats:
+            return
+        with self.transaction() as con:
+            have = added_repeats(con, study)
+            con.executemany("INSERT OR REPLACE INTO seed_additions VALUES (?, ?, ?)",
+                            [(study, k, max(n, have.get(k, 0))) for k, n in sorted(repeats.items())])
+
+    def start_sequential(self, study: str, claims: Sequence[tuple[str, str]], first: int, last: int
+                         ) -> dict[tuple[str, str], tuple[int, int, int | None]]:
+        """Record that these claims ((name, definition)) are judged sequentially with looks at ``first`` to
+        ``last`` seeds, unless already recorded; returns every claim's recorded design (which an earlier run
+        may have fixed differently)."""
+        with self.transaction() as con:
+            known = sequential_designs(con, study)
+            new = [(study, name, d, first, last, _now()) for name, d in claims if (name, d) not in known]
+            if new:
+                con.executemany("INSERT INTO sequential_claims VALUES (?, ?, ?, ?, ?, ?, NULL)", new)
+            return sequential_designs(con, study)
+
+    def stop_sequential(self, study: str, looks: Sequence[tuple[str, str, int]]) -> None:
+        """Freeze these sequential claims ((name, definition, seeds)) at the look where they settled: later
+        evaluations read that many seeds, whatever other claims add to the cells they share."""
+        if not looks:
+            return
+        with self.transaction() as con:
+            con.executemany("UPDATE sequential_claims SET settled_seeds = ? WHERE study = ? AND claim = ? AND "
+                            "definition = ? AND settled_seeds IS NULL", [(n, study, c, d) for c, d, n in looks])
 
     def write_pooled(self, study: str, rows: Sequence[Any]) -> None:
         """Replace a study's pooled rows (``inflang.pooling.Pooled``) in one transaction."""
@@ -1048,6 +1094,32 @@ def cells_of(con: duckdb.DuckDBPyConnection, study: str) -> list[tuple[str, dict
             con.execute("SELECT cell_id, params FROM cells WHERE study = ? ORDER BY cell_id", [study]).fetchall()]
 
 
+def added_repeats(con: duckdb.DuckDBPyConnection, study: str) -> dict[str, int]:
+    """Sweep point -> seeds in all, where ``--until-settled`` added seeds to the study."""
+    if not _has_table(con, "seed_additions"):  # a database from before sequential runs, opened to read
+        return {}
+    return dict(con.execute("SELECT point, repeats FROM seed_additions WHERE study = ?", [study]).fetchall())
+
+
+def sequential_designs(con: duckdb.DuckDBPyConnection, study: str
+                       ) -> dict[tuple[str, str], tuple[int, int, int | None]]:
+    """(claim, definition) -> (first, last, settled) seeds of the looks, for the study's claims judged
+    sequentially (settled: the look it stopped at, or None)."""
+    if not _has_table(con, "sequential_claims"):
+        return {}
+    return {(c, d): (f, la, st) for c, d, f, la, st in con.execute(
+        "SELECT claim, definition, first_seeds, last_seeds, settled_seeds FROM sequential_claims WHERE study = ?",
+        [study]).fetchall()}
+
+
+def study_added_repeats(path: str | Path, study: str) -> dict[str, int]:
+    """``added_repeats`` of a database file; {} when there is no database there yet."""
+    if not Path(path).exists():
+        return {}
+    with Store(path, read_only=True).reading() as con:
+        return added_repeats(con, study)
+
+
 def seed_seconds(con: duckdb.DuckDBPyConnection, study: str, cell_ids: Sequence[str]) -> float | None:
     """The mean over seeds of the seconds one seed's tasks took in these cells (each task counted once per seed,
     however many of the cells share it); None when none was timed."""
@@ -1056,6 +1128,20 @@ def seed_seconds(con: duckdb.DuckDBPyConnection, study: str, cell_ids: Sequence[
         "ct.task_hash FROM cell_tasks ct JOIN cells c USING (study, cell_id) WHERE ct.study = ? AND ct.cell_id IN "
         "(SELECT unnest(?::VARCHAR[]))) c JOIN tasks t USING (task_hash) WHERE t.status = 'done' "
         'GROUP BY c."repeat")', [study, list(cell_ids)]).fetchone()
+    return None if found is None or found[0] is None else float(found[0])
+
+
+def added_seconds(con: duckdb.DuckDBPyConnection, study: str, cell_ids: Sequence[str], first: int, seeds: int
+                  ) -> float | None:
+    """The seconds of the finished tasks of these cells at repeats ``first`` .. ``seeds`` - 1 (each task once);
+    None when there are none."""
+    if seeds <= first:
+        return None
+    found = con.execute(
+        "SELECT sum(t.seconds) FROM (SELECT DISTINCT ct.task_hash FROM cell_tasks ct JOIN cells c USING (study, "
+        'cell_id) WHERE ct.study = ? AND c."repeat" >= ? AND c."repeat" < ? AND ct.cell_id IN '
+        "(SELECT unnest(?::VARCHAR[]))) d JOIN tasks t USING (task_hash) WHERE t.status = 'done'",
+        [study, first, seeds, list(cell_ids)]).fetchone()
     return None if found is None or found[0] is None else float(found[0])
 
 

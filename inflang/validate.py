@@ -7,6 +7,7 @@ so locations are walked against the data to find the node a user wrote.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import types
 import typing
@@ -326,10 +327,7 @@ def validate_document(doc: Document, require_files: bool = True, probe: Probe | 
                 found[key] = (p, label, 1) if first is None else (first[0], first[1], first[2] + 1)
             continue
         valid.append(cell_study)
-        for repeat in range(cell_study.repeats):
-            seed = derive_seed(cell_study.seed, "repeat", repeat)
-            cell_id = canonical_hash({"study": cell_study.study, "params": params, "repeat": repeat}, 12)
-            cells.append(Cell(cell_id=cell_id, repeat=repeat, seed=seed, params=params, study=cell_study))
+        cells.extend(_cell(cell_study, params, repeat) for repeat in range(cell_study.repeats))
     for p, label, count in found.values():
         everywhere = count == len(expanded) or not label
         problems.append(p if everywhere else Problem(p.position, p.path, f"{p.message} (in the sweep cell {label})",
@@ -347,6 +345,35 @@ def validate_document(doc: Document, require_files: bool = True, probe: Probe | 
     if wrong:
         raise StudyError(Problem(doc.position(path, True), _dotted(path), msg, hint) for path, msg, hint in wrong)
     return LoadedStudy(path=doc.file, document=doc, study=study, cells=cells)
+
+
+def _cell(study: Study, params: dict[str, Any], repeat: int) -> Cell:
+    """The cell of a sweep point's ``repeat``-th seed: its id and seed depend on the study's name, the point
+    and the repeat only, so a seed added later is the cell a study declaring more repeats would have."""
+    seed = derive_seed(study.seed, "repeat", repeat)
+    cell_id = canonical_hash({"study": study.study, "params": params, "repeat": repeat}, 12)
+    return Cell(cell_id=cell_id, repeat=repeat, seed=seed, params=params, study=study)
+
+
+def point_key(params: dict[str, Any]) -> str:
+    """A sweep point's key: its swept values as canonical JSON (as the cells table stores them)."""
+    return json.dumps(params, sort_keys=True)
+
+
+def with_repeats(loaded: LoadedStudy, repeats: dict[str, int]) -> LoadedStudy:
+    """The study with more seeds at some sweep points (``point_key`` -> repeats in all; fewer than declared
+    changes nothing): the cells ``inflang run --until-settled`` added, kept in the database."""
+    by_point: dict[str, list[Cell]] = {}
+    for cell in loaded.cells:
+        by_point.setdefault(point_key(cell.params), []).append(cell)
+    cells: list[Cell] = []
+    for key, own in by_point.items():
+        cells.extend(own)
+        last = own[-1]
+        cells.extend(_cell(last.study, last.params, r) for r in range(len(own), repeats.get(key, 0)))
+    if len(cells) == len(loaded.cells):
+        return loaded
+    return LoadedStudy(path=loaded.path, document=loaded.document, study=loaded.study, cells=cells)
 
 
 def load_study(path: str | Path, require_files: bool = True, probe: Probe | None = None) -> LoadedStudy:

@@ -1,0 +1,160 @@
+"""``inflang run --until-settled``: after the study's declared seeds, add seeds round by round to the sweep points
+that unsettled claims read, and judge those claims sequentially (``inflang.sequential``) after every round.
+
+A round raises every point of every unresolved claim to one seed more than the claim's look has, records the new
+totals (``seed_additions``) before anything runs, then runs the study as an ordinary run: the added seeds are
+ordinary cells (content-hashed; a kill -9 resumes from the recorded totals; a later plain run keeps them). It
+stops when no claim is unresolved below ``--max-seeds``, when the next round's measured price would pass the
+time budget, or when a round could not add what its claims need (failed cells).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from inflang.claims import claim_cells, definition
+from inflang.errors import StudyError, UsageError
+from inflang.power import MIN_SEEDS
+from inflang.pricing import duration
+from inflang.sequential import DEFAULT_MAX_SEEDS
+from inflang.spec.claims import Claim
+from inflang.store import Store, cells_of, claim_rows, seed_seconds, sequential_designs
+from inflang.validate import LoadedStudy, point_key, with_repeats
+
+SETTLED = ("supported", "contradicted", "negligible")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '90s', '30m', '1.5h', '2d' or a plain number of seconds; ValueError otherwise."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if found is None or float(found.group(1)) <= 0:
+        raise ValueError(f"'{text}' is not a duration (e.g. 90s, 30m, 2h)")
+    return float(found.group(1)) * _UNITS[found.group(2) or "s"]
+
+
+@dataclass
+class Rounds:
+    """What a run until settled did."""
+
+    rounds: int = 0  # rounds that added seeds
+    cells_added: int = 0
+    seconds: float = 0.0  # wall-clock seconds of the whole command
+    stopped: str = ""  # why it stopped, in words
+
+
+def next_targets(claims: Sequence[Claim], looks: dict[str, tuple[str, int]], last: int,
+                 cells: Sequence[tuple[str, dict[str, Any]]], have: dict[str, int]) -> dict[str, int]:
+    """Sweep point -> seeds in all for the next round: every point of every sequential claim still unresolved
+    at a look below ``last`` seeds goes to one seed more than that look (``looks``: claim -> (verdict, seeds of
+    its look); points that already have them are left out). ``have``: the seeds each point has now."""
+    params = dict(cells)
+    targets: dict[str, int] = {}
+    for claim in claims:
+        verdict, look = looks.get(claim.name, ("", last))
+        if verdict != "unresolved" or look >= last:
+            continue
+        for cell in claim_cells(claim, cells):
+            key = point_key(params[cell])
+            if have.get(key, 0) < look + 1:
+                targets[key] = max(targets.get(key, 0), look + 1)
+    return targets
+
+
+def start(loaded: LoadedStudy, store: Store, max_seeds: int | None) -> tuple[int, int]:
+    """Check that the study can be run until settled and record its claims' sequential design (looks from its
+    declared repeats to ``max_seeds``; a claim's design, once recorded, stays); returns its first and last looks.
+    Raises StudyError (positioned) for the study, UsageError for the options, when it cannot."""
+    study = loaded.study
+    if not study.claims:
+        raise StudyError.at(loaded.document.position(("claims",)), "claims",
+                            "--until-settled adds seeds for claims, and the study declares none")
+    if study.repeats < MIN_SEEDS:
+        raise StudyError.at(loaded.document.position(("repeats",), True), "repeats",
+                            f"--until-settled needs repeats >= {MIN_SEEDS}: its first look is an interval over "
+                            f"seeds (found {study.repeats})")
+    declared = [(c.name, definition(c)) for c in study.claims]
+    with store.reading() as con:
+        recorded = sequential_designs(con, study.study)
+    fixed = {recorded[k][1] for k in declared if k in recorded}
+    last = max_seeds if max_seeds is not None else (min(fixed) if fixed else DEFAULT_MAX_SEEDS)
+    if fixed and fixed != {last}:
+        raise UsageError(f"--max-seeds {last}: the claims of {study.study} are judged with looks up to "
+                         f"{'/'.join(map(str, sorted(fixed)))} seeds, fixed by their first --until-settled run; "
+                         "changing it after looking would void the design (leave --max-seeds out)")
+    if last < study.repeats:
+        raise UsageError(f"--max-seeds {last} is below the study's repeats ({study.repeats})")
+    store.start_sequential(study.study, declared, study.repeats, last)
+    return study.repeats, last
+
+
+def run_until_settled(loaded: LoadedStudy, store: Store, run: Callable[[LoadedStudy], Any],
+                      budget: float | None, max_seeds: int | None,
+                      notice: Callable[[str], None] = lambda text: None) -> Rounds:
+    """Run the study, then rounds of added seeds until its claims settle (``run``: one ordinary run of a study
+    with the cells given, which evaluates the claims; it returns the scheduler's summary). ``budget``: seconds of
+    wall-clock time for the whole command (None: no limit)."""
+    began = time.monotonic()
+    _, last = start(loaded, store, max_seeds)
+    name = loaded.study.study
+    done = Rounds()
+    before: dict[str, int] | None = None
+    while True:
+        current = with_repeats(loaded, store.added_repeats(name))
+        summary = run(current)
+        if any(status == "failed" for status, _ in summary.cell_status.values()):
+            done.stopped = "cells failed (above): the claims wait for them"
+            break
+        have: dict[str, int] = {}
+        for cell in current.cells:
+            have[point_key(cell.params)] = have.get(point_key(cell.params), 0) + 1
+        with store.reading() as con:
+            cells = cells_of(con, name)
+            designs = sequential_designs(con, name)
+        rows = {r["claim"]: r for r in claim_rows(store.path, [name]) if r["max_seeds"] is not None}
+        looks = {c.name: (rows[c.name]["verdict"], designs[(c.name, definition(c))][0] + rows[c.name]["seeds_added"])
+                 for c in loaded.study.claims if c.name in rows and (c.name, definition(c)) in designs}
+        store.stop_sequential(name, [(c.name, definition(c), looks[c.name][1]) for c in loaded.study.claims
+                                     if c.name in looks and looks[c.name][0] in SETTLED])
+        targets = next_targets(loaded.study.claims, looks, last, cells, have)
+        if not targets:
+            open_ = [c for c, (verdict, _) in looks.items() if verdict == "unresolved"]
+            done.stopped = (f"{len(open_)} claim{'s' if len(open_) != 1 else ''} still unresolved at --max-seeds "
+                            f"{last}" if open_ else "no claim is unresolved")
+            break
+        if targets == before:
+            done.stopped = "the last round added no seed to the claims' looks"
+            break
+        price = _price(store, name, cells, targets, have)
+        spent = time.monotonic() - began
+        if budget is not None and price is not None and spent + price > budget:
+            done.stopped = (f"the time budget: {duration(spent)} spent of {duration(budget)}, and the next round "
+                            f"would take about {duration(price)}")
+            break
+        added = sum(n - have.get(k, 0) for k, n in targets.items())
+        notice(f"round {done.rounds + 1}: {added} seed cell{'s' if added != 1 else ''} at {len(targets)} sweep "
+               f"point{'s' if len(targets) != 1 else ''}" + (f" (about {duration(price)})" if price else ""))
+        store.add_repeats(name, targets)
+        done.rounds += 1
+        done.cells_added += added
+        before = targets
+    done.seconds = time.monotonic() - began
+    return done
+
+
+def _price(store: Store, study: str, cells: Sequence[tuple[str, dict[str, Any]]], targets: dict[str, int],
+           have: dict[str, int]) -> float | None:
+    """The measured seconds of a round: per point, its added seeds times the mean seconds of one of its seeds."""
+    total = 0.0
+    with store.reading() as con:
+        for key, n in targets.items():
+            ids = [c for c, p in cells if point_key(p) == key]
+            per_seed = seed_seconds(con, study, ids)
+            if per_seed is None:
+                return None
+            total += (n - have.get(key, 0)) * per_seed
+    return total
