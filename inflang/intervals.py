@@ -35,6 +35,7 @@ one seed (then the interval is about that trained model, not about training seed
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ def clopper_pearson(successes: int, trials: int, level: float = LEVEL) -> Interv
     return Interval(low, high)
 
 
+@functools.lru_cache(maxsize=4096)
 def t_quantile(level: float, df: float) -> float:
     """The two-sided Student's t quantile of a ``level`` interval on ``df`` degrees of freedom."""
     return float(scipy_stats().t.ppf(1 - (1 - level) / 2, df))
@@ -218,6 +220,12 @@ def p_value(statistic: Statistic, threshold: float) -> float:
     interval does not; NaN without an interval)."""
     if statistic.interval(LEVEL) is None:
         return math.nan
+    plain = isinstance(statistic, Share) and threshold < 1.0 or isinstance(statistic, TMean) and \
+        statistic.fisher is None and statistic.binomial is None and (
+            statistic.bounds is None or statistic.bounds[0] < threshold < statistic.bounds[1])
+    if plain and statistic.se > 0:  # a t interval: it excludes the threshold once t_{1-a/2} < |value - t| / se
+        gap = abs(statistic.value - threshold) / statistic.se
+        return min(max(2 * float(scipy_stats().t.sf(gap, statistic.df)), 1e-12), 1.0)
     low, high = 1e-12, 1.0 - 1e-12
     if _excludes(statistic, 1 - low, threshold):
         return low
