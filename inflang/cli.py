@@ -289,6 +289,7 @@ class _RichEvents(Events):
         self.models_total = 0
         self.models_done = 0  # planned models of the finished ground-truth tasks
         self.models_live = 0  # what the bar shows: those, and the models retrained so far in running tasks
+        self.hinted = False  # whether the hint to calibrate was printed
 
     def _price(self, pending: list[Any]) -> None:
         if self.pricing is None:
@@ -306,6 +307,9 @@ class _RichEvents(Events):
                                "measured on this machine; estimates, metrics and compiling come on top)",
                                highlight=False, soft_wrap=True)
             return
+        if self.hinted:  # said once per command (--until-settled starts a run per round)
+            return
+        self.hinted = True
         missing = [t for t in training if found[t.hash].seconds is None]
         counts = [f"{n} {what} task{'s' if n != 1 else ''}" for what, n in (
             ("training", sum(t.kind == "train" for t in missing)),

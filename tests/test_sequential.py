@@ -211,3 +211,20 @@ def test_claims_judged_sequentially_stay_so_in_a_plain_evaluation(tmp_path: Path
         found = evaluate(con, "fake", [claim])[0]
     assert found.max_seeds == 8 and found.seeds == 5 and found.level == pytest.approx(Design(3, 8).look_level())
     store.close()
+
+
+def test_the_sequential_benchmark_settles_a_two_sd_effect_in_few_seeds():
+    """A few studies of benchmarks/sequential.py (the full table: 2,000 per row, docs/language.md): an effect of 2
+    between-seed sd settles, supported, within 3-12 seeds, with no false verdict on the contrast."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sequential.py"
+    spec = importlib.util.spec_from_file_location("sequential_benchmark", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["sequential_benchmark"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    scenario = next(s for s in module.SCENARIOS if s.name == "effect 2 sd")
+    _, results = module.run((module.SCENARIOS.index(scenario), 0, 30, 0))
+    found = module.summary(results)
+    assert found["contrast false"] == 0 and found["contrast settled"] == 1.0
+    assert 3 <= found["contrast mean seeds"] <= 12
