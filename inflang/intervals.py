@@ -223,7 +223,8 @@ def p_value(statistic: Statistic, threshold: float) -> float:
     plain = isinstance(statistic, Share) and threshold < 1.0 or isinstance(statistic, TMean) and \
         statistic.fisher is None and statistic.binomial is None and (
             statistic.bounds is None or statistic.bounds[0] < threshold < statistic.bounds[1])
-    if plain and statistic.se > 0:  # a t interval: it excludes the threshold once t_{1-a/2} < |value - t| / se
+    if plain and isinstance(statistic, TMean | Share) and statistic.se > 0:
+        # a t interval: it excludes the threshold once t_{1-a/2} < |value - threshold| / se
         gap = abs(statistic.value - threshold) / statistic.se
         return min(max(2 * float(scipy_stats().t.sf(gap, statistic.df)), 1e-12), 1.0)
     low, high = 1e-12, 1.0 - 1e-12
