@@ -68,9 +68,13 @@ def load(path: str | Path) -> LoadedStudy:
     return loaded
 
 
-def plan(study: LoadedStudy | str | Path) -> Plan:
-    """The content-addressed tasks a study compiles into."""
-    return compile_study(study if isinstance(study, LoadedStudy) else load(study))
+def plan(study: LoadedStudy | str | Path, db: str | Path | None = None) -> Plan:
+    """The content-addressed tasks a study compiles into; with ``db``, with the seeds ``--until-settled`` added
+    there (as ``inflang plan`` and ``run`` compile it)."""
+    loaded = study if isinstance(study, LoadedStudy) else load(study)
+    if db is not None:
+        loaded = with_repeats(loaded, queries.study_added_repeats(db, loaded.study.study))
+    return compile_study(loaded)
 
 
 @dataclass
@@ -112,8 +116,7 @@ def run(study: LoadedStudy | str | Path, db: str | Path = "inflang.duckdb", *, s
     returns its Results (raises inflang.errors.UsageError for a ``select`` that matches nothing)."""
     from inflang.selector import select as select_cells
 
-    loaded = study if isinstance(study, LoadedStudy) else load(study)
-    compiled = plan(with_repeats(loaded, queries.study_added_repeats(db, loaded.study.study)))
+    compiled = plan(study, db)
     compiled = compiled.select(select_cells(select, [(c.cell.cell_id, c.cell.params) for c in compiled.cells]))
     name = compiled.study.study.study
     with Store(db) as store:

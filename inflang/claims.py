@@ -55,6 +55,7 @@ from inflang.sequential import Design
 from inflang.settle import settle
 from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim, lower_is_better
 from inflang.store import (
+    added_repeats,
     added_seconds,
     cells_of,
     diagnostic_rows,
@@ -695,6 +696,8 @@ def evaluate_rows(claims: Sequence[Claim], rows: Sequence[ByPoint], reliability:
                 for c, r, rel in zip(claims, rows, reliability, strict=True)]
     found = [decide(e, lv) for e, lv in zip(evidence, family_levels(evidence, adjust, designs=plans), strict=True)]
     found = [v if d is None else _sequential(v, d, n) for v, d, n in zip(found, plans, looks, strict=True)]
+    found = [v if d is None or n >= d.first else _before_first(v, d, n)
+             for v, d, n in zip(found, plans, looks, strict=True)]
     return [_beyond(settled(e, v)) for e, v in zip(evidence, found, strict=True)] if with_settle else found
 
 
@@ -715,13 +718,23 @@ def _sequential(verdict: Verdict, design: Design, look: int) -> Verdict:
                    seeds_added=max(look - design.first, 0), detail="; ".join(d for d in (verdict.detail, said) if d))
 
 
+def _before_first(verdict: Verdict, design: Design, look: int) -> Verdict:
+    """A sequential claim whose cells have fewer seeds than its design's first look (a failed cell, fewer repeats
+    declared since) has no look to read."""
+    return replace(verdict, verdict="not evaluable", ci_low=None, ci_high=None, p_value=math.nan,
+                   detail=f"its sequential design looks at {design.first}-{design.last} seeds, and its cells have "
+                   f"{look} without a gap (a failed cell, or fewer repeats declared since): no look to read")
+
+
 def look_seeds(claim: Claim, by_point: ByPoint, most: int) -> int:
     """A sequential claim's look: n, the fewest seeds any point it reads has without a gap (repeats 0 .. n-1),
     at most ``most``; the look reads those n seeds of every point (``first_seeds``), so it depends on n alone,
     however the seeds were added to the points its cells share with other claims."""
+    own = {claim.compare.better, claim.compare.than} if claim.compare is not None else {claim.estimator}
     n = most
     for key in sorted(claim_cells(claim, [(k, json.loads(k)) for k in by_point])):
-        for seeds in by_point[key].values():
+        kept = [seeds for e, seeds in by_point[key].items() if e in own] or list(by_point[key].values())
+        for seeds in kept:
             present = {r.repeat for r in seeds}
             n = min(n, next(i for i in range(len(present) + 1) if i not in present))
     return n
@@ -754,13 +767,16 @@ def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim]
             reliability.append(None)
     cells = cells_of(con, study)
     recorded = sequential_designs(con, study)
-    designs = [Design(*recorded[key]) if (key := (c.name, definition(c))) in recorded else None for c in claims]
+    # a claim declared or edited after seeds were added by looking is judged under the study's design too
+    implied = Design(min(f for f, _, _ in recorded.values()), max(la for _, la, _ in recorded.values())) \
+        if recorded and added_repeats(con, study) else None
+    designs = [Design(*recorded[key]) if (key := (c.name, definition(c))) in recorded else implied for c in claims]
     verdicts = evaluate_rows(claims, [rows(c.metric) for c in claims], reliability, adjust, [p for _, p in cells],
                              test_points, with_settle=True, designs=designs)
     verdicts = [_priced(v, seed_seconds(con, study, sorted(claim_cells(c, cells)))) for v, c in
                 zip(verdicts, claims, strict=True)]
     verdicts = [v if d is None else replace(v, seconds_added=added_seconds(
-        con, study, sorted(claim_cells(c, cells)), d.first, v.seeds)) for v, c, d in
+        con, study, sorted(claim_cells(c, cells)), d.first, d.first + (v.seeds_added or 0))) for v, c, d in
         zip(verdicts, claims, designs, strict=True)]
     found = diagnostic_rows(con, study)
     if not found:
@@ -823,7 +839,8 @@ def family_notes(rows: list[dict[str, Any]]) -> list[str]:
         m, adjust = len(own), own[0]["adjust"] or "none"
         if adjust == "none":
             chance = 1 - 0.95 ** m
-            notes.append(f"{study}: {m} claim{'s' if m != 1 else ''}, each interval at 95%" + (
+            each = "each at 95% over its looks" if any(r.get("sequential") for r in own) else "each interval at 95%"
+            notes.append(f"{study}: {m} claim{'s' if m != 1 else ''}, {each}" + (
                 f": were every claim's statistic exactly at its line, the chance of at least one verdict supported "
                 f"or contradicted would be up to {100 * chance:.0f}%; claims_adjust: holm keeps it at 5%"
                 if m > 1 else ""))

@@ -29,6 +29,7 @@ from inflang.pricing import duration
 from inflang.rounds import parse_duration
 from inflang.scheduler import Events
 from inflang.sequential import DEFAULT_MAX_SEEDS
+from inflang.sequential import MAX_SEEDS as SEQUENTIAL_MAX
 from inflang.spec.study import is_study_name
 from inflang.store import Store, run_query, write_parquet
 from inflang.sweep import label, seeds_by_points
@@ -537,8 +538,9 @@ def run(
                                        "sequentially, until each settles (docs/language.md, Run until settled)."),
     time_budget: str = typer.Option(None, "--time-budget", help="With --until-settled: stop adding rounds once "
                                     "the next would pass this wall-clock time (90s, 30m, 2h).", show_default=False),
-    max_seeds: int = typer.Option(None, "--max-seeds", min=1, help="With --until-settled: the last look's seeds "
-                                  f"(default {DEFAULT_MAX_SEEDS}; fixed for a claim by its first such run).",
+    max_seeds: int = typer.Option(None, "--max-seeds", min=1, max=SEQUENTIAL_MAX, help="With --until-settled: "
+                                  f"the last look's seeds (default {DEFAULT_MAX_SEEDS}; fixed for a claim by its "
+                                  "first such run).",
                                   show_default=False),
 ) -> None:
     """Run a study: train, estimate, retrain for ground truth, score; results go to the database.
@@ -572,6 +574,15 @@ def run(
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
     budget = _parse_bytes(memory_budget)
+    if until_settled:
+        from inflang.rounds import check
+
+        try:  # what the study file alone decides, before the database is opened
+            check(loaded, max_seeds)
+        except StudyError as exc:
+            raise _fail(str(exc)) from None
+        except UsageError as exc:
+            raise _fail(f"error: {exc}") from None
     try:
         store = Store(db)
     except UsageError as exc:
@@ -597,7 +608,8 @@ def run(
             from inflang.rounds import run_until_settled
 
             rounds = run_until_settled(loaded, store, lambda cells: execute_once(compile_study(cells)), seconds,
-                                       max_seeds, lambda text: err.print(text, highlight=False, markup=False))
+                                       max_seeds, lambda text: err.print(text, highlight=False, markup=False),
+                                       workers)
             compiled = compile_study(with_repeats(loaded, store.added_repeats(loaded.study.study)))
             summary = _rounds_summary(summaries)
         else:

@@ -220,9 +220,9 @@ def p_value(statistic: Statistic, threshold: float) -> float:
     interval does not; NaN without an interval)."""
     if statistic.interval(LEVEL) is None:
         return math.nan
-    plain = isinstance(statistic, Share) and threshold < 1.0 or isinstance(statistic, TMean) and \
-        statistic.fisher is None and statistic.binomial is None and (
-            statistic.bounds is None or statistic.bounds[0] < threshold < statistic.bounds[1])
+    plain = math.isfinite(threshold) and (isinstance(statistic, Share) and threshold < 1.0 or isinstance(
+        statistic, TMean) and statistic.fisher is None and statistic.binomial is None and (
+            statistic.bounds is None or statistic.bounds[0] < threshold < statistic.bounds[1]))
     if plain and isinstance(statistic, TMean | Share) and statistic.se > 0:
         # a t interval: it excludes the threshold once t_{1-a/2} < |value - threshold| / se
         gap = abs(statistic.value - threshold) / statistic.se

@@ -65,39 +65,60 @@ def next_targets(claims: Sequence[Claim], looks: dict[str, tuple[str, int]], las
     return targets
 
 
-def start(loaded: LoadedStudy, store: Store, max_seeds: int | None) -> tuple[int, int]:
-    """Check that the study can be run until settled and record its claims' sequential design (looks from its
-    declared repeats to ``max_seeds``; a claim's design, once recorded, stays); returns its first and last looks.
-    Raises StudyError (positioned) for the study, UsageError for the options, when it cannot."""
+def declared_seeds(loaded: LoadedStudy) -> int:
+    """The fewest seeds the study declares at a sweep point (``repeats``, or a swept ``repeats``)."""
+    per_point: dict[str, int] = {}
+    for cell in loaded.cells:
+        per_point[point_key(cell.params)] = per_point.get(point_key(cell.params), 0) + 1
+    return min(per_point.values(), default=0)
+
+
+def check(loaded: LoadedStudy, max_seeds: int | None) -> None:
+    """What the study file alone decides: it has claims, at least ``MIN_SEEDS`` seeds at every point, and no
+    more than ``max_seeds``. Raises StudyError (positioned) or UsageError."""
     study = loaded.study
     if not study.claims:
         raise StudyError.at(loaded.document.position(("claims",)), "claims",
                             "--until-settled adds seeds for claims, and the study declares none")
-    if study.repeats < MIN_SEEDS:
-        raise StudyError.at(loaded.document.position(("repeats",), True), "repeats",
-                            f"--until-settled needs repeats >= {MIN_SEEDS}: its first look is an interval over "
-                            f"seeds (found {study.repeats})")
+    first = declared_seeds(loaded)
+    if first < MIN_SEEDS:
+        path = ("repeats",) if "repeats" in loaded.document.data else ("sweep", "repeats")
+        raise StudyError.at(loaded.document.position(path, True), ".".join(path),
+                            f"--until-settled needs at least {MIN_SEEDS} seeds at every sweep point (found {first}): "
+                            "its first look is an interval over seeds")
+    if max_seeds is not None and max_seeds < first:
+        raise UsageError(f"--max-seeds {max_seeds} is below the seeds the study declares ({first})")
+
+
+def start(loaded: LoadedStudy, store: Store, max_seeds: int | None) -> tuple[int, int]:
+    """Check the study (``check``) and record its claims' sequential design: looks from its declared seeds to
+    ``max_seeds`` (default ``DEFAULT_MAX_SEEDS``, or the declared seeds when more); a claim's design, once
+    recorded, stays. Returns the first and last looks of the claims recorded now."""
+    check(loaded, max_seeds)
+    study, first = loaded.study, declared_seeds(loaded)
     declared = [(c.name, definition(c)) for c in study.claims]
     with store.reading() as con:
         recorded = sequential_designs(con, study.study)
     fixed = {recorded[k][1] for k in declared if k in recorded}
-    last = max_seeds if max_seeds is not None else (min(fixed) if fixed else DEFAULT_MAX_SEEDS)
+    last = max_seeds if max_seeds is not None else (min(fixed) if fixed else max(DEFAULT_MAX_SEEDS, first))
     if fixed and fixed != {last}:
         raise UsageError(f"--max-seeds {last}: the claims of {study.study} are judged with looks up to "
                          f"{'/'.join(map(str, sorted(fixed)))} seeds, fixed by their first --until-settled run; "
                          "changing it after looking would void the design (leave --max-seeds out)")
-    if last < study.repeats:
-        raise UsageError(f"--max-seeds {last} is below the study's repeats ({study.repeats})")
-    store.start_sequential(study.study, declared, study.repeats, last)
-    return study.repeats, last
+    if last < first:
+        raise UsageError(f"the claims' sequential design, recorded by the first --until-settled run of "
+                         f"{study.study}, ends at {last} seeds, and the study now declares {first}: seeds past a "
+                         "design's last look are not read")
+    store.start_sequential(study.study, declared, first, last)
+    return first, last
 
 
 def run_until_settled(loaded: LoadedStudy, store: Store, run: Callable[[LoadedStudy], Any],
                       budget: float | None, max_seeds: int | None,
-                      notice: Callable[[str], None] = lambda text: None) -> Rounds:
+                      notice: Callable[[str], None] = lambda text: None, workers: int = 1) -> Rounds:
     """Run the study, then rounds of added seeds until its claims settle (``run``: one ordinary run of a study
     with the cells given, which evaluates the claims; it returns the scheduler's summary). ``budget``: seconds of
-    wall-clock time for the whole command (None: no limit)."""
+    wall-clock time for the whole command (None: no limit); ``workers``: the processes a round's cells share."""
     began = time.monotonic()
     _, last = start(loaded, store, max_seeds)
     name = loaded.study.study
@@ -106,38 +127,49 @@ def run_until_settled(loaded: LoadedStudy, store: Store, run: Callable[[LoadedSt
     while True:
         current = with_repeats(loaded, store.added_repeats(name))
         summary = run(current)
-        if any(status == "failed" for status, _ in summary.cell_status.values()):
-            done.stopped = "cells failed (above): the claims wait for them"
-            break
         have: dict[str, int] = {}
+        failed: set[str] = set()
         for cell in current.cells:
             have[point_key(cell.params)] = have.get(point_key(cell.params), 0) + 1
+            if summary.cell_status.get(cell.cell_id, ("", None))[0] == "failed":
+                failed.add(point_key(cell.params))
         with store.reading() as con:
             cells = cells_of(con, name)
             designs = sequential_designs(con, name)
         rows = {r["claim"]: r for r in claim_rows(store.path, [name]) if r["max_seeds"] is not None}
-        looks = {c.name: (rows[c.name]["verdict"], designs[(c.name, definition(c))][0] + rows[c.name]["seeds_added"])
-                 for c in loaded.study.claims if c.name in rows and (c.name, definition(c)) in designs}
+        looks: dict[str, tuple[str, int]] = {}
+        for c in loaded.study.claims:
+            design = designs.get((c.name, definition(c)))
+            if c.name in rows and design is not None:
+                looks[c.name] = ("frozen" if design[2] is not None else rows[c.name]["verdict"],
+                                 design[0] + (rows[c.name]["seeds_added"] or 0))
         store.stop_sequential(name, [(c.name, definition(c), looks[c.name][1]) for c in loaded.study.claims
                                      if c.name in looks and looks[c.name][0] in SETTLED])
         targets = next_targets(loaded.study.claims, looks, last, cells, have)
         if not targets:
             open_ = [c for c, (verdict, _) in looks.items() if verdict == "unresolved"]
-            done.stopped = (f"{len(open_)} claim{'s' if len(open_) != 1 else ''} still unresolved at --max-seeds "
-                            f"{last}" if open_ else "no claim is unresolved")
+            done.stopped = (f"{len(open_)} claim{'s' if len(open_) != 1 else ''} still unresolved at its last look "
+                            f"({last} seeds)" if open_ else "no claim is unresolved")
+            break
+        stuck = sorted(failed & set(targets))
+        if stuck:
+            done.stopped = (f"cells failed (above) at {len(stuck)} sweep point{'s' if len(stuck) != 1 else ''} that "
+                            "unresolved claims read: their looks cannot advance")
             break
         if targets == before:
             done.stopped = "the last round added no seed to the claims' looks"
             break
         price = _price(store, name, cells, targets, have)
+        wall = None if price is None else price / max(1, min(workers, sum(n - have.get(k, 0)
+                                                                           for k, n in targets.items())))
         spent = time.monotonic() - began
-        if budget is not None and price is not None and spent + price > budget:
-            done.stopped = (f"the time budget: {duration(spent)} spent of {duration(budget)}, and the next round "
-                            f"would take about {duration(price)}")
+        if budget is not None and (spent >= budget or wall is not None and spent + wall > budget):
+            done.stopped = f"the time budget: {duration(spent)} spent of {duration(budget)}" + (
+                f", and the next round would take about {duration(wall)}" if wall is not None else "")
             break
         added = sum(n - have.get(k, 0) for k, n in targets.items())
         notice(f"round {done.rounds + 1}: {added} seed cell{'s' if added != 1 else ''} at {len(targets)} sweep "
-               f"point{'s' if len(targets) != 1 else ''}" + (f" (about {duration(price)})" if price else ""))
+               f"point{'s' if len(targets) != 1 else ''}" + (f" (about {duration(wall)})" if wall else ""))
         store.add_repeats(name, targets)
         done.rounds += 1
         done.cells_added += added

@@ -33,6 +33,7 @@ from inflang.intervals import LEVEL
 
 PATHS = 100_000  # simulated paths per design: a' to about +-0.0007 in the overall alpha (Monte-Carlo sd)
 DEFAULT_MAX_SEEDS = 20
+MAX_SEEDS = 1000  # the most seeds a design may look at (as ``repeats``)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,10 @@ class Design:
         if not math.isfinite(p) or self.first >= self.last:
             return p
         ordered = _smallest_p(self.first, self.last)
-        return float(np.searchsorted(ordered, p, side="right") / ordered.size)
+        found = float(np.searchsorted(ordered, p, side="right") / ordered.size)
+        if found == 0.0:  # below the simulation's resolution: Bonferroni's bound over the looks
+            found = min(1.0, (self.last - self.first + 1) * p)
+        return max(p, found)
 
     def describe(self, seeds: int, look: float) -> str:
         stopped = "stopped at its look" if self.settled is not None and seeds == self.settled else "a look"
@@ -79,8 +83,9 @@ def _smallest_p(first: int, last: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     smallest = np.ones(PATHS)
     n = np.arange(1, last + 1, dtype=np.float64)
-    for start in range(0, PATHS, 20_000):  # in blocks: 20,000 x last doubles at a time
-        z = rng.standard_normal((min(20_000, PATHS - start), last))
+    block = max(1_000, 400_000 // last)  # paths at a time: a few block x last arrays of doubles in memory
+    for start in range(0, PATHS, block):
+        z = rng.standard_normal((min(block, PATHS - start), last))
         total, squares = np.cumsum(z, axis=1), np.cumsum(z * z, axis=1)
         mean = total / n
         sd = np.sqrt(np.maximum(squares - n * mean ** 2, 0.0) / np.maximum(n - 1, 1))

@@ -102,6 +102,7 @@ def test_next_round_raises_only_the_points_of_unresolved_claims():
     have = {point_key(p): 3 for p in (a, b, c)}
     looks = {"open": ("unresolved", 3), "done": ("supported", 3), "full": ("unresolved", 6)}
     assert next_targets(claims, looks, 6, cells, have) == {point_key(a): 4, point_key(b): 4}
+    assert next_targets(claims, {**looks, "open": ("frozen", 3)}, 6, cells, have) == {}  # stopped: no seeds
     assert next_targets(claims, {**looks, "open": ("negligible", 3)}, 6, cells, have) == {}
     assert parse_duration("30m") == 1800 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
     with pytest.raises(ValueError):
@@ -160,7 +161,8 @@ def test_run_until_settled_adds_seeds_where_claims_need_them(tmp_path: Path, wri
     assert other.exit_code == 2 and "fixed by their first --until-settled run" in other.output
     short = write("one.yaml", STUDY.replace("repeats: 3", "repeats: 1").replace("study: settle", "study: one"))
     refused = cli.invoke(app, ["run", str(short), "--db", str(db), "--until-settled"])
-    assert refused.exit_code == 2 and "one.yaml:8" in refused.output and "repeats >= 3" in refused.output
+    assert refused.exit_code == 2 and "one.yaml:8" in refused.output and "at least 3 seeds" in refused.output
+    assert "results go to" not in refused.output  # refused before the database is opened
     alone = cli.invoke(app, ["run", str(study), "--db", str(db), "--max-seeds", "5"])
     assert alone.exit_code == 2 and "goes with --until-settled" in alone.output
 
@@ -200,17 +202,37 @@ def test_a_killed_run_until_settled_resumes_to_the_same_verdicts(tmp_path: Path,
 
 
 def test_claims_judged_sequentially_stay_so_in_a_plain_evaluation(tmp_path: Path):
-    """Once recorded as sequential, `evaluate` (every run) reads the design from the database."""
+    """Once recorded as sequential, `evaluate` (every run) reads the design from the database; a claim declared
+    after seeds were added is judged under the study's design too; a look below the design's first is none."""
+    from inflang.claims import definition
+
     d = "model.depth"
     store = fake_study(tmp_path / "s.duckdb", {(((d, 1),), "exact"): [0.5], (((d, 2),), "exact"): [0.6]}, seeds=5)
     claim = Claim(name="c", metric="spearman", estimator="exact", contrast={"axis": d, "better": 2, "than": 1})
-    from inflang.claims import definition
-
+    later = Claim(name="later", metric="spearman", estimator="exact", at_least=0.2)
     store.start_sequential("fake", [("c", definition(claim))], 3, 8)
     with store.reading() as con:
-        found = evaluate(con, "fake", [claim])[0]
+        found, fixed = evaluate(con, "fake", [claim, later])
     assert found.max_seeds == 8 and found.seeds == 5 and found.level == pytest.approx(Design(3, 8).look_level())
+    assert fixed.max_seeds is None and fixed.level == 0.95  # no seeds were added: a fixed design is valid
+    store.add_repeats("fake", {json.dumps({d: 1}): 5})
+    with store.reading() as con:
+        _, later_found = evaluate(con, "fake", [claim, later])
+    assert later_found.max_seeds == 8 and later_found.level == pytest.approx(Design(3, 8).look_level())
+    with store.reading() as con:
+        rows = rows_for(con, "fake", "spearman")
+    short = evaluate_rows([claim], [rows], [None], designs=[Design(6, 8)])[0]
+    assert short.verdict == "not evaluable" and "looks at 6-8 seeds" in short.detail and short.ci_low is None
     store.close()
+
+
+def test_the_overall_p_value_is_never_below_the_look_s_own():
+    design = Design(3, 20)
+    for p in (1e-9, 1e-7, 1e-4, 0.01, 0.3):
+        assert p <= design.overall_p(p) <= 1.0
+    assert design.overall_p(1e-9) == pytest.approx(18e-9)  # below the simulation's resolution: Bonferroni
+    with pytest.raises(ValueError):
+        Claim(name="c", metric="spearman", estimator="e", at_least=float("nan"))
 
 
 def test_the_sequential_benchmark_settles_a_two_sd_effect_in_few_seeds():

@@ -73,17 +73,17 @@ class Claim(Spec):
     trend: TrendSpec | None = None
     contrast: ContrastSpec | None = None
     compare: CompareSpec | None = None
-    at_least: float | None = Field(None, description="the metric's mean is at least this")
-    at_most: float | None = Field(None, description="the metric's mean is at most this")
+    at_least: float | None = Field(None, allow_inf_nan=False, description="the metric's mean is at least this")
+    at_most: float | None = Field(None, allow_inf_nan=False, description="the metric's mean is at most this")
     between_test_points: BetweenTestPointsSpec | None = None
     better: Literal["higher", "lower"] | None = Field(
         None, description="for contrast and compare: whether the better side has the higher or the lower metric "
         "(default: lower for flip_k, flip_k_capped, median_flip_k, losses, resolution, below_resolution and "
         "*_mean_abs_gap; higher otherwise)")
     smallest_effect: float | None = Field(
-        None, gt=0, description="for trend, contrast and compare: the smallest effect that matters, in the "
-        "statistic's units (metric units, per step for a trend); an interval inside +-smallest_effect gives the "
-        "verdict negligible")
+        None, gt=0, allow_inf_nan=False, description="for trend, contrast and compare: the smallest effect that "
+        "matters, in the statistic's units (metric units, per step for a trend); an interval inside "
+        "+-smallest_effect gives the verdict negligible")
 
     @property
     def form(self) -> str:
