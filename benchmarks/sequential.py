@@ -12,7 +12,7 @@ x = 0, truth ``effect``) and ``at_least`` (A at x = 0 against its own true mean:
 A false verdict: supported or contradicted where the truth is on the other side or at the line, negligible
 where |truth| >= smallest_effect.
 
-    python benchmarks/sequential.py [--studies 2000] [--workers 2] [--json FILE]
+    python benchmarks/sequential.py [--studies 2000] [--workers 2] [--json FILE] [--only "0/1;null"]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Scenario:
     link: str = "identity"  # identity, or tanh around a correlation of 0.9 (effects on the latent scale x 0.1)
     smallest: float | None = None  # smallest_effect of the contrast and compare
     adjust: str = "none"
+    flip: float | None = None  # a 0/1 metric, 1 with this probability at every test point (no seed effects)
 
 
 SCENARIOS = (
@@ -55,6 +56,8 @@ SCENARIOS = (
     Scenario("null, t(3) seed effects", dist="t3"),
     Scenario("null, a correlation near 0.9 (tanh)", link="tanh"),
     Scenario("null, the three claims Holm-adjusted", adjust="holm"),
+    Scenario("null, a 0/1 metric at p = 0.5 (Clopper-Pearson on at_least)", flip=0.5),
+    Scenario("null, a 0/1 metric at p = 0.9", flip=0.9),
     Scenario("truth at smallest_effect 0.5 (negligible is false)", effect=0.5, smallest=0.5),
     Scenario("effect 0, smallest_effect 1", smallest=1.0),
     Scenario("effect 1 sd", effect=1.0),
@@ -64,7 +67,7 @@ SCENARIOS = (
 
 
 def claims(scenario: Scenario, truth_a0: float) -> list[Claim]:
-    metric = "spearman" if scenario.link == "tanh" else "score"
+    metric = "spearman" if scenario.link == "tanh" else "flipped" if scenario.flip is not None else "score"
     small = {} if scenario.smallest is None else {"smallest_effect": scenario.smallest * _scale(scenario)}
     return [Claim(name="contrast", metric=metric, estimator="A", contrast={"axis": "x", "better": 1, "than": 0},
                   **small),
@@ -84,6 +87,9 @@ def _seed_effects(rng: np.random.Generator, dist: str, shape: tuple[int, ...]) -
 
 def simulate(rng: np.random.Generator, scenario: Scenario) -> tuple[ByPoint, dict[str, float]]:
     """20 seeds of rows, and the truth of each claim's statistic."""
+    if scenario.flip is not None:
+        values = (rng.random((2, 2, LAST, TESTS)) < scenario.flip).astype(float)
+        return _rows(values), {"contrast": 0.0, "compare": 0.0, "at_least": scenario.flip}
     scale = _scale(scenario)
     m0 = math.atanh(0.9) if scenario.link == "tanh" else 0.0
     mu = m0 + scale * scenario.effect * np.array([[0.0, -1.0], [1.0, 0.0]])  # [x, e]: A - B and x1 - x0 = effect
@@ -96,11 +102,14 @@ def simulate(rng: np.random.Generator, scenario: Scenario) -> tuple[ByPoint, dic
         truth = (np.tanh(mu[..., None] + sd * nodes) * (weights / weights.sum())).sum(-1)
     else:
         truth = mu
-    rows: ByPoint = {json.dumps({"x": x}): {name: [SeedRows(s, list(range(TESTS)), values[x, e, s], None)
-                                                  for s in range(LAST)] for e, name in enumerate("AB")}
-                     for x in range(2)}
-    return rows, {"contrast": float(truth[1, 0] - truth[0, 0]), "compare": float(truth[0, 0] - truth[0, 1]),
+    return _rows(values), {"contrast": float(truth[1, 0] - truth[0, 0]), "compare": float(truth[0, 0] - truth[0, 1]),
                   "at_least": float(truth[0, 0])}
+
+
+def _rows(values: np.ndarray) -> ByPoint:
+    """[x, estimator, seed, test point] values as each seed's per-test-point rows."""
+    return {json.dumps({"x": x}): {name: [SeedRows(s, list(range(TESTS)), values[x, e, s], None)
+                                          for s in range(LAST)] for e, name in enumerate("AB")} for x in range(2)}
 
 
 def false(verdict: str, claim: Claim, truth: float) -> bool:
@@ -169,12 +178,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", help="scenarios whose names contain one of these ';'-separated words")
     args = parser.parse_args()
+    chosen = [i for i, s in enumerate(SCENARIOS) if args.only is None or any(w in s.name for w in args.only.split(";"))]
     began = time.perf_counter()
     size = 100  # studies per job
-    jobs = [(i, c, min(size, args.studies - c * size), args.seed) for i in range(len(SCENARIOS))
+    jobs = [(i, c, min(size, args.studies - c * size), args.seed) for i in chosen
             for c in range(math.ceil(args.studies / size))]
-    found: dict[int, list[list[tuple[str, int, bool]]]] = {i: [] for i in range(len(SCENARIOS))}
+    found: dict[int, list[list[tuple[str, int, bool]]]] = {i: [] for i in chosen}
     with ProcessPoolExecutor(args.workers) as pool:
         for index, results in pool.map(run, jobs):
             found[index].extend(results)
@@ -186,8 +197,8 @@ def main() -> None:
           "mean seeds used (contrast / compare) |")
     print("| --- | --- | --- | --- |")
     table = {}
-    for i, scenario in enumerate(SCENARIOS):
-        s = summary(found[i])
+    for i in chosen:
+        scenario, s = SCENARIOS[i], summary(found[i])
         table[scenario.name] = s
         print(f"| {scenario.name} | {100 * s['contrast false']:.1f}% / {100 * s['compare false']:.1f}% / "
               f"{100 * s['at_least false']:.1f}% / {100 * s['family false']:.1f}% | "
