@@ -65,6 +65,17 @@ def next_targets(claims: Sequence[Claim], looks: dict[str, tuple[str, int]], las
     return targets
 
 
+def finished(looks: dict[str, tuple[str, int]], last: int) -> str:
+    """Why no round follows, in words, when no point needs a seed (``looks`` as for ``next_targets``)."""
+    blocked = [c for c, (verdict, look) in looks.items() if verdict == "unresolved" and look < last]
+    at_last = [c for c, (verdict, look) in looks.items() if verdict == "unresolved" and look >= last]
+    said = [f"{len(blocked)} unresolved claim{'s' if len(blocked) != 1 else ''} cannot add a look: a cell failed "
+            "(above) at the next seed of a point it reads"] if blocked else []
+    said += [f"{len(at_last)} claim{'s' if len(at_last) != 1 else ''} still unresolved at the last look ({last} "
+             "seeds)"] if at_last else []
+    return "; ".join(said) or "no claim is unresolved"
+
+
 def declared_seeds(loaded: LoadedStudy) -> int:
     """The fewest seeds the study declares at a sweep point (``repeats``, or a swept ``repeats``)."""
     per_point: dict[str, int] = {}
@@ -147,9 +158,7 @@ def run_until_settled(loaded: LoadedStudy, store: Store, run: Callable[[LoadedSt
                                      if c.name in looks and looks[c.name][0] in SETTLED])
         targets = next_targets(loaded.study.claims, looks, last, cells, have)
         if not targets:
-            open_ = [c for c, (verdict, _) in looks.items() if verdict == "unresolved"]
-            done.stopped = (f"{len(open_)} claim{'s' if len(open_) != 1 else ''} still unresolved at its last look "
-                            f"({last} seeds)" if open_ else "no claim is unresolved")
+            done.stopped = finished(looks, last)
             break
         stuck = sorted(failed & set(targets))
         if stuck:

@@ -19,7 +19,7 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from inflang.claims import evaluate, evaluate_rows, rows_for
-from inflang.rounds import next_targets, parse_duration
+from inflang.rounds import finished, next_targets, parse_duration
 from inflang.sequential import Design
 from inflang.spec.claims import Claim
 from inflang.store import Store, claim_rows
@@ -104,6 +104,9 @@ def test_next_round_raises_only_the_points_of_unresolved_claims():
     assert next_targets(claims, looks, 6, cells, have) == {point_key(a): 4, point_key(b): 4}
     assert next_targets(claims, {**looks, "open": ("frozen", 3)}, 6, cells, have) == {}  # stopped: no seeds
     assert next_targets(claims, {**looks, "open": ("negligible", 3)}, 6, cells, have) == {}
+    assert finished({"a": ("unresolved", 8), "b": ("frozen", 5)}, 20).startswith("1 unresolved claim cannot add")
+    assert finished({"a": ("unresolved", 20)}, 20) == "1 claim still unresolved at the last look (20 seeds)"
+    assert finished({"a": ("negligible", 6)}, 20) == "no claim is unresolved"
     assert parse_duration("30m") == 1800 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
     with pytest.raises(ValueError):
         parse_duration("soon")
