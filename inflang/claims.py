@@ -702,12 +702,18 @@ def evaluate_rows(claims: Sequence[Claim], rows: Sequence[ByPoint], reliability:
 
 
 def _beyond(verdict: Verdict) -> Verdict:
-    """A sequential verdict whose seeds needed lie past its design's last look says so."""
-    needed = verdict.seeds_needed
-    if verdict.max_seeds is None or needed is None or needed <= verdict.max_seeds:
+    """A sequential verdict some of whose seed counts lie past its design's last look says which."""
+    if verdict.max_seeds is None:
         return verdict
-    return replace(verdict, settle=f"{verdict.settle} (at each look's level; past this claim's last look, "
-                   f"{verdict.max_seeds} seeds, which its sequential design fixed)")
+    counts = (("to resolve it", verdict.seeds_needed), ("to call it negligible", verdict.seeds_to_negligible),
+              ("to resolve an effect of smallest_effect", verdict.seeds_for_smallest_effect))
+    past = [what for what, n in counts if n is not None and n > verdict.max_seeds]
+    if not past:
+        return verdict
+    return replace(verdict, settle=f"{verdict.settle} (counted at each look's level; the seeds "
+                   f"{' and '.join(past)} lie past this claim's last look, {verdict.max_seeds} seeds, which its "
+                   "sequential design fixed: a fresh study with a larger --max-seeds, chosen before its first look, "
+                   "would be needed)")
 
 
 def _sequential(verdict: Verdict, design: Design, look: int) -> Verdict:

@@ -48,18 +48,20 @@ class Rounds:
 
 
 def next_targets(claims: Sequence[Claim], looks: dict[str, tuple[str, int]], last: int,
-                 cells: Sequence[tuple[str, dict[str, Any]]], have: dict[str, int]) -> dict[str, int]:
+                 cells: Sequence[tuple[str, dict[str, Any]]], have: dict[str, int],
+                 failed: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
     """Sweep point -> seeds in all for the next round: every point of every sequential claim still unresolved
     at a look below ``last`` seeds goes to one seed more than that look (``looks``: claim -> (verdict, seeds of
-    its look); points that already have them are left out). ``have``: the seeds each point has now."""
+    its look); points that already have them are left out). ``have``: the seeds each point has now; a claim
+    reading a point in ``failed`` (a cell failed there) gets none: its looks cannot pass the failed seed."""
     params = dict(cells)
     targets: dict[str, int] = {}
     for claim in claims:
         verdict, look = looks.get(claim.name, ("", last))
-        if verdict != "unresolved" or look >= last:
+        points = {point_key(params[cell]) for cell in claim_cells(claim, cells)}
+        if verdict != "unresolved" or look >= last or points & failed:
             continue
-        for cell in claim_cells(claim, cells):
-            key = point_key(params[cell])
+        for key in points:
             if have.get(key, 0) < look + 1:
                 targets[key] = max(targets.get(key, 0), look + 1)
     return targets
@@ -156,14 +158,9 @@ def run_until_settled(loaded: LoadedStudy, store: Store, run: Callable[[LoadedSt
                                  design[0] + (rows[c.name]["seeds_added"] or 0))
         store.stop_sequential(name, [(c.name, definition(c), looks[c.name][1]) for c in loaded.study.claims
                                      if c.name in looks and looks[c.name][0] in SETTLED])
-        targets = next_targets(loaded.study.claims, looks, last, cells, have)
+        targets = next_targets(loaded.study.claims, looks, last, cells, have, failed)
         if not targets:
             done.stopped = finished(looks, last)
-            break
-        stuck = sorted(failed & set(targets))
-        if stuck:
-            done.stopped = (f"cells failed (above) at {len(stuck)} sweep point{'s' if len(stuck) != 1 else ''} that "
-                            "unresolved claims read: their looks cannot advance")
             break
         if targets == before:
             done.stopped = "the last round added no seed to the claims' looks"

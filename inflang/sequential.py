@@ -15,7 +15,8 @@ least 1 - alpha every look's interval covers the truth at once, so no verdict re
 contradicted, negligible) is false more often than alpha, however the looks stop. Skipped looks (a budget that
 ends early, rounds that add several seeds) only lower that chance. Intervals other than t (Fisher's z joined for
 correlation levels, Clopper-Pearson for 0/1 metrics, the between-test-point share) take the same per-look level:
-there the guarantee is approximate, checked by ``benchmarks/sequential.py``.
+there the guarantee is approximate (``benchmarks/sequential.py`` simulates Fisher's union and Clopper-Pearson;
+the share is not simulated under repeated looks).
 
 Across a family (``claims_adjust``) a sequential claim enters Holm's or Bonferroni's procedure with its overall
 p-value P(min_n p_n <= p) at the look's p, and leaves it with the per-look level of its adjusted alpha.

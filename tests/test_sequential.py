@@ -103,6 +103,7 @@ def test_next_round_raises_only_the_points_of_unresolved_claims():
     looks = {"open": ("unresolved", 3), "done": ("supported", 3), "full": ("unresolved", 6)}
     assert next_targets(claims, looks, 6, cells, have) == {point_key(a): 4, point_key(b): 4}
     assert next_targets(claims, {**looks, "open": ("frozen", 3)}, 6, cells, have) == {}  # stopped: no seeds
+    assert next_targets(claims, looks, 6, cells, have, {point_key(b)}) == {}  # a failed cell where it reads
     assert next_targets(claims, {**looks, "open": ("negligible", 3)}, 6, cells, have) == {}
     assert finished({"a": ("unresolved", 8), "b": ("frozen", 5)}, 20).startswith("1 unresolved claim cannot add")
     assert finished({"a": ("unresolved", 20)}, 20) == "1 claim still unresolved at the last look (20 seeds)"
