@@ -46,20 +46,8 @@ def test_every_look_covers_at_once_with_the_per_look_level():
 
 
 def test_added_seeds_are_the_cells_a_study_with_more_repeats_declares(write):
-    text = """\
-study: more
-dataset: {name: iris, test_size: 30}
-model: {arch: logreg}
-training: {optimizer: lbfgs, lr: 1.0, epochs: 50, weight_decay: 0.01}
-estimators: [{name: exact}]
-test_points: {count: 4}
-ground_truth: {protocol: loo, solver: newton, removals: {select: random, k: 10}}
-repeats: REPEATS
-sweep:
-  training.weight_decay: [0.01, 0.03]
-"""
-    three = load_study(write("a.yaml", text.replace("REPEATS", "3")))
-    five = load_study(write("b.yaml", text.replace("REPEATS", "5")))
+    three = load_study(write("a.yaml", STUDY))  # the study of the end-to-end tests below
+    five = load_study(write("b.yaml", STUDY.replace("repeats: 3", "repeats: 5")))
     point = point_key({"training.weight_decay": 0.03})
     grown = with_repeats(three, {point: 5, point_key({"training.weight_decay": 0.01}): 2})
     want = [(c.cell_id, c.repeat, c.seed) for c in five.cells if point_key(c.params) == point]
