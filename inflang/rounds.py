@@ -4,15 +4,15 @@ that unsettled claims read, and judge those claims sequentially (``inflang.seque
 A round raises every point of every unresolved claim to one seed more than the claim's look has, records the new
 totals (``seed_additions``) before anything runs, then runs the study as an ordinary run: the added seeds are
 ordinary cells (content-hashed; a kill -9 resumes from the recorded totals; a later plain run keeps them). It
-stops when no claim is unresolved below ``--max-seeds``, when the next round's measured price would pass the
-time budget, or when a round could not add what its claims need (failed cells).
+stops when no claim is unresolved below ``--max-seeds`` (a claim with a failed cell at its next seed gets no
+more seeds, and the stop says which), or when the next round's measured price would pass the time budget.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,33 +49,46 @@ class Rounds:
 
 def next_targets(claims: Sequence[Claim], looks: dict[str, tuple[str, int]], last: int,
                  cells: Sequence[tuple[str, dict[str, Any]]], have: dict[str, int],
-                 failed: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+                 failed: Mapping[str, int] | None = None) -> tuple[dict[str, int], list[str]]:
     """Sweep point -> seeds in all for the next round: every point of every sequential claim still unresolved
     at a look below ``last`` seeds goes to one seed more than that look (``looks``: claim -> (verdict, seeds of
-    its look); points that already have them are left out). ``have``: the seeds each point has now; a claim
-    reading a point in ``failed`` (a cell failed there) gets none: its looks cannot pass the failed seed."""
+    its look); points that already have them are left out). ``have``: the seeds each point has now;
+    ``failed``: point -> the lowest repeat whose cell failed there. A claim reading a point whose failed repeat
+    is within its next look gets no seeds (its looks cannot pass the failed seed): those claims are returned
+    beside the targets."""
     params = dict(cells)
     targets: dict[str, int] = {}
+    blocked: list[str] = []
     for claim in claims:
         verdict, look = looks.get(claim.name, ("", last))
+        if verdict != "unresolved" or look >= last:
+            continue
         points = {point_key(params[cell]) for cell in claim_cells(claim, cells)}
-        if verdict != "unresolved" or look >= last or points & failed:
+        if any((failed or {}).get(key, last) <= look for key in points):  # repeat ``look`` is its next seed
+            blocked.append(claim.name)
             continue
         for key in points:
             if have.get(key, 0) < look + 1:
                 targets[key] = max(targets.get(key, 0), look + 1)
-    return targets
+    return targets, blocked
 
 
-def finished(looks: dict[str, tuple[str, int]], last: int) -> str:
-    """Why no round follows, in words, when no point needs a seed (``looks`` as for ``next_targets``)."""
-    blocked = [c for c, (verdict, look) in looks.items() if verdict == "unresolved" and look < last]
+def finished(looks: dict[str, tuple[str, int]], last: int, blocked: Sequence[str] = ()) -> str:
+    """Why no round follows, in words, when no point needs a seed (``looks`` and ``blocked`` as for
+    ``next_targets``)."""
     at_last = [c for c, (verdict, look) in looks.items() if verdict == "unresolved" and look >= last]
-    said = [f"{len(blocked)} unresolved claim{'s' if len(blocked) != 1 else ''} cannot add a look: a cell failed "
-            "(above) at the next seed of a point it reads"] if blocked else []
-    said += [f"{len(at_last)} claim{'s' if len(at_last) != 1 else ''} still unresolved at the last look ({last} "
-             "seeds)"] if at_last else []
-    return "; ".join(said) or "no claim is unresolved"
+    said = [f"{len(at_last)} claim{'s' if len(at_last) != 1 else ''} still unresolved at the last look ({last} "
+            "seeds)"] if at_last else []
+    return "; ".join(said) or ("no claim can add a look" if blocked else "no claim is unresolved")
+
+
+def blocked_note(blocked: Sequence[str]) -> str:
+    """What a stop message adds for the claims a failed cell keeps from their next look."""
+    if not blocked:
+        return ""
+    return (f"; {len(blocked)} unresolved claim{'s' if len(blocked) != 1 else ''} got no seeds, a cell having "
+            f"failed (above) at the next seed of a point {'they read' if len(blocked) != 1 else 'it reads'}: "
+            + ", ".join(f"'{c}'" for c in blocked))
 
 
 def declared_seeds(loaded: LoadedStudy) -> int:
@@ -141,11 +154,12 @@ def run_until_settled(loaded: LoadedStudy, store: Store, run: Callable[[LoadedSt
         current = with_repeats(loaded, store.added_repeats(name))
         summary = run(current)
         have: dict[str, int] = {}
-        failed: set[str] = set()
+        failed: dict[str, int] = {}
         for cell in current.cells:
-            have[point_key(cell.params)] = have.get(point_key(cell.params), 0) + 1
+            key = point_key(cell.params)
+            have[key] = have.get(key, 0) + 1
             if summary.cell_status.get(cell.cell_id, ("", None))[0] == "failed":
-                failed.add(point_key(cell.params))
+                failed[key] = min(failed.get(key, cell.repeat), cell.repeat)
         with store.reading() as con:
             cells = cells_of(con, name)
             designs = sequential_designs(con, name)
@@ -158,12 +172,12 @@ def run_until_settled(loaded: LoadedStudy, store: Store, run: Callable[[LoadedSt
                                  design[0] + (rows[c.name]["seeds_added"] or 0))
         store.stop_sequential(name, [(c.name, definition(c), looks[c.name][1]) for c in loaded.study.claims
                                      if c.name in looks and looks[c.name][0] in SETTLED])
-        targets = next_targets(loaded.study.claims, looks, last, cells, have, failed)
+        targets, blocked = next_targets(loaded.study.claims, looks, last, cells, have, failed)
         if not targets:
-            done.stopped = finished(looks, last)
+            done.stopped = finished(looks, last, blocked) + blocked_note(blocked)
             break
         if targets == before:
-            done.stopped = "the last round added no seed to the claims' looks"
+            done.stopped = "the last round added no seed to the claims' looks" + blocked_note(blocked)
             break
         price = _price(store, name, cells, targets, have)
         wall = None if price is None else price / max(1, min(workers, sum(n - have.get(k, 0)
@@ -171,7 +185,8 @@ def run_until_settled(loaded: LoadedStudy, store: Store, run: Callable[[LoadedSt
         spent = time.monotonic() - began
         if budget is not None and (spent >= budget or wall is not None and spent + wall > budget):
             done.stopped = f"the time budget: {duration(spent)} spent of {duration(budget)}" + (
-                f", and the next round would take about {duration(wall)}" if wall is not None else "")
+                f", and the next round would take about {duration(wall)}" if wall is not None else "") + \
+                blocked_note(blocked)
             break
         added = sum(n - have.get(k, 0) for k, n in targets.items())
         notice(f"round {done.rounds + 1}: {added} seed cell{'s' if added != 1 else ''} at {len(targets)} sweep "

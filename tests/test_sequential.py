@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from inflang.claims import evaluate, evaluate_rows, rows_for
-from inflang.rounds import finished, next_targets, parse_duration
+from inflang.rounds import blocked_note, finished, next_targets, parse_duration
 from inflang.sequential import Design
 from inflang.spec.claims import Claim
 from inflang.store import Store, claim_rows
@@ -89,13 +90,18 @@ def test_next_round_raises_only_the_points_of_unresolved_claims():
               Claim(name="full", metric="spearman", estimator="e", at_least=0.9, where={"x": 2})]
     have = {point_key(p): 3 for p in (a, b, c)}
     looks = {"open": ("unresolved", 3), "done": ("supported", 3), "full": ("unresolved", 6)}
-    assert next_targets(claims, looks, 6, cells, have) == {point_key(a): 4, point_key(b): 4}
-    assert next_targets(claims, {**looks, "open": ("frozen", 3)}, 6, cells, have) == {}  # stopped: no seeds
-    assert next_targets(claims, looks, 6, cells, have, {point_key(b)}) == {}  # a failed cell where it reads
-    assert next_targets(claims, {**looks, "open": ("negligible", 3)}, 6, cells, have) == {}
-    assert finished({"a": ("unresolved", 8), "b": ("frozen", 5)}, 20).startswith("1 unresolved claim cannot add")
+    assert next_targets(claims, looks, 6, cells, have) == ({point_key(a): 4, point_key(b): 4}, [])
+    assert next_targets(claims, {**looks, "open": ("frozen", 3)}, 6, cells, have) == ({}, [])  # stopped
+    assert next_targets(claims, {**looks, "open": ("negligible", 3)}, 6, cells, have) == ({}, [])
+    # a failed cell at the next seed (repeat 3) of a point it reads: no seeds for it, the others go on
+    both = [*claims, Claim(name="other", metric="spearman", estimator="e", at_least=0.5, where={"x": 2})]
+    assert next_targets(both, {**looks, "other": ("unresolved", 3)}, 6, cells, have, {point_key(b): 3}) == \
+        ({point_key(c): 4}, ["open"])
+    assert next_targets(claims, looks, 6, cells, have, {point_key(b): 5})[1] == []  # failed later: no matter
     assert finished({"a": ("unresolved", 20)}, 20) == "1 claim still unresolved at the last look (20 seeds)"
     assert finished({"a": ("negligible", 6)}, 20) == "no claim is unresolved"
+    assert blocked_note(["open"]) == "; 1 unresolved claim got no seeds, a cell having failed (above) at the " \
+        "next seed of a point it reads: 'open'"
     assert parse_duration("30m") == 1800 and parse_duration("1.5h") == 5400 and parse_duration("90") == 90
     with pytest.raises(ValueError):
         parse_duration("soon")
@@ -242,3 +248,18 @@ def test_the_sequential_benchmark_settles_a_two_sd_effect_in_few_seeds():
     found = module.summary(results)
     assert found["contrast false"] == 0 and found["contrast settled"] == 1.0
     assert 3 <= found["contrast mean seeds"] <= 12
+
+
+def test_the_settle_text_names_the_counts_past_the_last_look():
+    from inflang.claims import Verdict, _beyond
+
+    base = Verdict(claim="c", form="contrast", statistic="s", estimate=0.04, ci_low=-0.1, ci_high=0.2, seeds=8,
+                   test_points=80, verdict="unresolved", max_seeds=20, settle="text")
+    near = _beyond(replace(base, seeds_needed=12, seeds_for_smallest_effect=57), 0.05)
+    assert near.settle.endswith("the seeds to resolve an effect of 0.05 lie past this claim's last look, 20 seeds, "
+                                "which its sequential design fixed)")
+    far = _beyond(replace(base, seeds_needed=58, seeds_to_negligible=None, seeds_for_smallest_effect=57,
+                          settle="58 seeds would resolve ...; more than 1000 seeds to call it negligible"), 0.05)
+    assert "the seeds to resolve it, to call it negligible and to resolve an effect of 0.05 lie past" in far.settle
+    assert "needs a fresh study with a larger --max-seeds" in far.settle
+    assert _beyond(replace(base, seeds_needed=12), None) == replace(base, seeds_needed=12)
