@@ -18,6 +18,7 @@ from rich.table import Table
 
 from inflang import __version__
 from inflang import store as store_queries
+from inflang.api import plan as api_plan
 from inflang.api import probe_code
 from inflang.claims import family_notes, marked_verdict
 from inflang.cost import ENGINES
@@ -26,14 +27,14 @@ from inflang.errors import StudyError, UsageError
 from inflang.intervals import interval_text
 from inflang.plan import KINDS, Plan, compile_study
 from inflang.pricing import duration
-from inflang.rounds import parse_duration
+from inflang.rounds import check, parse_duration, run_until_settled
 from inflang.scheduler import Events
 from inflang.sequential import DEFAULT_MAX_SEEDS
 from inflang.sequential import MAX_SEEDS as SEQUENTIAL_MAX
 from inflang.spec.study import is_study_name
 from inflang.store import Store, run_query, write_parquet
 from inflang.sweep import label, seeds_by_points
-from inflang.validate import LoadedStudy, load_study, with_repeats
+from inflang.validate import LoadedStudy, load_study
 
 app = typer.Typer(
     name="inflang",
@@ -140,10 +141,9 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     loaded = _load(study, require_files=False, probe=True)
     _warn_float_labels(loaded)
     try:  # with the seeds --until-settled added, which later runs keep
-        loaded = with_repeats(loaded, store_queries.study_added_repeats(db, loaded.study.study))
+        compiled = _selected(api_plan(loaded, db), select)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
-    compiled = _selected(compile_study(loaded), select)
     budget = _parse_bytes(memory_budget)
     states = _task_states(compiled, db)
     todo_all = [t for t in compiled.selected_tasks().values() if states.get(t.hash) != "done"]
@@ -568,15 +568,12 @@ def run(
         raise _fail(f"error: --time-budget: {exc}") from None
     loaded = _load(study, probe=True)
     _warn_float_labels(loaded)
-    try:
-        extended = with_repeats(loaded, store_queries.study_added_repeats(db, loaded.study.study))
-        compiled = _selected(compile_study(extended), select)
+    try:  # with the seeds --until-settled added, which later runs keep
+        compiled = _selected(api_plan(loaded, db), select)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
     budget = _parse_bytes(memory_budget)
     if until_settled:
-        from inflang.rounds import check
-
         try:  # what the study file alone decides, before the database is opened
             check(loaded, max_seeds)
         except StudyError as exc:
@@ -604,13 +601,10 @@ def run(
 
     rounds = None
     try:
-        if until_settled:
-            from inflang.rounds import run_until_settled
-
+        if until_settled:  # --select is refused with it, so ``compiled`` selects every cell, as the rounds do
             rounds = run_until_settled(loaded, store, lambda cells: execute_once(compile_study(cells)), seconds,
                                        max_seeds, lambda text: err.print(text, highlight=False, markup=False),
                                        workers)
-            compiled = compile_study(with_repeats(loaded, store.added_repeats(loaded.study.study)))
             summary = _rounds_summary(summaries)
         else:
             summary = execute_once(compiled)

@@ -91,12 +91,17 @@ def blocked_note(blocked: Sequence[str]) -> str:
             + ", ".join(f"'{c}'" for c in blocked))
 
 
-def declared_seeds(loaded: LoadedStudy) -> int:
-    """The fewest seeds the study declares at a sweep point (``repeats``, or a swept ``repeats``)."""
+def seeds_per_point(loaded: LoadedStudy) -> dict[str, int]:
+    """Sweep point (``point_key``) -> the seeds (cells) the study has there."""
     per_point: dict[str, int] = {}
     for cell in loaded.cells:
         per_point[point_key(cell.params)] = per_point.get(point_key(cell.params), 0) + 1
-    return min(per_point.values(), default=0)
+    return per_point
+
+
+def declared_seeds(loaded: LoadedStudy) -> int:
+    """The fewest seeds the study declares at a sweep point (``repeats``, or a swept ``repeats``)."""
+    return min(seeds_per_point(loaded).values(), default=0)
 
 
 def check(loaded: LoadedStudy, max_seeds: int | None) -> None:
@@ -153,12 +158,11 @@ def run_until_settled(loaded: LoadedStudy, store: Store, run: Callable[[LoadedSt
     while True:
         current = with_repeats(loaded, store.added_repeats(name))
         summary = run(current)
-        have: dict[str, int] = {}
+        have = seeds_per_point(current)
         failed: dict[str, int] = {}
         for cell in current.cells:
-            key = point_key(cell.params)
-            have[key] = have.get(key, 0) + 1
             if summary.cell_status.get(cell.cell_id, ("", None))[0] == "failed":
+                key = point_key(cell.params)
                 failed[key] = min(failed.get(key, cell.repeat), cell.repeat)
         with store.reading() as con:
             cells = cells_of(con, name)
