@@ -49,7 +49,7 @@ from inflang.pooling import (
     seed_count,
     units,
 )
-from inflang.power import MAX_SEEDS, MIN_SEEDS  # seeds a claim about training seeds needs
+from inflang.power import MIN_SEEDS  # seeds a claim about training seeds needs
 from inflang.pricing import duration
 from inflang.sequential import Design
 from inflang.settle import settle
@@ -582,7 +582,7 @@ def _describe(claim: Claim) -> str:
 def settled(evidence: Evidence, verdict: Verdict) -> Verdict:
     """The verdict with what would settle it (``inflang.settle``: seeds needed at 80% power, in words)."""
     what = settle(evidence.claim, evidence.value, evidence.by_seeds, verdict.verdict, verdict.detail,
-                  verdict.level, verdict.seeds)
+                  verdict.level, verdict.seeds, verdict.max_seeds)
     return replace(verdict, seeds_needed=what.seeds_needed, seeds_to_negligible=what.seeds_to_negligible,
                    seeds_for_smallest_effect=what.seeds_for_smallest_effect, settle=what.note)
 
@@ -698,30 +698,7 @@ def evaluate_rows(claims: Sequence[Claim], rows: Sequence[ByPoint], reliability:
     found = [v if d is None else _sequential(v, d, n) for v, d, n in zip(found, plans, looks, strict=True)]
     found = [v if d is None or n >= d.first else _before_first(v, d, n)
              for v, d, n in zip(found, plans, looks, strict=True)]
-    return [_beyond(settled(e, v), e.claim.smallest_effect) for e, v in zip(evidence, found, strict=True)] \
-        if with_settle else found
-
-
-def _beyond(verdict: Verdict, smallest: float | None) -> Verdict:
-    """A sequential verdict some of whose seed counts lie past its design's last look says which (a count of
-    more than ``power.MAX_SEEDS`` shows as None and as "more than" in the text)."""
-    if verdict.max_seeds is None or not verdict.settle:
-        return verdict
-    beyond = f"more than {MAX_SEEDS} seeds"
-    counts = (("to resolve it", verdict.seeds_needed, verdict.settle.startswith(beyond)),
-              ("to call it negligible", verdict.seeds_to_negligible, f"{beyond} to call it negligible" in
-               verdict.settle),
-              (f"to resolve an effect of {smallest:g}" if smallest is not None else "",
-               verdict.seeds_for_smallest_effect, f"{beyond} to resolve an effect" in verdict.settle))
-    past = [what for what, n, huge in counts if what and (huge or n is not None and n > verdict.max_seeds)]
-    if not past:
-        return verdict
-    listed = past[0] if len(past) == 1 else ", ".join(past[:-1]) + " and " + past[-1]
-    fresh = past[0] in ("to resolve it", "to call it negligible")
-    return replace(verdict, settle=f"{verdict.settle} (counted at each look's level; the seeds {listed} lie past "
-                   f"this claim's last look, {verdict.max_seeds} seeds, which its sequential design fixed"
-                   + ("; settling it needs a fresh study with a larger --max-seeds, chosen before its first look)"
-                      if fresh else ")"))
+    return [settled(e, v) for e, v in zip(evidence, found, strict=True)] if with_settle else found
 
 
 def _sequential(verdict: Verdict, design: Design, look: int) -> Verdict:

@@ -32,9 +32,10 @@ def _largest(*counts: int | None) -> int | None:
 
 
 def settle(claim: Any, value: intervals.Statistic | None, by_seeds: bool, verdict: str, detail: str,
-           level: float, seeds: int) -> Settle:
+           level: float, seeds: int, last_look: int | None = None) -> Settle:
     """The seeds (or test points) that would settle a claim whose verdict is unresolved, or not evaluable for
-    lack of seeds (``seeds``: those it has); an empty ``Settle`` otherwise."""
+    lack of seeds (``seeds``: those it has); an empty ``Settle`` otherwise. ``last_look``: a sequential claim's
+    last look (``inflang.sequential``), whose counts past it are named."""
     short_of_seeds = verdict == "not evaluable" and by_seeds and isinstance(value, intervals.TMean) \
         and 2 <= value.units < power.MIN_SEEDS and "seeds" in detail
     if not (verdict == "unresolved" or short_of_seeds) or value is None:
@@ -72,7 +73,26 @@ def settle(claim: Any, value: intervals.Statistic | None, by_seeds: bool, verdic
         parts.append(("an observed effect this large cannot become negligible" if negligible is None and
                       abs(delta) >= e else f"{_seeds_text(negligible)} to call it negligible (inside +-{e:g})")
                      + f"; {_seeds_text(smallest_size)} to resolve an effect of {e:g}")
-    return Settle(needed, negligible, smallest_size, "; ".join(parts))
+    note = "; ".join(parts)
+    if last_look is not None:  # None below is a count past power.MAX_SEEDS, except an effect too large to vanish
+        counts = [("to resolve it", needed, True)] + ([] if e is None else [
+            ("to call it negligible", negligible, abs(delta) < e), (f"to resolve an effect of {e:g}", smallest_size,
+                                                                   True)])
+        note += _past(last_look, [what for what, n, counts_here in counts
+                                  if counts_here and (n is None or n > last_look)])
+    return Settle(needed, negligible, smallest_size, note)
+
+
+def _past(last_look: int, past: list[str]) -> str:
+    """What a sequential claim's note adds for the counts (``past``, in words) beyond its last look."""
+    if not past:
+        return ""
+    listed = past[0] if len(past) == 1 else ", ".join(past[:-1]) + " and " + past[-1]
+    fresh = past[0] in ("to resolve it", "to call it negligible")
+    return (f" (counted at each look's level; the seeds {listed} lie past this claim's last look, {last_look} "
+            "seeds, which its sequential design fixed" + (
+                "; settling it needs a fresh study with a larger --max-seeds, chosen before its first look)"
+                if fresh else ")"))
 
 
 def _fisher(value: intervals.TMean, threshold: float, level: float) -> list[int | None]:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -251,15 +250,25 @@ def test_the_sequential_benchmark_settles_a_two_sd_effect_in_few_seeds():
 
 
 def test_the_settle_text_names_the_counts_past_the_last_look():
-    from inflang.claims import Verdict, _beyond
+    """A sequential claim (last look at 20 seeds) names each count beyond it, "more than 1000" included, and asks
+    for a fresh study only where resolving it or calling it negligible needs one."""
+    from inflang.intervals import TMean
+    from inflang.settle import settle
 
-    base = Verdict(claim="c", form="contrast", statistic="s", estimate=0.04, ci_low=-0.1, ci_high=0.2, seeds=8,
-                   test_points=80, verdict="unresolved", max_seeds=20, settle="text")
-    near = _beyond(replace(base, seeds_needed=12, seeds_for_smallest_effect=57), 0.05)
-    assert near.settle.endswith("the seeds to resolve an effect of 0.05 lie past this claim's last look, 20 seeds, "
-                                "which its sequential design fixed)")
-    far = _beyond(replace(base, seeds_needed=58, seeds_to_negligible=None, seeds_for_smallest_effect=57,
-                          settle="58 seeds would resolve ...; more than 1000 seeds to call it negligible"), 0.05)
-    assert "the seeds to resolve it, to call it negligible and to resolve an effect of 0.05 lie past" in far.settle
-    assert "needs a fresh study with a larger --max-seeds" in far.settle
-    assert _beyond(replace(base, seeds_needed=12), None) == replace(base, seeds_needed=12)
+    claim = Claim(name="c", metric="spearman", estimator="e", contrast={"axis": "x", "better": 1, "than": 0},
+                  smallest_effect=0.05)
+
+    def unit(delta: float, sd: float, n: int) -> TMean:
+        return TMean(delta, sd / math.sqrt(n), n - 1, n)
+
+    level = Design(3, 20).look_level()
+    near = settle(claim, unit(0.3, 0.2, 8), True, "unresolved", "", level, 8, 20)
+    assert near.seeds_needed is not None and near.seeds_needed <= 20
+    assert near.note.endswith("the seeds to resolve an effect of 0.05 lie past this claim's last look, 20 seeds, "
+                              "which its sequential design fixed)")
+    far = settle(claim, unit(0.049, 0.104, 10), True, "unresolved", "", level, 10, 20)
+    assert far.seeds_needed is not None and far.seeds_needed > 20 and far.seeds_to_negligible is None
+    assert "the seeds to resolve it, to call it negligible and to resolve an effect of 0.05 lie past" in far.note
+    assert "needs a fresh study with a larger --max-seeds" in far.note
+    fixed = settle(claim, unit(0.049, 0.104, 10), True, "unresolved", "", level, 10)
+    assert "last look" not in fixed.note
