@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inflang.stats import scipy_stats
+from inflang.stats import scipy_special, scipy_stats
 
 LEVEL = 0.95
 
@@ -92,7 +92,7 @@ def clopper_pearson(successes: int, trials: int, level: float = LEVEL) -> Interv
 @functools.lru_cache(maxsize=4096)
 def t_quantile(level: float, df: float) -> float:
     """The two-sided Student's t quantile of a ``level`` interval on ``df`` degrees of freedom."""
-    return float(scipy_stats().t.ppf(1 - (1 - level) / 2, df))
+    return float(scipy_special().stdtrit(df, 1 - (1 - level) / 2))  # as scipy.stats.t.ppf computes it
 
 
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(40)
@@ -226,7 +226,7 @@ def p_value(statistic: Statistic, threshold: float) -> float:
     if plain and isinstance(statistic, TMean | Share) and statistic.se > 0:
         # a t interval: it excludes the threshold once t_{1-a/2} < |value - threshold| / se
         gap = abs(statistic.value - threshold) / statistic.se
-        return min(max(2 * float(scipy_stats().t.sf(gap, statistic.df)), 1e-12), 1.0)
+        return min(max(2 * float(scipy_special().stdtr(statistic.df, -gap)), 1e-12), 1.0)  # 2 P(T > gap)
     low, high = 1e-12, 1.0 - 1e-12
     if _excludes(statistic, 1 - low, threshold):
         return low

@@ -36,6 +36,13 @@ def scipy_stats() -> Any:
     return stats
 
 
+def scipy_special() -> Any:
+    """scipy.special (0.2 s to import, against scipy.stats' 0.7 s): the t and Beta quantiles of every interval."""
+    from scipy import special
+
+    return special
+
+
 # --- agreement metrics over rows ---------------------------------------------------------------------
 
 def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -338,3 +338,17 @@ def test_synthetic_images_are_seeded_balanced_and_learnable():
     means = np.stack([raw.x[train][raw.y[train] == k].mean(axis=0).ravel() for k in range(4)])
     guess = np.argmax(raw.x[test].reshape(80, -1) @ means.T - 0.5 * (means**2).sum(axis=1), axis=1)
     assert (guess == raw.y[test]).mean() > 0.4  # chance 0.25, its sd over 80 points 0.05
+
+
+@pytest.mark.parametrize("name", ["iris", "digits", "breast_cancer", "wine"])
+def test_bundled_files_read_as_scikit_learn_reads_them(name: str):
+    from sklearn import datasets
+
+    from inflang.spec import BundledDataset
+    from runners.data.bundled import load_bundled
+
+    raw = load_bundled(BundledDataset(name=name))
+    bunch = getattr(datasets, f"load_{name}")()
+    assert np.array_equal(raw.x.reshape(len(raw.x), -1), bunch.data) and raw.x.dtype == np.float64
+    assert np.array_equal(raw.y, bunch.target) and raw.classes == len(bunch.target_names)
+    assert raw.x.shape[1:] == ((1, 8, 8) if name == "digits" else bunch.data.shape[1:])

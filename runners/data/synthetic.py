@@ -16,7 +16,6 @@ The generator's seed is fixed by the dataset spec alone, so the same spec gives 
 from __future__ import annotations
 
 import numpy as np
-from sklearn import datasets
 
 from inflang.hashing import derive_seed
 from inflang.spec import SyntheticDataset
@@ -49,6 +48,8 @@ def _images(spec: SyntheticDataset, seed: int) -> RawData:
 def load_synthetic(spec: SyntheticDataset) -> RawData:
     if spec.kind == "images":
         return _images(spec, derive_seed(spec.kind, spec.samples, spec.classes, spec.noise, *spec.image_shape))
+    from sklearn import datasets  # imported on use (1.5 s)
+
     seed = derive_seed(spec.kind, spec.samples, spec.features, spec.classes, spec.noise)
     if spec.kind == "regression":  # targets [rows, targets], float
         seed = derive_seed(spec.kind, spec.samples, spec.features, spec.targets, spec.noise)
