@@ -15,6 +15,7 @@ import re
 
 import torch
 
+from runners.allocator import keep_freed_memory
 from runners.errors import SetupError
 
 
@@ -49,7 +50,8 @@ def resolve(name: str) -> str:
 
 
 def configure(device: str) -> None:
-    """Numerics settings for ``device``, applied once per process before it computes."""
+    """Numerics and allocator settings for ``device``, applied once per process before it computes."""
+    keep_freed_memory()  # runners.allocator: activations reuse warm memory step after step
     if not device.startswith("cuda"):
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS

@@ -156,7 +156,8 @@ SEQUENTIAL: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionar
 # (one model at a time) -> why
 
 
-def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bool = False) -> Tensor:
+def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bool = False,
+                    how: str | None = None) -> Tensor:
     """Logits [M, b, C] of every model: on shared inputs x [b, d], or with ``per_model`` on x [M, b, d].
     ``params`` may hold stacked buffers too (each model's running statistics). In training mode every model
     draws the same dropout masks (common random numbers: a removal is compared with its control under the
@@ -164,8 +165,9 @@ def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bo
     in-place state) runs one model at a time, each from the same random state, recorded with the task
     (``runners.engine.looped``: its rows, the run's log and one line per run say so).
     A plain convolutional stack (``runners.stacked.supports``) runs without vmap, its convolutions as matmuls
-    batched over models (``runners.stacked``)."""
-    how = stacked.chosen(module, x)
+    batched over models (``runners.stacked``); ``how``: its strategy when the caller already chose it
+    (``stacked.chosen``)."""
+    how = how or stacked.chosen(module, x, per_model)
     if how != "vmap":
         return stacked.forward(module, params, x, per_model, how)  # type: ignore[arg-type]
     if module not in SEQUENTIAL:
@@ -310,10 +312,14 @@ def _gradients(name: str, module: nn.Module, layout: Layout, buffers: Stacked, d
     if name == "compiled":
         return compiled_gradient(module, layout, data_term, weight_decay, proximity, centre)
 
+    strategies: dict[tuple[bool, int, torch.dtype, str], str] = {}  # chosen once per training and input layout
+
     def eager(flat: Tensor, xb: Tensor, batch: Batch, per_model: bool) -> tuple[Tensor, Tensor]:
         leaf = flat.detach().requires_grad_(True)
         params = layout.views(leaf)
-        logits = ensemble_logits(module, {**params, **buffers}, xb, per_model=per_model)
+        key = (per_model, xb.dim(), xb.dtype, xb.device.type)
+        how = strategies.get(key) or strategies.setdefault(key, stacked.chosen(module, xb, per_model))
+        logits = ensemble_logits(module, {**params, **buffers}, xb, per_model=per_model, how=how)
         data = data_term(logits, batch, params)
         (grad,) = torch.autograd.grad(data.sum(), leaf)
         if weight_decay:

@@ -1,11 +1,13 @@
-"""Forward passes of M models of one plain layer stack at once, without ``vmap``: the convolution engine.
+"""Forward passes of M models of one plain layer stack at once, without ``vmap``: the stack engine.
 
 ``vmap`` batches a convolution over models by folding the models into the channels of one grouped
 convolution (groups = M), which oneDNN runs far below the machine's matmul peak on the small images of
-influence studies (``benchmarks/retrain.py``). For an ``nn.Sequential`` of convolutions, Linear, pooling,
-flatten and elementwise activation layers (inflang's ``cnn`` and ``lenet``, or a study's own stack of those;
-``supports``), this module computes the same function, logits [M, b, classes] for stacked parameters,
-with each convolution done one of these ways (``STRATEGIES``):
+influence studies (``benchmarks/retrain.py``), and it adds Python work to every layer of every step, which
+is most of a small MLP's step. For an ``nn.Sequential`` of convolutions, Linear, pooling, flatten and
+elementwise activation layers (inflang's ``cnn``, ``lenet``, ``mlp`` and ``logreg``, or a study's own stack of
+those; ``supports``), this module computes the same function, logits [M, b, classes] for stacked
+parameters, each Linear layer one batched matmul over models, with each convolution done one of these ways
+(``STRATEGIES``):
 
 - ``grouped``: vmap's own rule, the models folded into the channels of one grouped convolution;
 - ``channels_last``: the same on channels-last inputs (oneDNN's preferred layout);
@@ -24,7 +26,8 @@ stride-0 batch, so each model's products are computed exactly as in an ensemble 
 numbers do not depend on the ensemble's size (tested, so chunking changes no bits; in float32 torch's
 elementwise kernels already break that, with or without this module). tanh is computed as 2 sigmoid(2x) - 1
 (``_Tanh``): the same function, whose CPU kernel is vectorised where torch's tanh is not (1.6-3x faster here;
-within 2e-7 of it in float32 and 4e-16 in float64).
+within 2e-7 of it in float32 and 4e-16 in float64); in float64 the sigmoid runs model by model, so that its
+rounding does not depend on the ensemble's size, in float32 on the whole ensemble at once.
 
 Which strategy runs is fixed per dtype and device (``STRATEGY``, the fastest measured by
 ``benchmarks/retrain.py``), never by timing. Inside ``torch.compile`` (the compiled engine) convolutions go
@@ -85,13 +88,15 @@ def _plain(layer: nn.Module) -> bool:
 def supports(module: nn.Module) -> bool:
     """Whether ``module`` is a stack this module computes: exactly an nn.Sequential (no buffers, hooks or
     parametrizations) of convolutions (ungrouped, numeric zero padding) and pooling, then one Flatten(1, -1),
-    then Linear layers, with elementwise activations anywhere, and at least one convolution (otherwise vmap's
-    batched matmuls are already what this would do)."""
+    then Linear layers, with elementwise activations anywhere; or, without convolutions, Linear layers and
+    elementwise activations after at most a leading Flatten(1, -1) (inflang's ``mlp`` and ``logreg``). At least
+    one layer has parameters."""
     if type(module) is not nn.Sequential or any(True for _ in module.buffers()) or not _plain(module):
         return False
     if any((module_hooks._global_forward_hooks, module_hooks._global_forward_pre_hooks,
             module_hooks._global_backward_hooks, module_hooks._global_backward_pre_hooks)):
         return False
+    convolutional = any(_plain_conv(m) for m in module)
     flat = False  # convolutions and pooling before the Flatten, Linear layers after it
     for layer in module:
         if not _plain(layer):
@@ -104,17 +109,21 @@ def supports(module: nn.Module) -> bool:
             if flat or getattr(layer, "return_indices", False):
                 return False
         elif type(layer) is nn.Linear:
-            if not flat:
+            if not flat and convolutional:
                 return False
+            flat = True  # no Flatten may follow a Linear
         elif type(layer) not in _ELEMENTWISE:
             return False
-    return any(_plain_conv(m) for m in module)
+    return any(_plain_conv(m) or type(m) is nn.Linear for m in module)
 
 
-def chosen(module: nn.Module, x: Tensor) -> str:
-    """The strategy an ensemble of ``module`` on inputs like ``x`` runs with ('vmap' when not supported)."""
+def chosen(module: nn.Module, x: Tensor, per_model: bool = False) -> str:
+    """The strategy an ensemble of ``module`` on inputs like ``x`` ([b, ...], or [M, b, ...] with ``per_model``)
+    runs with ('vmap' when not supported). A stack of Linear layers without a Flatten needs flat examples."""
     if not supports(module) or torch.compiler.is_compiling():  # inductor writes these small matmuls as slow loops
         return "vmap"
+    if not any(type(m) in (nn.Flatten, nn.Conv1d, nn.Conv2d) for m in module.children()) and x.dim() != 2 + per_model:
+        return "vmap"  # nn.Linear on [b, ..., features]: its leading dimensions are not this module's layout
     if _forced is not None:
         return _forced
     return STRATEGY.get((x.device.type, x.dtype), "vmap")
@@ -164,7 +173,7 @@ def forward(module: nn.Sequential, params: dict[str, Tensor], x: Tensor, per_mod
             else:
                 h = layer(h) if shared else layer(h.flatten(0, 1)).unflatten(0, (count, -1))
         elif isinstance(layer, nn.Tanh) and h.device.type == "cpu":  # torch's CPU tanh: scalar code, 1.6-3x slower
-            h = _Tanh.apply(h, not shared)
+            h = _tanh(h, not shared)
         else:  # elementwise
             h = layer(h)
     if layout == "last":
@@ -176,7 +185,9 @@ def forward(module: nn.Sequential, params: dict[str, Tensor], x: Tensor, per_mod
 
 def _linear(h: Tensor, weight: Tensor, bias: Tensor | None, shared: bool) -> Tensor:
     """[M, b, out] = h W_m^T + b_m for h [b, in] (shared) or [M, b, in]."""
-    out = torch.matmul(h, weight.transpose(1, 2)) if not shared else torch.einsum("bi,moi->mbo", h, weight)
+    if shared:  # a stride-0 batch: each model's product computed as in an ensemble of one
+        h = h.expand(weight.shape[0], *h.shape)
+    out = torch.matmul(h, weight.transpose(1, 2))
     return out if bias is None else out + bias.unsqueeze(1)
 
 
@@ -318,7 +329,8 @@ class _Tanh(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, per_model: bool) -> Tensor:
         out = (x * 2).contiguous()  # a model's slab contiguous whatever the layout (grouped outputs are not)
-        for slab in (out.unbind(0) if per_model else (out,)):
+        whole = not per_model or out.dtype != torch.float64  # float32 rounds by ensemble size anyway (module doc)
+        for slab in ((out,) if whole else out.unbind(0)):
             slab.sigmoid_()
         return out.mul_(2).sub_(1)
 
@@ -329,4 +341,28 @@ class _Tanh(torch.autograd.Function):
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:
         (out,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return torch.ops.aten.tanh_backward(grad, out), None
+        return torch.ops.aten.tanh_backward(grad.contiguous(), out), None  # 7x faster on contiguous tensors
+
+
+class _TanhOutsideTransforms(torch.autograd.Function):
+    """``_Tanh`` for calls outside torch.func transforms: the same arithmetic, without ``setup_context``, whose
+    presence makes every ``apply`` bind its arguments through ``inspect.signature`` (64 us a step on the Iris MLP,
+    a tenth of a one-model step)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, per_model: bool) -> Tensor:
+        out = _Tanh.forward(x, per_model)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return _Tanh.backward(ctx, grad)
+
+
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+
+
+def _tanh(x: Tensor, per_model: bool) -> Tensor:
+    function = _Tanh if _transforms_active() else _TanhOutsideTransforms
+    return function.apply(x, per_model)

@@ -88,8 +88,10 @@ def test_choice_follows_the_model_and_the_work():
     assert engine.choose(mlp, 1, "compiled") == "compiled"
     assert engine.choose(dropout, 10**9, "compiled") == "eager"  # masks come from the eager generator
     assert engine.choose(batchnorm, 10**9, "auto") == "eager"
-    assert engine.choose(mlp, 100 * 1000, "auto") == "compiled"
-    assert engine.choose(mlp, 100 * 999, "auto") == "eager"
+    assert engine.choose(mlp, 10**9, "auto") == "eager"  # a plain stack: the stack engine, eager
+    normed = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 3))  # not a plain stack: vmap
+    assert engine.choose(normed, 100 * 1000, "auto") == "compiled"
+    assert engine.choose(normed, 100 * 999, "auto") == "eager"
     conv32 = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(48, 3))
     assert engine.choose(conv32, 10**9, "auto") == "eager"  # the convolution engine: faster eager
     assert engine.choose(conv32.double(), 10**9, "auto") == "eager"

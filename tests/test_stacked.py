@@ -1,4 +1,4 @@
-"""The convolution engine (runners.stacked) against torch's own convolutions batched by vmap."""
+"""The stack engine (runners.stacked) against torch's own layers batched by vmap."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from inflang.spec import CnnModel, LenetModel, MlpModel, ResnetModel
+from inflang.spec import CnnModel, LenetModel, LogregModel, MlpModel, ResnetModel
 from runners import stacked
 from runners.ensemble import UpdateRule, stack, train_ensemble, weighted_cross_entropy
 from runners.models import build
@@ -16,6 +16,9 @@ CASES = {
     "cnn 8x8 (a dense layer)": (CnnModel(arch="cnn", depth=2, channels=4), (1, 8, 8)),
     "cnn on signals (Conv1d, kernel 5)": (CnnModel(arch="cnn", depth=2, channels=3, kernel=5, padding=2), (2, 20)),
     "lenet (pooling)": (LenetModel(arch="lenet"), (1, 8, 8)),
+    "mlp (no convolution, inputs shared by the models)": (MlpModel(arch="mlp", depth=2, width=6), (4,)),
+    "mlp on images (a leading Flatten), relu": (MlpModel(arch="mlp", depth=1, width=5, activation="relu"), (1, 3, 3)),
+    "logistic regression": (LogregModel(arch="logreg"), (7,)),
 }
 STRIDED = nn.Sequential(nn.Conv2d(2, 3, 3, stride=1, padding=2, dilation=2), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(3, 2, (2, 3), stride=(1, 2), bias=False), nn.Tanh(), nn.Flatten(),
@@ -77,7 +80,7 @@ def test_a_model_computes_the_same_bits_in_any_ensemble():
         g = torch.Generator().manual_seed(4)
         for per_model in (False, True):
             x = torch.randn(*((7,) if per_model else ()), 6, *shape, dtype=torch.float64, generator=g)
-            how = stacked.chosen(module, x)
+            how = stacked.chosen(module, x, per_model)
             assert how != "vmap"
             whole = _logits_and_grads(_ours(module, x, per_model, how), params)
             part = _logits_and_grads(_ours(module, x[2:5] if per_model else x, per_model, how),
@@ -86,8 +89,15 @@ def test_a_model_computes_the_same_bits_in_any_ensemble():
             assert all(torch.equal(a[2:5], b) for a, b in zip(whole[1], part[1], strict=True)), name
 
 
-def test_only_plain_convolutional_stacks_are_taken():
-    assert not stacked.supports(build(MlpModel(arch="mlp", depth=1, width=4), (4,), 3, 0, torch.float32))
+def test_only_plain_stacks_are_taken():
+    mlp = build(MlpModel(arch="mlp", depth=1, width=4), (4,), 3, 0, torch.float32)
+    assert stacked.supports(mlp)
+    assert stacked.chosen(mlp, torch.zeros(5, 4)) != "vmap"
+    assert stacked.chosen(mlp, torch.zeros(2, 5, 4), per_model=True) != "vmap"
+    assert stacked.chosen(mlp, torch.zeros(5, 2, 4)) == "vmap"  # nn.Linear on [b, 2, features]: torch's layout
+    assert not stacked.supports(build(MlpModel(arch="mlp", depth=1, width=4, dropout=0.1), (4,), 3, 0, torch.float32))
+    assert not stacked.supports(nn.Sequential(nn.Linear(4, 4), nn.Flatten(), nn.Linear(4, 2)))
+    assert not stacked.supports(nn.Sequential(nn.Tanh()))  # nothing with parameters
     resnet = ResnetModel(arch="resnet", depth=20, width_multiplier=0.25, norm="none")
     assert not stacked.supports(build(resnet, (3, 8, 8), 3, 0, torch.float32))
     assert not stacked.supports(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Dropout(0.1), nn.Flatten(), nn.Linear(8, 2)))

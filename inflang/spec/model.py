@@ -35,7 +35,7 @@ class LogregModel(Spec):
     """Multinomial logistic regression: logits = W x + b (convex with weight decay > 0)."""
 
     convolutional: ClassVar[bool] = False  # has convolutions (the engine choice depends on it)
-    stacked: ClassVar[bool] = False  # a plain convolutional stack (runners.stacked)
+    stacked: ClassVar[bool] = True  # a plain layer stack: retrained without vmap (runners.stacked)
 
     arch: Literal["logreg"]
 
@@ -54,13 +54,17 @@ class MlpModel(Spec):
     (images are flattened first). The Iris networks of Basu et al. 2021, Sec. 5.1."""
 
     convolutional: ClassVar[bool] = False  # has convolutions (the engine choice depends on it)
-    stacked: ClassVar[bool] = False  # a plain convolutional stack (runners.stacked)
 
     arch: Literal["mlp"]
     depth: int = Field(2, ge=1, le=64, description="number of hidden layers")
     width: int = Field(16, ge=1, le=65536, description="units per hidden layer")
     activation: Activation = Field("tanh", description="tanh | relu | gelu | selu | sigmoid")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden activation (training only)")
+
+    @property
+    def stacked(self) -> bool:
+        """Without dropout, a plain layer stack: retrained without vmap (runners.stacked)."""
+        return not self.dropout
 
     def sizes(self, info: DatasetInfo) -> list[int]:
         return [info.features] + [self.width] * self.depth + [info.classes]
@@ -87,7 +91,7 @@ class CnnModel(Spec):
     channels and relu it is Greydanus's (2020) MNIST-1D CNN."""
 
     convolutional: ClassVar[bool] = True  # has convolutions (the engine choice depends on it)
-    stacked: ClassVar[bool] = True  # a plain layer stack: retrained by the convolution engine
+    stacked: ClassVar[bool] = True  # a plain layer stack: retrained without vmap (runners.stacked)
     late_fields: ClassVar[tuple[str, ...]] = ("kernel", "padding")
 
     arch: Literal["cnn"]
@@ -144,7 +148,7 @@ class LenetModel(Spec):
     activation and 2x2 average pooling, then fully connected layers of 120 and 84 units."""
 
     convolutional: ClassVar[bool] = True  # has convolutions (the engine choice depends on it)
-    stacked: ClassVar[bool] = True  # a plain layer stack: retrained by the convolution engine
+    stacked: ClassVar[bool] = True  # a plain layer stack: retrained without vmap (runners.stacked)
 
     arch: Literal["lenet"]
     activation: Activation = Field("tanh", description="tanh | relu | gelu | selu | sigmoid")
@@ -196,7 +200,7 @@ class VggModel(Spec):
 
     @property
     def stacked(self) -> bool:
-        """Without normalisation, a plain layer stack: retrained by the convolution engine (runners.stacked)."""
+        """Without normalisation, a plain layer stack: retrained without vmap (runners.stacked)."""
         return self.norm == "none"
 
     def channels(self) -> list[int | str]:
@@ -246,7 +250,7 @@ class ResnetModel(Spec):
     (stacked buffers), training on batch statistics and evaluating on running ones as ``nn.BatchNorm`` does."""
 
     convolutional: ClassVar[bool] = True  # has convolutions (the engine choice depends on it)
-    stacked: ClassVar[bool] = False  # a plain convolutional stack (runners.stacked)
+    stacked: ClassVar[bool] = False  # a plain layer stack (runners.stacked)
 
     arch: Literal["resnet"]
     depth: Literal[20, 32, 56, 18, 50] = Field(20, description="20 | 32 | 56 (CIFAR-style) | 18 | 50 (ImageNet)")
@@ -318,7 +322,7 @@ class TransformerModel(Spec):
     LayerNorm, mean pooling over tokens and a linear head. Dropout after the attention and MLP outputs."""
 
     convolutional: ClassVar[bool] = False
-    stacked: ClassVar[bool] = False  # a plain convolutional stack (runners.stacked)
+    stacked: ClassVar[bool] = False  # a plain layer stack (runners.stacked)
 
     arch: Literal["transformer"]
     width: int = Field(32, ge=2, le=4096, description="the token embedding's size")
@@ -376,7 +380,7 @@ class ModelFacts:
     activations: int  # layer outputs kept per example (Linear, Conv1d and Conv2d, before and after their activation)
     multiply_adds: int  # of one example's forward pass through its Linear, Conv1d and Conv2d layers
     convolutional: bool
-    stacked: bool = False  # a plain convolutional stack, retrained by the convolution engine (runners.stacked)
+    stacked: bool = False  # a plain layer stack, retrained without vmap (runners.stacked)
     fixed: bool = True  # no dropout and no buffers: the compiled engine may run it (runners.engine.fixed_structure)
     name: str = "the module"  # its class name
     unbatched: str | None = None  # why vmap cannot batch it over models (retraining loops over them), else None

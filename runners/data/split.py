@@ -71,11 +71,22 @@ def _stratified(ids: np.ndarray, size: int | float, labels: np.ndarray | None, s
     return np.asarray(chosen)
 
 
+_recent: dict[tuple[str, int], tuple[RawData, np.ndarray, np.ndarray]] = {}
+
+
 def split_ids(spec: AnyDataset, raw: RawData, seed: int,
               held_out: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Row ids of the training and test points (sorted), stratified by label and seeded; rows in ``held_out``
-    (test points a study names by id) are moved to the test split."""
-    train, test = _split(spec, raw, seed)
+    (test points a study names by id) are moved to the test split. The last few splits are kept per process
+    (every task of a cell splits the same data again)."""
+    key = (spec.model_dump_json(), seed)
+    found = _recent.get(key)
+    if found is None or found[0] is not raw:
+        found = (raw, *_split(spec, raw, seed))
+        _recent[key] = found
+        while len(_recent) > 8:
+            _recent.pop(next(iter(_recent)))
+    train, test = found[1].copy(), found[2].copy()
     if held_out:
         chosen = np.asarray(sorted(set(held_out)), dtype=np.int64)
         train, test = np.setdiff1d(train, chosen), np.union1d(test, chosen)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import t as student_t
+from scipy.special import stdtrit
 from torch import Tensor, nn
 
 from inflang.cost import chunk_bounds
@@ -246,7 +246,7 @@ def resolution(probes: Tensor, repeats: int, floor: Tensor) -> Tensor:
     measured quantity's own rounding unit). An |actual| below it cannot be told apart from the noise that
     rounding-level changes of the start make."""
     draws = probes.shape[0] * probes.shape[1]
-    quantile = float(student_t.ppf(0.975, draws))
+    quantile = float(stdtrit(draws, 0.975))  # Student's t quantile, as scipy.stats.t.ppf computes it
     return torch.maximum(quantile * probes.pow(2).mean(dim=(0, 1)).sqrt() / repeats**0.5, floor)
 
 
