@@ -21,7 +21,7 @@ import duckdb
 
 from inflang import store as queries
 from inflang.plan import Plan, compile_study
-from inflang.pricing import Rates, Workload
+from inflang.pricing import COMPILE, Rates, Workload, engine_choices
 from inflang.scheduler import Events, RunSummary, execute
 from inflang.spec import Study
 from inflang.spec.base import CodeFields
@@ -145,8 +145,12 @@ def execute_plan(compiled: Plan, store: Store, *, memory_budget: int | None = No
     backend = open_backend(executor, workers, threads, memory_budget, device, address, gpus_per_task, datasets,
                            events.models_retrained, engine, folders[0] if folders else None)
     here = backend.device if executor != "ray" else "cpu"  # a missing dependency is rebuilt in this process
+    chosen = None
+    if backend.engine == "auto":  # decided once, here, from the rates measured on this machine so far
+        chosen = engine_choices(list(compiled.selected_tasks().values()), memory_budget, backend.device, threads,
+                                Rates())
     return execute(compiled, store, backend, compute_here(memory_budget, here, backend.engine),
-                   retry_failed=retry_failed, events=events, threads=threads)
+                   retry_failed=retry_failed, events=events, threads=threads, engines=chosen)
 
 
 def _pending(compiled: Plan, store: Store, retry_failed: bool) -> bool:
@@ -200,8 +204,10 @@ def calibrate(workloads: dict[str, Workload], rates: Rates, device: str = "cpu",
                 rates.put(key, per_refit)
                 rates.put(key + "/hessian", hessian)
             else:
-                seconds, _ = seconds_per_model_step(work.spec, work.models, work.engine, where)
+                seconds, ran, compile_seconds = seconds_per_model_step(work.spec, work.models, work.engine, where)
                 rates.put(key, seconds)
+                if work.engine == "compiled" and ran == "compiled":
+                    rates.put(key + COMPILE, compile_seconds)
     finally:
         torch.set_num_threads(before)
         rates.save()

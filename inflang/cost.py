@@ -14,23 +14,35 @@ AUTO_MIN_MODEL_STEPS = 100_000  # auto compiles an ensemble of at least this man
 STACKED_DEVICES = ("cpu",)  # where the convolution engine runs (the devices of runners.stacked.STRATEGY)
 
 
-def auto_compiles(model_steps: int, convolutional: bool, dtype: str, stacked: bool = False,
-                  device: str = "cpu") -> bool:
-    """Whether ``--engine auto`` compiles an ensemble of ``model_steps`` models x steps, chosen by measurement
-    (``benchmarks/retrain.py`` on this 2-core machine): compiled steps are 1.4-2.0x faster than eager ones for
-    MLPs in float32 (1.15-1.7x in float64). A plain convolutional stack (``stacked``: cnn, lenet, vgg without
-    normalisation, a study's own nn.Sequential of such layers) retrains eagerly on the convolution engine
-    (runners.stacked) on the devices it covers (``STACKED_DEVICES``): on the digits CNN at one thread as fast
-    as compiled in float32 (1.1x, within run-to-run noise) and 1.6x faster in float64 (inductor writes its
-    batched matmuls as loops, so compiled steps keep vmap's grouped convolutions). Other convolutional
-    models (resnet, and every one on a GPU) keep those grouped convolutions either way: compiling the rest
-    of the step gained 1.2-1.4x in float64 and nothing in float32. Compiling costs 2-30 s per shape on a
-    cold inductor cache and about a second from its on-disk cache: at ``AUTO_MIN_MODEL_STEPS`` (~2 s saved
-    per 100,000 Iris-MLP model-steps) a cold compile about breaks even (the quickstart: 72.6 s against 73.0 s
-    eager) and a warm one pays (57.8 s)."""
-    if model_steps < AUTO_MIN_MODEL_STEPS or (stacked and device.split(":")[0] in STACKED_DEVICES):
+ENGINE_INPUT = "_engine"  # a task's inputs as submitted: the engine the run chose for it (inflang.pricing)
+
+
+def compile_candidate(convolutional: bool, dtype: str, stacked: bool = False, device: str = "cpu") -> bool:
+    """Whether compiling can make this model's steps faster at all, by measurement (``benchmarks/retrain.py``
+    on the 2-core machine). A plain layer stack (``stacked``: mlp and logreg without dropout, cnn, lenet, vgg
+    without normalisation, a study's own nn.Sequential of such layers) retrains eagerly on the stack engine
+    (runners.stacked) on the devices it covers (``STACKED_DEVICES``): on the Iris MLP its eager step is within
+    1.15x of the compiled one, on the digits CNN as fast in float32 and 1.6x faster in float64. Other
+    convolutional models (resnet, and every one on a GPU) keep vmap's grouped convolutions either way:
+    compiling the rest of the step gained 1.2-1.4x in float64 and nothing in float32."""
+    if stacked and device.split(":")[0] in STACKED_DEVICES:
         return False
     return not convolutional or dtype == "float64"
+
+
+def auto_compiles(model_steps: int, convolutional: bool, dtype: str, stacked: bool = False,
+                  device: str = "cpu") -> bool:
+    """``--engine auto``'s choice where no rates were measured on this machine: compile a candidate
+    (``compile_candidate``) trained for at least ``AUTO_MIN_MODEL_STEPS`` models x steps. Where
+    ``inflang plan --calibrate`` measured both engines' rates and the compile, ``compile_pays`` decides."""
+    return model_steps >= AUTO_MIN_MODEL_STEPS and compile_candidate(convolutional, dtype, stacked, device)
+
+
+def compile_pays(model_steps: int, eager_seconds: float, compiled_seconds: float, compile_seconds: float) -> bool:
+    """Whether compiling shortens a task of ``model_steps`` models x steps: the seconds it saves, model_steps x
+    (eager - compiled seconds per model-step), exceed the seconds the compile takes (measured per shape, once
+    per process)."""
+    return model_steps * (eager_seconds - compiled_seconds) > compile_seconds
 
 
 def member_bytes(n_params: int, activations_per_example: int, batch: int, itemsize: int) -> int:

@@ -17,11 +17,15 @@ refits, both measured by ``--calibrate`` on the task's model and training-set si
 refit leaving one point out of a solved optimum as a study's do (``runners.calibrate``); real data can take
 more or fewer iterations than random data (an Iris MLP priced at 3.9 s ran in 4.1 s).
 
-How far to trust it: curvature, estimates, metrics and compile time are left out (the estimate errs short by
-them; retraining is the cost that matters). A task is timed at the ensemble size most of its chunks have
+With ``--engine auto`` calibration measures both engines' steps of a task that may compile and the compile
+itself (the first call's seconds beyond a later call's), and the run compiles exactly the tasks whose
+saved seconds exceed the compile's (``auto_engine``); a compiled task is priced with its compile.
+
+How far to trust it: curvature, estimates and metrics are left out (the estimate errs short by them;
+retraining is the cost that matters), and so is a compile nobody measured. A task is timed at the ensemble size most of its chunks have
 (``Task.typical_chunk``), capped for the calibration: a model-step costs about as much or less in a larger
 ensemble, so a cap errs long, while a short last chunk or the probes' own chunk is priced at the typical
-chunk's rate (errs either way, by a chunk's share). ``auto`` is decided on the typical chunk too.
+chunk's rate (errs either way, by a chunk's share).
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from inflang.cost import auto_compiles
+from inflang.cost import auto_compiles, compile_pays
 from inflang.datadigest import cache_file
 from inflang.plan import Plan, Task
 from inflang.spec import ModelSpec
 
 CALIBRATION_MODELS = 32
+COMPILE = "/compile"  # a compiled workload's key + this: the seconds its compile took here
 NEWTON_CALIBRATION_MODELS = 8
 _MODELS: TypeAdapter[Any] = TypeAdapter(ModelSpec)
 CALIBRATION_FLOPS = 5e10  # per calibration step (all its models): about a second of a large CNN's step here
@@ -144,26 +149,78 @@ def newton_seconds(task: Task, work: Workload, device: str, threads: int, rates:
     return hessian + per_refit * int(task.workload["newton_refits"])
 
 
-def workload_of(task: Task, budget: int | None, engine: str, device: str = "cpu") -> Workload | None:
-    """The step a training or retraining task repeats, at its largest ensemble; None for other tasks."""
+def workload_of(task: Task, budget: int | None, engine: str, device: str = "cpu", rates: Rates | None = None,
+                threads: int = 1) -> Workload | None:
+    """The step a training or retraining task repeats, at its largest ensemble, with the engine the run would
+    use (``--engine auto``: ``auto_engine``); None for other tasks."""
     if task.workload is None or not task.cost_steps:
         return None
     requested = task.workload.get("engine", engine)
+    work = _workload(task, budget, "eager")
+    if not _fixed(work.spec):
+        requested = "eager"
+    elif requested == "auto":
+        requested = auto_engine(task, budget, device, rates, threads)
+    return Workload(work.spec, work.models, requested)
+
+
+def _workload(task: Task, budget: int | None, engine: str) -> Workload:
+    assert task.workload is not None
     step_flops = task.flops / task.cost_steps  # one model-step
     chunk = task.typical_chunk(budget)
     models = max(1, min(chunk, CALIBRATION_MODELS, int(CALIBRATION_FLOPS // max(step_flops, 1))))
     spec = {k: v for k, v in task.workload.items() if k not in ("engine", "newton_refits", "n_train")}
-    model = _MODELS.validate_python(spec["model"])
-    facts = spec.get("facts") or {}  # a study's own model: what probing its module found
-    # the engine's own exclusions (runners.engine.fixed_structure): dropout masks and BatchNorm statistics
-    fixed = facts.get("fixed", not getattr(model, "dropout", 0.0) and getattr(model, "norm", "none") != "batch")
-    if not fixed:
-        requested = "eager"
-    elif requested == "auto":  # auto decides on the whole chunk, not on the calibration's share of it
-        compiles = auto_compiles(chunk * int(spec["steps"]), facts.get("convolutional", model.convolutional),
-                                 spec["dtype"], facts.get("stacked", model.stacked), device)
-        requested = "compiled" if compiles else "eager"
-    return Workload(spec, models, requested)
+    return Workload(spec, models, engine)
+
+
+def _facts(spec: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The workload's model spec and, for a study's own model, what probing its module found."""
+    return _MODELS.validate_python(spec["model"]), spec.get("facts") or {}
+
+
+def _fixed(spec: dict[str, Any]) -> bool:
+    """The engine's own exclusions (runners.engine.fixed_structure): dropout masks and BatchNorm statistics."""
+    model, facts = _facts(spec)
+    return bool(facts.get("fixed", not getattr(model, "dropout", 0.0) and getattr(model, "norm", "none") != "batch"))
+
+
+def measured_engines(task: Task, budget: int | None, device: str, threads: int,
+                     rates: Rates) -> tuple[float, float, float] | None:
+    """(eager and compiled seconds per model-step, seconds of the compile) of the task's step as measured here
+    by ``inflang plan --calibrate``; None until all three are."""
+    eager = rates.get(_workload(task, budget, "eager").key(device, threads))
+    compiled_key = _workload(task, budget, "compiled").key(device, threads)
+    compiled, compile_seconds = rates.get(compiled_key), rates.get(compiled_key + COMPILE)
+    return None if eager is None or compiled is None or compile_seconds is None else (eager, compiled,
+                                                                                      compile_seconds)
+
+
+def auto_engine(task: Task, budget: int | None, device: str = "cpu", rates: Rates | None = None,
+                threads: int = 1) -> str:
+    """What ``--engine auto`` runs a training or retraining task with. Where both engines' steps and the compile
+    were measured on this machine (``inflang plan --calibrate``): compiled when the seconds it saves over the
+    task's model-steps exceed the compile's (``inflang.cost.compile_pays``). Otherwise by the model and the
+    count (``inflang.cost.auto_compiles``): compiled where compiling was measured faster, from
+    ``AUTO_MIN_MODEL_STEPS`` model-steps in its typical chunk. Always eager with dropout or BatchNorm. The run
+    decides once, before its first task, and hands each task its engine (``inflang.api.execute_plan``)."""
+    assert task.workload is not None
+    spec = _workload(task, budget, "eager").spec
+    if not _fixed(spec):
+        return "eager"
+    found = None if rates is None else measured_engines(task, budget, device, threads, rates)
+    if found is not None:
+        return "compiled" if compile_pays(task.model_steps(budget), *found) else "eager"
+    model, facts = _facts(spec)
+    compiles = auto_compiles(task.typical_chunk(budget) * int(spec["steps"]),
+                             facts.get("convolutional", model.convolutional), spec["dtype"],
+                             facts.get("stacked", model.stacked), device)
+    return "compiled" if compiles else "eager"
+
+
+def engine_choices(tasks: list[Task], budget: int | None, device: str, threads: int, rates: Rates) -> dict[str, str]:
+    """``auto_engine`` of every training and retraining task among ``tasks``, by hash."""
+    return {t.hash: auto_engine(t, budget, device, rates, threads) for t in tasks
+            if t.workload is not None and t.cost_steps and t.workload.get("engine", "auto") == "auto"}
 
 
 @dataclass
@@ -179,10 +236,11 @@ def price(tasks: list[Task], budget: int | None, engine: str, device: str, threa
     out = {}
     for task in tasks:
         parts: list[float | None] = []
-        work = workload_of(task, budget, engine, device)
+        work = workload_of(task, budget, engine, device, rates, threads)
         if work is not None:
             rate = rates.get(work.key(device, threads))
-            parts.append(None if rate is None else rate * task.model_steps(budget))
+            compile_seconds = rates.get(work.key(device, threads) + COMPILE) if work.engine == "compiled" else 0.0
+            parts.append(None if rate is None else rate * task.model_steps(budget) + (compile_seconds or 0.0))
         refits = newton_workload_of(task)
         if refits is not None:
             parts.append(newton_seconds(task, refits, device, threads, rates))
@@ -198,13 +256,19 @@ def timed(task: Task) -> bool:
 
 def unmeasured(plan: Plan, tasks: list[Task], budget: int | None, engine: str, device: str, threads: int,
                rates: Rates) -> dict[str, Workload]:
-    """The distinct workloads of ``tasks`` that have no measured rate yet, by key."""
+    """The distinct workloads of ``tasks`` that have no measured rate yet, by key: for ``--engine auto``, both
+    engines' steps of a task that may compile (and the compile, with the compiled one)."""
     missing: dict[str, Workload] = {}
     for task in tasks:
-        for work in (workload_of(task, budget, engine, device), newton_workload_of(task)):
+        works = [workload_of(task, budget, engine, device, rates, threads), newton_workload_of(task)]
+        if (engine == "auto" and task.workload is not None and task.cost_steps
+                and task.workload.get("engine", engine) == "auto"
+                and _fixed(_workload(task, budget, "eager").spec)):
+            works += [_workload(task, budget, "eager"), _workload(task, budget, "compiled")]
+        for work in works:
             if work is not None:
                 key = work.key(device, threads)
-                if rates.get(key) is None:
+                if rates.get(key) is None or (work.engine == "compiled" and rates.get(key + COMPILE) is None):
                     missing.setdefault(key, work)
     return missing
 

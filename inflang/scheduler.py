@@ -17,7 +17,7 @@ import sys
 import traceback
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +27,7 @@ import duckdb
 
 from inflang import artifacts
 from inflang.claims import definition, evaluate
+from inflang.cost import ENGINE_INPUT
 from inflang.diagnostics import diagnose
 from inflang.errors import StorageError, UsageError
 from inflang.plan import Plan, Task
@@ -157,9 +158,10 @@ class _Artifacts:
 
 
 def execute(plan: Plan, store: Store, backend: Backend, compute: Compute, *, retry_failed: bool = False,
-            events: Events | None = None, threads: int = 1) -> RunSummary:
+            events: Events | None = None, threads: int = 1, engines: Mapping[str, str] | None = None) -> RunSummary:
     """Run every selected task of ``plan`` that is not already done on ``backend``; returns what ran, what was
-    cached, what failed. ``compute`` rebuilds a missing dependency in this process."""
+    cached, what failed. ``compute`` rebuilds a missing dependency in this process. ``engines``: the retraining
+    engine each task is handed (by hash; ``--engine auto``'s choices, inflang.pricing.engine_choices)."""
     events = events or Events()
     loaded = plan.study
     run_id = uuid.uuid4().hex[:12]
@@ -169,7 +171,8 @@ def execute(plan: Plan, store: Store, backend: Backend, compute: Compute, *, ret
     log.line(f"run {run_id} of study '{loaded.study.study}' ({loaded.path}): {len(plan.selected_tasks())} tasks, "
              f"executor {backend.where}, device {backend.device}, engine {backend.engine}, {threads} thread(s)")
     try:
-        summary = _schedule(plan, store, backend, _Artifacts(plan, store, compute), retry_failed, events, log)
+        summary = _schedule(plan, store, backend, _Artifacts(plan, store, compute), retry_failed, events, log,
+                            engines or {})
     except BaseException as exc:
         if not isinstance(exc, UsageError):  # a database that stayed busy is not waited for a second time
             store.end_run(run_id, "interrupted", 0, 0, 0)
@@ -203,7 +206,7 @@ def _message(exc: BaseException) -> str:
 
 
 def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, retry_failed: bool,
-              events: Events, log: RunLog) -> RunSummary:
+              events: Events, log: RunLog, engines: Mapping[str, str]) -> RunSummary:
     """Submit each task once its dependencies are done, in plan order, as the backend has room."""
     loaded = plan.study
     store.record_study(
@@ -277,7 +280,8 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
                 except Exception as exc:  # a dependency's artifact could not be rebuilt
                     record_failure(task, exc, 0.0)
                     continue
-                backend.submit(task.hash, task.kind, task.inputs, deps)
+                inputs = task.inputs if task.hash not in engines else {**task.inputs, ENGINE_INPUT: engines[task.hash]}
+                backend.submit(task.hash, task.kind, inputs, deps)
                 running += 1
         if not running:
             continue

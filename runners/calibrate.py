@@ -46,8 +46,9 @@ def _model_and_data(workload: dict[str, Any], rows: int, device: str) -> tuple[A
 
 
 def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, device: str = "cpu",
-                           steps: int | None = None) -> tuple[float, str]:
-    """(seconds one model-step takes, the engine that ran it) for ``models`` models trained together on the
+                           steps: int | None = None) -> tuple[float, str, float]:
+    """(seconds one model-step takes, the engine that ran it, seconds its first call took beyond a later one:
+    the compile, where the engine compiled) for ``models`` models trained together on the
     ``workload`` (``inflang.plan.Task.workload``) for ``steps`` timed steps (default: 3, or 1 when one step
     of the ensemble costs more than 1e10 FLOPs)."""
     batch = int(workload["batch"])
@@ -69,11 +70,12 @@ def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, d
                 torch.cuda.synchronize(x.device)
             return time.perf_counter() - began
 
-        train(1)  # builds (and compiles) everything once
+        first = train(1)  # builds (and compiles) everything once
         # each call also pays fixed costs (the compiled engine's one untimed step per batch shape before step
         # 0): the difference of two runs is ``steps`` steps alone
-        seconds = max(train(steps + 1) - train(1), 1e-9)
-    return seconds / (steps * models), chosen
+        one = train(1)
+        seconds = max(train(steps + 1) - one, 1e-9)
+    return seconds / (steps * models), chosen, max(first - one, 0.0)
 
 
 def seconds_per_newton_refit(workload: dict[str, Any], models: int, device: str = "cpu") -> tuple[float, float]:

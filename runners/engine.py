@@ -1,17 +1,19 @@
 """Which retraining engine computes an ensemble's steps: ``--engine eager | compiled | auto``.
 
-``eager`` runs every operation as its own kernel (``runners.ensemble``); ``compiled`` fuses each step's
-gradient with torch.compile (``runners.compiled``); ``auto`` (the default) compiles where it pays and can
-hold: models without dropout or BatchNorm (the eager engine's per-step random masks and running statistics
-are what make dropout runs repeat and scratch replays match), not plain convolutional stacks (the convolution
-engine, ``runners.stacked``, is faster eager), other convolutional models only in float64 (where measured
-faster; ``inflang.cost.auto_compiles``), in ensembles of at least ``AUTO_MIN_MODEL_STEPS`` models x
-steps (e.g. 100 models for 1,000 steps), so that compiling, 2-30 s per shape and process, is paid back
-(small models are bound by per-step overhead, not FLOPs, so the count is of steps). The choice depends
-only on the task and the memory budget (model, dtype, ensemble size, steps; the default budget is fixed),
-never on timing, so a rerun or resume with the same budget picks the same engine and computes the same bits.
-Every graph a task needs is compiled before its first step; where compiling fails (no C compiler, an
-operation inductor cannot lower) the task runs eagerly from the start and one line says so, once per process.
+``eager`` runs every operation as its own kernel (``runners.ensemble``; a plain layer stack without vmap,
+``runners.stacked``); ``compiled`` fuses each step's gradient with torch.compile (``runners.compiled``).
+``auto`` (the default) is decided by the run, once, before its first task, and handed to each task with its
+inputs (``inflang.pricing.auto_engine``): where ``inflang plan --calibrate`` measured both engines' steps and
+the compile on this machine, compiled when the seconds saved over the task's model-steps exceed the
+compile's; otherwise by the model and the count (``inflang.cost.auto_compiles``: not for plain stacks on
+the CPU, not for other convolutional models in float32, from ``AUTO_MIN_MODEL_STEPS`` models x steps).
+Models with dropout or BatchNorm always run eagerly (the eager engine's per-step random masks and running
+statistics are what make dropout runs repeat and scratch replays match). A task computed without a handed
+engine (a calibration, a dependency rebuilt in the driver) applies the count rule to each ensemble. A rerun
+or resume on the same machine hands the same engines (rates are measured once per workload and kept), so it
+computes the same bits. Every graph a task needs is compiled before its first step; where compiling fails
+(no C compiler, an operation inductor cannot lower) the task runs eagerly from the start and one line says
+so, once per process.
 
 Base training (one model) always runs eager. The engine that retrained each task is reported with its rows
 (``runs.engine`` names those of a run).

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from inflang.cost import ENGINE_INPUT
 from runners import engine as engines
 from runners.tasks import Context, Dep, run_task
 
@@ -50,8 +51,11 @@ def deserialise(data: bytes | None) -> dict[str, Tensor]:
 def run(kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes], memory_budget: int | None = None,
         device: str = "cpu", progress: Callable[[int], None] | None = None, engine: str | None = None) -> Done:
     """Compute one task (see the module docstring) with retraining engine ``engine`` (eager | compiled | auto;
-    None: INFLANG_ENGINE or auto)."""
+    None: INFLANG_ENGINE or auto), or the one the run handed the task in its inputs (``ENGINE_INPUT``)."""
     start = time.perf_counter()
+    if ENGINE_INPUT in inputs:  # the engine the run chose for this task (--engine auto, inflang.pricing)
+        engine = str(inputs[ENGINE_INPUT])
+        inputs = {k: v for k, v in inputs.items() if k != ENGINE_INPUT}
     ready = {h: Dep(dep_inputs, deserialise(data)) for h, (dep_inputs, data) in deps.items()}
     with engines.selected(engine) as used:
         out, _ = run_task(kind, inputs, ready, Context(memory_budget=memory_budget, progress=progress,

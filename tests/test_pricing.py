@@ -45,8 +45,8 @@ def test_spec_multiply_adds_match_the_built_model(model: dict, info: DatasetInfo
 def test_rates_are_kept_by_workload_and_machine(tmp_path: Path):
     spec = {"model": {"arch": "mlp", "depth": 1, "width": 4}, "shape": None, "features": 4, "classes": 3,
             "regression": False, "dtype": "float64", "batch": 16, "steps": 10}
-    seconds, engine = seconds_per_model_step(spec, 5, "eager", steps=2)
-    assert seconds > 0 and engine == "eager"
+    seconds, engine, compile_seconds = seconds_per_model_step(spec, 5, "eager", steps=2)
+    assert seconds > 0 and engine == "eager" and compile_seconds >= 0
     work = Workload(spec, 5, "eager")
     rates = Rates(tmp_path / "rates.json")
     rates.put(work.key("cpu", 1), seconds)
@@ -129,7 +129,8 @@ def test_pricing_picks_the_engine_the_run_would():
 
     mlp = {"arch": "mlp", "depth": 2, "width": 16}
     cnn = {"arch": "cnn", "depth": 2, "channels": 8}
-    assert workload_of(task(mlp), None, "auto").engine == "compiled"
+    assert workload_of(task(mlp), None, "auto").engine == "eager"  # a plain stack: the stack engine
+    assert workload_of(task(mlp), None, "auto", "cuda:0").engine == "compiled"  # which a GPU does not run
     assert workload_of(task({**mlp, "dropout": 0.1}), None, "auto").engine == "eager"
     assert workload_of(task({**mlp, "dropout": 0.1}), None, "compiled").engine == "eager"
     assert workload_of(task(cnn), None, "auto").engine == "eager"
@@ -176,3 +177,65 @@ def test_newton_refits_are_priced_from_a_measured_refit(tmp_path: Path):
     rates.put(work.key("cpu", 1) + "/hessian", hessian)
     priced = price([task], None, "eager", "cpu", 1, rates)[task.hash].seconds
     assert priced == pytest.approx(hessian + 15 * per_refit)
+
+
+def test_auto_decides_by_the_measured_compile_and_rates(tmp_path: Path):
+    """With both engines' rates and the compile measured here, auto compiles a task exactly when the seconds the
+    compiled steps save over its model-steps exceed the compile's; without them, by the count of model-steps;
+    never where compiling cannot speed the step up (a plain stack on the CPU: the stack engine). Every
+    candidate's two steps and the compile are what --calibrate measures."""
+    from inflang.plan import Task
+    from inflang.pricing import COMPILE, auto_engine, engine_choices, price, unmeasured
+
+    work = {"model": {"arch": "mlp", "depth": 2, "width": 16}, "shape": None, "features": 4, "classes": 3,
+            "regression": False, "dtype": "float32", "batch": 120, "steps": 1000}
+
+    def task(models: int, name: str = "h") -> Task:
+        return Task("ground_truth", name, {}, (), cost_steps=1000 * models, models=models, member_bytes=1000,
+                    items=models - 1, flops=1.0, workload=dict(work))
+
+    short, long = task(121, "short"), task(1021, "long")  # 121,000 and 1,021,000 model-steps
+    rates = Rates(tmp_path / "rates.json")
+    gpu = "cuda:0"  # where the stack engine does not run
+    assert auto_engine(long, None, "cpu", rates) == "eager"  # unmeasured: a plain stack on the CPU
+    assert auto_engine(short, None, gpu, rates) == "compiled"  # unmeasured: 121,000 >= 100,000 model-steps
+    missing = unmeasured(None, [short], None, "auto", gpu, 1, rates)  # type: ignore[arg-type]
+    assert sorted(json.loads(k)["engine"] for k in missing) == ["compiled", "eager"]
+    eager = Workload({k: v for k, v in work.items()}, 32, "eager").key(gpu, 1)
+    compiled = Workload(dict(work), 32, "compiled").key(gpu, 1)
+    rates.put(eager, 40e-6)
+    rates.put(compiled, 20e-6)
+    rates.put(compiled + COMPILE, 4.0)  # saves 20 us a model-step: pays from 200,000 model-steps
+    assert unmeasured(None, [short], None, "auto", gpu, 1, rates) == {}  # type: ignore[arg-type]
+    assert auto_engine(short, None, gpu, rates) == "eager"  # 2.42 s saved < 4 s of compile
+    assert auto_engine(long, None, gpu, rates) == "compiled"  # 20.4 s saved
+    assert engine_choices([short, long], None, gpu, 1, rates) == {"short": "eager", "long": "compiled"}
+    priced = price([short, long], None, "auto", gpu, 1, rates)
+    assert priced["short"].seconds == pytest.approx(121_000 * 40e-6)
+    assert priced["long"].seconds == pytest.approx(1_021_000 * 20e-6 + 4.0)  # the compile is priced
+    rates.put(Workload(dict(work), 32, "eager").key("cpu", 1), 40e-6)  # measured on the CPU too: the same rule
+    rates.put(Workload(dict(work), 32, "compiled").key("cpu", 1), 20e-6)
+    rates.put(Workload(dict(work), 32, "compiled").key("cpu", 1) + COMPILE, 4.0)
+    assert engine_choices([short, long], None, "cpu", 1, rates) == {"short": "eager", "long": "compiled"}
+    dropout = task(1021, "dropout")
+    dropout.workload["model"] = {**work["model"], "dropout": 0.1}  # type: ignore[index]
+    assert auto_engine(dropout, None, gpu, rates) == "eager"  # masks come from the eager engine
+
+
+def test_a_task_runs_with_the_engine_the_run_handed_it(monkeypatch: pytest.MonkeyPatch):
+    from inflang.cost import ENGINE_INPUT
+    from runners import engine as engines
+    from runners import entry
+    from runners.tasks import Output
+
+    seen: dict = {}
+
+    def fake(kind: str, inputs: dict, deps: dict, ctx: object) -> tuple[Output, float]:
+        seen.update(engine=engines.current(), inputs=inputs)
+        return Output({}, {}), 0.0
+
+    monkeypatch.setattr(entry, "run_task", fake)
+    entry.run("metrics", {"a": 1, ENGINE_INPUT: "eager"}, {}, engine="compiled")
+    assert seen == {"engine": "eager", "inputs": {"a": 1}}  # the handed engine, not part of the task's inputs
+    entry.run("metrics", {"a": 1}, {}, engine="compiled")
+    assert seen["engine"] == "compiled"
