@@ -39,6 +39,7 @@ from torch import nn
 
 from inflang.spec import BundledDataset, CnnModel, LogregModel, MlpModel, TrainingSpec
 from runners import stacked
+from runners.allocator import keep_freed_memory
 from runners.batches import batch_order
 from runners.data import load_raw, prepare
 from runners.ensemble import UpdateRule, multiply_adds, stack, train_ensemble, weighted_cross_entropy
@@ -250,7 +251,7 @@ def measure(case: Case, dtype: torch.dtype, threads: int, sample: int | None) ->
     for _ in range(REPEATS):
         eng = min(eng, batched(case, module, start, x, y, case.removals))
         steady = min(steady, batched(case, module, start, x, y, case.removals, "compiled"))
-    strategies = convolution_strategies(case, module, start, x, y) if stacked.supports(module) else {}
+    strategies = convolution_strategies(case, module, start, x, y) if case.arch == "cnn" else {}
     flops = linear_flops(module, batch, tuple(x.shape[1:])) * case.steps * models
     peak = matmul_peak(dtype)
     floor = flops / peak / 1e9
@@ -430,6 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     global DEVICE, REPEATS
     DEVICE = torch.device(args.device)
+    keep_freed_memory()  # as every process that runs tasks (runners.device.configure)
     REPEATS = 2 if args.quick else max(1, args.repeats)
     if DEVICE.type == "cuda":
         from runners.device import configure
