@@ -22,10 +22,10 @@ itself (the first call's seconds beyond a later call's), and the run compiles ex
 saved seconds exceed the compile's (``auto_engine``); a compiled task is priced with its compile.
 
 How far to trust it: curvature, estimates and metrics are left out (the estimate errs short by them;
-retraining is the cost that matters), and so is a compile nobody measured. A task is timed at the ensemble size most of its chunks have
-(``Task.typical_chunk``), capped for the calibration: a model-step costs about as much or less in a larger
-ensemble, so a cap errs long, while a short last chunk or the probes' own chunk is priced at the typical
-chunk's rate (errs either way, by a chunk's share).
+retraining is the cost that matters), and so is a compile nobody measured. A task is timed at the ensemble
+size most of its chunks have (``Task.typical_chunk``), capped for the calibration: a model-step costs about as
+much or less in a larger ensemble, so a cap errs long, while a short last chunk or the probes' own chunk is
+priced at the typical chunk's rate (errs either way, by a chunk's share).
 """
 
 from __future__ import annotations

@@ -49,9 +49,10 @@ from runners.estimators.common import GRADIENT_BYTES, hessian_vector_products
 from runners.metrics import MetricRow, gap_rows, noise_ceiling, resolution_rows
 from runners.objective import PARAM_CHANGE, FlatModel, correct, per_example_loss
 from runners.outputs import Checkpoint, Curvature, Estimate, HessianDiagnostics, MeasuredEffects, TrainedModel
+from runners.polish import polish
 from runners.protocols import PROTOCOLS, Problem, RetrainSetup, Scoring
 from runners.selection import select_test_points
-from runners.train import train
+from runners.train import Trained, train
 
 Arrays = dict[str, Tensor]
 Progress = Callable[[int], None]
@@ -154,6 +155,9 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
     s = setup_from(inputs)
     d = s.data
     result = train(s.module, d.x_train, d.y_train, s.training, s.order_seed, d.validation, s.noise_seed)
+    polished: dict[str, list[Any]] = {k: [None] for k in POLISH_COLUMNS}
+    if s.training.polish is not None:
+        polished = _polish(s, result)
     with torch.no_grad():
         train_losses, train_correct = _test_losses(s.module, result.params, d.x_train, d.y_train)
         test_losses, test_correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
@@ -170,13 +174,36 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
         "train_results": {"n_params": [n_params], "n_train": [d.n_train], "n_test": [len(d.test_ids)],
                           "train_loss": [float(train_losses.mean())], "test_loss": [float(test_losses.mean())],
                           "test_accuracy": [accuracy], "train_seconds": [result.seconds],
-                          "steps": [result.steps]},
+                          "steps": [result.steps], **polished},
         "split_rows": {"index": ids, "role": roles,
                        "label_flipped": [bool(f) for f in d.flipped] + [False] * (len(d.test_ids) + len(d.val_ids)),
                        "loss": train_losses.tolist() + test_losses.tolist() + val_losses.tolist(),
                        "correct": _flags(train_correct, d.n_train) + _flags(test_correct, len(d.test_ids))
                        + _flags(val_correct, len(d.val_ids))},
     })
+
+
+POLISH_COLUMNS = ("polish_steps", "polish_start_grad_norm", "polish_grad_norm", "polish_accuracy_change",
+                  "polish_seconds")
+
+
+def _polish(s: TrainSetup, result: Trained) -> dict[str, list[Any]]:
+    """``training.polish`` on the trained module (``runners.polish``), in place; ``result.params`` follow it. The
+    rows: its iterations, the gradient norm before and after, the change in test accuracy, its seconds."""
+    spec, d = s.training.polish, s.data
+    assert spec is not None
+    began = time.perf_counter()
+    with torch.no_grad():
+        before = _test_losses(s.module, result.params, d.x_test, d.y_test)[1]
+    done = polish(s.module, d.x_train, d.y_train, s.training.weight_decay, spec.tolerance(s.training.dtype),
+                  spec.max_steps, s.training.label_smoothing)
+    result.params = {k: v.detach().clone() for k, v in s.module.named_parameters()}
+    with torch.no_grad():
+        after = _test_losses(s.module, result.params, d.x_test, d.y_test)[1]
+    change = None if before is None or after is None else float(after.double().mean() - before.double().mean())
+    return {"polish_steps": [done.steps], "polish_start_grad_norm": [done.start_grad_norm],
+            "polish_grad_norm": [done.grad_norm], "polish_accuracy_change": [change],
+            "polish_seconds": [time.perf_counter() - began]}
 
 
 def run_curvature(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:

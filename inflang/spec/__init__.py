@@ -58,7 +58,7 @@ from inflang.spec.protocols import (
 )
 from inflang.spec.selection import HessianSpec, MetricName, MetricsSpec, TestPointSpec
 from inflang.spec.study import Study, semantic_problems, study_facts
-from inflang.spec.training import EarlyStoppingSpec, TrainingSpec
+from inflang.spec.training import EarlyStoppingSpec, PolishSpec, TrainingSpec
 
 __all__ = [
     "ImageFolderDataset",
@@ -71,6 +71,7 @@ __all__ = [
     "ExactEstimator", "FileDataset", "GradCosEstimator", "GradDotEstimator", "GroundTruthSpec",
     "GroupProtocol", "GroupSpec", "HessianSpec", "IMAGE_ARCHS", "LdsProtocol", "LenetModel", "LissaEstimator",
     "LogregModel", "LooProtocol", "MetricName", "MetricsSpec", "MlpModel", "ModelSpec", "PbrfProtocol",
-    "RemovalSpec", "Study", "SyntheticDataset", "TestPointSpec", "TrainingSpec", "EarlyStoppingSpec", "estimator_label",
+    "RemovalSpec", "Study", "SyntheticDataset", "TestPointSpec", "TrainingSpec", "EarlyStoppingSpec", "PolishSpec",
+    "estimator_label",
     "semantic_problems", "study_facts",
 ]

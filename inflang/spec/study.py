@@ -100,6 +100,23 @@ def study_facts(study: Study) -> StudyFacts:
                       dropout=float(getattr(study.model, "dropout", 0.0) or 0.0))
 
 
+def _polish_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:
+    """``training.polish`` takes the trained model to a stationary point of its full-batch objective."""
+    problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
+    if study.training.weight_decay == 0:
+        problems.append((("training", "polish"), "needs weight_decay > 0: without it a network that fits its "
+                         "training set may have no finite minimiser (its logits grow without bound)",
+                         "set training.weight_decay (e.g. 0.001)"))
+    if getattr(study.model, "norm", "none") == "batch":
+        problems.append((("training", "polish"), "a model with BatchNorm has no single full-batch objective to "
+                         "polish (training normalises by each batch's statistics)", "use norm: group or none"))
+    if study.ground_truth.start_from == "scratch":
+        problems.append((("training", "polish"), "scratch retraining trains each model as base training did, "
+                         "without polish, so its control would not be the polished model",
+                         "use ground_truth.start: optimum"))
+    return problems
+
+
 def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str | None]]:
     """Checks across sections that a single field cannot make: (path, message, hint) for each problem."""
     problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
@@ -144,6 +161,8 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
                          "stopping needs sgd or adam", None))
     if tr.optimizer == "lbfgs" and tr.batch_size is not None:
         problems.append((("training", "batch_size"), "lbfgs trains full batch; set batch_size: null", None))
+    if tr.polish is not None:
+        problems += _polish_problems(study)
     if tr.momentum and tr.optimizer != "sgd":
         problems.append((("training", "momentum"), f"momentum applies to sgd, not {tr.optimizer}", None))
     tp = study.test_points

@@ -6,7 +6,7 @@ parameters, with n the full training-set size and every w_j = 1 for the base mod
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -25,7 +25,23 @@ class EarlyStoppingSpec(Spec):
         return max(1, int(round(self.validation * n_train)))
 
 
+class PolishSpec(Spec):
+    """After training, L-BFGS on the full-batch regularised objective until ||grad L(theta)|| <= tol: influence
+    functions assume a stationary point, and every task that starts from the trained model (estimators,
+    diagnostics, warm-start and converged ground truth) then starts from one."""
+
+    tol: float | None = Field(None, gt=0, description="stop at this gradient norm (the objective's 2-norm over all "
+                              "parameters); null = 1e-8 in float64, 1e-5 in float32")
+    max_steps: int = Field(2000, ge=1, le=1_000_000, description="L-BFGS iterations at most (each a full-batch "
+                           "gradient and a strong-Wolfe line search)")
+
+    def tolerance(self, dtype: str) -> float:
+        return self.tol if self.tol is not None else (1e-8 if dtype == "float64" else 1e-5)
+
+
 class TrainingSpec(Spec):
+    late_fields: ClassVar[tuple[str, ...]] = ("polish",)
+
     optimizer: Literal["sgd", "adam", "lbfgs"] = Field("adam", description="sgd | adam | lbfgs")
     lr: float = Field(0.01, gt=0, description="learning rate (for lbfgs: the step length scale)")
     epochs: int = Field(1000, ge=1, le=10_000_000, description="passes over the training set")
@@ -45,6 +61,9 @@ class TrainingSpec(Spec):
     early_stopping: EarlyStoppingSpec | None = Field(
         None, description="off by default; when set, a validation set is held out of the training split and the "
         "model with the lowest validation loss is kept (scratch retraining does the same per model)")
+    polish: PolishSpec | None = Field(
+        None, description="off by default; when set, the trained model is taken to a stationary point of its "
+        "full-batch objective (||grad L|| <= tol) by L-BFGS before anything starts from it")
 
     def trained_on(self, n_split: int) -> int:
         """Training points left once the validation set (early stopping) is held out of a split of n_split."""
