@@ -62,6 +62,19 @@ def configure(device: str) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+DEVICE_SHARE = 4  # a chunk of gradients or Hessian-vector products may take 1/DEVICE_SHARE of a GPU's memory
+
+
+def chunk_bytes(device: torch.device, cpu_budget: int) -> int:
+    """Bytes one chunk of per-example gradients or Hessian-vector products may hold on ``device``: the CPU's
+    fixed ``cpu_budget``, or on a GPU 1/DEVICE_SHARE of its total memory (at least ``cpu_budget``). The total,
+    not the free memory: free memory changes from run to run, and a chunking that changed with it would change
+    the last bits of the sums over chunks, which a rerun on the same GPU must repeat."""
+    if device.type != "cuda":
+        return cpu_budget
+    return max(cpu_budget, int(torch.cuda.get_device_properties(device).total_memory) // DEVICE_SHARE)
+
+
 def generator(seed: int) -> torch.Generator:
     """A seeded CPU generator: random draws (batch orders, probes, projections, initialisations) are made on
     the CPU and moved to the task's device with ``here``, so every device sees the same random numbers."""

@@ -87,3 +87,17 @@ def test_plan_calibrates_on_the_gpu(write, tmp_path: Path, monkeypatch):
                                  "--calibrate", "--device", "cuda"])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
+
+
+def test_chunks_on_a_gpu_are_sized_by_its_memory(monkeypatch: pytest.MonkeyPatch):
+    """On the CPU a chunk keeps its fixed budget; on a GPU it may take a quarter of the device's total memory
+    (fixed per device, so a rerun chunks alike), never less than the CPU's."""
+    from types import SimpleNamespace
+
+    from runners import device as devices
+
+    assert devices.chunk_bytes(torch.device("cpu"), 1 << 30) == 1 << 30
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=80 << 30))
+    assert devices.chunk_bytes(torch.device("cuda", 0), 1 << 30) == 20 << 30
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=2 << 30))
+    assert devices.chunk_bytes(torch.device("cuda", 0), 1 << 30) == 1 << 30

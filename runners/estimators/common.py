@@ -18,6 +18,7 @@ from torch.func import grad, vmap
 
 from runners import engine as engines
 from runners.curvature import Spectrum
+from runners.device import chunk_bytes
 from runners.objective import MEASURES, PARAM_CHANGE, FlatModel, per_example_loss, vmap_failure
 
 
@@ -166,11 +167,12 @@ GRADIENT_BYTES = 1 << 30  # per-example gradients, and the layer outputs their p
 
 
 def gradient_rows(flat: FlatModel, x: Tensor, budget: int | None = None) -> int:
-    """Examples whose gradients one pass computes: at most ``budget`` bytes (default GRADIENT_BYTES) of gradients
-    and of the layer outputs their pass keeps (three per activation, as the diagnose task counts them)."""
+    """Examples whose gradients one pass computes: at most ``budget`` bytes (default GRADIENT_BYTES, on a GPU a
+    share of its memory: ``runners.device.chunk_bytes``) of gradients and of the layer outputs their pass keeps
+    (three per activation, as the diagnose task counts them)."""
     size = flat.theta.element_size()
     per_row = int(flat.theta.numel()) * size + 3 * _activations(flat.module, tuple(x.shape[1:])) * size
-    return max(1, (budget or GRADIENT_BYTES) // max(1, per_row))
+    return max(1, (budget or chunk_bytes(flat.theta.device, GRADIENT_BYTES)) // max(1, per_row))
 
 
 def per_example_gradients(flat: FlatModel, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
@@ -216,20 +218,23 @@ UNBATCHED_EXAMPLES: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyD
 # cannot batch over examples -> why
 
 
-HVP_ELEMENTS = 20_000_000  # layer outputs (examples x outputs per example) of one double-backward pass
+HVP_ELEMENTS = 20_000_000  # layer outputs (examples x outputs per example) of one double-backward pass on a CPU
+HVP_BYTES = 60  # bytes a double-backward pass holds per layer output (ResNet-20: 1.2 GB for 20M outputs)
 ACTIVATIONS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], int]] = weakref.WeakKeyDictionary()
 
 
 def hessian_vector_products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay: float, vectors: Tensor,
                             batch: Tensor | None = None, smoothing: float = 0.0) -> Tensor:
     """Rows H v_k of the objective's Hessian (on ``batch``, or all points) times each row of ``vectors``, over
-    the examples in chunks of at most HVP_ELEMENTS layer outputs: each chunk's mean-loss products weighted by
+    the examples in chunks of at most HVP_ELEMENTS layer outputs (on a GPU as many as a share of its memory
+    holds, ``runners.device.chunk_bytes``): each chunk's mean-loss products weighted by
     its share of the examples, weight decay added once. ResNet-20 on 2,000 32x32 images (one thread): 14 s
     for one vector and 107 s for ten (1.2 GB peak) in chunks of 49-50 examples, against 38 s and 270 s (15 GB)
     in one pass; a network small enough for one chunk is computed as before, in one pass."""
     xb, yb = (x, y) if batch is None else (x[batch], y[batch])
     n = int(xb.shape[0])
-    rows = max(1, HVP_ELEMENTS // max(1, _activations(flat.module, tuple(xb.shape[1:]))))
+    elements = chunk_bytes(flat.theta.device, HVP_ELEMENTS * HVP_BYTES) // HVP_BYTES
+    rows = max(1, elements // max(1, _activations(flat.module, tuple(xb.shape[1:]))))
     if rows >= n:
         return _products(flat, xb, yb, weight_decay, vectors, smoothing)
     chunks = -(-n // rows)  # as few as the limit allows, of equal size to one example
