@@ -6,7 +6,8 @@ metrics, pooling, the database), against the same computation written as a seque
     python benchmarks/end_to_end.py [--repeats 3] [--engines eager,auto] [--hand-removals 120] [--json FILE]
 
 Each study run is a fresh process on a fresh database with an empty torch.compile cache (``--warm-cache``
-keeps one cache for every run), so a compile is paid as a first-time user pays it; the best of ``--repeats``
+keeps one cache for every run) and an empty inflang cache (no measured rates), so a compile is paid as a
+first-time user pays it; the best of ``--repeats``
 runs is kept per engine. ``--hand-removals N`` times N of the loop's 120 retrainings and scales that part to
 120 (each is the same loop, so its time is linear in their number). The rerun row times ``inflang run`` on a
 finished study (nothing to compute). Also printed: the machine's float32 matmul peak at one thread, against
@@ -40,7 +41,8 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, st
 
 def study_run(engine: str, work: Path, cache: Path | None, root: Path = ROOT, study: Path = STUDY) -> dict[str, float]:
     """Seconds of one fresh ``inflang run`` (and of its rerun) of ``study`` with the code at ``root``."""
-    env = {**os.environ, "PYTHONPATH": str(root), "TORCHINDUCTOR_CACHE_DIR": str(cache or work / "inductor")}
+    env = {**os.environ, "PYTHONPATH": str(root), "TORCHINDUCTOR_CACHE_DIR": str(cache or work / "inductor"),
+           "INFLANG_CACHE": str(Path(tempfile.mkdtemp(dir=work, prefix="cache-")))}  # no rates: what a new user has
     db = work / f"{engine}-{time.monotonic_ns()}.duckdb"
     seconds, _ = timed([sys.executable, "-c", CLI, "run", str(study), "--db", str(db), "--engine", engine], work, env)
     rerun, _ = timed([sys.executable, "-c", CLI, "run", str(study), "--db", str(db), "--engine", engine], work, env)

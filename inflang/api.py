@@ -21,7 +21,7 @@ import duckdb
 
 from inflang import store as queries
 from inflang.plan import Plan, compile_study
-from inflang.pricing import COMPILE, Rates, Workload, engine_choices
+from inflang.pricing import COMPILE, COMPILE_FAILED, Rates, Workload, engine_choices
 from inflang.scheduler import Events, RunSummary, execute
 from inflang.spec import Study
 from inflang.spec.base import CodeFields
@@ -147,7 +147,8 @@ def execute_plan(compiled: Plan, store: Store, *, memory_budget: int | None = No
     here = backend.device if executor != "ray" else "cpu"  # a missing dependency is rebuilt in this process
     chosen = None
     if backend.engine == "auto":  # decided once, here, from the rates measured on this machine so far
-        chosen = engine_choices(list(compiled.selected_tasks().values()), memory_budget, backend.device, threads,
+        chosen = engine_choices(list(compiled.selected_tasks().values()), memory_budget,
+                                device if executor == "ray" else backend.device, 1 if executor == "ray" else threads,
                                 Rates())
     return execute(compiled, store, backend, compute_here(memory_budget, here, backend.engine),
                    retry_failed=retry_failed, events=events, threads=threads, engines=chosen)
@@ -206,8 +207,8 @@ def calibrate(workloads: dict[str, Workload], rates: Rates, device: str = "cpu",
             else:
                 seconds, ran, compile_seconds = seconds_per_model_step(work.spec, work.models, work.engine, where)
                 rates.put(key, seconds)
-                if work.engine == "compiled" and ran == "compiled":
-                    rates.put(key + COMPILE, compile_seconds)
+                if work.engine == "compiled":  # compiling failed here: auto must never choose it
+                    rates.put(key + COMPILE, compile_seconds if ran == "compiled" else COMPILE_FAILED)
     finally:
         torch.set_num_threads(before)
         rates.save()

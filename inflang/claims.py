@@ -350,7 +350,7 @@ def _gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None,
                                  binomial_count(name, [source[k] for k in involved]) if levels else None,
                                  fisher=levels and intervals.is_correlation(name))
     if combined is not None:
-        combined = replace(combined, at_bound=at_bound(name, [source[k] for k in involved], seeds))
+        combined = replace(combined, at_bound=at_bound(name, [source[k] for k in involved], seeds, not levels))
     if combined is None:
         evidence.why = "a point the claim compares has no finite value"
         return evidence
@@ -388,7 +388,8 @@ def _gather_compare(evidence: Evidence, claim: Claim, by_point: ByPoint, points:
     arms = [(c / len(pairs), ys) for a, b in pairs.values() for c, ys in difference_arms(a, b, seeds)]
     combined = intervals.combine(arms, seeds)
     rows = [side for pair in pairs.values() for side in pair]
-    evidence.value = None if combined is None else replace(combined, at_bound=at_bound(claim.metric, rows, seeds))
+    evidence.value = None if combined is None else replace(combined, at_bound=at_bound(claim.metric, rows, seeds,
+                                                                                     True))
     evidence.seeds = seed_count([a for a, _ in pairs.values()])
     evidence.test_points = finite_count([a for a, _ in pairs.values()])
     evidence.by_seeds = seeds
@@ -622,7 +623,8 @@ def decide(evidence: Evidence, level_: float = intervals.LEVEL) -> Verdict:
                        detail=_no_spread(evidence, value), **base)  # type: ignore[arg-type]
     inner = value.inner if isinstance(value, intervals.Mapped) else value
     if isinstance(inner, intervals.TMean) and inner.crowded and inner.at_bound is not None:
-        unit = "seeds' means" if evidence.by_seeds else "test points"
+        levels = claim.form in ("at_least", "at_most")
+        unit = ("seeds' means" if levels else "seeds' test points") if evidence.by_seeds else "test points"
         every = "" if claim.form in ("at_least", "at_most") else " at every point and estimator the claim compares"
         return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable",
                        detail=f"{inner.at_bound[0]} of {inner.at_bound[1]} {unit} give {claim.metric} exactly at its "

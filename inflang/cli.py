@@ -218,8 +218,8 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
                   "refits by a few refits)", highlight=False, soft_wrap=True)
     else:
         out.print(f"time: about {duration(total_seconds)} of training and retraining on {device} with {threads} "
-                  f"thread(s) and the {engine} engine, from rates measured on this machine (without compile "
-                  "time, curvature, estimates and metrics; Newton refits at their measured seconds per refit)")
+                  f"thread(s) and the {engine} engine, from rates measured on this machine (a compile where one was "
+                  "measured, no curvature, estimates or metrics; Newton refits at their measured seconds per refit)")
     missing_files = _missing_files(compiled)
     if missing_files:
         out.print(f"note: {missing_files}; task hashes cover the files once they are there")
@@ -305,7 +305,7 @@ class _RichEvents(Events):
         known = [p.seconds for p in found.values() if p.seconds is not None]
         if len(known) == len(training):
             self.console.print(f"priced at about {duration(sum(known))} of training and retraining here (rates "
-                               "measured on this machine; estimates, metrics and compiling come on top)",
+                               "measured on this machine; estimates, metrics and unmeasured compiles come on top)",
                                highlight=False, soft_wrap=True)
             return
         if self.hinted:  # said once per command (--until-settled starts a run per round)

@@ -67,6 +67,11 @@ class Task:
         sizes = self._chunk_sizes(budget)
         return max(set(sizes), key=lambda s: (sizes.count(s), s)) if sizes else 1
 
+    def ensemble_sizes(self, budget: int | None = None) -> int:
+        """Distinct ensemble sizes among its chunks (at least 1): the compiled engine compiles once per size, in
+        the one process that runs the task."""
+        return max(1, len(set(self._chunk_sizes(budget))))
+
     def model_steps(self, budget: int | None = None) -> int:
         """Model-steps it trains under ``budget``: ``cost_steps`` counts one control per repeat, but every
         ensemble chunk carries a control of its own, so a task split into k chunks per repeat trains k - 1

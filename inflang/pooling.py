@@ -155,16 +155,20 @@ def binomial_count(metric: str, groups: Sequence[Sequence[SeedRows]]) -> tuple[i
     return int(values.sum()), len(values)
 
 
-def at_bound(metric: str, groups: Sequence[Sequence[SeedRows]], seeds: bool) -> tuple[int, int] | None:
+def at_bound(metric: str, groups: Sequence[Sequence[SeedRows]], seeds: bool,
+             test_points: bool = False) -> tuple[int, int] | None:
     """(units whose every finite value among the groups lies exactly at a bound of the metric, units with a finite
-    value): the units are seeds (their means) or the one seed's test points. None for unbounded metrics and
-    0/1 proportions (whose interval is exact)."""
+    value): the units are seeds (their means) or the one seed's test points; with ``test_points`` (differences)
+    every seed's test points, (seed, test point) pairs. None for unbounded metrics and 0/1 proportions (whose
+    interval is exact)."""
     bounds = intervals.metric_range(metric)
     if bounds is None or intervals.is_proportion(metric):
         return None
     found: dict[Hashable, bool] = {}
     for rows in groups:
-        for unit, value in units(rows, seeds).items():
+        pairs = ({(r.repeat, t): v for r in rows if r.finite for t, v in r.by_test_point().items()}
+                 if seeds and test_points else units(rows, seeds))
+        for unit, value in pairs.items():
             if math.isfinite(value):
                 found[unit] = found.get(unit, True) and value in bounds
     return sum(found.values()), len(found)

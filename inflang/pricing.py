@@ -30,6 +30,7 @@ priced at the typical chunk's rate (errs either way, by a chunk's share).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -47,11 +48,13 @@ from inflang.spec import ModelSpec
 
 CALIBRATION_MODELS = 32
 COMPILE = "/compile"  # a compiled workload's key + this: the seconds its compile took here
+COMPILE_FAILED = 1e9  # stored as the compile's seconds where compiling failed here: never worth it
 NEWTON_CALIBRATION_MODELS = 8
 _MODELS: TypeAdapter[Any] = TypeAdapter(ModelSpec)
 CALIBRATION_FLOPS = 5e10  # per calibration step (all its models): about a second of a large CNN's step here
 
 
+@functools.cache
 def _processor(device: str = "cpu") -> str:
     """The CPU's model name, or for a CUDA device the GPU's (read from the NVIDIA driver; no torch here)."""
     if device.startswith("cuda"):
@@ -73,6 +76,7 @@ def _processor(device: str = "cpu") -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
 def _torch_version() -> str:
     try:
         return metadata.version("torch")
@@ -91,6 +95,7 @@ class Workload:
     def key(self, device: str, threads: int) -> str:
         """What a measured rate depends on (not the step count)."""
         body = {k: v for k, v in self.spec.items() if k != "steps"}
+        device = "cuda:0" if device == "cuda" else device  # --device cuda is the first GPU
         return json.dumps({"workload": body, "models": self.models, "engine": self.engine, "device": device,
                            "threads": threads, "torch": _torch_version(), "processor": _processor(device)},
                           sort_keys=True)
@@ -209,7 +214,9 @@ def auto_engine(task: Task, budget: int | None, device: str = "cpu", rates: Rate
         return "eager"
     found = None if rates is None else measured_engines(task, budget, device, threads, rates)
     if found is not None:
-        return "compiled" if compile_pays(task.model_steps(budget), *found) else "eager"
+        eager, compiled, compile_seconds = found
+        return "compiled" if compile_pays(task.model_steps(budget), eager, compiled,
+                                          compile_seconds * task.ensemble_sizes(budget)) else "eager"
     model, facts = _facts(spec)
     compiles = auto_compiles(task.typical_chunk(budget) * int(spec["steps"]),
                              facts.get("convolutional", model.convolutional), spec["dtype"],
@@ -240,7 +247,8 @@ def price(tasks: list[Task], budget: int | None, engine: str, device: str, threa
         if work is not None:
             rate = rates.get(work.key(device, threads))
             compile_seconds = rates.get(work.key(device, threads) + COMPILE) if work.engine == "compiled" else 0.0
-            parts.append(None if rate is None else rate * task.model_steps(budget) + (compile_seconds or 0.0))
+            compiles = (compile_seconds or 0.0) * task.ensemble_sizes(budget)
+            parts.append(None if rate is None else rate * task.model_steps(budget) + compiles)
         refits = newton_workload_of(task)
         if refits is not None:
             parts.append(newton_seconds(task, refits, device, threads, rates))

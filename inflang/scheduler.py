@@ -113,8 +113,9 @@ class RunSummary:
 class _Artifacts:
     """Finished tasks' artifacts: in memory, on disk, or recomputed; the driver's side of every task."""
 
-    def __init__(self, plan: Plan, store: Store, compute: Compute) -> None:
+    def __init__(self, plan: Plan, store: Store, compute: Compute, engines: Mapping[str, str] | None = None) -> None:
         self.plan, self.store, self.compute = plan, store, compute
+        self.engines = engines or {}  # the engine the run hands each task (a rebuild gets it too)
         self.status = store.task_status(list(plan.tasks))
         self.cache: OrderedDict[str, bytes | None] = OrderedDict()
 
@@ -128,9 +129,15 @@ class _Artifacts:
         loaded = artifacts.load(self.store.artifacts, task_hash, state[2])
         if loaded is None and not (state[0] == "done" and state[2] is None):
             task = self.plan.tasks[task_hash]
-            loaded = self.finish(task, self.compute(task.kind, task.inputs, self.deps(task)))
+            loaded = self.finish(task, self.compute(task.kind, self.inputs(task), self.deps(task)))
         self._remember(task_hash, loaded)
         return loaded
+
+    def inputs(self, task: Task) -> dict[str, Any]:
+        """What the task is submitted with: its inputs, and the engine the run chose for it (``ENGINE_INPUT``)."""
+        if task.hash not in self.engines:
+            return task.inputs
+        return {**task.inputs, ENGINE_INPUT: self.engines[task.hash]}
 
     def deps(self, task: Task) -> dict[str, DepBytes]:
         return {h: (self.plan.tasks[h].inputs, self.bytes_of(h)) for h in task.deps}
@@ -171,8 +178,8 @@ def execute(plan: Plan, store: Store, backend: Backend, compute: Compute, *, ret
     log.line(f"run {run_id} of study '{loaded.study.study}' ({loaded.path}): {len(plan.selected_tasks())} tasks, "
              f"executor {backend.where}, device {backend.device}, engine {backend.engine}, {threads} thread(s)")
     try:
-        summary = _schedule(plan, store, backend, _Artifacts(plan, store, compute), retry_failed, events, log,
-                            engines or {})
+        summary = _schedule(plan, store, backend, _Artifacts(plan, store, compute, engines), retry_failed, events,
+                            log)
     except BaseException as exc:
         if not isinstance(exc, UsageError):  # a database that stayed busy is not waited for a second time
             store.end_run(run_id, "interrupted", 0, 0, 0)
@@ -206,7 +213,7 @@ def _message(exc: BaseException) -> str:
 
 
 def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, retry_failed: bool,
-              events: Events, log: RunLog, engines: Mapping[str, str]) -> RunSummary:
+              events: Events, log: RunLog) -> RunSummary:
     """Submit each task once its dependencies are done, in plan order, as the backend has room."""
     loaded = plan.study
     store.record_study(
@@ -280,8 +287,7 @@ def _schedule(plan: Plan, store: Store, backend: Backend, runner: _Artifacts, re
                 except Exception as exc:  # a dependency's artifact could not be rebuilt
                     record_failure(task, exc, 0.0)
                     continue
-                inputs = task.inputs if task.hash not in engines else {**task.inputs, ENGINE_INPUT: engines[task.hash]}
-                backend.submit(task.hash, task.kind, inputs, deps)
+                backend.submit(task.hash, task.kind, runner.inputs(task), deps)
                 running += 1
         if not running:
             continue

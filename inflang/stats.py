@@ -37,7 +37,7 @@ def scipy_stats() -> Any:
 
 
 def scipy_special() -> Any:
-    """scipy.special (0.2 s to import, against scipy.stats' 0.7 s): the t and Beta quantiles of every interval."""
+    """scipy.special (0.2 s to import, against scipy.stats' 0.7 s): Student's t quantiles and tail areas."""
     from scipy import special
 
     return special

@@ -6,7 +6,9 @@ same few activation tensors (0.1-10 MB each for an ensemble) every step, so ever
 of touching fresh memory: on the Iris MLP ensemble of ``benchmarks/retrain.py`` that made elementwise kernels
 several times slower than on warm memory. ``keep_freed_memory`` raises the mmap threshold to glibc's maximum
 (32 MiB) and the trim threshold to 1 GiB, so those tensors come from memory the process already touched. The
-cost is memory: up to the trim threshold of freed memory stays with the process. Bits do not change (torch
+cost is memory: up to 1 GiB of freed memory (more with fragmentation) stays with each process that computes,
+every worker and the driver (``inflang.run`` in a notebook sets it for the notebook's process), outside
+``--memory-budget``. ``INFLANG_KEEP_FREED_MEMORY=0`` leaves the allocator as it is. Bits do not change (torch
 aligns every tensor to 64 bytes either way). Other C libraries (musl, macOS) are left as they are.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # mallopt's parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit systems
@@ -24,7 +27,10 @@ TOP_PAD = 64 << 20
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Apply the settings once per process; whether they took (False where the C library is not glibc)."""
+    """Apply the settings once per process; whether they took (False where the C library is not glibc, or with
+    ``INFLANG_KEEP_FREED_MEMORY=0`` in the environment)."""
+    if os.environ.get("INFLANG_KEEP_FREED_MEMORY", "1") == "0":
+        return False
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)

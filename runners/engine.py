@@ -8,12 +8,13 @@ the compile on this machine, compiled when the seconds saved over the task's mod
 compile's; otherwise by the model and the count (``inflang.cost.auto_compiles``: not for plain stacks on
 the CPU, not for other convolutional models in float32, from ``AUTO_MIN_MODEL_STEPS`` models x steps).
 Models with dropout or BatchNorm always run eagerly (the eager engine's per-step random masks and running
-statistics are what make dropout runs repeat and scratch replays match). A task computed without a handed
-engine (a calibration, a dependency rebuilt in the driver) applies the count rule to each ensemble. A rerun
-or resume on the same machine hands the same engines (rates are measured once per workload and kept), so it
-computes the same bits. Every graph a task needs is compiled before its first step; where compiling fails
-(no C compiler, an operation inductor cannot lower) the task runs eagerly from the start and one line says
-so, once per process.
+statistics are what make dropout runs repeat and scratch replays match). A dependency rebuilt in the driver
+gets the engine its run handed it; a task computed without one (a calibration) applies the count rule to
+each ensemble. A rerun or resume hands the same engines, and so computes the same bits, as long as the
+machine's rates file, ``--threads`` and ``--device`` are the same: a run before and one after ``plan
+--calibrate`` can choose differently (``tasks.engine`` records each task's). Every graph a task needs is
+compiled before its first step; where compiling fails (no C compiler, an operation inductor cannot lower)
+the task runs eagerly from the start and one line says so, once per process.
 
 Base training (one model) always runs eager. The engine that retrained each task is reported with its rows
 (``runs.engine`` names those of a run).

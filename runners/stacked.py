@@ -26,8 +26,10 @@ stride-0 batch, so each model's products are computed exactly as in an ensemble 
 numbers do not depend on the ensemble's size (tested, so chunking changes no bits; in float32 torch's
 elementwise kernels already break that, with or without this module). tanh is computed as 2 sigmoid(2x) - 1
 (``_Tanh``): the same function, whose CPU kernel is vectorised where torch's tanh is not (1.6-3x faster here;
-within 2e-7 of it in float32 and 4e-16 in float64); in float64 the sigmoid runs model by model, so that its
-rounding does not depend on the ensemble's size, in float32 on the whole ensemble at once.
+within 2e-7 of it in float32 and 4e-16 in float64). Every elementwise function that rounds (sigmoid, tanh,
+gelu, ...; not relu) runs model by model on each model's own slab of activations, so that which of a model's
+elements fall in a vector kernel's scalar tail, which rounds differently, does not depend on the ensemble's
+size; or on the whole ensemble at once where that gives the same bits (``_aligned``).
 
 Which strategy runs is fixed per dtype and device (``STRATEGY``, the fastest measured by
 ``benchmarks/retrain.py``), never by timing. Inside ``torch.compile`` (the compiled engine) convolutions go
@@ -55,6 +57,7 @@ STRATEGY: dict[tuple[str, torch.dtype], str] = {
 }
 _forced: str | None = None  # benchmarks: measure every strategy side by side
 
+_EXACT = (nn.ReLU, nn.Identity, nn.LeakyReLU)  # elementwise layers whose vector and scalar code round alike
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SELU, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.SiLU, nn.Identity)
 DENSE_RATIO = 2  # matmul: a layer goes dense when its input positions are at most this many times its kernel's
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
@@ -174,8 +177,10 @@ def forward(module: nn.Sequential, params: dict[str, Tensor], x: Tensor, per_mod
                 h = layer(h) if shared else layer(h.flatten(0, 1)).unflatten(0, (count, -1))
         elif isinstance(layer, nn.Tanh) and h.device.type == "cpu":  # torch's CPU tanh: scalar code, 1.6-3x slower
             h = _tanh(h, not shared)
-        else:  # elementwise
+        elif shared or type(layer) in _EXACT or (h.is_contiguous() and _aligned(h)):
             h = layer(h)
+        else:  # a rounding elementwise function, model by model (module docstring)
+            h = torch.stack([layer(slab) for slab in h.unbind(0)])
     if layout == "last":
         h = h.movedim(-1, 0 if shared else 1)
     if shared:  # a stack without parameters: every model's logits are the same
@@ -319,6 +324,17 @@ class _Patches(torch.autograd.Function):
         return out, None, None, None, None
 
 
+ALIGNMENT = 64  # elements: a multiple of every CPU vector loop's stride (2 x 16 float32 or 2 x 8 float64 lanes)
+
+
+def _aligned(h: Tensor) -> bool:
+    """Whether a rounding elementwise function may run on the whole ensemble [M, ...] at once and still give each
+    model the bits it gets alone: each model's slab is a multiple of ALIGNMENT elements, so torch's vector
+    loop, run in one thread, meets every model's elements in the same lanes as on the slab alone, with no
+    scalar tail inside the ensemble."""
+    return h.shape[0] > 0 and h[0].numel() % ALIGNMENT == 0 and torch.get_num_threads() == 1
+
+
 class _Tanh(torch.autograd.Function):
     """tanh(x) = 2 sigmoid(2x) - 1, the same function as torch.tanh, whose CPU kernel is scalar code here (one
     thread, per element: float32 3.4 ns against 1.05 ns this way, float64 3.8 against 2.3). The sigmoid runs
@@ -329,8 +345,7 @@ class _Tanh(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, per_model: bool) -> Tensor:
         out = (x * 2).contiguous()  # a model's slab contiguous whatever the layout (grouped outputs are not)
-        whole = not per_model or out.dtype != torch.float64  # float32 rounds by ensemble size anyway (module doc)
-        for slab in ((out,) if whole else out.unbind(0)):
+        for slab in (out.unbind(0) if per_model and not _aligned(out) else (out,)):
             slab.sigmoid_()
         return out.mul_(2).sub_(1)
 

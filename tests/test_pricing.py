@@ -239,3 +239,36 @@ def test_a_task_runs_with_the_engine_the_run_handed_it(monkeypatch: pytest.Monke
     assert seen == {"engine": "eager", "inputs": {"a": 1}}  # the handed engine, not part of the task's inputs
     entry.run("metrics", {"a": 1}, {}, engine="compiled")
     assert seen["engine"] == "compiled"
+
+
+def test_keys_and_handoffs_agree_between_plan_and_run(tmp_path: Path):
+    """--device cuda and the resolved cuda:0 read the same rates; a compile that failed where it was measured
+    keeps auto eager for good; a dependency the driver rebuilds is handed the engine the run chose for it."""
+    from inflang.cost import ENGINE_INPUT
+    from inflang.plan import Task
+    from inflang.pricing import COMPILE, COMPILE_FAILED, auto_engine
+    from inflang.scheduler import _Artifacts
+
+    work = {"model": {"arch": "mlp", "depth": 2, "width": 16}, "shape": None, "features": 4, "classes": 3,
+            "regression": False, "dtype": "float32", "batch": 120, "steps": 1000}
+    assert Workload(work, 32, "eager").key("cuda", 1) == Workload(work, 32, "eager").key("cuda:0", 1)
+    task = Task("ground_truth", "t", {"a": 1}, (), cost_steps=10**7, models=10**4, member_bytes=1000, items=120,
+                flops=1.0, workload=dict(work))
+    rates = Rates(tmp_path / "rates.json")
+    rates.put(Workload(work, 32, "eager").key("cuda", 1), 40e-6)
+    rates.put(Workload(work, 32, "compiled").key("cuda", 1), 20e-6)
+    rates.put(Workload(work, 32, "compiled").key("cuda", 1) + COMPILE, COMPILE_FAILED)
+    assert auto_engine(task, None, "cuda:0", rates) == "eager"  # 10^7 model-steps save 200 s: not 10^9
+
+    class Plan:  # what _Artifacts reads of a plan
+        tasks = {"t": task}
+
+    class Store:
+        artifacts = tmp_path
+
+        def task_status(self, hashes: list[str]) -> dict:
+            return {}
+
+    runner = _Artifacts(Plan(), Store(), lambda kind, inputs, deps: None, {"t": "compiled"})  # type: ignore[arg-type]
+    assert runner.inputs(task) == {"a": 1, ENGINE_INPUT: "compiled"}
+    assert _Artifacts(Plan(), Store(), lambda kind, inputs, deps: None).inputs(task) == {"a": 1}  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,7 +72,7 @@ def _stratified(ids: np.ndarray, size: int | float, labels: np.ndarray | None, s
     return np.asarray(chosen)
 
 
-_recent: dict[tuple[str, int], tuple[RawData, np.ndarray, np.ndarray]] = {}
+_recent: dict[tuple[str, int], tuple[weakref.ref[RawData], np.ndarray, np.ndarray]] = {}
 
 
 def split_ids(spec: AnyDataset, raw: RawData, seed: int,
@@ -81,8 +82,8 @@ def split_ids(spec: AnyDataset, raw: RawData, seed: int,
     (every task of a cell splits the same data again)."""
     key = (spec.model_dump_json(), seed)
     found = _recent.get(key)
-    if found is None or found[0] is not raw:
-        found = (raw, *_split(spec, raw, seed))
+    if found is None or found[0]() is not raw:
+        found = (weakref.ref(raw), *_split(spec, raw, seed))  # the split, not the data, is kept
         _recent[key] = found
         while len(_recent) > 8:
             _recent.pop(next(iter(_recent)))

@@ -23,8 +23,8 @@ def _one_thread(kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes],
     import torch
 
     torch.set_num_threads(1)
+    configure("cuda" if device.startswith("cuda") else device)  # the allocator too, on every worker
     if device.startswith("cuda"):
-        configure(device)
         device = "cuda:0"  # Ray makes the GPU it assigned the task the only visible one
     return run_in_worker(kind, inputs, deps, memory_budget, device, engine)
 
