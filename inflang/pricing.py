@@ -247,6 +247,8 @@ def price(tasks: list[Task], budget: int | None, engine: str, device: str, threa
         if work is not None:
             rate = rates.get(work.key(device, threads))
             compile_seconds = rates.get(work.key(device, threads) + COMPILE) if work.engine == "compiled" else 0.0
+            if compile_seconds is not None and compile_seconds >= COMPILE_FAILED:
+                compile_seconds = 0.0  # compiling failed here: the run computes eagerly
             compiles = (compile_seconds or 0.0) * task.ensemble_sizes(budget)
             parts.append(None if rate is None else rate * task.model_steps(budget) + compiles)
         refits = newton_workload_of(task)

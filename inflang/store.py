@@ -132,6 +132,7 @@ ALTER TABLE claims ADD COLUMN IF NOT EXISTS seconds_added DOUBLE;
 ALTER TABLE train_results ADD COLUMN IF NOT EXISTS polish_steps INTEGER;
 ALTER TABLE train_results ADD COLUMN IF NOT EXISTS polish_start_grad_norm DOUBLE;
 ALTER TABLE train_results ADD COLUMN IF NOT EXISTS polish_grad_norm DOUBLE;
+ALTER TABLE train_results ADD COLUMN IF NOT EXISTS polish_converged BOOLEAN;
 ALTER TABLE train_results ADD COLUMN IF NOT EXISTS polish_accuracy_change DOUBLE;
 ALTER TABLE train_results ADD COLUMN IF NOT EXISTS polish_seconds DOUBLE;
 """
@@ -141,7 +142,8 @@ CREATE OR REPLACE VIEW models AS
 SELECT c.study, c.cell_id, r.n_params, r.train_loss, r.test_loss, r.test_accuracy, r.train_seconds,
        h.top_eigenvalues AS hessian_top_eigenvalues, h.min_eigenvalue AS hessian_min_eigenvalue,
        h.trace AS hessian_trace, r.n_train, r.n_test, r.steps, c.task_hash AS train_task,
-       r.polish_steps, r.polish_start_grad_norm, r.polish_grad_norm, r.polish_accuracy_change, r.polish_seconds
+       r.polish_steps, r.polish_start_grad_norm, r.polish_grad_norm, r.polish_converged, r.polish_accuracy_change,
+       r.polish_seconds
 FROM cell_tasks c JOIN train_results r ON r.task_hash = c.task_hash AND c.kind = 'train'
 LEFT JOIN cell_tasks ch ON ch.study = c.study AND ch.cell_id = c.cell_id AND ch.kind = 'hessian'
 LEFT JOIN hessian_results h ON h.task_hash = ch.task_hash;

@@ -26,10 +26,12 @@ stride-0 batch, so each model's products are computed exactly as in an ensemble 
 numbers do not depend on the ensemble's size (tested, so chunking changes no bits; in float32 torch's
 elementwise kernels already break that, with or without this module). tanh is computed as 2 sigmoid(2x) - 1
 (``_Tanh``): the same function, whose CPU kernel is vectorised where torch's tanh is not (1.6-3x faster here;
-within 2e-7 of it in float32 and 4e-16 in float64). Every elementwise function that rounds (sigmoid, tanh,
-gelu, ...; not relu) runs model by model on each model's own slab of activations, so that which of a model's
-elements fall in a vector kernel's scalar tail, which rounds differently, does not depend on the ensemble's
-size; or on the whole ensemble at once where that gives the same bits (``_aligned``).
+within 2e-7 of it in float32 and 4e-16 in float64). Elementwise functions that round (tanh in every dtype;
+sigmoid, gelu, selu, ... in float64; not relu) run model by model on each model's own slab of activations, so
+that which of a model's elements fall in a vector kernel's scalar tail, which rounds differently, does not
+depend on the ensemble's size, or on the whole ensemble at once where that gives the same bits
+(``_aligned``). In float32 the others run on the whole ensemble (a layer at a time per model made a float32
+GELU step 3x slower), so there a model's last bits can depend on the ensemble's size, as the docs say.
 
 Which strategy runs is fixed per dtype and device (``STRATEGY``, the fastest measured by
 ``benchmarks/retrain.py``), never by timing. Inside ``torch.compile`` (the compiled engine) convolutions go
@@ -177,9 +179,9 @@ def forward(module: nn.Sequential, params: dict[str, Tensor], x: Tensor, per_mod
                 h = layer(h) if shared else layer(h.flatten(0, 1)).unflatten(0, (count, -1))
         elif isinstance(layer, nn.Tanh) and h.device.type == "cpu":  # torch's CPU tanh: scalar code, 1.6-3x slower
             h = _tanh(h, not shared)
-        elif shared or type(layer) in _EXACT or (h.is_contiguous() and _aligned(h)):
+        elif shared or type(layer) in _EXACT or h.dtype != torch.float64 or (h.is_contiguous() and _aligned(h)):
             h = layer(h)
-        else:  # a rounding elementwise function, model by model (module docstring)
+        else:  # a rounding elementwise function in float64, model by model (module docstring)
             h = torch.stack([layer(slab) for slab in h.unbind(0)])
     if layout == "last":
         h = h.movedim(-1, 0 if shared else 1)

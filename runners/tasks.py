@@ -157,7 +157,7 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
     result = train(s.module, d.x_train, d.y_train, s.training, s.order_seed, d.validation, s.noise_seed)
     polished: dict[str, list[Any]] = {k: [None] for k in POLISH_COLUMNS}
     if s.training.polish is not None:
-        polished = _polish(s, result)
+        polished = _polish(s, result, ctx.memory_budget)
     with torch.no_grad():
         train_losses, train_correct = _test_losses(s.module, result.params, d.x_train, d.y_train)
         test_losses, test_correct = _test_losses(s.module, result.params, d.x_test, d.y_test)
@@ -183,27 +183,32 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
     })
 
 
-POLISH_COLUMNS = ("polish_steps", "polish_start_grad_norm", "polish_grad_norm", "polish_accuracy_change",
-                  "polish_seconds")
+POLISH_COLUMNS = ("polish_steps", "polish_start_grad_norm", "polish_grad_norm", "polish_converged",
+                  "polish_accuracy_change", "polish_seconds")
 
 
-def _polish(s: TrainSetup, result: Trained) -> dict[str, list[Any]]:
-    """``training.polish`` on the trained module (``runners.polish``), in place; ``result.params`` follow it. The
-    rows: its iterations, the gradient norm before and after, the change in test accuracy, its seconds."""
+def _polish(s: TrainSetup, result: Trained, budget: int | None) -> dict[str, list[Any]]:
+    """``training.polish`` on the trained module (``runners.polish``), in place, over chunks of training points
+    whose activations fit the memory budget; ``result.params`` follow it, and so does the last checkpoint (the
+    trained model, for tracin). The rows: its iterations, the gradient norm before and after, whether it
+    reached the tolerance, the change in test accuracy, its seconds."""
     spec, d = s.training.polish, s.data
     assert spec is not None
     began = time.perf_counter()
     with torch.no_grad():
         before = _test_losses(s.module, result.params, d.x_test, d.y_test)[1]
+    per_example = 3 * max(1, activations_per_example(s.module, d.input_shape)) * d.x_train.element_size()
     done = polish(s.module, d.x_train, d.y_train, s.training.weight_decay, spec.tolerance(s.training.dtype),
-                  spec.max_steps, s.training.label_smoothing)
+                  spec.max_steps, s.training.label_smoothing, max(1, (budget or GRADIENT_BYTES) // per_example))
     result.params = {k: v.detach().clone() for k, v in s.module.named_parameters()}
+    if result.snapshots:
+        result.snapshots[-1] = (result.snapshots[-1][0], {k: v.clone() for k, v in result.params.items()})
     with torch.no_grad():
         after = _test_losses(s.module, result.params, d.x_test, d.y_test)[1]
     change = None if before is None or after is None else float(after.double().mean() - before.double().mean())
     return {"polish_steps": [done.steps], "polish_start_grad_norm": [done.start_grad_norm],
-            "polish_grad_norm": [done.grad_norm], "polish_accuracy_change": [change],
-            "polish_seconds": [time.perf_counter() - began]}
+            "polish_grad_norm": [done.grad_norm], "polish_converged": [done.converged],
+            "polish_accuracy_change": [change], "polish_seconds": [time.perf_counter() - began]}
 
 
 def run_curvature(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Output:

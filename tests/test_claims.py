@@ -451,7 +451,7 @@ def test_differences_over_seeds_count_each_seeds_test_points_at_the_bound():
     by_point = {json.dumps({"d": 1}): {"exact": rows(0.0)}, json.dumps({"d": 2}): {"exact": rows(0.1)}}
     contrast = Claim(name="c", metric="spearman", estimator="exact", contrast={"axis": "d", "better": 1, "than": 2})
     (v,) = evaluate_rows([contrast], [by_point], [None])
-    assert v.verdict == "not evaluable" and "21 of 30 seeds' test points give spearman exactly at its bound" in \
+    assert v.verdict == "not evaluable" and "21 of 30 (seed, test point) pairs give spearman exactly at its bound" in \
         v.detail, v
     level = Claim(name="l", metric="spearman", estimator="exact", at_least=0.9)
     (v,) = evaluate_rows([level], [by_point], [None])

@@ -57,6 +57,25 @@ def test_polish_reports_where_a_relu_network_stops():
     assert done.grad_norm == pytest.approx(_independent_gradient_norm(module, x, y, 0.01), rel=1e-6)
 
 
+def test_polish_in_chunks_and_in_float32():
+    """The objective summed over chunks of 7 examples is the full-batch one (the same stationary point, to the
+    tolerance); float32 reaches its default tolerance, 1e-4."""
+    from inflang.spec import PolishSpec
+
+    x = torch.randn(60, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    y = (x[:, 0] - x[:, 3] > 0).long()
+    torch.manual_seed(5)
+    whole = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    chunked = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    chunked.load_state_dict(whole.state_dict())
+    assert polish(whole, x, y, 0.01, 1e-8, 2000).converged and polish(chunked, x, y, 0.01, 1e-8, 2000, rows=7).converged
+    for a, b in zip(whole.parameters(), chunked.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    single = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+    done = polish(single, x.float(), y, 0.01, PolishSpec().tolerance("float32"), 2000)
+    assert done.converged and _independent_gradient_norm(single, x.float(), y, 0.01) <= 1e-4
+
+
 def test_polish_stops_at_its_step_limit_and_says_so():
     x = torch.randn(60, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     y = (x[:, 0] > 0).long()
@@ -92,17 +111,20 @@ def test_a_polished_study_starts_from_a_stationary_point(write, tmp_path: Path):
     plain, polished = run("plain", ""), run("polished", ", polish: {}")
     assert ("not_stationary", "exact") in set(rows(plain, 'SELECT "check", subject FROM diagnostics'))
     assert "not_stationary" not in {c for (c,) in rows(polished, 'SELECT "check" FROM diagnostics')}
-    query = ("SELECT polish_steps, polish_start_grad_norm, polish_grad_norm, polish_accuracy_change, "
-             "polish_seconds FROM models")
-    ((steps, start, end, change, seconds),) = rows(polished, query)
-    assert steps > 0 and start > 1e-3 and end <= 1e-8 and -1 <= change <= 1 and seconds > 0
+    query = ("SELECT polish_steps, polish_start_grad_norm, polish_grad_norm, polish_converged, "
+             "polish_accuracy_change, polish_seconds FROM models")
+    ((steps, start, end, converged, change, seconds),) = rows(polished, query)
+    assert steps > 0 and start > 1e-3 and end <= 1e-8 and converged and -1 <= change <= 1 and seconds > 0
     assert rows(plain, "SELECT polish_steps, polish_grad_norm FROM models") == [(None, None)]
 
 
-@pytest.mark.parametrize(("wd", "start", "says"), [(0.0, "optimum", "needs weight_decay > 0"),
-                                                   (0.01, "scratch", "scratch retraining")])
-def test_polish_is_refused_where_it_cannot_hold(write, wd: float, start: str, says: str):
-    study = write("bad.yaml", STUDY.format(wd=wd, polish=", polish: {}", start=start))
+@pytest.mark.parametrize(("wd", "start", "extra", "says"), [
+    (0.0, "optimum", "", "needs weight_decay > 0"),
+    (0.01, "scratch", "", "scratch retraining"),
+    (0.01, "optimum", ", early_stopping: {patience: 3}", "undoing early stopping"),
+])
+def test_polish_is_refused_where_it_cannot_hold(write, wd: float, start: str, extra: str, says: str):
+    study = write("bad.yaml", STUDY.format(wd=wd, polish=", polish: {}" + extra, start=start))
     result = runner.invoke(app, ["validate", str(study)])
     assert result.exit_code == 2 and says in result.output and "training.polish" in result.output
     assert "bad.yaml:4:" in result.output  # positioned at the training line

@@ -110,6 +110,9 @@ def _polish_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, str
     if getattr(study.model, "norm", "none") == "batch":
         problems.append((("training", "polish"), "a model with BatchNorm has no single full-batch objective to "
                          "polish (training normalises by each batch's statistics)", "use norm: group or none"))
+    if study.training.early_stopping is not None:
+        problems.append((("training", "polish"), "polish takes the model to the training objective's stationary "
+                         "point, undoing early stopping's choice of an earlier model", "drop one of the two"))
     if study.ground_truth.start_from == "scratch":
         problems.append((("training", "polish"), "scratch retraining trains each model as base training did, "
                          "without polish, so its control would not be the polished model",

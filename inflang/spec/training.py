@@ -31,12 +31,13 @@ class PolishSpec(Spec):
     diagnostics, warm-start and converged ground truth) then starts from one."""
 
     tol: float | None = Field(None, gt=0, description="stop at this gradient norm (the objective's 2-norm over all "
-                              "parameters); null = 1e-8 in float64, 1e-5 in float32")
+                              "parameters); null = 1e-8 in float64, 1e-4 in float32 (whose rounding stops the line "
+                              "search near it)")
     max_steps: int = Field(2000, ge=1, le=1_000_000, description="L-BFGS iterations at most (each a full-batch "
                            "gradient and a strong-Wolfe line search)")
 
     def tolerance(self, dtype: str) -> float:
-        return self.tol if self.tol is not None else (1e-8 if dtype == "float64" else 1e-5)
+        return self.tol if self.tol is not None else (1e-8 if dtype == "float64" else 1e-4)
 
 
 class TrainingSpec(Spec):
