@@ -19,7 +19,7 @@ includes the drawn seed effects. Truths of bounded metrics are E g(z) by Gauss-H
 latent variance at the test-point level (the rest item noise, with item-bootstrap replicates drawn as an ideal
 bootstrap would); the truth is the share on the observed scale (0.6 where g is the identity).
 
-    python benchmarks/coverage.py [--studies 2000] [--workers 2] [--only NAME,...] [--json FILE]
+    python benchmarks/coverage.py [--studies 2000] [--workers 2] [--only NAME [--only NAME ...]] [--json FILE]
 """
 
 from __future__ import annotations
@@ -302,11 +302,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=2000, help="simulated studies per scenario and seed count")
     parser.add_argument("--workers", type=int, default=2, help="processes")
-    parser.add_argument("--only", help="scenario names, comma-separated")
+    parser.add_argument("--only", action="append", help="a scenario's name, whole (names hold commas); repeatable")
     parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args()
     start = time.perf_counter()
-    chosen = [s for s in SCENARIOS if not args.only or s.name in args.only.split(",")]
+    unknown = sorted(set(args.only or ()) - {s.name for s in SCENARIOS})
+    if unknown:
+        parser.error(f"no scenario named {', '.join(map(repr, unknown))}")
+    chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
     jobs = [(s.name, seeds, args.studies) for s in chosen for seeds in SEEDS]
     with ProcessPoolExecutor(args.workers) as executor:
         results = {(n, k): found for n, k, found in executor.map(_job, jobs)}
