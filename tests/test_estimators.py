@@ -94,6 +94,24 @@ def test_training_gradients_in_chunks_and_streamed(problem):
     assert rel(fresh.train_products(M), M @ whole.T) < 1e-12  # from the cache now
 
 
+def test_hessian_vector_products_follow_the_memory_budget(problem, monkeypatch: pytest.MonkeyPatch):
+    """With a memory budget, Hessian-vector products take as many examples a pass as HVP_BYTES per layer output
+    allow (here 5 of 14 outputs each), and equal the one-pass products."""
+    from dataclasses import replace
+
+    from runners.estimators import common
+
+    inputs, _, _ = problem
+    v = torch.randn(2, inputs.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    whole = inputs.hvp(v)
+    passes = []
+    original = common._products
+    monkeypatch.setattr(common, "_products", lambda *a, **k: passes.append(a[1].shape[0]) or original(*a, **k))
+    small = replace(inputs, memory_budget=14 * 5 * common.HVP_BYTES, _cache={})
+    assert rel(small.hvp(v), whole) < 1e-12
+    assert len(passes) > 1 and max(passes) <= 5
+
+
 def test_cg_matches_exact(problem):
     inputs, damping, _ = problem
     exact = scores(ExactEstimator(name="exact", damping=damping), inputs)

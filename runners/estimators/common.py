@@ -118,11 +118,11 @@ class EstimatorInputs:
         cols = self.columns
         if cols is None:
             return hessian_vector_products(self.flat, self.x_train, self.y_train, self.weight_decay, vectors, batch,
-                                           self.smoothing)
+                                           self.smoothing, self.memory_budget)
         full = torch.zeros(vectors.shape[0], int(self.flat.theta.numel()), dtype=vectors.dtype)
         full[:, cols] = vectors
         return hessian_vector_products(self.flat, self.x_train, self.y_train, self.weight_decay, full,
-                                       batch, self.smoothing)[:, cols]
+                                       batch, self.smoothing, self.memory_budget)[:, cols]
 
     def curvature(self) -> Spectrum:
         """The eigendecomposition of the curvature (its block for the selected parameters)."""
@@ -224,16 +224,17 @@ ACTIVATIONS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], int]] = 
 
 
 def hessian_vector_products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay: float, vectors: Tensor,
-                            batch: Tensor | None = None, smoothing: float = 0.0) -> Tensor:
+                            batch: Tensor | None = None, smoothing: float = 0.0, budget: int | None = None) -> Tensor:
     """Rows H v_k of the objective's Hessian (on ``batch``, or all points) times each row of ``vectors``, over
     the examples in chunks of at most HVP_ELEMENTS layer outputs (on a GPU as many as a share of its memory
-    holds, ``runners.device.chunk_bytes``): each chunk's mean-loss products weighted by
+    holds, ``runners.device.chunk_bytes``; with a ``budget``, as many as HVP_BYTES each fit in it): each
+    chunk's mean-loss products weighted by
     its share of the examples, weight decay added once. ResNet-20 on 2,000 32x32 images (one thread): 14 s
     for one vector and 107 s for ten (1.2 GB peak) in chunks of 49-50 examples, against 38 s and 270 s (15 GB)
     in one pass; a network small enough for one chunk is computed as before, in one pass."""
     xb, yb = (x, y) if batch is None else (x[batch], y[batch])
     n = int(xb.shape[0])
-    elements = chunk_bytes(flat.theta.device, HVP_ELEMENTS * HVP_BYTES) // HVP_BYTES
+    elements = (budget or chunk_bytes(flat.theta.device, HVP_ELEMENTS * HVP_BYTES)) // HVP_BYTES
     rows = max(1, elements // max(1, _activations(flat.module, tuple(xb.shape[1:]))))
     if rows >= n:
         return _products(flat, xb, yb, weight_decay, vectors, smoothing)
