@@ -27,6 +27,8 @@ from runners.newton import newton_refit
 from runners.objective import FlatModel
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MIN_SECONDS = 0.25  # timed steps of a calibration take at least this long ...
+MAX_STEPS = 256  # ... or this many steps
 
 
 def _model_and_data(workload: dict[str, Any], rows: int, device: str) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -50,7 +52,9 @@ def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, d
     """(seconds one model-step takes, the engine that ran it, seconds its first call took beyond a later one:
     the compile, where the engine compiled) for ``models`` models trained together on the
     ``workload`` (``inflang.plan.Task.workload``) for ``steps`` timed steps (default: 3, or 1 when one step
-    of the ensemble costs more than 1e10 FLOPs)."""
+    of the ensemble costs more than 1e10 FLOPs, doubled while the timed steps take under ``MIN_SECONDS``,
+    up to ``MAX_STEPS``); the better of two such timings. ``auto`` compares the two engines' rates, so a rate
+    from a few milliseconds of steps would decide by timer noise."""
     batch = int(workload["batch"])
     module, x, y = _model_and_data(workload, batch, device)
     dtype, shape = x.dtype, tuple(x.shape[1:])
@@ -73,8 +77,12 @@ def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, d
         first = train(1)  # builds (and compiles) everything once
         # each call also pays fixed costs (the compiled engine's one untimed step per batch shape before step
         # 0): the difference of two runs is ``steps`` steps alone
-        one = train(1)
+        one = min(train(1), train(1))
         seconds = max(train(steps + 1) - one, 1e-9)
+        while seconds < MIN_SECONDS and steps < MAX_STEPS:
+            steps = min(2 * steps, MAX_STEPS)
+            seconds = max(train(steps + 1) - one, 1e-9)
+        seconds = min(seconds, max(train(steps + 1) - one, 1e-9))
     return seconds / (steps * models), chosen, max(first - one, 0.0)
 
 
