@@ -625,7 +625,7 @@ def decide(evidence: Evidence, level_: float = intervals.LEVEL) -> Verdict:
     if isinstance(inner, intervals.TMean) and inner.crowded and inner.at_bound is not None:
         levels = claim.form in ("at_least", "at_most")
         unit = ("seeds' means" if levels else "(seed, test point) pairs") if evidence.by_seeds else "test points"
-        every = "" if claim.form in ("at_least", "at_most") else " at every point and estimator the claim compares"
+        every = "" if levels else " at every point and estimator the claim compares"
         return Verdict(estimate=estimate, ci_low=None, ci_high=None, verdict="not evaluable",
                        detail=f"{inner.at_bound[0]} of {inner.at_bound[1]} {unit} give {claim.metric} exactly at its "
                        f"bound{every}: the statistic depends on how far the few others fall, which too few units "

@@ -226,8 +226,14 @@ def auto_engine(task: Task, budget: int | None, device: str = "cpu", rates: Rate
 
 def engine_choices(tasks: list[Task], budget: int | None, device: str, threads: int, rates: Rates) -> dict[str, str]:
     """``auto_engine`` of every training and retraining task among ``tasks``, by hash."""
-    return {t.hash: auto_engine(t, budget, device, rates, threads) for t in tasks
-            if t.workload is not None and t.cost_steps and t.workload.get("engine", "auto") == "auto"}
+    return {t.hash: auto_engine(t, budget, device, rates, threads) for t in tasks if _left_to_auto(t, "auto")}
+
+
+def _left_to_auto(task: Task, engine: str) -> bool:
+    """Whether ``--engine auto`` picks this task's engine: the run's engine is auto, and the task trains or
+    retrains without an engine of its own (base training is always eager)."""
+    return (engine == "auto" and task.workload is not None and bool(task.cost_steps)
+            and task.workload.get("engine", engine) == "auto")
 
 
 @dataclass
@@ -245,11 +251,12 @@ def price(tasks: list[Task], budget: int | None, engine: str, device: str, threa
         parts: list[float | None] = []
         work = workload_of(task, budget, engine, device, rates, threads)
         if work is not None:
-            rate = rates.get(work.key(device, threads))
-            compile_seconds = rates.get(work.key(device, threads) + COMPILE) if work.engine == "compiled" else 0.0
-            if compile_seconds is not None and compile_seconds >= COMPILE_FAILED:
+            key = work.key(device, threads)
+            rate = rates.get(key)
+            compile_seconds = (rates.get(key + COMPILE) or 0.0) if work.engine == "compiled" else 0.0
+            if compile_seconds >= COMPILE_FAILED:
                 compile_seconds = 0.0  # compiling failed here: the run computes eagerly
-            compiles = (compile_seconds or 0.0) * task.ensemble_sizes(budget)
+            compiles = compile_seconds * task.ensemble_sizes(budget)
             parts.append(None if rate is None else rate * task.model_steps(budget) + compiles)
         refits = newton_workload_of(task)
         if refits is not None:
@@ -271,9 +278,7 @@ def unmeasured(plan: Plan, tasks: list[Task], budget: int | None, engine: str, d
     missing: dict[str, Workload] = {}
     for task in tasks:
         works = [workload_of(task, budget, engine, device, rates, threads), newton_workload_of(task)]
-        if (engine == "auto" and task.workload is not None and task.cost_steps
-                and task.workload.get("engine", engine) == "auto"
-                and _fixed(_workload(task, budget, "eager").spec)):
+        if _left_to_auto(task, engine) and _fixed(_workload(task, budget, "eager").spec):
             works += [_workload(task, budget, "eager"), _workload(task, budget, "compiled")]
         for work in works:
             if work is not None:

@@ -358,7 +358,7 @@ class _Tanh(torch.autograd.Function):
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:
         (out,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return torch.ops.aten.tanh_backward(grad.contiguous(), out), None  # 7x faster on contiguous tensors
+        return torch.ops.aten.tanh_backward(grad, out), None
 
 
 class _TanhOutsideTransforms(torch.autograd.Function):

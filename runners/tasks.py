@@ -183,6 +183,13 @@ def run_train(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> Out
     })
 
 
+def _rows_in_budget(s: TrainSetup, budget: int | None) -> int:
+    """Training points a full-batch pass takes at a time: as many as keep three copies of their activations
+    within ``budget`` (default GRADIENT_BYTES; a large network's full batch need not fit)."""
+    per_example = 3 * max(1, activations_per_example(s.module, s.data.input_shape)) * s.data.x_train.element_size()
+    return max(1, (budget or GRADIENT_BYTES) // per_example)
+
+
 POLISH_COLUMNS = ("polish_steps", "polish_start_grad_norm", "polish_grad_norm", "polish_converged",
                   "polish_accuracy_change", "polish_seconds")
 
@@ -197,9 +204,8 @@ def _polish(s: TrainSetup, result: Trained, budget: int | None) -> dict[str, lis
     began = time.perf_counter()
     with torch.no_grad():
         before = _test_losses(s.module, result.params, d.x_test, d.y_test)[1]
-    per_example = 3 * max(1, activations_per_example(s.module, d.input_shape)) * d.x_train.element_size()
     done = polish(s.module, d.x_train, d.y_train, s.training.weight_decay, spec.tolerance(s.training.dtype),
-                  spec.max_steps, s.training.label_smoothing, max(1, (budget or GRADIENT_BYTES) // per_example))
+                  spec.max_steps, s.training.label_smoothing, _rows_in_budget(s, budget))
     result.params = {k: v.detach().clone() for k, v in s.module.named_parameters()}
     if result.snapshots:
         result.snapshots[-1] = (result.snapshots[-1][0], {k: v.clone() for k, v in result.params.items()})
@@ -259,9 +265,7 @@ def run_diagnose(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context) -> 
     d, wd, smooth = s.data, s.training.weight_decay, s.training.label_smoothing
     theta = flat.theta.detach().requires_grad_(True)
     n, P = int(d.x_train.shape[0]), int(theta.numel())
-    # chunks of training points whose activations fit the memory budget (a large network's full batch need not)
-    per_example = 3 * max(1, activations_per_example(s.module, d.input_shape)) * d.x_train.element_size()
-    rows = max(1, (ctx.memory_budget or GRADIENT_BYTES) // per_example)
+    rows = _rows_in_budget(s, ctx.memory_budget)
     grad = wd * theta.detach().clone()
     loss = 0.5 * wd * float((theta.detach() ** 2).sum())
     for lo in range(0, n, rows):
