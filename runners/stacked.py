@@ -122,6 +122,11 @@ def supports(module: nn.Module) -> bool:
     return any(_plain_conv(m) or type(m) is nn.Linear for m in module)
 
 
+def linear_only(module: nn.Module) -> bool:
+    """A supported stack without convolutions (``mlp``, ``logreg``): Linear layers and elementwise functions."""
+    return supports(module) and not any(_plain_conv(m) for m in module)
+
+
 def chosen(module: nn.Module, x: Tensor, per_model: bool = False) -> str:
     """The strategy an ensemble of ``module`` on inputs like ``x`` ([b, ...], or [M, b, ...] with ``per_model``)
     runs with ('vmap' when not supported). A stack of Linear layers without a Flatten needs flat examples."""

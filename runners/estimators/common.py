@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from runners import engine as engines
+from runners import stacked
 from runners.curvature import Spectrum
 from runners.device import chunk_bytes
 from runners.objective import MEASURES, PARAM_CHANGE, FlatModel, per_example_loss, vmap_failure
@@ -175,6 +176,25 @@ def gradient_rows(flat: FlatModel, x: Tensor, budget: int | None = None) -> int:
     return max(1, (budget or chunk_bytes(flat.theta.device, GRADIENT_BYTES)) // max(1, per_row))
 
 
+COPIES_ELEMENTS = 4_000_000  # examples x parameters up to which a Linear stack's gradients come from copies
+
+
+def _copies_gradients(one: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """Per-example gradients as the gradient of sum_i one(theta_i, x_i, y_i) with respect to a copy theta_i of
+    theta per example (every copy equal to theta, so each row is d one(theta, x_i, y_i) / d theta): ``vmap``
+    for the forward pass and one ordinary backward pass. For Linear stacks, where a copy per example costs what
+    the gradient row does, and only where every copy together is small (``COPIES_ELEMENTS``: a small study, for
+    which ``torch.func.grad``'s first call, which imports torch's compiler, would cost more than the gradients;
+    larger ones take ``vmap(grad)``, faster there)."""
+
+    def many(theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        copies = theta.detach().expand(int(x.shape[0]), -1).clone().requires_grad_(True)
+        (rows,) = torch.autograd.grad(vmap(one)(copies, x, y).sum(), copies)
+        return rows
+
+    return many
+
+
 def per_example_gradients(flat: FlatModel, fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
                           budget: int | None = None) -> Tensor:
     """[N, P] gradients of fn(logits [1, C], y [1]) -> [1] at each example (torch.func ``vmap(grad)``), in row
@@ -186,7 +206,8 @@ def per_example_gradients(flat: FlatModel, fn: Callable[[Tensor, Tensor], Tensor
     n = int(x.shape[0])
     step = gradient_rows(flat, x, budget)
     if flat.module not in UNBATCHED_EXAMPLES:
-        many = vmap(grad(one), in_dims=(None, 0, 0))
+        small = n * int(flat.theta.numel()) <= COPIES_ELEMENTS and stacked.linear_only(flat.module)
+        many = _copies_gradients(one) if small else vmap(grad(one), in_dims=(None, 0, 0))
         try:
             if step >= n:
                 return many(flat.theta, x, y)
