@@ -124,7 +124,7 @@ def supports(module: nn.Module) -> bool:
 
 def linear_only(module: nn.Module) -> bool:
     """A supported stack without convolutions (``mlp``, ``logreg``): Linear layers and elementwise functions."""
-    return supports(module) and not any(_plain_conv(m) for m in module)
+    return supports(module) and not any(_plain_conv(m) for m in module.children())
 
 
 def chosen(module: nn.Module, x: Tensor, per_model: bool = False) -> str:
