@@ -111,3 +111,47 @@ def test_exact_with_label_smoothing_matches_numpy():
     g_test = np.stack([np.kron(pt[j] - np.eye(C)[yt[j]], xta[j]) for j in range(2)])  # test loss stays plain
     reference = g_test @ np.linalg.solve(Hn, g_train.T) / n
     assert np.abs(ours - reference).max() / np.abs(reference).max() < 1e-6
+
+
+def test_a_small_model_s_curvature_and_gradients_do_not_import_the_compiler():
+    """torch.func's grad imports torch._dynamo on first use (over a second): the explicit Hessian and a small
+    Linear stack's per-example gradients take plain autograd, so a small study never pays that import."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from torch import nn
+from runners.curvature import objective_hessian
+from runners.estimators.common import per_example_gradients
+from runners.objective import FlatModel, per_example_loss
+net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+params = {k: v.detach() for k, v in net.named_parameters()}
+x, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
+H = objective_hessian(net, params, x, y, 0.01)
+G = per_example_gradients(FlatModel(net, params), per_example_loss, x, y)
+assert H.shape == (67, 67) and G.shape == (30, 67)
+print('torch._dynamo' in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_per_example_gradients_from_copies_match_torch_func():
+    """The copies route (small Linear stacks) against vmap(grad), an independent computation."""
+    from torch import nn
+    from torch.func import grad, vmap
+
+    from runners.estimators.common import per_example_gradients
+    from runners.objective import FlatModel, per_example_loss
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    flat = FlatModel(net, {k: v.detach() for k, v in net.named_parameters()})
+    x, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
+
+    def one(theta: torch.Tensor, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return per_example_loss(flat.logits(theta, xi.unsqueeze(0)), yi.unsqueeze(0)).squeeze(0)
+
+    expected = vmap(grad(one), in_dims=(None, 0, 0))(flat.theta, x, y)
+    torch.testing.assert_close(per_example_gradients(flat, per_example_loss, x, y), expected, rtol=0, atol=1e-14)
