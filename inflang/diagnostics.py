@@ -56,6 +56,7 @@ class CellFacts:
     train_loss: float | None = None
     notes: dict[str, dict[str, float]] = field(default_factory=dict)  # estimator label -> note -> value
     retrain_ratio: float | None = None
+    unconverged: tuple[int, int, float] | None = None  # solved refits that missed their tolerance, of all; worst
     below_resolution: float | None = None
     noise_ceiling: float | None = None
 
@@ -111,6 +112,11 @@ def check_cell(f: CellFacts) -> list[Diagnostic]:
         warn(GROUND_TRUTH, "retraining_not_converged", f.retrain_ratio, s.retrain_gradient,
              f"warm-start retraining ends with {_share(f.retrain_ratio)} of the gradient each removal created "
              "(median): the effects are not those of converged refits; raise steps or use solver: newton")
+    if f.unconverged is not None:
+        bad, total, worst = f.unconverged
+        warn(GROUND_TRUTH, "refits_not_converged", bad / total, 0.0,
+             f"{bad} of {total} solved refits did not reach their tolerance (largest |grad| {worst:.2g}); they are "
+             "kept, each listed in the refits view (converged = false): raise ground_truth.max_iter")
     if f.below_resolution is not None and f.below_resolution > s.below_resolution:
         warn(GROUND_TRUTH, "below_resolution", f.below_resolution, s.below_resolution,
              f"{_share(f.below_resolution)} of the effects are below the ground truth's resolution: they are "
@@ -143,6 +149,7 @@ def collect(con: duckdb.DuckDBPyConnection, cells: Sequence[Any]) -> list[CellFa
         facts.notes = {label: found["notes"][h] for label, h in c.estimates.items() if h in found["notes"]}
         if c.ground_truth:
             facts.retrain_ratio = found["retrain_ratio"].get(c.ground_truth)
+            facts.unconverged = found["unconverged"].get(c.ground_truth)
             aggregates = found["aggregates"].get(c.ground_truth, {})
             facts.below_resolution = aggregates.get("below_resolution")
             facts.noise_ceiling = aggregates.get("noise_ceiling_spearman")

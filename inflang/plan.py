@@ -289,9 +289,11 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         newton = retrained if gt.converged else gt.extra_models(facts)
         member = member_bytes(s.model.n_params(info), s.model.activations_per_example(info),
                               s.training.batch_size or n_train, ITEMSIZE[s.training.dtype])
-        gt_workload = None
+        gt_workload: dict[str, Any] | None = None
         if retrain_steps or newton:
             gt_workload = {**workload, "steps": retrain_steps, "newton_refits": newton, "n_train": n_train}
+            if gt.converged and gt.refit_objective is not None:  # priced by their own measured rate
+                gt_workload["protocol"] = gt.refit_objective
         ct.ground_truth = b.add("ground_truth", gt_inputs, gt_deps, retrain_steps * retrained, models,
                                 member_bytes=member, chunk=gt.batch if isinstance(gt.batch, int) else None,
                                 repeats=gt.repeats, probes=probes, items=items,

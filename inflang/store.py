@@ -120,6 +120,7 @@ ALTER TABLE claims ADD COLUMN IF NOT EXISTS declared_at TIMESTAMP;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS declared_after_results BOOLEAN;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS health VARCHAR;
 ALTER TABLE solver_rows ADD COLUMN IF NOT EXISTS start_grad_norm DOUBLE;
+ALTER TABLE solver_rows ADD COLUMN IF NOT EXISTS converged BOOLEAN;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_needed INTEGER;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_to_negligible INTEGER;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_for_smallest_effect INTEGER;
@@ -181,7 +182,7 @@ SELECT c.study, c.cell_id, g.protocol, g.items, g.repeats, g.dropped, c.task_has
 FROM cell_tasks c JOIN ground_truth_results g ON g.task_hash = c.task_hash AND c.kind = 'ground_truth';
 
 CREATE OR REPLACE VIEW refits AS
-SELECT c.study, c.cell_id, s.train_index, s.grad_norm, s.iterations, s.start_grad_norm
+SELECT c.study, c.cell_id, s.train_index, s.grad_norm, s.iterations, s.start_grad_norm, s.converged
 FROM cell_tasks c JOIN solver_rows s ON s.task_hash = c.task_hash AND c.kind = 'ground_truth';
 
 CREATE OR REPLACE VIEW influence_pairs AS
@@ -1071,11 +1072,13 @@ def task_test_point_rows(con: duckdb.DuckDBPyConnection, hashes: Sequence[str]) 
 def diagnostic_inputs(con: duckdb.DuckDBPyConnection, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
     """What the health checks read of the given tasks: ``diagnosis`` (diagnose tasks' rows), ``train_loss``
     (train tasks), ``notes`` (estimate tasks' notes), ``retrain_ratio`` (ground truths' median final / initial
-    refit gradient norm) and ``aggregates`` (ground truths' below_resolution and noise_ceiling_spearman)."""
+    refit gradient norm), ``unconverged`` (ground truths' solved refits that missed their tolerance: how many,
+    of how many, the largest final gradient norm) and ``aggregates`` (ground truths' below_resolution and
+    noise_ceiling_spearman)."""
     params = [list(hashes)]
     within = "task_hash IN (SELECT unnest(?::VARCHAR[]))"
     out: dict[str, dict[str, Any]] = {"diagnosis": {}, "train_loss": {}, "notes": defaultdict(dict),
-                                      "retrain_ratio": {}, "aggregates": defaultdict(dict)}
+                                      "retrain_ratio": {}, "unconverged": {}, "aggregates": defaultdict(dict)}
     for h, g, obj, top, low, trace in con.execute(
             f"SELECT task_hash, grad_norm, objective, top_eigenvalue, min_eigenvalue, trace FROM diagnosis_results "
             f"WHERE {within}", params).fetchall():
@@ -1089,6 +1092,10 @@ def diagnostic_inputs(con: duckdb.DuckDBPyConnection, hashes: Sequence[str]) -> 
     out["retrain_ratio"] = dict(con.execute(
         f"SELECT task_hash, median(grad_norm / start_grad_norm) FROM solver_rows WHERE {within} "
         "AND start_grad_norm > 0 GROUP BY task_hash", params).fetchall())
+    out["unconverged"] = {h: (int(bad), int(total), worst) for h, bad, total, worst in con.execute(
+        f"SELECT task_hash, count(*) FILTER (WHERE NOT converged), count(*), max(grad_norm) FILTER (WHERE NOT "
+        f"converged) FROM solver_rows WHERE {within} AND converged IS NOT NULL GROUP BY task_hash "
+        "HAVING count(*) FILTER (WHERE NOT converged) > 0", params).fetchall()}
     for h, metric, value in con.execute(
             f"SELECT task_hash, metric, value FROM aggregate_rows WHERE {within} "
             "AND metric IN ('below_resolution', 'noise_ceiling_spearman')", params).fetchall():

@@ -96,6 +96,8 @@ def seconds_per_newton_refit(workload: dict[str, Any], models: int, device: str 
     module, x, y = _model_and_data(workload, n, device)
     dtype = x.dtype
     wd, tol = 0.01, 1e-10 if dtype == torch.float64 else 1e-5
+    if workload.get("protocol") == "pbrf":
+        return _pbrf_refit_seconds(module, x, y, wd, tol, models)
     params = {k: v.detach() for k, v in module.named_parameters()}
     with torch.device(device):
         flat = FlatModel(module, params)
@@ -117,3 +119,26 @@ def seconds_per_newton_refit(workload: dict[str, Any], models: int, device: str 
                          100 if converged else 12, 1e-3 if converged else 1.0)
         seconds = time.perf_counter() - began
     return seconds / models, hessian
+
+
+def _pbrf_refit_seconds(module: Any, x: torch.Tensor, y: torch.Tensor, wd: float, tol: float,
+                        models: int) -> tuple[float, float]:
+    """(seconds one converged PBRF refit takes, seconds of its chord matrix, the Gauss-Newton matrix) on random
+    data from the module's initialisation, which is the PBRF's theta_s (no optimum needed): ``models`` refits,
+    the control among them, as ``runners.protocols.pbrf.newton_pbrf`` solves them (100 iterations at most)."""
+    import numpy as np
+
+    from inflang.spec import TrainingSpec
+    from runners.curvature import objective_ggn
+    from runners.protocols.common import Problem, RetrainSetup
+    from runners.protocols.pbrf import newton_pbrf
+
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    training = TrainingSpec(optimizer="sgd", lr=0.1, epochs=1, weight_decay=wd)
+    problem = Problem(module, RetrainSetup(params, [params], [0]), training, x, y, x[:2], y[:2])
+    began = time.perf_counter()
+    objective_ggn(module, params, x, y, wd)
+    chord = time.perf_counter() - began
+    began = time.perf_counter()
+    newton_pbrf(problem, np.arange(max(models - 1, 1)) % x.shape[0], 1e-3, tol, 100, "test_loss", strict=False)
+    return max(time.perf_counter() - began - chord, 0.0) / max(models, 2), chord

@@ -56,8 +56,8 @@ def test_every_mlp_refit_reaches_the_tolerance():
                        removals=RemovalSpec(select="all"))
     setup = RetrainSetup(trained.params, [trained.init], [0])
     result = leave_one_out(spec, Problem(module, setup, training, x, y, x[:3], y[:3]), [np.arange(40)] * 3)
-    positions, norms, iterations = result.solver
-    assert len(norms) == 41 and positions[0] == -1
+    positions, norms, iterations, converged = result.solver
+    assert len(norms) == 41 and positions[0] == -1 and all(converged)
     assert max(norms) <= 1e-10
     assert torch.isfinite(result.actual).all()
 
@@ -121,3 +121,46 @@ def test_decomposition_terms_add_up(write, tmp_path: Path):
     con.close()
     report = runner.invoke(app, ["report", "decomposition", "--db", str(db), "--out", str(tmp_path / "rep")])
     assert report.exit_code == 0 and (tmp_path / "rep" / "figures" / "decomposition.png").exists()
+
+
+def test_krylov_newton_steps_reach_the_refits_dense_ones_do(monkeypatch):
+    """Above DENSE_PARAMETERS a model's Newton step is solved by conjugate gradients on Hessian-vector products
+    instead of its explicit Hessian: with a poor chord matrix (so Newton steps are needed), both reach the
+    same refits, and the Krylov path formed no Hessian."""
+    import runners.newton as newton
+
+    torch.manual_seed(1)
+    x = torch.randn(40, 3, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    module = build(MlpModel(arch="mlp", depth=1, width=4, activation="tanh"), 3, 3, seed=0, dtype=torch.float64)
+    trained = train(module, x, y, TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=500, weight_decay=0.01), 0)
+    weights = torch.ones(5, 40, dtype=torch.float64)
+    weights[torch.arange(1, 5), torch.tensor([0, 9, 17, 33])] = 0.0
+    H0 = objective_hessian(module, trained.params, x, y, 0.01)
+    poor = H0 + 0.5 * torch.eye(H0.shape[0], dtype=torch.float64)  # the chord alone converges slowly
+    dense = newton_refit(module, trained.params, x, y, weights, 0.01, poor, 1e-11, 200, 0.0)
+    monkeypatch.setattr(newton, "DENSE_PARAMETERS", 0)
+    formed = []
+    monkeypatch.setattr(newton.WeightedLoss, "hessians", lambda *a: formed.append(1))
+    krylov = newton_refit(module, trained.params, x, y, weights, 0.01, poor, 1e-11, 200, 0.0)
+    assert not formed and (krylov.grad_norm <= 1e-11).all()
+    assert int(krylov.iterations.max()) < 40  # Newton steps, not the slow chord alone
+    torch.testing.assert_close(krylov.theta, dense.theta, rtol=0, atol=1e-8)  # |grad| 1e-11 over the smallest curvature
+
+
+def test_a_refit_that_does_not_converge_is_reported_when_not_strict():
+    from runners.newton import WeightedLoss, newton_solve
+    from runners.objective import FlatModel
+
+    torch.manual_seed(2)
+    x = torch.randn(30, 3, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()
+    module = build(MlpModel(arch="mlp", depth=1, width=4, activation="tanh"), 3, 2, seed=0, dtype=torch.float64)
+    flat = FlatModel(module, {k: v.detach() for k, v in module.named_parameters()})  # far from an optimum
+    weights = torch.ones(2, 30, dtype=torch.float64)
+    H = torch.eye(flat.theta.numel(), dtype=torch.float64)
+    objective = WeightedLoss(flat, x, y, weights, 0.01)
+    with pytest.raises(TaskFailure, match="did not reach"):
+        newton_solve(objective, flat.theta, 2, H, 1e-12, 1, 0.0)
+    refit = newton_solve(objective, flat.theta, 2, H, 1e-12, 1, 0.0, strict=False)
+    assert not bool(refit.converged(1e-12).any()) and (refit.iterations == 1).all()

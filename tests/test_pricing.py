@@ -272,3 +272,30 @@ def test_keys_and_handoffs_agree_between_plan_and_run(tmp_path: Path):
     runner = _Artifacts(Plan(), Store(), lambda kind, inputs, deps: None, {"t": "compiled"})  # type: ignore[arg-type]
     assert runner.inputs(task) == {"a": 1, ENGINE_INPUT: "compiled"}
     assert _Artifacts(Plan(), Store(), lambda kind, inputs, deps: None).inputs(task) == {"a": 1}  # type: ignore[arg-type]
+
+
+def test_converged_pbrf_refits_are_priced_by_their_own_measured_rate(tmp_path: Path):
+    """solver: newton under protocol: pbrf solves another objective than leave-one-out, with the Gauss-Newton
+    chord: its workload says so, so its rate is its own (measured on PBRF refits) and keyed apart."""
+    from inflang.plan import compile_study
+    from inflang.pricing import newton_workload_of
+    from inflang.validate import load_study
+    from runners.calibrate import seconds_per_newton_refit
+
+    keys = {}
+    for protocol in ("loo", "pbrf"):
+        study = tmp_path / f"{protocol}.yaml"
+        study.write_text(f"study: {protocol}\ndataset: {{name: iris, test_size: 30}}\n"
+                         "model: {arch: mlp, depth: 1, width: 4, activation: tanh}\n"
+                         "training: {optimizer: lbfgs, lr: 1.0, epochs: 50, weight_decay: 0.01, dtype: float64}\n"
+                         "estimators: [{name: exact}]\ntest_points: {count: 2}\n"
+                         f"ground_truth: {{protocol: {protocol}, solver: newton, removals: {{select: random, k: 4}}}}\n")
+        (task,) = [t for t in compile_study(load_study(study)).tasks.values() if t.kind == "ground_truth"]
+        work = newton_workload_of(task)
+        assert work is not None
+        keys[protocol] = work.key("cpu", 1)
+        if protocol == "pbrf":
+            assert work.spec["protocol"] == "pbrf"
+            per_refit, chord = seconds_per_newton_refit(work.spec, work.models)
+            assert per_refit > 0 and chord > 0
+    assert keys["loo"] != keys["pbrf"]

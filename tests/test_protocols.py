@@ -324,3 +324,88 @@ def test_group_removal_trains_each_group_on_its_kept_points(write, tmp_path: Pat
     a = rows(kept, "SELECT actual FROM group_influence ORDER BY test_index, group_index")
     b = rows(everything, "SELECT actual FROM group_influence ORDER BY test_index, group_index")
     assert len(a) == len(b) == 8 and a != b
+
+
+def test_converged_pbrf_agrees_with_ggn_influence_and_reports_every_refit(write, tmp_path: Path):
+    db = run(write, tmp_path, """\
+        study: pn
+        dataset: {name: iris, test_size: 30}
+        model: {arch: mlp, depth: 1, width: 6, activation: tanh}
+        training: {optimizer: lbfgs, lr: 1.0, epochs: 300, weight_decay: 0.01, dtype: float64}
+        estimators: [{name: exact, curvature: ggn, damping: 0.3}]
+        test_points: {count: 2}
+        ground_truth: {protocol: pbrf, solver: newton, damping: 0.3, removals: {select: random, k: 10}}
+        """)
+    pairs = np.array(rows(db, "SELECT estimate, actual FROM influence WHERE actual IS NOT NULL"))
+    assert len(pairs) == 20
+    relative = np.abs(pairs[:, 0] - pairs[:, 1]).max() / np.abs(pairs[:, 1]).max()
+    assert relative < 0.05  # the same response to first order
+    refits = rows(db, "SELECT train_index, grad_norm, converged FROM refits")
+    assert len(refits) == 11 and all(c for _, _, c in refits) and max(g for _, g, _ in refits) <= 1e-10
+    assert rows(db, "SELECT count(*) FROM diagnostics WHERE \"check\" = 'refits_not_converged'") == [(0,)]
+
+
+def test_converged_pbrf_matches_an_independent_minimiser(monkeypatch):
+    """One removal's converged PBRF parameters are a stationary point of the objective written out here (Bae et
+    al. 2022), and L-BFGS on it gets there too, through the dense and the Krylov Newton steps."""
+    import runners.newton as newton
+    from runners.objective import FlatModel
+    from runners.protocols.pbrf import newton_pbrf
+
+    torch.manual_seed(3)
+    x = torch.randn(40, 3, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    module = build(MlpModel(arch="mlp", depth=1, width=4, activation="tanh"), 3, 3, seed=0, dtype=torch.float64)
+    training = TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=300, weight_decay=0.01)
+    trained = train(module, x, y, training, 0)
+    problem = Problem(module, RetrainSetup(trained.params, [trained.init], [0]), training, x, y, x[:2], y[:2])
+    damping, removed = 0.05, 7
+    flat = FlatModel(module, trained.params)
+    theta_s = flat.theta.clone()
+    z_s = flat.logits(theta_s, x)
+
+    def pbrf(theta: torch.Tensor) -> torch.Tensor:
+        z = flat.logits(theta, x)
+        bregman = torch.logsumexp(z, 1) - torch.logsumexp(z_s, 1) - (torch.softmax(z_s, 1) * (z - z_s)).sum(1)
+        own = torch.nn.functional.cross_entropy(flat.logits(theta, x[removed:removed + 1]), y[removed:removed + 1])
+        shift = theta - theta_s
+        return bregman.mean() - own / 40 + 0.5 * (0.01 + damping) * (shift * shift).sum()
+
+    theta = theta_s.clone().requires_grad_(True)
+    lbfgs = torch.optim.LBFGS([theta], lr=1.0, max_iter=2000, tolerance_grad=1e-13, tolerance_change=0.0,
+                              history_size=50, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        lbfgs.zero_grad()
+        value = pbrf(theta)
+        value.backward()
+        return value
+
+    lbfgs.step(closure)
+    for dense in (True, False):
+        if not dense:
+            monkeypatch.setattr(newton, "DENSE_PARAMETERS", 0)
+        _, refit = newton_pbrf(problem, np.array([removed]), damping, 1e-12, 100, "test_loss")
+        assert bool(refit.converged(1e-12).all())
+        torch.testing.assert_close(refit.theta[0], theta_s, rtol=0, atol=1e-12)  # the control stays at theta_s
+        solved = refit.theta[1].clone().requires_grad_(True)
+        assert float(torch.autograd.grad(pbrf(solved), solved)[0].norm()) <= 1e-11  # stationary, as written here
+        torch.testing.assert_close(refit.theta[1], theta.detach(), rtol=0, atol=1e-7)  # L-BFGS stops near 2e-9
+
+
+def test_pbrf_refits_that_do_not_converge_are_kept_and_reported(write, tmp_path: Path):
+    db = run(write, tmp_path, """\
+        study: pm
+        dataset: {name: iris, test_size: 30}
+        model: {arch: mlp, depth: 1, width: 6, activation: tanh}
+        training: {optimizer: adam, lr: 0.01, epochs: 20, weight_decay: 0.01, dtype: float64}
+        estimators: [{name: exact, curvature: ggn, damping: 0.01}]
+        test_points: {count: 2}
+        ground_truth: {protocol: pbrf, solver: newton, damping: 0.0, tol: 1e-14, max_iter: 1,
+                       removals: {select: random, k: 5}}
+        """)
+    refits = rows(db, "SELECT converged, iterations FROM refits WHERE train_index IS NOT NULL")
+    assert len(refits) == 5 and not any(c for c, _ in refits) and all(i == 1 for _, i in refits)
+    assert rows(db, "SELECT count(*) FROM influence WHERE actual IS NOT NULL") == [(10,)]  # kept
+    ((message,),) = rows(db, "SELECT message FROM diagnostics WHERE \"check\" = 'refits_not_converged'")
+    assert "of 6 solved refits did not reach their tolerance" in message

@@ -136,6 +136,12 @@ class Retraining(Spec):
         """Whether refits are solved to convergence (no retraining optimizer, steps or schedule)."""
         return False
 
+    @property
+    def refit_objective(self) -> str | None:
+        """What converged refits minimise where it is not the leave-one-out objective (``plan`` prices them by
+        their own measured rate, ``runners.calibrate``); None for leave-one-out."""
+        return None
+
     def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
         """The estimator rankings that choose what this protocol removes (none by default), given the
         study's estimator labels."""
@@ -263,9 +269,35 @@ class PbrfProtocol(Retraining):
     ``curvature: ggn`` and the same damping.
     """
 
+    late_fields: ClassVar[tuple[str, ...]] = ("solver", "tol", "max_iter")
+
     protocol: Literal["pbrf"]
     damping: float = Field(0.001, ge=0, description="proximity to theta_s (the lambda of Bae et al.)")
     removals: RemovalSpec = Field(default_factory=RemovalSpec)
+    solver: Literal["gradient", "newton"] = Field(
+        "gradient", description="gradient: the retraining steps configured here; newton: solve every refit from "
+        "theta_s to |grad| <= tol (chord: the Gauss-Newton matrix; Newton steps by conjugate gradients above "
+        "3,000 parameters), each refit's convergence stored")
+    tol: float | None = Field(None, gt=0, description="newton: gradient-norm tolerance (default 1e-10 in float64, "
+                              "1e-5 in float32)")
+    max_iter: int = Field(100, ge=1, description="newton: iterations at most; a refit that has not converged by "
+                          "then is kept and reported (`refits.converged`, the refits_not_converged check)")
+
+    @model_validator(mode="after")
+    def _newton_rules(self) -> PbrfProtocol:
+        if self.solver == "newton" and self.repeats != 1:
+            raise ValueError("solver: newton is deterministic; use repeats: 1")
+        if self.solver == "gradient" and (self.tol is not None or self.max_iter != 100):
+            raise ValueError("'tol' and 'max_iter' are only used with solver: newton")
+        return self
+
+    @property
+    def converged(self) -> bool:
+        return self.solver == "newton"
+
+    @property
+    def refit_objective(self) -> str | None:
+        return "pbrf"
 
     def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
         return self.removals.rankings()
@@ -279,6 +311,10 @@ class PbrfProtocol(Retraining):
             found.append((("ground_truth", "protocol"), "pbrf's Bregman objective needs one function of the "
                           "parameters; BatchNorm trains on batch statistics and evaluates on running ones",
                           "use norm: group, or protocol: loo"))
+        if facts.dropout and self.solver == "newton":
+            found.append((("ground_truth", "solver"), f"Newton refits converge on a deterministic objective; with "
+                          f"dropout {facts.dropout:g} the model trains on a random one", "use solver: gradient (the "
+                          "default), or model.dropout: 0"))
         return found
 
 

@@ -82,8 +82,9 @@ class GroundTruth:
     probes: Tensor | None = None  # [R, P, T] resolution probes (see ``retrain_weighted``)
     floor: Tensor | None = None  # [T] the measured quantity's rounding unit (``rounding_floor``)
     dropped: int = 0  # items whose measurement was not finite and were dropped (lds, nan: drop)
-    # converged solvers: per model (item position, -1 for the control), final gradient norm, iterations
-    solver: tuple[list[int], list[float], list[int]] | None = None
+    # converged solvers: per model (item position, -1 for the control), final gradient norm, iterations, whether
+    # it reached the tolerance
+    solver: tuple[list[int], list[float], list[int], list[bool]] | None = None
     # warm-start gradient retraining: per model (training point position), gradient norm of its objective at the
     # start and at the end
     convergence: tuple[list[int], list[float], list[float]] | None = None
@@ -311,3 +312,19 @@ class Protocol:
 
     run: Callable[[Any, Problem, Rankings, int], GroundTruth]
     metrics: Callable[[Any, Scoring], list[MetricRow]] = pointwise_metrics
+
+
+def pointwise(per_item: torch.Tensor, items: np.ndarray, removals: list[np.ndarray], n: int) -> torch.Tensor:
+    """[R, T, n] from per-item results [R, K, T] (item k removes point items[k]); NaN where not selected."""
+    R, _, T = per_item.shape
+    out = torch.full((R, T, n), float("nan"), dtype=torch.float64)
+    column = {int(i): k for k, i in enumerate(items)}
+    for t, rows in enumerate(removals):
+        ks = torch.as_tensor([column[int(i)] for i in rows], dtype=torch.long)
+        out[:, t, torch.as_tensor(rows, dtype=torch.long)] = per_item[:, ks, t]
+    return out
+
+
+def default_tolerance(tol: float | None, dtype: torch.dtype) -> float:
+    """A converged solver's gradient-norm tolerance: as given, else 1e-10 in float64 and 1e-5 in float32."""
+    return tol if tol is not None else (1e-10 if dtype == torch.float64 else 1e-5)

@@ -14,10 +14,10 @@ import torch
 from inflang.cost import default_budget
 from inflang.hashing import derive_seed
 from inflang.spec import LooProtocol
-from runners.curvature import objective_ggn, objective_hessian
+from runners.curvature import objective_hessian
 from runners.ensemble import Layout, stack
 from runners.metrics import MetricRow, gap_rows
-from runners.newton import ProximalBregman, newton_refit, newton_solve
+from runners.newton import newton_refit
 from runners.objective import FlatModel
 from runners.protocols.common import (
     GroundTruth,
@@ -25,24 +25,16 @@ from runners.protocols.common import (
     Protocol,
     Rankings,
     Scoring,
+    default_tolerance,
     measure_ensemble,
     nudged,
+    pointwise,
     pointwise_metrics,
     retrain_weighted,
     rounding_floor,
 )
+from runners.protocols.pbrf import newton_pbrf
 from runners.selection import select_removals
-
-
-def pointwise(per_item: torch.Tensor, items: np.ndarray, removals: list[np.ndarray], n: int) -> torch.Tensor:
-    """[R, T, n] from per-item results [R, K, T] (item k removes point items[k]); NaN where not selected."""
-    R, _, T = per_item.shape
-    out = torch.full((R, T, n), float("nan"), dtype=torch.float64)
-    column = {int(i): k for k, i in enumerate(items)}
-    for t, rows in enumerate(removals):
-        ks = torch.as_tensor([column[int(i)] for i in rows], dtype=torch.long)
-        out[:, t, torch.as_tensor(rows, dtype=torch.long)] = per_item[:, ks, t]
-    return out
 
 
 def run(spec: LooProtocol, p: Problem, rankings: Rankings, seed: int) -> GroundTruth:
@@ -82,30 +74,15 @@ def leave_one_out(spec: LooProtocol, p: Problem, removals: list[np.ndarray]) -> 
     if spec.decompose:
         loo = converged(spec, p, items, removals, weights)
         result.solver, result.convergence = loo.solver, None  # solver_rows hold the converged refits
-        result.responses = {"converged_loo": loo.actual, "pbrf": pbrf_newton(spec, p, items, removals)}
+        measured, _ = newton_pbrf(p, items, spec.pbrf_damping, _tolerance(spec, p.x_train.dtype), spec.max_iter,
+                                  spec.measure)
+        per_item = (measured[1:] - measured[0]).unsqueeze(0)
+        result.responses = {"converged_loo": loo.actual, "pbrf": pointwise(per_item, items, removals, p.n)[0]}
     return result
 
 
 def _tolerance(spec: LooProtocol, dtype: torch.dtype) -> float:
-    return spec.tol if spec.tol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
-
-
-def pbrf_newton(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[np.ndarray]) -> torch.Tensor:
-    """[T, n] PBRF responses (damping spec.pbrf_damping) for the removals, solved to |grad| <= tol."""
-    flat = FlatModel(p.module, p.setup.trained)
-    removed = torch.as_tensor(np.concatenate([[0], items]), dtype=torch.long)
-    active = torch.ones(len(removed), dtype=p.x_train.dtype)
-    active[0] = 0.0
-    proximity = p.training.weight_decay + spec.pbrf_damping
-    objective = ProximalBregman(flat, p.x_train, p.y_train, removed, active, proximity, p.training.label_smoothing)
-    chord = objective_ggn(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay)
-    chord = chord + spec.pbrf_damping * torch.eye(chord.shape[0], dtype=chord.dtype)
-    solved = newton_solve(objective, flat.theta, len(removed), chord, _tolerance(spec, p.x_train.dtype),
-                          spec.max_iter, 0.0)
-    params = Layout(stack(p.setup.trained, 1)).views(solved.theta)
-    measured = measure_ensemble(p.module, params, p.x_test, p.y_test, spec.measure)
-    per_item = (measured[1:] - measured[0]).unsqueeze(0)
-    return pointwise(per_item, items, removals, p.n)[0]
+    return default_tolerance(spec.tol, dtype)
 
 
 def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[np.ndarray],
@@ -135,6 +112,7 @@ def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[n
     per_item = (measured[1 + extra:] - measured[0]).unsqueeze(0)  # [1, K, T]
     probes = (measured[1:1 + extra] - measured[0]).unsqueeze(0)  # [1, P, T]
     keep = [0, *range(1 + extra, all_weights.shape[0])]  # the refits view lists the control and the removals
-    solver = ([-1] + [int(i) for i in items], refit.grad_norm[keep].tolist(), refit.iterations[keep].tolist())
+    solver = ([-1] + [int(i) for i in items], refit.grad_norm[keep].tolist(), refit.iterations[keep].tolist(),
+              [True] * len(keep))  # newton_refit raises where one does not converge
     return GroundTruth(per_repeat=pointwise(per_item, items, removals, p.n), solver=solver, probes=probes,
                        floor=rounding_floor(measured[:1], p.x_train.dtype))

@@ -14,6 +14,11 @@ theta_s is a stationary point with nothing removed. The first-order response is
 theta - theta_s = (1/N) (G + (weight_decay + damping) I)^-1 g_m, G the Gauss-Newton matrix of the data term:
 exact influence with ``curvature: ggn`` and the same damping. actual = measure(theta) - measure(theta_s),
 minibatches (if any) applying to the Bregman term; the removed point's term is evaluated every step.
+
+``solver: newton`` solves each objective to |grad| <= tol instead (``runners.newton``), with the chord matrix
+G + (weight_decay + damping) I: the objective's exact Hessian at theta_s but for the removed point's own term, so
+the chord converges in a few iterations where that term is small; refits that do not converge in ``max_iter``
+are kept and reported per removal.
 """
 
 from __future__ import annotations
@@ -24,21 +29,25 @@ from torch import Tensor
 
 from inflang.hashing import derive_seed
 from inflang.spec import PbrfProtocol
-from runners.ensemble import Batch, DataTerm, Stacked, ensemble_logits, stack, train_ensemble
-from runners.objective import per_example_loss
+from runners.curvature import objective_ggn
+from runners.ensemble import Batch, DataTerm, Layout, Stacked, ensemble_logits, stack, train_ensemble
+from runners.newton import ProximalBregman, Refit, newton_solve
+from runners.objective import FlatModel, per_example_loss
 from runners.protocols.common import (
     GroundTruth,
     Problem,
     Protocol,
     Rankings,
     chunks,
+    default_tolerance,
     measure_ensemble,
+    nudged,
     perturbed,
+    pointwise,
     retraining,
     rounding_floor,
     update_rule,
 )
-from runners.protocols.loo import pointwise
 from runners.selection import select_removals
 
 
@@ -78,8 +87,52 @@ def run(spec: PbrfProtocol, p: Problem, rankings: Rankings, seed: int) -> Ground
     return proximal_bregman(spec, p, select_removals(spec.removals, p.n, p.x_test.shape[0], scores, seed))
 
 
+def newton_pbrf(p: Problem, items: np.ndarray, damping: float, tol: float, max_iter: int, measure: str,
+                probes: int = 0, strict: bool = True) -> tuple[Tensor, Refit]:
+    """The PBRF of every removal in ``items``, after the control and ``probes`` controls started a rounding unit
+    away (common.nudged), solved from theta_s to |grad| <= tol by ``newton_solve`` with the chord matrix
+    G + (weight_decay + damping) I: (measured [1 + probes + K, T], the refits). ``strict``: a refit that has not
+    converged in ``max_iter`` iterations fails the task (else it is returned as it stands)."""
+    flat = FlatModel(p.module, p.setup.trained)
+    count = 1 + probes + len(items)
+    removed = torch.as_tensor(np.concatenate([[0] * (1 + probes), items]), dtype=torch.long)
+    active = torch.ones(count, dtype=p.x_train.dtype)
+    active[:1 + probes] = 0.0  # nothing removed: their optimum is theta_s
+    objective = ProximalBregman(flat, p.x_train, p.y_train, removed, active, p.training.weight_decay + damping,
+                                p.training.label_smoothing)
+    chord = objective_ggn(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay)
+    chord.diagonal().add_(damping)
+    P = flat.theta.numel()
+    starts = flat.theta.expand(count, P).clone()
+    if probes:
+        seed = derive_seed(p.setup.order_seeds[0], "resolution probes")
+        z = torch.randn(probes, P, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        starts[1:1 + probes] = nudged(flat.theta.expand(probes, P), z.to(device=flat.theta.device,
+                                                                         dtype=flat.theta.dtype))
+    solved = newton_solve(objective, starts, count, chord, tol, max_iter, 0.0, strict=strict)
+    params = Layout(stack(p.setup.trained, 1)).views(solved.theta)
+    return measure_ensemble(p.module, params, p.x_test, p.y_test, measure), solved
+
+
+def _newton(spec: PbrfProtocol, p: Problem, items: np.ndarray, removals: list[np.ndarray]) -> GroundTruth:
+    tol = default_tolerance(spec.tol, p.x_train.dtype)
+    extra = spec.probes_per_repeat
+    measured, refit = newton_pbrf(p, items, spec.damping, tol, spec.max_iter, spec.measure, extra, strict=False)
+    if p.progress is not None:
+        p.progress(len(items) + 1 + extra)
+    per_item = (measured[1 + extra:] - measured[0]).unsqueeze(0)  # [1, K, T]
+    keep = [0, *range(1 + extra, measured.shape[0])]  # the refits view lists the control and the removals
+    solver = ([-1] + [int(i) for i in items], refit.grad_norm[keep].tolist(), refit.iterations[keep].tolist(),
+              refit.converged(tol)[keep].tolist())
+    return GroundTruth(per_repeat=pointwise(per_item, items, removals, p.n), solver=solver,
+                       probes=(measured[1:1 + extra] - measured[0]).unsqueeze(0),
+                       floor=rounding_floor(measured[:1], p.x_train.dtype))
+
+
 def proximal_bregman(spec: PbrfProtocol, p: Problem, removals: list[np.ndarray]) -> GroundTruth:
     items = np.unique(np.concatenate(removals)) if removals else np.array([], dtype=np.int64)
+    if spec.solver == "newton":
+        return _newton(spec, p, items, removals)
     rule = update_rule(spec, p.training)
     rule = type(rule)(optimizer=rule.optimizer, lr=rule.lr, weight_decay=0.0, momentum=rule.momentum)
     steps = spec.retrain_steps(p.training.total_steps(p.n))
