@@ -289,7 +289,8 @@ def test_converged_pbrf_refits_are_priced_by_their_own_measured_rate(tmp_path: P
                          "model: {arch: mlp, depth: 1, width: 4, activation: tanh}\n"
                          "training: {optimizer: lbfgs, lr: 1.0, epochs: 50, weight_decay: 0.01, dtype: float64}\n"
                          "estimators: [{name: exact}]\ntest_points: {count: 2}\n"
-                         f"ground_truth: {{protocol: {protocol}, solver: newton, removals: {{select: random, k: 4}}}}\n")
+                         f"ground_truth: {{protocol: {protocol}, solver: newton,\n"
+                         "               removals: {select: random, k: 4}}\n")
         (task,) = [t for t in compile_study(load_study(study)).tasks.values() if t.kind == "ground_truth"]
         work = newton_workload_of(task)
         assert work is not None
