@@ -88,11 +88,12 @@ def run(spec: PbrfProtocol, p: Problem, rankings: Rankings, seed: int) -> Ground
 
 
 def newton_pbrf(p: Problem, items: np.ndarray, damping: float, tol: float, max_iter: int, measure: str,
-                probes: int = 0, strict: bool = True) -> tuple[Tensor, Refit]:
+                probes: int = 0, strict: bool = True, ggn: Tensor | None = None) -> tuple[Tensor, Refit]:
     """The PBRF of every removal in ``items``, after the control and ``probes`` controls started a rounding unit
     away (common.nudged), solved from theta_s to |grad| <= tol by ``newton_solve`` with the chord matrix
     G + (weight_decay + damping) I: (measured [1 + probes + K, T], the refits). ``strict``: a refit that has not
-    converged in ``max_iter`` iterations fails the task (else it is returned as it stands)."""
+    converged in ``max_iter`` iterations fails the task (else it is returned as it stands). ``ggn``: the
+    Gauss-Newton matrix at theta_s (weight decay included) where the caller has it."""
     flat = FlatModel(p.module, p.setup.trained)
     count = 1 + probes + len(items)
     removed = torch.as_tensor(np.concatenate([[0] * (1 + probes), items]), dtype=torch.long)
@@ -100,7 +101,8 @@ def newton_pbrf(p: Problem, items: np.ndarray, damping: float, tol: float, max_i
     active[:1 + probes] = 0.0  # nothing removed: their optimum is theta_s
     objective = ProximalBregman(flat, p.x_train, p.y_train, removed, active, p.training.weight_decay + damping,
                                 p.training.label_smoothing)
-    chord = objective_ggn(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay)
+    chord = objective_ggn(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay) if ggn is None \
+        else ggn.clone()
     chord.diagonal().add_(damping)
     P = flat.theta.numel()
     starts = flat.theta.expand(count, P).clone()
