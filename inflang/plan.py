@@ -292,8 +292,8 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         gt_workload: dict[str, Any] | None = None
         if retrain_steps or newton:
             gt_workload = {**workload, "steps": retrain_steps, "newton_refits": newton, "n_train": n_train}
-            if gt.converged and gt.refit_objective is not None:  # priced by their own measured rate
-                gt_workload["protocol"] = gt.refit_objective
+            if gt.converged:  # refits of another objective are priced by their own measured rate
+                gt_workload.update(gt.refit_workload() or {})
         ct.ground_truth = b.add("ground_truth", gt_inputs, gt_deps, retrain_steps * retrained, models,
                                 member_bytes=member, chunk=gt.batch if isinstance(gt.batch, int) else None,
                                 repeats=gt.repeats, probes=probes, items=items,

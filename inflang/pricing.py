@@ -12,10 +12,12 @@ the device (and for CUDA the GPU's model), the thread count, the engine, torch's
 processor, so a plan prices itself from then on without running anything.
 
 Newton refits (``solver: newton``, and the decomposition's converged refits) take no optimizer steps: a task
-with ``newton_refits`` is priced as the seconds of its chord Hessian plus the seconds of one refit times its
+with ``newton_refits`` is priced as the seconds of its chord matrix plus the seconds of one refit times its
 refits, both measured by ``--calibrate`` on the task's model and training-set size with random data, each
-refit leaving one point out of a solved optimum as a study's do (``runners.calibrate``); real data can take
-more or fewer iterations than random data (an Iris MLP priced at 3.9 s ran in 4.1 s).
+refit leaving one point out of a solved optimum as a study's do, or, for a converged PBRF (whose workload
+says ``protocol: pbrf``, with its damping and iteration limit), solving PBRF refits from the initialisation
+with the Gauss-Newton chord (``runners.calibrate``); real data can take more or fewer iterations than random
+data.
 
 With ``--engine auto`` calibration measures both engines' steps of a task that may compile and the compile
 itself (the first call's seconds beyond a later call's), and the run compiles exactly the tasks whose

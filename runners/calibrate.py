@@ -87,8 +87,9 @@ def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, d
 
 
 def seconds_per_newton_refit(workload: dict[str, Any], models: int, device: str = "cpu") -> tuple[float, float]:
-    """(seconds one Newton refit takes, seconds of the chord Hessian) for the workload's model on ``n_train``
-    random points, as a leave-one-out study runs them: the full objective is first solved to its optimum (not
+    """(seconds one Newton refit takes, seconds of the chord matrix) for the workload's model on ``n_train``
+    random points; a converged PBRF's (workload ``protocol: pbrf``) as ``_pbrf_refit_seconds`` says, else as a
+    leave-one-out study runs them: the full objective is first solved to its optimum (not
     timed), its explicit Hessian taken there (timed once), then ``models`` refits, each without one point, solved
     from that optimum to the study's tolerance (timed). Where the random problem has no positive definite
     optimum, the refits start from the initialisation and run 12 iterations instead."""
@@ -97,7 +98,9 @@ def seconds_per_newton_refit(workload: dict[str, Any], models: int, device: str 
     dtype = x.dtype
     wd, tol = 0.01, 1e-10 if dtype == torch.float64 else 1e-5
     if workload.get("protocol") == "pbrf":
-        return _pbrf_refit_seconds(module, x, y, wd, tol, models)
+        with torch.device(device):
+            return _pbrf_refit_seconds(module, x, y, wd, tol, models, float(workload["damping"]),
+                                       int(workload["max_iter"]))
     params = {k: v.detach() for k, v in module.named_parameters()}
     with torch.device(device):
         flat = FlatModel(module, params)
@@ -121,11 +124,12 @@ def seconds_per_newton_refit(workload: dict[str, Any], models: int, device: str 
     return seconds / models, hessian
 
 
-def _pbrf_refit_seconds(module: Any, x: torch.Tensor, y: torch.Tensor, wd: float, tol: float,
-                        models: int) -> tuple[float, float]:
+def _pbrf_refit_seconds(module: Any, x: torch.Tensor, y: torch.Tensor, wd: float, tol: float, models: int,
+                        damping: float, max_iter: int) -> tuple[float, float]:
     """(seconds one converged PBRF refit takes, seconds of its chord matrix, the Gauss-Newton matrix) on random
     data from the module's initialisation, which is the PBRF's theta_s (no optimum needed): ``models`` refits,
-    the control among them, as ``runners.protocols.pbrf.newton_pbrf`` solves them (100 iterations at most)."""
+    the control among them, as ``runners.protocols.pbrf.newton_pbrf`` solves them with the study's damping and
+    iteration limit."""
     import numpy as np
 
     from inflang.spec import TrainingSpec
@@ -140,6 +144,6 @@ def _pbrf_refit_seconds(module: Any, x: torch.Tensor, y: torch.Tensor, wd: float
     ggn = objective_ggn(module, params, x, y, wd)
     chord = time.perf_counter() - began
     began = time.perf_counter()
-    newton_pbrf(problem, np.arange(max(models - 1, 1)) % x.shape[0], 1e-3, tol, 100, "test_loss", strict=False,
-                ggn=ggn)
+    newton_pbrf(problem, np.arange(max(models - 1, 1)) % x.shape[0], damping, tol, max_iter, "test_loss",
+                strict=False, ggn=ggn)
     return (time.perf_counter() - began) / max(models, 2), chord

@@ -38,14 +38,15 @@ def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y
     ``torch.autograd`` rather than ``torch.func.jacrev``, whose first call imports torch's compiler (an import
     a small study would wait for); the same arithmetic."""
     flat = FlatModel(module, params)
-    theta = flat.theta.detach().requires_grad_(True)
-    (g,) = torch.autograd.grad(flat.objective(theta, x, y, weight_decay, smoothing), theta, create_graph=True)
+    with torch.enable_grad():  # a caller's no_grad would leave nothing to differentiate
+        theta = flat.theta.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(flat.objective(theta, x, y, weight_decay, smoothing), theta, create_graph=True)
     P = theta.numel()
     H = torch.empty(P, P, dtype=theta.dtype, device=theta.device)
-    eye = torch.eye(P, dtype=theta.dtype, device=theta.device)
     batched = True
     for lo in range(0, P, HESSIAN_ROWS):
-        rows = eye[lo:lo + HESSIAN_ROWS]
+        rows = torch.zeros(min(HESSIAN_ROWS, P - lo), P, dtype=theta.dtype, device=theta.device)
+        rows[torch.arange(len(rows)), torch.arange(lo, lo + len(rows))] = 1.0  # unit vectors e_lo, e_lo+1, ...
         if batched:
             try:
                 (H[lo:lo + len(rows)],) = torch.autograd.grad(g, theta, grad_outputs=rows, is_grads_batched=True,

@@ -137,7 +137,7 @@ print('torch._dynamo' in sys.modules)
     assert done.stdout.strip() == "False"
 
 
-def test_per_example_gradients_from_copies_match_torch_func():
+def test_per_example_gradients_from_copies_match_torch_func(monkeypatch):
     """The copies route (small Linear stacks) against vmap(grad), an independent computation."""
     from torch import nn
     from torch.func import grad, vmap
@@ -153,5 +153,11 @@ def test_per_example_gradients_from_copies_match_torch_func():
     def one(theta: torch.Tensor, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         return per_example_loss(flat.logits(theta, xi.unsqueeze(0)), yi.unsqueeze(0)).squeeze(0)
 
+    import runners.estimators.common as common
+
+    routes = []
+    copies = common._copies_gradients
+    monkeypatch.setattr(common, "_copies_gradients", lambda f: routes.append(1) or copies(f))
     expected = vmap(grad(one), in_dims=(None, 0, 0))(flat.theta, x, y)
     torch.testing.assert_close(per_example_gradients(flat, per_example_loss, x, y), expected, rtol=0, atol=1e-14)
+    assert routes == [1]  # the copies route ran

@@ -136,10 +136,10 @@ class Retraining(Spec):
         """Whether refits are solved to convergence (no retraining optimizer, steps or schedule)."""
         return False
 
-    @property
-    def refit_objective(self) -> str | None:
-        """What converged refits minimise where it is not the leave-one-out objective (``plan`` prices them by
-        their own measured rate, ``runners.calibrate``); None for leave-one-out."""
+    def refit_workload(self) -> dict[str, object] | None:
+        """Where converged refits minimise another objective than leave-one-out's: what calibrating them needs
+        to know (``plan`` adds it to the task's workload, so they are priced by their own measured rate,
+        ``runners.calibrate``); None for leave-one-out."""
         return None
 
     def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
@@ -295,9 +295,8 @@ class PbrfProtocol(Retraining):
     def converged(self) -> bool:
         return self.solver == "newton"
 
-    @property
-    def refit_objective(self) -> str | None:
-        return "pbrf"
+    def refit_workload(self) -> dict[str, object] | None:
+        return {"protocol": "pbrf", "damping": self.damping, "max_iter": self.max_iter}
 
     def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
         return self.removals.rankings()

@@ -188,8 +188,9 @@ def _copies_gradients(one: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Callab
     larger ones take ``vmap(grad)``, faster there)."""
 
     def many(theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        copies = theta.detach().expand(int(x.shape[0]), -1).clone().requires_grad_(True)
-        (rows,) = torch.autograd.grad(vmap(one)(copies, x, y).sum(), copies)
+        with torch.enable_grad():  # a caller's no_grad would leave nothing to differentiate
+            copies = theta.detach().expand(int(x.shape[0]), -1).clone().requires_grad_(True)
+            (rows,) = torch.autograd.grad(vmap(one)(copies, x, y).sum(), copies)
         return rows
 
     return many

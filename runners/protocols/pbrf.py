@@ -108,7 +108,7 @@ def newton_pbrf(p: Problem, items: np.ndarray, damping: float, tol: float, max_i
     starts = flat.theta.expand(count, P).clone()
     if probes:
         seed = derive_seed(p.setup.order_seeds[0], "resolution probes")
-        z = torch.randn(probes, P, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        z = torch.randn(probes, P, generator=torch.Generator().manual_seed(seed), dtype=torch.float64, device="cpu")
         starts[1:1 + probes] = nudged(flat.theta.expand(probes, P), z.to(device=flat.theta.device,
                                                                          dtype=flat.theta.dtype))
     solved = newton_solve(objective, starts, count, chord, tol, max_iter, 0.0, strict=strict)
