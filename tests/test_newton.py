@@ -19,6 +19,7 @@ from runners.newton import newton_refit
 from runners.protocols.common import Problem, RetrainSetup
 from runners.protocols.loo import leave_one_out
 from runners.train import train
+from tests.helpers import toy_mlp
 from tests.reference import refit
 
 runner = CliRunner()
@@ -46,12 +47,7 @@ def test_newton_matches_an_independent_refit_on_logistic_regression():
 
 
 def test_every_mlp_refit_reaches_the_tolerance():
-    torch.manual_seed(0)
-    x = torch.randn(40, 3, dtype=torch.float64)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
-    module = build(MlpModel(arch="mlp", depth=1, width=4, activation="tanh"), 3, 3, seed=0, dtype=torch.float64)
-    training = TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=500, weight_decay=0.01)
-    trained = train(module, x, y, training, 0)
+    module, x, y, training, trained = toy_mlp(0)
     spec = LooProtocol(protocol="loo", solver="newton", tol=1e-10, damping=0.05,
                        removals=RemovalSpec(select="all"))
     setup = RetrainSetup(trained.params, [trained.init], [0])
@@ -129,11 +125,7 @@ def test_krylov_newton_steps_reach_the_refits_dense_ones_do(monkeypatch):
     same refits, and the Krylov path formed no Hessian."""
     import runners.newton as newton
 
-    torch.manual_seed(1)
-    x = torch.randn(40, 3, dtype=torch.float64)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
-    module = build(MlpModel(arch="mlp", depth=1, width=4, activation="tanh"), 3, 3, seed=0, dtype=torch.float64)
-    trained = train(module, x, y, TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=500, weight_decay=0.01), 0)
+    module, x, y, _, trained = toy_mlp(1)
     weights = torch.ones(5, 40, dtype=torch.float64)
     weights[torch.arange(1, 5), torch.tensor([0, 9, 17, 33])] = 0.0
     H0 = objective_hessian(module, trained.params, x, y, 0.01)

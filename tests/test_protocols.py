@@ -16,7 +16,7 @@ from runners.models import build
 from runners.protocols.common import Problem, RetrainSetup
 from runners.protocols.loo import leave_one_out
 from runners.train import train
-from tests.helpers import rows
+from tests.helpers import rows, toy_mlp
 
 runner = CliRunner()
 
@@ -352,12 +352,7 @@ def test_converged_pbrf_matches_an_independent_minimiser(monkeypatch):
     from runners.objective import FlatModel
     from runners.protocols.pbrf import newton_pbrf
 
-    torch.manual_seed(3)
-    x = torch.randn(40, 3, dtype=torch.float64)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
-    module = build(MlpModel(arch="mlp", depth=1, width=4, activation="tanh"), 3, 3, seed=0, dtype=torch.float64)
-    training = TrainingSpec(optimizer="lbfgs", lr=1.0, epochs=300, weight_decay=0.01)
-    trained = train(module, x, y, training, 0)
+    module, x, y, training, trained = toy_mlp(3, epochs=300)
     problem = Problem(module, RetrainSetup(trained.params, [trained.init], [0]), training, x, y, x[:2], y[:2])
     damping, removed = 0.05, 7
     flat = FlatModel(module, trained.params)
