@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.func import hessian, vmap
 
 from runners.errors import TaskFailure
-from runners.objective import FlatModel, per_example_loss
+from runners.objective import FlatModel, bregman, per_example_loss
 
 DENSE_PARAMETERS = 3000  # above this many parameters, Newton steps by preconditioned conjugate gradients
 KRYLOV_RTOL = 1e-3  # a Krylov Newton step stops at this residual relative to the gradient
@@ -117,8 +117,6 @@ class ProximalBregman:
             self.z_s = flat.logits(flat.theta, x)
 
     def single(self, theta: Tensor, xm: Tensor, ym: Tensor, am: Tensor) -> Tensor:
-        from runners.protocols.pbrf import bregman
-
         n = self.x.shape[0]
         divergence = bregman(self.flat.logits(theta, self.x), self.z_s, self.y.is_floating_point()).sum() / n
         own = per_example_loss(self.flat.logits(theta, xm.unsqueeze(0)), ym.unsqueeze(0), self.smoothing).sum()

@@ -53,6 +53,14 @@ def output_hessian(logits: Tensor, y: Tensor) -> Tensor:
     return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
+def bregman(z: Tensor, z_s: Tensor, squared: bool = False) -> Tensor:
+    """D(z, z_s) of the cross-entropy in logit space, over the last axis; of the squared error (regression
+    targets), (1/2) ||z - z_s||^2."""
+    if squared:
+        return 0.5 * ((z - z_s) ** 2).sum(-1)
+    return torch.logsumexp(z, -1) - torch.logsumexp(z_s, -1) - (torch.softmax(z_s, -1) * (z - z_s)).sum(-1)
+
+
 MEASURES = {"test_loss": per_example_loss, "margin": margin}
 PARAM_CHANGE = "param_change_norm"  # a measure of the parameters, not of test points
 

@@ -32,7 +32,7 @@ from inflang.spec import PbrfProtocol
 from runners.curvature import objective_ggn
 from runners.ensemble import Batch, DataTerm, Layout, Stacked, ensemble_logits, stack, train_ensemble
 from runners.newton import ProximalBregman, Refit, newton_solve
-from runners.objective import FlatModel, per_example_loss
+from runners.objective import FlatModel, bregman, per_example_loss
 from runners.protocols.common import (
     GroundTruth,
     Problem,
@@ -49,14 +49,6 @@ from runners.protocols.common import (
     update_rule,
 )
 from runners.selection import select_removals
-
-
-def bregman(z: Tensor, z_s: Tensor, squared: bool = False) -> Tensor:
-    """D(z, z_s) of the cross-entropy in logit space, over the last axis; of the squared error (regression
-    targets), (1/2) ||z - z_s||^2."""
-    if squared:
-        return 0.5 * ((z - z_s) ** 2).sum(-1)
-    return torch.logsumexp(z, -1) - torch.logsumexp(z_s, -1) - (torch.softmax(z_s, -1) * (z - z_s)).sum(-1)
 
 
 def pbrf_term(p: Problem, z_s: Tensor, removed: Tensor, active: Tensor) -> DataTerm:
