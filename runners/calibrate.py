@@ -14,17 +14,20 @@ import contextlib
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import TypeAdapter
 
-from inflang.spec import ModelSpec
+from inflang.spec import ModelSpec, TrainingSpec
 from runners import engine as engines
-from runners.curvature import objective_hessian
+from runners.curvature import objective_ggn, objective_hessian
 from runners.ensemble import UpdateRule, multiply_adds, stack, train_ensemble, weighted_cross_entropy
 from runners.errors import TaskFailure
 from runners.models import build
 from runners.newton import newton_refit
 from runners.objective import FlatModel
+from runners.protocols.common import Problem, RetrainSetup
+from runners.protocols.pbrf import newton_pbrf
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MIN_SECONDS = 0.25  # timed steps of a calibration take at least this long ...
@@ -130,13 +133,6 @@ def _pbrf_refit_seconds(module: Any, x: torch.Tensor, y: torch.Tensor, wd: float
     data from the module's initialisation, which is the PBRF's theta_s (no optimum needed): ``models`` refits,
     the control among them, as ``runners.protocols.pbrf.newton_pbrf`` solves them with the study's damping and
     iteration limit."""
-    import numpy as np
-
-    from inflang.spec import TrainingSpec
-    from runners.curvature import objective_ggn
-    from runners.protocols.common import Problem, RetrainSetup
-    from runners.protocols.pbrf import newton_pbrf
-
     params = {k: v.detach() for k, v in module.named_parameters()}
     training = TrainingSpec(optimizer="sgd", lr=0.1, epochs=1, weight_decay=wd)
     problem = Problem(module, RetrainSetup(params, [params], [0]), training, x, y, x[:2], y[:2])
