@@ -117,8 +117,7 @@ def check_cell(f: CellFacts) -> list[Diagnostic]:
         warn(GROUND_TRUTH, "refits_not_converged", bad / total, 0.0,
              f"{bad} of {total} solved refits did not reach their tolerance (largest |grad| {worst:.2g}); they are "
              "kept, each listed in the refits view (converged = false): raise ground_truth.max_iter, or "
-             "ground_truth.damping where they move far from the trained model (a ReLU network's refits can stall on "
-             "a kink of the objective, which more iterations do not pass)")
+             "ground_truth.damping (a ReLU network's objective has kinks, where Newton steps may stall)")
     if f.below_resolution is not None and f.below_resolution > s.below_resolution:
         warn(GROUND_TRUTH, "below_resolution", f.below_resolution, s.below_resolution,
              f"{_share(f.below_resolution)} of the effects are below the ground truth's resolution: they are "
