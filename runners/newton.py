@@ -227,22 +227,23 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
         iterations[rows] = it
         steps = torch.cholesky_solve(grads[rows].T, chol).T
         exact = rows[exact_next[rows]]
-        if P > DENSE_PARAMETERS and len(exact):
-            steps[torch.searchsorted(rows, exact)] = _krylov_steps(objective, theta[exact], exact, grads[exact],
-                                                                   mu[exact], chol)
-        for chunk in [] if P > DENSE_PARAMETERS else [exact[i:i + hessian_chunk]
-                                                      for i in range(0, len(exact), hessian_chunk)]:
-            H = objective.hessians(theta[chunk], chunk)
-            for _ in range(12):
-                eye = torch.eye(P, dtype=theta.dtype).expand(len(chunk), P, P)
-                L, bad = torch.linalg.cholesky_ex(H + mu[chunk, None, None] * eye)
-                if not bool(bad.any()):
-                    break
-                mu[chunk[bad > 0]] *= 10
-            else:
-                continue  # keep chord steps for these
-            where = torch.searchsorted(rows, chunk)
-            steps[where] = torch.cholesky_solve(grads[chunk].unsqueeze(2), L).squeeze(2)
+        if P > DENSE_PARAMETERS:  # Newton steps by conjugate gradients; no model's Hessian is formed
+            if len(exact):
+                steps[torch.searchsorted(rows, exact)] = _krylov_steps(objective, theta[exact], exact,
+                                                                       grads[exact], mu[exact], chol)
+        else:
+            for chunk in [exact[i:i + hessian_chunk] for i in range(0, len(exact), hessian_chunk)]:
+                H = objective.hessians(theta[chunk], chunk)
+                for _ in range(12):
+                    eye = torch.eye(P, dtype=theta.dtype).expand(len(chunk), P, P)
+                    L, bad = torch.linalg.cholesky_ex(H + mu[chunk, None, None] * eye)
+                    if not bool(bad.any()):
+                        break
+                    mu[chunk[bad > 0]] *= 10
+                else:
+                    continue  # keep chord steps for these
+                where = torch.searchsorted(rows, chunk)
+                steps[where] = torch.cholesky_solve(grads[chunk].unsqueeze(2), L).squeeze(2)
         old_norms = norms[rows].clone()
         scale = torch.ones(len(rows), dtype=theta.dtype)
         trial = theta[rows] - steps

@@ -186,6 +186,13 @@ class Retraining(Spec):
         return original_steps
 
 
+def _newton_with_dropout(field: str, dropout: float) -> Problem:
+    """Newton refits (``solver: newton``, ``decompose``) refused where the model has dropout."""
+    return (("ground_truth", field), f"Newton refits converge on a deterministic objective; with dropout "
+            f"{dropout:g} the model trains on a random one, so there is no refit to converge to",
+            "use solver: gradient (the default), or model.dropout: 0")
+
+
 class LooProtocol(Retraining):
     """Leave-one-out: retrain with one training point's weight set to 0 (n unchanged)."""
 
@@ -252,10 +259,7 @@ class LooProtocol(Retraining):
                           "statistics and evaluates on running ones", "use solver: gradient (the default) or "
                           "norm: group"))
         if facts.dropout and (self.solver == "newton" or self.decompose):
-            found.append((("ground_truth", "solver" if self.solver == "newton" else "decompose"),
-                          f"Newton refits converge on a deterministic objective; with dropout {facts.dropout:g} the "
-                          "model trains on a random one, so there is no refit to converge to",
-                          "use solver: gradient (the default), or model.dropout: 0"))
+            found.append(_newton_with_dropout("solver" if self.solver == "newton" else "decompose", facts.dropout))
         return found
 
 
@@ -311,9 +315,7 @@ class PbrfProtocol(Retraining):
                           "parameters; BatchNorm trains on batch statistics and evaluates on running ones",
                           "use norm: group, or protocol: loo"))
         if facts.dropout and self.solver == "newton":
-            found.append((("ground_truth", "solver"), f"Newton refits converge on a deterministic objective; with "
-                          f"dropout {facts.dropout:g} the model trains on a random one", "use solver: gradient (the "
-                          "default), or model.dropout: 0"))
+            found.append(_newton_with_dropout("solver", facts.dropout))
         return found
 
 

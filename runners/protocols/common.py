@@ -160,6 +160,15 @@ def perturbed(start: dict[str, Tensor], names: list[str], probes: int, seed: int
     return out
 
 
+def nudged_copies(theta: Tensor, probes: int, seed: int) -> Tensor:
+    """``probes`` copies [probes, P] of flat parameters theta [P], each moved by about one rounding unit
+    (``nudged``, z ~ N(0, 1) drawn on the CPU from ``seed``): the starts of a converged solver's resolution
+    probes."""
+    z = torch.randn(probes, theta.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64,
+                    device="cpu").to(device=theta.device, dtype=theta.dtype)
+    return nudged(theta.expand(probes, theta.numel()), z)
+
+
 @dataclass
 class Retrained:
     """effects [R, K, T]: measure(retrained) - measure(control) per repeat; probes [R, P, T]: the same for
@@ -328,3 +337,19 @@ def pointwise(per_item: torch.Tensor, items: np.ndarray, removals: list[np.ndarr
 def default_tolerance(tol: float | None, dtype: torch.dtype) -> float:
     """A converged solver's gradient-norm tolerance: as given, else 1e-10 in float64 and 1e-5 in float32."""
     return tol if tol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
+
+
+def solved_ground_truth(p: Problem, items: np.ndarray, removals: list[np.ndarray], measured: Tensor,
+                        grad_norm: Tensor, iterations: Tensor, reached: Tensor, probes: int) -> GroundTruth:
+    """The ground truth of refits solved to convergence, from their measurements [1 + probes + K, T] in the
+    order control, resolution probes, removals (items), and each refit's final gradient norm, iterations and
+    whether it reached its tolerance; the refits view lists the control and the removals."""
+    if p.progress is not None:
+        p.progress(len(items) + 1 + probes)
+    per_item = (measured[1 + probes:] - measured[0]).unsqueeze(0)  # [1, K, T]
+    keep = [0, *range(1 + probes, measured.shape[0])]
+    solver = ([-1] + [int(i) for i in items], grad_norm[keep].tolist(), iterations[keep].tolist(),
+              reached[keep].tolist())
+    return GroundTruth(per_repeat=pointwise(per_item, items, removals, p.n), solver=solver,
+                       probes=(measured[1:1 + probes] - measured[0]).unsqueeze(0),
+                       floor=rounding_floor(measured[:1], p.x_train.dtype))

@@ -27,11 +27,11 @@ from runners.protocols.common import (
     Scoring,
     default_tolerance,
     measure_ensemble,
-    nudged,
+    nudged_copies,
     pointwise,
     pointwise_metrics,
     retrain_weighted,
-    rounding_floor,
+    solved_ground_truth,
 )
 from runners.protocols.pbrf import newton_pbrf
 from runners.selection import select_removals
@@ -74,21 +74,17 @@ def leave_one_out(spec: LooProtocol, p: Problem, removals: list[np.ndarray]) -> 
     if spec.decompose:
         loo = converged(spec, p, items, removals, weights)
         result.solver, result.convergence = loo.solver, None  # solver_rows hold the converged refits
-        measured, _ = newton_pbrf(p, items, spec.pbrf_damping, _tolerance(spec, p.x_train.dtype), spec.max_iter,
-                                  spec.measure)
+        tol = default_tolerance(spec.tol, p.x_train.dtype)
+        measured, _ = newton_pbrf(p, items, spec.pbrf_damping, tol, spec.max_iter, spec.measure)
         per_item = (measured[1:] - measured[0]).unsqueeze(0)
         result.responses = {"converged_loo": loo.actual, "pbrf": pointwise(per_item, items, removals, p.n)[0]}
     return result
 
 
-def _tolerance(spec: LooProtocol, dtype: torch.dtype) -> float:
-    return default_tolerance(spec.tol, dtype)
-
-
 def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[np.ndarray],
               weights: torch.Tensor) -> GroundTruth:
     """Every removal (and the control) refitted from the optimum to |grad| <= tol by batched Newton."""
-    tol = _tolerance(spec, p.x_train.dtype)
+    tol = default_tolerance(spec.tol, p.x_train.dtype)
     smoothing = p.training.label_smoothing
     H0 = objective_hessian(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay, smoothing)
     P = H0.shape[0]
@@ -98,21 +94,11 @@ def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[n
     theta = FlatModel(p.module, p.setup.trained).theta
     starts = theta.expand(all_weights.shape[0], P).clone()
     if extra:  # resolution probes: the control refitted from a start a rounding unit away (common.perturbed)
-        z = torch.randn(extra, P, generator=torch.Generator().manual_seed(derive_seed(p.setup.order_seeds[0],
-                                                                                      "resolution probes")),
-                        dtype=torch.float64, device="cpu").to(device=theta.device, dtype=theta.dtype)
-        starts[1:1 + extra] = nudged(theta.expand(extra, P), z)
+        starts[1:1 + extra] = nudged_copies(theta, extra, derive_seed(p.setup.order_seeds[0], "resolution probes"))
     refit = newton_refit(p.module, p.setup.trained, p.x_train, p.y_train, all_weights, p.training.weight_decay,
                          H0, tol, spec.max_iter, spec.damping, hessian_chunk=max(1, budget // (32 * P * P)),
                          smoothing=smoothing, starts=starts)
     params = Layout(stack(p.setup.trained, 1)).views(refit.theta)
     measured = measure_ensemble(p.module, params, p.x_test, p.y_test, spec.measure)
-    if p.progress is not None:
-        p.progress(len(items) + 1 + extra)
-    per_item = (measured[1 + extra:] - measured[0]).unsqueeze(0)  # [1, K, T]
-    probes = (measured[1:1 + extra] - measured[0]).unsqueeze(0)  # [1, P, T]
-    keep = [0, *range(1 + extra, all_weights.shape[0])]  # the refits view lists the control and the removals
-    solver = ([-1] + [int(i) for i in items], refit.grad_norm[keep].tolist(), refit.iterations[keep].tolist(),
-              [True] * len(keep))  # newton_refit raises where one does not converge
-    return GroundTruth(per_repeat=pointwise(per_item, items, removals, p.n), solver=solver, probes=probes,
-                       floor=rounding_floor(measured[:1], p.x_train.dtype))
+    return solved_ground_truth(p, items, removals, measured, refit.grad_norm, refit.iterations,
+                               refit.converged(tol), extra)

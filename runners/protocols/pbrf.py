@@ -41,11 +41,12 @@ from runners.protocols.common import (
     chunks,
     default_tolerance,
     measure_ensemble,
-    nudged,
+    nudged_copies,
     perturbed,
     pointwise,
     retraining,
     rounding_floor,
+    solved_ground_truth,
     update_rule,
 )
 from runners.selection import select_removals
@@ -99,10 +100,8 @@ def newton_pbrf(p: Problem, items: np.ndarray, damping: float, tol: float, max_i
     P = flat.theta.numel()
     starts = flat.theta.expand(count, P).clone()
     if probes:
-        seed = derive_seed(p.setup.order_seeds[0], "resolution probes")
-        z = torch.randn(probes, P, generator=torch.Generator().manual_seed(seed), dtype=torch.float64, device="cpu")
-        starts[1:1 + probes] = nudged(flat.theta.expand(probes, P), z.to(device=flat.theta.device,
-                                                                         dtype=flat.theta.dtype))
+        starts[1:1 + probes] = nudged_copies(flat.theta, probes, derive_seed(p.setup.order_seeds[0],
+                                                                             "resolution probes"))
     solved = newton_solve(objective, starts, count, chord, tol, max_iter, 0.0, strict=strict)
     params = Layout(stack(p.setup.trained, 1)).views(solved.theta)
     return measure_ensemble(p.module, params, p.x_test, p.y_test, measure), solved
@@ -112,15 +111,8 @@ def _newton(spec: PbrfProtocol, p: Problem, items: np.ndarray, removals: list[np
     tol = default_tolerance(spec.tol, p.x_train.dtype)
     extra = spec.probes_per_repeat
     measured, refit = newton_pbrf(p, items, spec.damping, tol, spec.max_iter, spec.measure, extra, strict=False)
-    if p.progress is not None:
-        p.progress(len(items) + 1 + extra)
-    per_item = (measured[1 + extra:] - measured[0]).unsqueeze(0)  # [1, K, T]
-    keep = [0, *range(1 + extra, measured.shape[0])]  # the refits view lists the control and the removals
-    solver = ([-1] + [int(i) for i in items], refit.grad_norm[keep].tolist(), refit.iterations[keep].tolist(),
-              refit.converged(tol)[keep].tolist())
-    return GroundTruth(per_repeat=pointwise(per_item, items, removals, p.n), solver=solver,
-                       probes=(measured[1:1 + extra] - measured[0]).unsqueeze(0),
-                       floor=rounding_floor(measured[:1], p.x_train.dtype))
+    return solved_ground_truth(p, items, removals, measured, refit.grad_norm, refit.iterations,
+                               refit.converged(tol), extra)
 
 
 def proximal_bregman(spec: PbrfProtocol, p: Problem, removals: list[np.ndarray]) -> GroundTruth:
