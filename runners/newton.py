@@ -9,11 +9,14 @@ A model whose gradient norm fails to halve in an iteration gets a true Newton st
 next, (H_m + mu_m I)^-1 grad L_m, with mu_m raised tenfold whenever the factorisation or the decrease fails
 (Levenberg-Marquardt). Iteration stops when ||grad L_m|| <= tol for every model.
 
-Above ``DENSE_PARAMETERS`` parameters a model's own Hessian is not formed (P Hessian-vector products and P^2
-numbers per model): its Newton step solves (H_m + mu_m I) d = grad L_m by conjugate gradients on batched
-Hessian-vector products, preconditioned by the chord matrix, to a relative residual of ``KRYLOV_RTOL`` or
-``KRYLOV_ITERATIONS`` products, stopping early at a direction of non-positive curvature (then the
-preconditioned gradient where nothing was gained), with the same step halving and damping updates.
+Above ``DENSE_PARAMETERS`` parameters no Hessian of a model is formed or applied (P Hessian-vector products
+and P^2 numbers per model): each model takes quasi-Newton steps instead, limited-memory BFGS (Nocedal 1980)
+by the two-loop recursion over its last ``QUASI_NEWTON_PAIRS`` pairs (s, y) = (change of theta, change of
+grad L_m), a pair kept only where s . y > 0, whose initial inverse Hessian is the chord matrix's,
+gamma_m C^-1 with gamma_m = s.y / (y . C^-1 y) of the model's newest kept pair (1 before any), with the same
+step halving. An iteration costs one batched gradient and one triangular solve per model; the pairs correct
+what the chord misses, and where a model crosses the kinks of a ReLU network, where no curvature model holds,
+no Hessian-vector products are spent.
 """
 
 from __future__ import annotations
@@ -29,9 +32,8 @@ from torch.func import hessian, vmap
 from runners.errors import TaskFailure
 from runners.objective import FlatModel, bregman, per_example_loss
 
-DENSE_PARAMETERS = 3000  # above this many parameters, Newton steps by preconditioned conjugate gradients
-KRYLOV_RTOL = 1e-3  # a Krylov Newton step stops at this residual relative to the gradient
-KRYLOV_ITERATIONS = 50  # Hessian-vector products per Krylov Newton step at most
+DENSE_PARAMETERS = 3000  # above this many parameters, quasi-Newton steps preconditioned by the chord
+QUASI_NEWTON_PAIRS = 8  # (s, y) pairs each model keeps above DENSE_PARAMETERS
 
 
 @dataclass
@@ -51,8 +53,6 @@ class Objective(Protocol):
     def values_and_grads(self, theta: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]: ...
 
     def hessians(self, theta: Tensor, rows: Tensor) -> Tensor: ...
-
-    def hessian_products(self, theta: Tensor, rows: Tensor, v: Tensor) -> Tensor: ...
 
 
 def many_logits(flat: FlatModel, theta: Tensor, x: Tensor, per_model: bool = False) -> Tensor:
@@ -149,48 +149,43 @@ def newton_refit(module: nn.Module, start: dict[str, Tensor], x: Tensor, y: Tens
                         damping, hessian_chunk)
 
 
-def _krylov_steps(objective: Objective, theta: Tensor, rows: Tensor, grads: Tensor, mu: Tensor,
-                  chol: Tensor) -> Tensor:
-    """[K, P] approximate solutions d_k of (H_k + mu_k I) d_k = g_k by conjugate gradients on batched
-    Hessian-vector products, preconditioned by the chord matrix (its Cholesky factor ``chol``), each model
-    stopping on its own at residual KRYLOV_RTOL |g_k|, after KRYLOV_ITERATIONS products, or at non-positive
-    curvature (keeping what it has, or the chord step g_k preconditioned if it has nothing)."""
-    def precondition(r: Tensor) -> Tensor:
-        return torch.cholesky_solve(r.T, chol).T
+class _Pairs:
+    """Every model's last QUASI_NEWTON_PAIRS (s, y) pairs, in one ring shared by all models (a model that did not
+    move in an iteration holds rho = 0 in that slot, which the recursion skips)."""
 
-    d = torch.zeros_like(grads)
-    r = grads.clone()
-    z = precondition(r)
-    chord = z.clone()
-    p = z.clone()
-    rz = (r * z).sum(1)
-    goal = KRYLOV_RTOL * grads.norm(dim=1)
-    running = r.norm(dim=1) > goal
-    for _ in range(KRYLOV_ITERATIONS):
-        if not bool(running.any()):
-            break
-        live = running.nonzero().squeeze(1)
-        hp = objective.hessian_products(theta[live], rows[live], p[live]) + mu[live, None] * p[live]
-        curvature = (p[live] * hp).sum(1)
-        bent = curvature <= 0
-        if bool(bent.any()):
-            stopped = live[bent]
-            empty = d[stopped].abs().sum(1) == 0
-            d[stopped[empty]] = chord[stopped[empty]]
-            running[stopped] = False
-        go, hp, curvature = live[~bent], hp[~bent], curvature[~bent]
-        if len(go) == 0:
-            continue
-        alpha = rz[go] / curvature
-        d[go] += alpha[:, None] * p[go]
-        r[go] -= alpha[:, None] * hp
-        done = r[go].norm(dim=1) <= goal[go]
-        running[go[done]] = False
-        z_go = precondition(r[go])
-        rz_new = (r[go] * z_go).sum(1)
-        p[go] = z_go + (rz_new / rz[go])[:, None] * p[go]
-        rz[go] = rz_new
-    return d
+    def __init__(self, M: int, P: int, dtype: torch.dtype) -> None:
+        self.s = torch.zeros(M, QUASI_NEWTON_PAIRS, P, dtype=dtype)
+        self.y = torch.zeros_like(self.s)
+        self.rho = torch.zeros(M, QUASI_NEWTON_PAIRS, dtype=dtype)
+        self.order: list[int] = []  # slots, oldest first
+        self.gamma = torch.ones(M, dtype=dtype)  # the chord's scale, from the newest kept pair
+
+    def directions(self, rows: Tensor, grads: Tensor, chol: Tensor) -> Tensor:
+        """[K, P] B_k^-1 g_k by the two-loop recursion, B_k^-1 = the chord's inverse before any pair."""
+        q = grads.clone()
+        alphas: dict[int, Tensor] = {}
+        for i in reversed(self.order):
+            s, y, rho = self.s[rows, i], self.y[rows, i], self.rho[rows, i]
+            alphas[i] = rho * (s * q).sum(1)
+            q -= alphas[i][:, None] * y
+        r = torch.cholesky_solve(q.T, chol).T * self.gamma[rows, None]
+        for i in self.order:
+            s, y, rho = self.s[rows, i], self.y[rows, i], self.rho[rows, i]
+            r += s * (alphas[i] - rho * (y * r).sum(1))[:, None]
+        return r
+
+    def add(self, rows: Tensor, s: Tensor, y: Tensor, chol: Tensor) -> None:
+        """Store each model's pair (zero where it did not move); one with s . y <= 0 gets rho = 0."""
+        slot = len(self.order) if len(self.order) < QUASI_NEWTON_PAIRS else self.order.pop(0)
+        self.order.append(slot)
+        self.rho[:, slot] = 0.0
+        sy = (s * y).sum(1)
+        kept = sy > 1e-12 * s.norm(dim=1) * y.norm(dim=1)
+        self.s[rows, slot], self.y[rows, slot] = s, y
+        self.rho[rows[kept], slot] = 1.0 / sy[kept]
+        if bool(kept.any()):
+            yk = y[kept]
+            self.gamma[rows[kept]] = sy[kept] / (yk * torch.cholesky_solve(yk.T, chol).T).sum(1)
 
 
 def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Tensor, tol: float, max_iter: int,
@@ -219,19 +214,18 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
     # after a rejected step or a failed factorisation
     floor = 1e-12 * float(H0.diagonal().abs().max())
     mu = torch.full((M,), max(damping, floor), dtype=theta.dtype)
+    pairs = _Pairs(M, P, theta.dtype) if P > DENSE_PARAMETERS else None
     for it in range(1, max_iter + 1):
         active = norms > tol
         if not bool(active.any()):
             break
         rows = everyone[active]
         iterations[rows] = it
-        steps = torch.cholesky_solve(grads[rows].T, chol).T
-        exact = rows[exact_next[rows]]
-        if P > DENSE_PARAMETERS:  # Newton steps by conjugate gradients; no model's Hessian is formed
-            if len(exact):
-                steps[torch.searchsorted(rows, exact)] = _krylov_steps(objective, theta[exact], exact,
-                                                                       grads[exact], mu[exact], chol)
+        if pairs is not None:  # quasi-Newton steps; no model's Hessian is formed
+            steps = pairs.directions(rows, grads[rows], chol)
         else:
+            steps = torch.cholesky_solve(grads[rows].T, chol).T
+            exact = rows[exact_next[rows]]
             for chunk in [exact[i:i + hessian_chunk] for i in range(0, len(exact), hessian_chunk)]:
                 H = objective.hessians(theta[chunk], chunk)
                 for _ in range(12):
@@ -259,6 +253,10 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
         else:
             worse = ~(new_values <= values[rows] + 1e-12 * values[rows].abs().clamp_min(1.0))
         accepted = ~worse
+        if pairs is not None:
+            keep = accepted[:, None]
+            pairs.add(rows, torch.where(keep, trial - theta[rows], 0.0),
+                      torch.where(keep, new_grads - grads[rows], 0.0), chol)
         theta[rows[accepted]] = trial[accepted]
         values[rows[accepted]] = new_values[accepted]
         grads[rows[accepted]] = new_grads[accepted]

@@ -280,8 +280,8 @@ class PbrfProtocol(Retraining):
     removals: RemovalSpec = Field(default_factory=RemovalSpec)
     solver: Literal["gradient", "newton"] = Field(
         "gradient", description="gradient: the retraining steps configured here; newton: solve every refit from "
-        "theta_s to |grad| <= tol (chord: the Gauss-Newton matrix; Newton steps by conjugate gradients above "
-        "3,000 parameters), each refit's convergence stored")
+        "theta_s to |grad| <= tol (chord: the Gauss-Newton matrix; quasi-Newton steps from it above 3,000 "
+        "parameters), each refit's convergence stored")
     tol: float | None = Field(None, gt=0, description="newton: gradient-norm tolerance (default 1e-10 in float64, "
                               "1e-5 in float32)")
     max_iter: int = Field(100, ge=1, description="newton: iterations at most; a refit that has not converged by "
