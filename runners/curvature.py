@@ -62,6 +62,24 @@ def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y
     return 0.5 * (H + H.T)
 
 
+GRAM_BLOCK = 1024  # above this many parameters the Gauss-Newton sum is formed by blocks of this many columns
+
+
+def _add_upper_blocks(G: Tensor, A: Tensor, B: Tensor) -> None:
+    """G += A^T B [P, P] for a symmetric A^T B, computing only the blocks on and above the diagonal (about half
+    the multiplications of the whole product) and mirroring the rest."""
+    P = G.shape[0]
+    edges = list(range(0, P, GRAM_BLOCK)) + [P]
+    for i in range(len(edges) - 1):
+        rows = slice(edges[i], edges[i + 1])
+        for j in range(i, len(edges) - 1):
+            cols = slice(edges[j], edges[j + 1])
+            block = A[:, rows].T @ B[:, cols]
+            G[rows, cols] += block
+            if j > i:
+                G[cols, rows] += block.T
+
+
 def objective_ggn(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor, weight_decay: float,
                   smoothing: float = 0.0, chunk_elements: int = 20_000_000) -> Tensor:
     """G = (1/n) sum_i J_i^T (diag(p_i) - p_i p_i^T) J_i + weight_decay I, with J_i = d logits_i / d theta and
@@ -81,7 +99,11 @@ def objective_ggn(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Te
         J = jac(theta, xb).to(torch.float64)  # [b, C, P]
         with torch.no_grad():
             H_out = output_hessian(flat.logits(theta, xb).to(torch.float64), y[lo:lo + step])
-        G += torch.einsum("bcp,bcq->pq", J, H_out @ J)
+        HJ = H_out @ J
+        if P <= GRAM_BLOCK:
+            G += torch.einsum("bcp,bcq->pq", J, HJ)
+        else:
+            _add_upper_blocks(G, J.reshape(-1, P), HJ.reshape(-1, P))
     G = G / n + weight_decay * torch.eye(P, dtype=torch.float64)
     return 0.5 * (G + G.T)
 

@@ -10,13 +10,12 @@ next, (H_m + mu_m I)^-1 grad L_m, with mu_m raised tenfold whenever the factoris
 (Levenberg-Marquardt). Iteration stops when ||grad L_m|| <= tol for every model.
 
 Above ``DENSE_PARAMETERS`` parameters no Hessian of a model is formed or applied (P Hessian-vector products
-and P^2 numbers per model): each model takes quasi-Newton steps instead, limited-memory BFGS (Nocedal 1980)
-by the two-loop recursion over its last ``QUASI_NEWTON_PAIRS`` pairs (s, y) = (change of theta, change of
-grad L_m), a pair kept only where s . y > 0, whose initial inverse Hessian is the chord matrix's,
-gamma_m C^-1 with gamma_m = s.y / (y . C^-1 y) of the model's newest kept pair (1 before any), with the same
-step halving. An iteration costs one batched gradient and one triangular solve per model; the pairs correct
-what the chord misses, and where a model crosses the kinks of a ReLU network, where no curvature model holds,
-no Hessian-vector products are spent.
+and P^2 numbers per model): every model takes quasi-Newton steps instead, from the first iteration:
+limited-memory BFGS (Nocedal 1980) by the two-loop recursion over the (s, y) = (change of theta, change of
+grad L_m) pairs of its last ``QUASI_NEWTON_PAIRS`` iterations, a pair kept only where s . y > sqrt(eps) |s| |y|,
+from the initial inverse Hessian gamma_m C^-1, C the chord matrix and gamma_m = s.y / (y . C^-1 y) of the
+model's newest kept pair (1 if none), with the same step halving; a model whose step is rejected forgets its
+pairs. An iteration costs one batched gradient (one more per halving) and a few triangular solves per model.
 """
 
 from __future__ import annotations
@@ -150,42 +149,55 @@ def newton_refit(module: nn.Module, start: dict[str, Tensor], x: Tensor, y: Tens
 
 
 class _Pairs:
-    """Every model's last QUASI_NEWTON_PAIRS (s, y) pairs, in one ring shared by all models (a model that did not
-    move in an iteration holds rho = 0 in that slot, which the recursion skips)."""
+    """Every model's (s, y) pairs from its last QUASI_NEWTON_PAIRS iterations, in one ring shared by all models (a
+    model with no pair kept in an iteration holds rho = 0 in that slot, which the recursion skips)."""
 
     def __init__(self, M: int, P: int, dtype: torch.dtype) -> None:
         self.s = torch.zeros(M, QUASI_NEWTON_PAIRS, P, dtype=dtype)
         self.y = torch.zeros_like(self.s)
         self.rho = torch.zeros(M, QUASI_NEWTON_PAIRS, dtype=dtype)
+        self.gamma = torch.ones(M, QUASI_NEWTON_PAIRS, dtype=dtype)  # s.y / (y . C^-1 y) of each kept pair
         self.order: list[int] = []  # slots, oldest first
-        self.gamma = torch.ones(M, dtype=dtype)  # the chord's scale, from the newest kept pair
+        self.cosine = torch.finfo(dtype).eps ** 0.5  # a pair is kept where s.y > this x |s| |y|
 
     def directions(self, rows: Tensor, grads: Tensor, chol: Tensor) -> Tensor:
-        """[K, P] B_k^-1 g_k by the two-loop recursion, B_k^-1 = the chord's inverse before any pair."""
+        """[K, P] B_k^-1 g_k by the two-loop recursion, with B_k^-1 = gamma_k C^-1 before the pairs, gamma_k that of
+        the model's newest kept pair (1 if none is left)."""
         q = grads.clone()
         alphas: dict[int, Tensor] = {}
+        gamma = torch.ones(len(rows), dtype=grads.dtype)
+        found = torch.zeros(len(rows), dtype=torch.bool)
         for i in reversed(self.order):
             s, y, rho = self.s[rows, i], self.y[rows, i], self.rho[rows, i]
             alphas[i] = rho * (s * q).sum(1)
             q -= alphas[i][:, None] * y
-        r = torch.cholesky_solve(q.T, chol).T * self.gamma[rows, None]
+            newest = ~found & (rho > 0)
+            gamma[newest] = self.gamma[rows[newest], i]
+            found |= newest
+        r = torch.cholesky_solve(q.T, chol).T * gamma[:, None]
         for i in self.order:
             s, y, rho = self.s[rows, i], self.y[rows, i], self.rho[rows, i]
             r += s * (alphas[i] - rho * (y * r).sum(1))[:, None]
         return r
 
     def add(self, rows: Tensor, s: Tensor, y: Tensor, chol: Tensor) -> None:
-        """Store each model's pair (zero where it did not move); one with s . y <= 0 gets rho = 0."""
+        """Store the pairs of the models ``rows`` in the next slot (every other model gets rho = 0 there); a pair
+        with s . y <= cosine |s| |y| is not kept."""
         slot = len(self.order) if len(self.order) < QUASI_NEWTON_PAIRS else self.order.pop(0)
         self.order.append(slot)
         self.rho[:, slot] = 0.0
         sy = (s * y).sum(1)
-        kept = sy > 1e-12 * s.norm(dim=1) * y.norm(dim=1)
-        self.s[rows, slot], self.y[rows, slot] = s, y
-        self.rho[rows[kept], slot] = 1.0 / sy[kept]
+        kept = sy > self.cosine * s.norm(dim=1) * y.norm(dim=1)
         if bool(kept.any()):
-            yk = y[kept]
-            self.gamma[rows[kept]] = sy[kept] / (yk * torch.cholesky_solve(yk.T, chol).T).sum(1)
+            at = rows[kept]
+            self.s[at, slot], self.y[at, slot] = s[kept], y[kept]
+            self.rho[at, slot] = 1.0 / sy[kept]
+            self.gamma[at, slot] = sy[kept] / (y[kept] * torch.cholesky_solve(y[kept].T, chol).T).sum(1)
+
+    def forget(self, rows: Tensor) -> None:
+        """Drop every pair of the models ``rows`` (their step failed to lower the objective): they restart from
+        the chord."""
+        self.rho[rows] = 0.0
 
 
 def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Tensor, tol: float, max_iter: int,
@@ -212,6 +224,7 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
     # Levenberg-Marquardt damping of the exact steps: starts at the chord's damping, falls tenfold after each
     # accepted step down to a negligible floor (so the exact steps converge quadratically), rises tenfold
     # after a rejected step or a failed factorisation
+    # (the quasi-Newton path above DENSE_PARAMETERS takes no exact steps and ignores mu)
     floor = 1e-12 * float(H0.diagonal().abs().max())
     mu = torch.full((M,), max(damping, floor), dtype=theta.dtype)
     pairs = _Pairs(M, P, theta.dtype) if P > DENSE_PARAMETERS else None
@@ -254,9 +267,9 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
             worse = ~(new_values <= values[rows] + 1e-12 * values[rows].abs().clamp_min(1.0))
         accepted = ~worse
         if pairs is not None:
-            keep = accepted[:, None]
-            pairs.add(rows, torch.where(keep, trial - theta[rows], 0.0),
-                      torch.where(keep, new_grads - grads[rows], 0.0), chol)
+            moved = rows[accepted]
+            pairs.add(moved, trial[accepted] - theta[moved], new_grads[accepted] - grads[moved], chol)
+            pairs.forget(rows[worse])
         theta[rows[accepted]] = trial[accepted]
         values[rows[accepted]] = new_values[accepted]
         grads[rows[accepted]] = new_grads[accepted]

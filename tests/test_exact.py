@@ -161,3 +161,26 @@ def test_per_example_gradients_from_copies_match_torch_func(monkeypatch):
     expected = vmap(grad(one), in_dims=(None, 0, 0))(flat.theta, x, y)
     torch.testing.assert_close(per_example_gradients(flat, per_example_loss, x, y), expected, rtol=0, atol=1e-14)
     assert routes == [1]  # the copies route ran
+
+
+def test_the_gauss_newton_matrix_by_blocks_equals_the_whole_product(monkeypatch):
+    """Above GRAM_BLOCK parameters objective_ggn forms only the blocks on and above the diagonal and mirrors
+    them: the same matrix as the whole product, and as J^T H J written out per example here."""
+    import runners.curvature as curvature
+    from inflang.spec import MlpModel
+    from runners.objective import FlatModel, output_hessian
+
+    torch.manual_seed(0)
+    x = torch.randn(30, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (30,))
+    module = build(MlpModel(arch="mlp", depth=1, width=6, activation="tanh"), 4, 3, seed=0, dtype=torch.float64)
+    params = {k: v.detach().clone() for k, v in module.named_parameters()}
+    whole = curvature.objective_ggn(module, params, x, y, 0.01)
+    monkeypatch.setattr(curvature, "GRAM_BLOCK", 7)  # 51 parameters: 8 blocks, the last one narrower
+    blocks = curvature.objective_ggn(module, params, x, y, 0.01)
+    torch.testing.assert_close(blocks, whole, rtol=1e-13, atol=1e-15)
+    flat = FlatModel(module, params)
+    J = torch.func.jacrev(lambda th: flat.logits(th, x))(flat.theta)  # [n, C, P]
+    H = output_hessian(flat.logits(flat.theta, x), y)
+    written = sum(J[i].T @ H[i] @ J[i] for i in range(30)) / 30 + 0.01 * torch.eye(J.shape[-1], dtype=torch.float64)
+    torch.testing.assert_close(blocks, written, rtol=1e-12, atol=1e-14)

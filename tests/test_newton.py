@@ -160,3 +160,46 @@ def test_a_refit_that_does_not_converge_is_reported_when_not_strict():
         newton_solve(objective, flat.theta, 2, H, 1e-12, 1, 0.0)
     refit = newton_solve(objective, flat.theta, 2, H, 1e-12, 1, 0.0, strict=False)
     assert not bool(refit.converged(1e-12).any()) and (refit.iterations == 1).all()
+
+
+def test_quasi_newton_directions_are_bfgs_from_the_scaled_chord():
+    """_Pairs.directions equals B^-1 g built out densely by the BFGS inverse update (Nocedal & Wright eq. 6.17)
+    from H_0 = gamma C^-1, gamma = s.y / (y.C^-1 y) of the newest kept pair, over the pairs of the last
+    QUASI_NEWTON_PAIRS iterations (older ones wrapped out of the ring), skipping pairs with s.y <= 0; a model
+    whose pairs were forgotten steps along C^-1 g."""
+    from runners.newton import QUASI_NEWTON_PAIRS, _Pairs
+
+    gen = torch.Generator().manual_seed(0)
+    P, M, rounds = 6, 3, QUASI_NEWTON_PAIRS + 3
+    R = torch.randn(P, P, dtype=torch.float64, generator=gen)
+    C = R @ R.T + P * torch.eye(P, dtype=torch.float64)
+    chol = torch.linalg.cholesky(C)
+    A = [torch.randn(P, P, dtype=torch.float64, generator=gen) for _ in range(M)]
+    A = [a @ a.T + torch.eye(P, dtype=torch.float64) for a in A]  # each model's curvature: y = A s
+    pairs = _Pairs(M, P, torch.float64)
+    history: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(M)]
+    for r in range(rounds):
+        rows = torch.tensor([0, 1, 2] if r != rounds - 2 else [0, 2])  # model 1 does not move in one iteration
+        s = torch.randn(len(rows), P, dtype=torch.float64, generator=gen)
+        y = torch.stack([A[int(m)] @ s[k] for k, m in enumerate(rows)])
+        if r == rounds - 1:
+            y[0] = -y[0]  # negative curvature: model 0's newest pair is not kept
+        pairs.add(rows, s, y, chol)
+        for k, m in enumerate(rows.tolist()):
+            history[m].append((s[k], y[k]))
+        for m in set(range(M)) - set(rows.tolist()):
+            history[m].append((torch.zeros(P, dtype=torch.float64), torch.zeros(P, dtype=torch.float64)))
+    g = torch.randn(M, P, dtype=torch.float64, generator=gen)
+    got = pairs.directions(torch.arange(M), g, chol)
+    C_inv = torch.linalg.inv(C)
+    for m in range(M):
+        kept = [(s, y) for s, y in history[m][-QUASI_NEWTON_PAIRS:] if float(s @ y) > 0]
+        s_new, y_new = kept[-1]
+        H = float(s_new @ y_new) / float(y_new @ C_inv @ y_new) * C_inv
+        eye = torch.eye(P, dtype=torch.float64)
+        for s, y in kept:
+            rho = 1.0 / float(s @ y)
+            H = (eye - rho * torch.outer(s, y)) @ H @ (eye - rho * torch.outer(y, s)) + rho * torch.outer(s, s)
+        torch.testing.assert_close(got[m], H @ g[m], rtol=1e-10, atol=0)
+    pairs.forget(torch.tensor([1]))
+    torch.testing.assert_close(pairs.directions(torch.tensor([1]), g[1:2], chol)[0], C_inv @ g[1], rtol=1e-10, atol=0)

@@ -347,7 +347,7 @@ def test_converged_pbrf_agrees_with_ggn_influence_and_reports_every_refit(write,
 
 def test_converged_pbrf_matches_an_independent_minimiser(monkeypatch):
     """One removal's converged PBRF parameters are a stationary point of the objective written out here (Bae et
-    al. 2022), and L-BFGS on it gets there too, through the dense and the Krylov Newton steps."""
+    al. 2022), and L-BFGS on it gets there too, through the dense Newton steps and the quasi-Newton ones."""
     import runners.newton as newton
     from runners.objective import FlatModel
     from runners.protocols.pbrf import newton_pbrf
