@@ -11,6 +11,7 @@ study, and compares one value with a threshold of ``diagnostics:``.
 | ``lissa_not_converged`` | lissa | max_lambda |1 - (lambda + damping)/scale| ^ depth | > lissa_residual |
 | ``kfac_uncovered`` | kfac, ekfac | share of selected parameters outside Linear/Conv2d | > kfac_uncovered |
 | ``arnoldi_few_directions`` | arnoldi | share of tr(H) in the kept eigenvalues | < arnoldi_mass |
+| ``refits_not_solved`` | ground truth | share of removals whose solved refit started within its tolerance | > 0 |
 | ``retraining_not_converged`` | ground truth | median over removals of final / initial ||grad|| | > retrain_gradient |
 | ``below_resolution`` | ground truth | fraction of effects below the resolution | > below_resolution |
 | ``low_noise_ceiling`` | ground truth | noise ceiling (Spearman) | < noise_ceiling |
@@ -57,6 +58,7 @@ class CellFacts:
     notes: dict[str, dict[str, float]] = field(default_factory=dict)  # estimator label -> note -> value
     retrain_ratio: float | None = None
     unconverged: tuple[int, int, float] | None = None  # solved refits that missed their tolerance, of all; worst
+    unsolved: tuple[int, int] | None = None  # removals whose solved refit took no iteration, of all removals
     below_resolution: float | None = None
     noise_ceiling: float | None = None
 
@@ -118,6 +120,12 @@ def check_cell(f: CellFacts) -> list[Diagnostic]:
              f"{bad} of {total} solved refits did not reach their tolerance (largest |grad| {worst:.2g}); they are "
              "kept, each listed in the refits view (converged = false): raise ground_truth.max_iter, or "
              "ground_truth.damping (a ReLU network's objective has kinks, where Newton steps may stall)")
+    if f.unsolved is not None:
+        still, total = f.unsolved
+        warn(GROUND_TRUTH, "refits_not_solved", still / total, 0.0,
+             f"{still} of {total} removals' refits started within their tolerance (the removed point's gradient "
+             "over n is at most ground_truth.tol), so they took no step and their effects are recorded as 0: lower "
+             "ground_truth.tol below the removed points' gradients")
     if f.below_resolution is not None and f.below_resolution > s.below_resolution:
         warn(GROUND_TRUTH, "below_resolution", f.below_resolution, s.below_resolution,
              f"{_share(f.below_resolution)} of the effects are below the ground truth's resolution: they are "
@@ -151,6 +159,7 @@ def collect(con: duckdb.DuckDBPyConnection, cells: Sequence[Any]) -> list[CellFa
         if c.ground_truth:
             facts.retrain_ratio = found["retrain_ratio"].get(c.ground_truth)
             facts.unconverged = found["unconverged"].get(c.ground_truth)
+            facts.unsolved = found["unsolved"].get(c.ground_truth)
             aggregates = found["aggregates"].get(c.ground_truth, {})
             facts.below_resolution = aggregates.get("below_resolution")
             facts.noise_ceiling = aggregates.get("noise_ceiling_spearman")

@@ -1073,12 +1073,15 @@ def diagnostic_inputs(con: duckdb.DuckDBPyConnection, hashes: Sequence[str]) -> 
     """What the health checks read of the given tasks: ``diagnosis`` (diagnose tasks' rows), ``train_loss``
     (train tasks), ``notes`` (estimate tasks' notes), ``retrain_ratio`` (ground truths' median final / initial
     refit gradient norm), ``unconverged`` (ground truths' solved refits that missed their tolerance: how many,
-    of how many, the largest final gradient norm) and ``aggregates`` (ground truths' below_resolution and
+    of how many, the largest final gradient norm), ``unsolved`` (ground truths' removals whose solved refit took no
+    iteration, its starting gradient already within the tolerance: how many, of how many removals) and
+    ``aggregates`` (ground truths' below_resolution and
     noise_ceiling_spearman)."""
     params = [list(hashes)]
     within = "task_hash IN (SELECT unnest(?::VARCHAR[]))"
     out: dict[str, dict[str, Any]] = {"diagnosis": {}, "train_loss": {}, "notes": defaultdict(dict),
-                                      "retrain_ratio": {}, "unconverged": {}, "aggregates": defaultdict(dict)}
+                                      "retrain_ratio": {}, "unconverged": {}, "unsolved": {},
+                                      "aggregates": defaultdict(dict)}
     for h, g, obj, top, low, trace in con.execute(
             f"SELECT task_hash, grad_norm, objective, top_eigenvalue, min_eigenvalue, trace FROM diagnosis_results "
             f"WHERE {within}", params).fetchall():
@@ -1096,6 +1099,10 @@ def diagnostic_inputs(con: duckdb.DuckDBPyConnection, hashes: Sequence[str]) -> 
         f"SELECT task_hash, count(*) FILTER (WHERE NOT converged), count(*), max(grad_norm) FILTER (WHERE NOT "
         f"converged) FROM solver_rows WHERE {within} AND converged IS NOT NULL GROUP BY task_hash "
         "HAVING count(*) FILTER (WHERE NOT converged) > 0", params).fetchall()}
+    out["unsolved"] = {h: (int(still), int(total)) for h, still, total in con.execute(
+        f"SELECT task_hash, count(*) FILTER (WHERE iterations = 0), count(*) FROM solver_rows WHERE {within} "
+        "AND converged IS NOT NULL AND train_index IS NOT NULL GROUP BY task_hash "
+        "HAVING count(*) FILTER (WHERE iterations = 0) > 0", params).fetchall()}
     for h, metric, value in con.execute(
             f"SELECT task_hash, metric, value FROM aggregate_rows WHERE {within} "
             "AND metric IN ('below_resolution', 'noise_ceiling_spearman')", params).fetchall():

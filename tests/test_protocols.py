@@ -342,7 +342,8 @@ def test_converged_pbrf_agrees_with_ggn_influence_and_reports_every_refit(write,
     assert relative < 0.05  # the same response to first order
     refits = rows(db, "SELECT train_index, grad_norm, converged FROM refits")
     assert len(refits) == 11 and all(c for _, _, c in refits) and max(g for _, g, _ in refits) <= 1e-10
-    assert rows(db, "SELECT count(*) FROM diagnostics WHERE \"check\" = 'refits_not_converged'") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM diagnostics WHERE \"check\" IN ('refits_not_converged', "
+                    "'refits_not_solved')") == [(0,)]
 
 
 def test_converged_pbrf_matches_an_independent_minimiser(monkeypatch):
@@ -404,3 +405,22 @@ def test_pbrf_refits_that_do_not_converge_are_kept_and_reported(write, tmp_path:
     assert rows(db, "SELECT count(*) FROM influence WHERE actual IS NOT NULL") == [(10,)]  # kept
     ((message,),) = rows(db, "SELECT message FROM diagnostics WHERE \"check\" = 'refits_not_converged'")
     assert "of 6 solved refits did not reach their tolerance" in message
+
+
+def test_pbrf_refits_that_start_within_their_tolerance_are_reported_as_not_solved(write, tmp_path: Path):
+    """A tolerance above the removed points' gradients over n leaves every refit where it started: each removal's
+    effect is then 0 by construction, and refits_not_solved says so."""
+    db = run(write, tmp_path, """\
+        study: pu
+        dataset: {name: iris, test_size: 30}
+        model: {arch: mlp, depth: 1, width: 6, activation: tanh}
+        training: {optimizer: adam, lr: 0.01, epochs: 20, weight_decay: 0.01, dtype: float64}
+        estimators: [{name: exact, curvature: ggn, damping: 0.01}]
+        test_points: {count: 2}
+        ground_truth: {protocol: pbrf, solver: newton, damping: 0.01, tol: 1.0, removals: {select: random, k: 5}}
+        metrics: [spearman]
+        """)
+    assert rows(db, "SELECT count(*), max(iterations) FROM refits WHERE train_index IS NOT NULL") == [(5, 0)]
+    assert rows(db, "SELECT count(*) FROM influence WHERE actual IS NOT NULL AND actual != 0") == [(0,)]
+    ((value, message),) = rows(db, "SELECT value, message FROM diagnostics WHERE \"check\" = 'refits_not_solved'")
+    assert value == 1.0 and message.startswith("5 of 5 removals' refits started within their tolerance")
