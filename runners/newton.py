@@ -40,10 +40,11 @@ class Refit:
     theta: Tensor  # [M, P]
     grad_norm: Tensor  # [M]
     iterations: Tensor  # [M] iterations each model needed
+    tolerance: Tensor  # [M] each model's gradient-norm tolerance
 
-    def converged(self, tol: float) -> Tensor:
-        """[M] whether each model reached |grad| <= tol."""
-        return self.grad_norm <= tol
+    def converged(self, tol: float | None = None) -> Tensor:
+        """[M] whether each model reached |grad| <= tol (its own tolerance where tol is None)."""
+        return self.grad_norm <= (self.tolerance if tol is None else tol)
 
 
 class Objective(Protocol):
@@ -201,10 +202,11 @@ class _Pairs:
 
 
 def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Tensor, tol: float, max_iter: int,
-                 damping: float, hessian_chunk: int = 64, strict: bool = True) -> Refit:
+                 damping: float, hessian_chunk: int = 64, strict: bool = True, rtol: float | None = None) -> Refit:
     """Solve grad L_m = 0 for m < M from theta0 ([P], shared, or [M, P]), chord matrix base_hessian + damping I
-    (see the module doc). ``strict``: raise TaskFailure when a model has not converged in ``max_iter``
-    iterations; otherwise return where each stopped (``Refit.converged`` says which did)."""
+    (see the module doc), to |grad L_m| <= tol, or with ``rtol`` to max(rtol |grad L_m(theta0)|, tol).
+    ``strict``: raise TaskFailure when a model has not converged in ``max_iter`` iterations; otherwise return
+    where each stopped (``Refit.converged`` says which did)."""
     P = theta0.shape[-1]
     H0 = base_hessian.to(theta0.dtype)
     chol, info = torch.linalg.cholesky_ex(H0)
@@ -219,6 +221,7 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
     everyone = torch.arange(M)
     values, grads = objective.values_and_grads(theta, everyone)
     norms = grads.norm(dim=1)
+    tolerance = torch.full_like(norms, tol) if rtol is None else torch.clamp(rtol * norms, min=tol)
     iterations = torch.zeros(M, dtype=torch.long)
     exact_next = torch.zeros(M, dtype=torch.bool)
     # Levenberg-Marquardt damping of the exact steps: starts at the chord's damping, falls tenfold after each
@@ -229,7 +232,7 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
     mu = torch.full((M,), max(damping, floor), dtype=theta.dtype)
     pairs = _Pairs(M, P, theta.dtype) if P > DENSE_PARAMETERS else None
     for it in range(1, max_iter + 1):
-        active = norms > tol
+        active = norms > tolerance
         if not bool(active.any()):
             break
         rows = everyone[active]
@@ -277,9 +280,10 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
         exact_next[rows] = norms[rows] > 0.5 * old_norms
         mu[rows[worse]] *= 10
         mu[rows[accepted]] = torch.clamp(mu[rows[accepted]] / 10, min=floor)
-    if strict and not bool((norms <= tol).all()):
+    if strict and not bool((norms <= tolerance).all()):
         worst = int(torch.argmax(norms))
-        raise TaskFailure(f"newton: {int((norms > tol).sum())} of {M} models did not reach |grad| <= {tol:g} in "
+        raise TaskFailure(f"newton: {int((norms > tolerance).sum())} of {M} models did not reach |grad| <= "
+                          f"{float(tolerance[worst]):g} in "
                           f"{max_iter} iterations (worst {float(norms[worst]):.2e}); raise max_iter or tol, or "
                           "use float64")
-    return Refit(theta=theta, grad_norm=norms, iterations=iterations)
+    return Refit(theta=theta, grad_norm=norms, iterations=iterations, tolerance=tolerance)

@@ -424,3 +424,28 @@ def test_pbrf_refits_that_start_within_their_tolerance_are_reported_as_not_solve
     assert rows(db, "SELECT count(*) FROM influence WHERE actual IS NOT NULL AND actual != 0") == [(0,)]
     ((value, message),) = rows(db, "SELECT value, message FROM diagnostics WHERE \"check\" = 'refits_not_solved'")
     assert value == 1.0 and message.startswith("5 of 5 removals' refits started within their tolerance")
+
+
+def test_a_relative_tolerance_solves_each_pbrf_refit_to_a_share_of_its_starting_gradient():
+    """rtol: each refit's tolerance is rtol x its starting gradient norm (the removed point's gradient over N), not
+    below tol; a tolerance above the starting gradients leaves the refits where they started, while rtol solves
+    them, and to the refits an absolute tolerance far below gives, to within what rtol allows."""
+    from runners.objective import FlatModel, per_example_loss
+    from runners.protocols.pbrf import newton_pbrf
+
+    module, x, y, training, trained = toy_mlp(3, epochs=300)
+    problem = Problem(module, RetrainSetup(trained.params, [trained.init], [0]), training, x, y, x[:2], y[:2])
+    flat = FlatModel(module, trained.params)
+    theta = flat.theta.detach().requires_grad_(True)
+    losses = per_example_loss(flat.logits(theta, x), y)
+    starts = torch.stack([torch.autograd.grad(losses[i], theta, retain_graph=True)[0].norm() / 40 for i in range(40)])
+    items = np.array([int(torch.argmin(starts)), int(torch.argmax(starts))])
+    loose = float(starts.max()) * 2  # above every removal's starting gradient
+    _, still = newton_pbrf(problem, items, 0.05, loose, 100, "test_loss")
+    assert (still.iterations[1:] == 0).all()
+    _, relative = newton_pbrf(problem, items, 0.05, 1e-15, 100, "test_loss", rtol=1e-6)
+    torch.testing.assert_close(relative.tolerance[1:], torch.clamp(1e-6 * starts[items], min=1e-15))
+    assert bool(relative.converged().all()) and (relative.iterations[1:] > 0).all()
+    _, exact = newton_pbrf(problem, items, 0.05, 1e-13, 100, "test_loss")
+    shift = (exact.theta[1:] - flat.theta).norm(dim=1)
+    assert ((relative.theta[1:] - exact.theta[1:]).norm(dim=1) <= 1e-4 * shift).all()

@@ -273,7 +273,7 @@ class PbrfProtocol(Retraining):
     ``curvature: ggn`` and the same damping.
     """
 
-    late_fields: ClassVar[tuple[str, ...]] = ("solver", "tol", "max_iter")
+    late_fields: ClassVar[tuple[str, ...]] = ("solver", "tol", "max_iter", "rtol")
 
     protocol: Literal["pbrf"]
     damping: float = Field(0.001, ge=0, description="proximity to theta_s (the lambda of Bae et al.)")
@@ -286,13 +286,16 @@ class PbrfProtocol(Retraining):
                               "1e-5 in float32)")
     max_iter: int = Field(100, ge=1, description="newton: iterations at most; a refit that has not converged by "
                           "then is kept and reported (`refits.converged`, the refits_not_converged check)")
+    rtol: float | None = Field(None, gt=0, lt=1, description="newton: each refit's tolerance relative to its "
+                               "starting gradient norm (the removed point's gradient over N): rtol x that norm, "
+                               "but not below tol (whose default is then 1e-15 in float64, 1e-7 in float32)")
 
     @model_validator(mode="after")
     def _newton_rules(self) -> PbrfProtocol:
         if self.solver == "newton" and self.repeats != 1:
             raise ValueError("solver: newton is deterministic; use repeats: 1")
-        if self.solver == "gradient" and (self.tol is not None or self.max_iter != 100):
-            raise ValueError("'tol' and 'max_iter' are only used with solver: newton")
+        if self.solver == "gradient" and (self.tol is not None or self.max_iter != 100 or self.rtol is not None):
+            raise ValueError("'tol', 'rtol' and 'max_iter' are only used with solver: newton")
         return self
 
     @property

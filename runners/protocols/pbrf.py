@@ -81,12 +81,14 @@ def run(spec: PbrfProtocol, p: Problem, rankings: Rankings, seed: int) -> Ground
 
 
 def newton_pbrf(p: Problem, items: np.ndarray, damping: float, tol: float, max_iter: int, measure: str,
-                probes: int = 0, strict: bool = True, ggn: Tensor | None = None) -> tuple[Tensor, Refit]:
+                probes: int = 0, strict: bool = True, ggn: Tensor | None = None,
+                rtol: float | None = None) -> tuple[Tensor, Refit]:
     """The PBRF of every removal in ``items``, after the control and ``probes`` controls started a rounding unit
     away (common.nudged), solved from theta_s to |grad| <= tol by ``newton_solve`` with the chord matrix
     G + (weight_decay + damping) I: (measured [1 + probes + K, T], the refits). ``strict``: a refit that has not
     converged in ``max_iter`` iterations fails the task (else it is returned as it stands). ``ggn``: the
-    Gauss-Newton matrix at theta_s (weight decay included) where the caller has it."""
+    Gauss-Newton matrix at theta_s (weight decay included) where the caller has it. ``rtol``: each refit's
+    tolerance is rtol times its starting gradient norm, not below ``tol``."""
     flat = FlatModel(p.module, p.setup.trained)
     count = 1 + probes + len(items)
     removed = torch.as_tensor(np.concatenate([[0] * (1 + probes), items]), dtype=torch.long)
@@ -102,17 +104,21 @@ def newton_pbrf(p: Problem, items: np.ndarray, damping: float, tol: float, max_i
     if probes:
         starts[1:1 + probes] = nudged_copies(flat.theta, probes, derive_seed(p.setup.order_seeds[0],
                                                                              "resolution probes"))
-    solved = newton_solve(objective, starts, count, chord, tol, max_iter, 0.0, strict=strict)
+    solved = newton_solve(objective, starts, count, chord, tol, max_iter, 0.0, strict=strict, rtol=rtol)
     params = Layout(stack(p.setup.trained, 1)).views(solved.theta)
     return measure_ensemble(p.module, params, p.x_test, p.y_test, measure), solved
 
 
 def _newton(spec: PbrfProtocol, p: Problem, items: np.ndarray, removals: list[np.ndarray]) -> GroundTruth:
-    tol = default_tolerance(spec.tol, p.x_train.dtype)
+    if spec.rtol is None:
+        tol = default_tolerance(spec.tol, p.x_train.dtype)
+    else:  # a floor under the relative tolerances: about the rounding of a gradient
+        tol = spec.tol if spec.tol is not None else (1e-15 if p.x_train.dtype == torch.float64 else 1e-7)
     extra = spec.probes_per_repeat
-    measured, refit = newton_pbrf(p, items, spec.damping, tol, spec.max_iter, spec.measure, extra, strict=False)
+    measured, refit = newton_pbrf(p, items, spec.damping, tol, spec.max_iter, spec.measure, extra, strict=False,
+                                  rtol=spec.rtol)
     return solved_ground_truth(p, items, removals, measured, refit.grad_norm, refit.iterations,
-                               refit.converged(tol), extra)
+                               refit.converged(), extra)
 
 
 def proximal_bregman(spec: PbrfProtocol, p: Problem, removals: list[np.ndarray]) -> GroundTruth:
