@@ -26,7 +26,7 @@ from runners.errors import TaskFailure
 from runners.models import build
 from runners.newton import newton_refit
 from runners.objective import FlatModel
-from runners.protocols.common import Problem, RetrainSetup
+from runners.protocols.common import Problem, RetrainSetup, default_tolerance
 from runners.protocols.pbrf import newton_pbrf
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -99,7 +99,7 @@ def seconds_per_newton_refit(workload: dict[str, Any], models: int, device: str 
     n = int(workload["n_train"])
     module, x, y = _model_and_data(workload, n, device)
     dtype = x.dtype
-    wd, tol = 0.01, 1e-10 if dtype == torch.float64 else 1e-5
+    wd, tol = 0.01, default_tolerance(None, dtype)
     if workload.get("protocol") == "pbrf":
         with torch.device(device):
             return _pbrf_refit_seconds(module, x, y, wd, tol, models, float(workload["damping"]),

@@ -67,16 +67,6 @@ def _batched_grads(values_of: Callable[[Tensor], Tensor], theta: Tensor) -> tupl
     return values.detach(), grads
 
 
-def _batched_hessian_products(values_of: Callable[[Tensor], Tensor], theta: Tensor, v: Tensor) -> Tensor:
-    """[M, P] H_m v_m for models theta [M, P] whose values_of [M] are independent (model m's value depends on
-    theta_m alone): reverse over reverse, d/dtheta sum_m <grad L_m, v_m>."""
-    with torch.enable_grad():
-        theta = theta.detach().requires_grad_(True)
-        (grads,) = torch.autograd.grad(values_of(theta).sum(), theta, create_graph=True)
-        (products,) = torch.autograd.grad(grads, theta, grad_outputs=v)
-    return products
-
-
 class WeightedLoss:
     """L_m(theta) = (1/n) sum_j w_mj loss_j(theta) + wd/2 ||theta||^2 (the objective of LANGUAGE.md)."""
 
@@ -89,19 +79,17 @@ class WeightedLoss:
         losses = per_example_loss(self.flat.logits(theta, self.x), self.y, self.smoothing)
         return (losses * w).sum() / self.x.shape[0] + 0.5 * self.wd * (theta * theta).sum()
 
-    def _values(self, th: Tensor, rows: Tensor) -> Tensor:
+    def values(self, th: Tensor, rows: Tensor) -> Tensor:
+        """[K] L_m(th_m) of the models ``rows``, th [K, P]."""
         losses = per_example_loss(many_logits(self.flat, th, self.x), self.y.expand(len(rows), *self.y.shape),
                                   self.smoothing)
         return (losses * self.weights[rows]).sum(1) / self.x.shape[0] + 0.5 * self.wd * (th * th).sum(1)
 
     def values_and_grads(self, theta: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        return _batched_grads(lambda th: self._values(th, rows), theta)
+        return _batched_grads(lambda th: self.values(th, rows), theta)
 
     def hessians(self, theta: Tensor, rows: Tensor) -> Tensor:
         return vmap(hessian(self.single))(theta.detach(), self.weights[rows])
-
-    def hessian_products(self, theta: Tensor, rows: Tensor, v: Tensor) -> Tensor:
-        return _batched_hessian_products(lambda th: self._values(th, rows), theta, v)
 
 
 class ProximalBregman:
@@ -123,15 +111,13 @@ class ProximalBregman:
         shift = theta - self.flat.theta
         return divergence - am * own / n + 0.5 * self.prox * (shift * shift).sum()
 
-    def _values(self, th: Tensor, rows: Tensor) -> Tensor:
+    def values(self, th: Tensor, rows: Tensor) -> Tensor:
+        """[K] the PBRF objectives of the models ``rows`` at th [K, P]."""
         idx = self.removed[rows]
         return vmap(self.single)(th, self.x[idx], self.y[idx], self.active[rows])
 
     def values_and_grads(self, theta: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        return _batched_grads(lambda th: self._values(th, rows), theta)
-
-    def hessian_products(self, theta: Tensor, rows: Tensor, v: Tensor) -> Tensor:
-        return _batched_hessian_products(lambda th: self._values(th, rows), theta, v)
+        return _batched_grads(lambda th: self.values(th, rows), theta)
 
     def hessians(self, theta: Tensor, rows: Tensor) -> Tensor:
         idx = self.removed[rows]

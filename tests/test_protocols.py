@@ -389,17 +389,19 @@ def test_converged_pbrf_matches_an_independent_minimiser(monkeypatch):
         torch.testing.assert_close(refit.theta[1], theta.detach(), rtol=0, atol=1e-7)  # L-BFGS stops near 2e-9
 
 
+SHORT_NEWTON_PBRF = """\
+    study: pm
+    dataset: {name: iris, test_size: 30}
+    model: {arch: mlp, depth: 1, width: 6, activation: tanh}
+    training: {optimizer: adam, lr: 0.01, epochs: 20, weight_decay: 0.01, dtype: float64}
+    estimators: [{name: exact, curvature: ggn, damping: 0.01}]
+    test_points: {count: 2}
+    ground_truth: {protocol: pbrf, solver: newton, %s, removals: {select: random, k: 5}}
+    """  # a short Iris study under a converged PBRF; %s: damping and the solver's limits
+
+
 def test_pbrf_refits_that_do_not_converge_are_kept_and_reported(write, tmp_path: Path):
-    db = run(write, tmp_path, """\
-        study: pm
-        dataset: {name: iris, test_size: 30}
-        model: {arch: mlp, depth: 1, width: 6, activation: tanh}
-        training: {optimizer: adam, lr: 0.01, epochs: 20, weight_decay: 0.01, dtype: float64}
-        estimators: [{name: exact, curvature: ggn, damping: 0.01}]
-        test_points: {count: 2}
-        ground_truth: {protocol: pbrf, solver: newton, damping: 0.0, tol: 1e-14, max_iter: 1,
-                       removals: {select: random, k: 5}}
-        """)
+    db = run(write, tmp_path, SHORT_NEWTON_PBRF % "damping: 0.0, tol: 1e-14, max_iter: 1")
     refits = rows(db, "SELECT converged, iterations FROM refits WHERE train_index IS NOT NULL")
     assert len(refits) == 5 and not any(c for c, _ in refits) and all(i == 1 for _, i in refits)
     assert rows(db, "SELECT count(*) FROM influence WHERE actual IS NOT NULL") == [(10,)]  # kept
@@ -410,16 +412,7 @@ def test_pbrf_refits_that_do_not_converge_are_kept_and_reported(write, tmp_path:
 def test_pbrf_refits_that_start_within_their_tolerance_are_reported_as_not_solved(write, tmp_path: Path):
     """A tolerance above the removed points' gradients over n leaves every refit where it started: each removal's
     effect is then 0 by construction, and refits_not_solved says so."""
-    db = run(write, tmp_path, """\
-        study: pu
-        dataset: {name: iris, test_size: 30}
-        model: {arch: mlp, depth: 1, width: 6, activation: tanh}
-        training: {optimizer: adam, lr: 0.01, epochs: 20, weight_decay: 0.01, dtype: float64}
-        estimators: [{name: exact, curvature: ggn, damping: 0.01}]
-        test_points: {count: 2}
-        ground_truth: {protocol: pbrf, solver: newton, damping: 0.01, tol: 1.0, removals: {select: random, k: 5}}
-        metrics: [spearman]
-        """)
+    db = run(write, tmp_path, SHORT_NEWTON_PBRF % "damping: 0.01, tol: 1.0")
     assert rows(db, "SELECT count(*), max(iterations) FROM refits WHERE train_index IS NOT NULL") == [(5, 0)]
     assert rows(db, "SELECT count(*) FROM influence WHERE actual IS NOT NULL AND actual != 0") == [(0,)]
     ((value, message),) = rows(db, "SELECT value, message FROM diagnostics WHERE \"check\" = 'refits_not_solved'")

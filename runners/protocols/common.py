@@ -32,6 +32,7 @@ from runners.ensemble import (
 )
 from runners.errors import DivergenceError
 from runners.metrics import MetricRow, score
+from runners.newton import Refit
 from runners.objective import MEASURES, PARAM_CHANGE
 from runners.outputs import MeasuredEffects
 from runners.train import stopping_monitor, training_rule
@@ -339,17 +340,17 @@ def default_tolerance(tol: float | None, dtype: torch.dtype) -> float:
     return tol if tol is not None else (1e-10 if dtype == torch.float64 else 1e-5)
 
 
-def solved_ground_truth(p: Problem, items: np.ndarray, removals: list[np.ndarray], measured: Tensor,
-                        grad_norm: Tensor, iterations: Tensor, reached: Tensor, probes: int) -> GroundTruth:
+def solved_ground_truth(p: Problem, items: np.ndarray, removals: list[np.ndarray], measured: Tensor, refit: Refit,
+                        probes: int) -> GroundTruth:
     """The ground truth of refits solved to convergence, from their measurements [1 + probes + K, T] in the
-    order control, resolution probes, removals (items), and each refit's final gradient norm, iterations and
-    whether it reached its tolerance; the refits view lists the control and the removals."""
+    order control, resolution probes, removals (items), and the refits (each one's final gradient norm,
+    iterations and whether it reached its own tolerance); the refits view lists the control and the removals."""
     if p.progress is not None:
         p.progress(len(items) + 1 + probes)
     per_item = (measured[1 + probes:] - measured[0]).unsqueeze(0)  # [1, K, T]
     keep = [0, *range(1 + probes, measured.shape[0])]
-    solver = ([-1] + [int(i) for i in items], grad_norm[keep].tolist(), iterations[keep].tolist(),
-              reached[keep].tolist())
+    solver = ([-1] + [int(i) for i in items], refit.grad_norm[keep].tolist(), refit.iterations[keep].tolist(),
+              refit.converged()[keep].tolist())
     return GroundTruth(per_repeat=pointwise(per_item, items, removals, p.n), solver=solver,
                        probes=(measured[1:1 + probes] - measured[0]).unsqueeze(0),
                        floor=rounding_floor(measured[:1], p.x_train.dtype))

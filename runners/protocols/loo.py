@@ -100,5 +100,4 @@ def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[n
                          smoothing=smoothing, starts=starts)
     params = Layout(stack(p.setup.trained, 1)).views(refit.theta)
     measured = measure_ensemble(p.module, params, p.x_test, p.y_test, spec.measure)
-    return solved_ground_truth(p, items, removals, measured, refit.grad_norm, refit.iterations,
-                               refit.converged(tol), extra)
+    return solved_ground_truth(p, items, removals, measured, refit, extra)

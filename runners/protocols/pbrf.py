@@ -117,8 +117,7 @@ def _newton(spec: PbrfProtocol, p: Problem, items: np.ndarray, removals: list[np
     extra = spec.probes_per_repeat
     measured, refit = newton_pbrf(p, items, spec.damping, tol, spec.max_iter, spec.measure, extra, strict=False,
                                   rtol=spec.rtol)
-    return solved_ground_truth(p, items, removals, measured, refit.grad_norm, refit.iterations,
-                               refit.converged(), extra)
+    return solved_ground_truth(p, items, removals, measured, refit, extra)
 
 
 def proximal_bregman(spec: PbrfProtocol, p: Problem, removals: list[np.ndarray]) -> GroundTruth:
