@@ -55,6 +55,28 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(constant, np.nan, np.clip(r, -1.0, 1.0))
 
 
+def average_ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks 1..K along the last axis, tied values sharing the mean of their ranks (scipy.stats.rankdata's
+    'average', exactly: the ranks are half-integers); a row that holds NaN is NaN throughout. NumPy alone:
+    importing scipy.stats takes about 0.7 s, a tenth of a small study."""
+    v = np.asarray(v, dtype=np.float64)
+    K = v.shape[-1]
+    flat = v.reshape(-1, K)
+    order = np.argsort(flat, axis=1, kind="stable")
+    ordered = np.take_along_axis(flat, order, axis=1)
+    position = np.broadcast_to(np.arange(K), ordered.shape)
+    starts = np.ones(ordered.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = np.ones(ordered.shape, dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+    last = np.minimum.accumulate(np.where(ends, position, K)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty_like(flat)
+    np.put_along_axis(ranks, order, (first + last) / 2 + 1, axis=1)
+    ranks[np.isnan(flat).any(axis=1)] = np.nan
+    return ranks.reshape(v.shape)
+
+
 def _top_mask(v: np.ndarray, k: int) -> np.ndarray:
     order = np.argsort(-np.abs(v), axis=-1, kind="stable")[..., :k]
     mask = np.zeros(v.shape, dtype=bool)
@@ -77,7 +99,7 @@ def metric_rows(name: str, est: np.ndarray, act: np.ndarray, top_k: int = 10) ->
     if name == "pearson":
         return _pearson_rows(est, act)
     if name == "spearman":
-        return _pearson_rows(scipy_stats().rankdata(est, axis=-1), scipy_stats().rankdata(act, axis=-1))
+        return _pearson_rows(average_ranks(est), average_ranks(act))
     if name == "kendall":
         flat_e, flat_a = est.reshape(-1, K), act.reshape(-1, K)
         out = np.empty(flat_e.shape[0])

@@ -352,3 +352,41 @@ def test_bundled_files_read_as_scikit_learn_reads_them(name: str):
     assert np.array_equal(raw.x.reshape(len(raw.x), -1), bunch.data) and raw.x.dtype == np.float64
     assert np.array_equal(raw.y, bunch.target) and raw.classes == len(bunch.target_names)
     assert raw.x.shape[1:] == ((1, 8, 8) if name == "digits" else bunch.data.shape[1:])
+
+
+def _sklearn_split(ids, seed, train_size=None, test_size=None, labels=None):
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(ids, train_size=train_size, test_size=test_size, stratify=labels,
+                                   random_state=seed)
+    return np.asarray(train), np.asarray(test)
+
+
+def test_shuffle_splits_are_scikit_learns_row_for_row():
+    """The NumPy split (no scikit-learn import at run time) against train_test_split: stratified and not,
+    fractions and counts, tied remainders, skewed and tiny classes, the refusals."""
+    from runners.data.shuffle_split import shuffle_split
+
+    rng = np.random.default_rng(0)
+    compared = refused = 0
+    for case in range(400):
+        n = int(rng.integers(4, 400))
+        ids = np.arange(n) + int(rng.integers(0, 1000))
+        classes = int(rng.integers(1, 8))
+        weights = rng.dirichlet(np.full(classes, 0.3 if case % 3 == 0 else 5.0))
+        labels = rng.choice(classes, size=n, p=weights) if case % 5 else None
+        sizes = [dict(test_size=float(rng.uniform(0.05, 0.6))), dict(test_size=int(rng.integers(1, n))),
+                 dict(train_size=float(rng.uniform(0.1, 0.9))), dict(train_size=int(rng.integers(1, n)))]
+        seed = int(rng.integers(0, 2**32 - 1))
+        for size in sizes:
+            try:
+                expected = _sklearn_split(ids, seed, labels=labels, **size)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    shuffle_split(ids, seed, labels=labels, **size)
+                refused += 1
+                continue
+            got = shuffle_split(ids, seed, labels=labels, **size)
+            assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]), (case, size)
+            compared += 1
+    assert compared > 1000 and refused > 50

@@ -31,6 +31,19 @@ def test_vectorised_metrics_match_scipy_row_by_row():
     assert np.isnan(stats.metric("spearman", np.arange(2.0), np.arange(2.0)))
 
 
+def test_average_ranks_are_scipys_exactly():
+    """Ties, repeated values, infinities, NaN rows and several leading axes, against scipy.stats.rankdata."""
+    rng = np.random.default_rng(1)
+    for shape in ((40,), (7, 12), (3, 4, 9), (5, 1), (2, 3)):
+        v = np.round(rng.normal(size=shape) * 2) / 2  # many ties
+        v.flat[0] = np.inf
+        if v.size > shape[-1]:  # more than one row: one of them holds NaN
+            v.flat[-1] = -np.inf
+            v.reshape(-1, shape[-1])[1, 0] = np.nan
+        got, expected = stats.average_ranks(v), sps.rankdata(v, axis=-1)
+        assert np.array_equal(got, expected, equal_nan=True), shape
+
+
 def test_spearman_brown_inverts_the_split_half_correlation():
     """Under y_r = t + e_r with var t / var e = lam, the correlation of the means of a and b repeats is
     lam sqrt(ab) / sqrt((lam a + 1)(lam b + 1)); spearman_brown returns the reliability of all a + b."""

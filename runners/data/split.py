@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from inflang.spec import AnyDataset, EarlyStoppingSpec
+from runners.data.shuffle_split import shuffle_split
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,11 @@ def _stratified(ids: np.ndarray, size: int | float, labels: np.ndarray | None, s
     """A seeded stratified subset of ``ids`` (stratification dropped where a class is too small for it)."""
     if isinstance(size, float) and size >= 1.0 or isinstance(size, int) and size >= len(ids):
         return ids
-    from sklearn.model_selection import train_test_split  # imported on use: 1.1 s that a rerun does not need
-
     try:
-        chosen, _ = train_test_split(ids, train_size=size, stratify=labels, random_state=seed)
+        chosen, _ = shuffle_split(ids, seed, train_size=size, labels=labels)
     except ValueError:
-        chosen, _ = train_test_split(ids, train_size=size, random_state=seed)
-    return np.asarray(chosen)
+        chosen, _ = shuffle_split(ids, seed, train_size=size)
+    return chosen
 
 
 _recent: dict[tuple[str, int], tuple[weakref.ref[RawData], np.ndarray, np.ndarray]] = {}
@@ -100,10 +99,8 @@ def _split(spec: AnyDataset, raw: RawData, seed: int) -> tuple[np.ndarray, np.nd
         test = _stratified(raw.fixed_test, spec.test_size, raw.y[raw.fixed_test], seed)
         train = np.setdiff1d(ids, raw.fixed_test)
     else:
-        from sklearn.model_selection import train_test_split
-
         labels = None if raw.regression else raw.y  # stratified by class; regression targets are not classes
-        train, test = train_test_split(ids, test_size=spec.test_size, stratify=labels, random_state=seed)
+        train, test = shuffle_split(ids, seed, test_size=spec.test_size, labels=labels)
     if spec.subsample is not None and spec.subsample < len(train):
         train = _stratified(np.asarray(train), spec.subsample, None if raw.regression else raw.y[train], seed + 1)
     return np.asarray(train), np.asarray(test)
