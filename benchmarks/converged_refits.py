@@ -13,7 +13,11 @@ iteration theta <- theta - (G + (wd + damping) I)^-1 grad (a step is kept only w
 as ``runners.newton`` keeps it; no Newton steps): batched over the set, and one member at a time for the first
 ``--single`` members, in seconds per member-iteration, with how many members reached |grad| <= 1e-8 and 1e-10.
 Side by side with it, the solver the study runs (``runners.newton.newton_solve``: above 3,000 parameters,
-limited-memory BFGS from the same chord) for the same number of iterations on the same set.
+limited-memory BFGS from the same chord) for the same number of iterations on the same set, and the warm-start
+optimiser (what ``solver: gradient`` runs: Adam from theta_s, here full-batch so that only its steps, not
+minibatch noise, limit it) for ``--warm-steps`` steps on the first ``--warm-members`` members of the set, at
+the training's lr and at a tenth of it, with the gradient norms it had reached after as many steps as the
+solver took iterations and at the end.
 """
 
 from __future__ import annotations
@@ -75,7 +79,33 @@ def chord(objective: ProximalBregman, theta: torch.Tensor, factor: torch.Tensor,
             "members": members, "worst_grad": float(norms.max())}
 
 
-def measure(activation: str, removals: int, iterations: int, damping: float, single: int) -> dict[str, Any]:
+def warm_start(objective: ProximalBregman, theta: torch.Tensor, lr: float, steps: int,
+               checkpoints: tuple[int, ...]) -> dict[str, Any]:
+    """Full-batch Adam on every member at once (its moments are per coordinate, so each member runs alone):
+    the gradient norms (worst and median) after each checkpoint's steps, and seconds per member-step."""
+    members = theta.shape[0]
+    rows = torch.arange(members)
+    theta = theta.clone().requires_grad_(True)
+    adam = torch.optim.Adam([theta], lr=lr)
+    reached: dict[str, Any] = {}
+    began = time.perf_counter()
+    for step in range(steps + 1):
+        values, grads = objective.values_and_grads(theta.detach(), rows)
+        if step in checkpoints:
+            norms = grads.norm(dim=1)
+            reached[str(step)] = {"worst": float(norms.max()), "median": float(norms.median()),
+                                  "below_1e-8": int((norms <= 1e-8).sum())}
+        if step == steps:
+            break
+        adam.zero_grad()
+        theta.grad = grads
+        adam.step()
+    return {"lr": lr, "seconds_per_member_step": (time.perf_counter() - began) / (members * (steps + 1)),
+            "members": members, "reached": reached}
+
+
+def measure(activation: str, removals: int, iterations: int, damping: float, single: int, warm_steps: int,
+            warm_members: int) -> dict[str, Any]:
     dtype = torch.float64
     spec = Mnist1dDataset(name="mnist1d", test_size=500)
     data = prepare(spec, load_raw(spec), 0, dtype)
@@ -119,7 +149,14 @@ def measure(activation: str, removals: int, iterations: int, damping: float, sin
                               0.0, strict=False)
         norms = solved.grad_norm
         batched["solver"] = {"seconds": time.perf_counter() - began, "below_1e-8": int((norms <= 1e-8).sum()),
-                             "below_1e-10": int((norms <= 1e-10).sum()), "worst_grad": float(norms.max())}
+                             "below_1e-10": int((norms <= 1e-10).sum()), "worst_grad": float(norms.max()),
+                             "iterations": int(solved.iterations.max())}
+        if warm_steps:
+            few = ProximalBregman(flat, x, y, chosen[:warm_members], torch.ones(warm_members, dtype=dtype),
+                                  WEIGHT_DECAY + damping)
+            checkpoints = (0, int(solved.iterations.max()), warm_steps)
+            batched["warm_start"] = [warm_start(few, theta.expand(warm_members, P), lr, warm_steps, checkpoints)
+                                     for lr in (training.lr, training.lr / 10)]
         out["sets"][name] = batched
     return out
 
@@ -131,11 +168,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--damping", type=float, default=0.001)
     parser.add_argument("--single", type=int, default=2, help="members also timed one at a time")
+    parser.add_argument("--warm-steps", type=int, default=200, help="Adam steps of the warm-start comparison (0: none)")
+    parser.add_argument("--warm-members", type=int, default=4, help="members the warm-start optimiser refits")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     results = []
     for activation in args.activations.split(","):
-        found = measure(activation, args.removals, args.iterations, args.damping, args.single)
+        found = measure(activation, args.removals, args.iterations, args.damping, args.single, args.warm_steps,
+                        args.warm_members)
         results.append(found)
         print(f"{activation}: {found['parameters']} parameters; training {found['train_s']} s; gradient "
               f"{found['gradient_s']} s; HVP {found['hvp_s']} s alone, {found['hvp_batched_s']} s each of 16; "
@@ -149,6 +189,11 @@ def main() -> None:
             print(f"  {name}: the solver (quasi-Newton from the chord), {args.iterations} iterations: "
                   f"{solver['below_1e-8']} / {row['members']} at 1e-8, {solver['below_1e-10']} at 1e-10 (worst "
                   f"{solver['worst_grad']:.1e}); {solver['seconds']:.1f} s", flush=True)
+            for warm in row.get("warm_start", []):
+                marks = "; ".join(f"after {k} steps worst {v['worst']:.1e}, median {v['median']:.1e}, "
+                                  f"{v['below_1e-8']} at 1e-8" for k, v in warm["reached"].items())
+                print(f"  {name}: warm start (full-batch Adam, lr {warm['lr']:g}), {warm['members']} members: {marks}; "
+                      f"{warm['seconds_per_member_step']:.3f} s per member-step", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

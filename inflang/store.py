@@ -121,6 +121,7 @@ ALTER TABLE claims ADD COLUMN IF NOT EXISTS declared_after_results BOOLEAN;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS health VARCHAR;
 ALTER TABLE solver_rows ADD COLUMN IF NOT EXISTS start_grad_norm DOUBLE;
 ALTER TABLE solver_rows ADD COLUMN IF NOT EXISTS converged BOOLEAN;
+ALTER TABLE solver_rows ADD COLUMN IF NOT EXISTS tolerance DOUBLE;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_needed INTEGER;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_to_negligible INTEGER;
 ALTER TABLE claims ADD COLUMN IF NOT EXISTS seeds_for_smallest_effect INTEGER;
@@ -182,7 +183,8 @@ SELECT c.study, c.cell_id, g.protocol, g.items, g.repeats, g.dropped, c.task_has
 FROM cell_tasks c JOIN ground_truth_results g ON g.task_hash = c.task_hash AND c.kind = 'ground_truth';
 
 CREATE OR REPLACE VIEW refits AS
-SELECT c.study, c.cell_id, s.train_index, s.grad_norm, s.iterations, s.start_grad_norm, s.converged
+SELECT c.study, c.cell_id, s.train_index, s.grad_norm, s.iterations, s.start_grad_norm, s.converged,
+       s.tolerance
 FROM cell_tasks c JOIN solver_rows s ON s.task_hash = c.task_hash AND c.kind = 'ground_truth';
 
 CREATE OR REPLACE VIEW influence_pairs AS
@@ -1094,7 +1096,7 @@ def diagnostic_inputs(con: duckdb.DuckDBPyConnection, hashes: Sequence[str]) -> 
         out["notes"][h][note] = value
     out["retrain_ratio"] = dict(con.execute(
         f"SELECT task_hash, median(grad_norm / start_grad_norm) FROM solver_rows WHERE {within} "
-        "AND start_grad_norm > 0 GROUP BY task_hash", params).fetchall())
+        "AND start_grad_norm > 0 AND iterations IS NULL GROUP BY task_hash", params).fetchall())
     out["unconverged"] = {h: (int(bad), int(total), worst) for h, bad, total, worst in con.execute(
         f"SELECT task_hash, count(*) FILTER (WHERE NOT converged), count(*), max(grad_norm) FILTER (WHERE NOT "
         f"converged) FROM solver_rows WHERE {within} AND converged IS NOT NULL GROUP BY task_hash "

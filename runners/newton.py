@@ -41,6 +41,7 @@ class Refit:
     grad_norm: Tensor  # [M]
     iterations: Tensor  # [M] iterations each model needed
     tolerance: Tensor  # [M] each model's gradient-norm tolerance
+    start_grad_norm: Tensor  # [M] each model's gradient norm where it started
 
     def converged(self, tol: float | None = None) -> Tensor:
         """[M] whether each model reached |grad| <= tol (its own tolerance where tol is None)."""
@@ -206,7 +207,7 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
     theta = theta0.expand(M, P).clone()
     everyone = torch.arange(M)
     values, grads = objective.values_and_grads(theta, everyone)
-    norms = grads.norm(dim=1)
+    norms = start_norms = grads.norm(dim=1)
     tolerance = torch.full_like(norms, tol) if rtol is None else torch.clamp(rtol * norms, min=tol)
     iterations = torch.zeros(M, dtype=torch.long)
     exact_next = torch.zeros(M, dtype=torch.bool)
@@ -272,4 +273,5 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
                           f"{float(tolerance[worst]):g} in "
                           f"{max_iter} iterations (worst {float(norms[worst]):.2e}); raise max_iter or tol, or "
                           "use float64")
-    return Refit(theta=theta, grad_norm=norms, iterations=iterations, tolerance=tolerance)
+    return Refit(theta=theta, grad_norm=norms, iterations=iterations, tolerance=tolerance,
+                 start_grad_norm=start_norms)

@@ -400,9 +400,10 @@ def run_ground_truth(inputs: dict[str, Any], deps: dict[str, Dep], ctx: Context)
         rows["group_actual"] = {"test_index": test_ids[t_pos.cpu().numpy()].tolist(), "group_index": k_pos.tolist(),
                                 "actual": values}
     if result.solver is not None:
-        item, norms, its, reached = result.solver
+        item, norms, its, reached, starts, tolerances = result.solver
         rows["solver_rows"] = {"train_index": [None if i < 0 else int(d.train_ids[i]) for i in item],
-                               "grad_norm": norms, "iterations": its, "converged": reached}
+                               "grad_norm": norms, "iterations": its, "converged": reached,
+                               "start_grad_norm": starts, "tolerance": tolerances}
     elif result.convergence is not None:  # warm-start gradient retraining: how far each refit got
         item, starts, ends = result.convergence
         rows["solver_rows"] = {"train_index": [int(d.train_ids[i]) for i in item], "grad_norm": ends,

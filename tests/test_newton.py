@@ -52,9 +52,10 @@ def test_every_mlp_refit_reaches_the_tolerance():
                        removals=RemovalSpec(select="all"))
     setup = RetrainSetup(trained.params, [trained.init], [0])
     result = leave_one_out(spec, Problem(module, setup, training, x, y, x[:3], y[:3]), [np.arange(40)] * 3)
-    positions, norms, iterations, converged = result.solver
+    positions, norms, iterations, converged, starts, tolerances = result.solver
     assert len(norms) == 41 and positions[0] == -1 and all(converged)
-    assert max(norms) <= 1e-10
+    assert max(norms) <= 1e-10 and set(tolerances) == {1e-10}
+    assert min(starts[1:]) > 1e-10  # every removal started away from its tolerance and was solved
     assert torch.isfinite(result.actual).all()
 
 

@@ -342,8 +342,13 @@ def test_converged_pbrf_agrees_with_ggn_influence_and_reports_every_refit(write,
     assert relative < 0.05  # the same response to first order
     refits = rows(db, "SELECT train_index, grad_norm, converged FROM refits")
     assert len(refits) == 11 and all(c for _, _, c in refits) and max(g for _, g, _ in refits) <= 1e-10
+    # each refit's tolerance (the float64 default) and where it started: the removals from the removed point's
+    # gradient over n, the control from theta_s itself
+    started = rows(db, "SELECT train_index IS NULL, start_grad_norm, tolerance FROM refits")
+    assert all(t == 1e-10 for _, _, t in started)
+    assert all((g <= 1e-10) if control else (g > 1e-10) for control, g, _ in started)
     assert rows(db, "SELECT count(*) FROM diagnostics WHERE \"check\" IN ('refits_not_converged', "
-                    "'refits_not_solved')") == [(0,)]
+                    "'refits_not_solved', 'retraining_not_converged')") == [(0,)]
 
 
 def test_converged_pbrf_matches_an_independent_minimiser(monkeypatch):

@@ -84,8 +84,8 @@ class GroundTruth:
     floor: Tensor | None = None  # [T] the measured quantity's rounding unit (``rounding_floor``)
     dropped: int = 0  # items whose measurement was not finite and were dropped (lds, nan: drop)
     # converged solvers: per model (item position, -1 for the control), final gradient norm, iterations, whether
-    # it reached the tolerance
-    solver: tuple[list[int], list[float], list[int], list[bool]] | None = None
+    # it reached its tolerance, its starting gradient norm and its tolerance
+    solver: tuple[list[int], list[float], list[int], list[bool], list[float], list[float]] | None = None
     # warm-start gradient retraining: per model (training point position), gradient norm of its objective at the
     # start and at the end
     convergence: tuple[list[int], list[float], list[float]] | None = None
@@ -350,7 +350,7 @@ def solved_ground_truth(p: Problem, items: np.ndarray, removals: list[np.ndarray
     per_item = (measured[1 + probes:] - measured[0]).unsqueeze(0)  # [1, K, T]
     keep = [0, *range(1 + probes, measured.shape[0])]
     solver = ([-1] + [int(i) for i in items], refit.grad_norm[keep].tolist(), refit.iterations[keep].tolist(),
-              refit.converged()[keep].tolist())
+              refit.converged()[keep].tolist(), refit.start_grad_norm[keep].tolist(), refit.tolerance[keep].tolist())
     return GroundTruth(per_repeat=pointwise(per_item, items, removals, p.n), solver=solver,
                        probes=(measured[1:1 + probes] - measured[0]).unsqueeze(0),
                        floor=rounding_floor(measured[:1], p.x_train.dtype))
