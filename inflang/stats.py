@@ -61,6 +61,8 @@ def average_ranks(v: np.ndarray) -> np.ndarray:
     importing scipy.stats takes about 0.7 s, a tenth of a small study."""
     v = np.asarray(v, dtype=np.float64)
     K = v.shape[-1]
+    if v.size == 0:
+        return v.copy()
     flat = v.reshape(-1, K)
     order = np.argsort(flat, axis=1, kind="stable")
     ordered = np.take_along_axis(flat, order, axis=1)

@@ -390,3 +390,21 @@ def test_shuffle_splits_are_scikit_learns_row_for_row():
             assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]), (case, size)
             compared += 1
     assert compared > 1000 and refused > 50
+    ids, labels = np.arange(20), np.repeat([0, 1], 10)
+    edges = [dict(test_size=0), dict(test_size=0.0), dict(train_size=1.0), dict(train_size=20), dict(test_size=20),
+             dict(train_size=np.float64(0.5)), dict(test_size=np.int64(5)), {},
+             dict(train_size=0.7, test_size=0.4), dict(train_size=0.5, test_size=0.3), dict(test_size=True)]
+    for size in edges:
+        for given in (None, labels):
+            try:
+                expected = _sklearn_split(ids, 7, labels=given, **size)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    shuffle_split(ids, 7, labels=given, **size)
+                continue
+            got = shuffle_split(ids, 7, labels=given, **size)
+            assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]), size
+    # a NumPy float32 size (which scikit-learn refuses) is a fraction, never truncated to a count of 0
+    for got, expected in zip(shuffle_split(ids, 7, test_size=np.float32(0.25), labels=labels),
+                             shuffle_split(ids, 7, test_size=0.25, labels=labels), strict=True):
+        assert np.array_equal(got, expected)

@@ -205,3 +205,23 @@ def test_an_interpolating_study_is_flagged_in_the_run_the_report_and_its_claims(
     # warm-start retraining recorded how far each refit got: its final and initial gradient norms
     ratios = rows(db, "SELECT grad_norm / start_grad_norm FROM refits WHERE start_grad_norm > 0")
     assert ratios and np.isfinite([r for (r,) in ratios]).all()
+
+
+def test_retraining_ratio_reads_warm_start_rows_and_not_solved_refits(tmp_path: Path):
+    """retraining_not_converged's ratio is the median final / initial gradient norm of warm-start retraining;
+    solved refits in the same table (iterations set, with their own start and tolerance) are not part of it."""
+    import duckdb
+
+    from inflang import store
+
+    con = duckdb.connect(str(tmp_path / "r.duckdb"))
+    con.execute(store.TABLES)
+    con.execute(store.MIGRATIONS)
+    con.executemany("INSERT INTO solver_rows (task_hash, train_index, grad_norm, iterations, start_grad_norm) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [("warm", 0, 0.2, None, 1.0), ("warm", 1, 0.4, None, 1.0), ("warm", 2, 0.6, None, 1.0),
+                     ("mixed", 0, 0.5, None, 1.0), ("mixed", 1, 1e-12, 3, 1e-3), ("mixed", 2, 1e-12, 4, 1e-3)])
+    con.execute("INSERT INTO solver_rows (task_hash, train_index, grad_norm, iterations, start_grad_norm, "
+                "converged, tolerance) VALUES ('solved', 0, 1e-11, 2, 1e-4, true, 1e-10)")
+    ratio = store.diagnostic_inputs(con, ["warm", "mixed", "solved"])["retrain_ratio"]
+    assert ratio == pytest.approx({"warm": 0.4, "mixed": 0.5})

@@ -2,32 +2,51 @@
 
 The same splits as scikit-learn's ``train_test_split(ids, train_size=..., test_size=..., stratify=labels,
 random_state=seed)`` (its StratifiedShuffleSplit and ShuffleSplit), which ``tests/test_data.py`` checks row
-for row: importing scikit-learn (and with it SciPy) took about 1.1 s of a small study's 10 s.
+for row, and the same refusals of sizes: importing scikit-learn (and with it SciPy) took about 1.1 s of a small
+study's 10 s.
 
-Sizes: a float is a fraction (test rounded up, train rounded down), an int a count; the size not given is the
-rest. Unstratified: the first n_test rows of a permutation of the rows are the test set, the next n_train
-the training set. Stratified: each class's training count is the (approximate) mode of the multivariate
-hypergeometric draw of n_train rows, its floor of counts x n_train / n plus one for the largest remainders
-(ties broken at random), the test counts likewise from what is left; each class's rows are permuted and
-taken in that order; both sets are permuted at the end. One ``numpy.random.RandomState(seed)`` draws
-everything, in that order.
+Sizes: a float is a fraction in (0, 1) (test rounded up, train rounded down), an int a count in [1, n); the
+size not given is the rest, and with neither the test set is a quarter. Unstratified: the first n_test rows
+of a permutation of the rows are the test set, the next n_train the training set. Stratified: each class's
+training count is the (approximate) mode of the multivariate hypergeometric draw of n_train rows, its floor
+of counts x n_train / n plus one for the largest remainders (ties broken at random), the test counts likewise
+from what is left; each class's rows are permuted and taken in that order; both sets are permuted at the end.
+One ``numpy.random.RandomState(seed)`` draws everything, in that order.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Callable
 
 import numpy as np
 
 
+def _rows(size: int | float | None, n: int, what: str, rounding: Callable[[float], int]) -> int | None:
+    """A size as rows (None stays None); raises ValueError outside (0, 1) for a fraction, [1, n) for a count."""
+    if size is None:
+        return None
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        if not 0 < int(size) < n:
+            raise ValueError(f"{what} {size} should lie between 1 and {n - 1} rows")
+        return int(size)
+    if isinstance(size, numbers.Real) and not isinstance(size, bool):
+        if not 0.0 < float(size) < 1.0:
+            raise ValueError(f"{what} {size} should be a fraction between 0 and 1")
+        return rounding(float(size) * n)
+    raise ValueError(f"{what} {size!r} is neither a count nor a fraction")
+
+
 def split_sizes(n: int, train_size: int | float | None, test_size: int | float | None) -> tuple[int, int]:
     """(n_train, n_test) of n rows (above); raises ValueError where they do not fit."""
-    n_test = None if test_size is None else math.ceil(test_size * n) if isinstance(test_size, float) \
-        else int(test_size)
-    n_train = None if train_size is None else math.floor(train_size * n) if isinstance(train_size, float) \
-        else int(train_size)
-    if n_train is None and n_test is None:
-        raise ValueError("a split needs a train or a test size")
+    if test_size is None and train_size is None:
+        test_size = 0.25
+    both_fractions = all(isinstance(v, float) for v in (train_size, test_size))
+    if both_fractions and float(train_size) + float(test_size) > 1.0:  # type: ignore[arg-type]
+        raise ValueError(f"train and test fractions {train_size} + {test_size} exceed 1")
+    n_test = _rows(test_size, n, "test size", math.ceil)
+    n_train = _rows(train_size, n, "train size", math.floor)
     if n_train is None:
         n_train = n - int(n_test)  # type: ignore[arg-type]
     if n_test is None:
