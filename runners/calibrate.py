@@ -20,11 +20,11 @@ from pydantic import TypeAdapter
 
 from inflang.spec import ModelSpec, TrainingSpec
 from runners import engine as engines
-from runners.curvature import objective_ggn, objective_hessian
+from runners.curvature import objective_ggn
 from runners.ensemble import UpdateRule, multiply_adds, stack, train_ensemble, weighted_cross_entropy
 from runners.errors import TaskFailure
 from runners.models import build
-from runners.newton import newton_refit
+from runners.newton import chord_matrix, newton_refit
 from runners.objective import FlatModel
 from runners.protocols.common import Problem, RetrainSetup, default_tolerance
 from runners.protocols.pbrf import newton_pbrf
@@ -92,10 +92,10 @@ def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, d
 def seconds_per_newton_refit(workload: dict[str, Any], models: int, device: str = "cpu") -> tuple[float, float]:
     """(seconds one Newton refit takes, seconds of the chord matrix) for the workload's model on ``n_train``
     random points; a converged PBRF's (workload ``protocol: pbrf``) as ``_pbrf_refit_seconds`` says, else as a
-    leave-one-out study runs them: the full objective is first solved to its optimum (not
-    timed), its explicit Hessian taken there (timed once), then ``models`` refits, each without one point, solved
-    from that optimum to the study's tolerance (timed). Where the random problem has no positive definite
-    optimum, the refits start from the initialisation and run 12 iterations instead."""
+    leave-one-out study runs them: the full objective is first solved to its optimum (not timed), its chord
+    matrix taken there (``runners.newton.chord_matrix``, timed once), then ``models`` refits, each without one
+    point, solved from that optimum to the study's tolerance (timed). Where the random problem has no positive
+    definite optimum, the refits start from the initialisation and run 12 iterations instead."""
     n = int(workload["n_train"])
     module, x, y = _model_and_data(workload, n, device)
     dtype = x.dtype
@@ -109,13 +109,13 @@ def seconds_per_newton_refit(workload: dict[str, Any], models: int, device: str 
         flat = FlatModel(module, params)
         start, converged = flat.theta.detach(), False
         with contextlib.suppress(TaskFailure):  # the optimum of the full objective, by damped Newton
-            H = objective_hessian(module, params, x, y, wd)
+            H = chord_matrix(module, params, x, y, wd)
             start = newton_refit(module, params, x, y, torch.ones(1, n, dtype=dtype), wd, H, tol, 200,
                                  1.0).theta[0]
             converged = True
         optimum = flat.unflatten(start)
         began = time.perf_counter()
-        H0 = objective_hessian(module, optimum, x, y, wd)
+        H0 = chord_matrix(module, optimum, x, y, wd)
         hessian = time.perf_counter() - began
         weights = torch.ones(models, n, dtype=dtype)
         weights[torch.arange(models), torch.arange(models) % n] = 0.0

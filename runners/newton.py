@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import hessian, vmap
 
+from runners.curvature import objective_ggn, objective_hessian
 from runners.errors import TaskFailure
 from runners.objective import FlatModel, bregman, per_example_loss
 
@@ -123,6 +124,18 @@ class ProximalBregman:
     def hessians(self, theta: Tensor, rows: Tensor) -> Tensor:
         idx = self.removed[rows]
         return vmap(hessian(self.single))(theta.detach(), self.x[idx], self.y[idx], self.active[rows])
+
+
+def chord_matrix(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor, weight_decay: float,
+                 smoothing: float = 0.0) -> Tensor:
+    """The chord matrix C of converged leave-one-out refits at ``params``: the objective's explicit Hessian up to
+    DENSE_PARAMETERS parameters (whose refits also take Newton steps on their own Hessians), its Gauss-Newton
+    matrix (1/n) sum_i J_i^T H_i J_i + weight_decay I above (positive semi-definite; formed from per-example
+    Jacobians, where the explicit Hessian takes P Hessian-vector products). The quasi-Newton steps taken above
+    DENSE_PARAMETERS correct for the difference; the solution does not depend on C."""
+    if sum(int(v.numel()) for v in params.values()) > DENSE_PARAMETERS:
+        return objective_ggn(module, params, x, y, weight_decay, smoothing)
+    return objective_hessian(module, params, x, y, weight_decay, smoothing)
 
 
 def newton_refit(module: nn.Module, start: dict[str, Tensor], x: Tensor, y: Tensor, weights: Tensor,

@@ -144,6 +144,28 @@ def test_quasi_newton_steps_reach_the_refits_dense_ones_do(monkeypatch):
     torch.testing.assert_close(quasi.theta, dense.theta, rtol=0, atol=1e-8)  # |grad| 1e-11 over the smallest curvature
 
 
+def test_leave_one_out_above_the_dense_size_takes_the_gauss_newton_chord(monkeypatch):
+    """Above DENSE_PARAMETERS converged leave-one-out forms no explicit Hessian (P Hessian-vector products): its
+    chord is the Gauss-Newton matrix, and the quasi-Newton steps from it reach the refits the dense path
+    reaches from the explicit Hessian."""
+    import runners.newton as newton
+
+    module, x, y, training, trained = toy_mlp(3)
+    spec = LooProtocol(protocol="loo", solver="newton", tol=1e-11, removals=RemovalSpec(select="all"))
+    setup = RetrainSetup(trained.params, [trained.init], [0])
+    problem = Problem(module, setup, training, x, y, x[:3], y[:3])
+    removals = [np.array([0, 5, 11, 29])] * 3
+    dense = leave_one_out(spec, problem, removals)
+    monkeypatch.setattr(newton, "DENSE_PARAMETERS", 0)
+    chords: list[str] = []
+    monkeypatch.setattr(newton, "objective_hessian", lambda *a, **k: chords.append("hessian"))
+    ggn = newton.objective_ggn
+    monkeypatch.setattr(newton, "objective_ggn", lambda *a, **k: chords.append("ggn") or ggn(*a, **k))
+    quasi = leave_one_out(spec, problem, removals)
+    assert chords == ["ggn"] and all(quasi.solver[3])
+    torch.testing.assert_close(quasi.actual, dense.actual, rtol=0, atol=1e-9, equal_nan=True)  # NaN: not removed
+
+
 def test_a_refit_that_does_not_converge_is_reported_when_not_strict():
     from runners.newton import WeightedLoss, newton_solve
     from runners.objective import FlatModel

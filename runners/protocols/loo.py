@@ -14,10 +14,9 @@ import torch
 from inflang.cost import default_budget
 from inflang.hashing import derive_seed
 from inflang.spec import LooProtocol
-from runners.curvature import objective_hessian
 from runners.ensemble import Layout, stack
 from runners.metrics import MetricRow, gap_rows
-from runners.newton import newton_refit
+from runners.newton import chord_matrix, newton_refit
 from runners.objective import FlatModel
 from runners.protocols.common import (
     GroundTruth,
@@ -83,10 +82,11 @@ def leave_one_out(spec: LooProtocol, p: Problem, removals: list[np.ndarray]) -> 
 
 def converged(spec: LooProtocol, p: Problem, items: np.ndarray, removals: list[np.ndarray],
               weights: torch.Tensor) -> GroundTruth:
-    """Every removal (and the control) refitted from the optimum to |grad| <= tol by batched Newton."""
+    """Every removal (and the control) refitted from the optimum to |grad| <= tol by batched Newton
+    (``runners.newton``: the chord is the explicit Hessian, or above DENSE_PARAMETERS the Gauss-Newton matrix)."""
     tol = default_tolerance(spec.tol, p.x_train.dtype)
     smoothing = p.training.label_smoothing
-    H0 = objective_hessian(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay, smoothing)
+    H0 = chord_matrix(p.module, p.setup.trained, p.x_train, p.y_train, p.training.weight_decay, smoothing)
     P = H0.shape[0]
     budget = p.memory_budget if p.memory_budget is not None else default_budget()
     extra = spec.probes_per_repeat
