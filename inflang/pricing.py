@@ -138,17 +138,20 @@ class Rates:
         self.changed = False
 
 
+CHORD = "hessian, gauss-newton above 3000 parameters"  # in the rate key: rates timed with another chord are not reused
+
+
 def newton_workload_of(task: Task) -> Workload | None:
     """The Newton refits of a ground-truth task (their model and training-set size); None without any."""
     if task.workload is None or not task.workload.get("newton_refits"):
         return None
     spec = {k: v for k, v in task.workload.items() if k not in ("engine", "steps", "newton_refits", "batch")}
-    return Workload({**spec, "solver": "newton"}, min(NEWTON_CALIBRATION_MODELS, task.workload["newton_refits"]),
-                    "newton")
+    return Workload({**spec, "solver": "newton", "chord": CHORD}, min(NEWTON_CALIBRATION_MODELS,
+                                                                      task.workload["newton_refits"]), "newton")
 
 
 def newton_seconds(task: Task, work: Workload, device: str, threads: int, rates: Rates) -> float | None:
-    """The chord Hessian once plus each of the task's refits at the measured seconds per refit."""
+    """The chord matrix once plus each of the task's refits at the measured seconds per refit."""
     per_refit = rates.get(work.key(device, threads))
     hessian = rates.get(work.key(device, threads) + "/hessian")
     if per_refit is None or hessian is None or task.workload is None:

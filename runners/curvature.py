@@ -91,7 +91,7 @@ def objective_ggn(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Te
     theta = flat.theta.detach()
     P = theta.numel()
     n = x.shape[0]
-    G = torch.zeros(P, P, dtype=torch.float64)
+    G = torch.zeros(P, P, dtype=torch.float64, device=theta.device)
     jac = vmap(jacrev(lambda th, xi: flat.logits(th, xi.unsqueeze(0)).squeeze(0)), in_dims=(None, 0))
     step = max(1, chunk_elements // max(1, P * 16))
     for lo in range(0, n, step):
@@ -104,7 +104,7 @@ def objective_ggn(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Te
             G += torch.einsum("bcp,bcq->pq", J, HJ)
         else:
             _add_upper_blocks(G, J.reshape(-1, P), HJ.reshape(-1, P))
-    G = G / n + weight_decay * torch.eye(P, dtype=torch.float64)
+    G = G / n + weight_decay * torch.eye(P, dtype=torch.float64, device=theta.device)
     return 0.5 * (G + G.T)
 
 

@@ -215,8 +215,10 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
         chol, info = torch.linalg.cholesky_ex(H0)
     if int(info) != 0:
         smallest = float(torch.linalg.eigvalsh(base_hessian.to(torch.float64)).min())
-        raise TaskFailure(f"newton: the Hessian at the optimum is not positive definite (smallest eigenvalue "
-                          f"{smallest:.3g}); set ground_truth.damping above {max(-smallest, 0.0):.3g}")
+        largest = float(base_hessian.diagonal().abs().max())
+        kind = "the Hessian at the optimum" if P <= DENSE_PARAMETERS else "the chord matrix (Gauss-Newton)"
+        raise TaskFailure(f"newton: {kind} is not positive definite (smallest eigenvalue {smallest:.3g}); set "
+                          f"ground_truth.damping above {max(-smallest, 1e-8 * largest):.3g}")
     theta = theta0.expand(M, P).clone()
     everyone = torch.arange(M)
     values, grads = objective.values_and_grads(theta, everyone)

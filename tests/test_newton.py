@@ -161,6 +161,7 @@ def test_leave_one_out_above_the_dense_size_takes_the_gauss_newton_chord(monkeyp
     monkeypatch.setattr(newton, "objective_hessian", lambda *a, **k: chords.append("hessian"))
     ggn = newton.objective_ggn
     monkeypatch.setattr(newton, "objective_ggn", lambda *a, **k: chords.append("ggn") or ggn(*a, **k))
+    monkeypatch.setattr(newton.WeightedLoss, "hessians", lambda *a: chords.append("model hessians"))
     quasi = leave_one_out(spec, problem, removals)
     assert chords == ["ggn"] and all(quasi.solver[3])
     torch.testing.assert_close(quasi.actual, dense.actual, rtol=0, atol=1e-9, equal_nan=True)  # NaN: not removed

@@ -207,8 +207,9 @@ class LooProtocol(Retraining):
     tol: float | None = Field(None, gt=0, description="newton: gradient-norm tolerance (default 1e-10 in float64, "
                               "1e-5 in float32)")
     max_iter: int = Field(100, ge=1, description="newton: iterations at most")
-    damping: float = Field(0.0, ge=0, description="newton: damping of the chord matrix H + damping I, used only "
-                           "when H is not positive definite; the solution does not depend on it")
+    damping: float = Field(0.0, ge=0, description="newton: damping of the chord matrix C + damping I (C the "
+                           "Hessian, or its Gauss-Newton matrix above 3,000 parameters), used only when C is not "
+                           "positive definite; the solution does not depend on it")
     decompose: bool = Field(False, description="also solve the converged LOO and the PBRF for every removal, and "
                             "split the gap between influence and this retraining into terms (Bae et al. 2022)")
     pbrf_damping: float = Field(0.001, ge=0, description="decompose: the PBRF's proximity damping (match the "
