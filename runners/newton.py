@@ -216,9 +216,9 @@ def newton_solve(objective: Objective, theta0: Tensor, M: int, base_hessian: Ten
     if int(info) != 0:
         smallest = float(torch.linalg.eigvalsh(base_hessian.to(torch.float64)).min())
         largest = float(base_hessian.diagonal().abs().max())
-        kind = "the Hessian at the optimum" if P <= DENSE_PARAMETERS else "the chord matrix (Gauss-Newton)"
-        raise TaskFailure(f"newton: {kind} is not positive definite (smallest eigenvalue {smallest:.3g}); set "
-                          f"ground_truth.damping above {max(-smallest, 1e-8 * largest):.3g}")
+        raise TaskFailure(f"newton: the chord matrix (the Hessian at the optimum, or its Gauss-Newton matrix) is "
+                          f"not positive definite (smallest eigenvalue {smallest:.3g}); set ground_truth.damping "
+                          f"above {max(-smallest, 1e-8 * largest):.3g}")
     theta = theta0.expand(M, P).clone()
     everyone = torch.arange(M)
     values, grads = objective.values_and_grads(theta, everyone)
