@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from inflang.cost import member_bytes, models_per_chunk
+from runners import backprop, stacked
 from runners import engine as engines
-from runners import stacked
 from runners.batches import batch_order
 from runners.compiled import CompileUnavailable, compiled_gradient
 from runners.device import here
@@ -313,20 +313,25 @@ def _gradients(name: str, module: nn.Module, layout: Layout, buffers: Stacked, d
         return compiled_gradient(module, layout, data_term, weight_decay, proximity, centre)
 
     strategies: dict[tuple[bool, int, torch.dtype, str], str] = {}  # chosen once per training and input layout
+    by_hand = backprop.handles(module) and not buffers
 
     def eager(flat: Tensor, xb: Tensor, batch: Batch, per_model: bool) -> tuple[Tensor, Tensor]:
-        leaf = flat.detach().requires_grad_(True)
-        params = layout.views(leaf)
         key = (per_model, xb.dim(), xb.dtype, xb.device.type)
         how = strategies.get(key) or strategies.setdefault(key, stacked.chosen(module, xb, per_model))
-        logits = ensemble_logits(module, {**params, **buffers}, xb, per_model=per_model, how=how)
-        data = data_term(logits, batch, params)
-        (grad,) = torch.autograd.grad(data.sum(), leaf)
+        if by_hand and how != "vmap":  # a Linear/tanh/ReLU stack: autograd's operations without its graph
+            data, grad = backprop.gradient(module, layout.views, flat, xb, batch, per_model, data_term)
+        else:
+            leaf = flat.detach().requires_grad_(True)
+            params = layout.views(leaf)
+            logits = ensemble_logits(module, {**params, **buffers}, xb, per_model=per_model, how=how)
+            data = data_term(logits, batch, params)
+            (grad,) = torch.autograd.grad(data.sum(), leaf)
+            data = data.detach()
         if weight_decay:
             grad.add_(flat, alpha=weight_decay)
         if centre is not None:
             grad.add_(flat - centre, alpha=proximity)
-        return data.detach(), grad
+        return data, grad
 
     return eager
 

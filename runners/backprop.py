@@ -1,0 +1,85 @@
+"""The gradient of a stack of Linear layers and tanh/ReLU activations, back-propagated by hand.
+
+For an ensemble of M models with stacked parameters (``runners.stacked``), layer l computes
+z_l = h_{l-1} W_l^T + b_l and h_l = f(z_l). Given g = dD/dz_L from autograd on the data term D alone,
+
+    dD/dW_l = (h_{l-1}^T g_l)^T,   dD/db_l = sum_b g_l,   g_{l-1} = f'(z_{l-1}) * (g_l W_l),
+
+per model (batched matmuls over the model axis), with f' from torch's own backward kernels
+(``tanh_backward(g, tanh z)``, ``threshold_backward(g, relu z, 0)``). These are the operations autograd
+runs for ``stacked.forward``'s graph, in the same order, without the graph: the engine's eager step on a
+small MLP spends most of its time recording and walking that graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from runners import stacked
+
+Views = Callable[[Tensor], dict[str, Tensor]]
+Term = Callable[[Tensor, "Tensor | None", dict[str, Tensor]], Tensor]
+
+_AFTER = (nn.Linear, nn.Tanh, nn.ReLU, nn.Identity)  # layers whose backward this module writes out
+
+
+def handles(module: nn.Module) -> bool:
+    """Whether ``module`` is a Linear stack (``stacked.linear_only``) whose layers from the first Linear on are
+    Linear, Tanh, ReLU or Identity (before it, anything the stack engine computes: no gradient flows there)."""
+    if not stacked.linear_only(module):
+        return False
+    layers = list(module.children())
+    first = next((i for i, layer in enumerate(layers) if type(layer) is nn.Linear), None)
+    return first is not None and all(type(layer) in _AFTER for layer in layers[first:])
+
+
+def gradient(module: nn.Module, views: Views, flat: Tensor, x: Tensor, batch: Tensor | None,
+             per_model: bool, data_term: Term) -> tuple[Tensor, Tensor]:
+    """(data terms [M], d sum_m D_m / d flat [M, P]) for the stacked parameters ``flat`` on inputs x [b, ...]
+    (shared) or [M, b, ...] (``per_model``); ``views`` maps a flat buffer to its named parameter views.
+    A data term that reads the parameters itself (the PBRF's removed point) adds its own gradient, by autograd."""
+    params = views(flat)
+    h, shared = x, not per_model
+    saved: list[tuple[str, str, Tensor, bool]] = []  # (kind, layer name, its input or output, input shared)
+    for name, layer in module.named_children():
+        if type(layer) is nn.Linear:
+            saved.append(("linear", name, h, shared))
+            h, shared = stacked._linear(h, params[f"{name}.weight"], params.get(f"{name}.bias"), shared), False
+        elif type(layer) is nn.Flatten:
+            h = h.flatten(1 if shared else 2)
+        elif type(layer) is nn.Tanh and h.device.type == "cpu":
+            h = stacked._Tanh.forward(h, not shared)
+            saved.append(("tanh", name, h, shared))
+        else:
+            h = layer(h)
+            saved.append((type(layer).__name__.lower(), name, h, shared))
+    if shared:  # no Linear layer: handles() admits none such
+        raise ValueError("a stack without Linear layers has no parameters to differentiate")
+    logits = h.requires_grad_(True)
+    leaf = flat.detach().requires_grad_(True)
+    with torch.enable_grad():
+        data = data_term(logits, batch, views(leaf))
+        g, own = torch.autograd.grad(data.sum(), (logits, leaf), allow_unused=True)
+    grad = torch.empty_like(flat)
+    out = views(grad)
+    first = next(i for i, s in enumerate(saved) if s[0] == "linear")
+    for index in range(len(saved) - 1, first - 1, -1):
+        kind, name, value, was_shared = saved[index]
+        if kind == "tanh":
+            g = torch.ops.aten.tanh_backward(g, value)
+        elif kind == "relu":
+            g = torch.ops.aten.threshold_backward(g, value, 0)
+        elif kind == "linear":
+            weight = params[f"{name}.weight"]
+            inputs = value.expand(weight.shape[0], *value.shape) if was_shared else value
+            out[f"{name}.weight"].copy_(torch.bmm(inputs.transpose(1, 2), g).transpose(1, 2))
+            if f"{name}.bias" in out:
+                out[f"{name}.bias"].copy_(g.sum(1))
+            if index > first:  # the first Linear layer's input needs no gradient
+                g = torch.bmm(g, weight)
+    if own is not None:
+        grad.add_(own)
+    return data.detach(), grad
