@@ -1,14 +1,15 @@
 """The gradient of a stack of Linear layers and tanh/ReLU activations, back-propagated by hand.
 
 For an ensemble of M models with stacked parameters (``runners.stacked``), layer l computes
-z_l = h_{l-1} W_l^T + b_l and h_l = f(z_l). Given g = dD/dz_L from autograd on the data term D alone,
+z_l = h_{l-1} W_l^T + b_l and h_l = f(z_l). Given g = dD/dz_L of the data term D (by hand for the weighted
+cross-entropy, ``runners.ensemble.WeightedCrossEntropy``; by autograd on D alone for any other term),
 
-    dD/dW_l = (h_{l-1}^T g_l)^T,   dD/db_l = sum_b g_l,   g_{l-1} = f'(z_{l-1}) * (g_l W_l),
+    dD/dW_l = g_l^T h_{l-1},   dD/db_l = sum_b g_l,   g_{l-1} = f'(z_{l-1}) * (g_l W_l),
 
-per model (batched matmuls over the model axis), with f' from torch's own backward kernels
-(``tanh_backward(g, tanh z)``, ``threshold_backward(g, relu z, 0)``). These are the operations autograd
-runs for ``stacked.forward``'s graph, in the same order, without the graph: the engine's eager step on a
-small MLP spends most of its time recording and walking that graph.
+per model (batched matmuls over the model axis, so a model's numbers do not depend on the ensemble's size),
+with f' from torch's own backward kernels (``tanh_backward(g, tanh z)``, ``threshold_backward(g, relu z,
+0)``). These are the sums autograd forms for ``stacked.forward``'s graph (equal to rounding; tested), without
+recording and walking the graph, which was most of a small MLP's eager step.
 """
 
 from __future__ import annotations
@@ -58,11 +59,16 @@ def gradient(module: nn.Module, views: Views, flat: Tensor, x: Tensor, batch: Te
             saved.append((type(layer).__name__.lower(), name, h, shared))
     if shared:  # no Linear layer: handles() admits none such
         raise ValueError("a stack without Linear layers has no parameters to differentiate")
-    logits = h.requires_grad_(True)
-    leaf = flat.detach().requires_grad_(True)
-    with torch.enable_grad():
-        data = data_term(logits, batch, views(leaf))
-        g, own = torch.autograd.grad(data.sum(), (logits, leaf), allow_unused=True)
+    own: Tensor | None = None
+    by_hand = getattr(data_term, "value_and_gradient", None)
+    if by_hand is not None:  # a term that gives its own gradient in the logits (runners.ensemble's)
+        data, g = by_hand(h, batch)
+    else:
+        logits = h.requires_grad_(True)
+        leaf = flat.detach().requires_grad_(True)
+        with torch.enable_grad():
+            data = data_term(logits, batch, views(leaf))
+            g, own = torch.autograd.grad(data.sum(), (logits, leaf), allow_unused=True)
     grad = torch.empty_like(flat)
     out = views(grad)
     first = next(i for i, s in enumerate(saved) if s[0] == "linear")
@@ -75,7 +81,10 @@ def gradient(module: nn.Module, views: Views, flat: Tensor, x: Tensor, batch: Te
         elif kind == "linear":
             weight = params[f"{name}.weight"]
             inputs = value.expand(weight.shape[0], *value.shape) if was_shared else value
-            out[f"{name}.weight"].copy_(torch.bmm(inputs.transpose(1, 2), g).transpose(1, 2))
+            if was_shared:  # [M, in, b] @ [M, b, out] through a stride-0 batch, as autograd takes it
+                out[f"{name}.weight"].copy_(torch.bmm(inputs.transpose(1, 2), g).transpose(1, 2))
+            else:  # [M, out, b] @ [M, b, in]: the same sums, already in W's layout (faster for few outputs)
+                out[f"{name}.weight"].copy_(torch.bmm(g.transpose(1, 2), inputs))
             if f"{name}.bias" in out:
                 out[f"{name}.bias"].copy_(g.sum(1))
             if index > first:  # the first Linear layer's input needs no gradient

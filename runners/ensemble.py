@@ -127,29 +127,63 @@ Batch = Tensor | None  # None: every point; [b]: one batch shared by all models;
 DataTerm = Callable[[Tensor, Batch, Stacked], Tensor]  # (logits [M, b, C], batch, params) -> per-model [M]
 
 
-def weighted_cross_entropy(y: Tensor, weights: Tensor, smoothing: float = 0.0, normalise: str = "all") -> DataTerm:
+class WeightedCrossEntropy:
     """The data term of LANGUAGE.md: (1/|B|) sum_{j in B} w_mj loss_j for model m (B = all n points).
 
     ``normalise="kept"`` divides by sum_{j in B} w_mj instead: each model averages its loss over the points
-    it keeps (a training set of its own; a batch that keeps none contributes 0)."""
-    n = y.shape[0]
-    count = weights.shape[0]
-    rows = torch.arange(count).unsqueeze(1)
+    it keeps (a training set of its own; a batch that keeps none contributes 0). ``value_and_gradient`` also
+    gives its gradient in the logits, by hand (``runners.backprop``): (softmax(z) - (1 - e) one_hot(y) - e / C)
+    w_mj / |B| for cross-entropy with label smoothing e, (z - y) w_mj / |B| for the squared error."""
 
-    def term(logits: Tensor, batch: Batch, params: Stacked) -> Tensor:
+    def __init__(self, y: Tensor, weights: Tensor, smoothing: float = 0.0, normalise: str = "all") -> None:
+        self.y, self.weights, self.smoothing, self.normalise = y, weights, smoothing, normalise
+        self.rows = torch.arange(weights.shape[0]).unsqueeze(1)
+
+    def _batch(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | int]:
+        y, weights, count = self.y, self.weights, self.weights.shape[0]
         if batch is None:
-            yb, wb, denom = y.expand(count, *y.shape), weights, n
+            yb, wb, denom = y.expand(count, *y.shape), weights, y.shape[0]
         elif batch.dim() == 1:
             yb, wb, denom = y[batch].expand(count, len(batch), *y.shape[1:]), weights[:, batch], len(batch)
         else:
-            yb, wb, denom = y[batch], weights[rows, batch], batch.shape[1]
-        total = (per_example_loss(logits, yb, smoothing) * wb).sum(dim=1)
-        if normalise == "kept":
+            yb, wb, denom = y[batch], weights[self.rows, batch], batch.shape[1]
+        if self.normalise == "kept":
             kept = wb.sum(dim=1)
-            return total / torch.where(kept > 0, kept, torch.ones_like(kept))
-        return total / denom
+            return yb, wb, torch.where(kept > 0, kept, torch.ones_like(kept))
+        return yb, wb, denom
 
-    return term
+    def __call__(self, logits: Tensor, batch: Batch, params: Stacked) -> Tensor:
+        yb, wb, denom = self._batch(batch)
+        return (per_example_loss(logits, yb, self.smoothing) * wb).sum(dim=1) / denom
+
+    def value_and_gradient(self, logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(data terms [M], d sum_m data_m / d logits [M, b, C]), the value computed as ``__call__`` does."""
+        yb, wb, denom = self._batch(batch)
+        scale = (wb / (denom.unsqueeze(1) if isinstance(denom, Tensor) else denom)).unsqueeze(-1)
+        if yb.is_floating_point():
+            diff = logits - yb
+            loss = 0.5 * (diff**2).sum(dim=-1)
+            grad = diff.mul_(scale)
+        else:  # per_example_loss's operations, keeping exp(z - max z) and its sum for the softmax
+            shift = logits.amax(dim=-1, keepdim=True)
+            exps = (logits - shift).exp()
+            total = exps.sum(dim=-1)
+            lse = total.log() + shift.squeeze(-1)
+            true = logits.gather(-1, yb.unsqueeze(-1)).squeeze(-1)
+            e = self.smoothing
+            loss = lse - (1.0 - e) * true - e * logits.mean(dim=-1) if e else lse - true
+            grad = exps.div_(total.unsqueeze(-1))
+            grad.scatter_add_(-1, yb.unsqueeze(-1), torch.full_like(true, -(1.0 - e)).unsqueeze(-1))
+            if e:
+                grad.sub_(e / logits.shape[-1])
+            grad.mul_(scale)
+        return (loss * wb).sum(dim=1) / denom, grad
+
+
+def weighted_cross_entropy(y: Tensor, weights: Tensor, smoothing: float = 0.0,
+                           normalise: str = "all") -> WeightedCrossEntropy:
+    """``WeightedCrossEntropy``: the data term of LANGUAGE.md, weighted per model and training point."""
+    return WeightedCrossEntropy(y, weights, smoothing, normalise)
 
 
 SEQUENTIAL: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()  # modules vmap cannot batch

@@ -78,7 +78,8 @@ def test_a_term_that_reads_the_parameters_adds_its_own_gradient():
 
     def term(logits: Tensor, batch: Tensor | None, params: Stacked) -> Tensor:
         extra = stacked.forward(module, params, removed, True, "matmul")  # type: ignore[arg-type]
-        return per_example_loss(logits, y.expand(2, 8)).mean(1) - 0.3 * per_example_loss(extra, y[:1].expand(2, 1))[:, 0]
+        own = per_example_loss(extra, y[:1].expand(2, 1))[:, 0]
+        return per_example_loss(logits, y.expand(2, 8)).mean(1) - 0.3 * own
 
     data, grad = backprop.gradient(module, layout.views, flat, x, None, False, term)
     want_data, want_grad = _autograd(module, layout, flat, x, None, False, term)
@@ -112,3 +113,25 @@ def test_training_by_hand_ends_where_autograd_training_ends(monkeypatch: pytest.
     reference = train()
     for k in reference:
         torch.testing.assert_close(ours[k], reference[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("normalise", ["all", "kept"])
+@pytest.mark.parametrize("regression", [False, True])
+def test_the_cross_entropys_gradient_by_hand_is_autograds(smoothing: float, normalise: str, regression: bool):
+    """WeightedCrossEntropy.value_and_gradient against autograd on its own value, for every kind of batch."""
+    g = torch.Generator().manual_seed(4)
+    count, n, classes = 3, 10, 4
+    y = torch.randn(n, classes, dtype=torch.float64, generator=g) if regression else torch.randint(
+        0, classes, (n,), generator=g)
+    weights = torch.rand(count, n, dtype=torch.float64, generator=g)
+    weights[0, :] = 0.0  # a model that keeps nothing: "kept" divides by 1
+    term = weighted_cross_entropy(y, weights, smoothing, normalise)
+    own = torch.stack([torch.randperm(n, generator=g)[:4] for _ in range(count)])
+    for batch, rows in ((None, n), (torch.tensor([1, 5, 6]), 3), (own, 4)):
+        logits = (3 * torch.randn(count, rows, classes, dtype=torch.float64, generator=g)).requires_grad_(True)
+        value = term(logits, batch, {})
+        (want,) = torch.autograd.grad(value.sum(), logits)
+        data, grad = term.value_and_gradient(logits.detach().clone(), batch)
+        assert torch.equal(data, value.detach())  # the same operations as the term itself
+        torch.testing.assert_close(grad, want, rtol=1e-12, atol=1e-15)
