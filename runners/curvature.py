@@ -15,9 +15,10 @@ from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
 from runners import engine as engines
+from runners import stacked
 from runners.device import generator as seeded_generator
 from runners.device import here
-from runners.objective import FlatModel, output_hessian, vmap_failure
+from runners.objective import FlatModel, output_hessian, per_example_loss, vmap_failure
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Spectrum:
 
 
 HESSIAN_ROWS = 64  # Hessian rows per batched reverse-over-reverse pass
+COPIES_ELEMENTS = 4_000_000  # examples x parameters up to which a Linear stack's Hessian rows come from copies
 
 
 def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor,
@@ -36,8 +38,16 @@ def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y
     """The explicit Hessian, by reverse-over-reverse differentiation: the gradient with its graph, then its
     rows HESSIAN_ROWS at a time as one batched backward pass (``is_grads_batched``) of unit vectors.
     ``torch.autograd`` rather than ``torch.func.jacrev``, whose first call imports torch's compiler (an import
-    a small study would wait for); the same arithmetic."""
+    a small study would wait for); the same arithmetic. A small Linear stack (``stacked.linear_only``, at most
+    COPIES_ELEMENTS examples x parameters) takes its rows from copies instead (``products_from_copies`` of the
+    unit vectors): the same derivatives through scalar backward passes, without the batched pass, whose first
+    call imports ``sympy``."""
     flat = FlatModel(module, params)
+    P = flat.theta.numel()
+    if by_copies(module, x, P):
+        H = products_from_copies(flat, x, y, weight_decay, torch.eye(P, dtype=flat.theta.dtype,
+                                                                      device=flat.theta.device), smoothing)
+        return 0.5 * (H + H.T)
     with torch.enable_grad():  # a caller's no_grad would leave nothing to differentiate
         theta = flat.theta.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(flat.objective(theta, x, y, weight_decay, smoothing), theta, create_graph=True)
@@ -60,6 +70,35 @@ def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y
         for i, row in enumerate(rows):
             H[lo + i] = torch.autograd.grad(g, theta, grad_outputs=row, retain_graph=True)[0]
     return 0.5 * (H + H.T)
+
+
+def by_copies(module: nn.Module, x: Tensor, parameters: int) -> bool:
+    """Whether Hessian-vector products of ``module`` on x come from copies (``products_from_copies``): a Linear
+    stack the stack engine runs, at most COPIES_ELEMENTS examples x parameters."""
+    return (int(x.shape[0]) * parameters <= COPIES_ELEMENTS and stacked.linear_only(module)
+            and stacked.chosen(module, x) != "vmap")
+
+
+def products_from_copies(flat: FlatModel, x: Tensor, y: Tensor, weight_decay: float, vectors: Tensor,
+                         smoothing: float = 0.0) -> Tensor:
+    """Rows H v_k of the objective's Hessian at theta, for v_k the rows of ``vectors`` [K, P], HESSIAN_ROWS at
+    a time: k copies theta_k of theta stacked as models of the stack engine, g_k = grad L(theta_k) with its
+    graph, then d/dtheta_k sum_k g_k . v_k = H v_k (each copy's objective depends on its own parameters
+    only). Scalar backward passes only: no batched pass (whose first call imports ``sympy``)."""
+    P = flat.theta.numel()
+    out = torch.empty(vectors.shape[0], P, dtype=flat.theta.dtype, device=flat.theta.device)
+    how = stacked.chosen(flat.module, x)
+    with torch.enable_grad():
+        for lo in range(0, vectors.shape[0], HESSIAN_ROWS):
+            v = vectors[lo:lo + HESSIAN_ROWS].to(flat.theta.dtype)
+            count = v.shape[0]
+            leaf = flat.theta.detach().expand(count, P).clone().requires_grad_(True)
+            logits = stacked.forward(flat.module, flat.unflatten(leaf), x, False, how)  # type: ignore[arg-type]
+            loss = per_example_loss(logits, y.expand(count, *y.shape), smoothing).mean(dim=1)
+            (g,) = torch.autograd.grad((loss + 0.5 * weight_decay * (leaf * leaf).sum(dim=1)).sum(), leaf,
+                                       create_graph=True)
+            (out[lo:lo + count],) = torch.autograd.grad((g * v).sum(), leaf)
+    return out
 
 
 GRAM_BLOCK = 1024  # above this many parameters the Gauss-Newton sum is formed by blocks of this many columns

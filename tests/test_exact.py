@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from torch import nn
 
 from inflang.spec import ExactEstimator, LogregModel, TrainingSpec
 from runners.curvature import objective_hessian, spectrum
@@ -114,8 +116,9 @@ def test_exact_with_label_smoothing_matches_numpy():
 
 
 def test_a_small_model_s_curvature_and_gradients_do_not_import_the_compiler():
-    """torch.func's grad imports torch._dynamo on first use (over a second): the explicit Hessian and a small
-    Linear stack's per-example gradients take plain autograd, so a small study never pays that import."""
+    """torch.func's grad imports torch._dynamo on first use (over a second), and torch.autograd's batched
+    backward pass sympy: a small Linear stack's explicit Hessian and per-example gradients come from copies of
+    its parameters through scalar backward passes, so a small study pays neither import."""
     import subprocess
     import sys
 
@@ -131,10 +134,10 @@ x, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
 H = objective_hessian(net, params, x, y, 0.01)
 G = per_example_gradients(FlatModel(net, params), per_example_loss, x, y)
 assert H.shape == (67, 67) and G.shape == (30, 67)
-print('torch._dynamo' in sys.modules)
+print('torch._dynamo' in sys.modules, 'sympy' in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "False False"  # nor sympy, which a batched backward pass imports
 
 
 def test_per_example_gradients_from_copies_match_torch_func(monkeypatch):
@@ -184,3 +187,22 @@ def test_the_gauss_newton_matrix_by_blocks_equals_the_whole_product(monkeypatch)
     H = output_hessian(flat.logits(flat.theta, x), y)
     written = sum(J[i].T @ H[i] @ J[i] for i in range(30)) / 30 + 0.01 * torch.eye(J.shape[-1], dtype=torch.float64)
     torch.testing.assert_close(blocks, written, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", ["tanh", "relu, smoothing", "regression"])
+def test_the_hessian_from_copies_is_the_batched_passes(case: str, monkeypatch: pytest.MonkeyPatch):
+    """A small Linear stack's Hessian from copies against the batched reverse-over-reverse rows (float64)."""
+    from runners import curvature
+
+    torch.manual_seed(1)
+    activation = nn.ReLU() if case.startswith("relu") else nn.Tanh()
+    net = nn.Sequential(nn.Linear(3, 7), activation, nn.Linear(7, 4)).double()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    x = torch.randn(25, 3, dtype=torch.float64)
+    y = torch.randn(25, 4, dtype=torch.float64) if case == "regression" else torch.randint(0, 4, (25,))
+    smoothing = 0.1 if "smoothing" in case else 0.0
+    ours = objective_hessian(net, params, x, y, 0.02, smoothing)
+    monkeypatch.setattr(curvature, "COPIES_ELEMENTS", 0)
+    reference = objective_hessian(net, params, x, y, 0.02, smoothing)
+    torch.testing.assert_close(ours, reference, rtol=1e-11, atol=1e-13)
+    assert torch.equal(ours, ours.T)

@@ -18,7 +18,7 @@ from torch.func import grad, vmap
 
 from runners import engine as engines
 from runners import stacked
-from runners.curvature import Spectrum
+from runners.curvature import Spectrum, by_copies, products_from_copies
 from runners.device import chunk_bytes
 from runners.objective import MEASURES, PARAM_CHANGE, FlatModel, per_example_loss, vmap_failure
 
@@ -282,7 +282,9 @@ def _products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay: float, vector
               ) -> Tensor:
     """H v_k on (x, y) in one pass: one batched double backward, or one per vector for modules whose double
     backward has no batching rule (GroupNorm's), remembered per module so that iterative solvers try the
-    batched pass once."""
+    batched pass once; a small Linear stack's from copies of its parameters (``curvature.by_copies``)."""
+    if by_copies(flat.module, x, int(flat.theta.numel())):  # a small Linear stack: no batched pass
+        return products_from_copies(flat, x, y, weight_decay, vectors, smoothing).to(vectors.dtype)
     theta = flat.theta.detach().requires_grad_(True)
     loss = flat.objective(theta, x, y, weight_decay, smoothing)
     (g,) = torch.autograd.grad(loss, theta, create_graph=True)
