@@ -50,7 +50,6 @@ from inflang.pooling import (
     units,
 )
 from inflang.power import MIN_SEEDS  # seeds a claim about training seeds needs
-from inflang.pricing import duration
 from inflang.sequential import Design
 from inflang.settle import settle
 from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim, lower_is_better
@@ -63,6 +62,7 @@ from inflang.store import (
     seed_seconds,
     sequential_designs,
 )
+from inflang.units import duration
 
 GAP_METRICS = tuple(f"{prefix}_{name}" for prefix in ("influence_vs_pbrf", "influence_vs_retrained",
                                                         "pbrf_vs_converged_loo", "converged_loo_vs_retrained")

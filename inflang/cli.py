@@ -26,7 +26,6 @@ from inflang.diagnostics import summary_lines
 from inflang.errors import StudyError, UsageError
 from inflang.intervals import interval_text
 from inflang.plan import KINDS, Plan, compile_study
-from inflang.pricing import duration
 from inflang.rounds import check, parse_duration, run_until_settled
 from inflang.scheduler import Events
 from inflang.sequential import DEFAULT_MAX_SEEDS
@@ -34,6 +33,7 @@ from inflang.sequential import MAX_SEEDS as SEQUENTIAL_MAX
 from inflang.spec.study import is_study_name
 from inflang.store import Store, run_query, write_parquet
 from inflang.sweep import label, seeds_by_points
+from inflang.units import duration
 from inflang.validate import LoadedStudy, load_study
 
 app = typer.Typer(
@@ -131,7 +131,8 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
                                     "for (default: INFLANG_ENGINE or auto).", show_default=False)) -> None:
     """Show the tasks a study compiles into: which are cached, which would run, and their cost (model-steps,
     FLOPs and, once measured here with --calibrate, time). Data files need not exist yet."""
-    from inflang.pricing import Rates, duration, flops_text, price, timed, unmeasured
+    from inflang.pricing import Rates, price, timed, unmeasured
+    from inflang.units import flops_text
 
     if engine is not None and engine not in ENGINES:
         raise _fail(f"error: --engine: '{engine}' is not one of {', '.join(ENGINES)}")
@@ -295,7 +296,7 @@ class _RichEvents(Events):
     def _price(self, pending: list[Any]) -> None:
         if self.pricing is None:
             return
-        from inflang.pricing import Rates, duration, price, timed
+        from inflang.pricing import Rates, price, timed
 
         budget, engine, device, threads = self.pricing
         training = [t for t in pending if timed(t)]

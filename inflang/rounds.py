@@ -19,10 +19,10 @@ from typing import Any
 from inflang.claims import claim_cells, definition
 from inflang.errors import StudyError, UsageError
 from inflang.power import MIN_SEEDS
-from inflang.pricing import duration
 from inflang.sequential import DEFAULT_MAX_SEEDS
 from inflang.spec.claims import Claim
 from inflang.store import Store, cells_of, claim_rows, seed_seconds, sequential_designs
+from inflang.units import duration
 from inflang.validate import LoadedStudy, point_key, with_repeats
 
 SETTLED = ("supported", "contradicted", "negligible")

@@ -22,6 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from runners.forward import ensemble_logits
+
 Gradient = Callable[[Tensor, Tensor, "Tensor | None", bool], tuple[Tensor, Tensor]]
 
 _RECOMPILE_LIMIT = 4096  # distinct (shape, model) graphs one process may compile before dynamo gives up
@@ -34,8 +36,6 @@ class CompileUnavailable(RuntimeError):
 def _step_gradient(flat: Tensor, xb: Tensor, batch: Tensor | None, per_model: bool, module: nn.Module,
                    layout: object, data_term: Callable[..., Tensor], weight_decay: float, proximity: float,
                    centre: Tensor | None) -> tuple[Tensor, Tensor]:
-    from runners.ensemble import ensemble_logits
-
     def total(f: Tensor) -> tuple[Tensor, Tensor]:
         params = layout.views(f)  # type: ignore[attr-defined]
         data = data_term(ensemble_logits(module, params, xb, per_model), batch, params)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from runners.ensemble import Stacked, ensemble_logits
+from runners.ensemble import Stacked
+from runners.forward import ensemble_logits
 from runners.objective import per_example_loss
 
 

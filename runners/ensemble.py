@@ -2,7 +2,7 @@
 
 Model m minimises L_m(theta_m) = (1/|B|) sum_{j in B} w_mj loss_j(theta_m) + weight_decay/2 ||theta_m||^2
 (B = all n points for full batch). A removal is w_mj = 0 with the denominator unchanged (LANGUAGE.md).
-Parameters are stacked along a leading model axis; the forward pass is ``vmap`` over ``functional_call``;
+Parameters are stacked along a leading model axis; the forward pass is ``runners.forward.ensemble_logits``;
 one backward pass of sum_m L_m gives every model's own gradient (the models share nothing). The updates
 replicate ``torch.optim.SGD`` (momentum, no dampening) and ``torch.optim.Adam`` (defaults) operation by
 operation, so one model here follows the same trajectory as a sequential optimizer loop.
@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 
 from inflang.cost import member_bytes, models_per_chunk
 from runners import backprop, stacked
@@ -27,7 +25,8 @@ from runners.batches import batch_order
 from runners.compiled import CompileUnavailable, compiled_gradient
 from runners.device import here
 from runners.errors import DivergenceError
-from runners.objective import per_example_loss, vmap_failure
+from runners.forward import ensemble_logits
+from runners.objective import per_example_loss
 
 Stacked = dict[str, Tensor]
 
@@ -184,46 +183,6 @@ def weighted_cross_entropy(y: Tensor, weights: Tensor, smoothing: float = 0.0,
                            normalise: str = "all") -> WeightedCrossEntropy:
     """``WeightedCrossEntropy``: the data term of LANGUAGE.md, weighted per model and training point."""
     return WeightedCrossEntropy(y, weights, smoothing, normalise)
-
-
-SEQUENTIAL: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()  # modules vmap cannot batch
-# (one model at a time) -> why
-
-
-def ensemble_logits(module: nn.Module, params: Stacked, x: Tensor, per_model: bool = False,
-                    how: str | None = None) -> Tensor:
-    """Logits [M, b, C] of every model: on shared inputs x [b, d], or with ``per_model`` on x [M, b, d].
-    ``params`` may hold stacked buffers too (each model's running statistics). In training mode every model
-    draws the same dropout masks (common random numbers: a removal is compared with its control under the
-    same noise). A module that ``vmap`` cannot batch (a study's own network with data-dependent control flow or
-    in-place state) runs one model at a time, each from the same random state, recorded with the task
-    (``runners.engine.looped``: its rows, the run's log and one line per run say so).
-    A plain convolutional stack (``runners.stacked.supports``) runs without vmap, its convolutions as matmuls
-    batched over models (``runners.stacked``); ``how``: its strategy when the caller already chose it
-    (``stacked.chosen``)."""
-    how = how or stacked.chosen(module, x, per_model)
-    if how != "vmap":
-        return stacked.forward(module, params, x, per_model, how)  # type: ignore[arg-type]
-    if module not in SEQUENTIAL:
-        call = vmap(lambda p, xb: functional_call(module, p, (xb,)), in_dims=(0, 0 if per_model else None),
-                    randomness="same")
-        try:
-            return call(params, x)
-        except RuntimeError as exc:
-            if not vmap_failure(exc):
-                raise
-            SEQUENTIAL[module] = engines.first_line(exc)
-    engines.looped("models", module, SEQUENTIAL[module], "retraining its models one at a time")
-    count = next(iter(params.values())).shape[0]
-    devices = [x.device] if x.device.type == "cuda" else []
-    state = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
-    out = []
-    for m in range(count):
-        torch.set_rng_state(state[0])  # every model draws what the first drew: common random numbers
-        for d, cuda_state in zip(devices, state[1], strict=True):
-            torch.cuda.set_rng_state(cuda_state, d)
-        out.append(functional_call(module, {k: v[m] for k, v in params.items()}, (x[m] if per_model else x,)))
-    return torch.stack(out)
 
 
 def stochastic(module: nn.Module) -> bool:

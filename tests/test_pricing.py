@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter
 
-from inflang.pricing import Rates, Workload, duration, flops_text
+from inflang.pricing import Rates, Workload
 from inflang.spec import ModelSpec
 from inflang.spec.dataset import BUNDLED, DatasetInfo
+from inflang.units import duration, flops_text
 from runners.calibrate import seconds_per_model_step
 from runners.ensemble import multiply_adds
 from runners.models import build

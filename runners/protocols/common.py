@@ -25,12 +25,12 @@ from inflang.spec.protocols import Retraining
 from runners.ensemble import (
     UpdateRule,
     chunk_size,
-    ensemble_logits,
     stack,
     train_ensemble,
     weighted_cross_entropy,
 )
 from runners.errors import DivergenceError
+from runners.forward import ensemble_logits
 from runners.metrics import MetricRow, score
 from runners.newton import Refit
 from runners.objective import MEASURES, PARAM_CHANGE

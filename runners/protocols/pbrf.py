@@ -30,7 +30,8 @@ from torch import Tensor
 from inflang.hashing import derive_seed
 from inflang.spec import PbrfProtocol
 from runners.curvature import objective_ggn
-from runners.ensemble import Batch, DataTerm, Layout, Stacked, ensemble_logits, stack, train_ensemble
+from runners.ensemble import Batch, DataTerm, Layout, Stacked, stack, train_ensemble
+from runners.forward import ensemble_logits
 from runners.newton import ProximalBregman, Refit, newton_solve
 from runners.objective import FlatModel, bregman, per_example_loss
 from runners.protocols.common import (
