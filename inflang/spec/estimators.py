@@ -42,13 +42,19 @@ class EstimatorBase(Spec):
         return self.label or self.name  # type: ignore[attr-defined]
 
 
-class ExactEstimator(EstimatorBase):
-    """Explicit Hessian H of the training objective at the trained parameters, inverted by eigendecomposition."""
+class InverseCurvatureEstimator(EstimatorBase):
+    """An estimator that inverts (an approximation of) the curvature at the trained model: it predicts the
+    change of the measured quantity and of the parameters, and assumes a stationary point."""
 
-    name: Literal["exact"]
     predicts_parameter_change: ClassVar[bool] = True
     assumes_optimum: ClassVar[bool] = True
     ranks_only: ClassVar[bool] = False
+
+
+class ExactEstimator(InverseCurvatureEstimator):
+    """Explicit Hessian H of the training objective at the trained parameters, inverted by eigendecomposition."""
+
+    name: Literal["exact"]
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     curvature: Literal["hessian", "ggn"] = Field(
         "hessian", description="hessian: the objective's Hessian; ggn: its Gauss-Newton matrix "
@@ -64,19 +70,16 @@ class ExactEstimator(EstimatorBase):
     dense_hessian: ClassVar[bool] = True
 
 
-class CgEstimator(EstimatorBase):
+class CgEstimator(InverseCurvatureEstimator):
     """Conjugate gradient on Hessian-vector products: solves (H + damping I) x = g_test per test point."""
 
     name: Literal["cg"]
-    predicts_parameter_change: ClassVar[bool] = True
-    assumes_optimum: ClassVar[bool] = True
-    ranks_only: ClassVar[bool] = False
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     max_iter: int = Field(1000, ge=1, description="CG iterations at most")
     tol: float = Field(1e-10, gt=0, lt=1, description="stop when ||residual|| <= tol * ||g_test||")
 
 
-class LissaEstimator(EstimatorBase):
+class LissaEstimator(InverseCurvatureEstimator):
     """LiSSA (Agarwal et al. 2017; Koh & Liang 2017): h_j = v + (1 - damping/scale) h_{j-1} - H_B h_{j-1}/scale,
     (H + damping I)^-1 v ~ h_J / scale, with H_B the Hessian on a minibatch B; averaged over ``repeats``.
 
@@ -84,9 +87,6 @@ class LissaEstimator(EstimatorBase):
     """
 
     name: Literal["lissa"]
-    predicts_parameter_change: ClassVar[bool] = True
-    assumes_optimum: ClassVar[bool] = True
-    ranks_only: ClassVar[bool] = False
     damping: float = Field(0.001, ge=0, description="lambda in (H + lambda I)^-1")
     scale: float = Field(10.0, gt=0, description="s; must exceed the largest eigenvalue of H + lambda I")
     recursion_depth: int = Field(5000, ge=1, description="J, iterations per repeat")
@@ -94,14 +94,11 @@ class LissaEstimator(EstimatorBase):
     batch_size: int | None = Field(None, ge=1, description="minibatch for each Hessian-vector product; null = full")
 
 
-class ArnoldiEstimator(EstimatorBase):
+class ArnoldiEstimator(InverseCurvatureEstimator):
     """Arnoldi (Schioppa et al. 2022): the top_k eigenpairs (u_k, e_k) of H from an arnoldi_dim Krylov space;
     estimate = (1/n) sum_k (g_test . u_k)(g_i . u_k) / (e_k + damping)."""
 
     name: Literal["arnoldi"]
-    predicts_parameter_change: ClassVar[bool] = True
-    assumes_optimum: ClassVar[bool] = True
-    ranks_only: ClassVar[bool] = False
     damping: float = Field(0.001, ge=0, description="added to every kept eigenvalue")
     arnoldi_dim: int = Field(200, ge=1, description="Krylov iterations (capped at the parameter count)")
     top_k: int = Field(50, ge=1, description="eigenpairs kept, by largest |eigenvalue|")
@@ -144,25 +141,19 @@ class RepresenterEstimator(EstimatorBase):
     ranks_only: ClassVar[bool] = True
 
 
-class DataInfEstimator(EstimatorBase):
+class DataInfEstimator(InverseCurvatureEstimator):
     """DataInf (Kwon et al. 2024): per layer l, (G_l + lambda_l I)^-1 by the closed form
     (1/(n lambda_l)) sum_j (I - g_jl g_jl^T / (lambda_l + ||g_jl||^2)), G_l the layer's mean gradient outer
     product; estimate = (1/n) sum_l g_test,l^T (G_l + lambda_l I)^-1 g_i,l."""
 
     name: Literal["datainf"]
-    predicts_parameter_change: ClassVar[bool] = True
-    assumes_optimum: ClassVar[bool] = True
-    ranks_only: ClassVar[bool] = False
     damping: float | None = Field(None, gt=0, description="lambda_l for every layer; default 0.1 x the mean "
                                   "eigenvalue of G_l (its trace over its size), per layer")
 
 
-class KroneckerEstimator(EstimatorBase):
+class KroneckerEstimator(InverseCurvatureEstimator):
     """What K-FAC and EK-FAC share: the output factor they build the Kronecker factors from."""
 
-    predicts_parameter_change: ClassVar[bool] = True
-    assumes_optimum: ClassVar[bool] = True
-    ranks_only: ClassVar[bool] = False
     fisher: Literal["expected", "empirical"] = Field(
         "expected", description="expected: output factor from diag(p) - p p^T (the Gauss-Newton matrix, exact "
         "expectation over labels); empirical: from the true-label gradient p - y (the empirical Fisher)")

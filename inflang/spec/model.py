@@ -10,6 +10,7 @@ about 6 b multiply_adds FLOPs: 2 forward, 4 backward), and whether it is ``convo
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
@@ -31,7 +32,29 @@ def _dense_macs(sizes: list[int]) -> int:
     return sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
 
 
-class LogregModel(Spec):
+def _chain(sizes: list[int]) -> tuple[int, int, int]:
+    """``counts`` of a chain of Linear layers with activations between."""
+    return (*_dense(sizes), _dense_macs(sizes))
+
+
+class BuiltinModel(Spec, ABC):
+    """A built-in architecture: its sizes from the dataset's shape alone (module docstring)."""
+
+    @abstractmethod
+    def counts(self, info: DatasetInfo) -> tuple[int, int, int]:
+        """(parameters, layer outputs kept per example, multiply-adds of one example's forward pass)."""
+
+    def n_params(self, info: DatasetInfo) -> int:
+        return self.counts(info)[0]
+
+    def activations_per_example(self, info: DatasetInfo) -> int:
+        return self.counts(info)[1]
+
+    def multiply_adds(self, info: DatasetInfo) -> int:
+        return self.counts(info)[2]
+
+
+class LogregModel(BuiltinModel):
     """Multinomial logistic regression: logits = W x + b (convex with weight decay > 0)."""
 
     convolutional: ClassVar[bool] = False  # has convolutions (the engine choice depends on it)
@@ -39,17 +62,11 @@ class LogregModel(Spec):
 
     arch: Literal["logreg"]
 
-    def n_params(self, info: DatasetInfo) -> int:
-        return _dense([info.features, info.classes])[0]
-
-    def activations_per_example(self, info: DatasetInfo) -> int:
-        return _dense([info.features, info.classes])[1]
-
-    def multiply_adds(self, info: DatasetInfo) -> int:
-        return _dense_macs([info.features, info.classes])
+    def counts(self, info: DatasetInfo) -> tuple[int, int, int]:
+        return _chain([info.features, info.classes])
 
 
-class MlpModel(Spec):
+class MlpModel(BuiltinModel):
     """Fully connected network: ``depth`` hidden layers of ``width`` units, then a linear output layer
     (images are flattened first). The Iris networks of Basu et al. 2021, Sec. 5.1."""
 
@@ -69,21 +86,15 @@ class MlpModel(Spec):
     def sizes(self, info: DatasetInfo) -> list[int]:
         return [info.features] + [self.width] * self.depth + [info.classes]
 
-    def n_params(self, info: DatasetInfo) -> int:
-        return _dense(self.sizes(info))[0]
-
-    def activations_per_example(self, info: DatasetInfo) -> int:
-        return _dense(self.sizes(info))[1]
-
-    def multiply_adds(self, info: DatasetInfo) -> int:
-        return _dense_macs(self.sizes(info))
+    def counts(self, info: DatasetInfo) -> tuple[int, int, int]:
+        return _chain(self.sizes(info))
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-class CnnModel(Spec):
+class CnnModel(BuiltinModel):
     """The small convolutional network of Koh & Liang's MNIST experiment, scaled by ``channels`` and
     ``depth``: ``depth`` blocks of a ``kernel`` x ``kernel`` convolution (stride 2, ``padding``) and an
     activation, then a linear layer on the flattened feature map. On 1D signals (a dataset of shape
@@ -123,27 +134,20 @@ class CnnModel(Spec):
     def _taps(self, info: DatasetInfo) -> int:
         return self.kernel ** (len(info.shape or (1, 1, 1)) - 1)  # kernel elements per input channel
 
-    def n_params(self, info: DatasetInfo) -> int:
+    def counts(self, info: DatasetInfo) -> tuple[int, int, int]:
+        maps, taps = self.feature_maps(info), self._taps(info)
         c_in = (info.shape or (1,))[0]
-        convs = 0
-        for c_out, *_ in self.feature_maps(info):
-            convs += c_in * c_out * self._taps(info) + c_out
-            c_in = c_out
-        return convs + math.prod(self.feature_maps(info)[-1]) * info.classes + info.classes
-
-    def activations_per_example(self, info: DatasetInfo) -> int:
-        return 2 * (sum(math.prod(m) for m in self.feature_maps(info)) + info.classes)
-
-    def multiply_adds(self, info: DatasetInfo) -> int:
-        c_in = (info.shape or (1,))[0]
-        total = 0
-        for feature_map in self.feature_maps(info):
-            total += math.prod(feature_map) * c_in * self._taps(info)
+        params = macs = 0
+        for feature_map in maps:
+            params += c_in * feature_map[0] * taps + feature_map[0]
+            macs += math.prod(feature_map) * c_in * taps
             c_in = feature_map[0]
-        return total + math.prod(self.feature_maps(info)[-1]) * info.classes
+        flat = math.prod(maps[-1])
+        outputs = 2 * (sum(math.prod(m) for m in maps) + info.classes)
+        return params + flat * info.classes + info.classes, outputs, macs + flat * info.classes
 
 
-class LenetModel(Spec):
+class LenetModel(BuiltinModel):
     """LeNet-5 (LeCun et al. 1998): two 5x5 convolutions (6 and 16 channels, padding 2), each followed by an
     activation and 2x2 average pooling, then fully connected layers of 120 and 84 units."""
 
@@ -159,18 +163,11 @@ class LenetModel(Spec):
         h2, w2 = h1 // 2, w1 // 2
         return c, [6 * h * w, 16 * h1 * w1], 16 * h2 * w2
 
-    def n_params(self, info: DatasetInfo) -> int:
-        c, _, flat = self._shapes(info)
-        convs = (c * 6 * 25 + 6) + (6 * 16 * 25 + 16)
-        return convs + _dense([flat, 120, 84, info.classes])[0]
-
-    def activations_per_example(self, info: DatasetInfo) -> int:
-        _, conv_maps, flat = self._shapes(info)
-        return 2 * sum(conv_maps) + _dense([flat, 120, 84, info.classes])[1]
-
-    def multiply_adds(self, info: DatasetInfo) -> int:
+    def counts(self, info: DatasetInfo) -> tuple[int, int, int]:
         c, (first, second), flat = self._shapes(info)
-        return first * c * 25 + second * 6 * 25 + _dense_macs([flat, 120, 84, info.classes])
+        params, outputs, macs = _chain([flat, 120, 84, info.classes])
+        convs = (c * 6 * 25 + 6) + (6 * 16 * 25 + 16)
+        return convs + params, 2 * (first + second) + outputs, first * c * 25 + second * 6 * 25 + macs
 
 
 
@@ -186,7 +183,7 @@ def _norm_params(norm: str, channels: int) -> int:
     return 0 if norm == "none" else 2 * channels
 
 
-class VggModel(Spec):
+class VggModel(BuiltinModel):
     """VGG (Simonyan & Zisserman 2015) for 32x32 images: 3x3 convolutions with an activation (and
     ``norm``), 2x2 max pooling between stages, then one linear layer on the pooled features."""
 
@@ -207,7 +204,7 @@ class VggModel(Spec):
         return [max(1, int(round(c * self.width_multiplier))) if isinstance(c, int) else c
                 for c in VGG_LAYERS[self.depth]]
 
-    def _walk(self, info: DatasetInfo) -> tuple[int, int, int]:
+    def counts(self, info: DatasetInfo) -> tuple[int, int, int]:
         """(parameters, layer outputs kept per example, multiply-adds per example)."""
         c_in, h, w = info.shape or (1, 1, info.features)
         params = outputs = macs = 0
@@ -223,15 +220,6 @@ class VggModel(Spec):
         params += c_in * h * w * info.classes + info.classes
         return params, outputs + 2 * info.classes, macs + c_in * h * w * info.classes
 
-    def n_params(self, info: DatasetInfo) -> int:
-        return self._walk(info)[0]
-
-    def activations_per_example(self, info: DatasetInfo) -> int:
-        return self._walk(info)[1]
-
-    def multiply_adds(self, info: DatasetInfo) -> int:
-        return self._walk(info)[2]
-
 
 RESNET_STAGES: dict[int, tuple[str, list[int], list[int]]] = {
     20: ("cifar", [3, 3, 3], [16, 32, 64]),
@@ -242,7 +230,7 @@ RESNET_STAGES: dict[int, tuple[str, list[int], list[int]]] = {
 }
 
 
-class ResnetModel(Spec):
+class ResnetModel(BuiltinModel):
     """Residual networks (He et al. 2016): CIFAR-style ResNet-20/32/56 (3x3 stem, three stages of basic blocks
     with 16/32/64 channels) and ImageNet-style ResNet-18 (basic blocks) and ResNet-50 (bottleneck blocks), with
     ``norm`` after every convolution, 1x1 projection shortcuts where the shape changes, global average pooling
@@ -261,7 +249,7 @@ class ResnetModel(Spec):
         style, blocks, widths = RESNET_STAGES[self.depth]
         return style, blocks, [max(1, int(round(w * self.width_multiplier))) for w in widths]
 
-    def _walk(self, info: DatasetInfo) -> tuple[int, int, int]:
+    def counts(self, info: DatasetInfo) -> tuple[int, int, int]:
         """(parameters, layer outputs kept per example, multiply-adds per example)."""
         style, blocks, widths = self.stages()
         c_in, h, w = info.shape or (1, 1, info.features)
@@ -303,17 +291,8 @@ class ResnetModel(Spec):
         params += c * info.classes + info.classes
         return params, outputs + 2 * info.classes, macs + c * info.classes
 
-    def n_params(self, info: DatasetInfo) -> int:
-        return self._walk(info)[0]
 
-    def activations_per_example(self, info: DatasetInfo) -> int:
-        return self._walk(info)[1]
-
-    def multiply_adds(self, info: DatasetInfo) -> int:
-        return self._walk(info)[2]
-
-
-class TransformerModel(Spec):
+class TransformerModel(BuiltinModel):
     """A small transformer encoder over the input's steps: a signal (channels, length) is ``length`` tokens of
     ``channels`` features (an image's pixels, a table's features one per token); each token embedded by a
     Linear layer plus a learned position embedding, then ``depth`` pre-norm blocks of multi-head
@@ -356,20 +335,14 @@ class TransformerModel(Spec):
         block = [(tokens, w, w)] * 4 + [(tokens, w, hidden), (tokens, hidden, w)]
         return [(tokens, channels, w)] + block * self.depth + [(1, w, info.classes)]
 
-    def n_params(self, info: DatasetInfo) -> int:
+    def counts(self, info: DatasetInfo) -> tuple[int, int, int]:
+        """Multiply-adds: the Linear layers' and the attention's two matmuls (scores and weighted values)."""
         tokens, _ = self._tokens(info)
-        linear = sum(i * o + o for _, i, o in self._linears(info))
-        norms = 2 * self.width * (2 * self.depth + 1)
-        return linear + norms + tokens * self.width
-
-    def activations_per_example(self, info: DatasetInfo) -> int:
-        tokens, _ = self._tokens(info)
-        return 2 * sum(t * o for t, _, o in self._linears(info)) + self.depth * self.heads * tokens * tokens
-
-    def multiply_adds(self, info: DatasetInfo) -> int:
-        """The Linear layers' and the attention's two matmuls (scores and weighted values)."""
-        tokens, _ = self._tokens(info)
-        return sum(t * i * o for t, i, o in self._linears(info)) + self.depth * 2 * tokens * tokens * self.width
+        linears = self._linears(info)
+        params = sum(i * o + o for _, i, o in linears) + 2 * self.width * (2 * self.depth + 1) + tokens * self.width
+        outputs = 2 * sum(t * o for t, _, o in linears) + self.depth * self.heads * tokens * tokens
+        macs = sum(t * i * o for t, i, o in linears) + self.depth * 2 * tokens * tokens * self.width
+        return params, outputs, macs
 
 
 @dataclass(frozen=True)
