@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import inflang
-from inflang import store as store_module
 from inflang.errors import UsageError
 from inflang.store import Store, access, lock_path, run_query, studies_overview, study_names
+from inflang.store import connections as store_module
 from tests.conftest import TINY
 from tests.helpers import rows
 

@@ -82,7 +82,7 @@ def test_an_integer_sweep_stays_integer_in_sweep_results(quick: Path):
 
 
 def test_swept_type_widens_from_integers_to_numbers_to_text():
-    from inflang.store import _swept_type
+    from inflang.store.schema import _swept_type
 
     assert _swept_type(None, 3) == "BIGINT" and _swept_type("BIGINT", 0.5) == "DOUBLE"
     assert _swept_type("DOUBLE", 2) == "DOUBLE" and _swept_type("BIGINT", "relu") == "VARCHAR"
