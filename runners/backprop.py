@@ -24,24 +24,28 @@ from runners import stacked
 Views = Callable[[Tensor], dict[str, Tensor]]
 Term = Callable[[Tensor, "Tensor | None", dict[str, Tensor]], Tensor]
 
-_AFTER = (nn.Linear, nn.Tanh, nn.ReLU, nn.Identity)  # layers whose backward this module writes out
+_LAYERS = (nn.Linear, nn.Tanh, nn.ReLU, nn.Identity)  # layers whose backward this module writes out
 
 
 def handles(module: nn.Module) -> bool:
-    """Whether ``module`` is a Linear stack (``stacked.linear_only``) whose layers from the first Linear on are
-    Linear, Tanh, ReLU or Identity (before it, anything the stack engine computes: no gradient flows there)."""
+    """Whether ``module`` is a Linear stack (``stacked.linear_only``) of Linear, Tanh, ReLU and Identity layers
+    after at most a leading Flatten, each layer a distinct instance (the stack engine's own rule)."""
     if not stacked.linear_only(module):
         return False
-    layers = list(module.children())
-    first = next((i for i, layer in enumerate(layers) if type(layer) is nn.Linear), None)
-    return first is not None and all(type(layer) in _AFTER for layer in layers[first:])
+    layers = list(module)  # type: ignore[call-overload]
+    if layers and type(layers[0]) is nn.Flatten:
+        layers = layers[1:]
+    return any(type(layer) is nn.Linear for layer in layers) and all(type(layer) in _LAYERS for layer in layers)
 
 
+@torch.no_grad()
 def gradient(module: nn.Module, views: Views, flat: Tensor, x: Tensor, batch: Tensor | None,
              per_model: bool, data_term: Term) -> tuple[Tensor, Tensor]:
     """(data terms [M], d sum_m D_m / d flat [M, P]) for the stacked parameters ``flat`` on inputs x [b, ...]
     (shared) or [M, b, ...] (``per_model``); ``views`` maps a flat buffer to its named parameter views.
-    A data term that reads the parameters itself (the PBRF's removed point) adds its own gradient, by autograd."""
+    A data term that reads the parameters itself (the PBRF's removed point) adds its own gradient, by autograd.
+    The first Linear layer's weight gradient is (h^T g)^T whether its input is shared or per model, and every
+    later one's g^T h, so a model's numbers do not depend on whether its batch was shared."""
     params = views(flat)
     h, shared = x, not per_model
     saved: list[tuple[str, str, Tensor, bool]] = []  # (kind, layer name, its input or output, input shared)
@@ -54,21 +58,20 @@ def gradient(module: nn.Module, views: Views, flat: Tensor, x: Tensor, batch: Te
         elif type(layer) is nn.Tanh and h.device.type == "cpu":
             h = stacked._Tanh.forward(h, not shared)
             saved.append(("tanh", name, h, shared))
-        else:
+        else:  # ReLU, Identity: exact elementwise functions, the same bits on any slab
             h = layer(h)
             saved.append((type(layer).__name__.lower(), name, h, shared))
-    if shared:  # no Linear layer: handles() admits none such
-        raise ValueError("a stack without Linear layers has no parameters to differentiate")
     own: Tensor | None = None
     by_hand = getattr(data_term, "value_and_gradient", None)
     if by_hand is not None:  # a term that gives its own gradient in the logits (runners.ensemble's)
         data, g = by_hand(h, batch)
     else:
-        logits = h.requires_grad_(True)
+        logits = h.detach().requires_grad_(True)  # a leaf of its own: h may be a saved activation
         leaf = flat.detach().requires_grad_(True)
         with torch.enable_grad():
             data = data_term(logits, batch, views(leaf))
-            g, own = torch.autograd.grad(data.sum(), (logits, leaf), allow_unused=True)
+            found, own = torch.autograd.grad(data.sum(), (logits, leaf), allow_unused=True)
+        g = torch.zeros_like(logits) if found is None else found
     grad = torch.empty_like(flat)
     out = views(grad)
     first = next(i for i, s in enumerate(saved) if s[0] == "linear")
@@ -80,11 +83,11 @@ def gradient(module: nn.Module, views: Views, flat: Tensor, x: Tensor, batch: Te
             g = torch.ops.aten.threshold_backward(g, value, 0)
         elif kind == "linear":
             weight = params[f"{name}.weight"]
-            inputs = value.expand(weight.shape[0], *value.shape) if was_shared else value
-            if was_shared:  # [M, in, b] @ [M, b, out] through a stride-0 batch, as autograd takes it
+            if index == first:  # [M, in, b] @ [M, b, out], the input through a stride-0 batch when shared
+                inputs = value.expand(weight.shape[0], *value.shape) if was_shared else value
                 out[f"{name}.weight"].copy_(torch.bmm(inputs.transpose(1, 2), g).transpose(1, 2))
-            else:  # [M, out, b] @ [M, b, in]: the same sums, already in W's layout (faster for few outputs)
-                out[f"{name}.weight"].copy_(torch.bmm(g.transpose(1, 2), inputs))
+            else:  # [M, out, b] @ [M, b, in]: already in W's layout (faster for few outputs)
+                out[f"{name}.weight"].copy_(torch.bmm(g.transpose(1, 2), value))
             if f"{name}.bias" in out:
                 out[f"{name}.bias"].copy_(g.sum(1))
             if index > first:  # the first Linear layer's input needs no gradient

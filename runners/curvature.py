@@ -30,7 +30,7 @@ class Spectrum:
 
 
 HESSIAN_ROWS = 64  # Hessian rows per batched reverse-over-reverse pass
-COPIES_ELEMENTS = 4_000_000  # examples x parameters up to which a Linear stack's Hessian rows come from copies
+HESSIAN_COPIES_ELEMENTS = 50_000  # examples x parameters up to which a Linear stack's curvature comes from copies
 
 
 def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor,
@@ -39,14 +39,17 @@ def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y
     rows HESSIAN_ROWS at a time as one batched backward pass (``is_grads_batched``) of unit vectors.
     ``torch.autograd`` rather than ``torch.func.jacrev``, whose first call imports torch's compiler (an import
     a small study would wait for); the same arithmetic. A small Linear stack (``stacked.linear_only``, at most
-    COPIES_ELEMENTS examples x parameters) takes its rows from copies instead (``products_from_copies`` of the
+    HESSIAN_COPIES_ELEMENTS examples x parameters) takes its rows from copies instead (``products_from_copies`` of the
     unit vectors): the same derivatives through scalar backward passes, without the batched pass, whose first
     call imports ``sympy``."""
     flat = FlatModel(module, params)
     P = flat.theta.numel()
     if by_copies(module, x, P):
-        H = products_from_copies(flat, x, y, weight_decay, torch.eye(P, dtype=flat.theta.dtype,
-                                                                      device=flat.theta.device), smoothing)
+        H = torch.empty(P, P, dtype=flat.theta.dtype, device=flat.theta.device)
+        for lo in range(0, P, HESSIAN_ROWS):
+            units = torch.zeros(min(HESSIAN_ROWS, P - lo), P, dtype=H.dtype, device=H.device)
+            units[torch.arange(len(units)), torch.arange(lo, lo + len(units))] = 1.0
+            H[lo:lo + len(units)] = products_from_copies(flat, x, y, weight_decay, units, smoothing)
         return 0.5 * (H + H.T)
     with torch.enable_grad():  # a caller's no_grad would leave nothing to differentiate
         theta = flat.theta.detach().requires_grad_(True)
@@ -74,8 +77,9 @@ def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y
 
 def by_copies(module: nn.Module, x: Tensor, parameters: int) -> bool:
     """Whether Hessian-vector products of ``module`` on x come from copies (``products_from_copies``): a Linear
-    stack the stack engine runs, at most COPIES_ELEMENTS examples x parameters."""
-    return (int(x.shape[0]) * parameters <= COPIES_ELEMENTS and stacked.linear_only(module)
+    stack the stack engine runs, at most HESSIAN_COPIES_ELEMENTS examples x parameters: small enough that the
+    extra forward passes cost less than the first batched pass's import of sympy."""
+    return (int(x.shape[0]) * parameters <= HESSIAN_COPIES_ELEMENTS and stacked.linear_only(module)
             and stacked.chosen(module, x) != "vmap")
 
 

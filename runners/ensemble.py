@@ -3,7 +3,8 @@
 Model m minimises L_m(theta_m) = (1/|B|) sum_{j in B} w_mj loss_j(theta_m) + weight_decay/2 ||theta_m||^2
 (B = all n points for full batch). A removal is w_mj = 0 with the denominator unchanged (LANGUAGE.md).
 Parameters are stacked along a leading model axis; the forward pass is ``runners.forward.ensemble_logits``;
-one backward pass of sum_m L_m gives every model's own gradient (the models share nothing). The updates
+the gradient of sum_m L_m gives every model's own gradient (the models share nothing), by hand for a Linear
+stack (``runners.backprop``), else by one autograd backward pass. The updates
 replicate ``torch.optim.SGD`` (momentum, no dampening) and ``torch.optim.Adam`` (defaults) operation by
 operation, so one model here follows the same trajectory as a sequential optimizer loop.
 """

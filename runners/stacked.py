@@ -95,8 +95,11 @@ def supports(module: nn.Module) -> bool:
     parametrizations) of convolutions (ungrouped, numeric zero padding) and pooling, then one Flatten(1, -1),
     then Linear layers, with elementwise activations anywhere; or, without convolutions, Linear layers and
     elementwise activations after at most a leading Flatten(1, -1) (inflang's ``mlp`` and ``logreg``). At least
-    one layer has parameters."""
+    one layer has parameters. Each layer is its own instance: a layer used twice (one ``nn.Tanh()`` at two
+    places) is one child to ``named_children``, which this module's passes walk."""
     if type(module) is not nn.Sequential or any(True for _ in module.buffers()) or not _plain(module):
+        return False
+    if len({id(layer) for layer in module}) != len(module):
         return False
     if any((module_hooks._global_forward_hooks, module_hooks._global_forward_pre_hooks,
             module_hooks._global_backward_hooks, module_hooks._global_backward_pre_hooks)):

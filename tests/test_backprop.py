@@ -36,15 +36,22 @@ STACKS = {
     "relu, no bias": lambda: nn.Sequential(nn.Linear(4, 6, bias=False), nn.ReLU(), nn.Linear(6, 3)),
     "identity": lambda: nn.Sequential(nn.Linear(4, 6), nn.Identity(), nn.Linear(6, 3)),
     "logreg": lambda: nn.Sequential(nn.Linear(4, 3)),
-    "flatten and tanh first": lambda: nn.Sequential(nn.Tanh(), nn.Flatten(), nn.Linear(4, 6), nn.ReLU(),
+    "flatten and tanh first": lambda: nn.Sequential(nn.Flatten(), nn.Tanh(), nn.Linear(4, 6), nn.ReLU(),
                                                     nn.Linear(6, 3)),
+    "ending in tanh": lambda: nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3), nn.Tanh()),
 }
+
+
+TERMS = ("cross-entropy", "smoothed, kept", "regression", "a plain callable")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", list(STACKS))
-def test_the_gradient_by_hand_is_autograds(name: str, dtype: torch.dtype):
-    """Full batch, a shared minibatch and a minibatch per model, with weighted and removed points."""
+@pytest.mark.parametrize("kind", TERMS)
+def test_the_gradient_by_hand_is_autograds(name: str, dtype: torch.dtype, kind: str):
+    """Full batch, a shared minibatch and a minibatch per model, with weighted and removed points; the weighted
+    cross-entropy (its logit gradient by hand: plain, label-smoothed over the kept points, squared error for
+    real targets) and a term that is a plain callable (its logit gradient by autograd)."""
     torch.manual_seed(0)
     module = STACKS[name]().to(dtype)
     assert backprop.handles(module)
@@ -52,11 +59,14 @@ def test_the_gradient_by_hand_is_autograds(name: str, dtype: torch.dtype):
     layout, flat = _ensemble(module, count, dtype)
     g = torch.Generator().manual_seed(1)
     shape = (n, 2, 2) if name.startswith("flatten") else (n, 4)
-    x, y = torch.randn(*shape, dtype=dtype, generator=g), torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(*shape, dtype=dtype, generator=g)
+    y = torch.randn(n, 3, dtype=dtype, generator=g) if kind == "regression" else torch.randint(0, 3, (n,), generator=g)
     weights = torch.ones(count, n, dtype=dtype)
     weights[1, 4] = 0.0
     weights[2, 7] = 0.5
-    term = weighted_cross_entropy(y, weights)
+    loss = weighted_cross_entropy(y, weights, 0.1 if kind == "smoothed, kept" else 0.0,
+                                  "kept" if kind == "smoothed, kept" else "all")
+    term = (lambda logits, batch, params: loss(logits, batch, params)) if kind == "a plain callable" else loss
     shared = torch.tensor([0, 3, 4, 9])
     own = torch.stack([torch.randperm(n, generator=g)[:5] for _ in range(count)])
     tolerance = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
@@ -92,7 +102,30 @@ def test_only_stacks_with_written_out_backward_passes_are_taken():
     assert not backprop.handles(nn.Sequential(nn.Linear(4, 5), nn.LeakyReLU(), nn.Linear(5, 3)))
     assert not backprop.handles(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(4, 3)))
     assert not backprop.handles(nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.1), nn.Linear(5, 3)))
+    assert not backprop.handles(nn.Sequential(nn.Sigmoid(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)))
     assert backprop.handles(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)))
+    act = nn.Tanh()  # one instance at two places: one child to named_children, so no stack engine at all
+    reused = nn.Sequential(nn.Linear(4, 5), act, nn.Linear(5, 5), act, nn.Linear(5, 3))
+    assert not stacked.supports(reused) and not backprop.handles(reused)
+
+
+def test_a_model_gets_the_same_bits_from_a_shared_batch_and_its_own():
+    """float64: a model trained alone (its minibatches shared, [b]) is bit for bit the same model trained beside
+    one with another batch order (minibatches per model, [M, b]); 64 parameters, so every model's row of the
+    flat buffer starts on a 512-byte boundary."""
+    module = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 8)).double()
+    start = {k: v.detach() for k, v in module.named_parameters()}
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(24, 5, dtype=torch.float64, generator=g), torch.randint(0, 8, (24,), generator=g)
+    rule = UpdateRule("adam", 0.01, 0.01)
+
+    def train(seeds: list[int]) -> Stacked:
+        weights = torch.ones(len(seeds), 24, dtype=torch.float64)
+        return train_ensemble(module, stack(start, len(seeds)), x, rule, 40, 8, seeds,
+                              weighted_cross_entropy(y, weights), engine="eager")
+
+    alone, beside = train([1]), train([0, 1])
+    assert all(torch.equal(alone[k][0], beside[k][1]) for k in start)
 
 
 def test_training_by_hand_ends_where_autograd_training_ends(monkeypatch: pytest.MonkeyPatch):

@@ -202,7 +202,7 @@ def test_the_hessian_from_copies_is_the_batched_passes(case: str, monkeypatch: p
     y = torch.randn(25, 4, dtype=torch.float64) if case == "regression" else torch.randint(0, 4, (25,))
     smoothing = 0.1 if "smoothing" in case else 0.0
     ours = objective_hessian(net, params, x, y, 0.02, smoothing)
-    monkeypatch.setattr(curvature, "COPIES_ELEMENTS", 0)
+    monkeypatch.setattr(curvature, "HESSIAN_COPIES_ELEMENTS", 0)
     reference = objective_hessian(net, params, x, y, 0.02, smoothing)
     torch.testing.assert_close(ours, reference, rtol=1e-11, atol=1e-13)
     assert torch.equal(ours, ours.T)
