@@ -1,11 +1,13 @@
-"""The ``inflang`` command line: validate, plan, run, query, report, schema."""
+"""The ``inflang`` command line: validate, plan, run, query, report, schema.
+
+Over 500 lines for a reason: it is the twelve commands' Typer signatures, whose options and help texts are
+most of its lines, and the checks of those options. What the commands print lives in ``inflang.tables`` and
+``inflang.progress``, what they do in ``inflang.api`` and the modules it calls."""
 
 from __future__ import annotations
 
 import csv
-import io
 import json
-import math
 import os
 import sys
 from dataclasses import replace
@@ -13,27 +15,36 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from inflang import __version__
 from inflang import store as store_queries
 from inflang.api import plan as api_plan
 from inflang.api import probe_code
-from inflang.claims import family_notes, marked_verdict
 from inflang.cost import ENGINES
-from inflang.diagnostics import summary_lines
 from inflang.errors import StudyError, UsageError
 from inflang.intervals import interval_text
-from inflang.plan import KINDS, Plan, compile_study
+from inflang.plan import Plan, compile_study
+from inflang.progress import RichEvents
 from inflang.rounds import check, parse_duration, run_until_settled
-from inflang.scheduler import Events
 from inflang.sequential import DEFAULT_MAX_SEEDS
 from inflang.sequential import MAX_SEEDS as SEQUENTIAL_MAX
 from inflang.spec.study import is_study_name
 from inflang.store import Store, run_query, write_parquet
-from inflang.sweep import label, seeds_by_points
-from inflang.units import duration
+from inflang.sweep import label
+from inflang.tables import (
+    as_csv,
+    as_json,
+    claims_rows,
+    plan_table,
+    print_claims,
+    print_diagnostics,
+    print_summary,
+    summary,
+    task_listing,
+)
+from inflang.terminal import err, out
+from inflang.units import duration, flops_text
 from inflang.validate import LoadedStudy, load_study
 
 app = typer.Typer(
@@ -44,9 +55,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# Tables of numbers with intervals need room: a terminal gets its own width, a pipe or a log 160 columns.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
 
 DB_HELP = "DuckDB result database; artifacts live in .inflang/ beside it."
 STUDY_ARG = typer.Argument(..., help="Path to the study YAML file.", show_default=False)
@@ -132,8 +140,6 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     """Show the tasks a study compiles into: which are cached, which would run, and their cost (model-steps,
     FLOPs and, once measured here with --calibrate, time). Data files need not exist yet."""
     from inflang.pricing import Rates, price, timed, unmeasured
-    from inflang.units import flops_text
-
     if engine is not None and engine not in ENGINES:
         raise _fail(f"error: --engine: '{engine}' is not one of {', '.join(ENGINES)}")
     engine = engine or os.environ.get("INFLANG_ENGINE", "auto")
@@ -162,46 +168,8 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
                 raise _fail(f"error: {exc}") from None
     prices = price(todo_all, budget, engine, device, threads, rates)
     if list_tasks:
-        listing = Table("task", "kind", "state", "depends on", "models", "steps", "FLOPs", "time")
-        for t in compiled.selected_tasks().values():
-            state = {"done": "cached", "failed": "failed"}.get(states.get(t.hash, ""), "pending")
-            cost = prices.get(t.hash)
-            listing.add_row(t.hash, t.kind, state, ", ".join(d[:8] for d in t.deps) or "-",
-                            str(t.trained_models(budget) or "-"),
-                            f"{t.model_steps(budget):,}" if t.cost_steps else "-",
-                            flops_text(t.model_flops(budget)) if t.flops else "-",
-                            duration(cost.seconds) if cost is not None and cost.seconds is not None else "-")
-        out.print(listing)
-    shown = len(compiled.selected_cells())
-    table = Table(title=f"plan for '{loaded.study.study}' ({shown} cells"
-                        + (f" of {len(loaded.cells)}, selected)" if shown < len(loaded.cells) else ")"))
-    for col in ("task", "count", "cached", "failed", "to run", "models", "chunks", "steps", "FLOPs", "time"):
-        table.add_column(col, justify="right" if col != "task" else "left", no_wrap=True)
-    total_steps = 0
-    total_flops = 0.0
-    total_seconds = 0.0
-    unpriced = 0
-    for kind, tasks in compiled.by_kind().items():
-        if not tasks:
-            continue
-        cached = sum(states.get(t.hash) == "done" for t in tasks)
-        failed = sum(states.get(t.hash) == "failed" for t in tasks)
-        todo = [t for t in tasks if states.get(t.hash) != "done"]
-        steps = sum(t.model_steps(budget) for t in todo)
-        total_steps += steps
-        models = sum(t.trained_models(budget) for t in todo)
-        chunks = sum(t.chunks(budget) for t in todo)
-        flops = sum(t.model_flops(budget) for t in todo)
-        total_flops += flops
-        priced = [prices[t.hash] for t in todo if timed(t)]
-        missing = sum(p.seconds is None for p in priced)
-        unpriced += missing
-        seconds = sum(p.seconds or 0.0 for p in priced)
-        total_seconds += seconds
-        table.add_row(kind, str(len(tasks)), str(cached), str(failed), str(len(todo)),
-                      f"{models:,}" if models else "-", f"{chunks:,}" if chunks else "-",
-                      f"{steps:,}" if steps else "-", flops_text(flops) if flops else "-",
-                      duration(seconds) if priced and not missing else "-")
+        out.print(task_listing(compiled, states, prices, budget))
+    table, total_steps, total_flops, total_seconds, unpriced = plan_table(loaded, compiled, states, prices, budget)
     out.print(table)
     loops = _loops(compiled)
     batched = [] if any(" over models " in line for line in loops) else ["retraining runs its models as batched "
@@ -265,117 +233,12 @@ def _missing_files(compiled: Plan) -> str | None:
     return None
 
 
-class _RichEvents(Events):
-    """Progress bars per task kind (elapsed and remaining time) plus a bar of models retrained; at the start,
-    the price of the pending training and retraining from the rates measured here (``inflang.pricing``)."""
-
-    def __init__(self, console: Console, pricing: tuple[int | None, str, str, int] | None = None,
-                 study_path: str = "STUDY.yaml") -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = console
-        self.progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-                                 transient=False)
-        self.pricing = pricing  # (memory budget, engine, device, threads)
-        self.study_path = study_path  # for the command the price hint prints
-        self.bars: dict[str, Any] = {}
-        self.models_bar: Any = None
-        self.models_total = 0
-        self.models_done = 0  # planned models of the finished ground-truth tasks
-        self.models_live = 0  # what the bar shows: those, and the models retrained so far in running tasks
-        self.hinted = False  # whether the hint to calibrate was printed
-
-    def _price(self, pending: list[Any]) -> None:
-        if self.pricing is None:
-            return
-        from inflang.pricing import Rates, price, timed
-
-        budget, engine, device, threads = self.pricing
-        training = [t for t in pending if timed(t)]
-        if not training:
-            return
-        found = price(training, budget, engine, device, threads, Rates())
-        known = [p.seconds for p in found.values() if p.seconds is not None]
-        if len(known) == len(training):
-            self.console.print(f"priced at about {duration(sum(known))} of training and retraining here (rates "
-                               "measured on this machine; estimates, metrics and unmeasured compiles come on top)",
-                               highlight=False, soft_wrap=True)
-            return
-        if self.hinted:  # said once per command (--until-settled starts a run per round)
-            return
-        self.hinted = True
-        missing = [t for t in training if found[t.hash].seconds is None]
-        counts = [f"{n} {what} task{'s' if n != 1 else ''}" for what, n in (
-            ("training", sum(t.kind == "train" for t in missing)),
-            ("retraining", sum(t.kind != "train" for t in missing))) if n]
-        command = f"inflang plan {_quoted(self.study_path)} --calibrate" + (
-            f" --device {device}" if device != "cpu" else "") + (f" --threads {threads}" if threads != 1 else "") + (
-            f" --engine {engine}" if engine != "auto" else "")
-        self.console.print(f"{' and '.join(counts)} have no rate measured here; {command} prices them",
-                           highlight=False, markup=False, soft_wrap=True)
-
-    def start(self, plan: Plan, pending: list[Any]) -> None:
-        for bar in list(self.progress.task_ids):  # a later round of --until-settled: bars of its own tasks
-            self.progress.remove_task(bar)
-        self.bars, self.models_bar, self.models_total, self.models_done, self.models_live = {}, None, 0, 0, 0
-        self._price(pending)
-        counts = {k: 0 for k in KINDS}
-        models = 0
-        for t in pending:
-            counts[t.kind] += 1
-            models += t.models if t.kind == "ground_truth" else 0
-        for kind in KINDS:
-            if counts[kind]:
-                self.bars[kind] = self.progress.add_task(kind, total=counts[kind])
-        if models:
-            self.models_bar = self.progress.add_task("models retrained", total=models)
-            self.models_total = models
-        self.progress.start()
-
-    def task_started(self, task: Any) -> None: ...
-
-    def task_finished(self, task: Any, status: str) -> None:
-        if task.kind in self.bars:
-            self.progress.advance(self.bars[task.kind])
-        if task.kind == "ground_truth" and self.models_bar is not None:
-            # the plan's count is exact except for top_k unions (an upper bound): the bar is trued up per task
-            self.models_done += task.models
-            self.models_live = min(self.models_done, self.models_total)
-            self.progress.update(self.models_bar, completed=self.models_live)
-
-    def models_retrained(self, count: int) -> None:
-        if self.models_bar is not None:
-            self.models_live = min(self.models_live + count, self.models_total)
-            self.progress.update(self.models_bar, completed=self.models_live)
-
-    def notice(self, text: str) -> None:
-        self.console.print(f"inflang: {text}", markup=False, highlight=False, soft_wrap=True)
-
-    def stop(self) -> None:
-        self.progress.stop()
-
-
 def _rounds_summary(summaries: list[Any]) -> Any:
     """One summary of the rounds of --until-settled: the tasks every round ran, those reused from before the
     command, and the last round's cells, failures and log."""
     last = summaries[-1]
     ran = sum(s.ran for s in summaries)
     return replace(last, ran=ran, cached=max(last.cached - (ran - last.ran), 0))
-
-
-def _quoted(path: str) -> str:
-    """A path as a shell command takes it."""
-    import shlex
-
-    return shlex.quote(path)
 
 
 def _parse_bytes(text: str | None) -> int | None:
@@ -389,127 +252,6 @@ def _parse_bytes(text: str | None) -> int | None:
         return int(float(s))
     except ValueError:
         raise _fail(f"error: --memory-budget: '{text}' is not a size (e.g. 512MB, 4GB)") from None
-
-
-# (first metric, second metric, ground-truth metric) the summary shows, by what the study measured: the
-# agreement metrics and the noise ceiling, or brittleness's flip rate and its random-order baseline
-SUMMARY_COLUMNS = {"agreement": ("spearman", "pearson", "noise_ceiling_spearman"),
-                   "brittleness": ("flipped", "flip_k", "random_flipped")}
-SUMMARY_NAMES = {"agreement": ("spearman", "pearson", "noise ceiling"),
-                 "brittleness": ("flip rate", "mean k of flips", "random order flip rate")}
-
-
-def _summary_kind(db: str | Path, study: str) -> str:
-    return "brittleness" if store_queries.has_pooled_metric(db, study, "flipped") else "agreement"
-
-
-def _summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = None
-             ) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Per sweep point and estimator, pooled over seeds: spearman and pearson with their intervals, the
-    noise ceiling where measured (or brittleness's flip rates), what they rest on, and how many of the
-    point's cells failed. ``points`` (swept values) keeps those sweep points only."""
-    first, second, ground = SUMMARY_COLUMNS[_summary_kind(db, study)]
-    columns, rows = store_queries.summary(db, study, first, second, ground)
-    names = {"first": first, "second": second, "ground": ground}  # the columns take the metrics' names
-
-    def renamed(column: str) -> str:
-        head, sep, tail = column.partition("_")
-        return names[head] + sep + tail if head in names else column
-
-    columns = [renamed(c) for c in columns]
-    if points is not None:
-        rows = [r for r in rows if json.loads(r[0] or "{}") in points]
-    return columns, rows
-
-
-def _failures(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str]]:
-    """(cell id, swept values, message) of every failed cell (of the given sweep points)."""
-    return [(c, label(p) if p else "-", e) for c, p, e in store_queries.failed_cells(db, study)
-            if points is None or p in points]
-
-
-def _summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> Table:
-    _, rows = _summary(db, study, points)
-    first, second, ground = SUMMARY_NAMES[_summary_kind(db, study)]
-    table = Table(title=f"'{study}': mean over test points and seeds, 95% interval (t over seeds; over test "
-                        "points with one seed)")
-    with_ceiling = any(r[8] is not None for r in rows)
-    columns = ["swept values", "estimator", first, second] + ([ground] if with_ceiling else [])
-    with_resolution = any(r[16] is not None for r in rows)
-    columns += (["below resolution"] if with_resolution else []) + ["seeds x test points", "status"]
-    for col in columns:
-        numeric = col in (first, second, ground, "below resolution")
-        table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
-    for (params, estimator, sp, sp_lo, sp_hi, pe, pe_lo, pe_hi, ce, ce_lo, ce_hi, seeds, test_points, cells,
-         failed, pending, below) in rows:
-        swept = label(json.loads(params)) if params else "-"
-        status = "done" if not failed and not pending else ", ".join(
-            part for part in (f"{failed} of {cells} cells failed" if failed else "",
-                              f"{pending} pending" if pending else "") if part)
-        values = [swept, estimator or "-", interval_text(sp, sp_lo, sp_hi), interval_text(pe, pe_lo, pe_hi)]
-        values += [interval_text(ce, ce_lo, ce_hi)] if with_ceiling else []
-        if with_resolution:
-            values.append("-" if below is None or math.isnan(below) else f"{100 * below:.1f}%")
-        values += [seeds_by_points(seeds, test_points), status]
-        table.add_row(*values)
-    return table
-
-
-def _claims_rows(db: str | Path, studies: list[str]) -> list[dict[str, Any]]:
-    return store_queries.claim_rows(db, studies)
-
-
-def _claims_table(rows: list[dict[str, Any]], with_study: bool) -> Table:
-    """The verdicts, marked † where the claim was declared or edited after the study had results."""
-    adjusted = sorted({r["adjust"] for r in rows if r["adjust"] and r["adjust"] != "none"})
-    how = f"{'/'.join(adjusted)}-adjusted intervals" if adjusted else "95% intervals"
-    if any(r.get("sequential") for r in rows):
-        how += ", at each sequential look's level"
-    table = Table(title=f"claims: verdicts from {how} (over seeds; over test points with one seed)")
-    for col in (["study"] if with_study else []) + ["claim", "verdict", "statistic", "estimate [interval]",
-                                                     "of ceiling", "seeds", "test points"]:
-        table.add_column(col, no_wrap=col in ("verdict", "estimate [interval]"))
-    colours = {"supported": "green", "contradicted": "red", "negligible": "cyan", "unresolved": "yellow"}
-    for r in rows:
-        shown = f"[{colours.get(r['verdict'], 'magenta')}]{marked_verdict(r)}[/]"
-        interval = interval_text(r["estimate"], r["ci_low"], r["ci_high"], r["level"])
-        ceiling = r["relative_to_ceiling"]
-        notes = "; ".join(n for n in (r["detail"], f"⚠ health: {r['health']}" if r["health"] else "") if n)
-        cells = [r["claim"], shown, r["statistic"] + (f" ({notes})" if notes else ""), interval,
-                 "-" if ceiling is None else f"{ceiling:.2f}", str(r["seeds"]), str(r["test_points"])]
-        table.add_row(*([r["study"]] if with_study else []), *cells)
-    return table
-
-
-def _print_claims(rows: list[dict[str, Any]], with_study: bool) -> None:
-    out.print(_claims_table(rows, with_study))
-    for r in rows:
-        if r.get("settle"):
-            where = f"{r['study']}: " if with_study else ""
-            out.print(f"to settle {where}'{r['claim']}': {r['settle']}", highlight=False, soft_wrap=True)
-    for line in family_notes(rows):
-        out.print(line, highlight=False, soft_wrap=True)
-    if any(r["health"] for r in rows):
-        out.print("⚠ the claim rests on cells where a health check warns (inflang report shows them; "
-                  "docs/language.md, Diagnostics)", highlight=False, soft_wrap=True)
-
-
-def _print_diagnostics(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> None:
-    """One line per kind of problem the health checks found, with its cells (of the given sweep points)."""
-    cells = dict(store_queries.cell_params(db, study))
-    found = [r for r in store_queries.study_diagnostics(db, study)
-             if points is None or cells.get(r["cell_id"]) in points]
-    if not found:
-        return
-    for line in summary_lines(found, cells):
-        out.print(line, highlight=False, markup=False, soft_wrap=True)
-
-
-def _print_summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> None:
-    """The summary table, then each failed cell's message in full (a table column would wrap it)."""
-    out.print(_summary_table(db, study, points))
-    for cell_id, swept, message in _failures(db, study, points):
-        out.print(f"failed cell {cell_id} ({swept}): {message}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -590,7 +332,7 @@ def run(
     from runners.errors import SetupError
 
     err.print(f"results go to {Path(db).resolve()}", highlight=False)
-    events = _RichEvents(err, (budget, engine or os.environ.get("INFLANG_ENGINE", "auto"), device, threads), study)
+    events = RichEvents(err, (budget, engine or os.environ.get("INFLANG_ENGINE", "auto"), device, threads), study)
 
     summaries: list[Any] = []
 
@@ -634,10 +376,10 @@ def run(
     store.close()
     chosen = None if compiled.selected is None else [c.cell.params for c in compiled.selected_cells()]
     try:  # the results are saved; reading them back can still find the database busy for too long
-        _print_summary(db, loaded.study.study, chosen)
-        _print_diagnostics(db, loaded.study.study, chosen)
+        print_summary(db, loaded.study.study, chosen)
+        print_diagnostics(db, loaded.study.study, chosen)
         if loaded.study.claims:
-            _print_claims(_claims_rows(db, [loaded.study.study]), False)
+            print_claims(claims_rows(db, [loaded.study.study]), False)
     except UsageError as exc:
         raise _fail(f"error: {exc} (the run's results are saved: inflang report {loaded.study.study} shows "
                     "them)") from None
@@ -702,18 +444,6 @@ def query(
         err.print(f"wrote {len(rows)} rows to {out_file}")
     else:
         sys.stdout.write(rendered)
-
-
-def as_csv(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def as_json(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
-    return json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str) + "\n"
 
 
 @app.command()
@@ -826,7 +556,7 @@ def claims_command(
         if not found:
             known = ", ".join(store_queries.study_names(db)) or "none"
             raise UsageError(f"no study {', '.join(missing)} in {db} (studies there: {known})")
-        rows = _claims_rows(db, found)
+        rows = claims_rows(db, found)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
     if missing:
@@ -834,7 +564,7 @@ def claims_command(
                   f"{', '.join(found)}", markup=False, highlight=False, soft_wrap=True)
     if not rows:
         raise _fail(f"error: {', '.join(found)} declare no claims (add a claims: section and run again)")
-    _print_claims(rows, len(studies) > 1)
+    print_claims(rows, len(studies) > 1)
 
 
 @app.command()
@@ -861,11 +591,11 @@ def report(
         registered = store_queries.cell_params(db, study)
         chosen = select_cells(select, registered)
         points = None if chosen is None else [p for c, p in registered if c in chosen]
-        claim_rows = _claims_rows(db, [study])
+        claim_rows = claims_rows(db, [study])
         if claim_rows:
-            _print_claims(claim_rows, False)
-        _print_summary(db, study, points)
-        _print_diagnostics(db, study, points)
+            print_claims(claim_rows, False)
+        print_summary(db, study, points)
+        print_diagnostics(db, study, points)
         cols, rows = store_queries.trained_models(db, study)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
@@ -878,7 +608,7 @@ def report(
     if out_dir:
         target = Path(out_dir)
         target.mkdir(parents=True, exist_ok=True)
-        for name, table_of in (("summary.csv", lambda: _summary(db, study, points)),
+        for name, table_of in (("summary.csv", lambda: summary(db, study, points)),
                                ("influence.csv", lambda: store_queries.influence_of(db, study))):
             columns, data = table_of()
             with open(target / name, "w", newline="") as fh:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from inflang.claim_checks import claim_problems
 from inflang.code import CodeNotFound, missing_extra
 from inflang.code import locate as locate_code
 from inflang.errors import CodeProblem, Problem, StudyError, did_you_mean
@@ -339,8 +340,6 @@ def validate_document(doc: Document, require_files: bool = True, probe: Probe | 
         study = _validate(base_data, doc, lambda path, value: doc.position(path, value), require_files, probe)
     except StudyError:
         study = valid[0]
-    from inflang.claims import claim_problems
-
     wrong = claim_problems(study.claims, [(c.params, c.study) for c in cells])
     if wrong:
         raise StudyError(Problem(doc.position(path, True), _dotted(path), msg, hint) for path, msg, hint in wrong)

@@ -233,16 +233,16 @@ def test_no_spread_is_judged_up_to_rounding_and_before_any_mapping():
     reliability lies at or below 0 maps to [0, 0] but has spread: it gets a verdict (contradicted below 0.5)."""
     import math
 
-    from inflang import claims, intervals
+    from inflang import evidence, intervals
 
     a = np.array([0.31, 0.47, 0.52, 0.68])
     diffs = (a + 0.1) - a
     rounding = intervals.TMean(float(diffs.mean()), float(diffs.std(ddof=1) / 2), 3, 4)
-    assert 0 < rounding.se < 1e-15 and intervals.no_spread(rounding) and claims._no_width(rounding)
+    assert 0 < rounding.se < 1e-15 and intervals.no_spread(rounding) and evidence.no_width(rounding)
     ceiling = intervals.Mapped(intervals.TMean(-0.3, 0.05, 3, 4), lambda r: math.sqrt(max(r, 0.0)))
     found = ceiling.interval()
     assert found is not None and found.low == found.high == 0.0
-    assert not intervals.no_spread(ceiling) and not claims._no_width(ceiling)
+    assert not intervals.no_spread(ceiling) and not evidence.no_width(ceiling)
     assert not intervals.no_spread(intervals.TMean(0.5, 0.0, 3, 4, binomial=(2, 4)))  # exact: always has width
     assert intervals.width_is_rounding(0.09999999999999998, 0.10000000000000003)
     assert not intervals.width_is_rounding(0.1, 0.1 + 1e-9)
