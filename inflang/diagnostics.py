@@ -85,18 +85,8 @@ def check_cell(f: CellFacts) -> list[Diagnostic]:
             warn(name, "not_stationary", f.model["grad_norm"], s.gradient_norm,
                  f"the trained model is not at a stationary point (||grad L|| = {f.model['grad_norm']:.2g}), "
                  f"which {name} assumes: train longer or use a ground truth that starts where the model is")
-        if est.name == "lissa" and top is not None and low is not None:
-            # Lanczos' smallest Ritz value bounds lambda_min from above: min(it, 0) keeps the check conservative
-            bottom = min(low, 0.0)
-            slow, fast = abs(1 - (bottom + est.damping) / est.scale), abs(1 - (top + est.damping) / est.scale)
-            factor = max(slow, fast)
-            residual = factor ** est.recursion_depth if factor < 1 else math.inf
-            if residual > s.lissa_residual:
-                end = (f"the Hessian's smallest eigenvalue (<= {bottom:.3g})" if slow >= fast else
-                       f"its largest ({top:.3g}), which scale {est.scale:g} barely exceeds")
-                warn(name, "lissa_not_converged", residual, s.lissa_residual,
-                     f"after {est.recursion_depth} steps the recursion keeps {_share(residual)} of its error along "
-                     f"{end}: raise recursion_depth or damping, or lower scale")
+        for check, value, threshold, message in est.health(name, top, low, s):
+            warn(name, check, value, threshold, message)
         notes = f.notes.get(name, {})
         if "kfac_uncovered" in notes and notes["kfac_uncovered"] > s.kfac_uncovered:
             warn(name, "kfac_uncovered", notes["kfac_uncovered"], s.kfac_uncovered,

@@ -1,6 +1,9 @@
-"""Quantities as people read them: durations and FLOP counts (plans, claims and the CLI print these)."""
+"""Quantities as people read them: durations, FLOP counts and shares (plans, claims, health checks and the CLI
+print these)."""
 
 from __future__ import annotations
+
+import math
 
 
 def duration(seconds: float) -> str:
@@ -20,3 +23,8 @@ def flops_text(flops: float) -> str:
         if flops >= scale:
             return f"{flops / scale:.1f} {unit}"
     return f"{flops:.0f} FLOP"
+
+
+def share_text(value: float) -> str:
+    """A fraction as a percentage (12.5%), or "all" when it is not finite."""
+    return "all" if not math.isfinite(value) else f"{100 * value:.3g}%"

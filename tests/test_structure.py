@@ -110,3 +110,20 @@ def test_every_member_of_a_spec_union_has_a_runner(union: str, key: str, registr
     declared = _members(attribute(union), key)
     registered = set(attribute(registry))  # type: ignore[call-overload]
     assert declared == registered
+
+
+def test_only_an_estimators_own_modules_name_it():
+    """An estimator's rules, health checks and runner live with it (its spec class in inflang/spec/estimators.py,
+    its module in runners/estimators/), so no other module spells its name. ``exact`` and ``custom`` are left out:
+    they are also a Hessian method and a dataset and model."""
+    from inflang.spec.estimators import AnyEstimator
+
+    names = _members(AnyEstimator, "name") - {"exact", "custom"}
+    spelled = []
+    for module, file in _modules().items():
+        if module == "inflang.spec.estimators" or module.startswith("runners.estimators"):
+            continue
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                spelled.append(f"{module}:{node.lineno} {node.value!r}")
+    assert not spelled, spelled

@@ -8,11 +8,28 @@ A new estimator is one model here (added to ``EstimatorSpec``) plus one module i
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from inflang.spec.base import CodeFields, Spec
+from inflang.spec.diagnostics import DiagnosticsSpec
+from inflang.units import share_text
+
+Rule = tuple[tuple[str | int, ...], str, str | None]  # (path below the estimator, message, hint)
+Health = tuple[str, float, float, str]  # (check, value, threshold, message): a health check that warns
+
+
+@dataclass(frozen=True)
+class EstimatorFacts:
+    """What an estimator's rules need to know about the rest of its study."""
+
+    n_params: int  # of the model (or of the parameters influence is computed over)
+    n_train: int  # points trained on
+    checkpoints: int  # training.checkpoints
+    weight_decay: float
 
 
 class EstimatorBase(Spec):
@@ -26,6 +43,16 @@ class EstimatorBase(Spec):
     # every estimator states ranks_only (a raw score, not a predicted change); a custom one per instance
     predicts_parameter_change: ClassVar[bool] = False  # has an estimate for measure: param_change_norm
     assumes_optimum: ClassVar[bool] = False  # inverts curvature at the trained model: assumes a stationary point
+    classifiers_only: ClassVar[bool] = False  # defined for classifiers (refused on real-valued targets)
+
+    def problems(self, facts: EstimatorFacts) -> list[Rule]:
+        """What the rest of the study rules out for this estimator (``semantic_problems`` reports them)."""
+        return []
+
+    def health(self, label: str, top: float | None, low: float | None, limits: DiagnosticsSpec) -> list[Health]:
+        """This estimator's own health checks that warn, from the trained model's extreme Hessian eigenvalues
+        (Lanczos' Ritz values; None when not measured) and the study's ``diagnostics:`` thresholds."""
+        return []
 
     @property
     def trained_models(self) -> int:
@@ -69,6 +96,12 @@ class ExactEstimator(InverseCurvatureEstimator):
     uses_curvature: ClassVar[bool] = True
     dense_hessian: ClassVar[bool] = True
 
+    def problems(self, facts: EstimatorFacts) -> list[Rule]:
+        if facts.n_params > self.max_params:
+            return [((), f"the model has {facts.n_params} parameters, more than max_params = {self.max_params}",
+                     "the exact Hessian is P x P; use cg, lissa or arnoldi, a smaller model, or raise max_params")]
+        return []
+
 
 class CgEstimator(InverseCurvatureEstimator):
     """Conjugate gradient on Hessian-vector products: solves (H + damping I) x = g_test per test point."""
@@ -93,6 +126,30 @@ class LissaEstimator(InverseCurvatureEstimator):
     repeats: int = Field(1, ge=1, description="independent recursions averaged")
     batch_size: int | None = Field(None, ge=1, description="minibatch for each Hessian-vector product; null = full")
 
+    def problems(self, facts: EstimatorFacts) -> list[Rule]:
+        if self.batch_size is not None and self.batch_size > facts.n_train:
+            return [(("batch_size",), f"batch_size {self.batch_size} is larger than the training set "
+                     f"({facts.n_train} points)", None)]
+        return []
+
+    def health(self, label: str, top: float | None, low: float | None, limits: DiagnosticsSpec) -> list[Health]:
+        """``lissa_not_converged``: the recursion's error along an eigen-direction of eigenvalue e shrinks by
+        |1 - (e + damping) / scale| a step; after J steps the slowest direction keeps that factor to the J.
+        Lanczos' smallest Ritz value bounds lambda_min from above: min(it, 0) keeps the check conservative."""
+        if top is None or low is None:
+            return []
+        bottom = min(low, 0.0)
+        slow, fast = abs(1 - (bottom + self.damping) / self.scale), abs(1 - (top + self.damping) / self.scale)
+        factor = max(slow, fast)
+        residual = factor ** self.recursion_depth if factor < 1 else math.inf
+        if residual <= limits.lissa_residual:
+            return []
+        end = (f"the Hessian's smallest eigenvalue (<= {bottom:.3g})" if slow >= fast else
+               f"its largest ({top:.3g}), which scale {self.scale:g} barely exceeds")
+        return [("lissa_not_converged", residual, limits.lissa_residual,
+                 f"after {self.recursion_depth} steps the recursion keeps {share_text(residual)} of its error along "
+                 f"{end}: raise recursion_depth or damping, or lower scale")]
+
 
 class ArnoldiEstimator(InverseCurvatureEstimator):
     """Arnoldi (Schioppa et al. 2022): the top_k eigenpairs (u_k, e_k) of H from an arnoldi_dim Krylov space;
@@ -108,6 +165,11 @@ class ArnoldiEstimator(InverseCurvatureEstimator):
         if self.top_k > self.arnoldi_dim:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed arnoldi_dim ({self.arnoldi_dim})")
         return self
+
+    def problems(self, facts: EstimatorFacts) -> list[Rule]:
+        if self.top_k > facts.n_params:
+            return [(("top_k",), f"top_k = {self.top_k} is more than the model's {facts.n_params} parameters", None)]
+        return []
 
 
 class GradDotEstimator(EstimatorBase):
@@ -131,6 +193,12 @@ class TracinEstimator(EstimatorBase):
     name: Literal["tracin"]
     ranks_only: ClassVar[bool] = True
 
+    def problems(self, facts: EstimatorFacts) -> list[Rule]:
+        if facts.checkpoints < 1:
+            return [(("name",), "tracin reads checkpoints, and training keeps none",
+                     "set training.checkpoints (e.g. 5)")]
+        return []
+
 
 class RepresenterEstimator(EstimatorBase):
     """Representer points (Yeh et al. 2018) on the last linear layer: alpha_i = -(1/(weight_decay n))
@@ -139,6 +207,12 @@ class RepresenterEstimator(EstimatorBase):
 
     name: Literal["representer"]
     ranks_only: ClassVar[bool] = True
+    classifiers_only: ClassVar[bool] = True
+
+    def problems(self, facts: EstimatorFacts) -> list[Rule]:
+        if facts.weight_decay <= 0:
+            return [(("name",), "representer points need weight_decay > 0", "set training.weight_decay")]
+        return []
 
 
 class DataInfEstimator(InverseCurvatureEstimator):
@@ -185,6 +259,7 @@ class TrakEstimator(EstimatorBase):
 
     name: Literal["trak"]
     ranks_only: ClassVar[bool] = True
+    classifiers_only: ClassVar[bool] = True
     proj_dim: int = Field(512, ge=1, description="dimension of the random projection of the gradients")
     models: int = Field(1, ge=1, le=1000, description="independently trained models averaged over (the cell's "
                         "model and models - 1 more, same data split, fresh initialisation and batch order)")

@@ -12,10 +12,8 @@ from inflang.spec.claims import Claim
 from inflang.spec.dataset import DatasetSpec
 from inflang.spec.diagnostics import DiagnosticsSpec
 from inflang.spec.estimators import (
-    ArnoldiEstimator,
+    EstimatorFacts,
     EstimatorSpec,
-    ExactEstimator,
-    LissaEstimator,
     estimator_label,
 )
 from inflang.spec.model import IMAGE_ARCHS, MlpModel, ModelSpec
@@ -81,7 +79,7 @@ def regression_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, 
         problems.append((("test_points", "select"), f"misclassified needs classes, and {why}",
                          "use highest_loss"))
     for i, est in enumerate(study.estimators):
-        if est.name in ("trak", "representer"):
+        if est.classifiers_only:
             problems.append((("estimators", i, "name"), f"{est.name} is defined for classifiers, and {why}", None))
     return problems
 
@@ -212,24 +210,10 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
         problems.append((("ground_truth", "start"),
                          "start: scratch repeats the original training; it takes no optimizer or lr override", None))
     n_params = study.model.n_params(info)
+    known = EstimatorFacts(n_params=n_params, n_train=n_train, checkpoints=study.training.checkpoints,
+                           weight_decay=study.training.weight_decay)
     for i, est in enumerate(study.estimators):
-        if isinstance(est, ExactEstimator) and n_params > est.max_params:
-            problems.append((("estimators", i),
-                             f"the model has {n_params} parameters, more than max_params = {est.max_params}",
-                             "the exact Hessian is P x P; use cg, lissa or arnoldi, a smaller model, "
-                             "or raise max_params"))
-        if isinstance(est, ArnoldiEstimator) and est.top_k > n_params:
-            problems.append((("estimators", i, "top_k"),
-                             f"top_k = {est.top_k} is more than the model's {n_params} parameters", None))
-        if est.name == "tracin" and study.training.checkpoints < 1:
-            problems.append((("estimators", i, "name"), "tracin reads checkpoints, and training keeps none",
-                             "set training.checkpoints (e.g. 5)"))
-        if est.name == "representer" and study.training.weight_decay <= 0:
-            problems.append((("estimators", i, "name"), "representer points need weight_decay > 0",
-                             "set training.weight_decay"))
-        if isinstance(est, LissaEstimator) and est.batch_size is not None and est.batch_size > n_train:
-            problems.append((("estimators", i, "batch_size"),
-                             f"batch_size {est.batch_size} is larger than the training set ({n_train} points)", None))
+        problems += [(("estimators", i, *where), message, hint) for where, message, hint in est.problems(known)]
     if study.hessian is not None and study.hessian.method == "exact" and n_params > study.hessian.max_params:
         problems.append((("hessian",), f"the model has {n_params} parameters, more than "
                          f"max_params = {study.hessian.max_params}", "use hessian.method: lanczos"))
