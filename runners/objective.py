@@ -18,8 +18,8 @@ def per_example_loss(logits: Tensor, y: Tensor, smoothing: float = 0.0) -> Tenso
     With label ``smoothing`` e the target is (1 - e) one_hot(y) + e / C: logsumexp(z) - (1 - e) z_y - e mean(z).
     Real-valued targets y [..., C] (regression) give the squared error (1/2) ||z - y||^2 instead.
 
-    Written out (max-shifted) rather than with ``log_softmax``, which is 2-3x slower on CPU for the few
-    classes and many rows of an ensemble.
+    Written out (max-shifted) rather than with ``log_softmax``, which is slower on CPU for the few classes and
+    many rows of an ensemble.
     """
     if y.is_floating_point():
         return 0.5 * ((logits - y) ** 2).sum(dim=-1)

@@ -23,15 +23,17 @@ parameters, each Linear layer one batched matmul over models, with each convolut
 
 A layer whose input every model shares (the first, on a full batch or a shared minibatch) reads it through a
 stride-0 batch, so each model's products are computed exactly as in an ensemble of one. In float64 a model's
-numbers do not depend on the ensemble's size (tested, so chunking changes no bits; in float32 torch's
-elementwise kernels already break that, with or without this module). tanh is computed as 2 sigmoid(2x) - 1
-(``_Tanh``): the same function, whose CPU kernel is vectorised where torch's tanh is not (1.6-3x faster here;
+numbers do not depend on the ensemble's size (tested, so chunking changes no bits, where the loss's exp and log
+meet each model's logits in whole vector registers: docs/language.md; in float32 torch's elementwise kernels
+already break that, with or without this module). tanh is computed as 2 sigmoid(2x) - 1 (``_Tanh``): the same
+function, whose CPU kernel is vectorised where torch's tanh is not (README, "Speed of the ground truth";
 within 2e-7 of it in float32 and 4e-16 in float64). Elementwise functions that round (tanh in every dtype;
 sigmoid, gelu, selu, ... in float64; not relu) run model by model on each model's own slab of activations, so
 that which of a model's elements fall in a vector kernel's scalar tail, which rounds differently, does not
 depend on the ensemble's size, or on the whole ensemble at once where that gives the same bits
 (``_aligned``). In float32 the others run on the whole ensemble (a layer at a time per model made a float32
-GELU step 3x slower), so there a model's last bits can depend on the ensemble's size, as the docs say.
+GELU step several times slower), so there a model's last bits can depend on the ensemble's size, as the docs
+say.
 
 Which strategy runs is fixed per dtype and device (``STRATEGY``, the fastest measured by
 ``benchmarks/retrain.py``), never by timing. Inside ``torch.compile`` (the compiled engine) convolutions go
@@ -185,7 +187,7 @@ def forward(module: nn.Sequential, params: dict[str, Tensor], x: Tensor, per_mod
                 h = pooled.unflatten(0, moved.shape[:lead + 1]).movedim(0, -1)
             else:
                 h = layer(h) if shared else layer(h.flatten(0, 1)).unflatten(0, (count, -1))
-        elif isinstance(layer, nn.Tanh) and h.device.type == "cpu":  # torch's CPU tanh: scalar code, 1.6-3x slower
+        elif isinstance(layer, nn.Tanh) and h.device.type == "cpu":  # torch's CPU tanh is scalar code
             h = _tanh(h, not shared)
         elif shared or type(layer) in _EXACT or h.dtype != torch.float64 or (h.is_contiguous() and _aligned(h)):
             h = layer(h)
@@ -346,8 +348,8 @@ def _aligned(h: Tensor) -> bool:
 
 
 class _Tanh(torch.autograd.Function):
-    """tanh(x) = 2 sigmoid(2x) - 1, the same function as torch.tanh, whose CPU kernel is scalar code here (one
-    thread, per element: float32 3.4 ns against 1.05 ns this way, float64 3.8 against 2.3). The sigmoid runs
+    """tanh(x) = 2 sigmoid(2x) - 1, the same function as torch.tanh, whose CPU kernel is scalar code where the
+    sigmoid's is vectorised (README, "Speed of the ground truth"). The sigmoid runs
     once per model on its own slab (``per_model``), so that which of a model's elements fall in the vector
     kernel's scalar tail (which rounds differently) does not depend on the ensemble's size; 2x and -1 are exact
     or correctly rounded either way. The backward is torch's own, grad (1 - tanh^2)."""
@@ -371,8 +373,8 @@ class _Tanh(torch.autograd.Function):
 
 class _TanhOutsideTransforms(torch.autograd.Function):
     """``_Tanh`` for calls outside torch.func transforms: the same arithmetic, without ``setup_context``, whose
-    presence makes every ``apply`` bind its arguments through ``inspect.signature`` (64 us a step on the Iris MLP,
-    a tenth of a one-model step)."""
+    presence makes every ``apply`` bind its arguments through ``inspect.signature`` (a sizeable share of a
+    one-model step of a small MLP)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, per_model: bool) -> Tensor:

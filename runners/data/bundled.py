@@ -2,8 +2,8 @@
 
 The files are read where scikit-learn installed them (``sklearn/datasets/data``), in its own formats: a CSV
 whose first row is ``n_samples, n_features, class names...`` and whose last column is the label, and for
-digits a gzipped CSV of 64 pixels and the label. Importing scikit-learn itself costs 1.5 s here, more than a
-small study's training; ``tests/test_data.py`` checks these arrays against scikit-learn's own loaders.
+digits a gzipped CSV of 64 pixels and the label, without importing scikit-learn itself, which a small study
+would wait for; ``tests/test_data.py`` checks these arrays against scikit-learn's own loaders.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def _images(spec: SyntheticDataset, seed: int) -> RawData:
 def load_synthetic(spec: SyntheticDataset) -> RawData:
     if spec.kind == "images":
         return _images(spec, derive_seed(spec.kind, spec.samples, spec.classes, spec.noise, *spec.image_shape))
-    from sklearn import datasets  # imported on use (1.5 s)
+    from sklearn import datasets  # imported on use: a slow import the other datasets do not need
 
     seed = derive_seed(spec.kind, spec.samples, spec.features, spec.classes, spec.noise)
     if spec.kind == "regression":  # targets [rows, targets], float

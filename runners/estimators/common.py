@@ -251,9 +251,9 @@ def hessian_vector_products(flat: FlatModel, x: Tensor, y: Tensor, weight_decay:
     the examples in chunks of at most HVP_ELEMENTS layer outputs (on a GPU as many as a share of its memory
     holds, ``runners.device.chunk_bytes``; with a ``budget``, as many as HVP_BYTES each fit in it): each
     chunk's mean-loss products weighted by
-    its share of the examples, weight decay added once. ResNet-20 on 2,000 32x32 images (one thread): 14 s
-    for one vector and 107 s for ten (1.2 GB peak) in chunks of 49-50 examples, against 38 s and 270 s (15 GB)
-    in one pass; a network small enough for one chunk is computed as before, in one pass."""
+    its share of the examples, weight decay added once: on ResNet-20 chunks are faster than one pass and hold a
+    fraction of its memory (README, "At ResNet size"); a network small enough for one chunk is computed in one
+    pass."""
     xb, yb = (x, y) if batch is None else (x[batch], y[batch])
     n = int(xb.shape[0])
     elements = (budget or chunk_bytes(flat.theta.device, HVP_ELEMENTS * HVP_BYTES)) // HVP_BYTES
