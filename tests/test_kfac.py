@@ -13,7 +13,7 @@ from runners.errors import TaskFailure
 from runners.estimators import ESTIMATORS, EstimatorInputs
 from runners.models import build
 from runners.train import train
-from tests.test_more_estimators import per_example_grads
+from tests.test_tracin_representer_datainf import per_example_grads
 
 WD = 0.05
 
