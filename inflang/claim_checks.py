@@ -16,7 +16,6 @@ Params = dict[str, Any]
 Problem = tuple[tuple[str | int, ...], str, str | None]
 
 
-
 def same(a: Any, b: Any) -> bool:
     if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool) \
             and not isinstance(b, bool):

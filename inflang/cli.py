@@ -1,8 +1,9 @@
 """The ``inflang`` command line: validate, plan, run, query, report, schema.
 
 Over 500 lines for a reason: it is the twelve commands' Typer signatures, whose options and help texts are
-most of its lines, and the checks of those options. What the commands print lives in ``inflang.tables`` and
-``inflang.progress``, what they do in ``inflang.api`` and the modules it calls."""
+most of its lines, and the checks of those options. Most of what the commands print lives in ``inflang.tables``
+and ``inflang.progress`` (a few small tables are still built here), what they do in ``inflang.api`` and the
+modules it calls."""
 
 from __future__ import annotations
 
@@ -140,6 +141,7 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     """Show the tasks a study compiles into: which are cached, which would run, and their cost (model-steps,
     FLOPs and, once measured here with --calibrate, time). Data files need not exist yet."""
     from inflang.pricing import Rates, price, timed, unmeasured
+
     if engine is not None and engine not in ENGINES:
         raise _fail(f"error: --engine: '{engine}' is not one of {', '.join(ENGINES)}")
     engine = engine or os.environ.get("INFLANG_ENGINE", "auto")

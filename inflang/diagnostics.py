@@ -30,6 +30,7 @@ import duckdb
 from inflang import store
 from inflang.spec import DiagnosticsSpec, estimator_label
 from inflang.sweep import label
+from inflang.units import share_text
 
 MODEL, GROUND_TRUTH = "model", "ground truth"
 
@@ -85,24 +86,15 @@ def check_cell(f: CellFacts) -> list[Diagnostic]:
             warn(name, "not_stationary", f.model["grad_norm"], s.gradient_norm,
                  f"the trained model is not at a stationary point (||grad L|| = {f.model['grad_norm']:.2g}), "
                  f"which {name} assumes: train longer or use a ground truth that starts where the model is")
-        for check, value, threshold, message in est.health(name, top, low, s):
+        for check, value, threshold, message in est.health(top, low, f.notes.get(name, {}), s):
             warn(name, check, value, threshold, message)
-        notes = f.notes.get(name, {})
-        if "kfac_uncovered" in notes and notes["kfac_uncovered"] > s.kfac_uncovered:
-            warn(name, "kfac_uncovered", notes["kfac_uncovered"], s.kfac_uncovered,
-                 f"{_share(notes['kfac_uncovered'])} of the parameters are outside Linear/Conv2d layers, which "
-                 f"{est.name} does not factor: their influence is left out")
-        if "arnoldi_mass" in notes and notes["arnoldi_mass"] < s.arnoldi_mass:
-            warn(name, "arnoldi_few_directions", notes["arnoldi_mass"], s.arnoldi_mass,
-                 f"the {est.top_k} kept eigenvalues hold {_share(notes['arnoldi_mass'])} of the Hessian's trace: "
-                 "raise top_k (and arnoldi_dim)")
     if f.train_loss is not None and top is not None and f.train_loss < s.train_loss and top < s.curvature_floor:
         warn(MODEL, "interpolation", f.train_loss, s.train_loss,
              f"training loss {f.train_loss:.2g} and top eigenvalue {top:.2g}: the model interpolates its training "
              "data, removing a point changes almost nothing, and damping sets every curvature-based estimate")
     if f.retrain_ratio is not None and f.retrain_ratio > s.retrain_gradient:
         warn(GROUND_TRUTH, "retraining_not_converged", f.retrain_ratio, s.retrain_gradient,
-             f"warm-start retraining ends with {_share(f.retrain_ratio)} of the gradient each removal created "
+             f"warm-start retraining ends with {share_text(f.retrain_ratio)} of the gradient each removal created "
              "(median): the effects are not those of converged refits; raise steps or use solver: newton")
     if f.unconverged is not None:
         bad, total, worst = f.unconverged
@@ -118,7 +110,7 @@ def check_cell(f: CellFacts) -> list[Diagnostic]:
              "ground_truth.tol below the removed points' gradients")
     if f.below_resolution is not None and f.below_resolution > s.below_resolution:
         warn(GROUND_TRUTH, "below_resolution", f.below_resolution, s.below_resolution,
-             f"{_share(f.below_resolution)} of the effects are below the ground truth's resolution: they are "
+             f"{share_text(f.below_resolution)} of the effects are below the ground truth's resolution: they are "
              "rounding noise, not effects")
     if f.noise_ceiling is not None and f.noise_ceiling < s.noise_ceiling:
         warn(GROUND_TRUTH, "low_noise_ceiling", f.noise_ceiling, s.noise_ceiling,
@@ -129,10 +121,6 @@ def check_cell(f: CellFacts) -> list[Diagnostic]:
 
 def _times(ratio: float) -> str:
     return "many times" if not math.isfinite(ratio) else f"{ratio:.3g} times"
-
-
-def _share(value: float) -> str:
-    return "all" if not math.isfinite(value) else f"{100 * value:.3g}%"
 
 
 def collect(con: duckdb.DuckDBPyConnection, cells: Sequence[Any]) -> list[CellFacts]:

@@ -19,7 +19,6 @@ def quoted(path: str) -> str:
     return shlex.quote(path)
 
 
-
 class RichEvents(Events):
     """Progress bars per task kind (elapsed and remaining time) plus a bar of models retrained; at the start,
     the price of the pending training and retraining from the rates measured here (``inflang.pricing``)."""

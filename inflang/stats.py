@@ -37,8 +37,8 @@ def scipy_stats() -> Any:
 
 
 def scipy_special() -> Any:
-    """scipy.special (a fraction of scipy.stats' import time; README, "End to end"): Student's t quantiles and
-    tail areas."""
+    """scipy.special (a fraction of scipy.stats' import time; README, "Speed of the ground truth"): Student's t
+    quantiles and tail areas."""
     from scipy import special
 
     return special

@@ -175,17 +175,6 @@ def loaded(spec: CustomDataset) -> tuple[np.ndarray, np.ndarray, int]:
     return x, labels, classes
 
 
-def load_custom(spec: CustomDataset) -> Any:
-    """``runners.data`` loader: the rows the study's loader returns (row id = position)."""
-    from runners.data.split import RawData
-
-    try:
-        x, y, classes = loaded(spec)
-    except CodeError as exc:
-        raise TaskFailure(f"dataset.loader: {exc}") from None
-    return RawData(x=x, y=y, classes=classes)
-
-
 def dataset_facts(spec: CustomDataset) -> DatasetInfo:
     x, y, classes = loaded(spec)
     return DatasetInfo(rows=int(x.shape[0]), features=int(np.prod(x.shape[1:])), classes=classes,

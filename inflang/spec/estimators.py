@@ -26,7 +26,7 @@ Health = tuple[str, float, float, str]  # (check, value, threshold, message): a 
 class EstimatorFacts:
     """What an estimator's rules need to know about the rest of its study."""
 
-    n_params: int  # of the model (or of the parameters influence is computed over)
+    n_params: int  # of the whole model
     n_train: int  # points trained on
     checkpoints: int  # training.checkpoints
     weight_decay: float
@@ -49,9 +49,11 @@ class EstimatorBase(Spec):
         """What the rest of the study rules out for this estimator (``semantic_problems`` reports them)."""
         return []
 
-    def health(self, label: str, top: float | None, low: float | None, limits: DiagnosticsSpec) -> list[Health]:
+    def health(self, top: float | None, low: float | None, notes: dict[str, float],
+               limits: DiagnosticsSpec) -> list[Health]:
         """This estimator's own health checks that warn, from the trained model's extreme Hessian eigenvalues
-        (Lanczos' Ritz values; None when not measured) and the study's ``diagnostics:`` thresholds."""
+        (Lanczos' Ritz values; None when not measured), the facts its runner noted (``estimate_notes``) and the
+        study's ``diagnostics:`` thresholds."""
         return []
 
     @property
@@ -132,7 +134,8 @@ class LissaEstimator(InverseCurvatureEstimator):
                      f"({facts.n_train} points)", None)]
         return []
 
-    def health(self, label: str, top: float | None, low: float | None, limits: DiagnosticsSpec) -> list[Health]:
+    def health(self, top: float | None, low: float | None, notes: dict[str, float],
+               limits: DiagnosticsSpec) -> list[Health]:
         """``lissa_not_converged``: the recursion's error along an eigen-direction of eigenvalue e shrinks by
         |1 - (e + damping) / scale| a step; after J steps the slowest direction keeps that factor to the J.
         Lanczos' smallest Ritz value bounds lambda_min from above: min(it, 0) keeps the check conservative."""
@@ -170,6 +173,16 @@ class ArnoldiEstimator(InverseCurvatureEstimator):
         if self.top_k > facts.n_params:
             return [(("top_k",), f"top_k = {self.top_k} is more than the model's {facts.n_params} parameters", None)]
         return []
+
+    def health(self, top: float | None, low: float | None, notes: dict[str, float],
+               limits: DiagnosticsSpec) -> list[Health]:
+        """``arnoldi_few_directions``: the kept eigenvalues' share of the Hessian's trace (noted by the runner)."""
+        mass = notes.get("arnoldi_mass")
+        if mass is None or not mass < limits.arnoldi_mass:
+            return []
+        return [("arnoldi_few_directions", mass, limits.arnoldi_mass,
+                 f"the {self.top_k} kept eigenvalues hold {share_text(mass)} of the Hessian's trace: "
+                 "raise top_k (and arnoldi_dim)")]
 
 
 class GradDotEstimator(EstimatorBase):
@@ -228,6 +241,16 @@ class DataInfEstimator(InverseCurvatureEstimator):
 class KroneckerEstimator(InverseCurvatureEstimator):
     """What K-FAC and EK-FAC share: the output factor they build the Kronecker factors from."""
 
+    def health(self, top: float | None, low: float | None, notes: dict[str, float],
+               limits: DiagnosticsSpec) -> list[Health]:
+        """``kfac_uncovered``: the share of parameters outside Linear/Conv2d layers (noted by the runner)."""
+        uncovered = notes.get("kfac_uncovered")
+        if uncovered is None or not uncovered > limits.kfac_uncovered:
+            return []
+        return [("kfac_uncovered", uncovered, limits.kfac_uncovered,
+                 f"{share_text(uncovered)} of the parameters are outside Linear/Conv2d layers, which "
+                 f"{self.name} does not factor: their influence is left out")]  # type: ignore[attr-defined]
+
     fisher: Literal["expected", "empirical"] = Field(
         "expected", description="expected: output factor from diag(p) - p p^T (the Gauss-Newton matrix, exact "
         "expectation over labels); empirical: from the true-label gradient p - y (the empirical Fisher)")
@@ -282,6 +305,9 @@ AnyEstimator = (ExactEstimator | CgEstimator | LissaEstimator | ArnoldiEstimator
                 | GradCosEstimator | TracinEstimator | RepresenterEstimator | DataInfEstimator | KfacEstimator
                 | EkfacEstimator | TrakEstimator | CustomEstimator)
 EstimatorSpec = Annotated[AnyEstimator, Field(discriminator="name")]
+# names of the estimators with an estimate for measure: param_change_norm, in the union's order
+PARAMETER_CHANGE_ESTIMATORS = tuple(get_args(cls.model_fields["name"].annotation)[0] for cls in get_args(AnyEstimator)
+                                    if cls.predicts_parameter_change)
 # names of the estimators whose scores rank training points but predict no change (grad_dot, trak, ...)
 RANK_ONLY_NAMES = frozenset(get_args(cls.model_fields["name"].annotation)[0] for cls in get_args(AnyEstimator)
                             if getattr(cls, "ranks_only", None) is True)

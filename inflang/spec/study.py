@@ -12,6 +12,7 @@ from inflang.spec.claims import Claim
 from inflang.spec.dataset import DatasetSpec
 from inflang.spec.diagnostics import DiagnosticsSpec
 from inflang.spec.estimators import (
+    PARAMETER_CHANGE_ESTIMATORS,
     EstimatorFacts,
     EstimatorSpec,
     estimator_label,
@@ -189,7 +190,7 @@ def semantic_problems(study: Study) -> list[tuple[tuple[str | int, ...], str, st
             if not est.predicts_parameter_change:
                 problems.append((("estimators", i, "name"), f"{est.name} predicts no parameter change, so it "
                                  "has no estimate for measure: param_change_norm",
-                                 "use exact, cg, lissa or arnoldi with it"))
+                                 f"use one of {', '.join(PARAMETER_CHANGE_ESTIMATORS)} with it"))
     newton = gt.converged
     if gt.optimizer is None and tr.optimizer == "lbfgs" and not newton:
         problems.append((("training", "optimizer"),

@@ -255,9 +255,7 @@ def snapshot(path: str | Path) -> duckdb.DuckDBPyConnection:
     """A read-only connection to a private copy of the database as of now: the file (and any WAL) is copied
     under the shared lock into a temporary folder, opened, and the folder removed at once (the open connection
     keeps the bytes until it closes), so holding the connection blocks no run and leaves nothing behind."""
-    db = check_db_path(path)
-    if not db.exists():
-        raise UsageError(f"{db}: no such database; run a study first (inflang run STUDY.yaml)")
+    db = existing_database(path)
     folder = Path(tempfile.mkdtemp(prefix="inflang-snapshot-"))
     try:
         with _guard(_key(db)):

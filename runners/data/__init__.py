@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from runners.custom import load_custom
 from runners.data.bundled import load_bundled
 from runners.data.cifar import load_cifar
+from runners.data.custom import load_custom
 from runners.data.idx import load_mnist
 from runners.data.imagefolder import load_imagefolder
 from runners.data.mnist1d import load_mnist1d

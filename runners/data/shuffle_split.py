@@ -3,7 +3,7 @@
 The same splits as scikit-learn's ``train_test_split(ids, train_size=..., test_size=..., stratify=labels,
 random_state=seed)`` (its StratifiedShuffleSplit and ShuffleSplit), which ``tests/test_data.py`` checks row
 for row, and the same refusals of sizes, without importing scikit-learn (and with it SciPy), which a small
-study would wait for (README, "End to end").
+study would wait for (README, "Speed of the ground truth").
 
 Sizes: a float is a fraction in (0, 1) (test rounded up, train rounded down), an int a count in [1, n); the
 size not given is the rest, and with neither the test set is a quarter. Unstratified: the first n_test rows
