@@ -17,6 +17,7 @@ import numpy as np
 
 from inflang import intervals, stats
 from inflang.claim_checks import Params, matches, numeric, same, value_text
+from inflang.metrics import is_correlation, metric_range
 from inflang.pooling import (
     SeedRows,
     at_bound,
@@ -174,9 +175,9 @@ def _gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None,
     arms = [(c, units(source[keys[i]], seeds)) for i, c in sorted(coefficients.items()) if c != 0.0]
     # a 0/1 quantity's level is a proportion: its interval is at least the exact binomial one of the successes
     # and trials pooled over every point it covers (never the no-width t interval of all ones)
-    combined = intervals.combine(arms, seeds, intervals.metric_range(name) if levels else None,
+    combined = intervals.combine(arms, seeds, metric_range(name) if levels else None,
                                  binomial_count(name, [source[k] for k in involved]) if levels else None,
-                                 fisher=levels and intervals.is_correlation(name))
+                                 fisher=levels and is_correlation(name))
     if combined is not None:
         combined = replace(combined, at_bound=at_bound(name, [source[k] for k in involved], seeds, not levels))
     if combined is None:

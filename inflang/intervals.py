@@ -46,31 +46,6 @@ from inflang.stats import scipy_special, scipy_stats
 
 LEVEL = 0.95
 
-# The range a metric's value lies in (levels are clipped to it; differences are not).
-_CORRELATIONS = ("pearson", "spearman", "kendall")
-_FRACTIONS = ("sign_agreement", "top_k_overlap", "flipped", "flip_rate", "below_resolution")
-
-
-def is_proportion(metric: str) -> bool:
-    """A metric that is 0 or 1 per test point by definition (whether a prediction flipped)."""
-    return metric == "flipped" or metric.endswith("_flipped") or metric == "flip_rate"
-
-
-def metric_range(metric: str) -> tuple[float, float] | None:
-    """(low, high) of a metric's possible values, or None when it is unbounded."""
-    if metric in _FRACTIONS or metric.startswith("noise_ceiling_") or metric.endswith(("_flipped", "_flip_rate")):
-        return (0.0, 1.0)
-    if metric in _CORRELATIONS or metric.startswith("reliability_") or metric.endswith(
-            tuple(f"_{c}" for c in _CORRELATIONS)):
-        return (-1.0, 1.0)
-    return None
-
-
-def is_correlation(metric: str) -> bool:
-    """A metric in [-1, 1] (a correlation or a reliability), whose level also gets Fisher's z interval."""
-    return metric_range(metric) == (-1.0, 1.0)
-
-
 @dataclass(frozen=True)
 class Interval:
     low: float

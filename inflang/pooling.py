@@ -28,6 +28,7 @@ import duckdb
 import numpy as np
 
 from inflang import intervals, stats
+from inflang.metrics import is_correlation, is_proportion, metric_range
 from inflang.store import per_test_point_rows, task_test_point_rows
 
 
@@ -147,7 +148,7 @@ def _seed_difference(a: SeedRows, b: SeedRows) -> float:
 def binomial_count(metric: str, groups: Sequence[Sequence[SeedRows]]) -> tuple[int, int] | None:
     """(ones, test points) of a metric that is 0 or 1 per test point by definition (``flipped``), else None (a
     correlation that happens to be 1 everywhere is not a proportion)."""
-    if not intervals.is_proportion(metric):
+    if not is_proportion(metric):
         return None
     values = np.concatenate([r.values[np.isfinite(r.values)] for rows in groups for r in rows] or [np.zeros(0)])
     if len(values) == 0 or not np.isin(values, (0.0, 1.0)).all():
@@ -161,8 +162,8 @@ def at_bound(metric: str, groups: Sequence[Sequence[SeedRows]], seeds: bool,
     value): the units are seeds (their means) or the one seed's test points; with ``test_points`` (differences)
     every seed's test points, (seed, test point) pairs. None for unbounded metrics and 0/1 proportions (whose
     interval is exact)."""
-    bounds = intervals.metric_range(metric)
-    if bounds is None or intervals.is_proportion(metric):
+    bounds = metric_range(metric)
+    if bounds is None or is_proportion(metric):
         return None
     found: dict[Hashable, bool] = {}
     for rows in groups:
@@ -177,8 +178,8 @@ def at_bound(metric: str, groups: Sequence[Sequence[SeedRows]], seeds: bool,
 def level(rows: Sequence[SeedRows], metric: str) -> intervals.TMean | None:
     """The mean over seeds of the mean over test points, with its interval."""
     seeds = by_seed([rows])
-    found = intervals.combine([(1.0, units(rows, seeds))], True, intervals.metric_range(metric),
-                              binomial_count(metric, [rows]), fisher=intervals.is_correlation(metric))
+    found = intervals.combine([(1.0, units(rows, seeds))], True, metric_range(metric),
+                              binomial_count(metric, [rows]), fisher=is_correlation(metric))
     return None if found is None else replace(found, at_bound=at_bound(metric, [rows], seeds))
 
 

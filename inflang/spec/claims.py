@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from inflang.metrics import lower_is_better_metric
 from inflang.spec.base import Spec
 
 # quantities of the trained model, one value per cell (from the models view)
@@ -21,11 +22,6 @@ MODEL_QUANTITIES = ("hessian_top_eigenvalue", "test_accuracy", "test_loss", "tra
 # quantities of the ground truth itself (estimator NULL in metrics)
 GROUND_TRUTH_METRICS = ("noise_ceiling_spearman", "noise_ceiling_pearson", "reliability_spearman",
                         "reliability_pearson", "resolution", "below_resolution")
-# metrics where a lower value is the better one (a contrast or comparison on them claims a negative difference)
-LOWER_IS_BETTER = ("flip_k", "flip_k_capped", "median_flip_k", "resolution", "below_resolution", "test_loss",
-                   "train_loss")
-
-
 class TrendSpec(Spec):
     """The metric moves in one direction along a swept axis (with every other swept value held fixed)."""
 
@@ -126,5 +122,4 @@ def lower_is_better(claim: Claim) -> bool:
     """Whether a lower metric is the better one for this claim (``better``, else the metric's default)."""
     if claim.better is not None:
         return claim.better == "lower"
-    name = claim.metric.removeprefix("random_")
-    return name in LOWER_IS_BETTER or name.endswith("_mean_abs_gap")
+    return lower_is_better_metric(claim.metric)
