@@ -43,23 +43,21 @@ def objective_hessian(module: nn.Module, params: dict[str, Tensor], x: Tensor, y
     unit vectors): the same derivatives through scalar backward passes, without the batched pass, whose first
     call imports ``sympy``."""
     flat = FlatModel(module, params)
-    P = flat.theta.numel()
-    if by_copies(module, x, P):
-        H = torch.empty(P, P, dtype=flat.theta.dtype, device=flat.theta.device)
-        for lo in range(0, P, HESSIAN_ROWS):
-            units = torch.zeros(min(HESSIAN_ROWS, P - lo), P, dtype=H.dtype, device=H.device)
-            units[torch.arange(len(units)), torch.arange(lo, lo + len(units))] = 1.0
-            H[lo:lo + len(units)] = products_from_copies(flat, x, y, weight_decay, units, smoothing)
-        return 0.5 * (H + H.T)
-    with torch.enable_grad():  # a caller's no_grad would leave nothing to differentiate
-        theta = flat.theta.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(flat.objective(theta, x, y, weight_decay, smoothing), theta, create_graph=True)
+    theta = flat.theta.detach().requires_grad_(True)
     P = theta.numel()
+    copies = by_copies(module, x, P)
+    if not copies:
+        with torch.enable_grad():  # a caller's no_grad would leave nothing to differentiate
+            objective = flat.objective(theta, x, y, weight_decay, smoothing)
+            (g,) = torch.autograd.grad(objective, theta, create_graph=True)
     H = torch.empty(P, P, dtype=theta.dtype, device=theta.device)
     batched = True
     for lo in range(0, P, HESSIAN_ROWS):
         rows = torch.zeros(min(HESSIAN_ROWS, P - lo), P, dtype=theta.dtype, device=theta.device)
         rows[torch.arange(len(rows)), torch.arange(lo, lo + len(rows))] = 1.0  # unit vectors e_lo, e_lo+1, ...
+        if copies:
+            H[lo:lo + len(rows)] = products_from_copies(flat, x, y, weight_decay, rows, smoothing)
+            continue
         if batched:
             try:
                 (H[lo:lo + len(rows)],) = torch.autograd.grad(g, theta, grad_outputs=rows, is_grads_batched=True,

@@ -27,7 +27,7 @@ from runners.compiled import CompileUnavailable, compiled_gradient
 from runners.device import here
 from runners.errors import DivergenceError
 from runners.forward import ensemble_logits
-from runners.objective import per_example_loss
+from runners.objective import loss_parts, per_example_loss
 
 Stacked = dict[str, Tensor]
 
@@ -160,20 +160,13 @@ class WeightedCrossEntropy:
         """(data terms [M], d sum_m data_m / d logits [M, b, C]), the value computed as ``__call__`` does."""
         yb, wb, denom = self._batch(batch)
         scale = (wb / (denom.unsqueeze(1) if isinstance(denom, Tensor) else denom)).unsqueeze(-1)
-        if yb.is_floating_point():
-            diff = logits - yb
-            loss = 0.5 * (diff**2).sum(dim=-1)
-            grad = diff.mul_(scale)
-        else:  # per_example_loss's operations, keeping exp(z - max z) and its sum for the softmax
-            shift = logits.amax(dim=-1, keepdim=True)
-            exps = (logits - shift).exp()
-            total = exps.sum(dim=-1)
-            lse = total.log() + shift.squeeze(-1)
-            true = logits.gather(-1, yb.unsqueeze(-1)).squeeze(-1)
+        loss, exps, total = loss_parts(logits, yb, self.smoothing)
+        if exps is None or total is None:  # the squared error
+            grad = (logits - yb).mul_(scale)
+        else:  # the softmax from the loss's own exp(z - max z), minus the (smoothed) one-hot
             e = self.smoothing
-            loss = lse - (1.0 - e) * true - e * logits.mean(dim=-1) if e else lse - true
             grad = exps.div_(total.unsqueeze(-1))
-            grad.scatter_add_(-1, yb.unsqueeze(-1), torch.full_like(true, -(1.0 - e)).unsqueeze(-1))
+            grad.scatter_add_(-1, yb.unsqueeze(-1), torch.full_like(total, -(1.0 - e)).unsqueeze(-1))
             if e:
                 grad.sub_(e / logits.shape[-1])
             grad.mul_(scale)

@@ -21,14 +21,22 @@ def per_example_loss(logits: Tensor, y: Tensor, smoothing: float = 0.0) -> Tenso
     Written out (max-shifted) rather than with ``log_softmax``, which is slower on CPU for the few classes and
     many rows of an ensemble.
     """
+    return loss_parts(logits, y, smoothing)[0]
+
+
+def loss_parts(logits: Tensor, y: Tensor, smoothing: float = 0.0) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(``per_example_loss``, exp(z - max z) [..., C], its sum [...]): the softmax's numerator and denominator
+    the loss computed on the way, for a gradient in the logits by hand; (loss, None, None) for regression."""
     if y.is_floating_point():
-        return 0.5 * ((logits - y) ** 2).sum(dim=-1)
+        return 0.5 * ((logits - y) ** 2).sum(dim=-1), None, None
     shift = logits.detach().amax(dim=-1, keepdim=True)
-    lse = (logits - shift).exp().sum(dim=-1).log() + shift.squeeze(-1)
+    exps = (logits - shift).exp()
+    total = exps.sum(dim=-1)
+    lse = total.log() + shift.squeeze(-1)
     true = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     if smoothing:
-        return lse - (1.0 - smoothing) * true - smoothing * logits.mean(dim=-1)
-    return lse - true
+        return lse - (1.0 - smoothing) * true - smoothing * logits.mean(dim=-1), exps, total
+    return lse - true, exps, total
 
 
 def margin(logits: Tensor, y: Tensor) -> Tensor:
