@@ -7,11 +7,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim
+from inflang import metrics as catalogue
+from inflang.spec.claims import Claim
 
-GAP_METRICS = tuple(f"{prefix}_{name}" for prefix in ("influence_vs_pbrf", "influence_vs_retrained",
-                                                        "pbrf_vs_converged_loo", "converged_loo_vs_retrained")
-                    for name in ("spearman", "pearson", "mean_gap", "mean_abs_gap"))
 Params = dict[str, Any]
 Problem = tuple[tuple[str | int, ...], str, str | None]
 
@@ -43,13 +41,7 @@ def claim_problems(claims: Sequence[Claim], cells: Sequence[tuple[Params, Any]])
     labels = sorted({e.label or e.name for s in studies for e in s.estimators})
     metric_names = sorted({m for s in studies for m in s.ground_truth.estimator_metrics(tuple(s.metrics.names))})
     ground = {m for s in studies for m in s.ground_truth.ground_truth_metrics()}
-    if any(s.ground_truth.repeats >= 2 for s in studies):
-        ground |= {m for m in GROUND_TRUTH_METRICS if m.startswith(("noise_ceiling", "reliability"))}
-    if any(s.ground_truth.probes_per_repeat for s in studies):
-        ground |= {"resolution", "below_resolution"}
-    decompose = any(getattr(s.ground_truth, "decompose", False) for s in studies)
-    gaps = set(GAP_METRICS) if decompose else set()
-    model = {q for q in MODEL_QUANTITIES if q != "hessian_top_eigenvalue" or any(s.hessian for s in studies)}
+    model = {q for q in catalogue.names("model") if q != "hessian_top_eigenvalue" or any(s.hessian for s in studies)}
     axes: dict[str, list[Any]] = {}
     for params, _ in cells:
         for k, v in params.items():
@@ -60,8 +52,8 @@ def claim_problems(claims: Sequence[Claim], cells: Sequence[tuple[Params, Any]])
         at: tuple[str | int, ...] = ("claims", i)
         if claim.name in names[:i]:
             problems.append((at + ("name",), f"a second claim is named '{claim.name}'", "give each claim its own name"))
-        per_estimator = claim.metric in metric_names or claim.metric.startswith(("influence_vs_",))
-        known = set(metric_names) | ground | gaps | model
+        per_estimator = claim.metric in metric_names
+        known = set(metric_names) | ground | model
         if claim.metric not in known:
             problems.append((at + ("metric",), f"'{claim.metric}' is not a quantity this study produces",
                              f"one of: {', '.join(sorted(known))}"))

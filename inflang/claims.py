@@ -38,10 +38,11 @@ from inflang import intervals
 from inflang.claim_checks import Params, matches, same
 from inflang.diagnostics import GROUND_TRUTH, MODEL, claim_health
 from inflang.evidence import ByPoint, Evidence, gather, ground_metric, no_width, rows_for
+from inflang.metrics import CEILING_OF, is_model_quantity, is_noise_ceiling, reliability_of
 from inflang.power import MIN_SEEDS  # seeds a claim about training seeds needs
 from inflang.sequential import Design
 from inflang.settle import settle
-from inflang.spec.claims import MODEL_QUANTITIES, Claim, lower_is_better
+from inflang.spec.claims import Claim, lower_is_better
 from inflang.store import (
     added_repeats,
     added_seconds,
@@ -137,7 +138,7 @@ def decide(evidence: Evidence, level_: float = intervals.LEVEL) -> Verdict:
     if evidence.ceiling and math.isfinite(estimate):
         base["relative_to_ceiling"] = estimate / evidence.ceiling
     if interval is None or not math.isfinite(estimate):
-        if claim.metric in MODEL_QUANTITIES and value.units < 2:
+        if is_model_quantity(claim.metric) and value.units < 2:
             why = f"{claim.metric} is one number per model: an interval needs repeats >= {MIN_SEEDS} seeds"
         elif isinstance(value, intervals.TMean) and value.paired and value.units < 2:
             unit = "seeds" if evidence.by_seeds else "test points"
@@ -282,12 +283,8 @@ def evaluate(con: duckdb.DuckDBPyConnection, study: str, claims: Sequence[Claim]
 
     reliability: list[ByPoint | None] = []
     for claim in claims:
-        if claim.metric in ("spearman", "pearson"):
-            reliability.append(rows(f"reliability_{claim.metric}"))
-        elif claim.metric.startswith("noise_ceiling_"):
-            reliability.append(rows(claim.metric.replace("noise_ceiling_", "reliability_")))
-        else:
-            reliability.append(None)
+        ceiling = claim.metric in CEILING_OF or is_noise_ceiling(claim.metric)
+        reliability.append(rows(reliability_of(claim.metric)) if ceiling else None)
     cells = cells_of(con, study)
     recorded = sequential_designs(con, study)
     # a claim declared or edited after seeds were added by looking is judged under the study's design too
@@ -339,7 +336,7 @@ def claim_cells(claim: Claim, cells: Sequence[tuple[str, Params]]) -> set[str]:
 def _subjects(claim: Claim) -> set[str]:
     """Whose health a claim's verdict depends on: a model quantity the model's; a ground-truth quantity the
     model's and the ground truth's; an agreement metric those and its estimators'."""
-    if claim.metric in MODEL_QUANTITIES:
+    if is_model_quantity(claim.metric):
         return {MODEL}
     if ground_metric(claim.metric):
         return {MODEL, GROUND_TRUTH}

@@ -17,7 +17,15 @@ import numpy as np
 
 from inflang import intervals, stats
 from inflang.claim_checks import Params, matches, numeric, same, value_text
-from inflang.metrics import is_correlation, metric_range
+from inflang.metrics import (
+    belongs_to_estimator,
+    ceiling_root,
+    is_correlation,
+    is_model_quantity,
+    is_noise_ceiling,
+    metric_range,
+    reliability_of,
+)
 from inflang.pooling import (
     SeedRows,
     at_bound,
@@ -30,7 +38,7 @@ from inflang.pooling import (
     seed_count,
     units,
 )
-from inflang.spec.claims import GROUND_TRUTH_METRICS, MODEL_QUANTITIES, Claim, lower_is_better
+from inflang.spec.claims import Claim, lower_is_better
 from inflang.store import (
     model_quantity_rows,
 )
@@ -86,7 +94,7 @@ def _model_rows(con: duckdb.DuckDBPyConnection, study: str, quantity: str) -> di
 
 def rows_for(con: duckdb.DuckDBPyConnection, study: str, metric: str) -> ByPoint:
     """The per-seed rows of a metric (or model quantity) per sweep point and estimator."""
-    if metric in MODEL_QUANTITIES:
+    if is_model_quantity(metric):
         return {k: {None: rows} for k, rows in _model_rows(con, study, metric).items()}
     by_point: ByPoint = {}
     for (params, estimator, _), rows in per_seed(con, study, metric).items():
@@ -95,14 +103,13 @@ def rows_for(con: duckdb.DuckDBPyConnection, study: str, metric: str) -> ByPoint
 
 
 def ground_metric(metric: str) -> bool:
-    return metric in MODEL_QUANTITIES or metric in GROUND_TRUTH_METRICS or metric.startswith(
-        ("pbrf_vs_", "converged_loo_vs_", "random_"))
+    return not belongs_to_estimator(metric)
 
 
 def _ceiling_of(reliability: ByPoint | None, point: str, kind: str) -> float | None:
     """The noise ceiling of a sweep point, from its reliability pooled over seeds and test points."""
     rows = (reliability or {}).get(point, {}).get(None)
-    found = level(rows, f"reliability_{kind}") if rows else None
+    found = level(rows, reliability_of(kind)) if rows else None
     if found is None or not math.isfinite(found.value):
         return None
     return float(stats.ceiling(kind, np.asarray(found.value)))
@@ -123,7 +130,7 @@ def gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None = None,
     evidence = _gather(claim, by_point, reliability, axis_values)
     points = sorted(k for k in by_point if matches(json.loads(k), claim.where))
     fixed = bool(points) and all(_selection(json.loads(k), test_points) == "indices" for k in points)
-    if fixed and evidence.by_seeds and evidence.value is not None and claim.metric not in MODEL_QUANTITIES \
+    if fixed and evidence.by_seeds and evidence.value is not None and not is_model_quantity(claim.metric) \
             and claim.between_test_points is None:
         evidence.notes.append("the same test points in every seed: the interval over seeds is about these fixed "
                               "test points (select: indices), not the population of test points")
@@ -165,9 +172,9 @@ def _gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None,
     seeds = by_seed([selected[k] for k in involved])
     levels = claim.form in ("at_least", "at_most")
     name, source = claim.metric, selected
-    pooled_root = claim.metric.startswith("noise_ceiling_") and levels and reliability is not None
+    pooled_root = is_noise_ceiling(claim.metric) and levels and reliability is not None
     if pooled_root:  # the ceiling is pooled before its root: the claim is asked of the reliability
-        name = claim.metric.replace("noise_ceiling_", "reliability_")
+        name = reliability_of(claim.metric)
         source = {k: (reliability or {}).get(k, {}).get(None) or [] for k in involved}
         if not all(source.values()):
             evidence.why = f"no {name} rows behind {claim.metric}"
@@ -185,7 +192,7 @@ def _gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None,
         return evidence
     value: intervals.Statistic | None = combined
     if combined is not None and pooled_root:
-        root = claim.metric.removeprefix("noise_ceiling_")
+        root = ceiling_root(claim.metric) or claim.metric
         value = intervals.Mapped(combined, lambda r: float(stats.ceiling(root, np.asarray(r))))
     evidence.value = value
     evidence.seeds = seed_count([selected[k] for k in involved])
@@ -267,7 +274,7 @@ def _unit_notes(evidence: Evidence, value: intervals.Statistic | None, seeds: bo
         unit = "seed" if seeds else "test point"
         evidence.notes.append(f"{value.dropped} {unit}{'s' if value.dropped > 1 else ''} left out: not measured at "
                               "every point the claim compares")
-    if not seeds and claim.metric not in MODEL_QUANTITIES:
+    if not seeds and not is_model_quantity(claim.metric):
         evidence.notes.append("one seed: the interval is over test points, about this trained model, not over "
                               "training seeds")
 

@@ -28,7 +28,7 @@ import duckdb
 import numpy as np
 
 from inflang import intervals, stats
-from inflang.metrics import is_correlation, is_proportion, metric_range
+from inflang.metrics import ceiling_root, is_correlation, is_noise_ceiling, is_proportion, metric_range, reliability_of
 from inflang.store import per_test_point_rows, task_test_point_rows
 
 
@@ -186,7 +186,7 @@ def level(rows: Sequence[SeedRows], metric: str) -> intervals.TMean | None:
 def _ceiling_pooled(key: Key, reliability: Pooled) -> Pooled:
     """The noise ceiling row from the pooled reliability's: its value and bounds through ``stats.ceiling``
     (which keeps NaN)."""
-    kind = key[2].removeprefix("noise_ceiling_")
+    kind = ceiling_root(key[2]) or key[2]
 
     def root(value: float | None) -> float | None:
         return None if value is None else float(stats.ceiling(kind, np.asarray(value)))
@@ -212,11 +212,11 @@ def pool_rows(grouped: dict[Key, list[SeedRows]]) -> list[Pooled]:
     """Pooled rows of every key; noise ceilings from the pooled reliability of the same key."""
     out: dict[Key, Pooled] = {}
     for key, rows in grouped.items():
-        if not key[2].startswith("noise_ceiling_"):
+        if not is_noise_ceiling(key[2]):
             out[key] = pool(key, rows)
     for key, rows in grouped.items():
-        if key[2].startswith("noise_ceiling_"):
-            reliability = out.get((key[0], key[1], key[2].replace("noise_ceiling_", "reliability_")))
+        if is_noise_ceiling(key[2]):
+            reliability = out.get((key[0], key[1], reliability_of(key[2])))
             out[key] = _ceiling_pooled(key, reliability) if reliability is not None else pool(key, rows)
     return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1] or "", k[2]))]
 

@@ -8,7 +8,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from rich.table import Table
 
@@ -16,21 +16,24 @@ from inflang import store as store_queries
 from inflang.claims import family_notes, marked_verdict
 from inflang.diagnostics import summary_lines
 from inflang.intervals import interval_text
+from inflang.metrics import label as metric_label
 from inflang.plan import Plan
+from inflang.spec.protocols import AnyProtocol, Retraining
 from inflang.sweep import label, seeds_by_points
 from inflang.terminal import out
 from inflang.units import duration, flops_text
 
-# (first metric, second metric, ground-truth metric) the summary shows, by what the study measured: the
-# agreement metrics and the noise ceiling, or brittleness's flip rate and its random-order baseline
-SUMMARY_COLUMNS = {"agreement": ("spearman", "pearson", "noise_ceiling_spearman"),
-                   "brittleness": ("flipped", "flip_k", "random_flipped")}
-SUMMARY_NAMES = {"agreement": ("spearman", "pearson", "noise ceiling"),
-                 "brittleness": ("flip rate", "mean k of flips", "random order flip rate")}
 
-
-def summary_kind(db: str | Path, study: str) -> str:
-    return "brittleness" if store_queries.has_pooled_metric(db, study, "flipped") else "agreement"
+def summary_metrics(db: str | Path, study: str) -> tuple[str, str, str]:
+    """(first metric, second metric, ground truth's metric) the summary shows: those of the first protocol (in
+    ``AnyProtocol``'s order) that states its own and whose first metric the study pooled, else the agreement
+    metrics and the noise ceiling every retraining protocol shares."""
+    shared = Retraining.summary_metrics
+    for protocol in get_args(AnyProtocol):
+        own = protocol.summary_metrics
+        if own != shared and store_queries.has_pooled_metric(db, study, own[0]):
+            return own
+    return shared
 
 
 def summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = None
@@ -38,7 +41,7 @@ def summary(db: str | Path, study: str, points: list[dict[str, Any]] | None = No
     """Per sweep point and estimator, pooled over seeds: spearman and pearson with their intervals, the
     noise ceiling where measured (or brittleness's flip rates), what they rest on, and how many of the
     point's cells failed. ``points`` (swept values) keeps those sweep points only."""
-    first, second, ground = SUMMARY_COLUMNS[summary_kind(db, study)]
+    first, second, ground = summary_metrics(db, study)
     columns, rows = store_queries.summary(db, study, first, second, ground)
     names = {"first": first, "second": second, "ground": ground}  # the columns take the metrics' names
 
@@ -60,7 +63,7 @@ def failures(db: str | Path, study: str, points: list[dict[str, Any]] | None = N
 
 def summary_table(db: str | Path, study: str, points: list[dict[str, Any]] | None = None) -> Table:
     _, rows = summary(db, study, points)
-    first, second, ground = SUMMARY_NAMES[summary_kind(db, study)]
+    first, second, ground = map(metric_label, summary_metrics(db, study))
     table = Table(title=f"'{study}': mean over test points and seeds, 95% interval (t over seeds; over test "
                         "points with one seed)")
     with_ceiling = any(r[8] is not None for r in rows)

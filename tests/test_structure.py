@@ -149,3 +149,24 @@ def test_only_an_estimators_own_modules_name_it():
             if isinstance(node, ast.Constant) and node.value in names or word in classes:
                 spelled.append(f"{module}:{getattr(node, 'lineno', '?')} {word or node.value!r}")
     assert not spelled, spelled
+
+
+def test_every_metric_a_protocol_stores_is_in_the_catalogue():
+    """Protocols name their metrics from the catalogue (inflang/metrics.py), so intervals, claims and the CLI
+    know each one's range, direction and label; a name the catalogue does not know fails here."""
+    from inflang import metrics
+    from inflang.spec.protocols import AnyProtocol
+    from inflang.spec.selection import MetricName
+
+    agreement = typing.get_args(MetricName)
+    for member in typing.get_args(AnyProtocol):
+        name = typing.get_args(member.model_fields["protocol"].annotation)[0]
+        variants = [{"protocol": name, "repeats": 2, "resolution_probes": 2}]
+        variants += [{"protocol": name, "decompose": True}] if "decompose" in member.model_fields else []
+        for fields in variants:
+            spec = member.model_validate(fields)
+            stored = spec.estimator_metrics(agreement) + spec.ground_truth_metrics() + spec.summary_metrics
+            unknown = [m for m in stored if metrics.metric(m) is None]
+            assert not unknown, f"{name}: {unknown}"
+            assert all(metrics.belongs_to_estimator(m) for m in spec.estimator_metrics(agreement))
+            assert not any(metrics.belongs_to_estimator(m) for m in spec.ground_truth_metrics())

@@ -17,11 +17,7 @@ from pydantic import Field, model_validator
 from inflang.metrics import lower_is_better_metric
 from inflang.spec.base import Spec
 
-# quantities of the trained model, one value per cell (from the models view)
-MODEL_QUANTITIES = ("hessian_top_eigenvalue", "test_accuracy", "test_loss", "train_loss")
-# quantities of the ground truth itself (estimator NULL in metrics)
-GROUND_TRUTH_METRICS = ("noise_ceiling_spearman", "noise_ceiling_pearson", "reliability_spearman",
-                        "reliability_pearson", "resolution", "below_resolution")
+
 class TrendSpec(Spec):
     """The metric moves in one direction along a swept axis (with every other swept value held fixed)."""
 

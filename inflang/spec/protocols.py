@@ -18,6 +18,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from inflang import metrics as catalogue
 from inflang.spec.base import Spec
 
 Measure = Literal["test_loss", "margin", "param_change_norm"]
@@ -161,13 +162,18 @@ class Retraining(Spec):
         """Models solved besides the retraining (the decomposition's converged refits)."""
         return 0
 
+    # (first, second, ground truth's) metric of the CLI's summary table, when the study stores the first
+    summary_metrics: ClassVar[tuple[str, str, str]] = ("spearman", "pearson", "noise_ceiling_spearman")
+
     def estimator_metrics(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """The per-test-point metrics each estimator gets, given the study's ``metrics.names``."""
         return names
 
     def ground_truth_metrics(self) -> tuple[str, ...]:
-        """Per-test-point metrics of the ground truth itself (estimator NULL) besides ceilings and resolution."""
-        return ()
+        """Metrics of the ground truth itself (estimator NULL): with repeats >= 2 its noise ceilings and
+        reliabilities, with resolution probes its resolution and the fraction of effects below it."""
+        found = catalogue.ceiling_metrics() if self.repeats >= 2 else ()
+        return found + (("resolution", "below_resolution") if self.probes_per_repeat else ())
 
     def problems(self, facts: StudyFacts) -> list[Problem]:
         """This protocol's rules against the rest of the study: (path, message, hint) per problem."""
@@ -243,6 +249,14 @@ class LooProtocol(Retraining):
 
     def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
         return self.removals.rankings()
+
+    def estimator_metrics(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """decompose: also influence against the PBRF and against the retraining (``influence_vs_*``)."""
+        return names + (catalogue.gap_metrics("estimator") if self.decompose else ())
+
+    def ground_truth_metrics(self) -> tuple[str, ...]:
+        """decompose: also the gaps between its own responses (``pbrf_vs_converged_loo_*``, ...)."""
+        return super().ground_truth_metrics() + (catalogue.gap_metrics("ground_truth") if self.decompose else ())
 
     def items(self, facts: StudyFacts) -> int:
         return self.removals.count(facts)
@@ -426,11 +440,16 @@ class BrittlenessProtocol(Retraining):
     def ranking_order(self, followed: tuple[str, ...]) -> list[str]:
         return list(self.by) if self.by is not None else list(followed)
 
+    summary_metrics: ClassVar[tuple[str, str, str]] = ("flipped", "flip_k", catalogue.random_baseline("flipped"))
+    FLIP_METRICS: ClassVar[tuple[str, ...]] = ("flip_k", "flip_k_capped", "flipped")
+
     def estimator_metrics(self, names: tuple[str, ...]) -> tuple[str, ...]:
-        return ("flip_k", "flip_k_capped", "flipped")
+        return self.FLIP_METRICS
 
     def ground_truth_metrics(self) -> tuple[str, ...]:
-        return ("random_flip_k", "random_flip_k_capped", "random_flipped") if self.random else ()
+        """The random order's baselines, beside the ceilings and resolution every protocol may store."""
+        random = tuple(map(catalogue.random_baseline, self.FLIP_METRICS)) if self.random else ()
+        return super().ground_truth_metrics() + random
 
     def rankings(self, labels: tuple[str, ...] = ()) -> list[Ranking]:
         return [Ranking(("ground_truth", "by", i) if self.by is not None else ("ground_truth",), "brittleness", label)
