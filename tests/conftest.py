@@ -76,7 +76,7 @@ def _private_digest_cache(tmp_path_factory):
 # Modules whose tests run long (real processes, Ray, compiles, calibration): handed out first, so that the two
 # xdist workers end on short tests instead of one waiting for the other's last long one.
 LONG_FIRST = ("test_resume", "test_custom", "test_concurrency", "test_engine", "test_pricing", "test_mnist1d",
-              "test_diagnostics", "test_benchmarks", "test_run_behaviour", "test_resolution")
+              "test_diagnostics", "test_benchmarks", "test_run_behaviour", "test_resolution", "test_extending")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
