@@ -134,6 +134,26 @@ def _integer_ticks(ax: Any, values: list[Any]) -> None:
         ax.set_xticks(sorted({int(v) for v in values}))
 
 
+@dataclass
+class Canvas:
+    """Where the report's parts go: figures saved under ``figures_dir`` (and embedded), HTML sections in order."""
+
+    plt: Any
+    figures_dir: Path
+    report: Report
+    sections: list[str] = field(default_factory=list)
+
+    def save(self, fig: Any, stem: str, caption: str) -> None:
+        path = self.figures_dir / f"{stem}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        self.plt.close(fig)
+        self.report.figures.append(path)
+        data = base64.b64encode(path.read_bytes()).decode()
+        self.sections.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
+                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
 def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None) -> Report:
     """The report of a study's cells (``selected`` cell ids only, when given)."""
     plt = _pyplot()
@@ -142,27 +162,30 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
     figures_dir.mkdir(parents=True, exist_ok=True)
     cells = [c for c in queries.report_cells(db, name) if selected is None or c["cell_id"] in selected]
     swept = [json.loads(c["params"] or "{}") for c in cells]
-    report = Report(out_dir / "report.html")
-    sections: list[str] = []
+    canvas = Canvas(plt, figures_dir, Report(out_dir / "report.html"))
+    _claims(canvas, queries.claim_rows(db, [name]))
+    _scatters(canvas, db, name, cells)
+    results = [r for r in queries.cell_metric_results(db, name) if selected is None or r["cell_id"] in selected]
+    pooled = [r for r in queries.pooled_results(db, name) if json.loads(r["params"] or "{}") in swept]
+    _against_axes(canvas, cells, pooled, queries.top_eigenvalues(db, name))
+    _numbers(canvas, pooled)
+    _decomposition(canvas, cells, results)
+    health = _health(db, name, cells, selected)
+    if health:
+        canvas.sections.insert(0, health)
+    _write_page(canvas, study, cells, selected)
+    return canvas.report
 
-    def save(fig: Any, stem: str, caption: str) -> None:
-        path = figures_dir / f"{stem}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        report.figures.append(path)
-        data = base64.b64encode(path.read_bytes()).decode()
-        sections.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
-    # 0. the claims: a table with the family's notes, then each as its statistic with its interval against the
-    # line it has to clear
-    claims = queries.claim_rows(db, [name])
+def _claims(canvas: Canvas, claims: list[dict[str, Any]]) -> None:
+    """0. the claims: a table with the family's notes, then each as its statistic with its interval against the
+    line it has to clear."""
+    plt = canvas.plt
     if claims:
-        sections.append("<h2>Claims</h2><table><tr><th>claim</th><th>verdict</th><th>statistic</th>"
-                        "<th>estimate [interval]</th><th>seeds</th><th>test points</th><th>detail</th></tr>"
-                        + "".join(_claim_row(r) for r in claims) + "</table>"
-                        + "".join(f"<p>{html.escape(n)}</p>" for n in family_notes(claims)))
+        canvas.sections.append("<h2>Claims</h2><table><tr><th>claim</th><th>verdict</th><th>statistic</th>"
+                               "<th>estimate [interval]</th><th>seeds</th><th>test points</th><th>detail</th></tr>"
+                               + "".join(_claim_row(r) for r in claims) + "</table>"
+                               + "".join(f"<p>{html.escape(n)}</p>" for n in family_notes(claims)))
     for i, c in enumerate(claims):
         fig, ax = plt.subplots(figsize=(6.0, 1.6))
         colour = {"supported": "tab:green", "contradicted": "tab:red", "negligible": "tab:cyan",
@@ -175,9 +198,12 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
         ax.set_yticks([])
         ax.set_xlabel(c["statistic"], fontsize=8)
         ax.set_title(f"{c['claim']}: {c['verdict']} ({c['seeds']} seeds, {c['test_points']} test points)", fontsize=9)
-        save(fig, f"claim-{i}", f"Claim '{c['claim']}': {c['verdict']}")
+        canvas.save(fig, f"claim-{i}", f"Claim '{c['claim']}': {c['verdict']}")
 
-    # 1. scatter per cell: hardest and median-loss test points (rank-only scores as ranks)
+
+def _scatters(canvas: Canvas, db: Path, name: str, cells: list[dict[str, Any]]) -> None:
+    """1. scatter per cell: hardest and median-loss test points (rank-only scores as ranks)."""
+    plt = canvas.plt
     points = queries.scatter_test_points(db, name)
     pairs = queries.measured_pairs(db, name)
     rank_only = _rank_only(queries.estimator_names(db, name))
@@ -206,15 +232,17 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
                 ax.set_ylabel("rank of the actual change" if est in rank_only else "actual change")
         seed = f"seed {cell['repeat']} of the sweep point (cell seed {cell['seed']})"
         fig.suptitle(f"cell {cell['cell_id']}: {_label(cell['params'])}, {seed}", fontsize=10)
-        save(fig, f"scatter-{cell['cell_id']}", "Estimated vs actual change for the highest-loss and the median-loss "
-             f"of the selected test points, {_label(cell['params'])}, {seed}"
-             + ("; rank-only scores (" + ", ".join(sorted(set(estimators) & rank_only)) + ") against ranks"
-                if set(estimators) & rank_only else ""))
+        canvas.save(fig, f"scatter-{cell['cell_id']}", "Estimated vs actual change for the highest-loss and the "
+                    f"median-loss of the selected test points, {_label(cell['params'])}, {seed}"
+                    + ("; rank-only scores (" + ", ".join(sorted(set(estimators) & rank_only)) + ") against ranks"
+                       if set(estimators) & rank_only else ""))
 
-    # 2. and 3. against each swept numeric axis, one panel per combination of the other swept values
-    results = [r for r in queries.cell_metric_results(db, name) if selected is None or r["cell_id"] in selected]
-    pooled = [r for r in queries.pooled_results(db, name) if json.loads(r["params"] or "{}") in swept]
-    eigenvalues = queries.top_eigenvalues(db, name)
+
+def _against_axes(canvas: Canvas, cells: list[dict[str, Any]], pooled: list[dict[str, Any]],
+                  eigenvalues: dict[str, float | None]) -> None:
+    """2. and 3. correlations and the top eigenvalue against each swept numeric axis, one panel per combination
+    of the other swept values."""
+    plt = canvas.plt
     for axis in _numeric_axes(cells):
         facets = _facets(axis, [json.loads(r["params"] or "{}") for r in pooled])
         fig, axes = plt.subplots(1, len(facets), figsize=(5.5 * len(facets), 3.8), squeeze=False, sharey=True)
@@ -223,7 +251,7 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
                                                       sort_keys=True) == others and r["params"] in members]
             _correlation_panel(ax, facet, axis)
             ax.set_title(_label(others) if others != "{}" else "", fontsize=9)
-        save(fig, f"correlation-{axis}", f"Correlation against {axis}" + (
+        canvas.save(fig, f"correlation-{axis}", f"Correlation against {axis}" + (
             ", one panel per value of the other swept axes" if len(facets) > 1 else ""))
         tops: dict[str, list[tuple[Any, float]]] = {}
         for c in cells:
@@ -241,59 +269,78 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
             ax.set_ylabel("top Hessian eigenvalue (each seed a point)")
             if len(tops) > 1:
                 ax.legend(fontsize=7)
-            save(fig, f"eigenvalue-{axis}", f"Top Hessian eigenvalue against {axis}" + (
+            canvas.save(fig, f"eigenvalue-{axis}", f"Top Hessian eigenvalue against {axis}" + (
                 ", one colour per value of the other swept axes" if len(tops) > 1 else ""))
 
-    # the numbers behind the figures: every pooled row, per sweep point
-    if pooled:
-        body = "".join(f"<tr><td>{html.escape(_label(r['params']))}</td><td>{html.escape(r['estimator'] or '-')}</td>"
-                       f"<td>{html.escape(r['metric'])}</td>"
-                       f"<td>{interval_text(r['value'], r['ci_low'], r['ci_high'])}</td>"
-                       f"<td>{seeds_by_points(r['seeds'], r['test_points'])}</td></tr>" for r in pooled)
-        sections.append("<h2>Numbers</h2><p>Per sweep point, the mean over seeds of the mean over test points with "
-                        "its 95% interval (t over seeds; over test points with one seed), on seeds x test points per "
-                        "seed; estimator '-' marks the ground truth's own rows.</p><table><tr><th>swept values</th>"
-                        "<th>estimator</th><th>metric</th><th>mean [95% interval]</th><th>seeds x test points</th>"
-                        "</tr>" + body + "</table>")
 
-    # 4. the error decomposition (ground_truth.decompose), stacked per cell
-    terms = [("influence_vs_pbrf_mean_gap", "influence - PBRF"),
-             ("pbrf_vs_converged_loo_mean_gap", "PBRF - converged LOO"),
-             ("converged_loo_vs_retrained_mean_gap", "converged LOO - retrained")]
-    gaps = [r for r in results if r["metric"] in {t for t, _ in terms} | {"influence_vs_retrained_mean_gap"}]
-    if gaps:
-        estimator = sorted({r["estimator"] for r in gaps if r["estimator"]})[0]
-        labels = [_label(c["params"]) for c in cells]
-        value = {(r["cell_id"], r["metric"]): r["value"] for r in gaps if r["estimator"] in (None, estimator)}
-        fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(cells)), 3.8))
-        positive = [0.0] * len(cells)
-        negative = [0.0] * len(cells)
-        for metric, name in terms:
-            heights = [value.get((c["cell_id"], metric)) or 0.0 for c in cells]
-            bottoms = [p if h >= 0 else q for h, p, q in zip(heights, positive, negative, strict=True)]
-            ax.bar(labels, heights, bottom=bottoms, label=name)
-            positive = [p + max(h, 0.0) for p, h in zip(positive, heights, strict=True)]
-            negative = [q + min(h, 0.0) for q, h in zip(negative, heights, strict=True)]
-        totals = [value.get((c["cell_id"], "influence_vs_retrained_mean_gap")) for c in cells]
-        ax.plot(labels, [t if t is not None else float("nan") for t in totals], "k_", ms=30, mew=2,
-                label="influence - retrained (the sum)")
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_ylabel(f"mean gap in the measure ({estimator})")
-        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-        save(fig, "decomposition", f"Where the gap between {estimator} and retraining comes from (Bae et al. 2022)")
+def _numbers(canvas: Canvas, pooled: list[dict[str, Any]]) -> None:
+    """The numbers behind the figures: every pooled row, per sweep point."""
+    if not pooled:
+        return
+    body = "".join(f"<tr><td>{html.escape(_label(r['params']))}</td><td>{html.escape(r['estimator'] or '-')}</td>"
+                   f"<td>{html.escape(r['metric'])}</td>"
+                   f"<td>{interval_text(r['value'], r['ci_low'], r['ci_high'])}</td>"
+                   f"<td>{seeds_by_points(r['seeds'], r['test_points'])}</td></tr>" for r in pooled)
+    canvas.sections.append("<h2>Numbers</h2><p>Per sweep point, the mean over seeds of the mean over test points "
+                           "with its 95% interval (t over seeds; over test points with one seed), on seeds x test "
+                           "points per seed; estimator '-' marks the ground truth's own rows.</p><table><tr><th>"
+                           "swept values</th><th>estimator</th><th>metric</th><th>mean [95% interval]</th><th>seeds "
+                           "x test points</th></tr>" + body + "</table>")
 
+
+# the decomposition's terms (ground_truth.decompose), which add up to influence - retrained
+DECOMPOSITION_TERMS = [("influence_vs_pbrf_mean_gap", "influence - PBRF"),
+                       ("pbrf_vs_converged_loo_mean_gap", "PBRF - converged LOO"),
+                       ("converged_loo_vs_retrained_mean_gap", "converged LOO - retrained")]
+DECOMPOSITION_TOTAL = "influence_vs_retrained_mean_gap"
+
+
+def _decomposition(canvas: Canvas, cells: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+    """4. the error decomposition (ground_truth.decompose), stacked per cell."""
+    terms = DECOMPOSITION_TERMS
+    gaps = [r for r in results if r["metric"] in {t for t, _ in terms} | {DECOMPOSITION_TOTAL}]
+    if not gaps:
+        return
+    estimator = sorted({r["estimator"] for r in gaps if r["estimator"]})[0]
+    labels = [_label(c["params"]) for c in cells]
+    value = {(r["cell_id"], r["metric"]): r["value"] for r in gaps if r["estimator"] in (None, estimator)}
+    fig, ax = canvas.plt.subplots(figsize=(max(5.0, 1.2 * len(cells)), 3.8))
+    positive = [0.0] * len(cells)
+    negative = [0.0] * len(cells)
+    for metric, name in terms:
+        heights = [value.get((c["cell_id"], metric)) or 0.0 for c in cells]
+        bottoms = [p if h >= 0 else q for h, p, q in zip(heights, positive, negative, strict=True)]
+        ax.bar(labels, heights, bottom=bottoms, label=name)
+        positive = [p + max(h, 0.0) for p, h in zip(positive, heights, strict=True)]
+        negative = [q + min(h, 0.0) for q, h in zip(negative, heights, strict=True)]
+    totals = [value.get((c["cell_id"], DECOMPOSITION_TOTAL)) for c in cells]
+    ax.plot(labels, [t if t is not None else float("nan") for t in totals], "k_", ms=30, mew=2,
+            label="influence - retrained (the sum)")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel(f"mean gap in the measure ({estimator})")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    canvas.save(fig, "decomposition", f"Where the gap between {estimator} and retraining comes from (Bae et al. 2022)")
+
+
+def _health(db: Path, name: str, cells: list[dict[str, Any]], selected: set[str] | None) -> str | None:
+    """The health checks that warned: their summary lines and a table (the report's first section)."""
     health = queries.study_diagnostics(db, name)
     if selected is not None:
         health = [r for r in health if r["cell_id"] in selected]
-    if health:
-        by_cell = {c["cell_id"]: json.loads(c["params"] or "{}") for c in cells}
-        lines = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(health, by_cell))
-        body = "".join(f"<tr><td>{html.escape(r['check'])}</td><td>{html.escape(r['subject'])}</td>"
-                       f"<td>{html.escape(_label(json.dumps(by_cell.get(r['cell_id'], {}))))}</td>"
-                       f"<td>{r['value']:.3g}</td><td>{r['threshold']:g}</td></tr>" for r in health
-                       if r["value"] is not None)
-        sections.insert(0, f"<h2>Health checks</h2><ul>{lines}</ul><table><tr><th>check</th><th>subject</th>"
-                           f"<th>cell</th><th>value</th><th>threshold</th></tr>{body}</table>")
+    if not health:
+        return None
+    by_cell = {c["cell_id"]: json.loads(c["params"] or "{}") for c in cells}
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(health, by_cell))
+    body = "".join(f"<tr><td>{html.escape(r['check'])}</td><td>{html.escape(r['subject'])}</td>"
+                   f"<td>{html.escape(_label(json.dumps(by_cell.get(r['cell_id'], {}))))}</td>"
+                   f"<td>{r['value']:.3g}</td><td>{r['threshold']:g}</td></tr>" for r in health
+                   if r["value"] is not None)
+    return (f"<h2>Health checks</h2><ul>{lines}</ul><table><tr><th>check</th><th>subject</th>"
+            f"<th>cell</th><th>value</th><th>threshold</th></tr>{body}</table>")
+
+
+def _write_page(canvas: Canvas, study: str, cells: list[dict[str, Any]], selected: set[str] | None) -> None:
+    """The page: a heading with the counts, every section, and the failed cells."""
     drawn = min(len(cells), MAX_SCATTERS)
     shown = (f"Scatter plots are drawn for the first {drawn} of {len(cells)} cells (in the order of their swept "
              "values); choose others with inflang report --select." if len(cells) > MAX_SCATTERS else
@@ -303,11 +350,10 @@ def build(db: Path, study: str, out_dir: Path, selected: set[str] | None = None)
                         f"<td>{html.escape(str(c['error']))}</td></tr>" for c in failed)
     failures = (f"<table><tr><th>cell</th><th>swept values</th><th>error</th></tr>{rows_html}</table>"
                 if failed else "<p>No cell failed.</p>")
-    report.html_path.write_text(
+    canvas.report.html_path.write_text(
         f"<!doctype html><meta charset='utf-8'><title>inflang report: {html.escape(study)}</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}figure{margin:1em 0}"
         "img{max-width:100%}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
         f"<h1>{html.escape(study)}</h1><p>{len(cells)} cells{' (selected)' if selected is not None else ''}, "
-        f"{len(failed)} failed; {len(report.figures)} figures. {html.escape(shown)}</p>"
-        f"{''.join(sections)}<h2>Failed cells</h2>{failures}")
-    return report
+        f"{len(failed)} failed; {len(canvas.report.figures)} figures. {html.escape(shown)}</p>"
+        f"{''.join(canvas.sections)}<h2>Failed cells</h2>{failures}")
