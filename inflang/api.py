@@ -20,8 +20,11 @@ from typing import Any
 import duckdb
 
 from inflang import store as queries
+from inflang.cost import ENGINES
+from inflang.errors import UsageError
 from inflang.plan import Plan, compile_study
 from inflang.pricing import COMPILE, COMPILE_FAILED, Rates, Workload, engine_choices
+from inflang.rounds import parse_duration
 from inflang.scheduler import Events, RunSummary, execute
 from inflang.spec import Study
 from inflang.spec.base import CodeFields
@@ -226,3 +229,83 @@ def connect(db: str | Path = "inflang.duckdb", read_only: bool = True) -> duckdb
     if read_only:
         return queries.snapshot(path)
     return queries.writable(path)
+
+
+# --- the command line's options, checked and resolved (the CLI prints what these raise) ---------------------------
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How ``inflang run`` executes a plan: its flags checked, sizes and durations parsed. ``backend()`` gives
+    ``execute_plan``'s keywords; ``until_settled`` with its ``time_budget`` (seconds) and ``max_seeds``."""
+
+    memory_budget: int | None = None
+    threads: int = 1
+    workers: int = 1
+    executor: str = "local"
+    address: str | None = None
+    retry_failed: bool = False
+    device: str = "cpu"
+    gpus_per_task: float = 1.0
+    engine: str | None = None
+    until_settled: bool = False
+    time_budget: float | None = None
+    max_seeds: int | None = None
+
+    def backend(self) -> dict[str, Any]:
+        return {"memory_budget": self.memory_budget, "threads": self.threads, "retry_failed": self.retry_failed,
+                "workers": self.workers, "executor": self.executor, "address": self.address, "device": self.device,
+                "gpus_per_task": self.gpus_per_task, "engine": self.engine}
+
+
+def run_options(*, memory_budget: str | None = None, time_budget: str | None = None, select: list[str] | None = None,
+                **flags: Any) -> RunOptions:
+    """``inflang run``'s flags as RunOptions; raises UsageError naming the flag that is wrong (or the pair that
+    does not go together). ``flags``: the other RunOptions fields, as given."""
+    executor, engine = flags.get("executor", "local"), flags.get("engine")
+    until_settled = flags.get("until_settled", False)
+    if executor not in ("local", "ray"):
+        raise UsageError(f"--executor: '{executor}' is not one of local, ray")
+    check_engine(engine)
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError("--executor ray needs Ray: pip install 'inflang[ray]'") from None
+    if not until_settled and (time_budget is not None or flags.get("max_seeds") is not None):
+        raise UsageError(f"{'--time-budget' if time_budget is not None else '--max-seeds'} goes with --until-settled")
+    if until_settled and select:
+        raise UsageError("--until-settled judges the study's claims over all their cells: leave out --select")
+    try:
+        seconds = None if time_budget is None else parse_duration(time_budget)
+    except ValueError as exc:
+        raise UsageError(f"--time-budget: {exc}") from None
+    return RunOptions(memory_budget=parse_bytes(memory_budget), time_budget=seconds, **flags)
+
+
+def check_engine(engine: str | None) -> None:
+    """``--engine``, when given, is one of ENGINES."""
+    if engine is not None and engine not in ENGINES:
+        raise UsageError(f"--engine: '{engine}' is not one of {', '.join(ENGINES)}")
+
+
+def resolved_engine(engine: str | None) -> str:
+    """The engine a run uses: ``--engine``, else INFLANG_ENGINE, else auto (each checked)."""
+    check_engine(engine)
+    found = engine or os.environ.get("INFLANG_ENGINE", "auto")
+    if found not in ENGINES:
+        raise UsageError(f"INFLANG_ENGINE: '{found}' is not one of {', '.join(ENGINES)}")
+    return found
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """``--memory-budget`` in bytes: 512MB, 4GB, 2GiB, 1e9 (None when not given)."""
+    if text is None:
+        return None
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    s = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if s and s[-1] in units:
+            return int(float(s[:-1]) * units[s[-1]])
+        return int(float(s))
+    except ValueError:
+        raise UsageError(f"--memory-budget: '{text}' is not a size (e.g. 512MB, 4GB)") from None

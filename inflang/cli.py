@@ -20,14 +20,13 @@ from rich.table import Table
 
 from inflang import __version__
 from inflang import store as store_queries
+from inflang.api import parse_bytes, probe_code, resolved_engine, run_options
 from inflang.api import plan as api_plan
-from inflang.api import probe_code
-from inflang.cost import ENGINES
-from inflang.errors import StudyError, UsageError
+from inflang.errors import StorageError, StudyError, UsageError
 from inflang.intervals import interval_text
 from inflang.plan import Plan, compile_study
 from inflang.progress import RichEvents
-from inflang.rounds import check, parse_duration, run_until_settled
+from inflang.rounds import check, run_until_settled
 from inflang.sequential import DEFAULT_MAX_SEEDS
 from inflang.sequential import MAX_SEEDS as SEQUENTIAL_MAX
 from inflang.spec.study import is_study_name
@@ -142,18 +141,17 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     FLOPs and, once measured here with --calibrate, time). Data files need not exist yet."""
     from inflang.pricing import Rates, price, timed, unmeasured
 
-    if engine is not None and engine not in ENGINES:
-        raise _fail(f"error: --engine: '{engine}' is not one of {', '.join(ENGINES)}")
-    engine = engine or os.environ.get("INFLANG_ENGINE", "auto")
-    if engine not in ENGINES:
-        raise _fail(f"error: INFLANG_ENGINE: '{engine}' is not one of {', '.join(ENGINES)}")
+    try:
+        engine = resolved_engine(engine)
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
     loaded = _load(study, require_files=False, probe=True)
     _warn_float_labels(loaded)
     try:  # with the seeds --until-settled added, which later runs keep
         compiled = _selected(api_plan(loaded, db), select)
+        budget = parse_bytes(memory_budget)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
-    budget = _parse_bytes(memory_budget)
     states = _task_states(compiled, db)
     todo_all = [t for t in compiled.selected_tasks().values() if states.get(t.hash) != "done"]
     rates = Rates()
@@ -243,17 +241,15 @@ def _rounds_summary(summaries: list[Any]) -> Any:
     return replace(last, ran=ran, cached=max(last.cached - (ran - last.ran), 0))
 
 
-def _parse_bytes(text: str | None) -> int | None:
-    if text is None:
-        return None
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    s = text.strip().lower().removesuffix("ib").removesuffix("b")
-    try:
-        if s and s[-1] in units:
-            return int(float(s[:-1]) * units[s[-1]])
-        return int(float(s))
-    except ValueError:
-        raise _fail(f"error: --memory-budget: '{text}' is not a size (e.g. 512MB, 4GB)") from None
+def _run_stopped(exc: BaseException, db: str) -> typer.Exit:
+    """How a run that stopped early says so: a study's own error as it is; a setup problem, or the database
+    in use by another process longer than INFLANG_DB_WAIT, with exit code 2; results that could not be written
+    with 1; an interrupt with 130 (finished tasks are saved)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return _fail(f"\ninterrupted: finished tasks are saved in {db}; run the same command again to resume", 130)
+    if isinstance(exc, StudyError):
+        return _fail(str(exc))
+    return _fail(f"error: {exc}", 1 if isinstance(exc, StorageError) else 2)
 
 
 @app.command()
@@ -293,87 +289,53 @@ def run(
     Finished tasks are reused, so an interrupted run resumes where it stopped and a finished study
     computes nothing when run again. Seeds that --until-settled added are kept by later runs.
     """
-    if executor not in ("local", "ray"):
-        raise _fail(f"error: --executor: '{executor}' is not one of local, ray")
-    if engine is not None and engine not in ENGINES:
-        raise _fail(f"error: --engine: '{engine}' is not one of {', '.join(ENGINES)}")
-    if executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise _fail("error: --executor ray needs Ray: pip install 'inflang[ray]'") from None
-    if not until_settled and (time_budget is not None or max_seeds is not None):
-        raise _fail(f"error: {'--time-budget' if time_budget is not None else '--max-seeds'} goes with "
-                    "--until-settled")
-    if until_settled and select:
-        raise _fail("error: --until-settled judges the study's claims over all their cells: leave out --select")
     try:
-        seconds = None if time_budget is None else parse_duration(time_budget)
-    except ValueError as exc:
-        raise _fail(f"error: --time-budget: {exc}") from None
+        options = run_options(memory_budget=memory_budget, time_budget=time_budget, select=select, threads=threads,
+                              workers=workers, executor=executor, address=address, retry_failed=retry_failed,
+                              device=device, gpus_per_task=gpus_per_task, engine=engine,
+                              until_settled=until_settled, max_seeds=max_seeds)
+    except UsageError as exc:
+        raise _fail(f"error: {exc}") from None
     loaded = _load(study, probe=True)
     _warn_float_labels(loaded)
     try:  # with the seeds --until-settled added, which later runs keep
         compiled = _selected(api_plan(loaded, db), select)
+        if until_settled:  # what the study file alone decides, before the database is opened
+            check(loaded, max_seeds)
+    except StudyError as exc:
+        raise _fail(str(exc)) from None
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
-    budget = _parse_bytes(memory_budget)
-    if until_settled:
-        try:  # what the study file alone decides, before the database is opened
-            check(loaded, max_seeds)
-        except StudyError as exc:
-            raise _fail(str(exc)) from None
-        except UsageError as exc:
-            raise _fail(f"error: {exc}") from None
     try:
         store = Store(db)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
     from inflang.api import execute_plan
-    from inflang.errors import StorageError
     from runners.errors import SetupError
 
     err.print(f"results go to {Path(db).resolve()}", highlight=False)
-    events = RichEvents(err, (budget, engine or os.environ.get("INFLANG_ENGINE", "auto"), device, threads), study)
+    events = RichEvents(err, (options.memory_budget, engine or os.environ.get("INFLANG_ENGINE", "auto"), device,
+                              threads), study)
 
     summaries: list[Any] = []
 
     def execute_once(plan_: Plan) -> Any:
-        summaries.append(execute_plan(plan_, store, memory_budget=budget, threads=threads, retry_failed=retry_failed,
-                                      events=events, workers=workers, executor=executor, address=address,
-                                      device=device, gpus_per_task=gpus_per_task, engine=engine))
+        summaries.append(execute_plan(plan_, store, events=events, **options.backend()))
         return summaries[-1]
 
     rounds = None
     try:
         if until_settled:  # --select is refused with it, so ``compiled`` selects every cell, as the rounds do
-            rounds = run_until_settled(loaded, store, lambda cells: execute_once(compile_study(cells)), seconds,
-                                       max_seeds, lambda text: err.print(text, highlight=False, markup=False),
-                                       workers)
+            rounds = run_until_settled(loaded, store, lambda cells: execute_once(compile_study(cells)),
+                                       options.time_budget, max_seeds,
+                                       lambda text: err.print(text, highlight=False, markup=False), workers)
             summary = _rounds_summary(summaries)
         else:
             summary = execute_once(compiled)
-    except StudyError as exc:
+    except (StudyError, SetupError, StorageError, UsageError, KeyboardInterrupt) as exc:
         events.stop()
         store.close()
-        raise _fail(str(exc)) from None
-    except SetupError as exc:
-        events.stop()
-        store.close()
-        raise _fail(f"error: {exc}") from None
-    except StorageError as exc:
-        events.stop()
-        store.close()
-        raise _fail(f"error: {exc}", 1) from None
-    except UsageError as exc:  # the database stayed in use by another process longer than INFLANG_DB_WAIT
-        events.stop()
-        store.close()
-        raise _fail(f"error: {exc}") from None
-    except KeyboardInterrupt:
-        events.stop()
-        store.close()
-        raise _fail(f"\ninterrupted: finished tasks are saved in {db}; run the same command again to resume",
-                    130) from None
+        raise _run_stopped(exc, db) from None
     events.stop()
     store.close()
     chosen = None if compiled.selected is None else [c.cell.params for c in compiled.selected_cells()]
