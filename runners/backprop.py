@@ -52,11 +52,11 @@ def gradient(module: nn.Module, views: Views, flat: Tensor, x: Tensor, batch: Te
     for name, layer in module.named_children():
         if type(layer) is nn.Linear:
             saved.append(("linear", name, h, shared))
-            h, shared = stacked._linear(h, params[f"{name}.weight"], params.get(f"{name}.bias"), shared), False
+            h, shared = stacked.linear(h, params[f"{name}.weight"], params.get(f"{name}.bias"), shared), False
         elif type(layer) is nn.Flatten:
             h = h.flatten(1 if shared else 2)
         elif type(layer) is nn.Tanh and h.device.type == "cpu":
-            h = stacked._Tanh.forward(h, not shared)
+            h = stacked.tanh_value(h, not shared)
             saved.append(("tanh", name, h, shared))
         else:  # ReLU, Identity: exact elementwise functions, the same bits on any slab
             h = layer(h)

@@ -174,7 +174,7 @@ def forward(module: nn.Sequential, params: dict[str, Tensor], x: Tensor, per_mod
             if layout == "last":  # [M, in, b] -> [M, out, b]
                 h = _linear_last(h, weight, bias, shared)
             else:
-                h, layout = _linear(h, weight, bias, shared), "model"
+                h, layout = linear(h, weight, bias, shared), "model"
             shared = False
         elif isinstance(layer, nn.Flatten):  # [(M,) C, *spatial, b] or [(M,) b, C, *spatial]: C * spatial
             lead = 0 if shared else 1
@@ -200,7 +200,7 @@ def forward(module: nn.Sequential, params: dict[str, Tensor], x: Tensor, per_mod
     return h
 
 
-def _linear(h: Tensor, weight: Tensor, bias: Tensor | None, shared: bool) -> Tensor:
+def linear(h: Tensor, weight: Tensor, bias: Tensor | None, shared: bool) -> Tensor:
     """[M, b, out] = h W_m^T + b_m for h [b, in] (shared) or [M, b, in]."""
     if shared:  # a stride-0 batch: each model's product computed as in an ensemble of one
         h = h.expand(weight.shape[0], *h.shape)
@@ -388,6 +388,12 @@ class _TanhOutsideTransforms(torch.autograd.Function):
 
 
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+
+
+def tanh_value(x: Tensor, per_model: bool) -> Tensor:
+    """tanh as the stack engine computes it (2 sigmoid(2x) - 1, per model's slab), outside autograd: the value
+    that ``runners.backprop`` saves for torch's tanh backward."""
+    return _Tanh.forward(x, per_model)
 
 
 def _tanh(x: Tensor, per_model: bool) -> Tensor:
