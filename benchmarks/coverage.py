@@ -1,7 +1,7 @@
 """Coverage of inflang's 95% intervals by simulation with a known truth: every claim form and the pooled
 (``sweep_results``) interval, for 1, 2, 3, 5 and 10 seeds, in every scenario below. It runs the same code as
-``inflang run`` (``inflang.claims.evaluate_rows`` and ``inflang.pooling.pool``) on simulated per-test-point
-rows; an interval counts where inflang gives one (a claim that is not evaluable gives none).
+``inflang run`` (``inflang.results.claims.evaluate_rows`` and ``inflang.results.pooling.pool``) on simulated
+per-test-point rows; an interval counts where inflang gives one (a claim that is not evaluable gives none).
 
 The simulated study: 4 sweep points x = 0..3, two estimators A and B, S seeds, T = 10 test points per cell, a
 latent value
@@ -38,9 +38,9 @@ from scipy.stats import norm as NORMAL
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inflang.claims import ByPoint, evaluate_rows  # noqa: E402
-from inflang.intervals import width_is_rounding  # noqa: E402
-from inflang.pooling import SeedRows, pool  # noqa: E402
+from inflang.results.claims import ByPoint, evaluate_rows  # noqa: E402
+from inflang.results.intervals import width_is_rounding  # noqa: E402
+from inflang.results.pooling import SeedRows, pool  # noqa: E402
 from inflang.spec.claims import Claim  # noqa: E402
 
 SEEDS = (1, 2, 3, 5, 10)

@@ -1,8 +1,8 @@
 """False verdicts and seeds used when claims are judged sequentially (``inflang run --until-settled``), by
 simulation with a known truth: a look after every added seed from 3 to 20, each claim stopping at its first
 supported, contradicted or negligible verdict. It runs the code ``inflang run`` runs
-(``inflang.claims.evaluate_rows`` with each claim's ``inflang.sequential.Design``) on simulated per-test-point
-rows.
+(``inflang.results.claims.evaluate_rows`` with each claim's ``inflang.results.sequential.Design``) on simulated
+per-test-point rows.
 
 The simulated study: sweep points x = 0, 1, estimators A and B, up to 20 seeds, 10 test points per cell,
     y[x, e, s, t] = mu[x, e] + seed effect (sd sqrt(0.4), one per cell) + test-point effect (sd 1),
@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inflang.claims import ByPoint, evaluate_rows  # noqa: E402
-from inflang.pooling import SeedRows  # noqa: E402
-from inflang.sequential import Design  # noqa: E402
+from inflang.results.claims import ByPoint, evaluate_rows  # noqa: E402
+from inflang.results.pooling import SeedRows  # noqa: E402
+from inflang.results.sequential import Design  # noqa: E402
 from inflang.spec.claims import Claim  # noqa: E402
 
 FIRST, LAST, TESTS = 3, 20, 10

@@ -19,17 +19,17 @@ from typing import Any
 
 import duckdb
 
-from inflang import store as queries
-from inflang.cost import ENGINES
+from inflang.compiling.cost import ENGINES
+from inflang.compiling.plan import Plan, compile_study
+from inflang.compiling.pricing import COMPILE, COMPILE_FAILED, Rates, Workload, engine_choices
+from inflang.compiling.validate import LoadedStudy, load_study, with_repeats
 from inflang.errors import UsageError
-from inflang.plan import Plan, compile_study
-from inflang.pricing import COMPILE, COMPILE_FAILED, Rates, Workload, engine_choices
-from inflang.rounds import parse_duration
-from inflang.scheduler import Events, RunSummary, execute
+from inflang.results import store as queries
+from inflang.results.store import Store, check_db_path
+from inflang.running.rounds import parse_duration
+from inflang.running.scheduler import Events, RunSummary, execute
 from inflang.spec import Study
 from inflang.spec.base import CodeFields
-from inflang.store import Store, check_db_path
-from inflang.validate import LoadedStudy, load_study, with_repeats
 
 
 def code_folders(study: Study) -> list[str]:
@@ -117,7 +117,7 @@ def run(study: LoadedStudy | str | Path, db: str | Path = "inflang.duckdb", *, s
     "depth=2", "model={arch: cnn}"; None: every cell), in ``workers`` processes, on ``device`` (cpu | cuda |
     cuda:N | auto) with the retraining ``engine`` (auto | compiled | eager; None: INFLANG_ENGINE or auto);
     returns its Results (raises inflang.errors.UsageError for a ``select`` that matches nothing)."""
-    from inflang.selector import select as select_cells
+    from inflang.compiling.selector import select as select_cells
 
     compiled = plan(study, db)
     compiled = compiled.select(select_cells(select, [(c.cell.cell_id, c.cell.params) for c in compiled.cells]))

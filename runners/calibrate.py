@@ -1,4 +1,4 @@
-"""Measured rates for pricing a plan (``inflang.pricing``): seconds per model-step of a task's step, and per
+"""Measured rates for pricing a plan (``inflang.compiling.pricing``): seconds per model-step of a task's step, and per
 iteration of a Newton refit (with the seconds of its chord Hessian).
 
 The task's model is built at its dtype on the requested device, its ensemble (``models`` copies) trained on
@@ -54,7 +54,7 @@ def seconds_per_model_step(workload: dict[str, Any], models: int, engine: str, d
                            steps: int | None = None) -> tuple[float, str, float]:
     """(seconds one model-step takes, the engine that ran it, seconds its first call took beyond a later one:
     the compile, where the engine compiled) for ``models`` models trained together on the
-    ``workload`` (``inflang.plan.Task.workload``) for ``steps`` timed steps (default: 3, or 1 when one step
+    ``workload`` (``inflang.compiling.plan.Task.workload``) for ``steps`` timed steps (default: 3, or 1 when one step
     of the ensemble costs more than 1e10 FLOPs, doubled while the timed steps take under ``MIN_SECONDS``,
     up to ``MAX_STEPS``); the better of two such timings. ``auto`` compares the two engines' rates, so a rate
     from a few milliseconds of steps would decide by timer noise."""

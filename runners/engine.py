@@ -3,9 +3,9 @@
 ``eager`` runs every operation as its own kernel (``runners.ensemble``; a plain layer stack without vmap,
 ``runners.stacked``); ``compiled`` fuses each step's gradient with torch.compile (``runners.compiled``).
 ``auto`` (the default) is decided by the run, once, before its first task, and handed to each task with its
-inputs (``inflang.pricing.auto_engine``): where ``inflang plan --calibrate`` measured both engines' steps and
+inputs (``inflang.compiling.pricing.auto_engine``): where ``inflang plan --calibrate`` measured both engines' steps and
 the compile on this machine, compiled when the seconds saved over the task's model-steps exceed the
-compile's; otherwise by the model and the count (``inflang.cost.auto_compiles``: not for plain stacks on
+compile's; otherwise by the model and the count (``inflang.compiling.cost.auto_compiles``: not for plain stacks on
 the CPU, not for other convolutional models in float32, from ``AUTO_MIN_MODEL_STEPS`` models x steps).
 Models with dropout or BatchNorm always run eagerly (the eager engine's per-step random masks and running
 statistics are what make dropout runs repeat and scratch replays match). A dependency rebuilt in the driver
@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from inflang.cost import ENGINES, auto_compiles
+from inflang.compiling.cost import ENGINES, auto_compiles
 from runners import stacked
 from runners.device import current as current_device
 from runners.errors import SetupError

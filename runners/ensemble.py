@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from inflang.cost import member_bytes, models_per_chunk
+from inflang.compiling.cost import member_bytes, models_per_chunk
 from runners import backprop, stacked
 from runners import engine as engines
 from runners.batches import batch_order
@@ -437,7 +437,7 @@ def multiply_adds(module: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 def chunk_size(module: nn.Module, input_shape: tuple[int, ...], batch: int, dtype: torch.dtype, budget: int | None,
                cap: int = 1024) -> int:
-    """How many models to train at once within ``budget`` bytes (see ``inflang.cost``)."""
+    """How many models to train at once within ``budget`` bytes (see ``inflang.compiling.cost``)."""
     n_params = sum(p.numel() for p in module.parameters())
     itemsize = torch.empty((), dtype=dtype).element_size()
     member = member_bytes(n_params, activations_per_example(module, input_shape), batch, itemsize)

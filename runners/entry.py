@@ -2,7 +2,7 @@
 
 ``run`` takes a task's kind and inputs and its dependencies' (inputs, artifact bytes), deserialises the
 artifacts into tensors, computes on the requested device, and returns the task's rows and its own artifact
-as bytes. The language side (``inflang.scheduler``) decides what runs when, stores the bytes and writes the
+as bytes. The language side (``inflang.running.scheduler``) decides what runs when, stores the bytes and writes the
 rows; nothing here touches the database or the plan.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from inflang.cost import ENGINE_INPUT
+from inflang.compiling.cost import ENGINE_INPUT
 from runners import engine as engines
 from runners.tasks import Context, Dep, run_task
 
@@ -53,7 +53,7 @@ def run(kind: str, inputs: dict[str, Any], deps: dict[str, DepBytes], memory_bud
     """Compute one task (see the module docstring) with retraining engine ``engine`` (eager | compiled | auto;
     None: INFLANG_ENGINE or auto), or the one the run handed the task in its inputs (``ENGINE_INPUT``)."""
     start = time.perf_counter()
-    if ENGINE_INPUT in inputs:  # the engine the run chose for this task (--engine auto, inflang.pricing)
+    if ENGINE_INPUT in inputs:  # the engine the run chose for this task (--engine auto, inflang.compiling.pricing)
         engine = str(inputs[ENGINE_INPUT])
         inputs = {k: v for k, v in inputs.items() if k != ENGINE_INPUT}
     ready = {h: Dep(dep_inputs, deserialise(data)) for h, (dep_inputs, data) in deps.items()}

@@ -1,17 +1,17 @@
 """Agreement between estimated and actual effects per test point, their bootstrap replicates, and the noise
-ceiling of a repeated ground truth; the statistics themselves are ``inflang.stats``.
+ceiling of a repeated ground truth; the statistics themselves are ``inflang.results.stats``.
 
 Per test point, over the items (training points or groups) with a finite actual value: the metric and B
 item-level bootstrap replicates of it (items drawn with replacement, seeded by the cell's seed and the
 test point's row id, so every estimator of a cell draws the same items). Only per-test-point rows come from
-here: the driver aggregates them over test points and pools them over seeds (``inflang.pooling``).
+here: the driver aggregates them over test points and pools them over seeds (``inflang.results.pooling``).
 
 Noise ceiling (repeats R >= 2), per test point over the items finite in every repeat:
 ``reliability_*`` is the reliability of the R-repeat mean (split-half correlation averaged over the
 splits of the repeats into floor(R/2) and ceil(R/2), corrected to R with Spearman-Brown, generalised to
 unequal halves) and ``noise_ceiling_* = sqrt(max(reliability, 0))``, the correlation the true effects
 have with the repeat mean; the Spearman versions go through the normal-theory relation between Spearman
-and Pearson correlations (``inflang.stats``).
+and Pearson correlations (``inflang.results.stats``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inflang import stats
-from inflang.hashing import derive_seed
+from inflang.compiling.hashing import derive_seed
+from inflang.results import stats
 
 
 @dataclass(frozen=True)

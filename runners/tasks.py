@@ -18,8 +18,8 @@ from pydantic import TypeAdapter
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from inflang.code import digest as code_digest
-from inflang.hashing import derive_seed
+from inflang.compiling.code import digest as code_digest
+from inflang.compiling.hashing import derive_seed
 from inflang.spec import (
     AnyDataset,
     AnyEstimator,

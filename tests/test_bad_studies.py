@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from inflang.cli import app
-from inflang.store import Store
+from inflang.results.store import Store
 
 CORPUS = Path(__file__).parent / "bad_studies"
 INDEX = [line.split("\t") for line in (CORPUS / "index.tsv").read_text().splitlines() if not line.startswith("#")]

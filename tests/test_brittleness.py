@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from inflang.cli import app
+from inflang.compiling.validate import load_study
 from inflang.errors import StudyError
-from inflang.validate import load_study
 from runners.protocols.brittleness import first_flip, median_flip, support_order
 from tests.helpers import rows
 

@@ -11,13 +11,13 @@ import pytest
 from scipy import stats as sps
 from typer.testing import CliRunner
 
-from inflang import intervals
-from inflang.claims import evaluate_one
 from inflang.cli import app
+from inflang.compiling.validate import load_study
 from inflang.errors import StudyError
+from inflang.results import intervals
+from inflang.results.claims import evaluate_one
+from inflang.results.store import Store
 from inflang.spec.claims import Claim
-from inflang.store import Store
-from inflang.validate import load_study
 from tests.helpers import rows
 
 runner = CliRunner()
@@ -205,7 +205,7 @@ def test_claims_that_name_what_the_study_lacks_are_errors_with_positions(write, 
 
 
 def rows_of(values: dict[str, dict[int, float]], repeat: int = 0) -> list:
-    from inflang.pooling import SeedRows
+    from inflang.results.pooling import SeedRows
 
     return [SeedRows(repeat, sorted(v), np.array([v[t] for t in sorted(v)]), None) for v in values.values()]
 
@@ -213,8 +213,8 @@ def rows_of(values: dict[str, dict[int, float]], repeat: int = 0) -> list:
 def test_one_missing_test_point_keeps_the_others_paired():
     """One seed, the same 10 test points at two sweep points, one undefined at the second: the 9 shared ones
     pair (a test-point effect shared by both points cancels), rather than falling back to Welch."""
-    from inflang.claims import evaluate_rows
-    from inflang.pooling import SeedRows
+    from inflang.results.claims import evaluate_rows
+    from inflang.results.pooling import SeedRows
 
     rng = np.random.default_rng(0)
     shared = rng.normal(0, 0.3, 10)  # each test point's own difficulty, the same at both points
@@ -231,7 +231,7 @@ def test_one_missing_test_point_keeps_the_others_paired():
 
 def test_compare_matches_seeds_by_repeat_and_never_merges_them():
     """One side with 2 seeds, the other with 1: the matched seed's test points are compared, not a mixture."""
-    from inflang.pooling import SeedRows, difference
+    from inflang.results.pooling import SeedRows, difference
 
     left = [SeedRows(0, [0, 1, 2], np.array([1.0, 1.1, 1.2]), None),
             SeedRows(1, [0, 1, 2], np.array([5.0, 5.1, 5.2]), None)]
@@ -243,8 +243,8 @@ def test_compare_matches_seeds_by_repeat_and_never_merges_them():
 def test_a_correlation_of_one_everywhere_is_not_a_proportion():
     """Exact influence on a linear model: Spearman 1 at every test point. Its pooled interval is the data's (no
     width), not the binomial bound of a proportion; a claim on it has no spread to decide on."""
-    from inflang.claims import evaluate_rows
-    from inflang.pooling import SeedRows, level
+    from inflang.results.claims import evaluate_rows
+    from inflang.results.pooling import SeedRows, level
 
     rows = [SeedRows(0, list(range(30)), np.ones(30), None)]
     found = level(rows, "spearman")
@@ -256,8 +256,8 @@ def test_a_correlation_of_one_everywhere_is_not_a_proportion():
 
 def test_trend_ranks_count_every_swept_value():
     """A sweep over 1, 2, 3 whose middle cell did not finish: the step from 1 to 3 is two ranks."""
-    from inflang.claims import evaluate_rows
-    from inflang.pooling import SeedRows
+    from inflang.results.claims import evaluate_rows
+    from inflang.results.pooling import SeedRows
 
     by_point = {json.dumps({"x": x}): {"e": [SeedRows(s, [0, 1], np.array([0.1 * x + 0.01 * s] * 2), None)
                                              for s in range(3)]} for x in (1, 3)}
@@ -269,7 +269,7 @@ def test_trend_ranks_count_every_swept_value():
 
 def one_seed_points(values: dict[int, np.ndarray], estimator: str = "e", repeat: int = 0) -> dict:
     """In-memory rows (``ByPoint``): sweep point x -> one seed whose test points 0..T-1 have these values."""
-    from inflang.pooling import SeedRows
+    from inflang.results.pooling import SeedRows
 
     return {json.dumps({"x": x}): {estimator: [SeedRows(repeat, list(range(len(v))), np.asarray(v, float), None)]}
             for x, v in values.items()}
@@ -279,7 +279,7 @@ def test_a_zero_one_metric_gets_the_exact_binomial_interval_pooled_over_every_po
     """flipped = 1 at all 10 test points of two identical sweep points: the level is a proportion of 20 of 20,
     whose exact (Clopper-Pearson) interval is scipy's [0.832, 1], so at_least 0.99 is unresolved; the t interval
     over the test points alone is [1, 1] and said "supported"."""
-    from inflang.claims import evaluate_rows
+    from inflang.results.claims import evaluate_rows
 
     by_point = one_seed_points({0: np.ones(10), 1: np.ones(10)}, "exact")
     claim = Claim(name="c", metric="flipped", estimator="exact", at_least=0.99)
@@ -293,7 +293,7 @@ def test_a_zero_one_level_over_two_points_covers_its_proportion():
     """One seed, two sweep points, 10 test points each, every test point flipping with probability p: the 95%
     interval of the level covers p in at least 93% of 300 simulated studies, and at_least p is (falsely)
     supported in at most 5% (before: 18% coverage at p = 0.99, the t interval of all ones having no width)."""
-    from inflang.claims import decide, gather
+    from inflang.results.claims import decide, gather
 
     rng = np.random.default_rng(11)
     for p in (0.05, 0.5, 0.9, 0.99):
@@ -315,7 +315,7 @@ def test_test_points_pair_on_their_ids_whichever_are_undefined():
     at one point and 4 others at the other: only 3 shared test points are finite in both, fewer than half of
     each point's finite ones, yet the points share their test points, so they pair on those 3 (scipy's paired t
     interval), not Welch over the two points' unpaired test points."""
-    from inflang.claims import evaluate_rows
+    from inflang.results.claims import evaluate_rows
 
     rng = np.random.default_rng(5)
     shared = rng.normal(0, 0.3, 10)
@@ -333,7 +333,7 @@ def test_test_points_pair_on_their_ids_whichever_are_undefined():
 def test_fewer_than_two_shared_finite_test_points_are_not_evaluable():
     """The same 4 test points at both points, each undefined at one point or the other but one: no pairs to
     take a spread from, so not evaluable, and the detail says why (not a Welch interval over unpaired points)."""
-    from inflang.claims import evaluate_rows
+    from inflang.results.claims import evaluate_rows
 
     a = np.array([0.5, 0.6, np.nan, np.nan])
     b = np.array([0.7, np.nan, 0.8, 0.9])
@@ -347,7 +347,7 @@ def test_an_interval_of_no_width_is_not_evaluable():
     """Spearman exactly 1 at every test point of the one seed: the data show no spread, so at_least 0.95 gets
     no verdict (and no p-value to count in a family); a difference of exactly 0 between two identical models
     neither."""
-    from inflang.claims import evaluate_rows
+    from inflang.results.claims import evaluate_rows
 
     ones = one_seed_points({0: np.ones(30)}, "exact")
     claim = Claim(name="c", metric="spearman", estimator="exact", at_least=0.95)
@@ -362,7 +362,7 @@ def test_an_interval_of_no_width_is_not_evaluable():
 def seeded_points(means: dict[int, float], seeds: int = 5, points: int = 10, noise: float = 0.01,
                   seed: int = 0) -> dict:
     """In-memory rows: sweep point x -> ``seeds`` seeds of ``points`` test points around the given mean."""
-    from inflang.pooling import SeedRows
+    from inflang.results.pooling import SeedRows
 
     rng = np.random.default_rng(seed)
     return {json.dumps({"x": x}): {"e": [SeedRows(s, list(range(points)), m + rng.normal(0, noise, points), None)
@@ -373,7 +373,7 @@ def test_a_trend_with_a_step_resolved_against_it_is_not_supported():
     """Means 0.50 / 0.90 / 0.55 along x = 1, 2, 3: the rank slope (0.55 - 0.50) / 2 is resolved up, but the step
     2 -> 3 falls by 0.35 (resolved: scipy's paired t interval over the seeds' differences), so 'trend up' is
     unresolved and says which step; 'trend down' is contradicted; a monotone 0.50 / 0.52 / 0.55 is supported."""
-    from inflang.claims import evaluate_rows
+    from inflang.results.claims import evaluate_rows
 
     by_point = seeded_points({1: 0.50, 2: 0.90, 3: 0.55})
     up = Claim(name="c", metric="spearman", estimator="e", trend={"axis": "x", "direction": "up"})
@@ -393,7 +393,7 @@ def test_a_trend_with_a_step_resolved_against_it_is_not_supported():
 def test_fixed_test_points_make_a_seed_level_interval_about_them():
     """select: indices (the same test points in every seed): the interval over seeds is about those test points,
     and the verdict says so; other selections do not."""
-    from inflang.claims import evaluate_rows
+    from inflang.results.claims import evaluate_rows
 
     by_point = seeded_points({1: 0.5})
     claim = Claim(name="c", metric="spearman", estimator="e", at_least=0.4)
@@ -408,8 +408,8 @@ def test_most_test_points_at_the_bound_give_no_interval():
     """One seed whose Spearman is exactly 1 at 7 of 10 test points: the mean depends on how far the other 3
     fall, which they show too rarely for an interval to cover (benchmarks/coverage.py); the pooled row has no
     interval and a level claim is not evaluable, saying why. At 4 of 10 both are given."""
-    from inflang.claims import evaluate_rows
-    from inflang.pooling import SeedRows, pool
+    from inflang.results.claims import evaluate_rows
+    from inflang.results.pooling import SeedRows, pool
 
     claim = Claim(name="c", metric="spearman", estimator="exact", at_least=0.9)
     for ones, given in ((7, False), (4, True)):
@@ -440,8 +440,8 @@ def test_differences_over_seeds_count_each_seeds_test_points_at_the_bound():
     the contrast's paired differences are mostly exact zeros, which its interval cannot follow (the coverage
     table: 89-92% before this rule); the claim is not evaluable and says so. A level over the same rows is
     judged on the seeds' means, where it covers (96-97%)."""
-    from inflang.claims import evaluate_rows
-    from inflang.pooling import SeedRows
+    from inflang.results.claims import evaluate_rows
+    from inflang.results.pooling import SeedRows
 
     def rows(shift: float) -> list[SeedRows]:
         rng = np.random.default_rng(int(shift * 100))
@@ -461,7 +461,7 @@ def test_differences_over_seeds_count_each_seeds_test_points_at_the_bound():
 def test_share_counts_a_test_point_that_cells_share_once():
     """Two sweep points of one seed with the same 12 test points: the share is jackknifed over the 12 test points
     (not 24 independent ones), each left out of both cells, checked against the formula written out by hand."""
-    from inflang.intervals import share
+    from inflang.results.intervals import share
 
     rng = np.random.default_rng(3)
     effect = rng.normal(0, 0.3, 12)

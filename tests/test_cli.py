@@ -160,8 +160,8 @@ def test_database_path_that_is_a_directory(tiny_study: Path, tmp_path: Path):
 def test_plan_chunks_match_the_run(tiny_study: Path, tmp_path: Path, monkeypatch):
     """`inflang plan --memory-budget` predicts the number of ensembles `run` trains under that budget."""
     import runners.protocols.common as loo
-    from inflang.plan import compile_study
-    from inflang.validate import load_study
+    from inflang.compiling.plan import compile_study
+    from inflang.compiling.validate import load_study
 
     calls = []
     real = loo.train_ensemble

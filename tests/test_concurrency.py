@@ -17,8 +17,8 @@ import pytest
 
 import inflang
 from inflang.errors import UsageError
-from inflang.store import Store, access, lock_path, run_query, studies_overview, study_names
-from inflang.store import connections as store_module
+from inflang.results.store import Store, access, lock_path, run_query, studies_overview, study_names
+from inflang.results.store import connections as store_module
 from tests.conftest import TINY
 from tests.helpers import rows
 
@@ -222,7 +222,7 @@ def test_the_cli_gives_up_with_one_line_and_exit_2(small_db: Path, monkeypatch):
 def test_a_run_notices_only_what_others_wrote(small_db: Path):
     store = Store(small_db)
     assert store.finished_elsewhere(["t"]) == {}  # its own write (the schema) is not news
-    code = ("import sys; from inflang.store import Store; "
+    code = ("import sys; from inflang.results.store import Store; "
             "Store(sys.argv[1]).write_task('t', 'train', {}, {}, 0.0, None)")
     subprocess.run([sys.executable, "-c", code, str(small_db)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert store.finished_elsewhere(["t"]) == {"t": ("done", None, None)}
@@ -256,7 +256,7 @@ def test_a_cell_another_run_finished_meanwhile_is_done(tmp_path: Path):
     """Two runs of one study with other --select at once: each marks the other's cells from the task states at
     its end, not at its start (the other's cells were left pending)."""
     from inflang.api import execute_plan, plan
-    from inflang.scheduler import Events
+    from inflang.running.scheduler import Events
 
     study = tmp_path / "s.yaml"
     study.write_text(TINY + "sweep:\n  training.weight_decay: [0.01, 0.1]\n")
@@ -299,7 +299,7 @@ def test_a_writer_waiting_for_a_foreign_connection_lets_go_of_the_lock_file(smal
     own reads answer at once (the waiting writer does not sit on the lock file)."""
     con = inflang.connect(small_db, read_only=False)
     try:
-        code = ("import sys; from inflang.store import Store; "
+        code = ("import sys; from inflang.results.store import Store; "
                 "Store(sys.argv[1]).write_task('w', 'train', {}, {}, 0, None)")
         writer = subprocess.Popen([sys.executable, "-c", code, str(small_db)], env={**os.environ,
                                   "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)

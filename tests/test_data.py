@@ -172,8 +172,8 @@ def test_dataset_spec_union():
 
 
 def test_batchnorm_refuses_what_needs_one_function_of_the_parameters(write):
+    from inflang.compiling.validate import load_study
     from inflang.errors import StudyError
-    from inflang.validate import load_study
 
     path = write("bn.yaml", "study: bn\ndataset: {name: digits}\nmodel: {arch: resnet, depth: 20, norm: batch}\n"
                             "estimators: [{name: grad_dot}]\nground_truth: {protocol: pbrf}\n")
@@ -257,8 +257,8 @@ ground_truth: {{protocol: loo, steps: 2, removals: {{select: random, k: 2}}}}
     assert sorted(p.name for p in (study.parent / "data").iterdir()) == sorted(
         f + ".gz" for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                             "t10k-labels-idx1-ubyte"])
-    from inflang.plan import compile_study
-    from inflang.validate import load_study
+    from inflang.compiling.plan import compile_study
+    from inflang.compiling.validate import load_study
 
     fetched = compile_study(load_study(study))
     plain = compile_study(load_study(write("plain.yaml", text.replace("download: true", "download: false"))))

@@ -15,7 +15,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from inflang.cli import app
-from inflang.diagnostics import CellFacts, check_cell
+from inflang.results.diagnostics import CellFacts, check_cell
 from inflang.spec import ArnoldiEstimator, DiagnosticsSpec, EkfacEstimator, ExactEstimator, LissaEstimator
 from runners.estimators.arnoldi import arnoldi_scores
 from runners.estimators.common import EstimatorInputs
@@ -212,7 +212,7 @@ def test_retraining_ratio_reads_warm_start_rows_and_not_solved_refits(tmp_path: 
     solved refits in the same table (iterations set, with their own start and tolerance) are not part of it."""
     import duckdb
 
-    from inflang import store
+    from inflang.results import store
 
     con = duckdb.connect(str(tmp_path / "r.duckdb"))
     con.execute(store.TABLES)

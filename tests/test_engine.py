@@ -101,7 +101,7 @@ def test_choice_follows_the_model_and_the_work():
     assert engine.choose(residual.double(), 10**9, "auto") == "compiled"
     with torch.device("meta"):  # a device the convolution engine does not cover: as any convolutional model
         assert engine.choose(conv32.double(), 10**9, "auto") == "compiled"
-    from inflang.cost import STACKED_DEVICES
+    from inflang.compiling.cost import STACKED_DEVICES
     from runners.stacked import STRATEGY
 
     assert set(STACKED_DEVICES) == {device for device, _ in STRATEGY}

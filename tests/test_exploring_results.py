@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import inflang
 from inflang.cli import app
-from inflang.examples import EXAMPLES
+from inflang.cli.examples import EXAMPLES
 
 runner = CliRunner()
 ROOT = Path(__file__).parent.parent

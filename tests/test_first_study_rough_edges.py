@@ -82,7 +82,7 @@ def test_an_integer_sweep_stays_integer_in_sweep_results(quick: Path):
 
 
 def test_swept_type_widens_from_integers_to_numbers_to_text():
-    from inflang.store.schema import _swept_type
+    from inflang.results.store.schema import _swept_type
 
     assert _swept_type(None, 3) == "BIGINT" and _swept_type("BIGINT", 0.5) == "DOUBLE"
     assert _swept_type("DOUBLE", 2) == "DOUBLE" and _swept_type("BIGINT", "relu") == "VARCHAR"
@@ -90,7 +90,7 @@ def test_swept_type_widens_from_integers_to_numbers_to_text():
 
 
 def test_results_table_has_the_swept_paths_as_columns(quick: Path):
-    from inflang import store
+    from inflang.results import store
 
     table = store.pooled_results(quick, "quickstart")
     assert table and all(r["model.depth"] in (1, 2) for r in table)
@@ -98,7 +98,7 @@ def test_results_table_has_the_swept_paths_as_columns(quick: Path):
 
 
 def test_every_influence_example_query_is_per_study(quick: Path):
-    from inflang.examples import EXAMPLES
+    from inflang.cli.examples import EXAMPLES
 
     for title, sql in EXAMPLES:
         if "FROM influence" in sql:
@@ -159,3 +159,17 @@ def test_help_texts_break_only_between_words(width: str):
         for paragraph in text.split("\n\n"):
             assert " ".join(paragraph.replace("\\[", "[").split()) in flowing, (name, paragraph)
         assert all("\n" not in p for p in text.split("\n\n")), name
+
+
+def test_a_dataset_whose_package_is_missing_says_how_to_install_it(write, monkeypatch: pytest.MonkeyPatch):
+    """A dataset a package makes (its spec class's ``made_by``) is checked at load time, by name."""
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mnist1d" else found(name, *a))
+    study = write("m.yaml", TINY.replace("  name: iris\n", "  name: mnist1d\n"))
+    result = runner.invoke(app, ["validate", str(study)])
+    assert result.exit_code == 2
+    lines = result.output.splitlines()
+    assert lines[0] == f"{study}:4:9: dataset.name: mnist1d is made by the mnist1d package, which is not installed"
+    assert lines[1] == "  hint: pip install 'inflang[mnist1d]'"

@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from inflang.compiling.plan import compile_study
+from inflang.compiling.validate import load_study
 from inflang.errors import StudyError
-from inflang.plan import compile_study
-from inflang.validate import load_study
 
 STUDY = (Path(__file__).parent.parent / "studies" / "quickstart.yaml").read_text()
 LINE = re.compile(r"^.+:\d+:\d+: ")

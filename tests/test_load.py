@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from inflang.compiling.validate import load_study
 from inflang.errors import StudyError
-from inflang.validate import load_study
 
 BASE = """\
 study: s

@@ -1,13 +1,13 @@
 """Per-test-point metrics, their item-level bootstrap replicates, and the aggregate over test points (the
-driver's, ``inflang.pooling``) with its interval, against direct numpy and scipy computations."""
+driver's, ``inflang.results.pooling``) with its interval, against direct numpy and scipy computations."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import stats as sps
 
-from inflang import intervals, stats
-from inflang.pooling import SeedRows, level
+from inflang.results import intervals, stats
+from inflang.results.pooling import SeedRows, level
 from runners.metrics import item_seed, noise_ceiling, score
 
 

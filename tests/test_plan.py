@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from inflang.plan import compile_study
-from inflang.validate import load_study
+from inflang.compiling.plan import compile_study
+from inflang.compiling.validate import load_study
 
 BASE = """\
 study: p

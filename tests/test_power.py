@@ -1,5 +1,5 @@
 """Seeds needed: the power of each interval against simulation and a textbook value, and what `inflang claims`
-says of an unresolved claim (inflang.power, inflang.settle)."""
+says of an unresolved claim (inflang.results.power, inflang.results.settle)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from inflang import intervals, power
-from inflang.claims import evaluate_one
+from inflang.results import intervals, power
+from inflang.results.claims import evaluate_one
 from inflang.spec.claims import Claim
 from tests.test_claims import fake_study
 
@@ -80,8 +80,8 @@ def test_an_unresolved_claim_says_the_seeds_it_needs_and_their_price(tmp_path: P
 def test_claims_command_prints_what_would_settle_and_plan_asks_for_a_pilot(tmp_path: Path, write):
     from typer.testing import CliRunner
 
-    from inflang.claims import evaluate
     from inflang.cli import app
+    from inflang.results.claims import evaluate
 
     d = "model.depth"
     store = fake_study(tmp_path / "p.duckdb", {(((d, x),), "exact"): [0.6 - 0.01 * x] for x in (1, 2, 3)},
@@ -118,8 +118,8 @@ def test_a_correlation_level_needs_the_seeds_of_its_fisher_interval_too():
     from scipy.integrate import quad
     from scipy.optimize import brentq
 
-    from inflang.claims import evaluate_rows
-    from inflang.pooling import SeedRows
+    from inflang.results.claims import evaluate_rows
+    from inflang.results.pooling import SeedRows
 
     means = np.array([0.93, 0.88, 0.95, 0.91])
     rows = [SeedRows(s, list(range(5)), np.full(5, m) + np.linspace(-0.01, 0.01, 5), None)
@@ -141,8 +141,8 @@ def test_a_correlation_level_needs_the_seeds_of_its_fisher_interval_too():
 
 
 def test_one_seed_asks_for_a_pilot_and_a_share_for_test_points():
-    from inflang.claims import evaluate_rows
-    from inflang.pooling import SeedRows
+    from inflang.results.claims import evaluate_rows
+    from inflang.results.pooling import SeedRows
 
     rng = np.random.default_rng(2)
     values = 0.5 + rng.normal(0, 0.05, 12)

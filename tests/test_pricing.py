@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter
 
-from inflang.pricing import Rates, Workload
+from inflang.compiling.pricing import Rates, Workload
 from inflang.spec import ModelSpec
 from inflang.spec.dataset import BUNDLED, DatasetInfo
 from inflang.units import duration, flops_text
@@ -100,7 +100,7 @@ def test_plan_rejects_a_bad_engine(tmp_path: Path):
 def test_every_ensemble_chunk_is_priced_with_its_own_control():
     """A retraining task split into chunks trains one control per chunk, not one per repeat: 5 removals in
     ensembles of 3 are chunks (2 removals + control) x 2 and (1 + control), 8 models per repeat, not 6."""
-    from inflang.plan import Task
+    from inflang.compiling.plan import Task
 
     task = Task("ground_truth", "h", {}, (), cost_steps=10 * 6 * 2, models=12, member_bytes=100, chunk=3,
                 repeats=2, items=5, flops=1200.0)
@@ -119,8 +119,8 @@ def test_every_ensemble_chunk_is_priced_with_its_own_control():
 def test_pricing_picks_the_engine_the_run_would():
     """auto's rule is shared with the engine: MLPs compile in long ensembles, float32 CNNs and models with
     dropout or BatchNorm retrain eagerly."""
-    from inflang.plan import Task
-    from inflang.pricing import workload_of
+    from inflang.compiling.plan import Task
+    from inflang.compiling.pricing import workload_of
 
     def task(model: dict, dtype: str = "float32") -> Task:
         work = {"model": model, "shape": None, "features": 4, "classes": 3, "regression": False, "dtype": dtype,
@@ -156,9 +156,9 @@ def test_pricing_picks_the_engine_the_run_would():
 def test_newton_refits_are_priced_from_a_measured_refit(tmp_path: Path):
     """A solver: newton task takes no optimizer steps: its price is the chord Hessian's seconds plus its refits
     at the seconds one refit takes, both measured (random data of the task's size), and no step rate."""
-    from inflang.plan import compile_study
-    from inflang.pricing import newton_workload_of, price, workload_of
-    from inflang.validate import load_study
+    from inflang.compiling.plan import compile_study
+    from inflang.compiling.pricing import newton_workload_of, price, workload_of
+    from inflang.compiling.validate import load_study
     from runners.calibrate import seconds_per_newton_refit
 
     study = tmp_path / "n.yaml"
@@ -185,8 +185,8 @@ def test_auto_decides_by_the_measured_compile_and_rates(tmp_path: Path):
     compiled steps save over its model-steps exceed the compile's; without them, by the count of model-steps;
     never where compiling cannot speed the step up (a plain stack on the CPU: the stack engine). Every
     candidate's two steps and the compile are what --calibrate measures."""
-    from inflang.plan import Task
-    from inflang.pricing import COMPILE, auto_engine, engine_choices, price, unmeasured
+    from inflang.compiling.plan import Task
+    from inflang.compiling.pricing import COMPILE, auto_engine, engine_choices, price, unmeasured
 
     work = {"model": {"arch": "mlp", "depth": 2, "width": 16}, "shape": None, "features": 4, "classes": 3,
             "regression": False, "dtype": "float32", "batch": 120, "steps": 1000}
@@ -224,7 +224,7 @@ def test_auto_decides_by_the_measured_compile_and_rates(tmp_path: Path):
 
 
 def test_a_task_runs_with_the_engine_the_run_handed_it(monkeypatch: pytest.MonkeyPatch):
-    from inflang.cost import ENGINE_INPUT
+    from inflang.compiling.cost import ENGINE_INPUT
     from runners import engine as engines
     from runners import entry
     from runners.tasks import Output
@@ -245,10 +245,10 @@ def test_a_task_runs_with_the_engine_the_run_handed_it(monkeypatch: pytest.Monke
 def test_keys_and_handoffs_agree_between_plan_and_run(tmp_path: Path):
     """--device cuda and the resolved cuda:0 read the same rates; a compile that failed where it was measured
     keeps auto eager for good; a dependency the driver rebuilds is handed the engine the run chose for it."""
-    from inflang.cost import ENGINE_INPUT
-    from inflang.plan import Task
-    from inflang.pricing import COMPILE, COMPILE_FAILED, auto_engine
-    from inflang.scheduler import _Artifacts
+    from inflang.compiling.cost import ENGINE_INPUT
+    from inflang.compiling.plan import Task
+    from inflang.compiling.pricing import COMPILE, COMPILE_FAILED, auto_engine
+    from inflang.running.scheduler import _Artifacts
 
     work = {"model": {"arch": "mlp", "depth": 2, "width": 16}, "shape": None, "features": 4, "classes": 3,
             "regression": False, "dtype": "float32", "batch": 120, "steps": 1000}
@@ -278,9 +278,9 @@ def test_keys_and_handoffs_agree_between_plan_and_run(tmp_path: Path):
 def test_converged_pbrf_refits_are_priced_by_their_own_measured_rate(tmp_path: Path):
     """solver: newton under protocol: pbrf solves another objective than leave-one-out, with the Gauss-Newton
     chord: its workload says so, so its rate is its own (measured on PBRF refits) and keyed apart."""
-    from inflang.plan import compile_study
-    from inflang.pricing import newton_workload_of
-    from inflang.validate import load_study
+    from inflang.compiling.plan import compile_study
+    from inflang.compiling.pricing import newton_workload_of
+    from inflang.compiling.validate import load_study
     from runners.calibrate import seconds_per_newton_refit
 
     keys = {}

@@ -245,8 +245,8 @@ def test_parameter_change_norm_against_converged_refits(write, tmp_path: Path):
 
 
 def test_parameter_change_norm_refuses_ranking_estimators(write):
+    from inflang.compiling.validate import load_study
     from inflang.errors import StudyError
-    from inflang.validate import load_study
 
     path = write("bad.yaml", """\
         study: pc

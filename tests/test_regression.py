@@ -109,7 +109,7 @@ def test_leave_one_out_matches_ridge_refits_and_influence_ranks_them(write, tmp_
     spec = SyntheticDataset(name="synthetic", kind="regression", samples=60, features=3, targets=2, noise=0.5,
                             test_size=10)
     ((seed,),) = rows(db, "SELECT seed FROM cells")
-    from inflang.hashing import derive_seed
+    from inflang.compiling.hashing import derive_seed
 
     data = prepare(spec, load_raw(spec), seed=derive_seed(seed, "split"), dtype=torch.float64)
     A, Y, n = design(data.x_train.numpy()), data.y_train.numpy(), 50

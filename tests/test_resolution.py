@@ -95,7 +95,7 @@ def test_probes_move_every_parameter_zeros_included():
 def test_probes_that_fill_a_small_ensemble_spread_over_several(write, tmp_path: Path):
     """With ensembles of 3 models (``batch: 3``) the 4 probes take two ensembles of their own, 2 probes and a
     control each (never more than 3 models); the resolution matches the one-ensemble run to rounding."""
-    from inflang.cost import chunk_bounds
+    from inflang.compiling.cost import chunk_bounds
 
     assert chunk_bounds(5, 3, 4) == [(0, 0, 2), (0, 0, 2), (0, 2, 0), (2, 4, 0), (4, 5, 0)]
     assert all(hi - lo + 1 + p <= 3 for lo, hi, p in chunk_bounds(5, 3, 4))

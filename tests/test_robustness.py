@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from inflang.cli import app
+from inflang.compiling.plan import compile_study
+from inflang.compiling.validate import load_study
 from inflang.errors import StudyError
-from inflang.plan import compile_study
-from inflang.store import Store
-from inflang.validate import load_study
+from inflang.results.store import Store
 from tests.helpers import rows
 
 runner = CliRunner()

@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from inflang.cli import app
-from inflang.plan import compile_study
-from inflang.validate import load_study
+from inflang.compiling.plan import compile_study
+from inflang.compiling.validate import load_study
 from tests.helpers import rows
 from tests.test_data import make_mnist, write_idx
 
@@ -91,7 +91,7 @@ ground_truth: {protocol: loo, steps: 3, removals: {select: random, k: 3}}
 def test_busy_and_idle_machines_give_the_same_rows(write, tmp_path: Path, monkeypatch):
     """The default memory budget is fixed, not read from the free memory: a machine with little free memory
     chunks the retraining as an idle one does and gives the same rows, bit for bit."""
-    from inflang.cost import DEFAULT_BUDGET, default_budget
+    from inflang.compiling.cost import DEFAULT_BUDGET, default_budget
 
     study = write("s.yaml", SWEPT.replace("  model.depth: [1, 2]\n", ""))
     tables = []
@@ -138,7 +138,7 @@ def test_a_database_folder_that_cannot_be_created_is_one_line(tiny_study: Path, 
 
 
 def test_a_full_disk_stops_the_run_cleanly_and_it_resumes(tiny_study: Path, tmp_path: Path, monkeypatch):
-    import inflang.artifacts as artifacts
+    import inflang.running.artifacts as artifacts
 
     real = artifacts.save
     calls = []
@@ -198,7 +198,7 @@ def test_integer_axes_get_integer_ticks():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from inflang.report import _integer_ticks
+    from inflang.results.report import _integer_ticks
 
     fig, ax = plt.subplots()
     ax.plot([1, 2, 3], [0.5, 0.6, 0.7])
@@ -209,7 +209,7 @@ def test_integer_axes_get_integer_ticks():
 
 def test_the_report_says_which_scatter_plots_it_draws(write, tmp_path: Path, monkeypatch):
     pytest.importorskip("matplotlib")
-    import inflang.report as report
+    import inflang.results.report as report
 
     study = write("s.yaml", SWEPT.replace("  training.weight_decay: [0.01, 0.001]\n", ""))
     db = tmp_path / "s.duckdb"
@@ -224,7 +224,7 @@ def test_the_report_says_which_scatter_plots_it_draws(write, tmp_path: Path, mon
 def test_select_takes_a_mapping_value_with_commas():
     """A swept model is a mapping: model={arch: vgg, depth: 11} selects it (the commas inside the braces belong
     to the value), and it combines with another condition."""
-    from inflang.selector import matching
+    from inflang.compiling.selector import matching
 
     cells = [("a1", {"model": {"arch": "cnn", "depth": 2}, "seed": 1}),
              ("b2", {"model": {"arch": "vgg", "depth": 11}, "seed": 1}),

@@ -18,12 +18,12 @@ import pytest
 from scipy import stats as sps
 from typer.testing import CliRunner
 
-from inflang.claims import evaluate, evaluate_rows, rows_for
-from inflang.rounds import blocked_note, finished, next_targets, parse_duration
-from inflang.sequential import Design
+from inflang.compiling.validate import load_study, point_key, with_repeats
+from inflang.results.claims import evaluate, evaluate_rows, rows_for
+from inflang.results.sequential import Design
+from inflang.results.store import Store, claim_rows
+from inflang.running.rounds import blocked_note, finished, next_targets, parse_duration
 from inflang.spec.claims import Claim
-from inflang.store import Store, claim_rows
-from inflang.validate import load_study, point_key, with_repeats
 from tests.test_claims import fake_study
 
 
@@ -174,7 +174,7 @@ def test_a_killed_run_until_settled_resumes_to_the_same_verdicts(tmp_path: Path,
     killed = tmp_path / "killed.duckdb"
     proc = subprocess.Popen([*command, "--db", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=tmp_path, start_new_session=True)
-    from inflang.store import study_added_repeats
+    from inflang.results.store import study_added_repeats
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -201,7 +201,7 @@ def test_a_killed_run_until_settled_resumes_to_the_same_verdicts(tmp_path: Path,
 def test_claims_judged_sequentially_stay_so_in_a_plain_evaluation(tmp_path: Path):
     """Once recorded as sequential, `evaluate` (every run) reads the design from the database; a claim declared
     after seeds were added is judged under the study's design too; a look below the design's first is none."""
-    from inflang.claims import definition
+    from inflang.results.claims import definition
 
     d = "model.depth"
     store = fake_study(tmp_path / "s.duckdb", {(((d, 1),), "exact"): [0.5], (((d, 2),), "exact"): [0.6]}, seeds=5)
@@ -252,8 +252,8 @@ def test_the_sequential_benchmark_settles_a_two_sd_effect_in_few_seeds():
 def test_the_settle_text_names_the_counts_past_the_last_look():
     """A sequential claim (last look at 20 seeds) names each count beyond it, "more than 1000" included, and asks
     for a fresh study only where resolving it or calling it negligible needs one."""
-    from inflang.intervals import TMean
-    from inflang.settle import settle
+    from inflang.results.intervals import TMean
+    from inflang.results.settle import settle
 
     claim = Claim(name="c", metric="spearman", estimator="e", contrast={"axis": "x", "better": 1, "than": 0},
                   smallest_effect=0.05)

@@ -1,5 +1,5 @@
-"""Known answers for inflang.stats and inflang.intervals, by simulation (numpy only): the noise ceiling against
-the oracle's correlation, and the coverage of the pooled interval against a known population mean."""
+"""Known answers for inflang.results.stats and inflang.results.intervals, by simulation (numpy only): the noise
+ceiling against the oracle's correlation, and the coverage of the pooled interval against a known population mean."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from inflang import intervals, stats
-from inflang.pooling import SeedRows, difference, level
+from inflang.results import intervals, stats
+from inflang.results.pooling import SeedRows, difference, level
 from runners.metrics import noise_ceiling
 
 
@@ -233,7 +233,7 @@ def test_no_spread_is_judged_up_to_rounding_and_before_any_mapping():
     reliability lies at or below 0 maps to [0, 0] but has spread: it gets a verdict (contradicted below 0.5)."""
     import math
 
-    from inflang import evidence, intervals
+    from inflang.results import evidence, intervals
 
     a = np.array([0.31, 0.47, 0.52, 0.68])
     diffs = (a + 0.1) - a

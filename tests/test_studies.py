@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from inflang.compiling.plan import compile_study
+from inflang.compiling.validate import load_study
 from inflang.errors import StudyError
-from inflang.plan import compile_study
-from inflang.validate import load_study
 
 STUDIES = sorted((Path(__file__).parent.parent / "studies").rglob("*.yaml"))
 

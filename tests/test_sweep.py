@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from inflang.compiling.validate import load_study
 from inflang.errors import StudyError
-from inflang.validate import load_study
 
 BASE = """\
 study: s

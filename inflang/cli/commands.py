@@ -1,8 +1,8 @@
 """The ``inflang`` command line: validate, plan, run, query, report, schema.
 
 Over 500 lines for a reason: it is the twelve commands' Typer signatures, whose options and help texts are
-most of its lines, and the checks of those options. Most of what the commands print lives in ``inflang.tables``
-and ``inflang.progress`` (a few small tables are still built here), what they do in ``inflang.api`` and the
+most of its lines, and the checks of those options. Most of what the commands print lives in ``inflang.cli.tables``
+and ``inflang.cli.progress`` (a few small tables are still built here), what they do in ``inflang.api`` and the
 modules it calls."""
 
 from __future__ import annotations
@@ -19,20 +19,10 @@ import typer
 from rich.table import Table
 
 from inflang import __version__
-from inflang import store as store_queries
 from inflang.api import parse_bytes, probe_code, resolved_engine, run_options
 from inflang.api import plan as api_plan
-from inflang.errors import StorageError, StudyError, UsageError
-from inflang.intervals import interval_text
-from inflang.plan import Plan, compile_study
-from inflang.progress import RichEvents
-from inflang.rounds import check, run_until_settled
-from inflang.sequential import DEFAULT_MAX_SEEDS
-from inflang.sequential import MAX_SEEDS as SEQUENTIAL_MAX
-from inflang.spec.study import is_study_name
-from inflang.store import Store, run_query, write_parquet
-from inflang.sweep import label
-from inflang.tables import (
+from inflang.cli.progress import RichEvents
+from inflang.cli.tables import (
     as_csv,
     as_json,
     claims_rows,
@@ -43,9 +33,19 @@ from inflang.tables import (
     summary,
     task_listing,
 )
-from inflang.terminal import err, out
+from inflang.cli.terminal import err, out
+from inflang.compiling.plan import Plan, compile_study
+from inflang.compiling.sweep import label
+from inflang.compiling.validate import LoadedStudy, load_study
+from inflang.errors import StorageError, StudyError, UsageError
+from inflang.results import store as store_queries
+from inflang.results.intervals import interval_text
+from inflang.results.sequential import DEFAULT_MAX_SEEDS
+from inflang.results.sequential import MAX_SEEDS as SEQUENTIAL_MAX
+from inflang.results.store import Store, run_query, write_parquet
+from inflang.running.rounds import check, run_until_settled
+from inflang.spec.study import is_study_name
 from inflang.units import duration, flops_text
-from inflang.validate import LoadedStudy, load_study
 
 app = typer.Typer(
     name="inflang",
@@ -117,7 +117,7 @@ SELECT_HELP = ("Work on these cells only: path=value conditions joined by commas
 
 
 def _selected(plan_: Plan, expressions: list[str] | None) -> Plan:
-    from inflang.selector import select
+    from inflang.compiling.selector import select
 
     try:
         return plan_.select(select(expressions, [(c.cell.cell_id, c.cell.params) for c in plan_.cells]))
@@ -139,7 +139,7 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
                                     "for (default: INFLANG_ENGINE or auto).", show_default=False)) -> None:
     """Show the tasks a study compiles into: which are cached, which would run, and their cost (model-steps,
     FLOPs and, once measured here with --calibrate, time). Data files need not exist yet."""
-    from inflang.pricing import Rates, price, timed, unmeasured
+    from inflang.compiling.pricing import Rates, price, timed, unmeasured
 
     try:
         engine = resolved_engine(engine)
@@ -220,7 +220,7 @@ def _loops(compiled: Plan) -> list[str]:
 
 def _missing_files(compiled: Plan) -> str | None:
     """Which data files a plan's study lacks (it can be priced, not run)."""
-    from inflang.datadigest import dataset_files
+    from inflang.compiling.datadigest import dataset_files
     from inflang.spec import FileDataset
     from inflang.spec.dataset import expected_files
 
@@ -377,7 +377,7 @@ def query(
     responses, refits (see docs/language.md).
     """
     if examples:
-        from inflang.examples import text as example_queries
+        from inflang.cli.examples import text as example_queries
 
         sys.stdout.write(example_queries())
         return
@@ -422,8 +422,8 @@ def init(
     target = Path(out_dir) / f"{name}.yaml"
     if target.exists():
         raise _fail(f"error: {target} exists; pick another name or remove it")
+    from inflang.cli.starter import starter
     from inflang.spec import Study
-    from inflang.starter import starter
 
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(starter(name))
@@ -459,7 +459,7 @@ def compare(
     """
     if len(studies) < 2:
         raise _fail("error: compare needs at least two studies")
-    from inflang.pooling import difference, per_seed
+    from inflang.results.pooling import difference, per_seed
 
     try:
         missing = store_queries.missing_studies(db, studies)
@@ -469,7 +469,7 @@ def compare(
             sides = {s: per_seed(con, s, metric.replace("'", "")) for s in studies}
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
-    from inflang.pooling import pool
+    from inflang.results.pooling import pool
 
     keys = sorted({(k[0], k[1]) for side in sides.values() for k in side}, key=lambda k: (k[0], k[1] or ""))
     if not keys:
@@ -550,7 +550,7 @@ def report(
         if store_queries.missing_studies(db, [study]):
             known = ", ".join(store_queries.study_names(db)) or "none"
             raise UsageError(f"no study '{study}' in {db} (studies there: {known})")
-        from inflang.selector import select as select_cells
+        from inflang.compiling.selector import select as select_cells
 
         registered = store_queries.cell_params(db, study)
         chosen = select_cells(select, registered)
@@ -580,7 +580,7 @@ def report(
                 writer.writerow(columns)
                 writer.writerows(data)
         out.print(f"wrote {target / 'summary.csv'} and {target / 'influence.csv'}")
-        from inflang.report import build
+        from inflang.results.report import build
 
         try:
             built = build(Path(db), study, target, chosen)

@@ -1,6 +1,6 @@
 """The progress of ``inflang run`` on the terminal: a bar per task kind (elapsed and remaining time), a bar of
 models retrained, and at the start the price of the pending training and retraining from the rates measured
-on this machine (``inflang.pricing``)."""
+on this machine (``inflang.compiling.pricing``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 from rich.console import Console
 
-from inflang.plan import KINDS, Plan
-from inflang.scheduler import Events
+from inflang.compiling.plan import KINDS, Plan
+from inflang.running.scheduler import Events
 from inflang.units import duration
 
 
@@ -21,7 +21,7 @@ def quoted(path: str) -> str:
 
 class RichEvents(Events):
     """Progress bars per task kind (elapsed and remaining time) plus a bar of models retrained; at the start,
-    the price of the pending training and retraining from the rates measured here (``inflang.pricing``)."""
+    the price of the pending training and retraining from the rates measured here (``inflang.compiling.pricing``)."""
 
     def __init__(self, console: Console, pricing: tuple[int | None, str, str, int] | None = None,
                  study_path: str = "STUDY.yaml") -> None:
@@ -50,7 +50,7 @@ class RichEvents(Events):
     def _price(self, pending: list[Any]) -> None:
         if self.pricing is None:
             return
-        from inflang.pricing import Rates, price, timed
+        from inflang.compiling.pricing import Rates, price, timed
 
         budget, engine, device, threads = self.pricing
         training = [t for t in pending if timed(t)]

@@ -12,15 +12,15 @@ from typing import Any, get_args
 
 from rich.table import Table
 
-from inflang import store as store_queries
-from inflang.claims import family_notes, marked_verdict
-from inflang.diagnostics import summary_lines
-from inflang.intervals import interval_text
+from inflang.cli.terminal import out
+from inflang.compiling.plan import Plan
+from inflang.compiling.sweep import label, seeds_by_points
 from inflang.metrics import label as metric_label
-from inflang.plan import Plan
+from inflang.results import store as store_queries
+from inflang.results.claims import family_notes, marked_verdict
+from inflang.results.diagnostics import summary_lines
+from inflang.results.intervals import interval_text
 from inflang.spec.protocols import AnyProtocol, Retraining
-from inflang.sweep import label, seeds_by_points
-from inflang.terminal import out
 from inflang.units import duration, flops_text
 
 
@@ -175,7 +175,7 @@ def plan_table(loaded: Any, compiled: Plan, states: dict[str, str], prices: dict
                ) -> tuple[Table, int, float, float, int]:
     """``plan``'s table, a row per task kind (count, cached, failed, to run, models, chunks, steps, FLOPs, time),
     with the totals to run: (table, model-steps, FLOPs, seconds, tasks without a measured rate)."""
-    from inflang.pricing import timed
+    from inflang.compiling.pricing import timed
 
     shown = len(compiled.selected_cells())
     table = Table(title=f"plan for '{loaded.study.study}' ({shown} cells"

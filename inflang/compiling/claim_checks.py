@@ -1,5 +1,5 @@
 """A study's claims checked against its sweep when it is loaded: every metric, estimator, axis and value a
-claim names must be one the study's cells have (``inflang.validate`` reports what is not, with its line)."""
+claim names must be one the study's cells have (``inflang.compiling.validate`` reports what is not, with its line)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ AUTO_MIN_MODEL_STEPS = 100_000  # auto compiles an ensemble of at least this man
 STACKED_DEVICES = ("cpu",)  # where the convolution engine runs (the devices of runners.stacked.STRATEGY)
 
 
-ENGINE_INPUT = "_engine"  # a task's inputs as submitted: the engine the run chose for it (inflang.pricing)
+ENGINE_INPUT = "_engine"  # a task's inputs as submitted: the engine the run chose for it (inflang.compiling.pricing)
 
 
 def compile_candidate(convolutional: bool, dtype: str, stacked: bool = False, device: str = "cpu") -> bool:

@@ -2,9 +2,9 @@
 
 Task kinds, and what each one's hash covers (besides ``TASK_FORMAT``):
 - ``train``: dataset (its fields but ``root``, and for file datasets a digest of the files' names, sizes
-  and contents: ``inflang.datadigest``), model, training, the cell's seed (and a replica number for the
+  and contents: ``inflang.compiling.datadigest``), model, training, the cell's seed (and a replica number for the
   extra models an estimator such as ``trak`` averages over); for the study's own loader or factory the digest
-  of its code (``inflang.code``) instead of its ``folder`` -> trained parameters, split, losses;
+  of its code (``inflang.compiling.code``) instead of its ``folder`` -> trained parameters, split, losses;
 - ``curvature``: train -> eigendecomposition of the objective's Hessian (shared by every damping value);
 - ``hessian``: curvature, ``hessian:`` -> top and minimum eigenvalues, trace;
 - ``diagnose``: train, the curvature settings of ``diagnostics:`` -> the trained objective's gradient norm,
@@ -25,13 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from inflang.code import digest as code_digest
-from inflang.cost import ITEMSIZE, chunk_bounds, member_bytes, models_per_chunk
-from inflang.datadigest import DigestCache, dataset_digest
-from inflang.hashing import canonical_hash
+from inflang.compiling.code import digest as code_digest
+from inflang.compiling.cost import ITEMSIZE, chunk_bounds, member_bytes, models_per_chunk
+from inflang.compiling.datadigest import DigestCache, dataset_digest
+from inflang.compiling.hashing import canonical_hash
+from inflang.compiling.validate import Cell, LoadedStudy
 from inflang.spec import CustomDataset, CustomEstimator, CustomModel, estimator_label
 from inflang.spec.study import study_facts
-from inflang.validate import Cell, LoadedStudy
 
 TASK_FORMAT = 3
 KINDS = ("train", "curvature", "hessian", "diagnose", "estimate", "ground_truth", "metrics")
@@ -55,7 +55,7 @@ class Task:
 
     def _chunk_sizes(self, budget: int | None) -> list[int]:
         """Models in each ensemble of one repeat under ``budget`` (removals, their control and any probes;
-        ``inflang.cost.chunk_bounds``); empty for a task that retrains nothing."""
+        ``inflang.compiling.cost.chunk_bounds``); empty for a task that retrains nothing."""
         if not self.models or not self.member_bytes:
             return []
         size = self.chunk or models_per_chunk(self.member_bytes, budget)
@@ -284,7 +284,7 @@ def compile_study(loaded: LoadedStudy) -> Plan:
         items = gt.items(facts)
         retrained = (items + 1 + probes) * gt.repeats
         models = retrained + gt.extra_models(facts)
-        # Newton refits take no optimizer steps: they are priced per refit (``inflang.pricing``), not as steps
+        # Newton refits take no optimizer steps: they are priced per refit (``inflang.compiling.pricing``), not as steps
         retrain_steps = 0 if gt.converged else gt.retrain_steps(train_steps)
         newton = retrained if gt.converged else gt.extra_models(facts)
         member = member_bytes(s.model.n_params(info), s.model.activations_per_example(info),

@@ -43,9 +43,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from inflang.cost import auto_compiles, compile_pays
-from inflang.datadigest import cache_file
-from inflang.plan import Plan, Task
+from inflang.compiling.cost import auto_compiles, compile_pays
+from inflang.compiling.datadigest import cache_file
+from inflang.compiling.plan import Plan, Task
 from inflang.spec import ModelSpec
 
 CALIBRATION_MODELS = 32
@@ -209,8 +209,8 @@ def auto_engine(task: Task, budget: int | None, device: str = "cpu", rates: Rate
                 threads: int = 1) -> str:
     """What ``--engine auto`` runs a training or retraining task with. Where both engines' steps and the compile
     were measured on this machine (``inflang plan --calibrate``): compiled when the seconds it saves over the
-    task's model-steps exceed the compile's (``inflang.cost.compile_pays``). Otherwise by the model and the
-    count (``inflang.cost.auto_compiles``): compiled where compiling was measured faster, from
+    task's model-steps exceed the compile's (``inflang.compiling.cost.compile_pays``). Otherwise by the model and the
+    count (``inflang.compiling.cost.auto_compiles``): compiled where compiling was measured faster, from
     ``AUTO_MIN_MODEL_STEPS`` model-steps in its typical chunk. Always eager with dropout or BatchNorm. The run
     decides once, before its first task, and hands each task its engine (``inflang.api.execute_plan``)."""
     assert task.workload is not None

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
+from inflang.compiling.sweep import Params, _value
 from inflang.errors import UsageError
-from inflang.sweep import Params, _value
 
 
 def _axes(params: Sequence[Params]) -> dict[str, list[Any]]:

@@ -11,8 +11,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from inflang.compiling.reader import Document, PathKey
 from inflang.errors import Problem, StudyError
-from inflang.reader import Document, PathKey
 
 Params = dict[str, Any]
 

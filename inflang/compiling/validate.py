@@ -18,15 +18,15 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from inflang.claim_checks import claim_problems
-from inflang.code import CodeNotFound, missing_extra
-from inflang.code import locate as locate_code
+from inflang.compiling.claim_checks import claim_problems
+from inflang.compiling.code import CodeNotFound, missing_extra
+from inflang.compiling.code import locate as locate_code
+from inflang.compiling.hashing import canonical_hash, derive_seed
+from inflang.compiling.reader import Document, PathKey, load
+from inflang.compiling.sweep import Params, SweepEntry, apply, expand, split_path
 from inflang.errors import CodeProblem, Problem, StudyError, did_you_mean
-from inflang.hashing import canonical_hash, derive_seed
-from inflang.reader import Document, PathKey, load
 from inflang.spec import CustomDataset, CustomEstimator, CustomModel, FileDataset, Study, semantic_problems
-from inflang.spec.dataset import ImageFolderDataset, Mnist1dDataset, expected_files, scan_folder
-from inflang.sweep import Params, SweepEntry, apply, expand, split_path
+from inflang.spec.dataset import ImageFolderDataset, expected_files, scan_folder
 
 
 @dataclass(frozen=True)
@@ -265,9 +265,11 @@ def _with_data_files(study: Study, doc: Document, locate: Any, require_files: bo
     """Resolve a file dataset's ``root`` against the study file's folder and check its files are there
     (unless ``require_files`` is False: ``inflang plan`` prices a study before its files are fetched); check
     that a generated dataset's package is installed."""
-    if isinstance(study.dataset, Mnist1dDataset) and require_files and importlib.util.find_spec("mnist1d") is None:
-        raise StudyError.at(locate(("dataset", "name"), True), "dataset.name", "mnist1d is made by the mnist1d "
-                            "package, which is not installed", "pip install 'inflang[mnist1d]'")
+    made_by = study.dataset.made_by
+    if made_by is not None and require_files and importlib.util.find_spec(made_by[0]) is None:
+        name = study.dataset.name
+        raise StudyError.at(locate(("dataset", "name"), True), "dataset.name", f"{name} is made by the "
+                            f"{made_by[0]} package, which is not installed", made_by[1])
     if not isinstance(study.dataset, FileDataset | ImageFolderDataset):
         return study
     root = Path(study.dataset.root)

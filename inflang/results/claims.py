@@ -1,6 +1,6 @@
 """Claims: a study's hypotheses checked against its cells, each with a statistic, a 95% interval from
-``inflang.intervals`` and a verdict (docs/language.md, "Claims"). The statistic is gathered in
-``inflang.evidence``; a claim is checked against the sweep at load time in ``inflang.claim_checks``.
+``inflang.results.intervals`` and a verdict (docs/language.md, "Claims"). The statistic is gathered in
+``inflang.results.evidence``; a claim is checked against the sweep at load time in ``inflang.compiling.claim_checks``.
 
 Statistics, over the sweep points the claim covers (``where``), from each point's mean over seeds of the
 mean over test points:
@@ -12,7 +12,7 @@ mean over test points:
   and test point;
 - ``between_test_points``: the share of the metric's spread between test points that is real rather than
   item noise, summed over every cell the claim covers and jackknifed over the distinct test points
-  (``inflang.intervals.Share``).
+  (``inflang.results.intervals.Share``).
 Each of the first four is a linear combination of the points' means, so its interval is one t-interval over
 the top level (seeds, paired across points; the test points of the one seed when there is only one). The
 verdict is ``supported`` when the interval lies on the claimed side (of 0, or of the threshold), ``contradicted``
@@ -34,16 +34,15 @@ from typing import Any
 
 import duckdb
 
-from inflang import intervals
-from inflang.claim_checks import Params, matches, same
-from inflang.diagnostics import GROUND_TRUTH, MODEL, claim_health
-from inflang.evidence import ByPoint, Evidence, gather, ground_metric, no_width, rows_for
+from inflang.compiling.claim_checks import Params, matches, same
 from inflang.metrics import CEILING_OF, is_model_quantity, is_noise_ceiling, reliability_of
-from inflang.power import MIN_SEEDS  # seeds a claim about training seeds needs
-from inflang.sequential import Design
-from inflang.settle import settle
-from inflang.spec.claims import Claim, lower_is_better
-from inflang.store import (
+from inflang.results import intervals
+from inflang.results.diagnostics import GROUND_TRUTH, MODEL, claim_health
+from inflang.results.evidence import ByPoint, Evidence, gather, ground_metric, no_width, rows_for
+from inflang.results.power import MIN_SEEDS  # seeds a claim about training seeds needs
+from inflang.results.sequential import Design
+from inflang.results.settle import settle
+from inflang.results.store import (
     added_repeats,
     added_seconds,
     cells_of,
@@ -51,6 +50,7 @@ from inflang.store import (
     seed_seconds,
     sequential_designs,
 )
+from inflang.spec.claims import Claim, lower_is_better
 from inflang.units import duration
 
 
@@ -70,13 +70,15 @@ class Verdict:
     threshold: float = 0.0  # the line the interval has to clear: at_least/at_most, or 0 for differences
     p_value: float = math.nan  # the smallest alpha whose (1 - alpha) interval excludes the threshold
     level: float = intervals.LEVEL  # the interval's confidence level (below 0.95 never; above it when adjusted)
-    health: str = ""  # the health checks that warn in the cells the claim rests on (inflang.diagnostics)
-    seeds_needed: int | None = None  # unresolved: fixed seeds that would resolve it with 80% power (inflang.settle)
+    health: str = ""  # the health checks that warn in the cells the claim rests on (inflang.results.diagnostics)
+    # unresolved: fixed seeds that would resolve it with 80% power (inflang.results.settle)
+    seeds_needed: int | None = None
     seeds_to_negligible: int | None = None  # with smallest_effect: seeds to call the observed effect negligible
     seeds_for_smallest_effect: int | None = None  # with smallest_effect: seeds to resolve an effect of that size
     settle: str = ""  # what would settle it, in words, with the price of the seeds where it is known
     settle_seconds: float | None = None  # the measured seconds the added seeds of ``seeds_needed`` would take
-    max_seeds: int | None = None  # judged sequentially (``inflang.sequential``), with looks up to this many seeds
+    # judged sequentially (``inflang.results.sequential``), with looks up to this many seeds
+    max_seeds: int | None = None
     seeds_added: int | None = None  # sequential: the seeds it reads beyond those it had when its looks began
     seconds_added: float | None = None  # sequential: the measured seconds of the tasks of those added seeds
 
@@ -112,7 +114,7 @@ def _verdict(claim: Claim, low: float, high: float) -> str:
 
 
 def settled(evidence: Evidence, verdict: Verdict) -> Verdict:
-    """The verdict with what would settle it (``inflang.settle``: seeds needed at 80% power, in words)."""
+    """The verdict with what would settle it (``inflang.results.settle``: seeds needed at 80% power, in words)."""
     what = settle(evidence.claim, evidence.value, evidence.by_seeds, verdict.verdict, verdict.detail,
                   verdict.level, verdict.seeds, verdict.max_seeds)
     return replace(verdict, seeds_needed=what.seeds_needed, seeds_to_negligible=what.seeds_to_negligible,
@@ -199,7 +201,7 @@ def family_levels(evidence: Sequence[Evidence], adjust: str, level_: float = int
     """The confidence level of each claim's interval: ``level_`` unadjusted, or as Holm's step-down or
     Bonferroni needs them for a family-wise error of at most 1 - ``level_`` (over the evaluable claims). A claim
     judged sequentially (its ``designs`` entry) enters with its overall p-value and gets the per-look level of
-    its share of alpha (``inflang.sequential``)."""
+    its share of alpha (``inflang.results.sequential``)."""
     plans = list(designs) if designs is not None else [None] * len(evidence)
     p_values = [e.p_value() if d is None else d.overall_p(e.p_value()) for e, d in zip(evidence, plans, strict=True)]
     if adjust == "holm":

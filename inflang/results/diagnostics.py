@@ -27,9 +27,9 @@ from typing import Any
 
 import duckdb
 
-from inflang import store
+from inflang.compiling.sweep import label
+from inflang.results import store
 from inflang.spec import DiagnosticsSpec, estimator_label
-from inflang.sweep import label
 from inflang.units import share_text
 
 MODEL, GROUND_TRUTH = "model", "ground truth"
@@ -124,7 +124,7 @@ def _times(ratio: float) -> str:
 
 
 def collect(con: duckdb.DuckDBPyConnection, cells: Sequence[Any]) -> list[CellFacts]:
-    """The facts of the given cells (``inflang.plan.CellTasks``) from what their tasks stored."""
+    """The facts of the given cells (``inflang.compiling.plan.CellTasks``) from what their tasks stored."""
     hashes = sorted({h for c in cells for _, _, h in c.all()})
     found = store.diagnostic_inputs(con, hashes)
     out = []

@@ -1,6 +1,6 @@
 """What a claim's verdict rests on (``Evidence``): the claim's statistic over the stored rows of the sweep
-points it covers, as one of ``inflang.intervals``' statistics, with what it rests on (seeds, test points, cells
-left out) and, where a noise ceiling was measured, the statistic relative to it. ``inflang.claims`` decides the
+points it covers, as one of ``inflang.results.intervals``' statistics, with what it rests on (seeds, test points, cells
+left out) and, where a noise ceiling was measured, the statistic relative to it. ``inflang.results.claims`` decides the
 verdict from it."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from inflang import intervals, stats
-from inflang.claim_checks import Params, matches, numeric, same, value_text
+from inflang.compiling.claim_checks import Params, matches, numeric, same, value_text
 from inflang.metrics import (
     belongs_to_estimator,
     ceiling_root,
@@ -26,7 +25,8 @@ from inflang.metrics import (
     metric_range,
     reliability_of,
 )
-from inflang.pooling import (
+from inflang.results import intervals, stats
+from inflang.results.pooling import (
     SeedRows,
     at_bound,
     binomial_count,
@@ -38,10 +38,10 @@ from inflang.pooling import (
     seed_count,
     units,
 )
-from inflang.spec.claims import Claim, lower_is_better
-from inflang.store import (
+from inflang.results.store import (
     model_quantity_rows,
 )
+from inflang.spec.claims import Claim, lower_is_better
 
 ByPoint = dict[str, dict[str | None, list[SeedRows]]]  # params JSON -> estimator -> seeds' rows
 

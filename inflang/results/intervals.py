@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inflang.stats import scipy_special, scipy_stats
+from inflang.results.stats import scipy_special, scipy_stats
 
 LEVEL = 0.95
 

@@ -1,5 +1,5 @@
 """Seeds as an axis: metrics pooled over the cells that differ only in their seed, per-cell aggregates, and
-paired differences, all with the intervals of ``inflang.intervals``.
+paired differences, all with the intervals of ``inflang.results.intervals``.
 
 A study with ``repeats: S`` has S cells per point of its sweep, one per seed. For each sweep point,
 estimator (NULL for the ground truth's own rows) and metric, the pooled row holds
@@ -27,9 +27,9 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from inflang import intervals, stats
 from inflang.metrics import ceiling_root, is_correlation, is_noise_ceiling, is_proportion, metric_range, reliability_of
-from inflang.store import per_test_point_rows, task_test_point_rows
+from inflang.results import intervals, stats
+from inflang.results.store import per_test_point_rows, task_test_point_rows
 
 
 @dataclass

@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from inflang.intervals import t_quantile
-from inflang.stats import scipy_stats
+from inflang.results.intervals import t_quantile
+from inflang.results.stats import scipy_stats
 
 POWER = 0.8
 MAX_SEEDS = 1000  # beyond this, "more than 1000"

@@ -5,7 +5,7 @@ Figures (PNG files under DIR/figures, also embedded in DIR/report.html):
    *selected* test points (``test_points:``; e.g. the median of the 10 highest-loss points, not of the test
    set), with the identity line (Basu et al. 2021, Fig. 1); for the first ``MAX_SCATTERS`` cells, the
    report says which ones it shows, and ``--select`` picks others;
-2. Spearman and Pearson (mean over seeds and test points, with the 95% interval (inflang.intervals) as
+2. Spearman and Pearson (mean over seeds and test points, with the 95% interval (inflang.results.intervals) as
    error bars) against each swept numeric axis, with the ground truth's noise ceiling as a band when it was
    measured;
 3. the Hessian's top eigenvalue against each swept numeric axis (when `hessian:` was asked for);
@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inflang import store as queries
-from inflang.claims import family_notes, marked_verdict
-from inflang.diagnostics import summary_lines
+from inflang.compiling.sweep import label, seeds_by_points
 from inflang.errors import UsageError
-from inflang.intervals import interval_text
+from inflang.results import store as queries
+from inflang.results.claims import family_notes, marked_verdict
+from inflang.results.diagnostics import summary_lines
+from inflang.results.intervals import interval_text
 from inflang.spec.estimators import RANK_ONLY_NAMES
-from inflang.sweep import label, seeds_by_points
 
 
 @dataclass

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inflang.intervals import LEVEL
+from inflang.results.intervals import LEVEL
 
 PATHS = 100_000  # simulated paths per design: a' to about +-0.0007 in the overall alpha (Monte-Carlo sd)
 DEFAULT_MAX_SEEDS = 20
@@ -79,7 +79,7 @@ class Design:
 def _smallest_p(first: int, last: int) -> np.ndarray:
     """min over n in [first, last] of the two-sided t p-value of n standard normal values, per simulated path,
     sorted (``PATHS`` paths, generator seed 0)."""
-    from inflang.stats import scipy_stats
+    from inflang.results.stats import scipy_stats
 
     rng = np.random.default_rng(0)
     smallest = np.ones(PATHS)

@@ -1,5 +1,5 @@
 """What would settle an unresolved claim: the seeds a fixed-seed study would need, at the spread between seeds
-observed so far, to reach a verdict with 80% power (``inflang.power``), for the claim's own interval: Student's
+observed so far, to reach a verdict with 80% power (``inflang.results.power``), for the claim's own interval: Student's
 t over seeds, joined by Fisher's z for levels of correlations and by Clopper-Pearson for levels of 0/1 metrics
 (the larger count, since a union resolves only when both do); for ``between_test_points`` the distinct test
 points its jackknife needs. docs/language.md, "Seeds needed".
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from inflang import intervals, power
+from inflang.results import intervals, power
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def settle(claim: Any, value: intervals.Statistic | None, by_seeds: bool, verdic
            level: float, seeds: int, last_look: int | None = None) -> Settle:
     """The seeds (or test points) that would settle a claim whose verdict is unresolved, or not evaluable for
     lack of seeds (``seeds``: those it has); an empty ``Settle`` otherwise. ``last_look``: a sequential claim's
-    last look (``inflang.sequential``), whose counts past it are named."""
+    last look (``inflang.results.sequential``), whose counts past it are named."""
     short_of_seeds = verdict == "not evaluable" and by_seeds and isinstance(value, intervals.TMean) \
         and 2 <= value.units < power.MIN_SEEDS and "seeds" in detail
     if not (verdict == "unresolved" or short_of_seeds) or value is None:

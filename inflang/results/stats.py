@@ -1,6 +1,6 @@
 """The quantities behind every number inflang prints: agreement metrics, their item-level bootstrap replicates,
 and the reliability of a repeated ground truth with its noise ceiling. numpy and scipy only, so the metrics
-task, pooling over seeds and ``inflang compare`` share one implementation; intervals are ``inflang.intervals``.
+task, pooling over seeds and ``inflang compare`` share one implementation; intervals are ``inflang.results.intervals``.
 
 Agreement metrics (per test point, over its items: training points or groups), each vectorised over rows
 of [B, K] arrays so that bootstrap replicates are computed at once:
@@ -12,7 +12,7 @@ Every metric is NaN with fewer than 3 items; the correlations also when one side
 Item-level bootstrap (Efron & Tibshirani 1993): per test point, B replicates of its metric over its items
 drawn with replacement, seeded by (cell seed, test point), so two cells that share a split and a test point
 draw the same items. They give each test point's item-level variance (the noise in ``between_test_points``);
-the intervals of means come from the top level of the data (``inflang.intervals``).
+the intervals of means come from the top level of the data (``inflang.results.intervals``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ MAX_SPLITS = 50  # split-halves averaged for the reliability (all of them when t
 
 
 def scipy_stats() -> Any:
-    """scipy.stats, imported when an interval or rank is first computed (here and in ``inflang.intervals``):
+    """scipy.stats, imported when an interval or rank is first computed (here and in ``inflang.results.intervals``):
     commands that compute none (ls, query, validate, plan) start without it."""
     from scipy import stats
 

@@ -1,5 +1,5 @@
 """``inflang run --until-settled``: after the study's declared seeds, add seeds round by round to the sweep points
-that unsettled claims read, and judge those claims sequentially (``inflang.sequential``) after every round.
+that unsettled claims read, and judge those claims sequentially (``inflang.results.sequential``) after every round.
 
 A round raises every point of every unresolved claim to one seed more than the claim's look has, records the new
 totals (``seed_additions``) before anything runs, then runs the study as an ordinary run: the added seeds are
@@ -16,14 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from inflang.claims import claim_cells, definition
+from inflang.compiling.validate import LoadedStudy, point_key, with_repeats
 from inflang.errors import StudyError, UsageError
-from inflang.power import MIN_SEEDS
-from inflang.sequential import DEFAULT_MAX_SEEDS
+from inflang.results.claims import claim_cells, definition
+from inflang.results.power import MIN_SEEDS
+from inflang.results.sequential import DEFAULT_MAX_SEEDS
+from inflang.results.store import Store, cells_of, claim_rows, seed_seconds, sequential_designs
 from inflang.spec.claims import Claim
-from inflang.store import Store, cells_of, claim_rows, seed_seconds, sequential_designs
 from inflang.units import duration
-from inflang.validate import LoadedStudy, point_key, with_repeats
 
 SETTLED = ("supported", "contradicted", "negligible")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -25,14 +25,14 @@ from typing import Any, Protocol
 
 import duckdb
 
-from inflang import artifacts
-from inflang.claims import definition, evaluate
-from inflang.cost import ENGINE_INPUT
-from inflang.diagnostics import diagnose
+from inflang.compiling.cost import ENGINE_INPUT
+from inflang.compiling.plan import Plan, Task
 from inflang.errors import StorageError, UsageError
-from inflang.plan import Plan, Task
-from inflang.pooling import pool_study, task_aggregates
-from inflang.store import Store, tasks_without_aggregates
+from inflang.results.claims import definition, evaluate
+from inflang.results.diagnostics import diagnose
+from inflang.results.pooling import pool_study, task_aggregates
+from inflang.results.store import Store, tasks_without_aggregates
+from inflang.running import artifacts
 
 DepBytes = tuple[dict[str, Any], bytes | None]  # a finished dependency: its inputs and its artifact
 
@@ -168,7 +168,7 @@ def execute(plan: Plan, store: Store, backend: Backend, compute: Compute, *, ret
             events: Events | None = None, threads: int = 1, engines: Mapping[str, str] | None = None) -> RunSummary:
     """Run every selected task of ``plan`` that is not already done on ``backend``; returns what ran, what was
     cached, what failed. ``compute`` rebuilds a missing dependency in this process. ``engines``: the retraining
-    engine each task is handed (by hash; ``--engine auto``'s choices, inflang.pricing.engine_choices)."""
+    engine each task is handed (by hash; ``--engine auto``'s choices, inflang.compiling.pricing.engine_choices)."""
     events = events or Events()
     loaded = plan.study
     run_id = uuid.uuid4().hex[:12]

@@ -44,7 +44,7 @@ class CompareSpec(Spec):
 class BetweenTestPointsSpec(Spec):
     """How much of the variance of the metric between test points is real: 1 - (item-level bootstrap variance
     of the test points' metric) / (their variance around their cell's mean), summed over the cells and
-    jackknifed over the distinct test points (``inflang.intervals.share``); at most 1, below 0 where the test
+    jackknifed over the distinct test points (``inflang.results.intervals.share``); at most 1, below 0 where the test
     points vary less than item noise alone would make them."""
 
     at_least: float = Field(ge=0, le=1, description="the share of the spread between test points that is "

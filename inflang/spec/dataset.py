@@ -11,7 +11,7 @@ import functools
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, field_validator
 
@@ -70,6 +70,9 @@ class DatasetBase(Spec):
         if not ok:
             raise ValueError(f"must be a count (an int >= 1) or a fraction in (0, 1), got {value!r}")
         return value
+
+    # (package, how to install it) for a dataset that a package makes: ``validate`` checks it is installed
+    made_by: ClassVar[tuple[str, str] | None] = None
 
     @abstractmethod
     def info(self) -> DatasetInfo:
@@ -251,6 +254,7 @@ class Mnist1dDataset(DatasetBase):
     flattens it. Row ids are positions in make_dataset's output, training signals first."""
 
     name: Literal["mnist1d"]
+    made_by: ClassVar[tuple[str, str] | None] = ("mnist1d", "pip install 'inflang[mnist1d]'")
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(rows=5000, features=40, classes=10, test_rows=1000, shape=(1, 40))

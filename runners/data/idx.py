@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inflang.hashing import derive_seed
+from inflang.compiling.hashing import derive_seed
 from inflang.spec import FileDataset
 from inflang.spec.dataset import expected_files
 from runners.data.split import RawData

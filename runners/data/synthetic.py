@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from inflang.hashing import derive_seed
+from inflang.compiling.hashing import derive_seed
 from inflang.spec import SyntheticDataset
 from runners.data.split import RawData
 

@@ -1,6 +1,6 @@
 """Where tasks compute: in this process, in a pool of worker processes, or on Ray. Every backend takes
 (key, kind, inputs, dependencies' (inputs, artifact bytes)) and returns ``runners.entry.Done`` results; the
-scheduler on the language side (``inflang.scheduler``) decides what to submit and alone writes the
+scheduler on the language side (``inflang.running.scheduler``) decides what to submit and alone writes the
 database and the artifacts.
 
 ``open_backend`` also sets the process up for computing: torch threads, the device (resolved and configured:

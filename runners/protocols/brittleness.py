@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from inflang import intervals, stats
+from inflang.results import intervals, stats
 from inflang.spec import BrittlenessProtocol
 from runners.ensemble import stack
 from runners.errors import TaskFailure

@@ -18,8 +18,8 @@ import torch
 from scipy.special import stdtrit
 from torch import Tensor, nn
 
-from inflang.cost import chunk_bounds
-from inflang.hashing import derive_seed
+from inflang.compiling.cost import chunk_bounds
+from inflang.compiling.hashing import derive_seed
 from inflang.spec import TrainingSpec
 from inflang.spec.protocols import Retraining
 from runners.ensemble import (
@@ -131,7 +131,7 @@ def measure_ensemble(module: nn.Module, params: dict[str, Tensor], x: Tensor, y:
 
 def chunks(spec: Retraining, p: Problem, items: int) -> list[tuple[int, int, int]]:
     """(lo, hi, probes) per ensemble of one repeat: items [lo, hi) beside one control model and ``probes``
-    resolution probes (``inflang.cost.chunk_bounds``, which the plan counts with)."""
+    resolution probes (``inflang.compiling.cost.chunk_bounds``, which the plan counts with)."""
     batch = p.training.batch_size or p.n
     size = spec.batch if isinstance(spec.batch, int) else chunk_size(
         p.module, tuple(p.x_train.shape[1:]), batch, p.x_train.dtype, p.memory_budget)

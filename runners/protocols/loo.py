@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from inflang.cost import default_budget
-from inflang.hashing import derive_seed
+from inflang.compiling.cost import default_budget
+from inflang.compiling.hashing import derive_seed
 from inflang.spec import LooProtocol
 from runners.ensemble import Layout, stack
 from runners.metrics import MetricRow, gap_rows

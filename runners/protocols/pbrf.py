@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from inflang.hashing import derive_seed
+from inflang.compiling.hashing import derive_seed
 from inflang.spec import PbrfProtocol
 from runners.curvature import objective_ggn
 from runners.ensemble import Batch, DataTerm, Layout, Stacked, stack, train_ensemble

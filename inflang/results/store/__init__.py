@@ -15,7 +15,7 @@ In four modules: ``schema`` (tables, migrations, views), ``connections`` (one ac
 
 from __future__ import annotations
 
-from inflang.store.connections import (
+from inflang.results.store.connections import (
     NOTICE_AFTER,
     READ_WAIT,
     WAIT_ENV,
@@ -29,7 +29,7 @@ from inflang.store.connections import (
     snapshot,
     writable,
 )
-from inflang.store.queries import (
+from inflang.results.store.queries import (
     MODEL_QUANTITY,
     PER_TEST_POINT,
     Table,
@@ -68,7 +68,7 @@ from inflang.store.queries import (
     trained_models,
     write_parquet,
 )
-from inflang.store.schema import (
+from inflang.results.store.schema import (
     MIGRATIONS,
     OUTPUT_TABLES,
     SCHEMA_VERSION,
@@ -78,7 +78,7 @@ from inflang.store.schema import (
     TaskState,
     has_table,
 )
-from inflang.store.writer import (
+from inflang.results.store.writer import (
     Store,
 )
 

@@ -13,8 +13,8 @@ from typing import Any
 import duckdb
 
 from inflang.errors import UsageError
-from inflang.store.connections import _nested, read
-from inflang.store.schema import _sql_key, has_table
+from inflang.results.store.connections import _nested, read
+from inflang.results.store.schema import _sql_key, has_table
 
 _WRITE_WORDS = re.compile(
     r"\b(insert|update|delete|drop|create|alter|attach|detach|copy|install|load|pragma|set|export|import|"

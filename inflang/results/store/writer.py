@@ -15,7 +15,7 @@ import duckdb
 
 from inflang import __version__
 from inflang.errors import UsageError
-from inflang.store.connections import (
+from inflang.results.store.connections import (
     _HELD,
     _key,
     access,
@@ -24,8 +24,8 @@ from inflang.store.connections import (
     existing_database,
     mark_seen,
 )
-from inflang.store.queries import added_repeats, sequential_designs
-from inflang.store.schema import (
+from inflang.results.store.queries import added_repeats, sequential_designs
+from inflang.results.store.schema import (
     MIGRATIONS,
     OUTPUT_TABLES,
     SCHEMA_VERSION,
@@ -196,7 +196,7 @@ class Store:
 
     def write_claims(self, study: str, verdicts: Sequence[Any], adjust: str = "none",
                      definitions: Sequence[str] = ()) -> None:
-        """Replace a study's claim verdicts (``inflang.claims.Verdict``) in one transaction, each with when its
+        """Replace a study's claim verdicts (``inflang.results.claims.Verdict``) in one transaction, each with when its
         definition (canonical JSON, in the same order) was first declared."""
         with self.transaction() as con:
             con.execute("DELETE FROM claims WHERE study = ?", [study])
@@ -219,7 +219,8 @@ class Store:
                      for i, v in enumerate(verdicts)])
 
     def added_repeats(self, study: str) -> dict[str, int]:
-        """Sweep point (``inflang.validate.point_key``) -> seeds in all, where ``--until-settled`` added some."""
+        """Sweep point (``inflang.compiling.validate.point_key``) -> seeds in all, where ``--until-settled``
+        added some."""
         with self.reading() as con:
             return added_repeats(con, study)
 
@@ -255,7 +256,7 @@ class Store:
                             "definition = ? AND settled_seeds IS NULL", [(n, study, c, d) for c, d, n in looks])
 
     def write_pooled(self, study: str, rows: Sequence[Any]) -> None:
-        """Replace a study's pooled rows (``inflang.pooling.Pooled``) in one transaction."""
+        """Replace a study's pooled rows (``inflang.results.pooling.Pooled``) in one transaction."""
         with self.transaction() as con:
             con.execute("DELETE FROM pooled_rows WHERE study = ?", [study])
             if rows:
@@ -264,7 +265,7 @@ class Store:
                                   r.seeds, r.test_points) for r in rows])
 
     def write_diagnostics(self, study: str, found: Sequence[Any]) -> None:
-        """Replace a study's health checks (``inflang.diagnostics.Diagnostic``) in one transaction."""
+        """Replace a study's health checks (``inflang.results.diagnostics.Diagnostic``) in one transaction."""
         with self.transaction() as con:
             con.execute("DELETE FROM diagnostics WHERE study = ?", [study])
             if found:
@@ -273,7 +274,7 @@ class Store:
                                   d.threshold, d.severity, d.message) for d in found])
 
     def write_aggregates(self, columns: Mapping[str, Sequence[Any]]) -> None:
-        """Replace the aggregate rows (``inflang.pooling.task_aggregates``) of the tasks they name."""
+        """Replace the aggregate rows (``inflang.results.pooling.task_aggregates``) of the tasks they name."""
         hashes = sorted(set(columns.get("task_hash", [])))
         if not hashes:
             return

@@ -1,0 +1,5 @@
+"""``python -m inflang.cli``: the command line, as the ``inflang`` script runs it."""
+
+from inflang.cli.commands import main
+
+main()
