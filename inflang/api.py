@@ -260,7 +260,8 @@ class RunOptions:
 def run_options(*, memory_budget: str | None = None, time_budget: str | None = None, select: list[str] | None = None,
                 **flags: Any) -> RunOptions:
     """``inflang run``'s flags as RunOptions; raises UsageError naming the flag that is wrong (or the pair that
-    does not go together). ``flags``: the other RunOptions fields, as given."""
+    does not go together). ``flags``: the other RunOptions fields, as given. (The CLI parses ``memory_budget``
+    with ``parse_bytes`` after the study has loaded, so a study's own error is reported first.)"""
     executor, engine = flags.get("executor", "local"), flags.get("engine")
     until_settled = flags.get("until_settled", False)
     if executor not in ("local", "ray"):

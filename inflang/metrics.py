@@ -88,8 +88,9 @@ def metric(name: str) -> Metric | None:
                       "noise ceiling" if base == "spearman" else f"noise ceiling ({base})")
     if name.startswith("reliability_") and _is_correlation_name(base := name.removeprefix("reliability_")):
         return Metric(name, "correlation", "higher", "ground_truth", f"reliability ({base})")
-    if name.startswith(RANDOM_PREFIX) and (found := metric(name.removeprefix(RANDOM_PREFIX))) is not None:
-        return replace(found, name=name, of="ground_truth", label=f"random order {found.label}")
+    baseline_of = CATALOGUE.get(name.removeprefix(RANDOM_PREFIX)) if name.startswith(RANDOM_PREFIX) else None
+    if baseline_of is not None and baseline_of.of == "estimator":  # a random order's baseline of an estimator's
+        return replace(baseline_of, name=name, of="ground_truth", label=f"random order {baseline_of.label}")
     for pair in ESTIMATOR_PAIRS + GROUND_TRUTH_PAIRS:
         if name.startswith(pair + "_") and (base := name.removeprefix(pair + "_")) in GAP_MEASURES:
             found = CATALOGUE[base]

@@ -1,4 +1,4 @@
-"""The study's own code: import a ``module:callable`` (``inflang.compiling.code`` finds its file), call a custom loader,
+"""The study's own code: import a ``module:callable`` (``inflang.code`` finds its file), call a custom loader,
 factory or scorer and check what it returns, and probe a study's code once for its sizes (``inflang plan``
 and ``run`` do, through ``probe``; workers import the code again from the folder the task names).
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from inflang.compiling.code import CodeNotFound, digest, locate_module, split
+from inflang.code import CodeNotFound, digest, locate_module, split
 from inflang.errors import CodeProblem
 from inflang.spec import CustomDataset, CustomEstimator, CustomModel, ModelFacts, Study
 from inflang.spec.dataset import DatasetInfo

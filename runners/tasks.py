@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from inflang.compiling.code import digest as code_digest
+from inflang.code import digest as code_digest
 from inflang.compiling.hashing import derive_seed
 from inflang.spec import (
     AnyDataset,

@@ -183,3 +183,35 @@ def test_plan_lists_tasks_as_cached_or_pending(tiny_study: Path, finished: Path)
     tiny_study.write_text(tiny_study.read_text().replace("damping: 0.0", "damping: 0.3"))
     changed = invoke("plan", str(tiny_study), "--db", str(finished), "--tasks")
     assert changed.output.count("pending") == 2  # the estimate and its metrics
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--executor", "slurm"], "error: --executor: 'slurm' is not one of local, ray"),
+    (["--engine", "fast"], "error: --engine: 'fast' is not one of auto, compiled, eager"),
+    (["--max-seeds", "5"], "error: --max-seeds goes with --until-settled"),
+    (["--time-budget", "1h"], "error: --time-budget goes with --until-settled"),
+    (["--until-settled", "--time-budget", "soon"],
+     "error: --time-budget: 'soon' is not a duration (e.g. 90s, 30m, 2h)"),
+    (["--until-settled", "--select", "seed=3"],
+     "error: --until-settled judges the study's claims over all their cells: leave out --select"),
+    (["--memory-budget", "lots"], "error: --memory-budget: 'lots' is not a size (e.g. 512MB, 4GB)"),
+])
+def test_run_names_the_flag_that_is_wrong(tiny_study: Path, tmp_path: Path, flags: list[str], message: str):
+    """The run's options are checked (inflang.api.run_options) before anything is written."""
+    db = tmp_path / "r.duckdb"
+    result = invoke("run", str(tiny_study), "--db", str(db), *flags)
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == message and "Traceback" not in result.output
+    assert not db.exists()
+
+
+def test_a_study_error_comes_before_a_bad_memory_budget(tmp_path: Path):
+    result = invoke("run", str(tmp_path / "missing.yaml"), "--memory-budget", "lots")
+    assert result.exit_code == 2 and "missing.yaml" in result.output and "memory-budget" not in result.output
+
+
+def test_plan_checks_the_engine_it_is_told_in_the_environment(tiny_study: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("INFLANG_ENGINE", "fast")
+    result = invoke("plan", str(tiny_study))
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == "error: INFLANG_ENGINE: 'fast' is not one of auto, compiled, eager"

@@ -107,6 +107,11 @@ class ToyEstimator(EstimatorBase):
     ranks_only: ClassVar[bool] = True
     scale: float = Field(1.0, gt=0, description="the factor the gradient products are multiplied by")
 
+    def problems(self, facts: EstimatorFacts) -> list[Rule]:
+        if facts.weight_decay <= 0:
+            return [(("name",), "toy needs weight_decay > 0", "set training.weight_decay")]
+        return []
+
 
 AnyEstimator = ('''
 
@@ -163,6 +168,15 @@ def test_a_toy_estimator_is_three_places(tmp_path: Path):
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "bad.yaml" in refused.stderr + refused.stdout and "scale" in refused.stderr + refused.stdout
     assert "Traceback" not in refused.stderr
+    # its own rule against the rest of the study, reported where the study names it, with no central edit
+    _write(root / "no_decay.yaml", _study("no_decay", """
+        - name: toy
+    """).replace("weight_decay: 0.01", "weight_decay: 0.0"))
+    refused = _run(root, "validate", "no_decay.yaml")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    first, hint = (refused.stdout + refused.stderr).splitlines()[:2]
+    assert first.endswith("no_decay.yaml:15:11: estimators.0.name: toy needs weight_decay > 0"), first
+    assert hint == "  hint: set training.weight_decay"
 
 
 TOY_PROTOCOL_SPEC = '''
@@ -173,14 +187,15 @@ class ToyProtocol(LooProtocol):
     summary_metrics: ClassVar[tuple[str, str, str]] = ("top_1_match", "spearman", "noise_ceiling_spearman")
 
     def estimator_metrics(self, names: tuple[str, ...]) -> tuple[str, ...]:
-        return super().estimator_metrics(names) + ("top_1_match",)
+        return super().estimator_metrics(names) + ("top_1_match", "top_1_rank")
 
 
 AnyProtocol = '''
 
 TOY_PROTOCOL_RUNNER = '''
-"""The toy protocol: leave-one-out, plus top_1_match per test point (1 when the item with the largest |estimate|
-is the one with the largest |actual|, else 0)."""
+"""The toy protocol: leave-one-out, plus per test point top_1_match (1 when the item with the largest |estimate|
+is the one with the largest |actual|, else 0) and top_1_rank (that item's place among the items by |actual|,
+1 the largest)."""
 
 import numpy as np
 
@@ -195,8 +210,10 @@ def metrics(spec, s: Scoring) -> list[MetricRow]:
     actual = s.actual()
     for t in range(actual.shape[0]):
         kept = np.isfinite(actual[t])
-        top = np.argmax(np.abs(s.scores[t][kept])) == np.argmax(np.abs(actual[t][kept]))
-        rows.append(MetricRow(t, "top_1_match", float(top), int(kept.sum())))
+        measured = np.abs(actual[t][kept])
+        top = np.argmax(np.abs(s.scores[t][kept]))
+        rows.append(MetricRow(t, "top_1_match", float(top == np.argmax(measured)), int(kept.sum())))
+        rows.append(MetricRow(t, "top_1_rank", float(1 + np.sum(measured > measured[top])), int(kept.sum())))
     return rows
 
 
@@ -215,10 +232,11 @@ def test_a_protocol_with_a_new_metric_is_four_files(tmp_path: Path):
           "from runners.protocols import brittleness, group, lds, loo, pbrf, toy\n")
     _edit(registry, '    "brittleness": brittleness.PROTOCOL,\n',
           '    "brittleness": brittleness.PROTOCOL,\n    "toy": toy.PROTOCOL,\n')
-    _edit(root / "inflang" / "metrics.py",  # 4. the new metric's catalogue entry
+    _edit(root / "inflang" / "metrics.py",  # 4. the new metrics' catalogue entries
           '    Metric("top_k_overlap", "fraction", "higher", "estimator", "top-k overlap"),\n',
           '    Metric("top_k_overlap", "fraction", "higher", "estimator", "top-k overlap"),\n'
-          '    Metric("top_1_match", "proportion", "higher", "estimator", "top-1 match"),\n')
+          '    Metric("top_1_match", "proportion", "higher", "estimator", "top-1 match"),\n'
+          '    Metric("top_1_rank", "count", "lower", "estimator", "rank of the top item"),\n')
     assert _changed(root) == ["inflang/metrics.py", "inflang/spec/protocols.py", "runners/protocols/__init__.py",
                               "runners/protocols/toy.py"]
     _structure_holds(root)
@@ -233,8 +251,8 @@ def test_a_protocol_with_a_new_metric_is_four_files(tmp_path: Path):
         metric: top_1_match
         estimator: grad_dot
         at_least: 0.2
-      - name: exact finds it as often as gradient similarity
-        metric: top_1_match
+      - name: exact ranks its top removal higher than gradient similarity does
+        metric: top_1_rank
         compare: {better: exact, than: grad_dot}
     """))
     done = _run(root, "run", "toy.yaml", "--db", "r.duckdb")
@@ -258,4 +276,10 @@ def test_a_protocol_with_a_new_metric_is_four_files(tmp_path: Path):
     low = max(0.0, min(ones / n - half, beta.ppf(0.025, ones, n - ones + 1)))
     high = min(1.0, max(ones / n + half, beta.ppf(0.975, ones + 1, n - ones)))
     assert found == pytest.approx((ones / n, low, high), abs=1e-9)
-    assert con.execute("SELECT count(*) FROM claims WHERE position = 1 AND ci_low IS NOT NULL").fetchone() == (1,)
+    # a lower-is-better metric: the comparison claims a negative difference, exact's mean rank minus grad_dot's
+    ranks = dict(con.execute("SELECT estimator, list(value ORDER BY test_index) FROM metrics WHERE metric = "
+                             "'top_1_rank' AND test_index IS NOT NULL GROUP BY estimator").fetchall())
+    compared = con.execute("SELECT statistic, estimate, ci_low, ci_high FROM claims WHERE position = 1").fetchone()
+    assert compared is not None and "lower is better" in compared[0], compared
+    assert compared[1] == pytest.approx(np.mean(ranks["exact"]) - np.mean(ranks["grad_dot"]), abs=1e-12)
+    assert compared[2] <= compared[1] <= compared[3]

@@ -1,9 +1,9 @@
 """The ``inflang`` command line: validate, plan, run, query, report, schema.
 
 Over 500 lines for a reason: it is the twelve commands' Typer signatures, whose options and help texts are
-most of its lines, and the checks of those options. Most of what the commands print lives in ``inflang.cli.tables``
-and ``inflang.cli.progress`` (a few small tables are still built here), what they do in ``inflang.api`` and the
-modules it calls."""
+most of its lines. The run's options are checked in ``inflang.api`` (``run_options``); most of what the commands
+print lives in ``inflang.cli.tables`` and ``inflang.cli.progress`` (a few small tables are still built here), what
+they do in ``inflang.api`` and the modules it calls."""
 
 from __future__ import annotations
 
@@ -290,7 +290,7 @@ def run(
     computes nothing when run again. Seeds that --until-settled added are kept by later runs.
     """
     try:
-        options = run_options(memory_budget=memory_budget, time_budget=time_budget, select=select, threads=threads,
+        options = run_options(time_budget=time_budget, select=select, threads=threads,
                               workers=workers, executor=executor, address=address, retry_failed=retry_failed,
                               device=device, gpus_per_task=gpus_per_task, engine=engine,
                               until_settled=until_settled, max_seeds=max_seeds)
@@ -300,6 +300,7 @@ def run(
     _warn_float_labels(loaded)
     try:  # with the seeds --until-settled added, which later runs keep
         compiled = _selected(api_plan(loaded, db), select)
+        options = replace(options, memory_budget=parse_bytes(memory_budget))
         if until_settled:  # what the study file alone decides, before the database is opened
             check(loaded, max_seeds)
     except StudyError as exc:

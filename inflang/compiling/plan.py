@@ -4,7 +4,7 @@ Task kinds, and what each one's hash covers (besides ``TASK_FORMAT``):
 - ``train``: dataset (its fields but ``root``, and for file datasets a digest of the files' names, sizes
   and contents: ``inflang.compiling.datadigest``), model, training, the cell's seed (and a replica number for the
   extra models an estimator such as ``trak`` averages over); for the study's own loader or factory the digest
-  of its code (``inflang.compiling.code``) instead of its ``folder`` -> trained parameters, split, losses;
+  of its code (``inflang.code``) instead of its ``folder`` -> trained parameters, split, losses;
 - ``curvature``: train -> eigendecomposition of the objective's Hessian (shared by every damping value);
 - ``hessian``: curvature, ``hessian:`` -> top and minimum eigenvalues, trace;
 - ``diagnose``: train, the curvature settings of ``diagnostics:`` -> the trained objective's gradient norm,
@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from inflang.compiling.code import digest as code_digest
+from inflang.code import digest as code_digest
 from inflang.compiling.cost import ITEMSIZE, chunk_bounds, member_bytes, models_per_chunk
 from inflang.compiling.datadigest import DigestCache, dataset_digest
 from inflang.compiling.hashing import canonical_hash

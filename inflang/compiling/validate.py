@@ -18,9 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from inflang.code import CodeNotFound, missing_extra
+from inflang.code import locate as locate_code
 from inflang.compiling.claim_checks import claim_problems
-from inflang.compiling.code import CodeNotFound, missing_extra
-from inflang.compiling.code import locate as locate_code
 from inflang.compiling.hashing import canonical_hash, derive_seed
 from inflang.compiling.reader import Document, PathKey, load
 from inflang.compiling.sweep import Params, SweepEntry, apply, expand, split_path

@@ -17,6 +17,7 @@ import numpy as np
 
 from inflang.compiling.claim_checks import Params, matches, numeric, same, value_text
 from inflang.metrics import (
+    CEILING_OF,
     belongs_to_estimator,
     ceiling_root,
     is_correlation,
@@ -152,7 +153,7 @@ def _gather(claim: Claim, by_point: ByPoint, reliability: ByPoint | None,
     if not points:
         evidence.why = "no finished cell has the claim's values"
         return evidence
-    kind = claim.metric if claim.metric in ("spearman", "pearson") else None
+    kind = claim.metric if claim.metric in CEILING_OF else None
     if claim.compare is not None:
         return _gather_compare(evidence, claim, by_point, points, reliability if kind else None, kind)
     estimator = None if ground_metric(claim.metric) else claim.estimator

@@ -1,4 +1,4 @@
-"""Task artifacts: one file of bytes per finished task under ``.inflang/running/artifacts/``, written atomically
+"""Task artifacts: one file of bytes per finished task under ``.inflang/artifacts/``, written atomically
 (temporary file, fsync, rename) and checked against their recorded sha256 when read back. What the bytes
 hold is the runner's business (``runners.entry`` serialises a task's tensors); the language side only
 stores, verifies and hands them on.

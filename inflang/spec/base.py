@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inflang.compiling.code import check_reference
+from inflang.code import check_reference
 
 
 class Spec(BaseModel):
