@@ -158,7 +158,8 @@ def test_every_metric_a_protocol_stores_is_in_the_catalogue():
     from inflang.spec.protocols import AnyProtocol
     from inflang.spec.selection import MetricName
 
-    agreement = typing.get_args(MetricName)
+    agreement = typing.get_args(MetricName)  # what metrics: names may list, each an estimator's catalogue entry
+    assert all(metrics.CATALOGUE[m].of == "estimator" for m in agreement)
     for member in typing.get_args(AnyProtocol):
         name = typing.get_args(member.model_fields["protocol"].annotation)[0]
         variants = [{"protocol": name, "repeats": 2, "resolution_probes": 2}]
