@@ -11,11 +11,15 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
 import pytest
+import yaml
 from scipy.stats import beta, t
+
+from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,39 +68,15 @@ def _structure_holds(root: Path) -> None:
     assert found.returncode == 0, found.stdout[-3000:] + found.stderr[-3000:]
 
 
-STUDY = """
-    study: {name}
-    seed: 3
-    dataset:
-      name: iris
-      test_size: 30
-    model:
-      arch: logreg
-    training:
-      optimizer: sgd
-      lr: 0.5
-      epochs: 200
-      weight_decay: 0.01
-      dtype: float64
-    estimators:
-{estimators}
-    test_points:
-      select: highest_loss
-      count: {count}
-    ground_truth:
-      protocol: {protocol}
-      start: optimum
-      steps: 100
-      removals:
-        select: random
-        k: 12
-    metrics: [pearson, spearman]
-"""
-
-
-def _study(name: str, estimators: str, protocol: str = "loo", count: int = 2, claims: str = "") -> str:
-    return STUDY.format(name=name, estimators=textwrap.indent(textwrap.dedent(estimators).strip(), " " * 6),
-                        protocol=protocol, count=count) + textwrap.indent(textwrap.dedent(claims), " " * 4)
+def _study(name: str, estimators: list[dict[str, Any]], protocol: str = "loo", count: int = 2,
+           claims: list[dict[str, Any]] | None = None, weight_decay: float = 0.01) -> str:
+    """The suite's tiny Iris study (tests/conftest.py) with these estimators, protocol, test points and claims."""
+    study = yaml.safe_load(TINY)
+    study.update(study=name, estimators=estimators, claims=claims or [])
+    study["training"]["weight_decay"] = weight_decay
+    study["test_points"]["count"] = count
+    study["ground_truth"]["protocol"] = protocol
+    return yaml.safe_dump(study, sort_keys=False)
 
 
 TOY_ESTIMATOR_SPEC = '''
@@ -143,11 +123,7 @@ def test_a_toy_estimator_is_three_places(tmp_path: Path):
                               "runners/estimators/toy.py"]
     _structure_holds(root)
 
-    _write(root / "toy.yaml", _study("toy_estimator", """
-        - name: grad_dot
-        - name: toy
-          scale: 2.0
-    """))
+    _write(root / "toy.yaml", _study("toy_estimator", [{"name": "grad_dot"}, {"name": "toy", "scale": 2.0}]))
     done = _run(root, "run", "toy.yaml", "--db", "r.duckdb")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     con = duckdb.connect(str(root / "r.duckdb"), read_only=True)
@@ -160,22 +136,18 @@ def test_a_toy_estimator_is_three_places(tmp_path: Path):
     assert len(metrics["toy"]) == 4  # two metrics at two test points
     np.testing.assert_allclose(metrics["toy"], metrics["grad_dot"], rtol=1e-12)  # scaling keeps correlations
 
-    _write(root / "bad.yaml", _study("bad", """
-        - name: toy
-          scale: -1.0
-    """))
+    _write(root / "bad.yaml", _study("bad", [{"name": "toy", "scale": -1.0}]))
     refused = _run(root, "validate", "bad.yaml")
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "bad.yaml" in refused.stderr + refused.stdout and "scale" in refused.stderr + refused.stdout
     assert "Traceback" not in refused.stderr
     # its own rule against the rest of the study, reported where the study names it, with no central edit
-    _write(root / "no_decay.yaml", _study("no_decay", """
-        - name: toy
-    """).replace("weight_decay: 0.01", "weight_decay: 0.0"))
+    _write(root / "no_decay.yaml", _study("no_decay", [{"name": "toy"}], weight_decay=0.0))
     refused = _run(root, "validate", "no_decay.yaml")
     assert refused.returncode == 2, refused.stdout + refused.stderr
     first, hint = (refused.stdout + refused.stderr).splitlines()[:2]
-    assert first.endswith("no_decay.yaml:15:11: estimators.0.name: toy needs weight_decay > 0"), first
+    line = (root / "no_decay.yaml").read_text().splitlines().index("- name: toy") + 1
+    assert first.endswith(f"no_decay.yaml:{line}:9: estimators.0.name: toy needs weight_decay > 0"), first
     assert hint == "  hint: set training.weight_decay"
 
 
@@ -241,20 +213,12 @@ def test_a_protocol_with_a_new_metric_is_four_files(tmp_path: Path):
                               "runners/protocols/toy.py"]
     _structure_holds(root)
 
-    _write(root / "toy.yaml", _study("toy_protocol", """
-        - name: exact
-          damping: 0.0
-        - name: grad_dot
-    """, protocol="toy", count=6, claims="""
-    claims:
-      - name: gradient similarity finds each test point's most influential removal
-        metric: top_1_match
-        estimator: grad_dot
-        at_least: 0.2
-      - name: exact ranks its top removal higher than gradient similarity does
-        metric: top_1_rank
-        compare: {better: exact, than: grad_dot}
-    """))
+    _write(root / "toy.yaml", _study("toy_protocol", [{"name": "exact", "damping": 0.0}, {"name": "grad_dot"}],
+                                     protocol="toy", count=6, claims=[
+        {"name": "gradient similarity finds each test point's most influential removal", "metric": "top_1_match",
+         "estimator": "grad_dot", "at_least": 0.2},
+        {"name": "exact ranks its top removal higher than gradient similarity does", "metric": "top_1_rank",
+         "compare": {"better": "exact", "than": "grad_dot"}}]))
     done = _run(root, "run", "toy.yaml", "--db", "r.duckdb")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "top-1 match" in done.stdout  # the summary's first column, labelled from the catalogue
