@@ -139,7 +139,7 @@ def execute_plan(compiled: Plan, store: Store, *, memory_budget: int | None = No
     cannot be written."""
     events = events or Events()
     if executor == "local" and not _pending(compiled, store, retry_failed):
-        idle = _Idle(device, engine or os.environ.get("INFLANG_ENGINE", "auto"), workers)
+        idle = _Idle(device, requested_engine(engine), workers)
         return execute(compiled, store, idle, idle.compute, retry_failed=retry_failed, events=events, threads=threads)
     from runners.executors import compute_here, open_backend  # torch is imported only when something runs
 
@@ -289,10 +289,15 @@ def check_engine(engine: str | None) -> None:
         raise UsageError(f"--engine: '{engine}' is not one of {', '.join(ENGINES)}")
 
 
+def requested_engine(engine: str | None) -> str:
+    """The engine asked for: ``--engine``, else INFLANG_ENGINE, else auto (as given; ``resolved_engine`` checks)."""
+    return engine or os.environ.get("INFLANG_ENGINE", "auto")
+
+
 def resolved_engine(engine: str | None) -> str:
     """The engine a run uses: ``--engine``, else INFLANG_ENGINE, else auto (each checked)."""
     check_engine(engine)
-    found = engine or os.environ.get("INFLANG_ENGINE", "auto")
+    found = requested_engine(engine)
     if found not in ENGINES:
         raise UsageError(f"INFLANG_ENGINE: '{found}' is not one of {', '.join(ENGINES)}")
     return found

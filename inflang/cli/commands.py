@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ import typer
 from rich.table import Table
 
 from inflang import __version__
-from inflang.api import parse_bytes, probe_code, resolved_engine, run_options
+from inflang.api import parse_bytes, probe_code, requested_engine, resolved_engine, run_options
 from inflang.api import plan as api_plan
 from inflang.cli.progress import RichEvents
 from inflang.cli.tables import (
@@ -315,8 +314,7 @@ def run(
     from runners.errors import SetupError
 
     err.print(f"results go to {Path(db).resolve()}", highlight=False)
-    events = RichEvents(err, (options.memory_budget, engine or os.environ.get("INFLANG_ENGINE", "auto"), device,
-                              threads), study)
+    events = RichEvents(err, (options.memory_budget, requested_engine(engine), device, threads), study)
 
     summaries: list[Any] = []
 
