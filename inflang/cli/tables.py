@@ -26,13 +26,14 @@ from inflang.units import duration, flops_text
 
 def summary_metrics(db: str | Path, study: str) -> tuple[str, str, str]:
     """(first metric, second metric, ground truth's metric) the summary shows: those of the first protocol (in
-    ``AnyProtocol``'s order) that states its own and whose first metric the study pooled, else the agreement
-    metrics and the noise ceiling every retraining protocol shares."""
+    ``AnyProtocol``'s order) that states its own among the protocols the study's ground truths ran, else the
+    agreement metrics and the noise ceiling every retraining protocol shares."""
     shared = Retraining.summary_metrics
+    ran = store_queries.study_protocols(db, study)
     for protocol in get_args(AnyProtocol):
-        own = protocol.summary_metrics
-        if own != shared and store_queries.has_pooled_metric(db, study, own[0]):
-            return own
+        name = get_args(protocol.model_fields["protocol"].annotation)[0]
+        if name in ran and protocol.summary_metrics != shared:
+            return protocol.summary_metrics
     return shared
 
 

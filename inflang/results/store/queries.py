@@ -131,9 +131,9 @@ def failed_cells(path: str | Path, study: str) -> list[tuple[str, dict[str, Any]
     return [(c, json.loads(p or "{}"), e or "failed") for c, p, e in rows]
 
 
-def has_pooled_metric(path: str | Path, study: str, metric: str) -> bool:
-    found = _read(path, "SELECT count(*) FROM pooled_rows WHERE study = ? AND metric = ?", [study, metric])[1]
-    return bool(found[0][0])
+def study_protocols(path: str | Path, study: str) -> set[str]:
+    """The protocols the study's finished ground truths ran."""
+    return {p for (p,) in _read(path, "SELECT DISTINCT protocol FROM ground_truths WHERE study = ?", [study])[1]}
 
 
 def summary(path: str | Path, study: str, first: str, second: str, ground: str) -> Table:
