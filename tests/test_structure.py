@@ -160,6 +160,10 @@ def test_every_metric_a_protocol_stores_is_in_the_catalogue():
 
     agreement = typing.get_args(MetricName)  # what metrics: names may list, each an estimator's catalogue entry
     assert all(metrics.CATALOGUE[m].of == "estimator" for m in agreement)
+    from inflang.results.report import DECOMPOSITION_TERMS, DECOMPOSITION_TOTAL  # the report's gap metrics
+
+    assert {m for m, _ in DECOMPOSITION_TERMS} | {DECOMPOSITION_TOTAL} <= set(
+        metrics.gap_metrics("estimator") + metrics.gap_metrics("ground_truth"))
     for member in typing.get_args(AnyProtocol):
         name = typing.get_args(member.model_fields["protocol"].annotation)[0]
         variants = [{"protocol": name, "repeats": 2, "resolution_probes": 2}]

@@ -162,7 +162,8 @@ class Retraining(Spec):
         """Models solved besides the retraining (the decomposition's converged refits)."""
         return 0
 
-    # (first, second, ground truth's) metric of the CLI's summary table, when the study stores the first
+    # (first, second, ground truth's) metric of the CLI's summary table for a study whose ground truths ran
+    # this protocol (one set of columns per study: the first protocol in the union's order that states its own)
     summary_metrics: ClassVar[tuple[str, str, str]] = ("spearman", "pearson", "noise_ceiling_spearman")
 
     def estimator_metrics(self, names: tuple[str, ...]) -> tuple[str, ...]:
