@@ -80,6 +80,14 @@ def plan(study: LoadedStudy | str | Path, db: str | Path | None = None) -> Plan:
     return compile_study(loaded)
 
 
+def selected(compiled: Plan, expressions: list[str] | None) -> Plan:
+    """The plan with only the cells ``expressions`` pick (as ``--select``: "depth=2", a cell id prefix; None:
+    every cell); raises inflang.errors.UsageError for an expression that matches nothing."""
+    from inflang.compiling.selector import select
+
+    return compiled.select(select(expressions, [(c.cell.cell_id, c.cell.params) for c in compiled.cells]))
+
+
 @dataclass
 class Results:
     """What ``run`` returns: the run's counts (``summary``) and the study's results as the CLI prints them."""
@@ -117,10 +125,7 @@ def run(study: LoadedStudy | str | Path, db: str | Path = "inflang.duckdb", *, s
     "depth=2", "model={arch: cnn}"; None: every cell), in ``workers`` processes, on ``device`` (cpu | cuda |
     cuda:N | auto) with the retraining ``engine`` (auto | compiled | eager; None: INFLANG_ENGINE or auto);
     returns its Results (raises inflang.errors.UsageError for a ``select`` that matches nothing)."""
-    from inflang.compiling.selector import select as select_cells
-
-    compiled = plan(study, db)
-    compiled = compiled.select(select_cells(select, [(c.cell.cell_id, c.cell.params) for c in compiled.cells]))
+    compiled = selected(plan(study, db), select)
     name = compiled.study.study.study
     with Store(db) as store:
         summary = execute_plan(compiled, store, memory_budget=memory_budget, threads=threads, workers=workers,

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from inflang import __version__
-from inflang.api import parse_bytes, probe_code, requested_engine, resolved_engine, run_options
+from inflang.api import parse_bytes, probe_code, requested_engine, resolved_engine, run_options, selected
 from inflang.api import plan as api_plan
 from inflang.cli.progress import RichEvents
 from inflang.cli.tables import (
@@ -115,15 +115,6 @@ SELECT_HELP = ("Work on these cells only: path=value conditions joined by commas
                "depth=3,lr=0.1) or a cell id prefix; repeat the option for a union.")
 
 
-def _selected(plan_: Plan, expressions: list[str] | None) -> Plan:
-    from inflang.compiling.selector import select
-
-    try:
-        return plan_.select(select(expressions, [(c.cell.cell_id, c.cell.params) for c in plan_.cells]))
-    except UsageError as exc:
-        raise _fail(f"error: {exc}") from None
-
-
 @app.command()
 def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=DB_HELP),
          memory_budget: str = typer.Option(None, "--memory-budget", help=MEMORY_HELP, show_default=False),
@@ -147,7 +138,7 @@ def plan(study: str = STUDY_ARG, db: str = typer.Option("inflang.duckdb", help=D
     loaded = _load(study, require_files=False, probe=True)
     _warn_float_labels(loaded)
     try:  # with the seeds --until-settled added, which later runs keep
-        compiled = _selected(api_plan(loaded, db), select)
+        compiled = selected(api_plan(loaded, db), select)
         budget = parse_bytes(memory_budget)
     except UsageError as exc:
         raise _fail(f"error: {exc}") from None
@@ -298,7 +289,7 @@ def run(
     loaded = _load(study, probe=True)
     _warn_float_labels(loaded)
     try:  # with the seeds --until-settled added, which later runs keep
-        compiled = _selected(api_plan(loaded, db), select)
+        compiled = selected(api_plan(loaded, db), select)
         options = replace(options, memory_budget=parse_bytes(memory_budget))
         if until_settled:  # what the study file alone decides, before the database is opened
             check(loaded, max_seeds)

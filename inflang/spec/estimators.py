@@ -9,6 +9,7 @@ A new estimator is one model here (added to ``EstimatorSpec``) plus one module i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal, get_args
 
@@ -305,12 +306,18 @@ AnyEstimator = (ExactEstimator | CgEstimator | LissaEstimator | ArnoldiEstimator
                 | GradCosEstimator | TracinEstimator | RepresenterEstimator | DataInfEstimator | KfacEstimator
                 | EkfacEstimator | TrakEstimator | CustomEstimator)
 EstimatorSpec = Annotated[AnyEstimator, Field(discriminator="name")]
-# names of the estimators with an estimate for measure: param_change_norm, in the union's order
-PARAMETER_CHANGE_ESTIMATORS = tuple(get_args(cls.model_fields["name"].annotation)[0] for cls in get_args(AnyEstimator)
-                                    if cls.predicts_parameter_change)
+
+
+def _names(where: Callable[[type[EstimatorBase]], bool]) -> tuple[str, ...]:
+    """The names of the union's estimators whose class ``where`` holds for, in the union's order."""
+    return tuple(get_args(cls.model_fields["name"].annotation)[0] for cls in get_args(AnyEstimator) if where(cls))
+
+
+# names of the estimators with an estimate for measure: param_change_norm
+PARAMETER_CHANGE_ESTIMATORS = _names(lambda cls: cls.predicts_parameter_change)
 # names of the estimators whose scores rank training points but predict no change (grad_dot, trak, ...)
-RANK_ONLY_NAMES = frozenset(get_args(cls.model_fields["name"].annotation)[0] for cls in get_args(AnyEstimator)
-                            if getattr(cls, "ranks_only", None) is True)
+RANK_ONLY_NAMES = frozenset(_names(lambda cls: getattr(cls, "ranks_only", None) is True))
+
 
 def estimator_label(spec: AnyEstimator) -> str:
     return spec.display
